@@ -1,0 +1,27 @@
+# The two quick-start commands: `make run` and `make test`. Both set up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test lint bench doctor clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/otel-ebpf run $(if $(CONFIG),--config $(CONFIG))
+
+doctor: setup
+	$(VENV)/bin/otel-ebpf doctor
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/nginx_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

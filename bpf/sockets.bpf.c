@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: Apache-2.0
+// Socket receiver: TCP connection lifecycle and payload capture, tracepoints only.
+//
+// How it maps fd -> sock -> 4-tuple without reading kernel structs:
+//   sys_enter_{read,write,...}   remember the user buffer of the thread's syscall
+//   sock:sock_{send,recv}_length fire inside that syscall with the struct sock *
+//                                and the byte count: capture the first bytes here
+//   sys_exit_{...}               forget the buffer
+//   sock:inet_sock_set_state     gives sock -> 4-tuple, role and the close
+// Only tracepoint fields are read (a stable ABI); no kernel struct layout is used.
+//
+// A request costs a fixed number of events, not one per syscall: user space
+// writes into `quiet` the stream offset up to which it does not need bytes
+// (the rest of a body it has already sized), and syscalls that end before that
+// offset only advance the connection's counters.
+
+#include <uapi/linux/ptrace.h>
+
+#ifndef CAPTURE_BYTES
+#define CAPTURE_BYTES 1024 // power of two, set by the loader
+#endif
+#ifndef SELF_TGID
+#define SELF_TGID 0
+#endif
+#ifndef MAX_CONNS
+#define MAX_CONNS 65536
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+#define MAX_IOV 4
+
+#define AF_INET 2
+#define AF_INET6 10
+#define PROTO_TCP 6
+#define MSG_PEEK 2
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4 };
+enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
+enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
+enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3 };
+
+// The syscall a thread is in, between sys_enter and sys_exit.
+struct active_io {
+    u64 buf;    // buffer, iovec array or msghdr, as the syscall's kind says
+    u64 iovcnt;
+    u32 fd;
+    u32 kind;
+};
+
+struct conn_state {
+    u64 bytes[2]; // stream offset per direction
+    u32 pid;
+    u8 role;
+    u8 self;
+    u8 pad[2];
+};
+
+struct quiet_key {
+    u64 sk;
+    u32 dir;
+    u32 pad;
+};
+
+// Every event starts with `kind`; user space dispatches on it.
+struct data_event {
+    u8 kind;
+    u8 dir;
+    u8 role;
+    u8 has_payload;
+    u32 pid;
+    u32 tid;
+    u32 fd;
+    u64 sk;
+    u64 ts;
+    u64 offset;     // stream offset of the syscall's first byte
+    u64 cap_offset; // stream offset of the first captured byte
+    u32 len;        // bytes the syscall moved
+    u32 captured;   // bytes in data[]
+    u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
+};
+
+struct conn_event {
+    u8 kind;
+    u8 role;
+    u16 family;
+    u32 pid;
+    u64 sk;
+    u64 ts;
+    u64 bytes_egress;
+    u64 bytes_ingress;
+    u16 sport;
+    u16 dport;
+    u8 saddr[16];
+    u8 daddr[16];
+};
+
+BPF_HASH(active_io, u32, struct active_io, 16384);
+BPF_HASH(conns, u64, struct conn_state, MAX_CONNS);
+BPF_HASH(quiet, struct quiet_key, u64, MAX_CONNS);
+BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count_lost(void) {
+    int zero = 0;
+    u64 *n = lost.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) == SELF_TGID)
+        return;
+    u32 tid = (u32)id;
+    struct active_io io = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .kind = kind};
+    active_io.update(&tid, &io);
+}
+
+static __always_inline void forget_io(void) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    active_io.delete(&tid);
+}
+
+#define PLAIN_IO(name)                                                            \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
+        remember_io((u64)args->buf, 0, (u32)args->fd, BUF_PLAIN);                 \
+        return 0;                                                                 \
+    }                                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        forget_io();                                                              \
+        return 0;                                                                 \
+    }
+
+#define IOVEC_IO(name)                                                            \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
+        remember_io((u64)args->vec, (u64)args->vlen, (u32)args->fd, BUF_IOVEC);   \
+        return 0;                                                                 \
+    }                                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        forget_io();                                                              \
+        return 0;                                                                 \
+    }
+
+#define MSGHDR_IO(name)                                                           \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
+        remember_io((u64)args->msg, 0, (u32)args->fd, BUF_MSGHDR);                \
+        return 0;                                                                 \
+    }                                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        forget_io();                                                              \
+        return 0;                                                                 \
+    }
+
+PLAIN_IO(read)
+PLAIN_IO(write)
+PLAIN_IO(recvfrom)
+PLAIN_IO(sendto)
+IOVEC_IO(readv)
+IOVEC_IO(writev)
+MSGHDR_IO(recvmsg)
+MSGHDR_IO(sendmsg)
+// Architectures with separate send/recv syscalls get them through the loader's
+// OPTIONAL_IO list (x86_64 routes both through sendto/recvfrom).
+OPTIONAL_IO
+
+// Copy up to `want` bytes from a user iovec array into ev->data.
+static __always_inline u32 capture_iovec(struct data_event *ev, u64 vec, u64 vlen, u32 want) {
+    u32 off = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_IOV; i++) {
+        if (i >= vlen || off >= want || off >= CAPTURE_BYTES)
+            break;
+        struct { u64 base; u64 len; } iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(vec + i * sizeof(iov))))
+            break;
+        u32 n = want - off;
+        if (iov.len < n)
+            n = iov.len;
+        if (n > CAPTURE_BYTES)
+            n = CAPTURE_BYTES;
+        off &= (CAPTURE_BYTES - 1) | CAPTURE_BYTES; // keep the verifier's bound
+        n &= (2 * CAPTURE_BYTES) - 1;
+        if (bpf_probe_read_user(&ev->data[off], n, (void *)iov.base))
+            break;
+        off += n;
+    }
+    return off;
+}
+
+static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flags, u8 dir) {
+    if (protocol != PROTO_TCP || ret <= 0)
+        return 0;
+    if (dir == DIR_INGRESS && (flags & MSG_PEEK))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (tgid == 0)
+        return 0; // kernel-internal sockets
+    u64 skey = (u64)sk;
+    struct conn_state *cs = conns.lookup(&skey);
+    if (!cs) {
+        // A connection opened before we started: user space finds its tuple.
+        struct conn_state fresh = {};
+        conns.update(&skey, &fresh);
+        cs = conns.lookup(&skey);
+        if (!cs)
+            return 0;
+    }
+    if (tgid == SELF_TGID) {
+        if (!cs->self) {
+            cs->self = 1;
+            struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+            if (!ce) {
+                count_lost();
+                return 0;
+            }
+            __builtin_memset(ce, 0, sizeof(*ce));
+            ce->kind = EV_SELF;
+            ce->sk = skey;
+            ce->pid = tgid;
+            events.ringbuf_submit(ce, 0);
+        }
+        return 0;
+    }
+    u64 offset = __sync_fetch_and_add(&cs->bytes[dir], (u64)ret);
+    cs->pid = tgid;
+
+    struct quiet_key qk = {.sk = skey, .dir = dir};
+    u64 *quiet_until = quiet.lookup(&qk);
+    if (quiet_until && offset + (u64)ret < *quiet_until)
+        return 0; // inside a body user space has already sized
+
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return 0;
+    ev->kind = EV_DATA;
+    ev->dir = dir;
+    ev->role = cs->role;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->sk = skey;
+    ev->ts = bpf_ktime_get_ns();
+    ev->offset = offset;
+    ev->cap_offset = offset;
+    ev->len = (u32)ret;
+    ev->captured = 0;
+    ev->has_payload = 0;
+    ev->fd = 0;
+
+    struct active_io *io = active_io.lookup(&tid);
+    if (io) {
+        ev->fd = io->fd;
+        ev->has_payload = 1;
+        u32 want = (u32)ret;
+        u64 buf = io->buf;
+        // Skip what user space said it does not need; capture from there on.
+        if (io->kind == BUF_PLAIN && quiet_until && *quiet_until > offset) {
+            u64 skip = *quiet_until - offset;
+            buf += skip;
+            want -= (u32)skip;
+            ev->cap_offset = offset + skip;
+        }
+        if (want > CAPTURE_BYTES)
+            want = CAPTURE_BYTES;
+        if (io->kind == BUF_PLAIN) {
+            want &= (2 * CAPTURE_BYTES) - 1;
+            if (bpf_probe_read_user(ev->data, want, (void *)buf) == 0)
+                ev->captured = want;
+        } else if (io->kind == BUF_IOVEC) {
+            ev->captured = capture_iovec(ev, buf, io->iovcnt, want);
+        } else if (io->kind == BUF_MSGHDR) {
+            struct { u64 iov; u64 iovlen; } m = {};
+            // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24 (UAPI)
+            if (bpf_probe_read_user(&m, sizeof(m), (void *)(buf + 16)) == 0)
+                ev->captured = capture_iovec(ev, m.iov, m.iovlen, want);
+        }
+    }
+    u32 size = offsetof(struct data_event, data) + ev->captured;
+    size &= (4 * CAPTURE_BYTES) - 1;
+    if (events.ringbuf_output(ev, size, 0))
+        count_lost();
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    return on_transfer(args->sk, args->protocol, args->ret, args->flags, DIR_EGRESS);
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    return on_transfer(args->sk, args->protocol, args->ret, args->flags, DIR_INGRESS);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    u64 skey = (u64)args->skaddr;
+    int newstate = args->newstate, oldstate = args->oldstate;
+
+    if (newstate == TCP_SYN_SENT) {
+        // connect(): we are in the caller's context, so this names the client.
+        struct conn_state cs = {.role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
+        conns.update(&skey, &cs);
+        return 0;
+    }
+    if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+        return 0;
+
+    struct conn_state *cs = conns.lookup(&skey);
+    u8 role = ROLE_UNKNOWN;
+    if (newstate == TCP_ESTABLISHED) {
+        role = oldstate == TCP_SYN_SENT ? ROLE_CLIENT
+             : oldstate == TCP_SYN_RECV ? ROLE_SERVER : ROLE_UNKNOWN;
+        if (cs) {
+            cs->role = role;
+        } else {
+            struct conn_state fresh = {.role = role};
+            conns.update(&skey, &fresh);
+            cs = conns.lookup(&skey);
+        }
+    } else if (!cs) {
+        return 0; // closing a socket we never tracked (listener, pre-start idle)
+    }
+
+    struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+    if (!ce) {
+        count_lost();
+        if (newstate == TCP_CLOSE)
+            conns.delete(&skey);
+        return 0;
+    }
+    __builtin_memset(ce, 0, sizeof(*ce));
+    ce->kind = newstate == TCP_ESTABLISHED ? EV_OPEN : EV_CLOSE;
+    ce->sk = skey;
+    ce->ts = bpf_ktime_get_ns();
+    ce->family = args->family;
+    ce->sport = args->sport;
+    ce->dport = args->dport;
+    if (args->family == AF_INET) {
+        __builtin_memcpy(ce->saddr, args->saddr, 4);
+        __builtin_memcpy(ce->daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(ce->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(ce->daddr, args->daddr_v6, 16);
+    }
+    if (cs) {
+        ce->role = cs->role ? cs->role : role;
+        ce->pid = cs->pid;
+        ce->bytes_egress = cs->bytes[DIR_EGRESS];
+        ce->bytes_ingress = cs->bytes[DIR_INGRESS];
+    }
+    events.ringbuf_submit(ce, 0);
+    if (newstate == TCP_CLOSE) {
+        conns.delete(&skey);
+        struct quiet_key qk = {.sk = skey, .dir = DIR_EGRESS};
+        quiet.delete(&qk);
+        qk.dir = DIR_INGRESS;
+        quiet.delete(&qk);
+    }
+    return 0;
+}

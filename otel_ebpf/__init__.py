@@ -1,0 +1,7 @@
+"""otel-ebpf: eBPF socket events in, OpenTelemetry spans out, no application changes."""
+
+__version__ = "0.1.0"
+
+# OpenTelemetry semantic conventions this collector follows (HTTP stable since 1.23).
+SEMCONV_VERSION = "1.27.0"
+SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"

@@ -1,0 +1,124 @@
+"""Typed records, one kind per pipeline stage, documented in one place.
+
+kernel events (receivers) -> HttpHead/HttpEnd (parsers) -> HttpExchange (L7 record)
+-> ReadableSpan (OpenTelemetry SDK, built by processors.spans).
+NamedTuples: cheap to build on the hot path, immutable, typed.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class Direction(enum.IntEnum):
+    """Which way bytes moved, seen from the traced process."""
+
+    EGRESS = 0
+    INGRESS = 1
+
+
+class Role(enum.IntEnum):
+    """The traced process's side of a TCP connection."""
+
+    UNKNOWN = 0
+    CLIENT = 1  # it called connect()
+    SERVER = 2  # it accepted the connection
+
+
+class Endpoint(NamedTuple):
+    address: str
+    port: int
+
+
+# --- kernel events (bpf/sockets.bpf.c -> receivers.sockets) -------------------
+
+
+class DataEvent(NamedTuple):
+    """Bytes moved by one send/recv-family call on a TCP socket."""
+
+    sk: int  # kernel socket address: the connection's identity while it lives
+    direction: Direction
+    role: Role
+    pid: int
+    tid: int
+    fd: int  # 0 where the syscall is not known (sendfile, splice)
+    ts: int  # CLOCK_MONOTONIC nanoseconds
+    offset: int  # stream offset of the call's first byte in this direction
+    length: int  # bytes the call moved
+    cap_offset: int  # stream offset of payload[0]
+    payload: bytes  # the first bytes, bounded by the capture size
+
+
+class ConnOpen(NamedTuple):
+    """A TCP connection reached ESTABLISHED."""
+
+    sk: int
+    ts: int
+    role: Role
+    pid: int  # the connecting process for clients; 0 until data for servers
+    local: Endpoint
+    remote: Endpoint
+    ipv6: bool
+
+
+class ConnClose(NamedTuple):
+    """A TCP connection reached CLOSE; totals are the kernel's counters."""
+
+    sk: int
+    ts: int
+    bytes_egress: int
+    bytes_ingress: int
+
+
+class SelfConn(NamedTuple):
+    """The collector itself used this socket: its peer must not be traced."""
+
+    sk: int
+
+
+KernelEvent = DataEvent | ConnOpen | ConnClose | SelfConn
+
+
+# --- HTTP/1 parser output (processors.protocols.http1) -------------------------
+
+
+class HttpHead(NamedTuple):
+    """A request line or status line with its kept headers."""
+
+    is_request: bool
+    method: str  # requests only
+    target: str  # requests only
+    status: int  # responses only
+    version: str  # "1.1", "1.0"
+    headers: dict[str, str]  # allow-listed, lower-case names
+    start_ts: int  # time of the call that carried the first byte
+    truncated: bool  # header block not fully captured
+
+
+class HttpEnd(NamedTuple):
+    """The last byte of a message (or where the parser lost it)."""
+
+    end_ts: int
+    body_bytes: int
+    complete: bool  # False: ended by lost sync or by the connection closing early
+
+
+class ParseError(NamedTuple):
+    """Bytes that are not HTTP/1 where a message should start."""
+
+    reason: str
+
+
+ParserEvent = HttpHead | HttpEnd | ParseError
+
+
+class HttpExchange(NamedTuple):
+    """One request with its final response (response fields None if none came)."""
+
+    request: HttpHead
+    request_body_bytes: int
+    response: HttpHead | None
+    response_body_bytes: int
+    start_ts: int  # first request byte, as the traced process saw it
+    end_ts: int  # last response byte (or last request byte without a response)

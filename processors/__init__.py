@@ -1,0 +1,1 @@
+"""Processors: stream reassembly, span building, selection."""

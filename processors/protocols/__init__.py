@@ -1,0 +1,1 @@
+"""Sans-I/O protocol parsers: feed bytes, get typed records."""

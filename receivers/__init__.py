@@ -1,0 +1,1 @@
+"""Receivers: where telemetry enters the pipeline (eBPF sockets today)."""
