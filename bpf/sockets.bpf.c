@@ -128,9 +128,10 @@ static __always_inline void forget_io(void) {
     active_io.delete(&tid);
 }
 
-#define PLAIN_IO(name)                                                            \
+// The buffer argument's name differs per syscall (buf, ubuf, buff).
+#define PLAIN_IO(name, field)                                                     \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io((u64)args->buf, 0, (u32)args->fd, BUF_PLAIN);                 \
+        remember_io((u64)args->field, 0, (u32)args->fd, BUF_PLAIN);               \
         return 0;                                                                 \
     }                                                                             \
     TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
@@ -158,10 +159,10 @@ static __always_inline void forget_io(void) {
         return 0;                                                                 \
     }
 
-PLAIN_IO(read)
-PLAIN_IO(write)
-PLAIN_IO(recvfrom)
-PLAIN_IO(sendto)
+PLAIN_IO(read, buf)
+PLAIN_IO(write, buf)
+PLAIN_IO(recvfrom, ubuf)
+PLAIN_IO(sendto, buff)
 IOVEC_IO(readv)
 IOVEC_IO(writev)
 MSGHDR_IO(recvmsg)
@@ -169,6 +170,15 @@ MSGHDR_IO(sendmsg)
 // Architectures with separate send/recv syscalls get them through the loader's
 // OPTIONAL_IO list (x86_64 routes both through sendto/recvfrom).
 OPTIONAL_IO
+
+// Clamp a length to the capture size in a way the verifier can see: the empty
+// asm stops clang from dropping the mask after proving the clamp.
+static __always_inline u32 bounded(u32 n, u32 limit) {
+    if (n > limit)
+        n = limit;
+    asm volatile("" : "+r"(n));
+    return n & ((2 * CAPTURE_BYTES) - 1);
+}
 
 // Copy up to `want` bytes from a user iovec array into ev->data.
 static __always_inline u32 capture_iovec(struct data_event *ev, u64 vec, u64 vlen, u32 want) {
@@ -183,11 +193,9 @@ static __always_inline u32 capture_iovec(struct data_event *ev, u64 vec, u64 vle
         u32 n = want - off;
         if (iov.len < n)
             n = iov.len;
-        if (n > CAPTURE_BYTES)
-            n = CAPTURE_BYTES;
-        off &= (CAPTURE_BYTES - 1) | CAPTURE_BYTES; // keep the verifier's bound
-        n &= (2 * CAPTURE_BYTES) - 1;
-        if (bpf_probe_read_user(&ev->data[off], n, (void *)iov.base))
+        n = bounded(n, CAPTURE_BYTES);
+        u32 at = bounded(off, CAPTURE_BYTES);
+        if (bpf_probe_read_user(&ev->data[at], n, (void *)iov.base))
             break;
         off += n;
     }
@@ -268,10 +276,8 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
             want -= (u32)skip;
             ev->cap_offset = offset + skip;
         }
-        if (want > CAPTURE_BYTES)
-            want = CAPTURE_BYTES;
+        want = bounded(want, CAPTURE_BYTES);
         if (io->kind == BUF_PLAIN) {
-            want &= (2 * CAPTURE_BYTES) - 1;
             if (bpf_probe_read_user(ev->data, want, (void *)buf) == 0)
                 ev->captured = want;
         } else if (io->kind == BUF_IOVEC) {
@@ -283,8 +289,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
                 ev->captured = capture_iovec(ev, m.iov, m.iovlen, want);
         }
     }
-    u32 size = offsetof(struct data_event, data) + ev->captured;
-    size &= (4 * CAPTURE_BYTES) - 1;
+    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     if (events.ringbuf_output(ev, size, 0))
         count_lost();
     return 0;

@@ -1,0 +1,200 @@
+"""eBPF socket receiver: loads bpf/sockets.bpf.c with bcc, decodes ring buffer events.
+
+Only tracepoints are used (see the program's header comment for why and how).
+Decoding is a `struct.unpack_from` per event into a NamedTuple: the one
+allocation per event the rest of the pipeline needs anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+import socket
+import struct
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from otel_ebpf.model import (
+    ConnClose,
+    ConnOpen,
+    DataEvent,
+    Direction,
+    Endpoint,
+    KernelEvent,
+    Role,
+    SelfConn,
+)
+
+log = logging.getLogger(__name__)
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+# Tracepoints the program attaches to; `doctor` checks the same list.
+REQUIRED_TRACEPOINTS = (
+    "sock/sock_send_length",
+    "sock/sock_recv_length",
+    "sock/inet_sock_set_state",
+    *(
+        f"syscalls/sys_{edge}_{name}"
+        for name in ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg")
+        for edge in ("enter", "exit")
+    ),
+)
+# send/recv exist as syscalls on some architectures only (not on x86_64).
+OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
+
+_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF = 1, 2, 3, 4
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQII")
+_CONN = struct.Struct("<BBHIQQQQHH16s16s")
+_AF_INET = 2
+
+
+class ReceiverError(RuntimeError):
+    """The receiver cannot start; the message says why in one sentence."""
+
+
+def _address(raw: bytes, family: int) -> str:
+    if family == _AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped IPv6
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def decode(raw: bytes) -> KernelEvent | None:
+    """One ring buffer record -> typed event (None for an unknown kind)."""
+    kind = raw[0]
+    if kind == _EV_DATA:
+        (_, d, role, has_payload, pid, tid, fd, sk, ts, off, cap_off, length, captured) = (
+            _DATA_HEADER.unpack_from(raw)
+        )
+        start = _DATA_HEADER.size
+        payload = raw[start : start + captured] if has_payload else b""
+        return DataEvent(
+            sk, Direction(d), Role(role), pid, tid, fd, ts, off, length, cap_off, payload
+        )
+    if kind in (_EV_OPEN, _EV_CLOSE):
+        (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = (
+            _CONN.unpack_from(raw)
+        )
+        if kind == _EV_CLOSE:
+            return ConnClose(sk, ts, b_out, b_in)
+        local = Endpoint(_address(saddr, family), sport)
+        remote = Endpoint(_address(daddr, family), dport)
+        ipv6 = family != _AF_INET and ":" in local.address
+        return ConnOpen(sk, ts, Role(role), pid, local, remote, ipv6)
+    if kind == _EV_SELF:
+        return SelfConn(_CONN.unpack_from(raw)[4])
+    return None
+
+
+def tracepoint_exists(name: str) -> bool:
+    return (TRACEFS / "events" / name / "id").exists()
+
+
+def program_source() -> str:
+    return resources.files("otel_ebpf.bpf").joinpath("sockets.bpf.c").read_text()
+
+
+class SocketReceiver:
+    """Owns the loaded program; `poll` delivers decoded events to `sink`."""
+
+    def __init__(
+        self,
+        sink: Callable[[KernelEvent], None],
+        capture_bytes: int = 1024,
+        ring_buffer_pages: int = 256,
+        max_connections: int = 65536,
+    ) -> None:
+        if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 16384:
+            raise ValueError("capture_bytes must be a power of two from 64 to 16384")
+        self._sink = sink
+        self.capture_bytes = capture_bytes
+        self._ring_pages = ring_buffer_pages
+        self._max_conns = max_connections
+        self._bpf: object | None = None
+        self._quiet: object | None = None
+        self.events_received = 0
+
+    def start(self) -> None:
+        """Compile, load and attach; raises ReceiverError with a readable reason."""
+        missing = [tp for tp in REQUIRED_TRACEPOINTS if not tracepoint_exists(tp)]
+        if missing:
+            raise ReceiverError(
+                f"the kernel lacks tracepoints {', '.join(missing)}; "
+                "run `otel-ebpf doctor` for details"
+            )
+        try:
+            from bcc import BPF  # noqa: PLC0415 - optional system package, needed only here
+        except ImportError as exc:
+            raise ReceiverError(
+                "the bcc Python package is not importable; run scripts/setup.sh "
+                "(Debian package python3-bpfcc)"
+            ) from exc
+        optional = " ".join(
+            f"PLAIN_IO({name}, {field})"
+            for name, field in OPTIONAL_PLAIN_SYSCALLS
+            if tracepoint_exists(f"syscalls/sys_enter_{name}")
+        )
+        cflags = [
+            f"-DCAPTURE_BYTES={self.capture_bytes}",
+            f"-DSELF_TGID={os.getpid()}",
+            f"-DRINGBUF_PAGES={self._ring_pages}",
+            f"-DMAX_CONNS={self._max_conns}",
+            f"-DOPTIONAL_IO={optional}",
+            "-Wno-macro-redefined",
+        ]
+        try:
+            bpf = BPF(text=program_source(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile/load errors
+            raise ReceiverError(
+                f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
+                "run `otel-ebpf doctor`"
+            ) from exc
+        bpf["events"].open_ring_buffer(self._on_record)
+        self._bpf = bpf
+        self._quiet = bpf["quiet"]
+        log.info(
+            "socket receiver attached to %d tracepoints (capture %d bytes, %s)",
+            len(REQUIRED_TRACEPOINTS),
+            self.capture_bytes,
+            platform.release(),
+        )
+
+    def _on_record(self, _ctx: object, data: int, size: int) -> None:
+        self.events_received += 1
+        event = decode(ctypes.string_at(data, size))
+        if event is not None:
+            self._sink(event)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        if self._bpf is not None:
+            self._bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
+
+    def drain(self) -> None:
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
+
+    def events_lost(self) -> int:
+        if self._bpf is None:
+            return 0
+        table = self._bpf["lost"]  # type: ignore[index]
+        return int(table.sum(table.Key(0)).value)
+
+    def set_quiet(self, sk: int, direction: Direction, until_offset: int) -> None:
+        """Tell the kernel not to send calls of this direction that end before the offset."""
+        if self._quiet is None:
+            return
+        table = self._quiet
+        key = table.Key(sk, int(direction), 0)  # type: ignore[attr-defined]
+        table[key] = ctypes.c_ulonglong(until_offset)  # type: ignore[index]
+
+    def close(self) -> None:
+        """Detach every probe and free the maps."""
+        if self._bpf is not None:
+            self._bpf.cleanup()  # type: ignore[attr-defined]
+            self._bpf = None
+            self._quiet = None
