@@ -121,6 +121,10 @@ class SocketReceiver:
 
     def start(self) -> None:
         """Compile, load and attach; raises ReceiverError with a readable reason."""
+        if not (TRACEFS / "events").is_dir():
+            raise ReceiverError(
+                f"tracefs is not mounted at {TRACEFS} (mount -t tracefs nodev {TRACEFS})"
+            )
         missing = [tp for tp in REQUIRED_TRACEPOINTS if not tracepoint_exists(tp)]
         if missing:
             raise ReceiverError(

@@ -1,0 +1,306 @@
+"""Collector-style YAML configuration, validated, with OTEL_* / OTEL_EBPF_* overrides.
+
+    receivers:  {ebpf: {...}}
+    processors: {batch: {...}}
+    exporters:  {debug: {}, otlp: {...}, otlphttp: {...}, file: {path: ...}}
+    extensions: {health_check: {endpoint: 127.0.0.1:13133}}
+    service:    {extensions: [...], pipelines: {traces: {receivers, processors, exporters}}}
+
+Exporter keys follow the collector's `type/name` form (`otlp/jaeger`). Unknown
+keys and bad values fail with the key's path. `${env:NAME}` expands in values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from otel_ebpf.processors.selection import parse_ports
+
+
+class ConfigError(ValueError):
+    """Configuration is invalid; the message names the key path."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+def _duration_seconds(value: Any) -> Any:
+    """'200ms', '5s', '1m' or a number of seconds -> float seconds."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 200ms, 5s, 1m)")
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+        return float(m.group(1)) * scale
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration_seconds), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SelectionConfig(_Strict):
+    pids: list[int] = []
+    executables: list[str] = []  # fnmatch globs on the executable's file name
+
+
+class EbpfReceiverConfig(_Strict):
+    capture_bytes: int = 1024
+    ring_buffer_pages: int = 256
+    max_connections: int = Field(65536, ge=16)
+    open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace
+    include: SelectionConfig = SelectionConfig()
+    exclude: SelectionConfig = SelectionConfig()
+
+    @field_validator("capture_bytes")
+    @classmethod
+    def _capture(cls, v: int) -> int:
+        if v & (v - 1) or not 64 <= v <= 16384:
+            raise ValueError("must be a power of two from 64 to 16384")
+        return v
+
+    @field_validator("ring_buffer_pages")
+    @classmethod
+    def _pages(cls, v: int) -> int:
+        if v & (v - 1) or not 1 <= v <= 65536:
+            raise ValueError("must be a power of two from 1 to 65536")
+        return v
+
+    @field_validator("open_ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        parse_ports(v)
+        return v
+
+
+class BatchConfig(_Strict):
+    """Maps to the SDK's BatchSpanProcessor; unset values come from OTEL_BSP_*."""
+
+    send_batch_size: int | None = Field(None, gt=0)
+    timeout: Duration | None = None
+    max_queue_size: int | None = Field(None, gt=0)
+
+
+class OtlpExporterConfig(_Strict):
+    """Unset values come from OTEL_EXPORTER_OTLP_* as in any SDK."""
+
+    endpoint: str | None = None
+    headers: dict[str, str] | None = None
+    compression: Literal["gzip", "none"] | None = None
+    timeout: Duration | None = None
+    insecure: bool | None = None  # gRPC only
+
+
+class DebugExporterConfig(_Strict):
+    verbosity: Literal["basic", "normal", "detailed"] = "normal"
+
+
+class FileExporterConfig(_Strict):
+    path: str
+
+
+EXPORTER_TYPES: dict[str, type[_Strict]] = {
+    "otlp": OtlpExporterConfig,
+    "otlphttp": OtlpExporterConfig,
+    "debug": DebugExporterConfig,
+    "file": FileExporterConfig,
+}
+
+
+class HealthCheckConfig(_Strict):
+    endpoint: str = "127.0.0.1:13133"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port")
+        return v
+
+
+class PipelineConfig(_Strict):
+    receivers: list[str]
+    processors: list[str] = []
+    exporters: list[str]
+
+
+class ServiceConfig(_Strict):
+    extensions: list[str] = []
+    pipelines: dict[Literal["traces"], PipelineConfig]
+
+
+class Config(_Strict):
+    receivers: dict[Literal["ebpf"], EbpfReceiverConfig] = {"ebpf": EbpfReceiverConfig()}
+    processors: dict[Literal["batch"], BatchConfig] = {}
+    exporters: dict[str, Any]
+    extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
+    service: ServiceConfig
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, pipe in self.service.pipelines.items():
+            where = f"service.pipelines.{name}"
+            for ref, known in (
+                ("receivers", self.receivers),
+                ("processors", self.processors),
+                ("exporters", self.exporters),
+            ):
+                for item in getattr(pipe, ref):
+                    if item not in known:
+                        raise ValueError(f"{where}.{ref}: {item!r} is not defined under {ref}")
+        for ext in self.service.extensions:
+            if ext not in self.extensions:
+                raise ValueError(f"service.extensions: {ext!r} is not defined under extensions")
+        return self
+
+    @property
+    def ebpf(self) -> EbpfReceiverConfig:
+        return self.receivers["ebpf"]
+
+    @property
+    def health(self) -> HealthCheckConfig | None:
+        if "health_check" in self.service.extensions:
+            return self.extensions["health_check"]
+        return None
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> str:
+    err = exc.errors()[0]
+    path = ".".join([prefix, *(str(p) for p in err["loc"])] if prefix else [str(p) for p in err["loc"]])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    return f"{path}: {msg}" if path else msg
+
+
+_ENV_REF = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(text: str) -> str:
+    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), text)
+
+
+def default_document(env: dict[str, str]) -> dict[str, Any]:
+    """The embedded default: console output unless an OTLP endpoint is configured."""
+    wanted = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
+    if not wanted:
+        has_endpoint = any(
+            env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+        wanted = ["otlp"] if has_endpoint else ["console"]
+    exporters: dict[str, Any] = {}
+    for name in wanted:
+        if name == "otlp":
+            protocol = env.get(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            )
+            if protocol == "grpc":
+                exporters["otlp"] = {}
+            elif protocol == "http/protobuf":
+                exporters["otlphttp"] = {}
+            else:
+                raise ConfigError(
+                    f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
+                    "(use grpc or http/protobuf)"
+                )
+        elif name == "console":
+            exporters["debug"] = {}
+        elif name != "none":
+            raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}")
+    return {
+        "receivers": {"ebpf": {}},
+        "processors": {"batch": {}},
+        "exporters": exporters,
+        "extensions": {"health_check": {}},
+        "service": {
+            "extensions": ["health_check"],
+            "pipelines": {
+                "traces": {"receivers": ["ebpf"], "processors": ["batch"], "exporters": list(exporters)}
+            },
+        },
+    }
+
+
+def _apply_env(doc: dict[str, Any], env: dict[str, str]) -> None:
+    """OTEL_EBPF_* variables override the file (names from OpenTelemetry eBPF
+    Instrumentation where it has the concept)."""
+    ebpf = doc.setdefault("receivers", {}).setdefault("ebpf", {}) or {}
+    doc["receivers"]["ebpf"] = ebpf
+
+    def ints(name: str, value: str) -> list[int]:
+        try:
+            return [int(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"{name}: expected comma-separated pids, got {value!r}") from None
+
+    if "OTEL_EBPF_OPEN_PORT" in env:
+        ebpf["open_ports"] = env["OTEL_EBPF_OPEN_PORT"]
+    if "OTEL_EBPF_AUTO_TARGET_EXE" in env:
+        ebpf.setdefault("include", {})["executables"] = [
+            g.strip() for g in env["OTEL_EBPF_AUTO_TARGET_EXE"].split(",") if g.strip()
+        ]
+    if "OTEL_EBPF_EXCLUDE_EXE" in env:
+        ebpf.setdefault("exclude", {})["executables"] = [
+            g.strip() for g in env["OTEL_EBPF_EXCLUDE_EXE"].split(",") if g.strip()
+        ]
+    if "OTEL_EBPF_TARGET_PIDS" in env:
+        ebpf.setdefault("include", {})["pids"] = ints("OTEL_EBPF_TARGET_PIDS", env["OTEL_EBPF_TARGET_PIDS"])
+    if "OTEL_EBPF_EXCLUDE_PIDS" in env:
+        ebpf.setdefault("exclude", {})["pids"] = ints("OTEL_EBPF_EXCLUDE_PIDS", env["OTEL_EBPF_EXCLUDE_PIDS"])
+    if "OTEL_EBPF_CAPTURE_BYTES" in env:
+        ebpf["capture_bytes"] = env["OTEL_EBPF_CAPTURE_BYTES"]
+    if "OTEL_EBPF_HEALTH_ENDPOINT" in env and "health_check" in (doc.get("extensions") or {}):
+        doc["extensions"]["health_check"] = {"endpoint": env["OTEL_EBPF_HEALTH_ENDPOINT"]}
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read, expand, override and validate; raises ConfigError with the key path."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        doc = default_document(env)
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            doc = yaml.safe_load(_expand(text)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    _apply_env(doc, env)
+    try:
+        config = Config.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+    exporters: dict[str, Any] = {}
+    for key, body in config.exporters.items():
+        kind = key.split("/", 1)[0]
+        model = EXPORTER_TYPES.get(kind)
+        if model is None:
+            known = ", ".join(EXPORTER_TYPES)
+            raise ConfigError(f"exporters.{key}: unknown exporter type {kind!r} (known: {known})")
+        try:
+            exporters[key] = model.model_validate(body or {})
+        except ValidationError as exc:
+            raise ConfigError(_first_error(exc, f"exporters.{key}")) from None
+    return config.model_copy(update={"exporters": exporters})

@@ -1,0 +1,240 @@
+"""`otel-ebpf doctor`: what this kernel and this process can do, one line per check."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from otel_ebpf.privileges import missing_capabilities
+from otel_ebpf.receivers.sockets import (
+    OPTIONAL_PLAIN_SYSCALLS,
+    REQUIRED_TRACEPOINTS,
+    TRACEFS,
+    ReceiverError,
+    SocketReceiver,
+    tracepoint_exists,
+)
+
+OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "INFO"
+
+_SYS_BPF = 321
+_SYS_PERF_EVENT_OPEN = 298
+_BPF_MAP_CREATE = 0
+_MAP_ARRAY = 2
+_MAP_RINGBUF = 27
+
+
+class Check(NamedTuple):
+    status: str
+    name: str
+    detail: str
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf_map_create(map_type: int, key: int, value: int, entries: int) -> tuple[bool, str]:
+    """Create and close a map through the raw bpf() syscall (x86_64 numbers)."""
+    if platform.machine() != "x86_64":
+        return False, "check implemented for x86_64 only"
+    attr = ctypes.create_string_buffer(struct.pack("<IIII", map_type, key, value, entries), 128)
+    libc = _libc()
+    fd = libc.syscall(_SYS_BPF, _BPF_MAP_CREATE, attr, 128)
+    if fd < 0:
+        return False, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return True, ""
+
+
+def _perf_event_open() -> tuple[bool, str]:
+    if platform.machine() != "x86_64":
+        return False, "check implemented for x86_64 only"
+    # struct perf_event_attr: type=PERF_TYPE_SOFTWARE(1), size, config=CPU_CLOCK(0), disabled bit
+    attr = ctypes.create_string_buffer(struct.pack("<IIQQQQ", 1, 128, 0, 0, 0, 1), 128)
+    fd = _libc().syscall(_SYS_PERF_EVENT_OPEN, attr, 0, -1, -1, 0)
+    if fd < 0:
+        return False, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    return True, ""
+
+
+def _privileges() -> Check:
+    missing = missing_capabilities()
+    if not missing:
+        return Check(OK, "privileges", f"uid {os.geteuid()}, capabilities to load eBPF and read /proc")
+    return Check(FAIL, "privileges", f"missing {', '.join(missing)}: run as root or grant them")
+
+
+def _bpf_syscall() -> Check:
+    ok, err = _bpf_map_create(_MAP_ARRAY, 4, 4, 1)
+    return Check(OK, "bpf() syscall", "map created") if ok else Check(
+        FAIL, "bpf() syscall", f"{err}: needs CAP_BPF and a kernel with CONFIG_BPF_SYSCALL"
+    )
+
+
+def _ring_buffer() -> Check:
+    ok, err = _bpf_map_create(_MAP_RINGBUF, 0, 0, 4096)
+    return Check(OK, "BPF ring buffer", "supported") if ok else Check(
+        FAIL, "BPF ring buffer", f"{err}: needs Linux 5.8 or later"
+    )
+
+
+def _btf() -> Check:
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        return Check(OK, "BTF", "/sys/kernel/btf/vmlinux present")
+    return Check(WARN, "BTF", "no /sys/kernel/btf/vmlinux (not needed: tracepoints only)")
+
+
+def _tracefs() -> Check:
+    if (TRACEFS / "events").is_dir():
+        return Check(OK, "tracefs", f"mounted at {TRACEFS}")
+    return Check(FAIL, "tracefs", f"not mounted: mount -t tracefs nodev {TRACEFS}")
+
+
+def _tracepoints() -> Iterator[Check]:
+    for tp in REQUIRED_TRACEPOINTS:
+        if tracepoint_exists(tp):
+            yield Check(OK, f"tracepoint {tp}", "present")
+        else:
+            yield Check(FAIL, f"tracepoint {tp}", "missing: payload capture needs it")
+    for name, _ in OPTIONAL_PLAIN_SYSCALLS:
+        tp = f"syscalls/sys_enter_{name}"
+        state = "present, used" if tracepoint_exists(tp) else "absent (this architecture routes it via sendto/recvfrom)"
+        yield Check(INFO, f"tracepoint {tp}", state)
+
+
+def _event_source(name: str, what: str, required: bool) -> Check:
+    present = Path(f"/sys/bus/event_source/devices/{name}").exists()
+    if present:
+        return Check(OK, what, "available")
+    return Check(FAIL if required else INFO, what, "not available" + ("" if required else " (optional, not used)"))
+
+
+def _perf_events() -> Check:
+    ok, err = _perf_event_open()
+    paranoid = Path("/proc/sys/kernel/perf_event_paranoid")
+    level = paranoid.read_text().strip() if paranoid.exists() else "?"
+    if ok:
+        return Check(OK, "perf events", f"perf_event_open works (perf_event_paranoid={level})")
+    return Check(FAIL, "perf events", f"perf_event_open: {err} (perf_event_paranoid={level}); needs CAP_PERFMON")
+
+
+def _kernel_headers() -> Check:
+    release = platform.release()
+    build = Path(f"/lib/modules/{release}/build")
+    if not build.exists():
+        return Check(FAIL, "kernel headers", f"{build} missing: run scripts/setup.sh (links Debian's headers)")
+    target = build.resolve()
+    if release in target.name:
+        return Check(OK, "kernel headers", f"{build} -> {target}")
+    return Check(
+        WARN,
+        "kernel headers",
+        f"{build} -> {target}: headers of another version, linked by the set-up; "
+        "fine for tracepoint programs, which read only tracepoint fields",
+    )
+
+
+def _lockdown() -> Check:
+    path = Path("/sys/kernel/security/lockdown")
+    if not path.exists():
+        return Check(INFO, "lockdown", "not reported by this kernel")
+    text = path.read_text().strip()
+    mode = text[text.find("[") + 1 : text.find("]")] if "[" in text else text
+    status = OK if mode in ("none", "integrity") else WARN
+    return Check(status, "lockdown", f"{mode} (bpf_probe_write_user is never used)")
+
+
+def _bcc() -> Check:
+    try:
+        import bcc  # noqa: PLC0415
+
+        return Check(OK, "bcc", f"importable ({Path(bcc.__file__).parent})")
+    except ImportError:
+        return Check(FAIL, "bcc", "not importable: run scripts/setup.sh (Debian package python3-bpfcc)")
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """libbpf prints a refused load straight to fd 2; the check's line says it better."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _fentry() -> Check:
+    try:
+        from bcc import BPF  # noqa: PLC0415
+
+        with _stderr_silenced():
+            prog = BPF(text="KFUNC_PROBE(do_nanosleep) { return 0; }")
+        prog.cleanup()
+        return Check(INFO, "fentry/fexit", "available (optional, not used)")
+    except Exception:
+        return Check(INFO, "fentry/fexit", "refused by this kernel (optional, not used)")
+
+
+def _program_load() -> Check:
+    receiver = SocketReceiver(lambda _e: None)
+    try:
+        receiver.start()
+    except ReceiverError as exc:
+        return Check(FAIL, "socket receiver", str(exc))
+    finally:
+        receiver.close()
+    return Check(OK, "socket receiver", "compiled, loaded and attached")
+
+
+CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
+    _privileges,
+    lambda: Check(INFO, "kernel", f"{platform.system()} {platform.release()} {platform.machine()}"),
+    _bpf_syscall,
+    _ring_buffer,
+    _btf,
+    _lockdown,
+    _tracefs,
+    _tracepoints,
+    lambda: _event_source("uprobe", "uprobes", required=False),
+    lambda: _event_source("kprobe", "kprobes", required=False),
+    _fentry,
+    _perf_events,
+    _kernel_headers,
+    _bcc,
+    _program_load,
+]
+
+
+def run_checks() -> list[Check]:
+    results: list[Check] = []
+    privileged = not missing_capabilities()
+    for check in CHECKS:
+        if not privileged and check in (_fentry, _program_load):
+            results.append(Check(FAIL, "socket receiver" if check is _program_load else "fentry/fexit",
+                                 "skipped: needs the privileges above"))
+            continue
+        out = check()
+        results.extend([out] if isinstance(out, Check) else out)
+    return results
+
+
+def report(results: list[Check]) -> str:
+    width = max(len(c.name) for c in results)
+    lines = [f"{c.status:<5} {c.name:<{width}}  {c.detail}" for c in results]
+    fails = sum(c.status == FAIL for c in results)
+    warns = sum(c.status == WARN for c in results)
+    verdict = "ready to run" if not fails else "cannot run until the FAIL lines are fixed"
+    lines.append(f"summary: {fails} failed, {warns} warnings: {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Span exporters: OTLP gRPC and HTTP (opentelemetry-exporter-otlp), console lines, OTLP-JSON file.
+
+The OTLP exporters are the SDK's own, so the standard OTEL_EXPORTER_OTLP_*
+variables apply to whatever the YAML leaves unset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+
+from otel_ebpf.config import (
+    DebugExporterConfig,
+    FileExporterConfig,
+    OtlpExporterConfig,
+)
+from otel_ebpf.telemetry import SelfTelemetry
+
+
+def _line(span: ReadableSpan, verbosity: str) -> str:
+    a = span.attributes or {}
+    start = datetime.datetime.fromtimestamp((span.start_time or 0) / 1e9, datetime.UTC)
+    ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+    service = span.resource.attributes.get("service.name", "?")
+    kind = "SERVER" if span.kind == SpanKind.SERVER else "CLIENT"
+    target = a.get("url.path", "") + (f"?{a['url.query']}" if "url.query" in a else "")
+    status = a.get("http.response.status_code", a.get("error.type", "-"))
+    peer = f"{a.get('network.peer.address', '?')}:{a.get('network.peer.port', '?')}"
+    arrow = "<-" if span.kind == SpanKind.SERVER else "->"
+    err = " ERROR" if span.status.status_code == StatusCode.ERROR else ""
+    line = (
+        f"{start.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {kind} "
+        f"{service}[{span.resource.attributes.get('process.pid', '?')}] "
+        f"{span.name} {target} {status} {ms:.2f}ms {arrow} {peer}{err}"
+    )
+    if verbosity != "basic":
+        ctx = span.get_span_context()
+        assert ctx is not None
+        line += f" trace={ctx.trace_id:032x} span={ctx.span_id:016x}"
+    if verbosity == "detailed":
+        line += " " + json.dumps(dict(a), sort_keys=True)
+    return line
+
+
+class ConsoleLineExporter(SpanExporter):
+    """One readable line per span, for people watching `otel-ebpf run`."""
+
+    def __init__(self, verbosity: str = "normal", out: IO[str] | None = None) -> None:
+        self._verbosity = verbosity
+        self._out = out or sys.stdout
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        text = "".join(_line(s, self._verbosity) + "\n" for s in spans)
+        with self._lock:
+            self._out.write(text)
+            self._out.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _hex_ids(node: Any) -> Any:
+    """OTLP/JSON writes trace and span ids as hex, where protobuf JSON uses base64."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
+                import base64  # noqa: PLC0415 - only on this path
+
+                node[key] = base64.b64decode(value).hex()
+            else:
+                _hex_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_ids(item)
+    return node
+
+
+def otlp_json(spans: Sequence[ReadableSpan]) -> str:
+    """An ExportTraceServiceRequest in the OTLP/JSON encoding, one line."""
+    body = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    return json.dumps(_hex_ids(body), separators=(",", ":"))
+
+
+class JsonLinesFileExporter(SpanExporter):
+    """Appends one OTLP/JSON request per batch (the collector file exporter's format)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        line = otlp_json(spans) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class CountingExporter(SpanExporter):
+    """Counts what each exporter delivered or failed, for self-telemetry."""
+
+    def __init__(self, inner: SpanExporter, telemetry: SelfTelemetry) -> None:
+        self.inner = inner
+        self._telemetry = telemetry
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # an exporter bug must not kill the export thread
+            result = SpanExportResult.FAILURE
+        if result == SpanExportResult.SUCCESS:
+            self._telemetry.spans_exported += len(spans)
+        else:
+            self._telemetry.spans_export_failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def build_exporter(key: str, cfg: object) -> SpanExporter:
+    kind = key.split("/", 1)[0]
+    if kind == "debug":
+        assert isinstance(cfg, DebugExporterConfig)
+        return ConsoleLineExporter(cfg.verbosity)
+    if kind == "file":
+        assert isinstance(cfg, FileExporterConfig)
+        return JsonLinesFileExporter(cfg.path)
+    assert isinstance(cfg, OtlpExporterConfig)
+    kwargs: dict[str, Any] = {}
+    if cfg.endpoint:
+        kwargs["endpoint"] = cfg.endpoint
+    if cfg.headers is not None:
+        kwargs["headers"] = cfg.headers
+    if cfg.timeout is not None:
+        kwargs["timeout"] = cfg.timeout
+    if kind == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as GrpcExporter,
+        )
+        from grpc import Compression  # noqa: PLC0415
+
+        if cfg.compression is not None:
+            kwargs["compression"] = Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression
+        if cfg.insecure is not None:
+            kwargs["insecure"] = cfg.insecure
+        return GrpcExporter(**kwargs)
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    if cfg.compression is not None:
+        kwargs["compression"] = HttpCompression.Gzip if cfg.compression == "gzip" else HttpCompression.NoCompression
+    return HttpExporter(**kwargs)

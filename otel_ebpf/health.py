@@ -1,0 +1,56 @@
+"""Health endpoint like the collector's health_check extension: 200 once ready, 503 before.
+
+The body is JSON with the self-telemetry counters, handy for people and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from otel_ebpf.telemetry import SelfTelemetry
+
+
+class HealthState:
+    def __init__(self, telemetry: SelfTelemetry) -> None:
+        self.telemetry = telemetry
+        self.ready = False
+        self.status = "starting"
+
+    def response(self) -> tuple[int, bytes]:
+        body = {"status": self.status, "telemetry": self.telemetry.snapshot()}
+        return (200 if self.ready else 503), json.dumps(body).encode()
+
+
+class HealthServer:
+    def __init__(self, endpoint: str, state: HealthState) -> None:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                code, body = state.response()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, int(port)), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

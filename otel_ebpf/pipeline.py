@@ -1,0 +1,158 @@
+"""Wiring: socket receiver -> stream tracker -> span builder -> batch processors -> exporters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otel_ebpf.config import Config
+from otel_ebpf.exporters import CountingExporter, build_exporter
+from otel_ebpf.health import HealthServer, HealthState
+from otel_ebpf.model import HttpExchange
+from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.selection import Selector, parse_ports
+from otel_ebpf.processors.spans import SpanBuilder
+from otel_ebpf.processors.streams import Connection, ConnectionTracker
+from otel_ebpf.receivers.sockets import SocketReceiver
+from otel_ebpf.telemetry import SelfTelemetry
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 60.0
+SWEEP_INTERVAL_S = 30.0
+
+
+def _collector_resource_attributes() -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES of the collector apply to every process it reports
+    (deployment.environment and the like); service.name stays per process."""
+    attrs: dict[str, str] = {}
+    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() and key.strip() != "service.name":
+            attrs[key.strip()] = value.strip()
+    return attrs
+
+
+def _selector(config: Config) -> Selector:
+    ebpf = config.ebpf
+    return Selector(
+        include_pids=frozenset(ebpf.include.pids),
+        exclude_pids=frozenset(ebpf.exclude.pids),
+        include_executables=tuple(ebpf.include.executables),
+        exclude_executables=tuple(ebpf.exclude.executables),
+        ports=tuple(parse_ports(ebpf.open_ports)),
+    )
+
+
+def _batch_processor(exporter: CountingExporter, config: Config) -> BatchSpanProcessor:
+    batch = config.processors.get("batch")
+    kwargs: dict[str, Any] = {}
+    if batch is not None and "batch" in config.service.pipelines["traces"].processors:
+        if batch.send_batch_size is not None:
+            kwargs["max_export_batch_size"] = batch.send_batch_size
+        if batch.timeout is not None:
+            kwargs["schedule_delay_millis"] = batch.timeout * 1000
+        if batch.max_queue_size is not None:
+            kwargs["max_queue_size"] = batch.max_queue_size
+    return BatchSpanProcessor(exporter, **kwargs)
+
+
+class Collector:
+    """One running collector. `run()` blocks until `stop()`; safe to stop from a signal."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.telemetry = SelfTelemetry()
+        self.health = HealthState(self.telemetry)
+        self._stop = threading.Event()
+        pipeline = config.service.pipelines["traces"]
+        self._processors = [
+            _batch_processor(
+                CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry),
+                config,
+            )
+            for name in pipeline.exporters
+        ]
+        self._queues = [getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors]
+        self._spans = SpanBuilder()
+        ebpf = config.ebpf
+        self.receiver = SocketReceiver(
+            self._on_kernel_event,
+            capture_bytes=ebpf.capture_bytes,
+            ring_buffer_pages=ebpf.ring_buffer_pages,
+            max_connections=ebpf.max_connections,
+        )
+        self._processes = ProcessRegistry(extra_attributes=_collector_resource_attributes())
+        self.tracker = ConnectionTracker(
+            self._on_exchange,
+            self._processes,
+            _selector(config),
+            self.telemetry,
+            set_quiet=self.receiver.set_quiet,
+            max_connections=ebpf.max_connections,
+            quiet_threshold=4 * ebpf.capture_bytes,
+        )
+        health = config.health
+        self._health_server = HealthServer(health.endpoint, self.health) if health else None
+
+    def _on_kernel_event(self, event: Any) -> None:
+        self.tracker.handle(event)
+
+    def _on_exchange(self, exchange: HttpExchange, conn: Connection) -> None:
+        span: ReadableSpan = self._spans.build(exchange, conn)
+        self.telemetry.spans_built += 1
+        for processor, queue in zip(self._processors, self._queues, strict=True):
+            if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+                self.telemetry.spans_dropped += 1
+            processor.on_end(span)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, on_ready: Any = None) -> None:
+        if self._health_server is not None:
+            self._health_server.start()
+        try:
+            self.receiver.start()
+            self.health.ready, self.health.status = True, "ready"
+            log.info("collector ready: tracing HTTP/1.x on TCP; exporting to %s",
+                     ", ".join(self.config.service.pipelines["traces"].exporters))
+            if on_ready is not None:
+                on_ready()
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        next_progress = time.monotonic() + PROGRESS_INTERVAL_S
+        next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        while not self._stop.is_set():
+            self.receiver.poll(100)
+            self.telemetry.events_received = self.receiver.events_received
+            now = time.monotonic()
+            if now >= next_sweep:
+                self.telemetry.events_lost = self.receiver.events_lost()
+                self._processes.forget_exited()
+                next_sweep = now + SWEEP_INTERVAL_S
+            if now >= next_progress:
+                log.info("progress: %s", self.telemetry.snapshot())
+                next_progress = now + PROGRESS_INTERVAL_S
+
+    def _shutdown(self) -> None:
+        self.health.ready, self.health.status = False, "stopping"
+        self.receiver.drain()
+        self.telemetry.events_received = self.receiver.events_received
+        self.telemetry.events_lost = self.receiver.events_lost()
+        self.tracker.close_all(time.monotonic_ns())
+        self.receiver.close()  # detach every probe before the (possibly slow) flush
+        for processor in self._processors:
+            processor.shutdown()  # flushes what is queued
+        if self._health_server is not None:
+            self._health_server.stop()
+        log.info("stopped: %s", self.telemetry.snapshot())

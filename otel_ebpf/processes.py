@@ -1,0 +1,91 @@
+"""What the collector knows of a traced process, read once from /proc and cached."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import NamedTuple
+
+from opentelemetry.sdk.resources import Resource
+
+from otel_ebpf import __version__
+
+
+class ProcessInfo(NamedTuple):
+    pid: int
+    executable_name: str
+    command_line: str
+    service_name: str
+    resource: Resource
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _service_name_from_environ(environ: bytes) -> str | None:
+    """OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES (SDK precedence)."""
+    from_attributes = None
+    for entry in environ.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if not sep:
+            continue
+        if key == b"OTEL_SERVICE_NAME" and value.strip():
+            return value.decode(errors="replace").strip()
+        if key == b"OTEL_RESOURCE_ATTRIBUTES":
+            for pair in value.decode(errors="replace").split(","):
+                k, _, v = pair.partition("=")
+                if k.strip() == "service.name" and v.strip():
+                    from_attributes = v.strip()
+    return from_attributes
+
+
+class ProcessRegistry:
+    """pid -> ProcessInfo (with its OTel Resource), built from /proc on first sight."""
+
+    def __init__(self, proc: str = "/proc", extra_attributes: dict[str, str] | None = None) -> None:
+        self._proc = proc
+        self._cache: dict[int, ProcessInfo] = {}
+        self._host = socket.gethostname()
+        self._extra = dict(extra_attributes or {})
+
+    def get(self, pid: int) -> ProcessInfo:
+        info = self._cache.get(pid)
+        if info is None:
+            info = self._cache[pid] = self._load(pid)
+        return info
+
+    def forget_exited(self) -> int:
+        """Drop processes that are gone (called periodically; pids get reused)."""
+        gone = [pid for pid in self._cache if not os.path.exists(f"{self._proc}/{pid}")]
+        for pid in gone:
+            del self._cache[pid]
+        return len(gone)
+
+    def _load(self, pid: int) -> ProcessInfo:
+        base = f"{self._proc}/{pid}"
+        try:
+            exe = os.path.basename(os.readlink(f"{base}/exe"))
+        except OSError:
+            exe = _read(f"{base}/comm").decode(errors="replace").strip()
+        exe = exe.removesuffix(" (deleted)")
+        cmdline = _read(f"{base}/cmdline").rstrip(b"\0").replace(b"\0", b" ")
+        command_line = cmdline.decode(errors="replace")
+        service = _service_name_from_environ(_read(f"{base}/environ"))
+        if not service:
+            service = exe or f"unknown_service:{pid}"
+        attributes: dict[str, str | int] = {
+            **self._extra,
+            "service.name": service,
+            "process.pid": pid,
+            "process.executable.name": exe,
+            "process.command_line": command_line,
+            "host.name": self._host,
+            "telemetry.distro.name": "otel-ebpf",
+            "telemetry.distro.version": __version__,
+        }
+        return ProcessInfo(pid, exe, command_line, service, Resource(attributes))

@@ -1,0 +1,27 @@
+"""The collector's own counters: nothing is lost silently.
+
+Plain integers updated from the single processing thread; read by the health
+endpoint and the periodic log line (a torn read there is harmless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class SelfTelemetry:
+    events_received: int = 0
+    events_lost: int = 0  # kernel ring buffer full
+    connections_tracked: int = 0
+    connections_evicted: int = 0  # table full: oldest dropped
+    connections_excluded: int = 0  # not selected, or the collector's own traffic
+    parse_errors: int = 0
+    requests_unanswered: int = 0  # connection closed before a response
+    spans_built: int = 0
+    spans_exported: int = 0
+    spans_export_failed: int = 0
+    spans_dropped: int = 0  # export queue full
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)

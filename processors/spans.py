@@ -1,0 +1,127 @@
+"""HTTP exchanges -> OpenTelemetry spans, per the HTTP semantic conventions.
+
+Semantic conventions version: otel_ebpf.SEMCONV_VERSION (stable HTTP names).
+SERVER spans for requests a process received on an accepted socket, CLIENT
+spans for requests it sent on a connected one; times are the first request
+byte and the last response byte as the traced process saw them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from otel_ebpf import SCHEMA_URL, __version__
+from otel_ebpf.model import HttpExchange, Role
+from otel_ebpf.processors.streams import Connection
+
+SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def monotonic_to_epoch_offset() -> int:
+    """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    path, sep, query = target.partition("?")
+    return path, (query if sep else None)
+
+
+def _host_port(host: str) -> tuple[str, int | None]:
+    if host.startswith("["):  # [v6]:port
+        addr, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        addr, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    return addr, int(port) if port.isdigit() else None
+
+
+class SpanBuilder:
+    def __init__(self, epoch_offset: int | None = None) -> None:
+        self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
+        self._rand = random.Random()
+
+    def build(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
+        req, resp = x.request, x.response
+        server = conn.role == Role.SERVER
+        path, query = _split_target(req.target)
+        attrs: dict[str, str | int] = {
+            "http.request.method": req.method,
+            "url.path": path,
+            "url.scheme": "http",
+            "network.protocol.name": "http",
+            "network.protocol.version": req.version,
+            "network.transport": "tcp",
+            "network.type": "ipv6" if conn.ipv6 else "ipv4",
+        }
+        if query is not None:
+            attrs["url.query"] = query
+        host = req.headers.get("host")
+        local, remote = conn.local, conn.remote
+        if host:
+            addr, port = _host_port(host)
+            attrs["server.address"] = addr
+            if port is not None:
+                attrs["server.port"] = port
+        if remote is not None:
+            attrs["network.peer.address"] = remote.address
+            attrs["network.peer.port"] = remote.port
+        if server:
+            if local is not None:
+                attrs.setdefault("server.address", local.address)
+                attrs.setdefault("server.port", local.port)
+            if remote is not None:
+                attrs["client.address"] = remote.address
+                attrs["client.port"] = remote.port
+        else:
+            if remote is not None:
+                attrs.setdefault("server.address", remote.address)
+                attrs.setdefault("server.port", remote.port)
+            authority = host or (f"{remote.address}:{remote.port}" if remote else "")
+            target = req.target if req.target.startswith("/") else "/" + req.target
+            attrs["url.full"] = req.target if "://" in req.target else f"http://{authority}{target}"
+        if "user-agent" in req.headers:
+            attrs["user_agent.original"] = req.headers["user-agent"]
+        if x.request_body_bytes:
+            attrs["http.request.body.size"] = x.request_body_bytes
+        status = Status(StatusCode.UNSET)
+        if resp is not None:
+            code = resp.status
+            attrs["http.response.status_code"] = code
+            if x.response_body_bytes:
+                attrs["http.response.body.size"] = x.response_body_bytes
+            if code >= 500 or (code >= 400 and not server):
+                attrs["error.type"] = str(code)
+                status = Status(StatusCode.ERROR)
+        else:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "connection ended before a response")
+        if req.truncated:
+            attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
+        rand = self._rand
+        context = SpanContext(
+            trace_id=rand.getrandbits(128) or 1,
+            span_id=rand.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=_SAMPLED,
+        )
+        process = conn.process
+        assert process is not None
+        return ReadableSpan(
+            name=req.method,
+            context=context,
+            parent=None,
+            resource=process.resource,
+            attributes=attrs,
+            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+            status=status,
+            start_time=x.start_ts + self._offset,
+            end_time=max(x.end_ts, x.start_ts) + self._offset,
+            instrumentation_scope=SCOPE,
+        )

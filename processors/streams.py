@@ -1,0 +1,265 @@
+"""Per-connection stream reassembly: kernel events in, HTTP exchanges out.
+
+Keeps one `Connection` per kernel socket, turns stream offsets into the
+parser's feed/skip calls, decides the request direction from the role (or
+from the first bytes for connections that predate the collector), and tells
+the kernel which body bytes it need not send (the `quiet` offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import psutil
+
+from otel_ebpf.model import (
+    ConnClose,
+    ConnOpen,
+    DataEvent,
+    Direction,
+    Endpoint,
+    HttpExchange,
+    KernelEvent,
+    Role,
+    SelfConn,
+)
+from otel_ebpf.processes import ProcessInfo, ProcessRegistry
+from otel_ebpf.processors.protocols.http1 import (
+    Http1Connection,
+    looks_like_request,
+    looks_like_response,
+)
+from otel_ebpf.processors.selection import Selector
+from otel_ebpf.telemetry import SelfTelemetry
+
+log = logging.getLogger(__name__)
+
+QuietSetter = Callable[[int, Direction, int], None]
+
+
+class Connection:
+    """What we know of one TCP connection, from one process's side."""
+
+    __slots__ = (
+        "http",
+        "ipv6",
+        "local",
+        "pid",
+        "process",
+        "quiet",
+        "remote",
+        "role",
+        "selected",
+        "sk",
+        "stream_pos",
+    )
+
+    def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
+        self.sk = sk
+        self.role = role
+        self.pid = 0
+        self.local: Endpoint | None = None
+        self.remote: Endpoint | None = None
+        self.ipv6 = False
+        self.process: ProcessInfo | None = None
+        self.selected: bool | None = None  # decided at the first data event
+        self.http: Http1Connection | None = None
+        self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
+        self.quiet = [0, 0]  # quiet offsets already sent to the kernel
+
+    @property
+    def server_port(self) -> int:
+        end = self.local if self.role == Role.SERVER else self.remote
+        return end.port if end else 0
+
+
+ExchangeSink = Callable[[HttpExchange, Connection], None]
+
+
+def _tuple_from_proc(pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
+    """Tuple of a socket that predates us, from /proc (no kernel structs read)."""
+    try:
+        for c in psutil.Process(pid).net_connections(kind="tcp"):
+            if c.fd == fd and c.laddr and c.raddr:
+                return Endpoint(c.laddr.ip, c.laddr.port), Endpoint(c.raddr.ip, c.raddr.port)
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+class ConnectionTracker:
+    """Dispatches kernel events to per-connection HTTP/1 parsers."""
+
+    def __init__(
+        self,
+        sink: ExchangeSink,
+        processes: ProcessRegistry,
+        selector: Selector,
+        telemetry: SelfTelemetry,
+        set_quiet: QuietSetter | None = None,
+        max_connections: int = 65536,
+        quiet_threshold: int = 8192,
+    ) -> None:
+        self._sink = sink
+        self._processes = processes
+        self._selector = selector
+        self._telemetry = telemetry
+        self._set_quiet = set_quiet
+        self._conns: OrderedDict[int, Connection] = OrderedDict()
+        self._max = max_connections
+        self._quiet_threshold = quiet_threshold
+        # Tuples (local, remote) of sockets the collector itself uses; a
+        # connection with the mirrored tuple is its peer and is not traced.
+        self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
+        self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def handle(self, event: KernelEvent) -> None:
+        if type(event) is DataEvent:
+            self._on_data(event)
+        elif type(event) is ConnOpen:
+            self._on_open(event)
+        elif type(event) is ConnClose:
+            self._on_close(event)
+        elif type(event) is SelfConn:
+            self._on_self(event)
+
+    def close_all(self, ts: int) -> None:
+        """Shutdown: finish every connection's pending exchanges."""
+        for conn in list(self._conns.values()):
+            self._finish(conn, ts)
+        self._conns.clear()
+
+    # -- events ---------------------------------------------------------------
+
+    def _connection(self, sk: int, role: Role) -> Connection:
+        conn = self._conns.get(sk)
+        if conn is None:
+            if len(self._conns) >= self._max:
+                _, old = self._conns.popitem(last=False)
+                self._telemetry.connections_evicted += 1
+                self._finish(old, 0)
+            conn = self._conns[sk] = Connection(sk, role)
+            self._telemetry.connections_tracked += 1
+        return conn
+
+    def _on_open(self, ev: ConnOpen) -> None:
+        old = self._conns.pop(ev.sk, None)
+        if old is not None:  # the socket address was reused: its close was lost
+            self._finish(old, ev.ts)
+        conn = self._connection(ev.sk, ev.role)
+        conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
+        conn.pid = ev.pid
+        if ev.sk in self._own:
+            self._mark_own(ev.sk, (ev.local, ev.remote))
+
+    def _on_self(self, ev: SelfConn) -> None:
+        conn = self._conns.pop(ev.sk, None)
+        ends = (conn.local, conn.remote) if conn and conn.local and conn.remote else None
+        self._own[ev.sk] = None
+        if ends:
+            self._mark_own(ev.sk, ends)
+
+    def _mark_own(self, sk: int, ends: tuple[Endpoint, Endpoint]) -> None:
+        self._own[sk] = ends
+        self._own_peers.add((ends[1], ends[0]))
+        self._conns.pop(sk, None)
+
+    def _on_close(self, ev: ConnClose) -> None:
+        if ev.sk in self._own:
+            ends = self._own.pop(ev.sk)
+            if ends:
+                self._own_peers.discard((ends[1], ends[0]))
+            return
+        conn = self._conns.pop(ev.sk, None)
+        if conn is not None:
+            self._finish(conn, ev.ts)
+
+    def _finish(self, conn: Connection, ts: int) -> None:
+        if conn.http is None:
+            return
+        exchanges = conn.http.close(ts)
+        self._telemetry.parse_errors += conn.http.parse_errors
+        conn.http.parse_errors = 0
+        for x in exchanges:
+            if x.response is None:
+                self._telemetry.requests_unanswered += 1
+            self._sink(x, conn)
+        conn.http = None
+
+    def _on_data(self, ev: DataEvent) -> None:
+        if ev.sk in self._own:
+            return
+        conn = self._conns.get(ev.sk)
+        if conn is None:
+            conn = self._connection(ev.sk, ev.role)
+        if conn.selected is None:
+            if not self._decide(conn, ev):
+                return
+        if not conn.selected:
+            return
+        d = ev.direction
+        expected = conn.stream_pos[d]
+        if expected is None:
+            expected = ev.cap_offset
+        is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
+        http = conn.http
+        assert http is not None
+        out: list[HttpExchange] = []
+        gap = ev.cap_offset - expected
+        if gap > 0:
+            out += http.skip(is_request, gap, ev.ts)
+        end = ev.offset + ev.length
+        if ev.payload:
+            out += http.feed(is_request, ev.payload, ev.ts)
+            tail = end - (ev.cap_offset + len(ev.payload))
+        else:
+            tail = end - max(ev.cap_offset, expected)
+        if tail > 0:
+            out += http.skip(is_request, tail, ev.ts)
+        conn.stream_pos[d] = end
+        if self._set_quiet is not None:
+            ahead = http.skippable(is_request)
+            if ahead > self._quiet_threshold and conn.quiet[d] < end + ahead:
+                conn.quiet[d] = end + ahead
+                self._set_quiet(conn.sk, d, end + ahead)
+        if http.parse_errors:
+            self._telemetry.parse_errors += http.parse_errors
+            http.parse_errors = 0
+        for x in out:
+            self._sink(x, conn)
+
+    def _decide(self, conn: Connection, ev: DataEvent) -> bool:
+        """First data on a connection: who owns it, which side it is, trace it or not."""
+        if conn.role == Role.UNKNOWN:
+            # Opened before we started: take the role from what the bytes say.
+            payload = ev.payload
+            if looks_like_request(payload):
+                conn.role = Role.CLIENT if ev.direction == Direction.EGRESS else Role.SERVER
+            elif looks_like_response(payload):
+                conn.role = Role.SERVER if ev.direction == Direction.EGRESS else Role.CLIENT
+            else:
+                return False  # wait for bytes that tell
+        conn.pid = ev.pid
+        if conn.local is None:
+            ends = _tuple_from_proc(ev.pid, ev.fd) if ev.fd else None
+            if ends:
+                conn.local, conn.remote = ends
+                conn.ipv6 = ":" in ends[0].address
+        process = self._processes.get(ev.pid)
+        conn.process = process
+        own_peer = conn.local is not None and (conn.local, conn.remote) in self._own_peers
+        conn.selected = (
+            not own_peer
+            and self._selector.process_selected(ev.pid, process.executable_name)
+            and self._selector.port_selected(conn.server_port)
+        )
+        if conn.selected:
+            conn.http = Http1Connection()
+        else:
+            self._telemetry.connections_excluded += 1
+        return True
