@@ -12,7 +12,9 @@
 // A request costs a fixed number of events, not one per syscall: user space
 // writes into `quiet` the stream offset up to which it does not need bytes
 // (the rest of a body it has already sized), and syscalls that end before that
-// offset only advance the connection's counters.
+// offset only advance the connection's counters. Entries carry the
+// connection's generation, so a late write for a closed connection can never
+// silence a new one that reuses the same sock address.
 
 #include <uapi/linux/ptrace.h>
 
@@ -26,7 +28,7 @@
 #define MAX_CONNS 65536
 #endif
 #ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 256
+#define RINGBUF_PAGES 2048
 #endif
 #define MAX_IOV 4
 
@@ -54,6 +56,7 @@ struct active_io {
 };
 
 struct conn_state {
+    u64 gen;      // creation time: tells a reused sock address from its predecessor
     u64 bytes[2]; // stream offset per direction
     u32 pid;
     u8 role;
@@ -63,6 +66,7 @@ struct conn_state {
 
 struct quiet_key {
     u64 sk;
+    u64 gen;
     u32 dir;
     u32 pad;
 };
@@ -77,11 +81,13 @@ struct data_event {
     u32 tid;
     u32 fd;
     u64 sk;
+    u64 gen;
     u64 ts;
     u64 offset;     // stream offset of the syscall's first byte
     u64 cap_offset; // stream offset of the first captured byte
     u32 len;        // bytes the syscall moved
     u32 captured;   // bytes in data[]
+    char comm[16];  // names the process even if it exits before user space looks
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -101,8 +107,9 @@ struct conn_event {
 };
 
 BPF_HASH(active_io, u32, struct active_io, 16384);
-BPF_HASH(conns, u64, struct conn_state, MAX_CONNS);
-BPF_HASH(quiet, struct quiet_key, u64, MAX_CONNS);
+// LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
+BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
+BPF_TABLE("lru_hash", struct quiet_key, u64, quiet, MAX_CONNS);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -215,7 +222,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     struct conn_state *cs = conns.lookup(&skey);
     if (!cs) {
         // A connection opened before we started: user space finds its tuple.
-        struct conn_state fresh = {};
+        struct conn_state fresh = {.gen = bpf_ktime_get_ns()};
         conns.update(&skey, &fresh);
         cs = conns.lookup(&skey);
         if (!cs)
@@ -240,7 +247,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     u64 offset = __sync_fetch_and_add(&cs->bytes[dir], (u64)ret);
     cs->pid = tgid;
 
-    struct quiet_key qk = {.sk = skey, .dir = dir};
+    struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = dir};
     u64 *quiet_until = quiet.lookup(&qk);
     if (quiet_until && offset + (u64)ret < *quiet_until)
         return 0; // inside a body user space has already sized
@@ -255,6 +262,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     ev->pid = tgid;
     ev->tid = tid;
     ev->sk = skey;
+    ev->gen = cs->gen;
     ev->ts = bpf_ktime_get_ns();
     ev->offset = offset;
     ev->cap_offset = offset;
@@ -262,6 +270,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     ev->captured = 0;
     ev->has_payload = 0;
     ev->fd = 0;
+    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
     struct active_io *io = active_io.lookup(&tid);
     if (io) {
@@ -311,7 +320,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 
     if (newstate == TCP_SYN_SENT) {
         // connect(): we are in the caller's context, so this names the client.
-        struct conn_state cs = {.role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
+        struct conn_state cs = {
+            .gen = bpf_ktime_get_ns(), .role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
         conns.update(&skey, &cs);
         return 0;
     }
@@ -326,7 +336,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (cs) {
             cs->role = role;
         } else {
-            struct conn_state fresh = {.role = role};
+            struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role};
             conns.update(&skey, &fresh);
             cs = conns.lookup(&skey);
         }
@@ -363,11 +373,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     }
     events.ringbuf_submit(ce, 0);
     if (newstate == TCP_CLOSE) {
+        if (cs) {
+            struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = DIR_EGRESS};
+            quiet.delete(&qk);
+            qk.dir = DIR_INGRESS;
+            quiet.delete(&qk);
+        }
         conns.delete(&skey);
-        struct quiet_key qk = {.sk = skey, .dir = DIR_EGRESS};
-        quiet.delete(&qk);
-        qk.dir = DIR_INGRESS;
-        quiet.delete(&qk);
     }
     return 0;
 }

@@ -63,7 +63,7 @@ class SelectionConfig(_Strict):
 
 class EbpfReceiverConfig(_Strict):
     capture_bytes: int = 1024
-    ring_buffer_pages: int = 256
+    ring_buffer_pages: int = 2048
     max_connections: int = Field(65536, ge=16)
     open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace
     include: SelectionConfig = SelectionConfig()

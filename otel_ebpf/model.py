@@ -38,6 +38,7 @@ class DataEvent(NamedTuple):
     """Bytes moved by one send/recv-family call on a TCP socket."""
 
     sk: int  # kernel socket address: the connection's identity while it lives
+    gen: int  # the kernel's generation of that address (changes when it is reused)
     direction: Direction
     role: Role
     pid: int
@@ -48,6 +49,7 @@ class DataEvent(NamedTuple):
     length: int  # bytes the call moved
     cap_offset: int  # stream offset of payload[0]
     payload: bytes  # the first bytes, bounded by the capture size
+    comm: bytes  # the kernel's 16-byte task name, NUL-padded
 
 
 class ConnOpen(NamedTuple):

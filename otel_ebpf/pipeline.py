@@ -120,6 +120,7 @@ class Collector:
             self._health_server.start()
         try:
             self.receiver.start()
+            self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             log.info("collector ready: tracing HTTP/1.x on TCP; exporting to %s",
                      ", ".join(self.config.service.pipelines["traces"].exporters))

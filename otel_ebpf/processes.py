@@ -53,10 +53,11 @@ class ProcessRegistry:
         self._host = socket.gethostname()
         self._extra = dict(extra_attributes or {})
 
-    def get(self, pid: int) -> ProcessInfo:
+    def get(self, pid: int, comm: bytes = b"") -> ProcessInfo:
+        """`comm` (the kernel's task name) names a process that exited before we looked."""
         info = self._cache.get(pid)
         if info is None:
-            info = self._cache[pid] = self._load(pid)
+            info = self._cache[pid] = self._load(pid, comm.split(b"\0", 1)[0].decode(errors="replace"))
         return info
 
     def forget_exited(self) -> int:
@@ -66,12 +67,12 @@ class ProcessRegistry:
             del self._cache[pid]
         return len(gone)
 
-    def _load(self, pid: int) -> ProcessInfo:
+    def _load(self, pid: int, comm: str) -> ProcessInfo:
         base = f"{self._proc}/{pid}"
         try:
             exe = os.path.basename(os.readlink(f"{base}/exe"))
         except OSError:
-            exe = _read(f"{base}/comm").decode(errors="replace").strip()
+            exe = _read(f"{base}/comm").decode(errors="replace").strip() or comm
         exe = exe.removesuffix(" (deleted)")
         cmdline = _read(f"{base}/cmdline").rstrip(b"\0").replace(b"\0", b" ")
         command_line = cmdline.decode(errors="replace")

@@ -36,13 +36,14 @@ from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
 
-QuietSetter = Callable[[int, Direction, int], None]
+QuietSetter = Callable[[int, int, Direction, int], None]
 
 
 class Connection:
     """What we know of one TCP connection, from one process's side."""
 
     __slots__ = (
+        "gen",
         "http",
         "ipv6",
         "local",
@@ -58,6 +59,7 @@ class Connection:
 
     def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
         self.sk = sk
+        self.gen = 0  # kernel generation, from the first data event
         self.role = role
         self.pid = 0
         self.local: Endpoint | None = None
@@ -89,6 +91,18 @@ def _tuple_from_proc(pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
     return None
 
 
+def _own_socket_ends(known_peers: set[tuple[Endpoint, Endpoint]]) -> None:
+    """Our own connections that predate the probes: mark the peer of every one."""
+    try:
+        for c in psutil.Process().net_connections(kind="tcp"):
+            if c.laddr and c.raddr:
+                local = Endpoint(c.laddr.ip, c.laddr.port)
+                remote = Endpoint(c.raddr.ip, c.raddr.port)
+                known_peers.add((remote, local))
+    except (psutil.Error, OSError):
+        pass
+
+
 class ConnectionTracker:
     """Dispatches kernel events to per-connection HTTP/1 parsers."""
 
@@ -114,6 +128,10 @@ class ConnectionTracker:
         # connection with the mirrored tuple is its peer and is not traced.
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
         self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
+
+    def mark_own_connections(self) -> None:
+        """Exclude the peers of the collector's current connections (call once attached)."""
+        _own_socket_ends(self._own_peers)
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -148,32 +166,34 @@ class ConnectionTracker:
         return conn
 
     def _on_open(self, ev: ConnOpen) -> None:
+        self._forget_own(ev.sk)  # a new connection: whatever we knew of this address is gone
         old = self._conns.pop(ev.sk, None)
         if old is not None:  # the socket address was reused: its close was lost
             self._finish(old, ev.ts)
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
         conn.pid = ev.pid
-        if ev.sk in self._own:
-            self._mark_own(ev.sk, (ev.local, ev.remote))
 
     def _on_self(self, ev: SelfConn) -> None:
         conn = self._conns.pop(ev.sk, None)
-        ends = (conn.local, conn.remote) if conn and conn.local and conn.remote else None
-        self._own[ev.sk] = None
+        if conn is not None and conn.local and conn.remote:
+            ends = (conn.local, conn.remote)
+        else:  # connected before the probes were attached: ask /proc
+            ends = None
+            self.mark_own_connections()
+        self._own[ev.sk] = ends
         if ends:
-            self._mark_own(ev.sk, ends)
+            self._own_peers.add((ends[1], ends[0]))
 
-    def _mark_own(self, sk: int, ends: tuple[Endpoint, Endpoint]) -> None:
-        self._own[sk] = ends
-        self._own_peers.add((ends[1], ends[0]))
-        self._conns.pop(sk, None)
+    def _forget_own(self, sk: int) -> None:
+        if sk in self._own:
+            ends = self._own.pop(sk)
+            if ends:
+                self._own_peers.discard((ends[1], ends[0]))
 
     def _on_close(self, ev: ConnClose) -> None:
         if ev.sk in self._own:
-            ends = self._own.pop(ev.sk)
-            if ends:
-                self._own_peers.discard((ends[1], ends[0]))
+            self._forget_own(ev.sk)
             return
         conn = self._conns.pop(ev.sk, None)
         if conn is not None:
@@ -197,6 +217,13 @@ class ConnectionTracker:
         conn = self._conns.get(ev.sk)
         if conn is None:
             conn = self._connection(ev.sk, ev.role)
+            conn.gen = ev.gen
+        elif conn.gen != ev.gen:
+            if conn.gen:  # the address was reused and we missed the close
+                self._conns.pop(ev.sk)
+                self._finish(conn, ev.ts)
+                conn = self._connection(ev.sk, ev.role)
+            conn.gen = ev.gen
         if conn.selected is None:
             if not self._decide(conn, ev):
                 return
@@ -226,10 +253,12 @@ class ConnectionTracker:
             ahead = http.skippable(is_request)
             if ahead > self._quiet_threshold and conn.quiet[d] < end + ahead:
                 conn.quiet[d] = end + ahead
-                self._set_quiet(conn.sk, d, end + ahead)
+                self._set_quiet(conn.sk, conn.gen, d, end + ahead)
         if http.parse_errors:
             self._telemetry.parse_errors += http.parse_errors
             http.parse_errors = 0
+            log.debug("parse error on %s %s at offset %d: %r", conn.process and conn.process.executable_name,
+                      d.name, ev.offset, ev.payload[:60])
         for x in out:
             self._sink(x, conn)
 
@@ -250,7 +279,7 @@ class ConnectionTracker:
             if ends:
                 conn.local, conn.remote = ends
                 conn.ipv6 = ":" in ends[0].address
-        process = self._processes.get(ev.pid)
+        process = self._processes.get(ev.pid, ev.comm)
         conn.process = process
         own_peer = conn.local is not None and (conn.local, conn.remote) in self._own_peers
         conn.selected = (
@@ -262,4 +291,6 @@ class ConnectionTracker:
             conn.http = Http1Connection()
         else:
             self._telemetry.connections_excluded += 1
+            log.debug("not tracing %s %s -> %s (own peer: %s)", process.executable_name,
+                      conn.local, conn.remote, own_peer)
         return True

@@ -47,7 +47,7 @@ REQUIRED_TRACEPOINTS = (
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF = 1, 2, 3, 4
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQII")
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16s")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s")
 _AF_INET = 2
 
@@ -68,13 +68,13 @@ def decode(raw: bytes) -> KernelEvent | None:
     """One ring buffer record -> typed event (None for an unknown kind)."""
     kind = raw[0]
     if kind == _EV_DATA:
-        (_, d, role, has_payload, pid, tid, fd, sk, ts, off, cap_off, length, captured) = (
+        (_, d, role, has_payload, pid, tid, fd, sk, gen, ts, off, cap_off, length, captured, comm) = (
             _DATA_HEADER.unpack_from(raw)
         )
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
         return DataEvent(
-            sk, Direction(d), Role(role), pid, tid, fd, ts, off, length, cap_off, payload
+            sk, gen, Direction(d), Role(role), pid, tid, fd, ts, off, length, cap_off, payload, comm
         )
     if kind in (_EV_OPEN, _EV_CLOSE):
         (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = (
@@ -106,7 +106,7 @@ class SocketReceiver:
         self,
         sink: Callable[[KernelEvent], None],
         capture_bytes: int = 1024,
-        ring_buffer_pages: int = 256,
+        ring_buffer_pages: int = 2048,
         max_connections: int = 65536,
     ) -> None:
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 16384:
@@ -188,12 +188,12 @@ class SocketReceiver:
         table = self._bpf["lost"]  # type: ignore[index]
         return int(table.sum(table.Key(0)).value)
 
-    def set_quiet(self, sk: int, direction: Direction, until_offset: int) -> None:
+    def set_quiet(self, sk: int, gen: int, direction: Direction, until_offset: int) -> None:
         """Tell the kernel not to send calls of this direction that end before the offset."""
         if self._quiet is None:
             return
         table = self._quiet
-        key = table.Key(sk, int(direction), 0)  # type: ignore[attr-defined]
+        key = table.Key(sk, gen, int(direction), 0)  # type: ignore[attr-defined]
         table[key] = ctypes.c_ulonglong(until_offset)  # type: ignore[index]
 
     def close(self) -> None:

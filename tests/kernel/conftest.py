@@ -1,0 +1,73 @@
+"""Real-kernel fixtures: one collector for the session, exporting to real OTLP receivers.
+
+These tests need root, BPF and the servers that scripts/setup.sh installs
+(`make test` runs it first). They fail, not skip, when those are missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import CollectorProcess, Nginx, PythonServer
+from otlp_sink import GrpcSink, HttpSink
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/kernel" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _privileged() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root: run `sudo make test`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def grpc_sink() -> Iterator[GrpcSink]:
+    sink = GrpcSink()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def http_sink() -> Iterator[HttpSink]:
+    sink = HttpSink()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def collector(
+    tmp_path_factory: pytest.TempPathFactory, grpc_sink: GrpcSink, http_sink: HttpSink
+) -> Iterator[CollectorProcess]:
+    """The collector under test, exporting every span over OTLP/gRPC and OTLP/HTTP."""
+    tmp = tmp_path_factory.mktemp("collector")
+    proc = CollectorProcess(
+        tmp,
+        {
+            "otlp": {"endpoint": f"127.0.0.1:{grpc_sink.port}", "insecure": True},
+            "otlphttp": {"endpoint": f"http://127.0.0.1:{http_sink.port}/v1/traces"},
+        },
+    )
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"collector exited {code}:\n{proc.log_path.read_text()}"
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    server = Nginx(Path(tmp_path_factory.mktemp("nginx")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def py_server() -> Iterator[PythonServer]:
+    server = PythonServer("py-backend")
+    yield server
+    server.stop()

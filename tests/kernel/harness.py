@@ -1,0 +1,181 @@
+"""Processes the kernel tests drive: the collector itself, nginx, a Python HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+VENV_BIN = Path(sys.executable).parent
+OTEL_EBPF = str(VENV_BIN / "otel-ebpf")
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return 0, {}
+
+
+class CollectorProcess:
+    """`otel-ebpf run --config ...` as users run it, in its own process."""
+
+    def __init__(self, tmp: Path, exporters: dict[str, Any], extra_env: dict[str, str] | None = None) -> None:
+        self.health_port = free_port()
+        config = {
+            "receivers": {"ebpf": {}},
+            "processors": {"batch": {"timeout": "200ms"}},
+            "exporters": exporters,
+            "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self.health_port}"}},
+            "service": {
+                "extensions": ["health_check"],
+                "pipelines": {
+                    "traces": {"receivers": ["ebpf"], "processors": ["batch"], "exporters": list(exporters)}
+                },
+            },
+        }
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.config_path = tmp / "collector.yaml"
+        self.config_path.write_text(json.dumps(config))  # JSON is YAML
+        self.log_path = tmp / "collector.log"
+        env = {**os.environ, **(extra_env or {})}
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [OTEL_EBPF, "run", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_until(lambda: health(self.health_port)[0] == 200 or self.proc.poll() is not None,
+                       60, "collector health 200")
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise AssertionError(f"collector exited at start:\n{self.log_path.read_text()}")
+
+    def telemetry(self) -> dict[str, int]:
+        return health(self.health_port)[1].get("telemetry", {})
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+NGINX_CONF = """
+daemon off;
+user root;  # the test tree lives under pytest's private tmp dir
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  sendfile on;
+  keepalive_requests 100000;
+  client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
+  uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root}/www;
+    location = /fail {{ return 500 "boom\\n"; }}
+    location = /bad-upstream {{ proxy_pass http://127.0.0.1:{dead_port}; }}
+  }}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx serving files on a free port, 404 and 500/502 paths included."""
+
+    def __init__(self, root: Path) -> None:
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.port = free_port()
+        (root / "www").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+        (root / "www" / "index.html").write_text("<h1>hello</h1>\n")
+        (root / "www" / "big.bin").write_bytes(os.urandom(300_000))
+        conf = root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=root, port=self.port, dead_port=free_port()))
+        self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(root)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._listening, 10, "nginx listening")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class PythonServer:
+    """tests/kernel/py_http_server.py in its own process, named by OTEL_SERVICE_NAME."""
+
+    def __init__(self, service_name: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "py_http_server.py"), str(self.port)],
+            env={**os.environ, "OTEL_SERVICE_NAME": service_name},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._listening, 10, "python server listening")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -1,0 +1,133 @@
+"""Real OTLP receivers for tests: gRPC (opentelemetry-proto + grpcio) and HTTP/protobuf."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+@dataclass
+class Span:
+    """A received span, flattened for assertions."""
+
+    name: str
+    kind: int  # OTLP enum: 2 SERVER, 3 CLIENT
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    start_ns: int
+    end_ns: int
+    status_code: int  # 0 unset, 1 ok, 2 error
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def service(self) -> str:
+        return str(self.resource.get("service.name"))
+
+
+SERVER, CLIENT = 2, 3
+
+
+@dataclass
+class SpanStore:
+    spans: list[Span] = field(default_factory=list)
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        received = []
+        for rs in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    received.append(
+                        Span(
+                            s.name,
+                            s.kind,
+                            s.trace_id.hex(),
+                            s.span_id.hex(),
+                            s.parent_span_id.hex(),
+                            s.start_time_unix_nano,
+                            s.end_time_unix_nano,
+                            s.status.code,
+                            {a.key: _value(a.value) for a in s.attributes},
+                            resource,
+                        )
+                    )
+        with self.lock:
+            self.spans.extend(received)
+            self.requests += 1
+
+    def matching(self, **attrs: Any) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if all(s.attributes.get(k) == v for k, v in attrs.items())]
+
+
+class GrpcSink:
+    def __init__(self) -> None:
+        self.store = SpanStore()
+        store = self.store
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto name
+                store.add(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+
+class HttpSink:
+    def __init__(self) -> None:
+        self.store = SpanStore()
+        store = self.store
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf"
+                if ok:
+                    req = trace_service_pb2.ExportTraceServiceRequest()
+                    req.ParseFromString(body)
+                    store.add(req)
+                payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
