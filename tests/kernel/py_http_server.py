@@ -39,7 +39,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         if self.path.startswith("/status/"):
-            self._reply(int(self.path.rsplit("/", 1)[1]), b"status\n")
+            path = self.path.partition("?")[0]
+            self._reply(int(path.rsplit("/", 1)[1]), b"status\n")
             return
         self._reply(200, b"ok " + self.path.encode() + b"\n")
 

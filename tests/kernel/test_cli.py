@@ -1,0 +1,97 @@
+"""The command line as users meet it: doctor, version, health, and clear failures."""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from harness import OTEL_EBPF, CollectorProcess, free_port, health, wait_until
+
+
+def test_doctor_reports_every_capability() -> None:
+    result = subprocess.run([OTEL_EBPF, "doctor"], capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for line in (
+        "OK    privileges",
+        "OK    bpf() syscall",
+        "OK    BPF ring buffer",
+        "OK    tracefs",
+        "OK    tracepoint sock/sock_send_length",
+        "OK    tracepoint sock/inet_sock_set_state",
+        "OK    tracepoint syscalls/sys_enter_recvmsg",
+        "OK    perf events",
+        "OK    bcc",
+        "OK    socket receiver",
+    ):
+        assert any(row.startswith(line) for row in out.splitlines()), f"missing {line!r} in:\n{out}"
+    for name in ("uprobes", "kprobes", "fentry/fexit", "kernel headers", "BTF", "lockdown", "kernel"):
+        assert any(name in row for row in out.splitlines()), name
+    assert out.strip().splitlines()[-1].startswith("summary: 0 failed")
+
+
+def test_version() -> None:
+    out = subprocess.run([OTEL_EBPF, "version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("otel-ebpf ") and "semantic conventions 1.27.0" in out
+
+
+def test_run_as_non_root_fails_in_one_sentence() -> None:
+    nobody = pwd.getpwnam("nobody")
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "util-linux setpriv is installed by scripts/setup.sh"
+    result = subprocess.run(
+        [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         "--inh-caps=-all", OTEL_EBPF, "run"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("otel-ebpf: ") and "needs root" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("receivers: {ebpf: {capture_bytes: 1000}}\nexporters: {debug: {}}\n"
+                   "service: {pipelines: {traces: {receivers: [ebpf], exporters: [debug]}}}\n")
+    result = subprocess.run([OTEL_EBPF, "run", "--config", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "otel-ebpf: config error: receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384"
+    )
+
+
+def test_health_is_200_with_counters_once_attached(collector: CollectorProcess) -> None:
+    code, body = health(collector.health_port)
+    assert code == 200 and body["status"] == "ready"
+    assert {"events_received", "events_lost", "spans_built", "spans_dropped"} <= set(body["telemetry"])
+
+
+def test_health_is_503_until_the_probes_are_attached(tmp_path: Path) -> None:
+    """The endpoint answers while the program compiles (a second or more) and says 503."""
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "exporters: {debug: {}}\nextensions: {health_check: {endpoint: 127.0.0.1:%d}}\n"
+        "service: {extensions: [health_check], pipelines: {traces: {receivers: [ebpf], "
+        "exporters: [debug]}}}\n" % port
+    )
+    proc = subprocess.Popen([OTEL_EBPF, "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: list[int] = []
+    try:
+        def record() -> bool:
+            code = health(port)[0]
+            if code and (not seen or seen[-1] != code):
+                seen.append(code)
+            return code == 200
+
+        wait_until(record, 60, "health 200")
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert seen[-1] == 200
+    assert set(seen) <= {503, 200} and seen == sorted(seen, reverse=True)

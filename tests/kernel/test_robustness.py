@@ -1,0 +1,101 @@
+"""Garbage, binary traffic and connections that predate the collector."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+from harness import CollectorProcess, Nginx, PythonServer
+from otlp_sink import CLIENT, SERVER, GrpcSink
+from test_nginx import expect_exactly
+
+rng = random.Random(1234)
+
+
+def blast_garbage(port: int) -> None:
+    """Binary junk, a TLS ClientHello look-alike and broken HTTP on fresh connections."""
+    payloads = [
+        bytes(rng.getrandbits(8) for _ in range(2000)),
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(200),
+        b"GET\x00/\xff HTTP/9.9\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\r\n\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(64),
+    ]
+    for payload in payloads:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(2)
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass  # the server may reset us: that is its right
+
+
+def test_garbage_makes_no_span_and_the_next_request_is_traced(
+    collector: CollectorProcess, grpc_sink: GrpcSink, nginx: Nginx, py_server: PythonServer
+) -> None:
+    since = time.time_ns()
+    for port in (nginx.port, py_server.port):
+        blast_garbage(port)
+    for port in (nginx.port, py_server.port):
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("GET", "/after-garbage")
+        conn.getresponse().read()
+        conn.close()
+    # exactly one span per server: the well-formed request, nothing for the junk
+    for port, service in ((nginx.port, "nginx"), (py_server.port, "py-backend")):
+        (span,) = expect_exactly(grpc_sink.store, port, SERVER, service, 1, since)
+        assert span.attributes["url.path"] == "/after-garbage"
+    assert collector.proc.poll() is None  # still running
+
+
+def test_connection_opened_before_the_collector_is_traced_from_its_next_request(
+    tmp_path: Path, py_server: PythonServer
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", py_server.port)
+    conn.request("GET", "/before")
+    conn.getresponse().read()
+    local_port = conn.sock.getsockname()[1]
+
+    out = tmp_path / "spans.jsonl"
+    late = CollectorProcess(tmp_path / "late", {"file": {"path": str(out)}})
+    try:
+        for i in range(3):
+            conn.request("GET", f"/after/{i}")
+            conn.getresponse().read()
+        conn.close()
+        time.sleep(1.0)
+    finally:
+        assert late.stop() == 0
+
+    spans = [
+        span
+        for line in out.read_text().splitlines()
+        for rs in json.loads(line)["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for span in ss["spans"]
+    ]
+
+    def attrs(span: dict) -> dict:  # type: ignore[type-arg]
+        return {a["key"]: next(iter(a["value"].values())) for a in span["attributes"]}
+
+    mine = [s for s in spans if str(attrs(s).get("server.port")) == str(py_server.port)]
+    servers = [s for s in mine if s["kind"] == SERVER]
+    clients = [s for s in mine if s["kind"] == CLIENT]
+    assert [attrs(s)["url.path"] for s in clients] == ["/after/0", "/after/1", "/after/2"]
+    # The server was already blocked in recv() for /after/0 when the probes
+    # attached, so that read's buffer is unknown (only its length is seen);
+    # every request read after that is traced, and nothing bogus appears.
+    paths = [attrs(s)["url.path"] for s in servers]
+    assert paths in (["/after/0", "/after/1", "/after/2"], ["/after/1", "/after/2"])
+    # the tuple came from /proc, since the kernel never showed us the handshake
+    assert all(str(attrs(s)["client.port"]) == str(local_port) for s in servers)
+    assert all(str(attrs(s)["network.peer.port"]) == str(py_server.port) for s in clients)
