@@ -17,8 +17,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	bash scripts/lint.sh
 
 bench: setup
 	$(PY) bench/nginx_overhead.py

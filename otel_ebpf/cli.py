@@ -25,8 +25,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from otel_ebpf import config as config_mod  # noqa: PLC0415 - keep `version` instant
-    from otel_ebpf.privileges import MISSING_PRIVILEGES, can_trace  # noqa: PLC0415
+    from otel_ebpf import config as config_mod
+    from otel_ebpf.privileges import MISSING_PRIVILEGES, can_trace
 
     try:
         cfg = config_mod.load(args.config)
@@ -34,8 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"config error: {exc}", 2)
     if not can_trace():
         return _fail(MISSING_PRIVILEGES)
-    from otel_ebpf.pipeline import Collector  # noqa: PLC0415
-    from otel_ebpf.receivers.sockets import ReceiverError  # noqa: PLC0415
+    from otel_ebpf.pipeline import Collector
+    from otel_ebpf.receivers.sockets import ReceiverError
 
     try:
         collector = Collector(cfg)
@@ -43,7 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"cannot start: {exc}")
 
     def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("otel_ebpf").info("%s: flushing and detaching", signal.Signals(signum).name)
+        logging.getLogger("otel_ebpf").info(
+            "%s: flushing and detaching", signal.Signals(signum).name
+        )
         collector.stop()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -56,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(_args: argparse.Namespace) -> int:
-    from otel_ebpf.doctor import FAIL, report, run_checks  # noqa: PLC0415
+    from otel_ebpf.doctor import FAIL, report, run_checks
 
     results = run_checks()
     print(report(results))
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the collector")
     run.add_argument("--config", help="collector-style YAML (default: embedded, console output)")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("doctor", help="report what this kernel and process can do").set_defaults(func=cmd_doctor)
+    sub.add_parser("doctor", help="report what this kernel and process can do").set_defaults(
+        func=cmd_doctor
+    )
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)

@@ -64,7 +64,7 @@ class SelectionConfig(_Strict):
 class EbpfReceiverConfig(_Strict):
     capture_bytes: int = 1024
     ring_buffer_pages: int = 2048
-    max_connections: int = Field(65536, ge=16)
+    max_connections: int = Field(default=65536, ge=16)
     open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace
     include: SelectionConfig = SelectionConfig()
     exclude: SelectionConfig = SelectionConfig()
@@ -130,7 +130,7 @@ class HealthCheckConfig(_Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port")
         return v
@@ -184,7 +184,9 @@ class Config(_Strict):
 
 def _first_error(exc: ValidationError, prefix: str = "") -> str:
     err = exc.errors()[0]
-    path = ".".join([prefix, *(str(p) for p in err["loc"])] if prefix else [str(p) for p in err["loc"]])
+    path = ".".join(
+        [prefix, *(str(p) for p in err["loc"])] if prefix else [str(p) for p in err["loc"]]
+    )
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     msg = msg.removeprefix("Value error, ")
     return f"{path}: {msg}" if path else msg
@@ -193,8 +195,8 @@ def _first_error(exc: ValidationError, prefix: str = "") -> str:
 _ENV_REF = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(text: str) -> str:
-    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), text)
+def _expand(text: str, env: dict[str, str]) -> str:
+    return _ENV_REF.sub(lambda m: env.get(m.group(1), ""), text)
 
 
 def default_document(env: dict[str, str]) -> dict[str, Any]:
@@ -202,7 +204,8 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
     wanted = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
     if not wanted:
         has_endpoint = any(
-            env.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            env.get(k)
+            for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         )
         wanted = ["otlp"] if has_endpoint else ["console"]
     exporters: dict[str, Any] = {}
@@ -233,7 +236,11 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
         "service": {
             "extensions": ["health_check"],
             "pipelines": {
-                "traces": {"receivers": ["ebpf"], "processors": ["batch"], "exporters": list(exporters)}
+                "traces": {
+                    "receivers": ["ebpf"],
+                    "processors": ["batch"],
+                    "exporters": list(exporters),
+                }
             },
         },
     }
@@ -262,9 +269,13 @@ def _apply_env(doc: dict[str, Any], env: dict[str, str]) -> None:
             g.strip() for g in env["OTEL_EBPF_EXCLUDE_EXE"].split(",") if g.strip()
         ]
     if "OTEL_EBPF_TARGET_PIDS" in env:
-        ebpf.setdefault("include", {})["pids"] = ints("OTEL_EBPF_TARGET_PIDS", env["OTEL_EBPF_TARGET_PIDS"])
+        ebpf.setdefault("include", {})["pids"] = ints(
+            "OTEL_EBPF_TARGET_PIDS", env["OTEL_EBPF_TARGET_PIDS"]
+        )
     if "OTEL_EBPF_EXCLUDE_PIDS" in env:
-        ebpf.setdefault("exclude", {})["pids"] = ints("OTEL_EBPF_EXCLUDE_PIDS", env["OTEL_EBPF_EXCLUDE_PIDS"])
+        ebpf.setdefault("exclude", {})["pids"] = ints(
+            "OTEL_EBPF_EXCLUDE_PIDS", env["OTEL_EBPF_EXCLUDE_PIDS"]
+        )
     if "OTEL_EBPF_CAPTURE_BYTES" in env:
         ebpf["capture_bytes"] = env["OTEL_EBPF_CAPTURE_BYTES"]
     if "OTEL_EBPF_HEALTH_ENDPOINT" in env and "health_check" in (doc.get("extensions") or {}):
@@ -282,7 +293,7 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         try:
-            doc = yaml.safe_load(_expand(text)) or {}
+            doc = yaml.safe_load(_expand(text, env)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(doc, dict):

@@ -68,21 +68,29 @@ def _perf_event_open() -> tuple[bool, str]:
 def _privileges() -> Check:
     missing = missing_capabilities()
     if not missing:
-        return Check(OK, "privileges", f"uid {os.geteuid()}, capabilities to load eBPF and read /proc")
+        return Check(
+            OK, "privileges", f"uid {os.geteuid()}, capabilities to load eBPF and read /proc"
+        )
     return Check(FAIL, "privileges", f"missing {', '.join(missing)}: run as root or grant them")
 
 
 def _bpf_syscall() -> Check:
     ok, err = _bpf_map_create(_MAP_ARRAY, 4, 4, 1)
-    return Check(OK, "bpf() syscall", "map created") if ok else Check(
-        FAIL, "bpf() syscall", f"{err}: needs CAP_BPF and a kernel with CONFIG_BPF_SYSCALL"
+    return (
+        Check(OK, "bpf() syscall", "map created")
+        if ok
+        else Check(
+            FAIL, "bpf() syscall", f"{err}: needs CAP_BPF and a kernel with CONFIG_BPF_SYSCALL"
+        )
     )
 
 
 def _ring_buffer() -> Check:
     ok, err = _bpf_map_create(_MAP_RINGBUF, 0, 0, 4096)
-    return Check(OK, "BPF ring buffer", "supported") if ok else Check(
-        FAIL, "BPF ring buffer", f"{err}: needs Linux 5.8 or later"
+    return (
+        Check(OK, "BPF ring buffer", "supported")
+        if ok
+        else Check(FAIL, "BPF ring buffer", f"{err}: needs Linux 5.8 or later")
     )
 
 
@@ -106,7 +114,11 @@ def _tracepoints() -> Iterator[Check]:
             yield Check(FAIL, f"tracepoint {tp}", "missing: payload capture needs it")
     for name, _ in OPTIONAL_PLAIN_SYSCALLS:
         tp = f"syscalls/sys_enter_{name}"
-        state = "present, used" if tracepoint_exists(tp) else "absent (this architecture routes it via sendto/recvfrom)"
+        state = (
+            "present, used"
+            if tracepoint_exists(tp)
+            else "absent (this architecture routes it via sendto/recvfrom)"
+        )
         yield Check(INFO, f"tracepoint {tp}", state)
 
 
@@ -114,7 +126,11 @@ def _event_source(name: str, what: str, required: bool) -> Check:
     present = Path(f"/sys/bus/event_source/devices/{name}").exists()
     if present:
         return Check(OK, what, "available")
-    return Check(FAIL if required else INFO, what, "not available" + ("" if required else " (optional, not used)"))
+    return Check(
+        FAIL if required else INFO,
+        what,
+        "not available" + ("" if required else " (optional, not used)"),
+    )
 
 
 def _perf_events() -> Check:
@@ -123,14 +139,22 @@ def _perf_events() -> Check:
     level = paranoid.read_text().strip() if paranoid.exists() else "?"
     if ok:
         return Check(OK, "perf events", f"perf_event_open works (perf_event_paranoid={level})")
-    return Check(FAIL, "perf events", f"perf_event_open: {err} (perf_event_paranoid={level}); needs CAP_PERFMON")
+    return Check(
+        FAIL,
+        "perf events",
+        f"perf_event_open: {err} (perf_event_paranoid={level}); needs CAP_PERFMON",
+    )
 
 
 def _kernel_headers() -> Check:
     release = platform.release()
     build = Path(f"/lib/modules/{release}/build")
     if not build.exists():
-        return Check(FAIL, "kernel headers", f"{build} missing: run scripts/setup.sh (links Debian's headers)")
+        return Check(
+            FAIL,
+            "kernel headers",
+            f"{build} missing: run scripts/setup.sh (links Debian's headers)",
+        )
     target = build.resolve()
     if release in target.name:
         return Check(OK, "kernel headers", f"{build} -> {target}")
@@ -154,11 +178,13 @@ def _lockdown() -> Check:
 
 def _bcc() -> Check:
     try:
-        import bcc  # noqa: PLC0415
+        import bcc
 
         return Check(OK, "bcc", f"importable ({Path(bcc.__file__).parent})")
     except ImportError:
-        return Check(FAIL, "bcc", "not importable: run scripts/setup.sh (Debian package python3-bpfcc)")
+        return Check(
+            FAIL, "bcc", "not importable: run scripts/setup.sh (Debian package python3-bpfcc)"
+        )
 
 
 @contextlib.contextmanager
@@ -177,7 +203,7 @@ def _stderr_silenced() -> Iterator[None]:
 
 def _fentry() -> Check:
     try:
-        from bcc import BPF  # noqa: PLC0415
+        from bcc import BPF
 
         with _stderr_silenced():
             prog = BPF(text="KFUNC_PROBE(do_nanosleep) { return 0; }")
@@ -222,8 +248,13 @@ def run_checks() -> list[Check]:
     privileged = not missing_capabilities()
     for check in CHECKS:
         if not privileged and check in (_fentry, _program_load):
-            results.append(Check(FAIL, "socket receiver" if check is _program_load else "fentry/fexit",
-                                 "skipped: needs the privileges above"))
+            results.append(
+                Check(
+                    FAIL,
+                    "socket receiver" if check is _program_load else "fentry/fexit",
+                    "skipped: needs the privileges above",
+                )
+            )
             continue
         out = check()
         results.extend([out] if isinstance(out, Check) else out)

@@ -33,7 +33,7 @@ def _line(span: ReadableSpan, verbosity: str) -> str:
     ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
     service = span.resource.attributes.get("service.name", "?")
     kind = "SERVER" if span.kind == SpanKind.SERVER else "CLIENT"
-    target = a.get("url.path", "") + (f"?{a['url.query']}" if "url.query" in a else "")
+    target = f"{a.get('url.path', '')}" + (f"?{a['url.query']!s}" if "url.query" in a else "")
     status = a.get("http.response.status_code", a.get("error.type", "-"))
     peer = f"{a.get('network.peer.address', '?')}:{a.get('network.peer.port', '?')}"
     arrow = "<-" if span.kind == SpanKind.SERVER else "->"
@@ -76,7 +76,7 @@ def _hex_ids(node: Any) -> Any:
     if isinstance(node, dict):
         for key, value in node.items():
             if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
-                import base64  # noqa: PLC0415 - only on this path
+                import base64
 
                 node[key] = base64.b64decode(value).hex()
             else:
@@ -154,21 +154,25 @@ def build_exporter(key: str, cfg: object) -> SpanExporter:
     if cfg.timeout is not None:
         kwargs["timeout"] = cfg.timeout
     if kind == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+        from grpc import Compression
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
         )
-        from grpc import Compression  # noqa: PLC0415
 
         if cfg.compression is not None:
-            kwargs["compression"] = Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression
+            kwargs["compression"] = (
+                Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression
+            )
         if cfg.insecure is not None:
             kwargs["insecure"] = cfg.insecure
         return GrpcExporter(**kwargs)
-    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpExporter,
     )
 
     if cfg.compression is not None:
-        kwargs["compression"] = HttpCompression.Gzip if cfg.compression == "gzip" else HttpCompression.NoCompression
+        kwargs["compression"] = (
+            HttpCompression.Gzip if cfg.compression == "gzip" else HttpCompression.NoCompression
+        )
     return HttpExporter(**kwargs)

@@ -29,7 +29,7 @@ class HealthServer:
         host = host.strip("[]")
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 code, body = state.response()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -42,7 +42,9 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, int(port)), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -79,7 +79,9 @@ class Collector:
             )
             for name in pipeline.exporters
         ]
-        self._queues = [getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors]
+        self._queues = [
+            getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
+        ]
         self._spans = SpanBuilder()
         ebpf = config.ebpf
         self.receiver = SocketReceiver(
@@ -122,8 +124,10 @@ class Collector:
             self.receiver.start()
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
-            log.info("collector ready: tracing HTTP/1.x on TCP; exporting to %s",
-                     ", ".join(self.config.service.pipelines["traces"].exporters))
+            log.info(
+                "collector ready: tracing HTTP/1.x on TCP; exporting to %s",
+                ", ".join(self.config.service.pipelines["traces"].exporters),
+            )
             if on_ready is not None:
                 on_ready()
             self._loop()
@@ -153,7 +157,7 @@ class Collector:
         self.tracker.close_all(time.monotonic_ns())
         self.receiver.close()  # detach every probe before the (possibly slow) flush
         for processor in self._processors:
-            processor.shutdown()  # flushes what is queued
+            processor.shutdown()  # type: ignore[no-untyped-call]  # flushes what is queued
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())

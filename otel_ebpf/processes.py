@@ -57,7 +57,9 @@ class ProcessRegistry:
         """`comm` (the kernel's task name) names a process that exited before we looked."""
         info = self._cache.get(pid)
         if info is None:
-            info = self._cache[pid] = self._load(pid, comm.split(b"\0", 1)[0].decode(errors="replace"))
+            info = self._cache[pid] = self._load(
+                pid, comm.split(b"\0", 1)[0].decode(errors="replace")
+            )
         return info
 
     def forget_exited(self) -> int:

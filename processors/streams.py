@@ -224,9 +224,8 @@ class ConnectionTracker:
                 self._finish(conn, ev.ts)
                 conn = self._connection(ev.sk, ev.role)
             conn.gen = ev.gen
-        if conn.selected is None:
-            if not self._decide(conn, ev):
-                return
+        if conn.selected is None and not self._decide(conn, ev):
+            return
         if not conn.selected:
             return
         d = ev.direction
@@ -257,8 +256,13 @@ class ConnectionTracker:
         if http.parse_errors:
             self._telemetry.parse_errors += http.parse_errors
             http.parse_errors = 0
-            log.debug("parse error on %s %s at offset %d: %r", conn.process and conn.process.executable_name,
-                      d.name, ev.offset, ev.payload[:60])
+            log.debug(
+                "parse error on %s %s at offset %d: %r",
+                conn.process and conn.process.executable_name,
+                d.name,
+                ev.offset,
+                ev.payload[:60],
+            )
         for x in out:
             self._sink(x, conn)
 
@@ -291,6 +295,11 @@ class ConnectionTracker:
             conn.http = Http1Connection()
         else:
             self._telemetry.connections_excluded += 1
-            log.debug("not tracing %s %s -> %s (own peer: %s)", process.executable_name,
-                      conn.local, conn.remote, own_peer)
+            log.debug(
+                "not tracing %s %s -> %s (own peer: %s)",
+                process.executable_name,
+                conn.local,
+                conn.remote,
+                own_peer,
+            )
         return True

@@ -68,17 +68,31 @@ def decode(raw: bytes) -> KernelEvent | None:
     """One ring buffer record -> typed event (None for an unknown kind)."""
     kind = raw[0]
     if kind == _EV_DATA:
-        (_, d, role, has_payload, pid, tid, fd, sk, gen, ts, off, cap_off, length, captured, comm) = (
-            _DATA_HEADER.unpack_from(raw)
-        )
+        (
+            _,
+            d,
+            role,
+            has_payload,
+            pid,
+            tid,
+            fd,
+            sk,
+            gen,
+            ts,
+            off,
+            cap_off,
+            length,
+            captured,
+            comm,
+        ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
         return DataEvent(
             sk, gen, Direction(d), Role(role), pid, tid, fd, ts, off, length, cap_off, payload, comm
         )
     if kind in (_EV_OPEN, _EV_CLOSE):
-        (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = (
-            _CONN.unpack_from(raw)
+        (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = _CONN.unpack_from(
+            raw
         )
         if kind == _EV_CLOSE:
             return ConnClose(sk, ts, b_out, b_in)
@@ -132,7 +146,7 @@ class SocketReceiver:
                 "run `otel-ebpf doctor` for details"
             )
         try:
-            from bcc import BPF  # noqa: PLC0415 - optional system package, needed only here
+            from bcc import BPF
         except ImportError as exc:
             raise ReceiverError(
                 "the bcc Python package is not importable; run scripts/setup.sh "

@@ -234,7 +234,9 @@ class Http1StreamParser:
             self._start_ts = ts
         buf += data[pos:]
         if not self._prefix_ok():
-            out.append(ParseError("not an HTTP/1 " + ("request" if self.is_request else "response")))
+            out.append(
+                ParseError("not an HTTP/1 " + ("request" if self.is_request else "response"))
+            )
             self._lose()
             return len(data)
         end = buf.find(b"\r\n\r\n", max(before - 3, 0))
@@ -327,7 +329,9 @@ class Http1StreamParser:
                 continue
             text = value.strip().decode("latin-1")
             if key == "content-length":
-                if not text.isdigit() or (content_length is not None and int(text) != content_length):
+                if not text.isdigit() or (
+                    content_length is not None and int(text) != content_length
+                ):
                     return ParseError("invalid Content-Length")
                 content_length = int(text)
             elif key == "transfer-encoding":
@@ -446,7 +450,9 @@ class Http1Connection:
                     self.requests.make_opaque()
                     if self._pending:
                         p = self._pending.popleft()
-                        done.append(HttpExchange(p.head, p.body, ev, 0, p.head.start_ts, ev.start_ts))
+                        done.append(
+                            HttpExchange(p.head, p.body, ev, 0, p.head.start_ts, ev.start_ts)
+                        )
                 elif ev.status >= 200:
                     if not self._pending:
                         self._response = None  # its request was never seen

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness import CollectorProcess, Nginx, PythonServer
 from otlp_sink import GrpcSink, HttpSink
 

@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -49,7 +51,9 @@ def health(port: int) -> tuple[int, dict[str, Any]]:
 class CollectorProcess:
     """`otel-ebpf run --config ...` as users run it, in its own process."""
 
-    def __init__(self, tmp: Path, exporters: dict[str, Any], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, exporters: dict[str, Any], extra_env: dict[str, str] | None = None
+    ) -> None:
         self.health_port = free_port()
         config = {
             "receivers": {"ebpf": {}},
@@ -59,7 +63,11 @@ class CollectorProcess:
             "service": {
                 "extensions": ["health_check"],
                 "pipelines": {
-                    "traces": {"receivers": ["ebpf"], "processors": ["batch"], "exporters": list(exporters)}
+                    "traces": {
+                        "receivers": ["ebpf"],
+                        "processors": ["batch"],
+                        "exporters": list(exporters),
+                    }
                 },
             },
         }
@@ -76,8 +84,11 @@ class CollectorProcess:
             env=env,
         )
         try:
-            wait_until(lambda: health(self.health_port)[0] == 200 or self.proc.poll() is not None,
-                       60, "collector health 200")
+            wait_until(
+                lambda: health(self.health_port)[0] == 200 or self.proc.poll() is not None,
+                60,
+                "collector health 200",
+            )
         except AssertionError:
             self.stop()
             raise
@@ -134,8 +145,11 @@ class Nginx:
         (root / "www" / "big.bin").write_bytes(os.urandom(300_000))
         conf = root / "nginx.conf"
         conf.write_text(NGINX_CONF.format(root=root, port=self.port, dead_port=free_port()))
-        self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", str(root)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(conf), "-p", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(self._listening, 10, "nginx listening")
 
     def _listening(self) -> bool:

@@ -77,7 +77,9 @@ class SpanStore:
 
     def matching(self, **attrs: Any) -> list[Span]:
         with self.lock:
-            return [s for s in self.spans if all(s.attributes.get(k) == v for k, v in attrs.items())]
+            return [
+                s for s in self.spans if all(s.attributes.get(k) == v for k, v in attrs.items())
+            ]
 
 
 class GrpcSink:
@@ -86,7 +88,7 @@ class GrpcSink:
         store = self.store
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - proto name
+            def Export(self, request: Any, context: Any) -> Any:
                 store.add(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -107,9 +109,12 @@ class HttpSink:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf"
+                ok = (
+                    self.path == "/v1/traces"
+                    and self.headers.get("Content-Type") == "application/x-protobuf"
+                )
                 if ok:
                     req = trace_service_pb2.ExportTraceServiceRequest()
                     req.ParseFromString(body)

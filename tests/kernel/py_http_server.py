@@ -29,7 +29,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.startswith("/chunked-response"):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -44,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._reply(200, b"ok " + self.path.encode() + b"\n")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self._body()
         self._reply(201, b"received %d\n" % len(body))
 

@@ -27,7 +27,15 @@ def test_doctor_reports_every_capability() -> None:
         "OK    socket receiver",
     ):
         assert any(row.startswith(line) for row in out.splitlines()), f"missing {line!r} in:\n{out}"
-    for name in ("uprobes", "kprobes", "fentry/fexit", "kernel headers", "BTF", "lockdown", "kernel"):
+    for name in (
+        "uprobes",
+        "kprobes",
+        "fentry/fexit",
+        "kernel headers",
+        "BTF",
+        "lockdown",
+        "kernel",
+    ):
         assert any(name in row for row in out.splitlines()), name
     assert out.strip().splitlines()[-1].startswith("summary: 0 failed")
 
@@ -42,9 +50,18 @@ def test_run_as_non_root_fails_in_one_sentence() -> None:
     setpriv = shutil.which("setpriv")
     assert setpriv, "util-linux setpriv is installed by scripts/setup.sh"
     result = subprocess.run(
-        [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-         "--inh-caps=-all", OTEL_EBPF, "run"],
-        capture_output=True, text=True, timeout=60,
+        [
+            setpriv,
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            OTEL_EBPF,
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -55,9 +72,13 @@ def test_run_as_non_root_fails_in_one_sentence() -> None:
 
 def test_bad_config_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("receivers: {ebpf: {capture_bytes: 1000}}\nexporters: {debug: {}}\n"
-                   "service: {pipelines: {traces: {receivers: [ebpf], exporters: [debug]}}}\n")
-    result = subprocess.run([OTEL_EBPF, "run", "--config", str(bad)], capture_output=True, text=True)
+    bad.write_text(
+        "receivers: {ebpf: {capture_bytes: 1000}}\nexporters: {debug: {}}\n"
+        "service: {pipelines: {traces: {receivers: [ebpf], exporters: [debug]}}}\n"
+    )
+    result = subprocess.run(
+        [OTEL_EBPF, "run", "--config", str(bad)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "otel-ebpf: config error: receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384"
@@ -67,7 +88,9 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
 def test_health_is_200_with_counters_once_attached(collector: CollectorProcess) -> None:
     code, body = health(collector.health_port)
     assert code == 200 and body["status"] == "ready"
-    assert {"events_received", "events_lost", "spans_built", "spans_dropped"} <= set(body["telemetry"])
+    assert {"events_received", "events_lost", "spans_built", "spans_dropped"} <= set(
+        body["telemetry"]
+    )
 
 
 def test_health_is_503_until_the_probes_are_attached(tmp_path: Path) -> None:
@@ -75,14 +98,18 @@ def test_health_is_503_until_the_probes_are_attached(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "exporters: {debug: {}}\nextensions: {health_check: {endpoint: 127.0.0.1:%d}}\n"
+        f"exporters: {{debug: {{}}}}\nextensions: {{health_check: {{endpoint: 127.0.0.1:{port}}}}}\n"
         "service: {extensions: [health_check], pipelines: {traces: {receivers: [ebpf], "
-        "exporters: [debug]}}}\n" % port
+        "exporters: [debug]}}}\n"
     )
-    proc = subprocess.Popen([OTEL_EBPF, "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [OTEL_EBPF, "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seen: list[int] = []
     try:
+
         def record() -> bool:
             code = health(port)[0]
             if code and (not seen or seen[-1] != code):

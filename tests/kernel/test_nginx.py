@@ -24,6 +24,7 @@ def expect_exactly(
     store: SpanStore, port: int, kind: int, service: str, n: int, since_ns: int
 ) -> list[Span]:
     """Wait for n spans of this test, then make sure no extra one follows."""
+
     def count() -> int:
         return len(spans_for(store, port, kind, service, since_ns))
 
@@ -53,8 +54,16 @@ def test_curl_keepalive_against_nginx_over_otlp_grpc(
     since = time.time_ns()
     urls = [nginx.url(p) for p, _ in PATHS] * 3
     out = subprocess.run(
-        ["curl", "-s", "-w", "%{http_code} %{time_total}\\n", *sum((["-o", "/dev/null", u] for u in urls), [])],
-        check=True, capture_output=True, text=True,
+        [
+            "curl",
+            "-s",
+            "-w",
+            "%{http_code} %{time_total}\\n",
+            *(arg for u in urls for arg in ("-o", "/dev/null", u)),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     codes, times = [int(c) for c in out[::2]], [float(t) for t in out[1::2]]
     assert codes == [c for _, c in PATHS] * 3
@@ -91,9 +100,11 @@ def test_ab_keepalive_against_nginx_over_otlp_http(
     since = time.time_ns()
     out = subprocess.run(
         ["ab", "-k", "-q", "-n", str(n), "-c", "4", nginx.url("/index.html")],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
-    assert re.search(r"Complete requests:\s+%d" % n, out), out
+    assert re.search(rf"Complete requests:\s+{n}", out), out
     assert re.search(r"Failed requests:\s+0", out), out
     longest_ms = float(re.search(r"100%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
 

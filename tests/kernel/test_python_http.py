@@ -12,7 +12,9 @@ from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 from test_nginx import expect_exactly
 
 SERVICE = "py-backend"
-CLIENT_SERVICE = os.environ.get("OTEL_SERVICE_NAME") or os.path.basename(os.readlink("/proc/self/exe"))
+CLIENT_SERVICE = os.environ.get("OTEL_SERVICE_NAME") or os.path.basename(
+    os.readlink("/proc/self/exe")
+)
 
 
 def server_spans(sink: GrpcSink, srv: PythonServer, n: int, since: int) -> list[Span]:
@@ -29,8 +31,11 @@ def read_response(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
     while b"\r\n\r\n" not in buf:
         buf += sock.recv(65536)
     head, _, rest = buf.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
     while len(rest) < length:
         rest += sock.recv(65536)
     return head + b"\r\n\r\n" + rest[:length], rest[length:]
@@ -91,8 +96,10 @@ def test_chunked_request_and_response(
     resp = conn.getresponse()
     assert len(resp.read()) == 5 + 400 + 5
     conn.close()
-    for post, get in (server_spans(grpc_sink, py_server, 2, since),
-                      client_spans(grpc_sink, py_server, 2, since)):
+    for post, get in (
+        server_spans(grpc_sink, py_server, 2, since),
+        client_spans(grpc_sink, py_server, 2, since),
+    ):
         assert post.attributes["http.request.method"] == "POST"
         assert post.attributes["url.path"] == "/upload-chunked"
         assert post.attributes["http.response.status_code"] == 201
@@ -133,7 +140,9 @@ def test_expect_100_continue(
 ) -> None:
     since = time.time_ns()
     with socket.create_connection(("127.0.0.1", py_server.port)) as sock:
-        sock.sendall(b"PUT /cont HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"PUT /cont HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
         interim = b""
         while b"\r\n\r\n" not in interim:
             interim += sock.recv(4096)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +60,11 @@ def test_pipelining_pairs_in_order() -> None:
             (RESP, b"Content-Length: 99\r\n\r\n"),  # HEAD: no body despite the length
         ]
     )
-    assert summary(got) == [("GET", "/1", 200, 0, 1), ("GET", "/2", 201, 0, 2), ("HEAD", "/3", 200, 0, 0)]
+    assert summary(got) == [
+        ("GET", "/1", 200, 0, 1),
+        ("GET", "/2", 201, 0, 2),
+        ("HEAD", "/3", 200, 0, 0),
+    ]
 
 
 def test_chunked_both_ways_with_trailers() -> None:
@@ -66,7 +72,10 @@ def test_chunked_both_ways_with_trailers() -> None:
         [
             (REQ, b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n"),
             (REQ, b"5;ext=1\r\npedia\r\n0\r\n\r\n"),
-            (RESP, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+            (
+                RESP,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+            ),
         ]
     )
     assert summary(got) == [("POST", "/up", 200, 9, 3)]
@@ -157,7 +166,10 @@ def test_trace_context_headers_are_kept() -> None:
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     got = run(
         [
-            (REQ, f"GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntracestate: a=1\r\nb3: 1-2-1\r\n\r\n".encode()),
+            (
+                REQ,
+                f"GET / HTTP/1.1\r\ntraceparent: {tp}\r\ntracestate: a=1\r\nb3: 1-2-1\r\n\r\n".encode(),
+            ),
             (RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         ]
     )
@@ -203,7 +215,7 @@ STREAM_RESP = (
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def feed_split(req_cuts: list[int], resp_cuts: list[int]) -> list[HttpExchange]:
@@ -247,7 +259,10 @@ def test_random_bytes_never_raise(chunks: list[tuple[bool, bytes, int]]) -> None
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.sampled_from([STREAM_REQ[:40], b"HTTP/1.1 ", b"GET ", b"\r\n", b"0\r\n", b"x" * 7]), max_size=30),
+    st.lists(
+        st.sampled_from([STREAM_REQ[:40], b"HTTP/1.1 ", b"GET ", b"\r\n", b"0\r\n", b"x" * 7]),
+        max_size=30,
+    ),
     st.booleans(),
 )
 def test_http_like_fragments_never_raise(pieces: list[bytes], is_req: bool) -> None:

@@ -1,0 +1,136 @@
+"""Configuration: defaults, env overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_ebpf import config
+from otel_ebpf.config import ConfigError, load
+
+VALID = """
+receivers:
+  ebpf: {capture_bytes: 2048, open_ports: "80,8000-8999"}
+processors:
+  batch: {timeout: 200ms, send_batch_size: 256}
+exporters:
+  otlp/jaeger: {endpoint: "${env:JAEGER}", insecure: true, timeout: 5s}
+  debug: {verbosity: basic}
+extensions:
+  health_check: {endpoint: "127.0.0.1:9999"}
+service:
+  extensions: [health_check]
+  pipelines:
+    traces: {receivers: [ebpf], processors: [batch], exporters: [otlp/jaeger, debug]}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_default_prints_to_console() -> None:
+    cfg = load(env={})
+    assert list(cfg.exporters) == ["debug"]
+    assert cfg.health is not None and cfg.health.endpoint == "127.0.0.1:13133"
+    assert cfg.ebpf.capture_bytes == 1024
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}, ["otlphttp"]),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            ["otlp"],
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"}, ["otlphttp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, ["otlphttp", "debug"]),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+    ],
+)
+def test_default_follows_standard_env(env: dict[str, str], exporters: list[str]) -> None:
+    assert list(load(env=env).exporters) == exporters
+
+
+def test_file_with_env_expansion(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, VALID), env={"JAEGER": "jaeger:4317"})
+    assert cfg.exporters["otlp/jaeger"].endpoint == "jaeger:4317"
+    assert cfg.exporters["otlp/jaeger"].timeout == 5.0
+    assert cfg.processors["batch"].timeout == pytest.approx(0.2)
+    assert cfg.ebpf.capture_bytes == 2048
+
+
+def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
+    env = {
+        "OTEL_EBPF_OPEN_PORT": "443",
+        "OTEL_EBPF_AUTO_TARGET_EXE": "nginx*, python*",
+        "OTEL_EBPF_EXCLUDE_PIDS": "1,2",
+        "OTEL_EBPF_CAPTURE_BYTES": "512",
+        "OTEL_EBPF_HEALTH_ENDPOINT": "0.0.0.0:1234",
+    }
+    cfg = load(write(tmp_path, VALID), env=env)
+    assert cfg.ebpf.open_ports == "443"
+    assert cfg.ebpf.include.executables == ["nginx*", "python*"]
+    assert cfg.ebpf.exclude.pids == [1, 2]
+    assert cfg.ebpf.capture_bytes == 512
+    assert cfg.health is not None and cfg.health.endpoint == "0.0.0.0:1234"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            VALID.replace("capture_bytes: 2048", "capture_byte: 2048"),
+            "receivers.ebpf.capture_byte: unknown key",
+        ),
+        (
+            VALID.replace("capture_bytes: 2048", "capture_bytes: 1000"),
+            "receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384",
+        ),
+        (
+            VALID.replace('"80,8000-8999"', '"80,9000-8000"'),
+            "receivers.ebpf.open_ports: bad port range '9000-8000'",
+        ),
+        (
+            VALID.replace("timeout: 5s", "timeout: soon"),
+            "exporters.otlp/jaeger.timeout: not a duration: 'soon' (use e.g. 200ms, 5s, 1m)",
+        ),
+        (
+            VALID.replace("verbosity: basic", "verbosity: loud"),
+            "exporters.debug.verbosity: Input should be 'basic', 'normal' or 'detailed'",
+        ),
+        (
+            VALID.replace("exporters: [otlp/jaeger, debug]", "exporters: [zipkin]"),
+            "service.pipelines.traces.exporters: 'zipkin' is not defined under exporters",
+        ),
+        (
+            VALID.replace("otlp/jaeger: {", "zipkin: {").replace(
+                "[otlp/jaeger, debug]", "[zipkin]"
+            ),
+            "exporters.zipkin: unknown exporter type 'zipkin' (known: otlp, otlphttp, debug, file)",
+        ),
+        (
+            VALID.replace('"127.0.0.1:9999"', '"nowhere"'),
+            "extensions.health_check.endpoint: must be host:port",
+        ),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("receivers: [\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text), env={"JAEGER": "j:4317"})
+    assert message in str(err.value)
+
+
+def test_bad_env_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="OTEL_EBPF_EXCLUDE_PIDS"):
+        load(env={"OTEL_EBPF_EXCLUDE_PIDS": "one"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config.load("/nonexistent/config.yaml", env={})
