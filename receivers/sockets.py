@@ -50,6 +50,8 @@ _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF = 1, 2, 3, 4
 _DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16s")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s")
 _AF_INET = 2
+_DIRECTIONS = tuple(Direction)
+_ROLES = tuple(Role)
 
 
 class ReceiverError(RuntimeError):
@@ -88,7 +90,7 @@ def decode(raw: bytes) -> KernelEvent | None:
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
         return DataEvent(
-            sk, gen, Direction(d), Role(role), pid, tid, fd, ts, off, length, cap_off, payload, comm
+            sk, gen, _DIRECTIONS[d], _ROLES[role], pid, tid, fd, ts, off, length, cap_off, payload, comm
         )
     if kind in (_EV_OPEN, _EV_CLOSE):
         (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = _CONN.unpack_from(

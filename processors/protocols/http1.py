@@ -51,6 +51,9 @@ KEPT_HEADERS = frozenset(
 )
 
 
+_KEPT = {name.encode(): name for name in KEPT_HEADERS}  # lower-case bytes -> str
+
+
 class _State(enum.Enum):
     START = "start"  # at a message boundary, buffering the head
     BODY = "body"  # sized body: _remaining bytes to go
@@ -322,10 +325,10 @@ class Http1StreamParser:
         chunked = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
+            if not sep or not name or name[-1] in b" \t" or name[0] in b" \t":
                 return ParseError("malformed header line")
-            key = name.decode("latin-1").lower()
-            if key not in KEPT_HEADERS:
+            key = _KEPT.get(name.lower())
+            if key is None:
                 continue
             text = value.strip().decode("latin-1")
             if key == "content-length":

@@ -134,3 +134,9 @@ def test_bad_env_values_are_config_errors() -> None:
         load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.load("/nonexistent/config.yaml", env={})
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "examples" / "config.yaml"
+    cfg = load(example, env={"OTLP_GRPC_ENDPOINT": "collector:4317"})
+    assert cfg.exporters["otlp"].endpoint == "collector:4317"

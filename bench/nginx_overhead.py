@@ -1,0 +1,103 @@
+"""nginx + wrk with and without the collector, side by side in one run; prints ratios.
+
+Alternates baseline and traced rounds (A B A B ...) so drift on the machine hits
+both sides alike, and reports medians. The collector exports to an OTLP-JSON
+file so export cost is included. Run as root: `make bench` (or
+`.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
+from harness import CollectorProcess, Nginx  # noqa: E402
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
+    """(requests/s, p99 latency in seconds, completed requests)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, float(value) * _UNITS[unit], total
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
+    nginx = Nginx(tmp / "nginx")
+    url = nginx.url("/index.html")
+    base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
+    lost = rss = 0.0
+    requests_traced = spans = 0
+    try:
+        wrk(url, 2, args.connections)  # warm up
+        for r in range(args.rounds):
+            rps, p99, _ = wrk(url, args.seconds, args.connections)
+            base_rps.append(rps)
+            base_p99.append(p99)
+
+            out = tmp / f"spans-{r}.jsonl"
+            collector = CollectorProcess(tmp / f"collector-{r}", {"file": {"path": str(out)}})
+            proc = psutil.Process(collector.proc.pid)
+            before = proc.cpu_times()
+            t0 = collector.telemetry()
+            rps, p99, total = wrk(url, args.seconds, args.connections)
+            time.sleep(1.0)  # let the pipeline drain
+            after = proc.cpu_times()
+            t1 = collector.telemetry()
+            rss = max(rss, peak_rss_mib(proc.pid))
+            collector.stop()
+            on_rps.append(rps)
+            on_p99.append(p99)
+            cpu = (after.user + after.system) - (before.user + before.system)
+            cpu_per_k.append(cpu / total * 1000)
+            built = t1["spans_built"] - t0["spans_built"]
+            # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
+            lost += max(0, 2 * total - built) + (t1["events_lost"] - t0["events_lost"])
+            requests_traced += total
+            spans += built
+    finally:
+        nginx.stop()
+
+    med = statistics.median
+    print(f"nginx + wrk -c{args.connections}, {args.rounds} rounds x {args.seconds}s each side")
+    print(f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
+          f"   ratio {med(on_rps) / med(base_rps):.3f}")
+    print(f"  p99 latency  without {med(base_p99) * 1e3:10.3f} ms      with {med(on_p99) * 1e3:10.3f} ms"
+          f"      ratio {med(on_p99) / med(base_p99):.3f}")
+    print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
+    print(f"  collector peak RSS: {rss:.1f} MiB")
+    print(f"  spans built {spans} for {requests_traced} requests x 2 sides; lost {int(lost)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
