@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
-from harness import CollectorProcess, Nginx  # noqa: E402
+from harness import CollectorProcess, Nginx
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -29,7 +29,9 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
     """(requests/s, p99 latency in seconds, completed requests)."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -89,10 +91,14 @@ def main() -> int:
 
     med = statistics.median
     print(f"nginx + wrk -c{args.connections}, {args.rounds} rounds x {args.seconds}s each side")
-    print(f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
-          f"   ratio {med(on_rps) / med(base_rps):.3f}")
-    print(f"  p99 latency  without {med(base_p99) * 1e3:10.3f} ms      with {med(on_p99) * 1e3:10.3f} ms"
-          f"      ratio {med(on_p99) / med(base_p99):.3f}")
+    print(
+        f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
+        f"   ratio {med(on_rps) / med(base_rps):.3f}"
+    )
+    print(
+        f"  p99 latency  without {med(base_p99) * 1e3:10.3f} ms      with {med(on_p99) * 1e3:10.3f} ms"
+        f"      ratio {med(on_p99) / med(base_p99):.3f}"
+    )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
     print(f"  spans built {spans} for {requests_traced} requests x 2 sides; lost {int(lost)}")

@@ -8,7 +8,6 @@ Prints events/s, spans/s and microseconds per event. No root needed.
 
 from __future__ import annotations
 
-import struct
 import sys
 import time
 
@@ -35,8 +34,9 @@ class Discard(SpanExporter):
 
 
 def data(sk: int, d: Direction, role: Role, ts: int, off: int, payload: bytes) -> bytes:
-    header = _DATA_HEADER.pack(1, d, role, 1, 4242, 4242, 5, sk, 1, ts, off, off, len(payload),
-                               len(payload), b"bench")
+    header = _DATA_HEADER.pack(
+        1, d, role, 1, 4242, 4242, 5, sk, 1, ts, off, off, len(payload), len(payload), b"bench"
+    )
     return header + payload
 
 
@@ -77,8 +77,10 @@ def main() -> int:
     elapsed = time.perf_counter() - start
     bsp.shutdown()
     events, spans = len(raw), 2 * n
-    print(f"pipeline: {events / elapsed:,.0f} events/s, {spans / elapsed:,.0f} spans/s, "
-          f"{elapsed / events * 1e6:.1f} us/event ({events} events, {elapsed:.2f}s)")
+    print(
+        f"pipeline: {events / elapsed:,.0f} events/s, {spans / elapsed:,.0f} spans/s, "
+        f"{elapsed / events * 1e6:.1f} us/event ({events} events, {elapsed:.2f}s)"
+    )
     return 0
 
 

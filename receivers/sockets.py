@@ -90,7 +90,19 @@ def decode(raw: bytes) -> KernelEvent | None:
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
         return DataEvent(
-            sk, gen, _DIRECTIONS[d], _ROLES[role], pid, tid, fd, ts, off, length, cap_off, payload, comm
+            sk,
+            gen,
+            _DIRECTIONS[d],
+            _ROLES[role],
+            pid,
+            tid,
+            fd,
+            ts,
+            off,
+            length,
+            cap_off,
+            payload,
+            comm,
         )
     if kind in (_EV_OPEN, _EV_CLOSE):
         (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = _CONN.unpack_from(
