@@ -52,6 +52,18 @@ def _duration_seconds(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration_seconds), Field(gt=0)]
 
 
+def _power_of_two(low: int, high: int) -> BeforeValidator:
+    """Ring buffers and capture masks in the kernel program need powers of two."""
+
+    def check(v: Any) -> Any:
+        n = int(v)
+        if n & (n - 1) or not low <= n <= high:
+            raise ValueError(f"must be a power of two from {low} to {high}")
+        return n
+
+    return BeforeValidator(check)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,26 +74,12 @@ class SelectionConfig(_Strict):
 
 
 class EbpfReceiverConfig(_Strict):
-    capture_bytes: int = 1024
-    ring_buffer_pages: int = 2048
+    capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
+    ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
     max_connections: int = Field(default=65536, ge=16)
     open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace
     include: SelectionConfig = SelectionConfig()
     exclude: SelectionConfig = SelectionConfig()
-
-    @field_validator("capture_bytes")
-    @classmethod
-    def _capture(cls, v: int) -> int:
-        if v & (v - 1) or not 64 <= v <= 16384:
-            raise ValueError("must be a power of two from 64 to 16384")
-        return v
-
-    @field_validator("ring_buffer_pages")
-    @classmethod
-    def _pages(cls, v: int) -> int:
-        if v & (v - 1) or not 1 <= v <= 65536:
-            raise ValueError("must be a power of two from 1 to 65536")
-        return v
 
     @field_validator("open_ports")
     @classmethod
@@ -228,11 +226,20 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
             exporters["debug"] = {}
         elif name != "none":
             raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}")
+    return document(exporters)
+
+
+def document(
+    exporters: dict[str, Any],
+    health: dict[str, Any] | None = None,
+    batch: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One traces pipeline: ebpf -> batch -> the given exporters, with the health check."""
     return {
         "receivers": {"ebpf": {}},
-        "processors": {"batch": {}},
+        "processors": {"batch": batch or {}},
         "exporters": exporters,
-        "extensions": {"health_check": {}},
+        "extensions": {"health_check": health or {}},
         "service": {
             "extensions": ["health_check"],
             "pipelines": {

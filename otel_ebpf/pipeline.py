@@ -137,17 +137,33 @@ class Collector:
     def _loop(self) -> None:
         next_progress = time.monotonic() + PROGRESS_INTERVAL_S
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        next_lost_check = time.monotonic() + 1.0
         while not self._stop.is_set():
             self.receiver.poll(100)
             self.telemetry.events_received = self.receiver.events_received
             now = time.monotonic()
+            if now >= next_lost_check:
+                self._check_lost()
+                next_lost_check = now + 1.0
             if now >= next_sweep:
-                self.telemetry.events_lost = self.receiver.events_lost()
                 self._processes.forget_exited()
                 next_sweep = now + SWEEP_INTERVAL_S
             if now >= next_progress:
                 log.info("progress: %s", self.telemetry.snapshot())
                 next_progress = now + PROGRESS_INTERVAL_S
+
+    def _check_lost(self) -> None:
+        """Say so, once a second at most, when the kernel had to drop events."""
+        lost = self.receiver.events_lost()
+        if lost > self.telemetry.events_lost:
+            log.warning(
+                "kernel dropped %d events (ring buffer full; %d in all): spans for those "
+                "requests are lost; raise receivers.ebpf.ring_buffer_pages or narrow the "
+                "selection (OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE)",
+                lost - self.telemetry.events_lost,
+                lost,
+            )
+        self.telemetry.events_lost = lost
 
     def _shutdown(self) -> None:
         self.health.ready, self.health.status = False, "stopping"

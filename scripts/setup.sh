@@ -40,7 +40,7 @@ fi
 KVER=$(uname -r)
 MODDIR=/lib/modules/$KVER
 if [ -e "$MODDIR/build/include" ]; then
-  say "kernel headers for $KVER present at $MODDIR/build"
+  say "kernel headers for $KVER present at $MODDIR/build -> $(readlink -f "$MODDIR/build")"
 else
   arch_tree=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
   common_tree=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from otel_ebpf.config import document
+
 VENV_BIN = Path(sys.executable).parent
 OTEL_EBPF = str(VENV_BIN / "otel-ebpf")
 HERE = Path(__file__).parent
@@ -38,6 +40,14 @@ def wait_until(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def health(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
@@ -55,22 +65,11 @@ class CollectorProcess:
         self, tmp: Path, exporters: dict[str, Any], extra_env: dict[str, str] | None = None
     ) -> None:
         self.health_port = free_port()
-        config = {
-            "receivers": {"ebpf": {}},
-            "processors": {"batch": {"timeout": "200ms"}},
-            "exporters": exporters,
-            "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self.health_port}"}},
-            "service": {
-                "extensions": ["health_check"],
-                "pipelines": {
-                    "traces": {
-                        "receivers": ["ebpf"],
-                        "processors": ["batch"],
-                        "exporters": list(exporters),
-                    }
-                },
-            },
-        }
+        config = document(
+            exporters,
+            health={"endpoint": f"127.0.0.1:{self.health_port}"},
+            batch={"timeout": "200ms"},
+        )
         tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / "collector.yaml"
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
@@ -150,14 +149,7 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._listening, 10, "nginx listening")
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        wait_until(lambda: listening(self.port), 10, "nginx listening")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -181,14 +173,7 @@ class PythonServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._listening, 10, "python server listening")
-
-    def _listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        wait_until(lambda: listening(self.port), 10, "python server listening")
 
     def stop(self) -> None:
         self.proc.terminate()
