@@ -16,8 +16,10 @@ class SelfTelemetry:
     connections_tracked: int = 0
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic
+    connections_not_http: int = 0  # not HTTP/1 from the first byte: ignored in the kernel
     parse_errors: int = 0
     requests_unanswered: int = 0  # connection closed before a response
+    requests_pending_at_exit: int = 0  # still awaiting a response when we stopped
     spans_built: int = 0
     spans_exported: int = 0
     spans_export_failed: int = 0

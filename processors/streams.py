@@ -9,6 +9,7 @@ the kernel which body bytes it need not send (the `quiet` offsets).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ from otel_ebpf.telemetry import SelfTelemetry
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
+QUIET_FOREVER = (1 << 64) - 1
 
 
 class Connection:
@@ -52,6 +54,7 @@ class Connection:
         "quiet",
         "remote",
         "role",
+        "seen_from_start",
         "selected",
         "sk",
         "stream_pos",
@@ -67,6 +70,7 @@ class Connection:
         self.ipv6 = False
         self.process: ProcessInfo | None = None
         self.selected: bool | None = None  # decided at the first data event
+        self.seen_from_start = False  # its handshake was seen: offset 0 is its first byte
         self.http: Http1Connection | None = None
         self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
         self.quiet = [0, 0]  # quiet offsets already sent to the kernel
@@ -80,15 +84,36 @@ class Connection:
 ExchangeSink = Callable[[HttpExchange, Connection], None]
 
 
-def _tuple_from_proc(pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
-    """Tuple of a socket that predates us, from /proc (no kernel structs read)."""
-    try:
-        for c in psutil.Process(pid).net_connections(kind="tcp"):
-            if c.fd == fd and c.laddr and c.raddr:
-                return Endpoint(c.laddr.ip, c.laddr.port), Endpoint(c.raddr.ip, c.raddr.port)
-    except (psutil.Error, OSError):
-        pass
-    return None
+class ProcSockets:
+    """Tuples of sockets that predate us, from /proc (no kernel structs read).
+
+    One snapshot per process, reused for `ttl_s`: at start-up on a busy node
+    thousands of old connections resolve from one read of the socket tables.
+    """
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self._ttl = ttl_s
+        self._snapshots: dict[int, tuple[float, dict[int, tuple[Endpoint, Endpoint]]]] = {}
+
+    def lookup(self, pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
+        now = time.monotonic()
+        snap = self._snapshots.get(pid)
+        if snap is None or now - snap[0] > self._ttl:
+            if len(self._snapshots) > 1024:
+                self._snapshots.clear()
+            snap = self._snapshots[pid] = (now, self._read(pid))
+        return snap[1].get(fd)
+
+    @staticmethod
+    def _read(pid: int) -> dict[int, tuple[Endpoint, Endpoint]]:
+        try:
+            return {
+                c.fd: (Endpoint(c.laddr.ip, c.laddr.port), Endpoint(c.raddr.ip, c.raddr.port))
+                for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.laddr and c.raddr
+            }
+        except (psutil.Error, OSError):
+            return {}
 
 
 def _own_socket_ends(known_peers: set[tuple[Endpoint, Endpoint]]) -> None:
@@ -128,6 +153,7 @@ class ConnectionTracker:
         # connection with the mirrored tuple is its peer and is not traced.
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
         self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
+        self._proc_sockets = ProcSockets()
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
@@ -147,9 +173,10 @@ class ConnectionTracker:
             self._on_self(event)
 
     def close_all(self, ts: int) -> None:
-        """Shutdown: finish every connection's pending exchanges."""
+        """Shutdown: emit what completed; requests still awaiting a response are
+        counted, not reported as failures (it is we who stop watching)."""
         for conn in list(self._conns.values()):
-            self._finish(conn, ts)
+            self._finish(conn, ts, at_exit=True)
         self._conns.clear()
 
     # -- events ---------------------------------------------------------------
@@ -172,6 +199,7 @@ class ConnectionTracker:
             self._finish(old, ev.ts)
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
+        conn.seen_from_start = True
         conn.pid = ev.pid
 
     def _on_self(self, ev: SelfConn) -> None:
@@ -199,7 +227,7 @@ class ConnectionTracker:
         if conn is not None:
             self._finish(conn, ev.ts)
 
-    def _finish(self, conn: Connection, ts: int) -> None:
+    def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
         if conn.http is None:
             return
         exchanges = conn.http.close(ts)
@@ -207,6 +235,9 @@ class ConnectionTracker:
         conn.http.parse_errors = 0
         for x in exchanges:
             if x.response is None:
+                if at_exit:
+                    self._telemetry.requests_pending_at_exit += 1
+                    continue
                 self._telemetry.requests_unanswered += 1
             self._sink(x, conn)
         conn.http = None
@@ -248,6 +279,9 @@ class ConnectionTracker:
         if tail > 0:
             out += http.skip(is_request, tail, ev.ts)
         conn.stream_pos[d] = end
+        if conn.seen_from_start and ev.offset == 0 and http.not_http(is_request):
+            self._ignore(conn)
+            return
         if self._set_quiet is not None:
             ahead = http.skippable(is_request)
             if ahead > self._quiet_threshold and conn.quiet[d] < end + ahead:
@@ -266,6 +300,16 @@ class ConnectionTracker:
         for x in out:
             self._sink(x, conn)
 
+    def _ignore(self, conn: Connection) -> None:
+        """Not HTTP/1 from its first byte (TLS, a database, HTTP/2): the kernel
+        counts its bytes from now on and sends no more events for it."""
+        conn.selected = False
+        conn.http = None
+        self._telemetry.connections_not_http += 1
+        if self._set_quiet is not None:
+            for d in (Direction.EGRESS, Direction.INGRESS):
+                self._set_quiet(conn.sk, conn.gen, d, QUIET_FOREVER)
+
     def _decide(self, conn: Connection, ev: DataEvent) -> bool:
         """First data on a connection: who owns it, which side it is, trace it or not."""
         if conn.role == Role.UNKNOWN:
@@ -279,7 +323,7 @@ class ConnectionTracker:
                 return False  # wait for bytes that tell
         conn.pid = ev.pid
         if conn.local is None:
-            ends = _tuple_from_proc(ev.pid, ev.fd) if ev.fd else None
+            ends = self._proc_sockets.lookup(ev.pid, ev.fd) if ev.fd else None
             if ends:
                 conn.local, conn.remote = ends
                 conn.ipv6 = ":" in ends[0].address

@@ -98,6 +98,7 @@ class Http1StreamParser:
         self._start_ts = 0
         self._last_ts = 0
         self._open = False  # a head was emitted and its end was not
+        self.synced = False  # has parsed at least one head: errors after that are real
 
     # -- public API ---------------------------------------------------------
 
@@ -109,6 +110,11 @@ class Http1StreamParser:
         if self._state is _State.CHUNK_DATA:
             return max(self._remaining - 2, 0)
         return 0
+
+    @property
+    def never_synced(self) -> bool:
+        """Lost before the first message: this direction is not HTTP/1."""
+        return self._state is _State.LOST and not self.synced
 
     @property
     def lost_in_message(self) -> bool:
@@ -274,6 +280,7 @@ class Http1StreamParser:
             self._lose()
             return
         record, framing = parsed
+        self.synced = True
         self._body = 0
         self._last_ts = ts
         out.append(record)
@@ -414,6 +421,10 @@ class Http1Connection:
     def _method_awaiting_response(self) -> str:
         return self._pending[0].head.method if self._pending else "GET"
 
+    def not_http(self, is_request: bool) -> bool:
+        """The stream's first bytes in this direction were not HTTP/1."""
+        return (self.requests if is_request else self.responses).never_synced
+
     def skippable(self, is_request: bool) -> int:
         return (self.requests if is_request else self.responses).skippable
 
@@ -438,7 +449,9 @@ class Http1Connection:
         done: list[HttpExchange] = []
         for ev in events:
             if isinstance(ev, ParseError):
-                self.parse_errors += 1
+                # Before the first message this only says "not HTTP/1": not an error.
+                if (self.requests if is_request else self.responses).synced:
+                    self.parse_errors += 1
             elif isinstance(ev, HttpHead):
                 if is_request:
                     if len(self._pending) >= self._max_pending:
