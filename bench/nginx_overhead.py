@@ -1,8 +1,12 @@
 """nginx + wrk with and without the collector, side by side in one run; prints ratios.
 
-Alternates baseline and traced rounds (A B A B ...) so drift on the machine hits
-both sides alike, and reports medians. The collector exports to an OTLP-JSON
-file so export cost is included. Run as root: `make bench` (or
+Two loads: `saturating` (wrk as fast as it can: the 2-core machine's CPU is
+the limit, so the collector competes with nginx and wrk for it) and `paced`
+(each wrk connection waits 1 ms between requests, a few thousand requests per
+second that the pipeline is meant to keep up with). Alternates baseline and
+traced rounds (A B A B ...) so drift on the machine hits both sides alike, and
+reports medians. The collector exports OTLP/gRPC to a sink process that
+discards. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -25,10 +29,16 @@ from harness import CollectorProcess, Nginx
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
+PACED_LUA = "function delay()\n  return 1\nend\n"  # milliseconds between requests
+
+
+def wrk(
+    url: str, seconds: int, connections: int, script: Path | None = None
+) -> tuple[float, float, int]:
     """(requests/s, p99 latency in seconds, completed requests)."""
+    extra = ["-s", str(script)] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -46,51 +56,45 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=8)
-    args = parser.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
-    nginx = Nginx(tmp / "nginx")
+def scenario(
+    name: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, script: Path | None
+) -> None:
     url = nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     lost = rss = 0.0
     requests_traced = spans = 0
-    try:
-        wrk(url, 2, args.connections)  # warm up
-        for r in range(args.rounds):
-            rps, p99, _ = wrk(url, args.seconds, args.connections)
-            base_rps.append(rps)
-            base_p99.append(p99)
+    wrk(url, 2, args.connections, script)  # warm up
+    for r in range(args.rounds):
+        rps, p99, _ = wrk(url, args.seconds, args.connections, script)
+        base_rps.append(rps)
+        base_p99.append(p99)
 
-            out = tmp / f"spans-{r}.jsonl"
-            collector = CollectorProcess(tmp / f"collector-{r}", {"file": {"path": str(out)}})
-            proc = psutil.Process(collector.proc.pid)
-            before = proc.cpu_times()
-            t0 = collector.telemetry()
-            rps, p99, total = wrk(url, args.seconds, args.connections)
-            time.sleep(1.0)  # let the pipeline drain
-            after = proc.cpu_times()
-            t1 = collector.telemetry()
-            rss = max(rss, peak_rss_mib(proc.pid))
-            collector.stop()
-            on_rps.append(rps)
-            on_p99.append(p99)
-            cpu = (after.user + after.system) - (before.user + before.system)
-            cpu_per_k.append(cpu / total * 1000)
-            built = t1["spans_built"] - t0["spans_built"]
-            # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
-            lost += max(0, 2 * total - built) + (t1["events_lost"] - t0["events_lost"])
-            requests_traced += total
-            spans += built
-    finally:
-        nginx.stop()
+        out = tmp / f"spans-{name}-{r}.jsonl"
+        collector = CollectorProcess(tmp / f"collector-{name}-{r}", {"file": {"path": str(out)}})
+        proc = psutil.Process(collector.proc.pid)
+        before = proc.cpu_times()
+        t0 = collector.telemetry()
+        rps, p99, total = wrk(url, args.seconds, args.connections, script)
+        time.sleep(1.0)  # let the pipeline drain
+        after = proc.cpu_times()
+        t1 = collector.telemetry()
+        rss = max(rss, peak_rss_mib(proc.pid))
+        collector.stop()
+        out.unlink()
+        on_rps.append(rps)
+        on_p99.append(p99)
+        cpu = (after.user + after.system) - (before.user + before.system)
+        cpu_per_k.append(cpu / total * 1000)
+        built = t1["spans_built"] - t0["spans_built"]
+        # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
+        lost += max(0, 2 * total - built)
+        requests_traced += total
+        spans += built
 
     med = statistics.median
-    print(f"nginx + wrk -c{args.connections}, {args.rounds} rounds x {args.seconds}s each side")
+    print(
+        f"{name}: nginx + wrk -c{args.connections}, {args.rounds} rounds x {args.seconds}s a side"
+    )
     print(
         f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
         f"   ratio {med(on_rps) / med(base_rps):.3f}"
@@ -102,7 +106,25 @@ def main() -> int:
     )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
-    print(f"  spans built {spans} for {requests_traced} requests x 2 sides; lost {int(lost)}")
+    print(f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
+    paced = tmp / "paced.lua"
+    paced.write_text(PACED_LUA)
+    nginx = Nginx(tmp / "nginx")
+    try:
+        scenario("paced", nginx, tmp, args, paced)
+        scenario("saturating", nginx, tmp, args, None)
+    finally:
+        nginx.stop()
     return 0
 
 

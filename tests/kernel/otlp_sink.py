@@ -83,18 +83,21 @@ class SpanStore:
 
 
 class GrpcSink:
-    def __init__(self) -> None:
+    """OTLP/gRPC trace receiver; `keep=False` discards (benchmarks)."""
+
+    def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.store = SpanStore()
         store = self.store
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                store.add(request)
+                if keep:
+                    store.add(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self._server.start()
 
     def stop(self) -> None:
