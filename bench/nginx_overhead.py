@@ -49,6 +49,18 @@ def wrk(
     return rps, float(value) * _UNITS[unit], total
 
 
+def drained(collector: CollectorProcess) -> dict[str, int]:
+    """Telemetry once the pipeline has caught up (spans built stop growing)."""
+    last = collector.telemetry()
+    for _ in range(100):
+        time.sleep(0.3)
+        now = collector.telemetry()
+        if now["spans_built"] == last["spans_built"]:
+            return now
+        last = now
+    return last
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -62,7 +74,7 @@ def scenario(
     url = nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     lost = rss = 0.0
-    requests_traced = spans = 0
+    requests_traced = spans = kernel_lost = 0
     wrk(url, 2, args.connections, script)  # warm up
     for r in range(args.rounds):
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
@@ -75,9 +87,8 @@ def scenario(
         before = proc.cpu_times()
         t0 = collector.telemetry()
         rps, p99, total = wrk(url, args.seconds, args.connections, script)
-        time.sleep(1.0)  # let the pipeline drain
+        t1 = drained(collector)
         after = proc.cpu_times()
-        t1 = collector.telemetry()
         rss = max(rss, peak_rss_mib(proc.pid))
         collector.stop()
         out.unlink()
@@ -88,6 +99,7 @@ def scenario(
         built = t1["spans_built"] - t0["spans_built"]
         # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
         lost += max(0, 2 * total - built)
+        kernel_lost += t1["events_lost"] - t0["events_lost"]
         requests_traced += total
         spans += built
 
@@ -106,7 +118,10 @@ def scenario(
     )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
-    print(f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}")
+    print(
+        f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}"
+        f" (kernel ring buffer dropped {kernel_lost} events)"
+    )
 
 
 def main() -> int:

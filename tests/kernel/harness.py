@@ -40,9 +40,9 @@ def wait_until(
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def listening(port: int) -> bool:
+def listening(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        socket.create_connection((host, port), 0.2).close()
         return True
     except OSError:
         return False
@@ -165,15 +165,16 @@ class Nginx:
 class PythonServer:
     """tests/kernel/py_http_server.py in its own process, named by OTEL_SERVICE_NAME."""
 
-    def __init__(self, service_name: str) -> None:
+    def __init__(self, service_name: str, host: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.host = host
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "py_http_server.py"), str(self.port)],
+            [sys.executable, str(HERE / "py_http_server.py"), str(self.port), host],
             env={**os.environ, "OTEL_SERVICE_NAME": service_name},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: listening(self.port), 10, "python server listening")
+        wait_until(lambda: listening(self.port, host), 10, "python server listening")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -1,5 +1,6 @@
 """A keep-alive HTTP/1.1 server for the tests: echo, chunked bodies both ways, 100-continue."""
 
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -51,5 +52,10 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_POST
 
 
+class Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if len(sys.argv) > 2 and ":" in sys.argv[2] else socket.AF_INET
+
+
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    Server((host, int(sys.argv[1])), Handler).serve_forever()

@@ -78,9 +78,12 @@ def test_pipelined_requests_pair_in_order(
         rest = b""
         for _ in range(3):
             _, rest = read_response(sock, rest)
-    spans = server_spans(grpc_sink, py_server, 3, since)
-    assert [s.attributes["url.path"] for s in spans] == ["/p0", "/p1", "/p2"]
-    assert all(s.attributes["http.response.status_code"] == 200 for s in spans)
+    for spans in (
+        server_spans(grpc_sink, py_server, 3, since),
+        client_spans(grpc_sink, py_server, 3, since),
+    ):
+        assert [s.attributes["url.path"] for s in spans] == ["/p0", "/p1", "/p2"]
+        assert all(s.attributes["http.response.status_code"] == 200 for s in spans)
 
 
 def test_chunked_request_and_response(
@@ -154,3 +157,21 @@ def test_expect_100_continue(
     assert span.attributes["http.request.method"] == "PUT"
     assert span.attributes["http.request.body.size"] == 5
     assert span.attributes["http.response.status_code"] == 201
+
+
+def test_ipv6_connections(collector: CollectorProcess, grpc_sink: GrpcSink) -> None:
+    server = PythonServer("py-v6", host="::1")
+    try:
+        since = time.time_ns()
+        conn = http.client.HTTPConnection("::1", server.port)
+        conn.request("GET", "/v6")
+        assert conn.getresponse().read() == b"ok /v6\n"
+        conn.close()
+        (span,) = expect_exactly(grpc_sink.store, server.port, SERVER, "py-v6", 1, since)
+        (client,) = expect_exactly(grpc_sink.store, server.port, CLIENT, CLIENT_SERVICE, 1, since)
+    finally:
+        server.stop()
+    assert span.attributes["network.type"] == "ipv6"
+    assert span.attributes["client.address"] == "::1"
+    assert client.attributes["network.peer.address"] == "::1"
+    assert client.attributes["url.full"] == f"http://[::1]:{server.port}/v6"

@@ -99,3 +99,33 @@ def test_connection_opened_before_the_collector_is_traced_from_its_next_request(
     # the tuple came from /proc, since the kernel never showed us the handshake
     assert all(str(attrs(s)["client.port"]) == str(local_port) for s in servers)
     assert all(str(attrs(s)["network.peer.port"]) == str(py_server.port) for s in clients)
+
+
+def test_selection_by_executable_and_port(
+    tmp_path: Path, nginx: Nginx, py_server: PythonServer
+) -> None:
+    """OTEL_EBPF_AUTO_TARGET_EXE and OTEL_EBPF_OPEN_PORT narrow what is traced."""
+    out = tmp_path / "spans.jsonl"
+    picky = CollectorProcess(
+        tmp_path / "picky",
+        {"file": {"path": str(out)}},
+        extra_env={"OTEL_EBPF_AUTO_TARGET_EXE": "nginx", "OTEL_EBPF_OPEN_PORT": str(nginx.port)},
+    )
+    try:
+        for port in (nginx.port, py_server.port):
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+            conn.request("GET", "/selected")
+            conn.getresponse().read()
+            conn.close()
+        time.sleep(1.0)
+    finally:
+        assert picky.stop() == 0
+    services = [
+        rs["resource"]["attributes"]
+        for line in out.read_text().splitlines()
+        for rs in json.loads(line)["resourceSpans"]
+    ]
+    names = {
+        a["value"]["stringValue"] for attrs in services for a in attrs if a["key"] == "service.name"
+    }
+    assert names == {"nginx"}  # not the python client, not the other server
