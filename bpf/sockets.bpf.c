@@ -51,6 +51,7 @@ enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3 };
 struct active_io {
     u64 buf;    // buffer, iovec array or msghdr, as the syscall's kind says
     u64 iovcnt;
+    u64 ts;     // syscall entry: when the process handed over what it sends
     u32 fd;
     u32 kind;
 };
@@ -126,7 +127,8 @@ static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
     if ((id >> 32) == SELF_TGID)
         return;
     u32 tid = (u32)id;
-    struct active_io io = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .kind = kind};
+    struct active_io io = {
+        .buf = buf, .iovcnt = iovcnt, .ts = bpf_ktime_get_ns(), .fd = fd, .kind = kind};
     active_io.update(&tid, &io);
 }
 
@@ -165,6 +167,16 @@ static __always_inline void forget_io(void) {
         forget_io();                                                              \
         return 0;                                                                 \
     }
+
+// sendfile: no user buffer to capture, but its entry time ends a response.
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) {
+    remember_io(0, 0, (u32)args->out_fd, BUF_NONE);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
+    forget_io();
+    return 0;
+}
 
 PLAIN_IO(read, buf)
 PLAIN_IO(write, buf)
@@ -273,8 +285,16 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
     struct active_io *io = active_io.lookup(&tid);
+    // Sends are stamped when the syscall began: the tracepoint fires only after
+    // the bytes reached the peer, which may already have read them. Receives
+    // are stamped now, when the bytes are in hand. So on one node a server
+    // span always sits inside its client span.
     if (io) {
         ev->fd = io->fd;
+        if (dir == DIR_EGRESS)
+            ev->ts = io->ts;
+    }
+    if (io && io->kind != BUF_NONE) {
         ev->has_payload = 1;
         u32 want = (u32)ret;
         u64 buf = io->buf;

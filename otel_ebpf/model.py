@@ -96,6 +96,7 @@ class HttpHead(NamedTuple):
     headers: dict[str, str]  # allow-listed, lower-case names
     start_ts: int  # time of the call that carried the first byte
     truncated: bool  # header block not fully captured
+    stream_offset: int = 0  # position of the first byte in this direction's stream
 
 
 class HttpEnd(NamedTuple):
@@ -124,3 +125,4 @@ class HttpExchange(NamedTuple):
     response_body_bytes: int
     start_ts: int  # first request byte, as the traced process saw it
     end_ts: int  # last response byte (or last request byte without a response)
+    token: object = None  # what the connection's owner attached when the request began

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import HttpExchange, Role
+from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.streams import Connection
 
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
@@ -104,19 +105,24 @@ class SpanBuilder:
             status = Status(StatusCode.ERROR, "connection ended before a response")
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
-        rand = self._rand
-        context = SpanContext(
-            trace_id=rand.getrandbits(128) or 1,
-            span_id=rand.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=_SAMPLED,
+        rc = x.token
+        if isinstance(rc, RequestContext) and rc.resolved:
+            trace_id, span_id, parent_id = rc.trace_id, rc.span_id, rc.parent_id
+        else:  # built without correlation (tests, tools)
+            rand = self._rand
+            trace_id, span_id, parent_id = rand.getrandbits(128) or 1, rand.getrandbits(64) or 1, 0
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = (
+            SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
+            if parent_id
+            else None
         )
         process = conn.process
         assert process is not None
         return ReadableSpan(
             name=req.method,
             context=context,
-            parent=None,
+            parent=parent,
             resource=process.resource,
             attributes=attrs,
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,

@@ -22,11 +22,13 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     HttpExchange,
+    HttpHead,
     KernelEvent,
     Role,
     SelfConn,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
+from otel_ebpf.processors.correlate import Correlator, RequestContext
 from otel_ebpf.processors.protocols.http1 import (
     Http1Connection,
     looks_like_request,
@@ -154,6 +156,8 @@ class ConnectionTracker:
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
         self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
         self._proc_sockets = ProcSockets()
+        self.correlator = Correlator(max_streams=max_connections)
+        self._event: DataEvent | None = None  # the event being fed, for request heads
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
@@ -233,13 +237,15 @@ class ConnectionTracker:
         exchanges = conn.http.close(ts)
         self._telemetry.parse_errors += conn.http.parse_errors
         conn.http.parse_errors = 0
+        done = []
         for x in exchanges:
             if x.response is None:
                 if at_exit:
                     self._telemetry.requests_pending_at_exit += 1
                     continue
                 self._telemetry.requests_unanswered += 1
-            self._sink(x, conn)
+            done.append(x)
+        self._emit(done, conn)
         conn.http = None
 
     def _on_data(self, ev: DataEvent) -> None:
@@ -267,6 +273,7 @@ class ConnectionTracker:
         http = conn.http
         assert http is not None
         out: list[HttpExchange] = []
+        self._event = ev
         gap = ev.cap_offset - expected
         if gap > 0:
             out += http.skip(is_request, gap, ev.ts)
@@ -297,7 +304,19 @@ class ConnectionTracker:
                 ev.offset,
                 ev.payload[:60],
             )
-        for x in out:
+        self._emit(out, conn)
+
+    def _request_started(self, conn: Connection, head: HttpHead) -> RequestContext:
+        ev = self._event
+        assert ev is not None
+        return self.correlator.started(
+            conn.role, head, ev.pid, ev.tid, conn.local, conn.remote, conn.seen_from_start
+        )
+
+    def _emit(self, exchanges: list[HttpExchange], conn: Connection) -> None:
+        for x in exchanges:
+            if isinstance(x.token, RequestContext):
+                self.correlator.finished(x.token)
             self._sink(x, conn)
 
     def _ignore(self, conn: Connection) -> None:
@@ -336,7 +355,7 @@ class ConnectionTracker:
             and self._selector.port_selected(conn.server_port)
         )
         if conn.selected:
-            conn.http = Http1Connection()
+            conn.http = Http1Connection(on_request=lambda head: self._request_started(conn, head))
         else:
             self._telemetry.connections_excluded += 1
             log.debug(

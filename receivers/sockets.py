@@ -39,7 +39,17 @@ REQUIRED_TRACEPOINTS = (
     "sock/inet_sock_set_state",
     *(
         f"syscalls/sys_{edge}_{name}"
-        for name in ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg")
+        for name in (
+            "read",
+            "write",
+            "readv",
+            "writev",
+            "recvfrom",
+            "sendto",
+            "recvmsg",
+            "sendmsg",
+            "sendfile64",
+        )
         for edge in ("enter", "exit")
     ),
 )

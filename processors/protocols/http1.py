@@ -96,6 +96,8 @@ class Http1StreamParser:
         self._remaining = 0
         self._body = 0
         self._start_ts = 0
+        self._start_offset = 0
+        self._base = 0  # stream position of the current call's first byte
         self._last_ts = 0
         self._open = False  # a head was emitted and its end was not
         self.synced = False  # has parsed at least one head: errors after that are real
@@ -129,13 +131,20 @@ class Http1StreamParser:
     def feed(self, data: bytes, ts: int) -> list[ParserEvent]:
         """Take the bytes of one call, which begins at a call boundary."""
         out: list[ParserEvent] = []
+        try:
+            self._feed(data, ts, out)
+        finally:
+            self._base += len(data)
+        return out
+
+    def _feed(self, data: bytes, ts: int, out: list[ParserEvent]) -> None:
         pos, n = 0, len(data)
         state = self._state
         if state is _State.LOST:
             if not self._starts_message(data):
                 if self._open:
                     self._last_ts = ts
-                return out
+                return
             self._close_open(out, complete=False)
             state = self._state = _State.START
         while pos < n:
@@ -162,13 +171,13 @@ class Http1StreamParser:
             else:  # LOST reached mid-call, or OPAQUE
                 pos = n
             state = self._state
-        return out
 
     def skip(self, n: int, ts: int) -> list[ParserEvent]:
         """Account for `n` bytes that moved but were not captured."""
         out: list[ParserEvent] = []
         if n <= 0:
             return out
+        self._base += n
         state = self._state
         if state is _State.BODY or state is _State.CHUNK_DATA:
             take = min(self._remaining, n)
@@ -241,6 +250,7 @@ class Http1StreamParser:
         before = len(buf)
         if not before:
             self._start_ts = ts
+            self._start_offset = self._base + pos
         buf += data[pos:]
         if not self._prefix_ok():
             out.append(
@@ -348,7 +358,15 @@ class Http1StreamParser:
                 chunked = text.lower().rsplit(",", 1)[-1].strip() == "chunked"
             headers[key] = text if key not in headers else headers[key] + ", " + text
         record = HttpHead(
-            self.is_request, method, target, status, version, headers, self._start_ts, truncated
+            self.is_request,
+            method,
+            target,
+            status,
+            version,
+            headers,
+            self._start_ts,
+            truncated,
+            self._start_offset,
         )
         return record, self._framing(status, content_length, chunked)
 
@@ -409,7 +427,15 @@ class Http1StreamParser:
 class Http1Connection:
     """Both directions of one HTTP/1.x connection, paired into exchanges."""
 
-    def __init__(self, max_pending: int = 64, max_head_bytes: int = 16384) -> None:
+    def __init__(
+        self,
+        max_pending: int = 64,
+        max_head_bytes: int = 16384,
+        on_request: Callable[[HttpHead], object] | None = None,
+    ) -> None:
+        # on_request: called as each request head is parsed; what it returns
+        # travels with the request and comes back as HttpExchange.token.
+        self._on_request = on_request
         self.requests = Http1StreamParser(True, max_head_bytes=max_head_bytes)
         self.responses = Http1StreamParser(False, self._method_awaiting_response, max_head_bytes)
         self._pending: deque[_Pending] = deque()
@@ -442,7 +468,7 @@ class Http1Connection:
         done += self._handle(False, self.responses.eof(ts))
         while self._pending:
             p = self._pending.popleft()
-            done.append(HttpExchange(p.head, p.body, None, 0, p.head.start_ts, p.end_ts))
+            done.append(HttpExchange(p.head, p.body, None, 0, p.head.start_ts, p.end_ts, p.token))
         return done
 
     def _handle(self, is_request: bool, events: list[ParserEvent]) -> list[HttpExchange]:
@@ -461,13 +487,16 @@ class Http1Connection:
                     # framing means that response has ended.
                     if self.responses.lost_in_message:
                         done += self._handle(False, self.responses.eof(ev.start_ts))
-                    self._pending.append(_Pending(ev))
+                    token = self._on_request(ev) if self._on_request else None
+                    self._pending.append(_Pending(ev, token))
                 elif ev.status == 101:  # switched protocols: the exchange ends here
                     self.requests.make_opaque()
                     if self._pending:
                         p = self._pending.popleft()
                         done.append(
-                            HttpExchange(p.head, p.body, ev, 0, p.head.start_ts, ev.start_ts)
+                            HttpExchange(
+                                p.head, p.body, ev, 0, p.head.start_ts, ev.start_ts, p.token
+                            )
                         )
                 elif ev.status >= 200:
                     if not self._pending:
@@ -486,16 +515,19 @@ class Http1Connection:
                 resp = self._response
                 self._response = None
                 done.append(
-                    HttpExchange(p.head, p.body, resp, ev.body_bytes, p.head.start_ts, ev.end_ts)
+                    HttpExchange(
+                        p.head, p.body, resp, ev.body_bytes, p.head.start_ts, ev.end_ts, p.token
+                    )
                 )
         return done
 
 
 class _Pending:
-    __slots__ = ("body", "end_ts", "ended", "head")
+    __slots__ = ("body", "end_ts", "ended", "head", "token")
 
-    def __init__(self, head: HttpHead) -> None:
+    def __init__(self, head: HttpHead, token: object) -> None:
         self.head = head
+        self.token = token
         self.body = 0
         self.end_ts = head.start_ts
         self.ended = False

@@ -163,13 +163,20 @@ class Nginx:
 
 
 class PythonServer:
-    """tests/kernel/py_http_server.py in its own process, named by OTEL_SERVICE_NAME."""
+    """A test server script in its own process, named by OTEL_SERVICE_NAME."""
 
-    def __init__(self, service_name: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        service_name: str,
+        host: str = "127.0.0.1",
+        script: str = "py_http_server.py",
+        args: tuple[str, ...] | None = None,
+    ) -> None:
         self.port = free_port()
         self.host = host
+        extra = list(args) if args is not None else [host]
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "py_http_server.py"), str(self.port), host],
+            [sys.executable, str(HERE / script), str(self.port), *extra],
             env={**os.environ, "OTEL_SERVICE_NAME": service_name},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

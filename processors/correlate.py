@@ -1,0 +1,199 @@
+"""Trace context for eBPF spans: from the wire, the thread, and the other end of the socket.
+
+Every request gets a `RequestContext` when its head is parsed. Its trace and
+parent come from, in order of trust:
+
+1. the wire: a valid `traceparent` or B3 context on the request (a SERVER span
+   joins that trace as a child of the caller's span; a CLIENT span that
+   carries one is a child of the span the sending app created);
+2. the socket (SERVER spans): when this node also saw the client end of the
+   connection, the server span is the child of the client span of the same
+   request (matched by 4-tuple and byte offset in the stream);
+3. the thread (CLIENT spans): a request sent by a thread while it handles
+   exactly one server request is that server span's child. A thread with
+   several server requests in flight (an event loop) is ambiguous and gives
+   no parent; a thread with none falls back to its process when the process
+   has exactly one server request in flight (a worker handed the request by
+   another thread). Anything else starts a new trace rather than guess.
+
+Contexts end with their request: nothing leaks to the next request on the
+same thread or keep-alive connection, and no trace grows without bound.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+from otel_ebpf.model import Endpoint, HttpHead, Role
+from otel_ebpf.processors.propagation import WireContext, extract
+
+StreamKey = tuple[Endpoint, Endpoint, int]  # client (local, remote) and stream offset
+
+# A client's send tracepoint fires after the data is queued to the peer, so the
+# server may record its read a little earlier than the client records its send.
+MATCH_SLACK_NS = 50_000_000
+MATCH_WINDOW_NS = 60_000_000_000
+MAX_AGE_NS = 300_000_000_000  # server requests never finished (dropped) expire
+
+
+class RequestContext:
+    """Correlation state of one request, from its head to its span."""
+
+    __slots__ = (
+        "key",
+        "parent_id",
+        "pid",
+        "resolved",
+        "role",
+        "sampled",
+        "span_id",
+        "start_ts",
+        "tid",
+        "trace_id",
+        "wire",
+    )
+
+    def __init__(self, role: Role, pid: int, tid: int, start_ts: int, wire: WireContext | None):
+        self.role = role
+        self.pid = pid
+        self.tid = tid
+        self.start_ts = start_ts
+        self.wire = wire
+        self.key: StreamKey | None = None
+        self.trace_id = 0
+        self.span_id = 0
+        self.parent_id = 0
+        self.sampled = True
+        self.resolved = False
+
+
+class Correlator:
+    def __init__(self, max_streams: int = 65536) -> None:
+        self._rand = random.Random()
+        self._by_thread: dict[int, list[RequestContext]] = {}
+        self._by_process: dict[int, list[RequestContext]] = {}
+        self._clients: OrderedDict[StreamKey, RequestContext] = OrderedDict()
+        self._max_streams = max_streams
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def started(
+        self,
+        role: Role,
+        head: HttpHead,
+        pid: int,
+        tid: int,
+        local: Endpoint | None,
+        remote: Endpoint | None,
+        from_start: bool,
+    ) -> RequestContext:
+        """A request head was parsed on a connection of `role` owned by pid/tid."""
+        wire = extract(head.headers) if _may_carry_context(head) else None
+        rc = RequestContext(role, pid, tid, head.start_ts, wire)
+        stream_known = from_start and local is not None and remote is not None
+        if role == Role.SERVER:
+            if stream_known:
+                rc.key = (remote, local, head.stream_offset)  # type: ignore[assignment]
+            self._resolve_server(rc)
+            self._by_thread.setdefault(tid, []).append(rc)
+            self._by_process.setdefault(pid, []).append(rc)
+        else:
+            self._resolve_client(rc)
+            if stream_known:
+                key = (local, remote, head.stream_offset)
+                self._clients[key] = rc  # type: ignore[index]
+                if len(self._clients) > self._max_streams:
+                    self._clients.popitem(last=False)
+        return rc
+
+    def finished(self, rc: RequestContext) -> None:
+        """The request's span is about to be built: settle its ids, end its context."""
+        if not rc.resolved:
+            self._force(rc)
+        if rc.role == Role.SERVER:
+            _discard(self._by_thread, rc.tid, rc)
+            _discard(self._by_process, rc.pid, rc)
+
+    def expire(self, now_ts: int) -> None:
+        """Forget server requests that never finished (their pending entry was dropped)."""
+        for table in (self._by_thread, self._by_process):
+            for key in list(table):
+                alive = [rc for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS]
+                if alive:
+                    table[key] = alive
+                else:
+                    del table[key]
+
+    # -- resolution -------------------------------------------------------------
+
+    def _new_ids(self, rc: RequestContext, trace_id: int, parent_id: int, sampled: bool) -> None:
+        rand = self._rand
+        rc.trace_id = trace_id or (rand.getrandbits(128) or 1)
+        rc.span_id = rand.getrandbits(64) or 1
+        rc.parent_id = parent_id
+        rc.sampled = sampled
+        rc.resolved = True
+
+    def _resolve_server(self, rc: RequestContext) -> None:
+        if rc.wire is not None:
+            self._new_ids(rc, rc.wire.trace_id, rc.wire.span_id, rc.wire.sampled)
+            return
+        client = self._clients.get(rc.key) if rc.key is not None else None
+        if client is not None and _plausible(client, rc):
+            del self._clients[rc.key]  # type: ignore[arg-type]
+            self._new_ids(rc, client.trace_id, client.span_id, client.sampled)
+            return
+        if rc.key is not None and not rc.resolved and client is None:
+            # The client's send may not be recorded yet: try again at first use.
+            return
+        self._new_ids(rc, 0, 0, True)
+
+    def _resolve_client(self, rc: RequestContext) -> None:
+        if rc.wire is not None:
+            self._new_ids(rc, rc.wire.trace_id, rc.wire.span_id, rc.wire.sampled)
+            return
+        parent = self._enclosing_server(rc)
+        if parent is None:
+            self._new_ids(rc, 0, 0, True)
+            return
+        if not parent.resolved:
+            self._force(parent)
+        self._new_ids(rc, parent.trace_id, parent.span_id, parent.sampled)
+
+    def _force(self, rc: RequestContext) -> None:
+        self._resolve_server(rc)
+        if not rc.resolved:
+            self._new_ids(rc, 0, 0, True)
+
+    def _enclosing_server(self, rc: RequestContext) -> RequestContext | None:
+        on_thread = self._by_thread.get(rc.tid)
+        if on_thread:
+            return on_thread[0] if len(on_thread) == 1 else None
+        in_process = self._by_process.get(rc.pid)
+        if in_process and len(in_process) == 1 and in_process[0].start_ts <= rc.start_ts:
+            return in_process[0]
+        return None
+
+
+def _may_carry_context(head: HttpHead) -> bool:
+    h = head.headers
+    return "traceparent" in h or "b3" in h or "x-b3-traceid" in h
+
+
+def _plausible(client: RequestContext, server: RequestContext) -> bool:
+    """Same stream and offset: also close in time (the tuple may have been reused)."""
+    gap = server.start_ts - client.start_ts
+    return -MATCH_SLACK_NS <= gap <= MATCH_WINDOW_NS
+
+
+def _discard(table: dict[int, list[RequestContext]], key: int, rc: RequestContext) -> None:
+    items = table.get(key)
+    if items is None:
+        return
+    try:
+        items.remove(rc)
+    except ValueError:
+        return
+    if not items:
+        del table[key]
