@@ -147,6 +147,7 @@ class Collector:
                 next_lost_check = now + 1.0
             if now >= next_sweep:
                 self._processes.forget_exited()
+                self.tracker.correlator.expire(time.monotonic_ns())
                 next_sweep = now + SWEEP_INTERVAL_S
             if now >= next_progress:
                 log.info("progress: %s", self.telemetry.snapshot())

@@ -1,0 +1,101 @@
+"""Correlation rules on hand-made request heads (pure logic; the kernel tests run it for real)."""
+
+from __future__ import annotations
+
+from otel_ebpf.model import Endpoint, HttpHead, Role
+from otel_ebpf.processors.correlate import Correlator
+
+CLIENT_END, SERVER_END = Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 80)
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def head(ts: int, offset: int = 0, **headers: str) -> HttpHead:
+    return HttpHead(True, "GET", "/", 0, "1.1", headers, ts, False, offset)
+
+
+def server(c: Correlator, ts: int, pid: int = 1, tid: int = 1, offset: int = 0, **h: str):  # type: ignore[no-untyped-def]
+    return c.started(Role.SERVER, head(ts, offset, **h), pid, tid, SERVER_END, CLIENT_END, True)
+
+
+def client(c: Correlator, ts: int, pid: int = 1, tid: int = 1, offset: int = 0, **h: str):  # type: ignore[no-untyped-def]
+    return c.started(Role.CLIENT, head(ts, offset, **h), pid, tid, CLIENT_END, SERVER_END, True)
+
+
+def test_wire_context_wins() -> None:
+    c = Correlator()
+    rc = server(c, 10, traceparent=TP)
+    assert rc.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736 and rc.parent_id == 0x00F067AA0BA902B7
+
+
+def test_socket_context_links_server_to_client_of_same_stream_offset() -> None:
+    c = Correlator()
+    a = client(c, 10, pid=7, tid=7, offset=120)
+    b = server(c, 11, pid=8, tid=8, offset=120)
+    c.finished(b)
+    assert (b.trace_id, b.parent_id) == (a.trace_id, a.span_id)
+    other = server(c, 12, pid=8, tid=8, offset=240)  # next request: no client seen for it
+    c.finished(other)
+    assert other.trace_id != a.trace_id and other.parent_id == 0
+
+
+def test_server_seen_before_the_client_send_still_links() -> None:
+    c = Correlator()
+    b = server(c, 10, pid=8, tid=8)  # the read tracepoint won the race
+    a = client(c, 11, pid=7, tid=7)
+    c.finished(b)
+    assert (b.trace_id, b.parent_id) == (a.trace_id, a.span_id)
+
+
+def test_stale_stream_entry_is_not_matched() -> None:
+    c = Correlator()
+    client(c, 10)
+    b = server(c, 10 + 120_000_000_000, pid=8, tid=8)  # two minutes later, same tuple reused
+    c.finished(b)
+    assert b.parent_id == 0
+
+
+def test_thread_context_parents_outgoing_calls_and_ends_with_the_request() -> None:
+    c = Correlator()
+    incoming = server(c, 10, pid=5, tid=50, offset=0)
+    out = c.started(
+        Role.CLIENT, head(11), 5, 50, Endpoint("10.0.0.2", 5000), Endpoint("10.0.0.3", 6379), True
+    )
+    assert (out.trace_id, out.parent_id) == (incoming.trace_id, incoming.span_id)
+    c.finished(out)
+    c.finished(incoming)
+    later = c.started(
+        Role.CLIENT, head(20), 5, 50, Endpoint("10.0.0.2", 5001), Endpoint("10.0.0.3", 6379), True
+    )
+    assert later.trace_id != incoming.trace_id and later.parent_id == 0  # no leak
+
+
+def test_event_loop_thread_is_ambiguous() -> None:
+    c = Correlator()
+    server(c, 10, pid=5, tid=50, offset=0)
+    c.started(Role.SERVER, head(11), 5, 50, SERVER_END, Endpoint("10.0.0.9", 1), True)
+    out = c.started(
+        Role.CLIENT, head(12), 5, 50, Endpoint("10.0.0.2", 5000), Endpoint("10.0.0.3", 80), True
+    )
+    assert out.parent_id == 0  # two requests in flight on one thread: no guess
+
+
+def test_worker_thread_falls_back_to_the_single_request_of_its_process() -> None:
+    c = Correlator()
+    incoming = server(c, 10, pid=5, tid=50)
+    out = c.started(
+        Role.CLIENT, head(11), 5, 51, Endpoint("10.0.0.2", 5000), Endpoint("10.0.0.3", 80), True
+    )
+    assert out.parent_id == incoming.span_id
+    server(c, 12, pid=5, tid=52, offset=100)
+    busy = c.started(
+        Role.CLIENT, head(13), 5, 53, Endpoint("10.0.0.2", 5001), Endpoint("10.0.0.3", 80), True
+    )
+    assert busy.parent_id == 0  # two requests in the process: ambiguous
+
+
+def test_unfinished_requests_expire() -> None:
+    c = Correlator()
+    server(c, 10, pid=5, tid=50)
+    c.expire(10 + 400_000_000_000)
+    out = c.started(Role.CLIENT, head(10 + 400_000_000_001), 5, 50, CLIENT_END, SERVER_END, False)
+    assert out.parent_id == 0
