@@ -88,6 +88,32 @@ class EbpfReceiverConfig(_Strict):
         return v
 
 
+class EndpointConfig(_Strict):
+    endpoint: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        _, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be host:port")
+        return v
+
+
+class OtlpProtocols(_Strict):
+    grpc: EndpointConfig | None = None
+    http: EndpointConfig | None = None
+
+
+class OtlpReceiverConfig(_Strict):
+    """Like the collector's otlp receiver; the embedded default listens on localhost."""
+
+    protocols: OtlpProtocols = OtlpProtocols(
+        grpc=EndpointConfig(endpoint="127.0.0.1:4317"),
+        http=EndpointConfig(endpoint="127.0.0.1:4318"),
+    )
+
+
 class BatchConfig(_Strict):
     """Maps to the SDK's BatchSpanProcessor; unset values come from OTEL_BSP_*."""
 
@@ -114,6 +140,11 @@ class FileExporterConfig(_Strict):
     path: str
 
 
+RECEIVER_TYPES: dict[str, type[_Strict]] = {
+    "ebpf": EbpfReceiverConfig,
+    "otlp": OtlpReceiverConfig,
+}
+
 EXPORTER_TYPES: dict[str, type[_Strict]] = {
     "otlp": OtlpExporterConfig,
     "otlphttp": OtlpExporterConfig,
@@ -122,16 +153,8 @@ EXPORTER_TYPES: dict[str, type[_Strict]] = {
 }
 
 
-class HealthCheckConfig(_Strict):
+class HealthCheckConfig(EndpointConfig):
     endpoint: str = "127.0.0.1:13133"
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        _, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port")
-        return v
 
 
 class PipelineConfig(_Strict):
@@ -146,7 +169,7 @@ class ServiceConfig(_Strict):
 
 
 class Config(_Strict):
-    receivers: dict[Literal["ebpf"], EbpfReceiverConfig] = {"ebpf": EbpfReceiverConfig()}
+    receivers: dict[Literal["ebpf", "otlp"], Any] = {"ebpf": {}}
     processors: dict[Literal["batch"], BatchConfig] = {}
     exporters: dict[str, Any]
     extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
@@ -171,7 +194,15 @@ class Config(_Strict):
 
     @property
     def ebpf(self) -> EbpfReceiverConfig:
-        return self.receivers["ebpf"]
+        r = self.receivers.get("ebpf")
+        return r if isinstance(r, EbpfReceiverConfig) else EbpfReceiverConfig()
+
+    @property
+    def otlp(self) -> OtlpReceiverConfig | None:
+        if "otlp" not in self.service.pipelines["traces"].receivers:
+            return None
+        r = self.receivers.get("otlp")
+        return r if isinstance(r, OtlpReceiverConfig) else None
 
     @property
     def health(self) -> HealthCheckConfig | None:
@@ -226,17 +257,19 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
             exporters["debug"] = {}
         elif name != "none":
             raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}")
-    return document(exporters)
+    return document(exporters, otlp={})
 
 
 def document(
     exporters: dict[str, Any],
     health: dict[str, Any] | None = None,
     batch: dict[str, Any] | None = None,
+    otlp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One traces pipeline: ebpf -> batch -> the given exporters, with the health check."""
+    """One traces pipeline: ebpf (and otlp, when given) -> batch -> the given exporters."""
+    receivers: dict[str, Any] = {"ebpf": {}} if otlp is None else {"ebpf": {}, "otlp": otlp}
     return {
-        "receivers": {"ebpf": {}},
+        "receivers": receivers,
         "processors": {"batch": batch or {}},
         "exporters": exporters,
         "extensions": {"health_check": health or {}},
@@ -244,7 +277,7 @@ def document(
             "extensions": ["health_check"],
             "pipelines": {
                 "traces": {
-                    "receivers": ["ebpf"],
+                    "receivers": list(receivers),
                     "processors": ["batch"],
                     "exporters": list(exporters),
                 }
@@ -310,6 +343,12 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
         config = Config.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
+    receivers: dict[str, Any] = {}
+    for name, body in config.receivers.items():
+        try:
+            receivers[name] = RECEIVER_TYPES[name].model_validate(body or {})
+        except ValidationError as exc:
+            raise ConfigError(_first_error(exc, f"receivers.{name}")) from None
     exporters: dict[str, Any] = {}
     for key, body in config.exporters.items():
         kind = key.split("/", 1)[0]
@@ -321,4 +360,4 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
             exporters[key] = model.model_validate(body or {})
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, f"exporters.{key}")) from None
-    return config.model_copy(update={"exporters": exporters})
+    return config.model_copy(update={"receivers": receivers, "exporters": exporters})

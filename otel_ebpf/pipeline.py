@@ -19,6 +19,7 @@ from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection, ConnectionTracker
+from otel_ebpf.receivers.otlp import OtlpReceiver
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -102,6 +103,15 @@ class Collector:
         )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
+        otlp = config.otlp
+        self.otlp: OtlpReceiver | None = None
+        if otlp is not None:
+            p = otlp.protocols
+            self.otlp = OtlpReceiver(
+                self._on_otlp_spans,
+                p.grpc.endpoint if p.grpc else None,
+                p.http.endpoint if p.http else None,
+            )
 
     def _on_kernel_event(self, event: Any) -> None:
         self.tracker.handle(event)
@@ -109,6 +119,15 @@ class Collector:
     def _on_exchange(self, exchange: HttpExchange, conn: Connection) -> None:
         span: ReadableSpan = self._spans.build(exchange, conn)
         self.telemetry.spans_built += 1
+        self._export(span)
+
+    def _on_otlp_spans(self, spans: list[ReadableSpan]) -> None:
+        """Spans from apps' SDKs: forwarded to every exporter (called on receiver threads)."""
+        self.telemetry.spans_received_otlp += len(spans)
+        for span in spans:
+            self._export(span)
+
+    def _export(self, span: ReadableSpan) -> None:
         for processor, queue in zip(self._processors, self._queues, strict=True):
             if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
                 self.telemetry.spans_dropped += 1
@@ -122,6 +141,19 @@ class Collector:
             self._health_server.start()
         try:
             self.receiver.start()
+            if self._health_server is not None:
+                self.tracker.add_own_listener(self._health_server.port)
+            if self.otlp is not None:
+                try:
+                    self.otlp.start()
+                except OSError as exc:  # a port in use must not stop the eBPF side
+                    log.error("OTLP receiver not started: %s", exc)
+                    self.otlp.stop()
+                    self.otlp = None
+                else:
+                    for port in (self.otlp.grpc_port, self.otlp.http_port):
+                        if port:
+                            self.tracker.add_own_listener(port)
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             log.info(
@@ -173,6 +205,8 @@ class Collector:
         self.telemetry.events_lost = self.receiver.events_lost()
         self.tracker.close_all(time.monotonic_ns())
         self.receiver.close()  # detach every probe before the (possibly slow) flush
+        if self.otlp is not None:
+            self.otlp.stop()
         for processor in self._processors:
             processor.shutdown()  # type: ignore[no-untyped-call]  # flushes what is queued
         if self._health_server is not None:

@@ -155,9 +155,14 @@ class ConnectionTracker:
         # connection with the mirrored tuple is its peer and is not traced.
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
         self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
+        self._own_listeners: set[int] = set()  # ports the collector serves on (OTLP in, health)
         self._proc_sockets = ProcSockets()
         self.correlator = Correlator(max_streams=max_connections)
         self._event: DataEvent | None = None  # the event being fed, for request heads
+
+    def add_own_listener(self, port: int) -> None:
+        """Connections accepted on this port are the collector's: never trace their clients."""
+        self._own_listeners.add(port)
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
@@ -201,6 +206,12 @@ class ConnectionTracker:
         old = self._conns.pop(ev.sk, None)
         if old is not None:  # the socket address was reused: its close was lost
             self._finish(old, ev.ts)
+        if ev.role == Role.SERVER and ev.local.port in self._own_listeners:
+            # Accepted by one of our listeners: known as ours before its client
+            # sends a byte (our own first read would come too late).
+            self._own[ev.sk] = (ev.local, ev.remote)
+            self._own_peers.add((ev.remote, ev.local))
+            return
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
         conn.seen_from_start = True

@@ -54,6 +54,7 @@ def collector(
             "otlp": {"endpoint": f"127.0.0.1:{grpc_sink.port}", "insecure": True},
             "otlphttp": {"endpoint": f"http://127.0.0.1:{http_sink.port}/v1/traces"},
         },
+        otlp_in=True,
     )
     yield proc
     code = proc.stop()

@@ -62,13 +62,25 @@ class CollectorProcess:
     """`otel-ebpf run --config ...` as users run it, in its own process."""
 
     def __init__(
-        self, tmp: Path, exporters: dict[str, Any], extra_env: dict[str, str] | None = None
+        self,
+        tmp: Path,
+        exporters: dict[str, Any],
+        extra_env: dict[str, str] | None = None,
+        otlp_in: bool = False,
     ) -> None:
         self.health_port = free_port()
+        self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
+        otlp = {
+            "protocols": {
+                "grpc": {"endpoint": f"127.0.0.1:{self.otlp_grpc_port}"},
+                "http": {"endpoint": f"127.0.0.1:{self.otlp_http_port}"},
+            }
+        }
         config = document(
             exporters,
             health={"endpoint": f"127.0.0.1:{self.health_port}"},
             batch={"timeout": "200ms"},
+            otlp=otlp if otlp_in else None,
         )
         tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / "collector.yaml"

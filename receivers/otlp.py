@@ -1,0 +1,222 @@
+"""OTLP trace receiver: gRPC (default 127.0.0.1:4317) and HTTP/protobuf (127.0.0.1:4318).
+
+Apps' SDKs export through the collector as through any sidecar or node
+collector. Received spans become SDK ReadableSpans and go down the same
+pipeline as eBPF spans, so every exporter sees them; nothing is changed on the
+way (merging SDK and eBPF views of one request builds on this).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+log = logging.getLogger(__name__)
+
+SpanSink = Callable[[list[ReadableSpan]], None]
+MAX_BODY_BYTES = 32 << 20
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(x) for x in v.array_value.values)
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, kind) if kind else None
+
+
+def _attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in kvs}
+
+
+def _context(trace_id: bytes, span_id: bytes, flags: int, state: str, remote: bool) -> SpanContext:
+    return SpanContext(
+        int.from_bytes(trace_id, "big"),
+        int.from_bytes(span_id, "big"),
+        is_remote=remote,
+        trace_flags=TraceFlags(flags & 0xFF),
+        trace_state=TraceState.from_header([state]) if state else None,
+    )
+
+
+def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReadableSpan]:
+    """OTLP protobuf -> ReadableSpans, keeping ids, times, attributes, events, links, status."""
+    out: list[ReadableSpan] = []
+    for rs in request.resource_spans:
+        resource = Resource(_attributes(rs.resource.attributes), rs.schema_url or None)
+        for ss in rs.scope_spans:
+            scope = InstrumentationScope(
+                ss.scope.name,
+                ss.scope.version or None,
+                ss.schema_url or None,
+                _attributes(ss.scope.attributes) or None,
+            )
+            for s in ss.spans:
+                out.append(_span(s, resource, scope))
+    return out
+
+
+def _span(s: trace_pb2.Span, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+    # An exporter only sends recorded spans, and some SDKs leave the trace flags
+    # out of `flags`: treat every received span as sampled, or the batch
+    # processor would silently drop it.
+    flags = (s.flags & 0xFF) | TraceFlags.SAMPLED
+    parent = (
+        _context(s.trace_id, s.parent_span_id, flags, "", remote=True) if s.parent_span_id else None
+    )
+    return ReadableSpan(
+        name=s.name,
+        context=_context(s.trace_id, s.span_id, flags, s.trace_state, remote=False),
+        parent=parent,
+        resource=resource,
+        attributes=_attributes(s.attributes),
+        events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in s.events],
+        links=[
+            Link(
+                _context(li.trace_id, li.span_id, li.flags, li.trace_state, True),
+                _attributes(li.attributes),
+            )
+            for li in s.links
+        ],
+        kind=SpanKind(max(s.kind - 1, 0)),  # OTLP counts UNSPECIFIED as 0
+        status=Status(StatusCode(s.status.code), s.status.message or None),
+        start_time=s.start_time_unix_nano,
+        end_time=s.end_time_unix_nano,
+        instrumentation_scope=scope,
+    )
+
+
+class OtlpReceiver:
+    """Runs the gRPC and HTTP endpoints; `sink` receives each request's spans."""
+
+    def __init__(
+        self, sink: SpanSink, grpc_endpoint: str | None, http_endpoint: str | None
+    ) -> None:
+        self._sink = sink
+        self._grpc_endpoint = grpc_endpoint
+        self._http_endpoint = http_endpoint
+        self._grpc: grpc.Server | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.spans_received = 0
+        self.requests_rejected = 0
+        self._lock = threading.Lock()
+
+    def _accept(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        spans = spans_from_request(request)
+        with self._lock:
+            self.spans_received += len(spans)
+        if spans:
+            self._sink(spans)
+
+    def start(self) -> None:
+        """Bind both endpoints; raises OSError (port taken) with the address in it."""
+        if self._grpc_endpoint:
+            self._start_grpc(self._grpc_endpoint)
+        if self._http_endpoint:
+            self._start_http(self._http_endpoint)
+
+    def _start_grpc(self, endpoint: str) -> None:
+        receiver = self
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver._accept(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc"),
+            options=[("grpc.max_receive_message_length", MAX_BODY_BYTES)],
+        )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Servicer(), server
+        )
+        port = server.add_insecure_port(endpoint)
+        if port == 0:
+            raise OSError(f"OTLP/gRPC receiver cannot listen on {endpoint}")
+        server.start()
+        self._grpc, self.grpc_port = server, port
+        log.info("OTLP/gRPC receiver listening on %s", endpoint)
+
+    def _start_http(self, endpoint: str) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                code, message = self._handle()
+                if code != 200:
+                    with receiver._lock:
+                        receiver.requests_rejected += 1
+                body = (
+                    trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                    if code == 200
+                    else message.encode()
+                )
+                self.send_response(code)
+                self.send_header(
+                    "Content-Type", "application/x-protobuf" if code == 200 else "text/plain"
+                )
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self) -> tuple[int, str]:
+                if self.path.split("?", 1)[0] != "/v1/traces":
+                    return 404, "only /v1/traces is served"
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    return 413, "request too large"
+                raw = self.rfile.read(length)
+                if self.headers.get("Content-Type", "").split(";")[0] != "application/x-protobuf":
+                    return 415, "send application/x-protobuf"
+                encoding = (self.headers.get("Content-Encoding") or "").lower()
+                try:
+                    if encoding == "gzip":
+                        raw = gzip.decompress(raw)
+                    elif encoding == "deflate":
+                        raw = zlib.decompress(raw)
+                    request = trace_service_pb2.ExportTraceServiceRequest()
+                    request.ParseFromString(raw)
+                except Exception as exc:  # malformed body: say so, keep serving
+                    return 400, f"cannot decode request: {exc}"
+                receiver._accept(request)
+                return 200, ""
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        host, _, port = endpoint.rpartition(":")
+        server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="otlp-http", daemon=True).start()
+        self._http, self.http_port = server, int(server.server_address[1])
+        log.info("OTLP/HTTP receiver listening on %s", endpoint)
+
+    def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=2).wait()
+            self._grpc = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
