@@ -29,9 +29,12 @@ def test_sdk_spans_are_forwarded_unchanged(
     provider = TracerProvider(resource=Resource({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span(
-        "parent", kind=SpanKind.SERVER, attributes={"k": "v"}
-    ) as parent, tracer.start_as_current_span("child", kind=SpanKind.CLIENT) as child:
+    with (
+        tracer.start_as_current_span(
+            "parent", kind=SpanKind.SERVER, attributes={"k": "v"}
+        ) as parent,
+        tracer.start_as_current_span("child", kind=SpanKind.CLIENT) as child,
+    ):
         pass
     provider.shutdown()  # flushes over the wire to the collector
 

@@ -17,9 +17,12 @@ def sdk_spans():  # type: ignore[no-untyped-def]
     provider = TracerProvider(resource=Resource({"service.name": "frontend", "k": 1}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("demo", "1.2")
-    with tracer.start_as_current_span(
-        "GET /", kind=SpanKind.SERVER, attributes={"a": "b", "n": [1, 2]}
-    ), tracer.start_as_current_span("db", kind=SpanKind.CLIENT) as child:
+    with (
+        tracer.start_as_current_span(
+            "GET /", kind=SpanKind.SERVER, attributes={"a": "b", "n": [1, 2]}
+        ),
+        tracer.start_as_current_span("db", kind=SpanKind.CLIENT) as child,
+    ):
         child.add_event("retry", {"attempt": 2})
         child.set_status(Status(StatusCode.ERROR, "boom"))
     return memory.get_finished_spans()
