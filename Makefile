@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
-run: setup
+run:
+	@OTEL_EBPF_SKIP_JAEGER=1 bash scripts/setup.sh
 	$(VENV)/bin/otel-ebpf run $(if $(CONFIG),--config $(CONFIG))
 
 doctor: setup

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, Nginx, PythonServer
+from harness import CollectorProcess, Jaeger, Nginx, PythonServer
 from otlp_sink import GrpcSink, HttpSink
 
 
@@ -43,16 +43,28 @@ def http_sink() -> Iterator[HttpSink]:
 
 
 @pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    server = Jaeger(tmp_path_factory.mktemp("jaeger"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def collector(
-    tmp_path_factory: pytest.TempPathFactory, grpc_sink: GrpcSink, http_sink: HttpSink
+    tmp_path_factory: pytest.TempPathFactory,
+    grpc_sink: GrpcSink,
+    http_sink: HttpSink,
+    jaeger: Jaeger,
 ) -> Iterator[CollectorProcess]:
-    """The collector under test, exporting every span over OTLP/gRPC and OTLP/HTTP."""
+    """The collector under test, exporting every span over OTLP/gRPC and OTLP/HTTP
+    to the test's receivers, and to a real Jaeger."""
     tmp = tmp_path_factory.mktemp("collector")
     proc = CollectorProcess(
         tmp,
         {
             "otlp": {"endpoint": f"127.0.0.1:{grpc_sink.port}", "insecure": True},
             "otlphttp": {"endpoint": f"http://127.0.0.1:{http_sink.port}/v1/traces"},
+            "otlp/jaeger": {"endpoint": f"127.0.0.1:{jaeger.otlp}", "insecure": True},
         },
         otlp_in=True,
     )
@@ -73,3 +85,13 @@ def py_server() -> Iterator[PythonServer]:
     server = PythonServer("py-backend")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chain() -> Iterator[tuple[PythonServer, PythonServer]]:
+    """svc-b (a middle tier) calling svc-c, both uninstrumented."""
+    leaf = PythonServer("svc-c")
+    middle = PythonServer("svc-b", script="py_proxy_server.py", args=(str(leaf.port),))
+    yield middle, leaf
+    middle.stop()
+    leaf.stop()

@@ -198,3 +198,70 @@ class PythonServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+JAEGER_CONFIG = """
+service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics: {{level: none}}
+    logs: {{level: warn}}
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http: {{endpoint: "127.0.0.1:{health}"}}
+  jaeger_query:
+    storage: {{traces: mem}}
+    http: {{endpoint: "127.0.0.1:{query}"}}
+    grpc: {{endpoint: "127.0.0.1:{query_grpc}"}}
+  jaeger_storage:
+    backends:
+      mem:
+        memory: {{max_traces: 100000}}
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{otlp}"}}
+processors:
+  batch: {{timeout: 100ms}}
+exporters:
+  jaeger_storage_exporter: {{trace_storage: mem}}
+"""
+
+
+class Jaeger:
+    """Real Jaeger v2 with in-memory storage, built by scripts/build-jaeger.sh."""
+
+    def __init__(self, root: Path) -> None:
+        binaries = sorted((HERE.parent.parent / ".cache" / "jaeger").glob("jaeger-v*"))
+        assert binaries, "Jaeger is built by scripts/setup.sh (scripts/build-jaeger.sh)"
+        self.health, self.query, self.otlp = free_port(), free_port(), free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        conf = root / "jaeger.yaml"
+        conf.write_text(
+            JAEGER_CONFIG.format(
+                health=self.health, query=self.query, query_grpc=free_port(), otlp=self.otlp
+            )
+        )
+        self.log = open(root / "jaeger.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(binaries[-1]), "--config", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(lambda: listening(self.query) and listening(self.otlp), 60, "Jaeger listening")
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.query}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

@@ -9,9 +9,6 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-
-import pytest
 
 from harness import CollectorProcess, PythonServer, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
@@ -19,16 +16,6 @@ from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 CLIENT_SERVICE = os.environ.get("OTEL_SERVICE_NAME") or os.path.basename(
     os.readlink("/proc/self/exe")
 )
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[PythonServer, PythonServer]]:
-    """svc-b (a middle tier) calling svc-c, both uninstrumented."""
-    leaf = PythonServer("svc-c")
-    middle = PythonServer("svc-b", script="py_proxy_server.py", args=(str(leaf.port),))
-    yield middle, leaf
-    middle.stop()
-    leaf.stop()
 
 
 def traces_since(sink: GrpcSink, ports: set[int], since: int) -> dict[str, list[Span]]:

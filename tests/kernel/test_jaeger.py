@@ -1,0 +1,93 @@
+"""The uninstrumented chain as a user finds it in a real Jaeger: one trace per request.
+
+A (this test process) -> svc-b -> svc-c, none instrumented; 100 sequential and
+100 concurrent requests. Jaeger's HTTP API is queried the way its search page
+does (`/api/traces?service=...`, `/api/traces/{id}`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from typing import Any
+
+from harness import CollectorProcess, Jaeger, PythonServer, wait_until
+
+SEQUENTIAL, THREADS, PER_THREAD = 100, 10, 10
+
+
+def drive(port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(SEQUENTIAL):
+        conn.request("GET", "/chain")
+        conn.getresponse().read()
+    conn.close()
+
+    def client() -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        for _ in range(PER_THREAD):
+            c.request("GET", "/chain")
+            c.getresponse().read()
+        c.close()
+
+    workers = [threading.Thread(target=client) for _ in range(THREADS)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def complete_and_correct(trace: dict[str, Any]) -> bool:
+    """4 spans: A client -> B server -> B client -> C server, each inside its parent."""
+    services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
+    spans = {s["spanID"]: s for s in trace["spans"]}
+    if len(spans) != 4:
+        return False
+    roots = [s for s in spans.values() if not s["references"]]
+    if len(roots) != 1:
+        return False
+    for span in spans.values():
+        for ref in span["references"]:
+            parent = spans.get(ref["spanID"])
+            if ref["refType"] != "CHILD_OF" or parent is None:
+                return False  # an orphan
+            if not (
+                parent["startTime"] <= span["startTime"]
+                and span["startTime"] + span["duration"] <= parent["startTime"] + parent["duration"]
+            ):
+                return False
+    kinds = sorted(
+        (services[s["processID"]], next(t["value"] for t in s["tags"] if t["key"] == "span.kind"))
+        for s in spans.values()
+    )
+    return (
+        kinds[1:] == [("svc-b", "client"), ("svc-b", "server"), ("svc-c", "server")]
+        and kinds[0][1] == "client"
+    )
+
+
+def test_chain_in_jaeger(
+    collector: CollectorProcess,
+    jaeger: Jaeger,
+    chain: tuple[PythonServer, PythonServer],
+) -> None:
+    middle, _ = chain
+    start_us = time.time_ns() // 1000
+    drive(middle.port)
+    total = SEQUENTIAL + THREADS * PER_THREAD
+
+    def traces() -> list[dict[str, Any]]:
+        url = f"/api/traces?service=svc-c&start={start_us}&limit={total * 2}"
+        return list(jaeger.api(url)["data"])
+
+    wait_until(lambda: sum(len(t["spans"]) for t in traces()) >= 4 * total, 60, "spans in Jaeger")
+    time.sleep(1.0)
+    found = traces()
+    assert len(found) == total  # exactly one trace per request, none split
+    good = [
+        t
+        for t in found
+        if complete_and_correct(jaeger.api(f"/api/traces/{t['traceID']}")["data"][0])
+    ]
+    assert len(good) == total, f"{total - len(good)} of {total} traces incomplete or wrong"
