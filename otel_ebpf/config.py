@@ -122,6 +122,13 @@ class BatchConfig(_Strict):
     max_queue_size: int | None = Field(None, gt=0)
 
 
+class CorrelateConfig(_Strict):
+    """Merging of SDK spans (OTLP in) with eBPF spans of the same requests."""
+
+    hold: Duration = 10.0  # longer than the SDKs' batch delay (5 s by default)
+    keep_duplicates: bool = False  # keep eBPF spans the SDK also made, as its children
+
+
 class OtlpExporterConfig(_Strict):
     """Unset values come from OTEL_EXPORTER_OTLP_* as in any SDK."""
 
@@ -143,6 +150,11 @@ class FileExporterConfig(_Strict):
 RECEIVER_TYPES: dict[str, type[_Strict]] = {
     "ebpf": EbpfReceiverConfig,
     "otlp": OtlpReceiverConfig,
+}
+
+PROCESSOR_TYPES: dict[str, type[_Strict]] = {
+    "batch": BatchConfig,
+    "correlate": CorrelateConfig,
 }
 
 EXPORTER_TYPES: dict[str, type[_Strict]] = {
@@ -170,7 +182,7 @@ class ServiceConfig(_Strict):
 
 class Config(_Strict):
     receivers: dict[Literal["ebpf", "otlp"], Any] = {"ebpf": {}}
-    processors: dict[Literal["batch"], BatchConfig] = {}
+    processors: dict[Literal["batch", "correlate"], Any] = {}
     exporters: dict[str, Any]
     extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
     service: ServiceConfig
@@ -196,6 +208,13 @@ class Config(_Strict):
     def ebpf(self) -> EbpfReceiverConfig:
         r = self.receivers.get("ebpf")
         return r if isinstance(r, EbpfReceiverConfig) else EbpfReceiverConfig()
+
+    @property
+    def correlate(self) -> CorrelateConfig | None:
+        if "correlate" not in self.service.pipelines["traces"].processors:
+            return None
+        c = self.processors.get("correlate")
+        return c if isinstance(c, CorrelateConfig) else CorrelateConfig()
 
     @property
     def otlp(self) -> OtlpReceiverConfig | None:
@@ -270,7 +289,7 @@ def document(
     receivers: dict[str, Any] = {"ebpf": {}} if otlp is None else {"ebpf": {}, "otlp": otlp}
     return {
         "receivers": receivers,
-        "processors": {"batch": batch or {}},
+        "processors": {"correlate": {}, "batch": batch or {}},
         "exporters": exporters,
         "extensions": {"health_check": health or {}},
         "service": {
@@ -278,7 +297,7 @@ def document(
             "pipelines": {
                 "traces": {
                     "receivers": list(receivers),
-                    "processors": ["batch"],
+                    "processors": ["correlate", "batch"],
                     "exporters": list(exporters),
                 }
             },
@@ -349,6 +368,12 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
             receivers[name] = RECEIVER_TYPES[name].model_validate(body or {})
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, f"receivers.{name}")) from None
+    processors: dict[str, Any] = {}
+    for processor, body in config.processors.items():
+        try:
+            processors[processor] = PROCESSOR_TYPES[processor].model_validate(body or {})
+        except ValidationError as exc:
+            raise ConfigError(_first_error(exc, f"processors.{processor}")) from None
     exporters: dict[str, Any] = {}
     for key, body in config.exporters.items():
         kind = key.split("/", 1)[0]
@@ -360,4 +385,6 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
             exporters[key] = model.model_validate(body or {})
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, f"exporters.{key}")) from None
-    return config.model_copy(update={"receivers": receivers, "exporters": exporters})
+    return config.model_copy(
+        update={"receivers": receivers, "processors": processors, "exporters": exporters}
+    )

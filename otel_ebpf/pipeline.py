@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any
@@ -14,8 +15,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_ebpf.config import Config
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
-from otel_ebpf.model import HttpExchange
+from otel_ebpf.model import Endpoint, HttpExchange
 from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.correlate import RequestContext
+from otel_ebpf.processors.merge import Merger
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection, ConnectionTracker
@@ -84,6 +87,14 @@ class Collector:
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
         self._spans = SpanBuilder()
+        correlate = config.correlate
+        self.merger = (
+            Merger(self._export, correlate.hold, correlate.keep_duplicates) if correlate else None
+        )
+        # OTLP batches arrive on receiver threads; the processing thread merges them.
+        self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
+            queue.SimpleQueue()
+        )
         ebpf = config.ebpf
         self.receiver = SocketReceiver(
             self._on_kernel_event,
@@ -100,6 +111,7 @@ class Collector:
             set_quiet=self.receiver.set_quiet,
             max_connections=ebpf.max_connections,
             quiet_threshold=4 * ebpf.capture_bytes,
+            is_sdk_process=self.merger.is_sdk_process if self.merger else None,
         )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
@@ -119,17 +131,37 @@ class Collector:
     def _on_exchange(self, exchange: HttpExchange, conn: Connection) -> None:
         span: ReadableSpan = self._spans.build(exchange, conn)
         self.telemetry.spans_built += 1
-        self._export(span)
-
-    def _on_otlp_spans(self, spans: list[ReadableSpan]) -> None:
-        """Spans from apps' SDKs: forwarded to every exporter (called on receiver threads)."""
-        self.telemetry.spans_received_otlp += len(spans)
-        for span in spans:
+        if self.merger is None:
             self._export(span)
+            return
+        rc = exchange.token if isinstance(exchange.token, RequestContext) else None
+        self.merger.ebpf(span, rc, conn.pid)
+
+    def _on_otlp_spans(self, spans: list[ReadableSpan], peer: Endpoint | None) -> None:
+        """Spans from apps' SDKs (receiver threads): queued for the processing thread."""
+        self._otlp_batches.put((spans, peer))
+
+    def _drain_otlp(self) -> None:
+        while True:
+            try:
+                spans, peer = self._otlp_batches.get_nowait()
+            except queue.Empty:
+                return
+            self.telemetry.spans_received_otlp += len(spans)
+            if self.merger is None:
+                for span in spans:
+                    self._export(span)
+            else:
+                pid = self.tracker.pid_of_peer(peer) if peer is not None else None
+                self.merger.sdk(spans, pid)
 
     def _export(self, span: ReadableSpan) -> None:
-        for processor, queue in zip(self._processors, self._queues, strict=True):
-            if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+        for processor, pending in zip(self._processors, self._queues, strict=True):
+            if (
+                pending is not None
+                and pending.maxlen is not None
+                and len(pending) >= pending.maxlen
+            ):
                 self.telemetry.spans_dropped += 1
             processor.on_end(span)
 
@@ -172,10 +204,14 @@ class Collector:
         next_lost_check = time.monotonic() + 1.0
         while not self._stop.is_set():
             self.receiver.poll(100)
+            self._drain_otlp()
             self.telemetry.events_received = self.receiver.events_received
             now = time.monotonic()
             if now >= next_lost_check:
                 self._check_lost()
+                if self.merger is not None:
+                    self.merger.expire(now)
+                    self.telemetry.spans_merged_away = self.merger.duplicates_dropped
                 next_lost_check = now + 1.0
             if now >= next_sweep:
                 self._processes.forget_exited()
@@ -207,6 +243,9 @@ class Collector:
         self.receiver.close()  # detach every probe before the (possibly slow) flush
         if self.otlp is not None:
             self.otlp.stop()
+        self._drain_otlp()
+        if self.merger is not None:
+            self.merger.expire(everything=True)  # held spans leave as they are
         for processor in self._processors:
             processor.shutdown()  # type: ignore[no-untyped-call]  # flushes what is queued
         if self._health_server is not None:

@@ -22,6 +22,7 @@ class SelfTelemetry:
     requests_pending_at_exit: int = 0  # still awaiting a response when we stopped
     spans_built: int = 0
     spans_received_otlp: int = 0  # from apps' SDKs, forwarded
+    spans_merged_away: int = 0  # eBPF duplicates of SDK spans, dropped into them
     spans_exported: int = 0
     spans_export_failed: int = 0
     spans_dropped: int = 0  # export queue full

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 
 from otel_ebpf.model import Endpoint, HttpHead, Role
 from otel_ebpf.processors.propagation import WireContext, extract
@@ -41,6 +42,8 @@ class RequestContext:
     """Correlation state of one request, from its head to its span."""
 
     __slots__ = (
+        "duplicates_sdk",
+        "held",
         "key",
         "parent_id",
         "pid",
@@ -66,10 +69,15 @@ class RequestContext:
         self.parent_id = 0
         self.sampled = True
         self.resolved = False
+        self.held = False  # its trace may be rooted in a request the app's SDK also traced
+        self.duplicates_sdk = False  # a call whose context the sending app created itself
 
 
 class Correlator:
-    def __init__(self, max_streams: int = 65536) -> None:
+    def __init__(
+        self, max_streams: int = 65536, is_sdk_process: Callable[[int], bool] | None = None
+    ) -> None:
+        self._is_sdk_process = is_sdk_process or (lambda _pid: False)
         self._rand = random.Random()
         self._by_thread: dict[int, list[RequestContext]] = {}
         self._by_process: dict[int, list[RequestContext]] = {}
@@ -95,6 +103,9 @@ class Correlator:
         if role == Role.SERVER:
             if stream_known:
                 rc.key = (remote, local, head.stream_offset)  # type: ignore[assignment]
+            # No context on the wire, in a process whose SDK reports to us: the SDK
+            # probably traced this request too; its trace waits to be merged.
+            rc.held = wire is None and self._is_sdk_process(pid)
             self._resolve_server(rc)
             self._by_thread.setdefault(tid, []).append(rc)
             self._by_process.setdefault(pid, []).append(rc)
@@ -143,6 +154,7 @@ class Correlator:
         if client is not None and _plausible(client, rc):
             del self._clients[rc.key]  # type: ignore[arg-type]
             self._new_ids(rc, client.trace_id, client.span_id, client.sampled)
+            rc.held = rc.held or client.held
             return
         if rc.key is not None and not rc.resolved and client is None:
             # The client's send may not be recorded yet: try again at first use.
@@ -150,16 +162,25 @@ class Correlator:
         self._new_ids(rc, 0, 0, True)
 
     def _resolve_client(self, rc: RequestContext) -> None:
+        parent = self._enclosing_server(rc)
         if rc.wire is not None:
             self._new_ids(rc, rc.wire.trace_id, rc.wire.span_id, rc.wire.sampled)
+            # A context the process forwarded unchanged is not its own span; one
+            # it created is its SDK's client span, which this one duplicates.
+            forwarded = (
+                parent is not None
+                and parent.wire is not None
+                and (parent.wire.span_id == rc.wire.span_id)
+            )
+            rc.duplicates_sdk = not forwarded
             return
-        parent = self._enclosing_server(rc)
         if parent is None:
             self._new_ids(rc, 0, 0, True)
             return
         if not parent.resolved:
             self._force(parent)
         self._new_ids(rc, parent.trace_id, parent.span_id, parent.sampled)
+        rc.held = parent.held
 
     def _force(self, rc: RequestContext) -> None:
         self._resolve_server(rc)

@@ -142,6 +142,7 @@ class ConnectionTracker:
         set_quiet: QuietSetter | None = None,
         max_connections: int = 65536,
         quiet_threshold: int = 8192,
+        is_sdk_process: Callable[[int], bool] | None = None,
     ) -> None:
         self._sink = sink
         self._processes = processes
@@ -156,13 +157,18 @@ class ConnectionTracker:
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
         self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
         self._own_listeners: set[int] = set()  # ports the collector serves on (OTLP in, health)
+        self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their peers' pids
         self._proc_sockets = ProcSockets()
-        self.correlator = Correlator(max_streams=max_connections)
+        self.correlator = Correlator(max_streams=max_connections, is_sdk_process=is_sdk_process)
         self._event: DataEvent | None = None  # the event being fed, for request heads
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
         self._own_listeners.add(port)
+
+    def pid_of_peer(self, peer: Endpoint) -> int | None:
+        """The process behind a connection to one of our listeners (OTLP in)."""
+        return self._listener_clients.get(peer)
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
@@ -206,6 +212,10 @@ class ConnectionTracker:
         old = self._conns.pop(ev.sk, None)
         if old is not None:  # the socket address was reused: its close was lost
             self._finish(old, ev.ts)
+        if ev.role == Role.CLIENT and ev.remote.port in self._own_listeners:
+            self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
+            if len(self._listener_clients) > 4096:
+                self._listener_clients.popitem(last=False)
         if ev.role == Role.SERVER and ev.local.port in self._own_listeners:
             # Accepted by one of our listeners: known as ours before its client
             # sends a byte (our own first read would come too late).

@@ -27,9 +27,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from otel_ebpf.model import Endpoint
+
 log = logging.getLogger(__name__)
 
-SpanSink = Callable[[list[ReadableSpan]], None]
+SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sender's socket
 MAX_BODY_BYTES = 32 << 20
 
 
@@ -103,6 +105,24 @@ def _span(s: trace_pb2.Span, resource: Resource, scope: InstrumentationScope) ->
     )
 
 
+def _plain(address: str) -> str:
+    """IPv4-mapped IPv6 addresses as the kernel events show them."""
+    return (
+        address.removeprefix("::ffff:")
+        if address.startswith("::ffff:") and "." in address
+        else address
+    )
+
+
+def grpc_peer(peer: str) -> Endpoint | None:
+    """'ipv4:127.0.0.1:5000' or 'ipv6:[::1]:5000' -> Endpoint."""
+    _, _, rest = peer.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not port.isdigit():
+        return None
+    return Endpoint(_plain(host.strip("[]")), int(port))
+
+
 class OtlpReceiver:
     """Runs the gRPC and HTTP endpoints; `sink` receives each request's spans."""
 
@@ -120,12 +140,14 @@ class OtlpReceiver:
         self.requests_rejected = 0
         self._lock = threading.Lock()
 
-    def _accept(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+    def _accept(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, peer: Endpoint | None
+    ) -> None:
         spans = spans_from_request(request)
         with self._lock:
             self.spans_received += len(spans)
         if spans:
-            self._sink(spans)
+            self._sink(spans, peer)
 
     def start(self) -> None:
         """Bind both endpoints; raises OSError (port taken) with the address in it."""
@@ -139,7 +161,7 @@ class OtlpReceiver:
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                receiver._accept(request)
+                receiver._accept(request, grpc_peer(context.peer()))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         server = grpc.server(
@@ -199,7 +221,8 @@ class OtlpReceiver:
                     request.ParseFromString(raw)
                 except Exception as exc:  # malformed body: say so, keep serving
                     return 400, f"cannot decode request: {exc}"
-                receiver._accept(request)
+                host, port = self.client_address[:2]
+                receiver._accept(request, Endpoint(_plain(host), int(port)))
                 return 200, ""
 
             def log_message(self, *args: object) -> None:

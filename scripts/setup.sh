@@ -17,7 +17,7 @@ fi
 # Debian packages: bcc and its Python binding, kernel headers, and the real
 # servers and clients the tests and benchmarks drive.
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
-          ca-certificates util-linux iproute2 python3-venv)
+          redis-server ca-certificates util-linux iproute2 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,10 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   say "Debian packages present"
 fi
-# nginx-light enables its system service on install; the project runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
-  systemctl stop nginx || true
-fi
+# nginx and redis enable their system services on install; the project runs its own.
+for svc in nginx redis-server; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
 
 # Kernel headers: bcc compiles against /lib/modules/$(uname -r)/build. Link
 # Debian's header tree only where the running kernel has none of its own.

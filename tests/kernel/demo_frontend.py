@@ -1,0 +1,46 @@
+"""The demo's frontend: Flask with the OpenTelemetry SDK (Flask and requests
+instrumentations) exporting OTLP to the collector; each /order calls the
+backend over HTTP and redis-server with raw RESP (an uninstrumented call).
+
+`demo_frontend.py PORT BACKEND_PORT REDIS_PORT`; DEMO_UNINSTRUMENTED=1 runs
+the same app without any SDK.
+"""
+
+import os
+import socket
+import sys
+
+import requests
+from flask import Flask
+
+PORT, BACKEND, REDIS = (int(a) for a in sys.argv[1:4])
+app = Flask(__name__)
+session = requests.Session()
+
+if os.environ.get("DEMO_UNINSTRUMENTED") != "1":
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create())  # OTEL_SERVICE_NAME names it
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=True)))
+    trace.set_tracer_provider(provider)
+    FlaskInstrumentor().instrument_app(app)
+    RequestsInstrumentor().instrument()
+
+
+@app.route("/order")
+def order() -> str:
+    body = session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
+    with socket.create_connection(("127.0.0.1", REDIS), timeout=5) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        s.recv(64)
+    return body
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=PORT, threaded=True)

@@ -1,0 +1,239 @@
+"""Issue 3's three-tier demo, checked in a real Jaeger the way a user searches it.
+
+frontend (Flask + OpenTelemetry SDK, exporting OTLP through the collector)
+-> backend (uninstrumented) -> downstream (uninstrumented), and redis-server
+over raw RESP. The load comes from `ab` copied as `demo-loadgen`, which the
+collector is configured to exclude: the load arrives as if from off the node,
+so each request's root is the frontend's own SDK server span.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import HERE, CollectorProcess, Jaeger, PythonServer, free_port, listening, wait_until
+
+SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 100, 8
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_until(lambda: listening(port), 10, "redis listening")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def demo_jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    """Its own Jaeger: the session's collector traces this node too and exports elsewhere."""
+    server = Jaeger(tmp_path_factory.mktemp("demo-jaeger"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("bin") / "demo-loadgen"
+    shutil.copy(shutil.which("ab") or "/usr/bin/ab", path)
+    return str(path)
+
+
+class Frontend:
+    def __init__(
+        self,
+        service: str,
+        backend: int,
+        redis: int,
+        collector: CollectorProcess,
+        instrumented: bool,
+    ) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.otlp_grpc_port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+            "DEMO_UNINSTRUMENTED": "0" if instrumented else "1",
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "demo_frontend.py"),
+                str(self.port),
+                str(backend),
+                str(redis),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: listening(self.port), 30, "frontend listening")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def load(loadgen: str, port: int, n: int, concurrency: int) -> None:
+    out = subprocess.run(
+        [loadgen, "-q", "-n", str(n), "-c", str(concurrency), f"http://127.0.0.1:{port}/order"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        f"Complete requests:      {n}" in out.stdout and "Failed requests:        0" in out.stdout
+    )
+
+
+def check_tree(trace: dict[str, Any], frontend: str, sdk: bool) -> str | None:
+    """None when the trace is one complete, correct tree; else what is wrong."""
+    services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
+    spans = {s["spanID"]: s for s in trace["spans"]}
+
+    def kind(s: dict[str, Any]) -> str:
+        return next((t["value"] for t in s["tags"] if t["key"] == "span.kind"), "?")
+
+    shape = sorted((services[s["processID"]], kind(s)) for s in spans.values())
+    expected = sorted(
+        [
+            (frontend, "server"),
+            (frontend, "client"),
+            ("backend", "server"),
+            ("backend", "client"),
+            ("downstream", "server"),
+        ]
+    )
+    if shape != expected:
+        return f"shape {shape}"
+    roots = [s for s in spans.values() if not s["references"]]
+    if len(roots) != 1 or (services[roots[0]["processID"]], kind(roots[0])) != (frontend, "server"):
+        return "root is not the frontend's server span"
+    if sdk and not any(
+        t["key"] == "otel.scope.name" and "flask" in t["value"] for t in roots[0]["tags"]
+    ):
+        return "root is not the SDK's span"
+    for span in spans.values():
+        for ref in span["references"]:
+            parent = spans.get(ref["spanID"])
+            if parent is None:
+                return "orphan"
+            if not (
+                parent["startTime"] <= span["startTime"]
+                and span["startTime"] + span["duration"] <= parent["startTime"] + parent["duration"]
+            ):
+                return f"{services[span['processID']]} {kind(span)} outside its parent's time"
+    parent_of = {
+        s["spanID"]: spans[s["references"][0]["spanID"]] for s in spans.values() if s["references"]
+    }
+    for span in spans.values():
+        want = {
+            ("backend", "server"): (frontend, "client"),
+            ("backend", "client"): ("backend", "server"),
+            ("downstream", "server"): ("backend", "client"),
+            (frontend, "client"): (frontend, "server"),
+        }
+        key = (services[span["processID"]], kind(span))
+        if key in want:
+            parent = parent_of.get(span["spanID"])
+            if parent is None or (services[parent["processID"]], kind(parent)) != want[key]:
+                return f"{key} under the wrong parent"
+    return None
+
+
+def run_demo(jaeger: Jaeger, frontend_service: str, port: int, loadgen: str) -> tuple[int, int]:
+    start_us = time.time_ns() // 1000
+    load(loadgen, port, SEQUENTIAL, 1)
+    load(loadgen, port, CONCURRENT, CONCURRENCY)
+    total = SEQUENTIAL + CONCURRENT
+
+    def traces() -> list[dict[str, Any]]:
+        url = f"/api/traces?service=downstream&start={start_us}&limit={total * 3}"
+        return list(jaeger.api(url)["data"])
+
+    wait_until(
+        lambda: sum(len(t["spans"]) for t in traces()) >= 5 * total, 90, "demo spans in Jaeger"
+    )
+    time.sleep(1.5)
+    found = traces()
+    problems = [
+        p
+        for t in found
+        if (
+            p := check_tree(
+                jaeger.api(f"/api/traces/{t['traceID']}")["data"][0],
+                frontend_service,
+                sdk=frontend_service == "frontend",
+            )
+        )
+        is not None
+    ]
+    return len(found), len(problems)
+
+
+@pytest.mark.parametrize("instrumented", [True, False], ids=["sdk-frontend", "plain-frontend"])
+def test_demo_one_tree_per_request(
+    tmp_path: Path,
+    demo_jaeger: Jaeger,
+    redis: int,
+    loadgen: str,
+    instrumented: bool,
+) -> None:
+    jaeger = demo_jaeger
+    downstream = PythonServer("downstream")
+    backend = PythonServer("backend", script="py_proxy_server.py", args=(str(downstream.port),))
+    collector = CollectorProcess(
+        tmp_path / "demo-collector",
+        {"otlp/jaeger": {"endpoint": f"127.0.0.1:{jaeger.otlp}", "insecure": True}},
+        extra_env={"OTEL_EBPF_EXCLUDE_EXE": "demo-loadgen"},
+        otlp_in=True,
+    )
+    service = "frontend" if instrumented else "frontend-plain"
+    frontend = Frontend(service, backend.port, redis, collector, instrumented)
+    try:
+        if instrumented:  # the collector learns the frontend reports through it
+            load(loadgen, frontend.port, 5, 1)
+            wait_until(
+                lambda: collector.telemetry()["spans_received_otlp"] > 0, 30, "first SDK export"
+            )
+            time.sleep(1.0)
+        total, wrong = run_demo(jaeger, service, frontend.port, loadgen)
+        telemetry = collector.telemetry()
+    finally:
+        frontend.stop()
+        assert collector.stop() == 0
+        backend.stop()
+        downstream.stop()
+    print(
+        f"\n{service}: {total - wrong}/{SEQUENTIAL + CONCURRENT} traces complete and correct; "
+        f"telemetry {telemetry}"
+    )
+    assert total == SEQUENTIAL + CONCURRENT
+    assert wrong == 0
