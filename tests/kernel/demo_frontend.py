@@ -1,19 +1,17 @@
 """The demo's frontend: Flask with the OpenTelemetry SDK (Flask and requests
-instrumentations) exporting OTLP to the collector; each /order calls the
-backend over HTTP and redis-server with raw RESP (an uninstrumented call).
+instrumentations) exporting OTLP to the collector; each /order calls the backend.
 
-`demo_frontend.py PORT BACKEND_PORT REDIS_PORT`; DEMO_UNINSTRUMENTED=1 runs
-the same app without any SDK.
+`demo_frontend.py PORT BACKEND_PORT`; DEMO_UNINSTRUMENTED=1 runs the same app
+without any SDK.
 """
 
 import os
-import socket
 import sys
 
 import requests
 from flask import Flask
 
-PORT, BACKEND, REDIS = (int(a) for a in sys.argv[1:4])
+PORT, BACKEND = (int(a) for a in sys.argv[1:3])
 app = Flask(__name__)
 session = requests.Session()
 
@@ -35,11 +33,7 @@ if os.environ.get("DEMO_UNINSTRUMENTED") != "1":
 
 @app.route("/order")
 def order() -> str:
-    body = session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
-    with socket.create_connection(("127.0.0.1", REDIS), timeout=5) as s:
-        s.sendall(b"*1\r\n$4\r\nPING\r\n")
-        s.recv(64)
-    return body
+    return session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
 
 
 if __name__ == "__main__":

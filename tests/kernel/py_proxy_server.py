@@ -1,14 +1,17 @@
-"""An uninstrumented middle tier: each request to /chain calls the downstream's /leaf.
+"""An uninstrumented middle tier: each request to /chain calls the downstream's /leaf,
+and PINGs redis-server over raw RESP when a Redis port is given.
 
-`py_proxy_server.py PORT DOWNSTREAM_PORT`. No OpenTelemetry here: the collector
-must connect the incoming and outgoing requests on its own.
+`py_proxy_server.py PORT DOWNSTREAM_PORT [REDIS_PORT]`. No OpenTelemetry here:
+the collector must connect the incoming and outgoing requests on its own.
 """
 
 import http.client
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DOWNSTREAM = int(sys.argv[2])
+REDIS = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -22,6 +25,10 @@ class Handler(BaseHTTPRequestHandler):
         conn.request("GET", "/leaf")
         body = conn.getresponse().read()
         conn.close()
+        if REDIS:
+            with socket.create_connection(("127.0.0.1", REDIS), timeout=5) as s:
+                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                s.recv(64)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
