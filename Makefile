@@ -21,6 +21,8 @@ lint: setup
 	bash scripts/lint.sh
 
 bench: setup
+	$(PY) bench/pipeline_throughput.py
+	$(PY) bench/correlation_cost.py
 	$(PY) bench/nginx_overhead.py
 
 clean:
