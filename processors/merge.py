@@ -56,11 +56,12 @@ def with_ids(
     ctx = span.get_span_context()
     assert ctx is not None
     parent = span.parent
-    new_parent = (
-        (SpanContext(trace_id, parent_id, True, ctx.trace_flags) if parent_id else None)
-        if parent_id is not None
-        else (SpanContext(trace_id, parent.span_id, True, parent.trace_flags) if parent else None)
-    )
+    if parent_id is None:  # same parent, in the new trace
+        new_parent = (
+            SpanContext(trace_id, parent.span_id, True, parent.trace_flags) if parent else None
+        )
+    else:
+        new_parent = SpanContext(trace_id, parent_id, True, ctx.trace_flags) if parent_id else None
     attributes = dict(span.attributes or {})
     if extra:
         for key, value in extra.items():
