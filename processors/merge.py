@@ -200,9 +200,17 @@ class Merger:
 
     @staticmethod
     def _same_request(ebpf: ReadableSpan, sdk: ReadableSpan) -> bool:
+        """Same method, path and client socket where the SDK says them (stable or
+        older semantic conventions), and the SDK span inside the network's view."""
         e, s = ebpf.attributes or {}, sdk.attributes or {}
         method = s.get("http.request.method", s.get("http.method"))
         if method is not None and method != e.get("http.request.method"):
+            return False
+        port = s.get("client.port", s.get("net.peer.port"))
+        if port is not None and "client.port" in e and int(port) != e["client.port"]:  # type: ignore[call-overload]
+            return False
+        path = s.get("url.path", str(s.get("http.target", "")).partition("?")[0] or None)
+        if path is not None and "url.path" in e and path != e["url.path"]:
             return False
         return (ebpf.start_time or 0) - SLACK_NS <= (sdk.start_time or 0) and (
             (sdk.end_time or 0) <= (ebpf.end_time or 0) + SLACK_NS
@@ -210,12 +218,14 @@ class Merger:
 
     def _match_held(self, sdk: ReadableSpan, pid: int) -> tuple[int, _HeldTrace] | None:
         best: tuple[int, _HeldTrace] | None = None
+        best_gap = 0
         for trace_id, held in self._held.items():
             root = held.root
             if root is None or held.root_pid != pid or not self._same_request(root, sdk):
                 continue
-            if best is None or (root.start_time or 0) > (best[1].root.start_time or 0):  # type: ignore[union-attr]
-                best = (trace_id, held)
+            gap = abs((sdk.start_time or 0) - (root.start_time or 0))
+            if best is None or gap < best_gap:
+                best, best_gap = (trace_id, held), gap
         return best
 
     def _find_recent_sdk(self, root: ReadableSpan, pid: int) -> tuple[ReadableSpan, int] | None:
@@ -271,10 +281,11 @@ class Merger:
 
     @staticmethod
     def _innermost(span: ReadableSpan, r: _Resolution) -> int:
-        """The SDK span of the process that most tightly contains `span` in time."""
+        """The SDK span of the process that most tightly contains `span` in time;
+        the SDK server span (first) when no other strictly does."""
         start, end = span.start_time or 0, span.end_time or 0
         best_id, best_start = r.sdk[0][0], -1
-        for span_id, s_start, s_end in r.sdk:
-            if s_start - SLACK_NS <= start and end <= s_end + SLACK_NS and s_start > best_start:
+        for span_id, s_start, s_end in r.sdk[1:]:
+            if s_start <= start and end <= s_end and s_start > best_start:
                 best_id, best_start = span_id, s_start
         return best_id

@@ -1,17 +1,20 @@
 """The demo's frontend: Flask with the OpenTelemetry SDK (Flask and requests
-instrumentations) exporting OTLP to the collector; each /order calls the backend.
+instrumentations) exporting OTLP to the collector. Each /order calls the backend
+with requests (instrumented) and the downstream's /leaf with urllib, which no
+instrumentation covers: work the SDK does not see.
 
-`demo_frontend.py PORT BACKEND_PORT`; DEMO_UNINSTRUMENTED=1 runs the same app
-without any SDK.
+`demo_frontend.py PORT BACKEND_PORT DOWNSTREAM_PORT`; DEMO_UNINSTRUMENTED=1 runs
+the same app without any SDK.
 """
 
 import os
 import sys
+import urllib.request
 
 import requests
 from flask import Flask
 
-PORT, BACKEND = (int(a) for a in sys.argv[1:3])
+PORT, BACKEND, DOWNSTREAM = (int(a) for a in sys.argv[1:4])
 app = Flask(__name__)
 session = requests.Session()
 
@@ -33,7 +36,10 @@ if os.environ.get("DEMO_UNINSTRUMENTED") != "1":
 
 @app.route("/order")
 def order() -> str:
-    return session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
+    body = session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
+    with urllib.request.urlopen(f"http://127.0.0.1:{DOWNSTREAM}/leaf", timeout=10) as r:
+        r.read()
+    return body
 
 
 if __name__ == "__main__":
