@@ -207,7 +207,7 @@ class Merger:
         if method is not None and method != e.get("http.request.method"):
             return False
         port = s.get("client.port", s.get("net.peer.port"))
-        if port is not None and "client.port" in e and int(port) != e["client.port"]:  # type: ignore[call-overload]
+        if port is not None and "client.port" in e and str(port) != str(e["client.port"]):
             return False
         path = s.get("url.path", str(s.get("http.target", "")).partition("?")[0] or None)
         if path is not None and "url.path" in e and path != e["url.path"]:
