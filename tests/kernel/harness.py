@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -266,3 +268,20 @@ class Jaeger:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def get_many(port: int, path: str, per_connection: int, connections: int = 1) -> None:
+    """`per_connection` keep-alive GETs on each of `connections` concurrent connections."""
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        for _ in range(per_connection):
+            conn.request("GET", path)
+            conn.getresponse().read()
+        conn.close()
+
+    workers = [threading.Thread(target=client) for _ in range(connections)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()

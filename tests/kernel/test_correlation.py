@@ -6,11 +6,10 @@ from __future__ import annotations
 import http.client
 import os
 import random
-import threading
 import time
 from collections import defaultdict
 
-from harness import CollectorProcess, PythonServer, wait_until
+from harness import CollectorProcess, PythonServer, get_many, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
 CLIENT_SERVICE = os.environ.get("OTEL_SERVICE_NAME") or os.path.basename(
@@ -89,19 +88,7 @@ def test_concurrent_requests_do_not_mix(
     middle, leaf = chain
     since = time.time_ns()
     threads, per_thread = 6, 5
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", middle.port)
-        for _ in range(per_thread):
-            conn.request("GET", "/chain")
-            conn.getresponse().read()
-        conn.close()
-
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    get_many(middle.port, "/chain", per_thread, threads)
     traces = wait_for_spans(grpc_sink, {middle.port, leaf.port}, since, 4 * threads * per_thread)
     assert len(traces) == threads * per_thread
     for spans in traces.values():

@@ -7,35 +7,17 @@ does (`/api/traces?service=...`, `/api/traces/{id}`).
 
 from __future__ import annotations
 
-import http.client
-import threading
 import time
 from typing import Any
 
-from harness import CollectorProcess, Jaeger, PythonServer, wait_until
+from harness import CollectorProcess, Jaeger, PythonServer, get_many, wait_until
 
 SEQUENTIAL, THREADS, PER_THREAD = 100, 10, 10
 
 
 def drive(port: int) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    for _ in range(SEQUENTIAL):
-        conn.request("GET", "/chain")
-        conn.getresponse().read()
-    conn.close()
-
-    def client() -> None:
-        c = http.client.HTTPConnection("127.0.0.1", port)
-        for _ in range(PER_THREAD):
-            c.request("GET", "/chain")
-            c.getresponse().read()
-        c.close()
-
-    workers = [threading.Thread(target=client) for _ in range(THREADS)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    get_many(port, "/chain", SEQUENTIAL)
+    get_many(port, "/chain", PER_THREAD, THREADS)
 
 
 def complete_and_correct(trace: dict[str, Any]) -> bool:
