@@ -47,6 +47,8 @@ def _line(span: ReadableSpan, verbosity: str) -> str:
         ctx = span.get_span_context()
         assert ctx is not None
         line += f" trace={ctx.trace_id:032x} span={ctx.span_id:016x}"
+        if span.parent is not None:
+            line += f" parent={span.parent.span_id:016x}"
     if verbosity == "detailed":
         line += " " + json.dumps(dict(a), sort_keys=True)
     return line
