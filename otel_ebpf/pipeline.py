@@ -96,6 +96,7 @@ class Collector:
             queue.SimpleQueue()
         )
         ebpf = config.ebpf
+        self._ebpf_enabled = "ebpf" in pipeline.receivers
         self.receiver = SocketReceiver(
             self._on_kernel_event,
             capture_bytes=ebpf.capture_bytes,
@@ -126,6 +127,7 @@ class Collector:
             )
 
     def _on_kernel_event(self, event: Any) -> None:
+        """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
         self.tracker.handle(event)
 
     def _on_exchange(self, exchange: HttpExchange, conn: Connection) -> None:
@@ -172,7 +174,8 @@ class Collector:
         if self._health_server is not None:
             self._health_server.start()
         try:
-            self.receiver.start()
+            if self._ebpf_enabled:
+                self.receiver.start()
             if self._health_server is not None:
                 self.tracker.add_own_listener(self._health_server.port)
             if self.otlp is not None:
@@ -203,7 +206,10 @@ class Collector:
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         next_lost_check = time.monotonic() + 1.0
         while not self._stop.is_set():
-            self.receiver.poll(100)
+            if self._ebpf_enabled:
+                self.receiver.poll(100)
+            else:  # OTLP in only
+                self._stop.wait(0.1)
             self._drain_otlp()
             self.telemetry.events_received = self.receiver.events_received
             now = time.monotonic()
