@@ -15,13 +15,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_ebpf.config import Config
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
-from otel_ebpf.model import Endpoint, HttpExchange
+from otel_ebpf.model import Endpoint
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection, ConnectionTracker
+from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
 from otel_ebpf.receivers.otlp import OtlpReceiver
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.telemetry import SelfTelemetry
@@ -130,8 +130,10 @@ class Collector:
         """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
         self.tracker.handle(event)
 
-    def _on_exchange(self, exchange: HttpExchange, conn: Connection) -> None:
-        span: ReadableSpan = self._spans.build(exchange, conn)
+    def _on_exchange(self, exchange: Exchange, conn: Connection) -> None:
+        span = self._spans.build(exchange, conn)
+        if span is None:
+            return
         self.telemetry.spans_built += 1
         if self.merger is None:
             self._export(span)

@@ -16,7 +16,7 @@ class SelfTelemetry:
     connections_tracked: int = 0
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic
-    connections_not_http: int = 0  # not HTTP/1 from the first byte: ignored in the kernel
+    connections_unrecognised: int = 0  # no supported protocol from the first byte: ignored
     parse_errors: int = 0
     requests_unanswered: int = 0  # connection closed before a response
     requests_pending_at_exit: int = 0  # still awaiting a response when we stopped

@@ -25,11 +25,24 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-from otel_ebpf.model import Endpoint, HttpHead, Role
+from otel_ebpf.model import Endpoint, Role
 from otel_ebpf.processors.propagation import WireContext, extract
 
-StreamKey = tuple[Endpoint, Endpoint, int]  # client (local, remote) and stream offset
+StreamKey = tuple[Endpoint, Endpoint, int]
+
+
+class RequestStart(Protocol):
+    """What any protocol's request record offers: HttpHead has it, Redis builds one."""
+
+    @property
+    def start_ts(self) -> int: ...
+    @property
+    def stream_offset(self) -> int: ...
+    @property
+    def headers(self) -> dict[str, str]: ...  # client (local, remote) and stream offset
+
 
 # A client's send tracepoint fires after the data is queued to the peer, so the
 # server may record its read a little earlier than the client records its send.
@@ -89,7 +102,7 @@ class Correlator:
     def started(
         self,
         role: Role,
-        head: HttpHead,
+        head: RequestStart,
         pid: int,
         tid: int,
         local: Endpoint | None,
@@ -197,7 +210,7 @@ class Correlator:
         return None
 
 
-def _may_carry_context(head: HttpHead) -> bool:
+def _may_carry_context(head: RequestStart) -> bool:
     h = head.headers
     return "traceparent" in h or "b3" in h or "x-b3-traceid" in h
 

@@ -18,8 +18,10 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import HttpExchange, Role
 from otel_ebpf.processors.correlate import RequestContext
-from otel_ebpf.processors.streams import Connection
+from otel_ebpf.processors.protocols.resp import RedisExchange
+from otel_ebpf.processors.streams import Connection, Exchange
 
+MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
@@ -48,7 +50,69 @@ class SpanBuilder:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
 
-    def build(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
+    def build(self, x: Exchange, conn: Connection) -> ReadableSpan | None:
+        """The span for one exchange; None where none is due (a Redis server's side)."""
+        if isinstance(x, RedisExchange):
+            return self._redis(x, conn) if conn.role == Role.CLIENT else None
+        return self._http(x, conn)
+
+    def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
+        rc = token
+        if isinstance(rc, RequestContext) and rc.resolved:
+            trace_id, span_id, parent_id = rc.trace_id, rc.span_id, rc.parent_id
+        else:  # built without correlation (tests, tools)
+            rand = self._rand
+            trace_id, span_id, parent_id = rand.getrandbits(128) or 1, rand.getrandbits(64) or 1, 0
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = (
+            SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
+            if parent_id
+            else None
+        )
+        return context, parent
+
+    def _redis(self, x: RedisExchange, conn: Connection) -> ReadableSpan:
+        """Database client span, stable DB semantic conventions (db.system.name etc.)."""
+        operation = x.name
+        args = max(x.command.length - 1, 0)
+        attrs: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "db.operation.name": operation,
+            # literals never leave: "SET ? ?" (bounded)
+            "db.query.text": " ".join([operation] + ["?"] * min(args, MAX_QUERY_ARGS)),
+            "network.transport": "tcp",
+            "network.type": "ipv6" if conn.ipv6 else "ipv4",
+        }
+        if conn.remote is not None:
+            attrs["server.address"] = conn.remote.address
+            attrs["server.port"] = conn.remote.port
+            attrs["network.peer.address"] = conn.remote.address
+            attrs["network.peer.port"] = conn.remote.port
+        status = Status(StatusCode.UNSET)
+        error = x.error
+        if x.reply is None:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "connection ended before a reply")
+        elif error is not None:
+            attrs["db.response.status_code"] = error
+            attrs["error.type"] = error
+            status = Status(StatusCode.ERROR, x.reply.text.decode("latin-1"))
+        context, parent = self._ids(x.token)
+        assert conn.process is not None
+        return ReadableSpan(
+            name=operation,
+            context=context,
+            parent=parent,
+            resource=conn.process.resource,
+            attributes=attrs,
+            kind=SpanKind.CLIENT,
+            status=status,
+            start_time=x.start_ts + self._offset,
+            end_time=max(x.end_ts, x.start_ts) + self._offset,
+            instrumentation_scope=SCOPE,
+        )
+
+    def _http(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
         req, resp = x.request, x.response
         server = conn.role == Role.SERVER
         path, query = _split_target(req.target)
@@ -105,18 +169,7 @@ class SpanBuilder:
             status = Status(StatusCode.ERROR, "connection ended before a response")
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
-        rc = x.token
-        if isinstance(rc, RequestContext) and rc.resolved:
-            trace_id, span_id, parent_id = rc.trace_id, rc.span_id, rc.parent_id
-        else:  # built without correlation (tests, tools)
-            rand = self._rand
-            trace_id, span_id, parent_id = rand.getrandbits(128) or 1, rand.getrandbits(64) or 1, 0
-        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
-        parent = (
-            SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
-            if parent_id
-            else None
-        )
+        context, parent = self._ids(x.token)
         process = conn.process
         assert process is not None
         return ReadableSpan(

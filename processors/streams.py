@@ -12,6 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import psutil
 
@@ -22,17 +23,22 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     HttpExchange,
-    HttpHead,
     KernelEvent,
     Role,
     SelfConn,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
-from otel_ebpf.processors.correlate import Correlator, RequestContext
+from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestStart
 from otel_ebpf.processors.protocols.http1 import (
     Http1Connection,
     looks_like_request,
     looks_like_response,
+)
+from otel_ebpf.processors.protocols.resp import (
+    RedisExchange,
+    RespConnection,
+    RespValue,
+    looks_like_resp_command,
 )
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.telemetry import SelfTelemetry
@@ -40,6 +46,28 @@ from otel_ebpf.telemetry import SelfTelemetry
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
+REDIS_PORTS = frozenset({6379})  # a hint when the first bytes do not tell
+UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connection is ignored
+
+
+class ProtocolParser(Protocol):
+    """What the tracker needs of a connection-level parser (HTTP/1, RESP, ...)."""
+
+    parse_errors: int
+
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[Any]: ...
+    def skip(self, is_request: bool, n: int, ts: int) -> list[Any]: ...
+    def close(self, ts: int) -> list[Any]: ...
+    def skippable(self, is_request: bool) -> int: ...
+    def not_protocol(self, is_request: bool) -> bool: ...
+
+
+class _CommandStart(NamedTuple):
+    start_ts: int
+    stream_offset: int
+    headers: dict[str, str]
+
+
 QUIET_FOREVER = (1 << 64) - 1
 
 
@@ -48,11 +76,11 @@ class Connection:
 
     __slots__ = (
         "gen",
-        "http",
         "ipv6",
         "local",
         "pid",
         "process",
+        "proto",
         "quiet",
         "remote",
         "role",
@@ -60,6 +88,7 @@ class Connection:
         "selected",
         "sk",
         "stream_pos",
+        "undecided",
     )
 
     def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
@@ -73,9 +102,10 @@ class Connection:
         self.process: ProcessInfo | None = None
         self.selected: bool | None = None  # decided at the first data event
         self.seen_from_start = False  # its handshake was seen: offset 0 is its first byte
-        self.http: Http1Connection | None = None
+        self.proto: ProtocolParser | None = None  # chosen at the first data event
         self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
         self.quiet = [0, 0]  # quiet offsets already sent to the kernel
+        self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
 
     @property
     def server_port(self) -> int:
@@ -83,7 +113,8 @@ class Connection:
         return end.port if end else 0
 
 
-ExchangeSink = Callable[[HttpExchange, Connection], None]
+Exchange = HttpExchange | RedisExchange  # one L7 record per request, whatever the protocol
+ExchangeSink = Callable[[Exchange, Connection], None]
 
 
 class ProcSockets:
@@ -253,11 +284,11 @@ class ConnectionTracker:
             self._finish(conn, ev.ts)
 
     def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
-        if conn.http is None:
+        if conn.proto is None:
             return
-        exchanges = conn.http.close(ts)
-        self._telemetry.parse_errors += conn.http.parse_errors
-        conn.http.parse_errors = 0
+        exchanges = conn.proto.close(ts)
+        self._telemetry.parse_errors += conn.proto.parse_errors
+        conn.proto.parse_errors = 0
         done = []
         for x in exchanges:
             if x.response is None:
@@ -267,7 +298,7 @@ class ConnectionTracker:
                 self._telemetry.requests_unanswered += 1
             done.append(x)
         self._emit(done, conn)
-        conn.http = None
+        conn.proto = None
 
     def _on_data(self, ev: DataEvent) -> None:
         if ev.sk in self._own:
@@ -291,9 +322,9 @@ class ConnectionTracker:
         if expected is None:
             expected = ev.cap_offset
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
-        http = conn.http
-        assert http is not None
-        out: list[HttpExchange] = []
+        http = conn.proto
+        assert http is not None  # selected connections have a parser
+        out: list[Exchange] = []
         self._event = ev
         gap = ev.cap_offset - expected
         if gap > 0:
@@ -307,7 +338,7 @@ class ConnectionTracker:
         if tail > 0:
             out += http.skip(is_request, tail, ev.ts)
         conn.stream_pos[d] = end
-        if conn.seen_from_start and ev.offset == 0 and http.not_http(is_request):
+        if conn.seen_from_start and ev.offset == 0 and http.not_protocol(is_request):
             self._ignore(conn)
             return
         if self._set_quiet is not None:
@@ -327,25 +358,46 @@ class ConnectionTracker:
             )
         self._emit(out, conn)
 
-    def _request_started(self, conn: Connection, head: HttpHead) -> RequestContext:
+    def _parser_for(self, conn: Connection, ev: DataEvent) -> ProtocolParser:
+        """Pick the protocol from the request's first bytes, else from the server port."""
+        request_bytes = (
+            ev.payload if (ev.direction == Direction.EGRESS) == (conn.role == Role.CLIENT) else b""
+        )
+        if looks_like_request(request_bytes):
+            resp = False
+        elif request_bytes:
+            resp = looks_like_resp_command(request_bytes)
+        else:
+            resp = conn.server_port in REDIS_PORTS
+        if resp:
+            return RespConnection(on_request=lambda cmd: self._command_started(conn, cmd))
+        return Http1Connection(on_request=lambda head: self._request_started(conn, head))
+
+    def _command_started(self, conn: Connection, command: RespValue) -> RequestContext:
+        return self._request_started(conn, _CommandStart(command.start_ts, 0, {}))
+
+    def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
         ev = self._event
         assert ev is not None
         return self.correlator.started(
             conn.role, head, ev.pid, ev.tid, conn.local, conn.remote, conn.seen_from_start
         )
 
-    def _emit(self, exchanges: list[HttpExchange], conn: Connection) -> None:
+    def _emit(self, exchanges: list[Exchange], conn: Connection) -> None:
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 self.correlator.finished(x.token)
             self._sink(x, conn)
 
     def _ignore(self, conn: Connection) -> None:
-        """Not HTTP/1 from its first byte (TLS, a database, HTTP/2): the kernel
-        counts its bytes from now on and sends no more events for it."""
+        """No supported protocol from its first byte (TLS, HTTP/2, a database not
+        parsed yet): the kernel counts its bytes from now on and sends no events."""
         conn.selected = False
-        conn.http = None
-        self._telemetry.connections_not_http += 1
+        conn.proto = None
+        self._telemetry.connections_unrecognised += 1
+        self._silence(conn)
+
+    def _silence(self, conn: Connection) -> None:
         if self._set_quiet is not None:
             for d in (Direction.EGRESS, Direction.INGRESS):
                 self._set_quiet(conn.sk, conn.gen, d, QUIET_FOREVER)
@@ -360,6 +412,13 @@ class ConnectionTracker:
             elif looks_like_response(payload):
                 conn.role = Role.SERVER if ev.direction == Direction.EGRESS else Role.CLIENT
             else:
+                conn.undecided += 1
+                if conn.undecided >= UNDECIDED_LIMIT:
+                    # Calls of a connection that predates us keep saying nothing we
+                    # parse (TLS, HTTP/2, a database): stop the kernel sending them.
+                    conn.selected = False
+                    self._telemetry.connections_unrecognised += 1
+                    self._silence(conn)
                 return False  # wait for bytes that tell
         conn.pid = ev.pid
         if conn.local is None:
@@ -376,7 +435,7 @@ class ConnectionTracker:
             and self._selector.port_selected(conn.server_port)
         )
         if conn.selected:
-            conn.http = Http1Connection(on_request=lambda head: self._request_started(conn, head))
+            conn.proto = self._parser_for(conn, ev)
         else:
             self._telemetry.connections_excluded += 1
             log.debug(
@@ -386,4 +445,5 @@ class ConnectionTracker:
                 conn.remote,
                 own_peer,
             )
+            self._silence(conn)  # not traced: the kernel only counts its bytes from now on
         return True

@@ -447,7 +447,7 @@ class Http1Connection:
     def _method_awaiting_response(self) -> str:
         return self._pending[0].head.method if self._pending else "GET"
 
-    def not_http(self, is_request: bool) -> bool:
+    def not_protocol(self, is_request: bool) -> bool:
         """The stream's first bytes in this direction were not HTTP/1."""
         return (self.requests if is_request else self.responses).never_synced
 

@@ -11,6 +11,7 @@ so a subscriber's stream of messages never becomes a span per message.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 PREVIEW = 64  # bytes kept of a scalar
@@ -26,6 +27,14 @@ _ANY_TYPE = _LINE_TYPES | _BULK_TYPES | _ARRAY_TYPES | _MAP_TYPES
 _COMMAND_START = frozenset(b"*")
 _PUBSUB_DELIVERIES = frozenset({b"message", b"pmessage", b"smessage"})
 _SUBSCRIBE = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
+
+
+def looks_like_resp_command(data: bytes) -> bool:
+    """'*<count>\r\n$': a command as every Redis client library sends it."""
+    eol = data.find(b"\r\n", 0, 12)
+    return (
+        data[:1] == b"*" and eol > 1 and data[1:eol].isdigit() and data[eol + 2 : eol + 3] == b"$"
+    )
 
 
 class RespValue(NamedTuple):
@@ -44,6 +53,7 @@ class RedisExchange(NamedTuple):
     reply: RespValue | None
     start_ts: int
     end_ts: int
+    token: object = None  # what the connection's owner attached when the command began
 
     @property
     def name(self) -> str:
@@ -217,10 +227,14 @@ class RespStreamParser:
 class RespConnection:
     """Both directions of one Redis connection, paired into exchanges."""
 
-    def __init__(self, max_pending: int = 1024) -> None:
+    def __init__(
+        self, max_pending: int = 1024, on_request: Callable[[RespValue], object] | None = None
+    ) -> None:
+        self._on_request = on_request
         self.requests = RespStreamParser(True)
         self.replies = RespStreamParser(False)
-        self._pending: deque[RespValue] = deque()
+        self._pending: deque[tuple[RespValue, object]] = deque()
+        self.parse_errors = 0  # RESP has no recoverable errors: a loss of sync is counted
         self._max_pending = max_pending
         self._subscribed = False
         self.dropped = 0
@@ -241,7 +255,7 @@ class RespConnection:
         return self._handle(is_request, parser.skip(n, ts))
 
     def close(self, ts: int) -> list[RedisExchange]:
-        done = [RedisExchange(c, None, c.start_ts, c.end_ts) for c in self._pending]
+        done = [RedisExchange(c, None, c.start_ts, c.end_ts, t) for c, t in self._pending]
         self._pending.clear()
         return done
 
@@ -252,15 +266,16 @@ class RespConnection:
                 if len(self._pending) >= self._max_pending:
                     self._pending.popleft()
                     self.dropped += 1
-                self._pending.append(value)
+                token = self._on_request(value) if self._on_request else None
+                self._pending.append((value, token))
                 name = value.items[0].text.upper() if value.items else b""
                 if name in _SUBSCRIBE:
                     self._subscribed = True
             elif value.kind == ord(">") or (self._subscribed and _is_delivery(value)):
                 continue  # a pushed message, not a reply to anything
             elif self._pending:
-                command = self._pending.popleft()
-                done.append(RedisExchange(command, value, command.start_ts, value.end_ts))
+                command, token = self._pending.popleft()
+                done.append(RedisExchange(command, value, command.start_ts, value.end_ts, token))
         return done
 
 

@@ -7,12 +7,14 @@ These tests need root, BPF and the servers that scripts/setup.sh installs
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, Jaeger, Nginx, PythonServer
+from harness import CollectorProcess, Jaeger, Nginx, PythonServer, free_port, listening, wait_until
 from otlp_sink import GrpcSink, HttpSink
 
 
@@ -95,3 +97,28 @@ def chain() -> Iterator[tuple[PythonServer, PythonServer]]:
     yield middle, leaf
     middle.stop()
     leaf.stop()
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_until(lambda: listening(port), 10, "redis listening")
+    yield port
+    proc.terminate()
+    proc.wait(10)

@@ -3,8 +3,8 @@
 frontend (Flask + OpenTelemetry SDK, exporting OTLP through the collector, its
 batch processor at the SDK's default 5 s delay; it also calls the downstream
 through urllib, which no instrumentation covers) -> backend (uninstrumented)
--> downstream (uninstrumented) and redis-server over raw RESP (no Redis spans
-until the Redis parser lands). The load comes from `ab` copied as
+-> downstream (uninstrumented) and redis-server over raw RESP (a Redis CLIENT
+span under the backend's server span). The load comes from `ab` copied as
 `demo-loadgen`, which the collector is configured to exclude: the load arrives
 as if from off the node, so each request's root is the frontend's own SDK
 server span.
@@ -27,31 +27,6 @@ import pytest
 from harness import HERE, CollectorProcess, Jaeger, PythonServer, free_port, listening, wait_until
 
 SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 100, 8
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path_factory.mktemp("redis")),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_until(lambda: listening(port), 10, "redis listening")
-    yield port
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +107,8 @@ def check_tree(trace: dict[str, Any], frontend: str, sdk: bool) -> str | None:
             (frontend, "client"),  # requests -> backend (the SDK's own span when instrumented)
             (frontend, "client"),  # urllib -> downstream (always seen by the network only)
             ("backend", "server"),
-            ("backend", "client"),
+            ("backend", "client"),  # -> downstream
+            ("backend", "client"),  # -> redis-server (PING over RESP)
             ("downstream", "server"),  # called by the backend
             ("downstream", "server"),  # called by the frontend
         ]
@@ -191,7 +167,7 @@ def run_phase(
         url = f"/api/traces?service=downstream&start={start_us}&end={end_us}&limit={n * 3}"
         return list(jaeger.api(url)["data"])
 
-    wait_until(lambda: sum(len(t["spans"]) for t in traces()) >= 7 * n, 90, "demo spans in Jaeger")
+    wait_until(lambda: sum(len(t["spans"]) for t in traces()) >= 8 * n, 90, "demo spans in Jaeger")
     time.sleep(1.5)
     found = traces()
     sdk = frontend_service == "frontend"

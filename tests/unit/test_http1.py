@@ -125,12 +125,12 @@ def test_mid_stream_join_skips_to_next_message() -> None:
 def test_garbage_never_becomes_a_span_and_next_request_parses() -> None:
     conn = Http1Connection()
     out = conn.feed(REQ, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 1)
-    assert conn.not_http(REQ)  # before any message: "not HTTP/1", not an error
+    assert conn.not_protocol(REQ)  # before any message: "not HTTP/1", not an error
     out += conn.feed(REQ, b"GET\x00/ HTTP/1.1\r\n\r\n", 2)
     out += conn.feed(REQ, b"GET /ok HTTP/1.1\r\n\r\n", 3)
     out += conn.feed(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4)
     assert summary(out) == [("GET", "/ok", 200, 0, 0)]
-    assert conn.parse_errors == 0 and not conn.not_http(REQ)
+    assert conn.parse_errors == 0 and not conn.not_protocol(REQ)
     conn.feed(REQ, b"\x00\x01 garbage after a good request", 5)
     assert conn.parse_errors == 1
 
