@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_ebpf.model import HttpExchange
 from otel_ebpf.processors.protocols.http1 import Http1Connection, Http1StreamParser
+from splitting import split
 
 REQ = True
 RESP = False
@@ -214,11 +213,6 @@ STREAM_RESP = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"
     b"HTTP/1.1 200 OK\r\nContent-Length: 123\r\n\r\n"
 )
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def feed_split(req_cuts: list[int], resp_cuts: list[int]) -> list[HttpExchange]:

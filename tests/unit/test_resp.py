@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_ebpf.processors.protocols.resp import RedisExchange, RespConnection
+from splitting import split
 
 
 def cmd(*words: bytes) -> bytes:
@@ -129,11 +128,6 @@ STREAM_REQ = (
     cmd(b"SET", b"a", b"x" * 100) + cmd(b"GET", b"a") + cmd(b"HELLO", b"3") + cmd(b"DEL", b"a")
 )
 STREAM_REP = b"+OK\r\n$100\r\n" + b"x" * 100 + b"\r\n%1\r\n+proto\r\n:3\r\n:1\r\n"
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 @settings(max_examples=300, deadline=None)
