@@ -42,6 +42,13 @@ def wait_until(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def file_resource_spans(path: Path) -> list[dict[str, Any]]:
+    """The resourceSpans of every request the OTLP-JSON file exporter wrote."""
+    return [
+        rs for line in path.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
+    ]
+
+
 def listening(port: int, host: str = "127.0.0.1") -> bool:
     try:
         socket.create_connection((host, port), 0.2).close()
@@ -259,6 +266,26 @@ class Jaeger:
     def api(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.query}{path}", timeout=10) as r:
             return json.loads(r.read())
+
+    def search(
+        self, service: str, start_us: int, spans_expected: int, limit: int, end_us: int = 0
+    ) -> list[dict[str, Any]]:
+        """Traces of `service` since `start_us`, as the search page lists them, once
+        at least `spans_expected` spans are stored and a little more time has passed
+        (so that an extra, split trace would show)."""
+        url = f"/api/traces?service={service}&start={start_us}&limit={limit}"
+        if end_us:
+            url += f"&end={end_us}"
+
+        def spans() -> int:
+            return sum(len(t["spans"]) for t in self.api(url)["data"])
+
+        wait_until(lambda: spans() >= spans_expected, 90, f"{spans_expected} spans in Jaeger")
+        time.sleep(1.5)
+        return list(self.api(url)["data"])
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        return dict(self.api(f"/api/traces/{trace_id}")["data"][0])
 
     def stop(self) -> None:
         self.proc.terminate()

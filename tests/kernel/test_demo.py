@@ -162,19 +162,9 @@ def run_phase(
     start_us = time.time_ns() // 1000
     load(loadgen, port, n, concurrency)
     end_us = time.time_ns() // 1000 + 1
-
-    def traces() -> list[dict[str, Any]]:
-        url = f"/api/traces?service=downstream&start={start_us}&end={end_us}&limit={n * 3}"
-        return list(jaeger.api(url)["data"])
-
-    wait_until(lambda: sum(len(t["spans"]) for t in traces()) >= 8 * n, 90, "demo spans in Jaeger")
-    time.sleep(1.5)
-    found = traces()
+    found = jaeger.search("downstream", start_us, 8 * n, limit=n * 3, end_us=end_us)
     sdk = frontend_service == "frontend"
-    checked = (
-        check_tree(jaeger.api(f"/api/traces/{t['traceID']}")["data"][0], frontend_service, sdk)
-        for t in found
-    )
+    checked = (check_tree(jaeger.trace(t["traceID"]), frontend_service, sdk) for t in found)
     return len(found), [problem for problem in checked if problem]
 
 

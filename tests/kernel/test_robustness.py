@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import random
 import socket
 import time
 from pathlib import Path
 
-from harness import CollectorProcess, Nginx, PythonServer
+from harness import CollectorProcess, Nginx, PythonServer, file_resource_spans
 from otlp_sink import CLIENT, SERVER, GrpcSink
 from test_nginx import expect_exactly
 
@@ -77,11 +76,7 @@ def test_connection_opened_before_the_collector_is_traced_from_its_next_request(
         assert late.stop() == 0
 
     spans = [
-        span
-        for line in out.read_text().splitlines()
-        for rs in json.loads(line)["resourceSpans"]
-        for ss in rs["scopeSpans"]
-        for span in ss["spans"]
+        span for rs in file_resource_spans(out) for ss in rs["scopeSpans"] for span in ss["spans"]
     ]
 
     def attrs(span: dict) -> dict:  # type: ignore[type-arg]
@@ -120,11 +115,7 @@ def test_selection_by_executable_and_port(
         time.sleep(1.0)
     finally:
         assert picky.stop() == 0
-    services = [
-        rs["resource"]["attributes"]
-        for line in out.read_text().splitlines()
-        for rs in json.loads(line)["resourceSpans"]
-    ]
+    services = [rs["resource"]["attributes"] for rs in file_resource_spans(out)]
     names = {
         a["value"]["stringValue"] for attrs in services for a in attrs if a["key"] == "service.name"
     }

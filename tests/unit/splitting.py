@@ -1,10 +1,28 @@
-"""Cutting a byte stream at arbitrary points, as the kernel's calls do (parser fuzzing)."""
+"""Parser fuzzing helpers: streams cut as the kernel's calls cut them, random traffic."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any, Protocol
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+class ConnectionParser(Protocol):
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[Any]: ...
+    def skip(self, is_request: bool, n: int, ts: int) -> list[Any]: ...
+    def close(self, ts: int) -> list[Any]: ...
+
+
+def feed_random(
+    conn: ConnectionParser, chunks: list[tuple[bool, bytes, int]], gap_unit: int
+) -> None:
+    """Random bytes both ways with random uncaptured gaps: must never raise."""
+    for is_req, data, gap in chunks:
+        conn.feed(is_req, data, 1)
+        if gap:
+            conn.skip(is_req, gap * gap_unit, 2)
+    conn.close(3)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from otel_ebpf.model import HttpExchange
 from otel_ebpf.processors.protocols.http1 import Http1Connection, Http1StreamParser
-from splitting import split
+from splitting import feed_random, split
 
 REQ = True
 RESP = False
@@ -246,12 +246,7 @@ def test_random_splits_give_the_same_records(req_cuts: list[int], resp_cuts: lis
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200), st.integers(0, 3)), max_size=30))
 def test_random_bytes_never_raise(chunks: list[tuple[bool, bytes, int]]) -> None:
-    conn = Http1Connection()
-    for is_req, data, gap in chunks:
-        conn.feed(is_req, data, 1)
-        if gap:
-            conn.skip(is_req, gap * 100, 2)
-    conn.close(3)
+    feed_random(Http1Connection(), chunks, gap_unit=100)
 
 
 @settings(max_examples=300, deadline=None)

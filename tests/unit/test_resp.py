@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_ebpf.processors.protocols.resp import RedisExchange, RespConnection
-from splitting import split
+from splitting import feed_random, split
 
 
 def cmd(*words: bytes) -> bytes:
@@ -150,12 +150,7 @@ def test_random_splits_give_the_same_exchanges(req_cuts: list[int], rep_cuts: li
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120), st.integers(0, 3)), max_size=30))
 def test_random_bytes_never_raise(chunks: list[tuple[bool, bytes, int]]) -> None:
-    conn = RespConnection()
-    for is_req, data, gap in chunks:
-        conn.feed(is_req, data, 1)
-        if gap:
-            conn.skip(is_req, gap * 50, 2)
-    conn.close(3)
+    feed_random(RespConnection(), chunks, gap_unit=50)
 
 
 @settings(max_examples=300, deadline=None)
