@@ -73,6 +73,17 @@ class SelectionConfig(_Strict):
     executables: list[str] = []  # fnmatch globs on the executable's file name
 
 
+ProtocolName = Literal["http", "redis", "postgresql", "mysql", "dns", "http2"]
+
+
+class ProtocolsConfig(_Strict):
+    # Server port -> protocol, for ports whose first bytes do not say (or say wrongly).
+    ports: dict[Annotated[int, Field(ge=1, le=65535)], ProtocolName] = {}
+    # Statement text as sent, literals included: only when explicitly asked for.
+    db_query_text: Literal["sanitized", "raw"] = "sanitized"
+    dns_timeout: Duration = 5.0  # a DNS query unanswered this long is reported as timed out
+
+
 class EbpfReceiverConfig(_Strict):
     capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
     ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
@@ -80,6 +91,7 @@ class EbpfReceiverConfig(_Strict):
     open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace
     include: SelectionConfig = SelectionConfig()
     exclude: SelectionConfig = SelectionConfig()
+    protocols: ProtocolsConfig = ProtocolsConfig()
 
     @field_validator("open_ports")
     @classmethod

@@ -126,3 +126,7 @@ class HttpExchange(NamedTuple):
     start_ts: int  # first request byte, as the traced process saw it
     end_ts: int  # last response byte (or last request byte without a response)
     token: object = None  # what the connection's owner attached when the request began
+
+    @property
+    def answered(self) -> bool:
+        return self.response is not None

@@ -86,7 +86,8 @@ class Collector:
         self._queues = [
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
-        self._spans = SpanBuilder()
+        ebpf = config.ebpf
+        self._spans = SpanBuilder(raw_db_query_text=ebpf.protocols.db_query_text == "raw")
         correlate = config.correlate
         self.merger = (
             Merger(self._export, correlate.hold, correlate.keep_duplicates) if correlate else None
@@ -95,7 +96,6 @@ class Collector:
         self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
             queue.SimpleQueue()
         )
-        ebpf = config.ebpf
         self._ebpf_enabled = "ebpf" in pipeline.receivers
         self.receiver = SocketReceiver(
             self._on_kernel_event,
@@ -113,6 +113,7 @@ class Collector:
             max_connections=ebpf.max_connections,
             quiet_threshold=4 * ebpf.capture_bytes,
             is_sdk_process=self.merger.is_sdk_process if self.merger else None,
+            protocol_ports=dict(ebpf.protocols.ports),
         )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None

@@ -19,6 +19,13 @@ from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import HttpExchange, Role
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.protocols.resp import RedisExchange
+from otel_ebpf.processors.protocols.sql import (
+    MAX_QUERY_TEXT,
+    SqlExchange,
+    collection_of,
+    operation_of,
+    sanitize,
+)
 from otel_ebpf.processors.streams import Connection, Exchange
 
 MAX_QUERY_ARGS = 16
@@ -46,15 +53,20 @@ def _host_port(host: str) -> tuple[str, int | None]:
 
 
 class SpanBuilder:
-    def __init__(self, epoch_offset: int | None = None) -> None:
+    def __init__(self, epoch_offset: int | None = None, raw_db_query_text: bool = False) -> None:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
+        self._raw_db_query_text = raw_db_query_text
 
     def build(self, x: Exchange, conn: Connection) -> ReadableSpan | None:
-        """The span for one exchange; None where none is due (a Redis server's side)."""
+        """The span for one exchange; None where none is due (a database server's side)."""
+        if isinstance(x, HttpExchange):
+            return self._http(x, conn)
+        if conn.role != Role.CLIENT:
+            return None
         if isinstance(x, RedisExchange):
-            return self._redis(x, conn) if conn.role == Role.CLIENT else None
-        return self._http(x, conn)
+            return self._redis(x, conn)
+        return self._sql(x, conn)
 
     def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
         rc = token
@@ -71,36 +83,53 @@ class SpanBuilder:
         )
         return context, parent
 
-    def _redis(self, x: RedisExchange, conn: Connection) -> ReadableSpan:
-        """Database client span, stable DB semantic conventions (db.system.name etc.)."""
-        operation = x.name
-        args = max(x.command.length - 1, 0)
-        attrs: dict[str, str | int] = {
-            "db.system.name": "redis",
-            "db.operation.name": operation,
-            # literals never leave: "SET ? ?" (bounded)
-            "db.query.text": " ".join([operation] + ["?"] * min(args, MAX_QUERY_ARGS)),
-            "network.transport": "tcp",
-            "network.type": "ipv6" if conn.ipv6 else "ipv4",
-        }
+    def _sql(self, x: SqlExchange, conn: Connection) -> ReadableSpan:
+        """Database client span: stable DB conventions, text sanitised unless asked."""
+        operation = operation_of(x.query)
+        collection = collection_of(x.query, operation)
+        attrs: dict[str, str | int] = {"db.system.name": x.system}
+        if x.namespace:
+            attrs["db.namespace"] = x.namespace
+        if operation:
+            attrs["db.operation.name"] = operation
+        if collection:
+            attrs["db.collection.name"] = collection
+        if x.query:
+            dialect = "postgresql" if x.system == "postgresql" else "mysql"
+            attrs["db.query.text"] = (
+                x.query[:MAX_QUERY_TEXT] if self._raw_db_query_text else sanitize(x.query, dialect)
+            )
+        status = Status(StatusCode.UNSET)
+        if not x.answered:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "connection ended before a result")
+        elif x.error_code is not None:
+            attrs["db.response.status_code"] = x.error_code
+            attrs["error.type"] = x.error_code
+            status = Status(StatusCode.ERROR, x.error_message)
+        name = f"{operation} {collection}" if collection else operation or x.system
+        return self._client_span(name, x, conn, attrs, status)
+
+    def _client_span(
+        self,
+        name: str,
+        x: SqlExchange | RedisExchange,
+        conn: Connection,
+        attrs: dict[str, str | int],
+        status: Status,
+    ) -> ReadableSpan:
+        """A CLIENT span with the connection's network attributes."""
+        attrs["network.transport"] = "tcp"
+        attrs["network.type"] = "ipv6" if conn.ipv6 else "ipv4"
         if conn.remote is not None:
             attrs["server.address"] = conn.remote.address
             attrs["server.port"] = conn.remote.port
             attrs["network.peer.address"] = conn.remote.address
             attrs["network.peer.port"] = conn.remote.port
-        status = Status(StatusCode.UNSET)
-        error = x.error
-        if x.reply is None:
-            attrs["error.type"] = "no_response"
-            status = Status(StatusCode.ERROR, "connection ended before a reply")
-        elif error is not None:
-            attrs["db.response.status_code"] = error
-            attrs["error.type"] = error
-            status = Status(StatusCode.ERROR, x.reply.text.decode("latin-1"))
         context, parent = self._ids(x.token)
         assert conn.process is not None
         return ReadableSpan(
-            name=operation,
+            name=name,
             context=context,
             parent=parent,
             resource=conn.process.resource,
@@ -111,6 +140,27 @@ class SpanBuilder:
             end_time=max(x.end_ts, x.start_ts) + self._offset,
             instrumentation_scope=SCOPE,
         )
+
+    def _redis(self, x: RedisExchange, conn: Connection) -> ReadableSpan:
+        """Database client span, stable DB semantic conventions (db.system.name etc.)."""
+        operation = x.name
+        args = max(x.command.length - 1, 0)
+        attrs: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "db.operation.name": operation,
+            # literals never leave: "SET ? ?" (bounded)
+            "db.query.text": " ".join([operation] + ["?"] * min(args, MAX_QUERY_ARGS)),
+        }
+        status = Status(StatusCode.UNSET)
+        error = x.error
+        if x.reply is None:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "connection ended before a reply")
+        elif error is not None:
+            attrs["db.response.status_code"] = error
+            attrs["error.type"] = error
+            status = Status(StatusCode.ERROR, x.reply.text.decode("latin-1"))
+        return self._client_span(operation, x, conn, attrs, status)
 
     def _http(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
         req, resp = x.request, x.response

@@ -29,29 +29,32 @@ from otel_ebpf.model import (
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
 from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestStart
+from otel_ebpf.processors.protocols.detect import WELL_KNOWN_PORTS, detect
 from otel_ebpf.processors.protocols.http1 import (
     Http1Connection,
     looks_like_request,
     looks_like_response,
 )
+from otel_ebpf.processors.protocols.mysql import MysqlConnection
+from otel_ebpf.processors.protocols.postgres import PgConnection
 from otel_ebpf.processors.protocols.resp import (
     RedisExchange,
     RespConnection,
     RespValue,
     looks_like_resp_command,
 )
+from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
-REDIS_PORTS = frozenset({6379})  # a hint when the first bytes do not tell
 UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connection is ignored
 
 
 class ProtocolParser(Protocol):
-    """What the tracker needs of a connection-level parser (HTTP/1, RESP, ...)."""
+    """What the tracker needs of a connection-level parser (HTTP/1, RESP, SQL, ...)."""
 
     parse_errors: int
 
@@ -81,6 +84,8 @@ class Connection:
         "pid",
         "process",
         "proto",
+        "proto_name",
+        "protos_tried",
         "quiet",
         "remote",
         "role",
@@ -103,6 +108,8 @@ class Connection:
         self.selected: bool | None = None  # decided at the first data event
         self.seen_from_start = False  # its handshake was seen: offset 0 is its first byte
         self.proto: ProtocolParser | None = None  # chosen at the first data event
+        self.proto_name = ""  # and its name ("http", "redis", ...)
+        self.protos_tried: tuple[str, ...] = ()  # guesses its first bytes proved wrong
         self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
         self.quiet = [0, 0]  # quiet offsets already sent to the kernel
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
@@ -113,7 +120,8 @@ class Connection:
         return end.port if end else 0
 
 
-Exchange = HttpExchange | RedisExchange  # one L7 record per request, whatever the protocol
+# One L7 record per request, whatever the protocol; each has `answered` and `token`.
+Exchange = HttpExchange | RedisExchange | SqlExchange
 ExchangeSink = Callable[[Exchange, Connection], None]
 
 
@@ -174,6 +182,7 @@ class ConnectionTracker:
         max_connections: int = 65536,
         quiet_threshold: int = 8192,
         is_sdk_process: Callable[[int], bool] | None = None,
+        protocol_ports: dict[int, str] | None = None,
     ) -> None:
         self._sink = sink
         self._processes = processes
@@ -183,6 +192,7 @@ class ConnectionTracker:
         self._conns: OrderedDict[int, Connection] = OrderedDict()
         self._max = max_connections
         self._quiet_threshold = quiet_threshold
+        self._protocol_ports = protocol_ports or {}
         # Tuples (local, remote) of sockets the collector itself uses; a
         # connection with the mirrored tuple is its peer and is not traced.
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
@@ -291,7 +301,7 @@ class ConnectionTracker:
         conn.proto.parse_errors = 0
         done = []
         for x in exchanges:
-            if x.response is None:
+            if not x.answered:
                 if at_exit:
                     self._telemetry.requests_pending_at_exit += 1
                     continue
@@ -339,7 +349,7 @@ class ConnectionTracker:
             out += http.skip(is_request, tail, ev.ts)
         conn.stream_pos[d] = end
         if conn.seen_from_start and ev.offset == 0 and http.not_protocol(is_request):
-            self._ignore(conn)
+            self._fall_back(conn, ev)
             return
         if self._set_quiet is not None:
             ahead = http.skippable(is_request)
@@ -358,23 +368,45 @@ class ConnectionTracker:
             )
         self._emit(out, conn)
 
-    def _parser_for(self, conn: Connection, ev: DataEvent) -> ProtocolParser:
-        """Pick the protocol from the request's first bytes, else from the server port."""
-        request_bytes = (
-            ev.payload if (ev.direction == Direction.EGRESS) == (conn.role == Role.CLIENT) else b""
+    def _parser_for(
+        self, conn: Connection, ev: DataEvent, tried: tuple[str, ...] = ()
+    ) -> ProtocolParser | None:
+        """The parser for what the first bytes (or the port, or the operator) say."""
+        is_request = (ev.direction == Direction.EGRESS) == (conn.role == Role.CLIENT)
+        name = detect(
+            ev.payload if is_request else b"",
+            b"" if is_request else ev.payload,
+            conn.server_port,
+            self._protocol_ports,
+            tried,
         )
-        if looks_like_request(request_bytes):
-            resp = False
-        elif request_bytes:
-            resp = looks_like_resp_command(request_bytes)
-        else:
-            resp = conn.server_port in REDIS_PORTS
-        if resp:
+        conn.proto_name = name or ""
+        if name == "http":
+            return Http1Connection(on_request=lambda head: self._request_started(conn, head))
+        if name == "redis":
             return RespConnection(on_request=lambda cmd: self._command_started(conn, cmd))
-        return Http1Connection(on_request=lambda head: self._request_started(conn, head))
+        if name == "postgresql":
+            return PgConnection(on_request=lambda ts: self._statement_started(conn, ts))
+        if name == "mysql":
+            return MysqlConnection(on_request=lambda ts: self._statement_started(conn, ts))
+        return None  # HTTP/2 or DNS on a TCP stream: not parsed on this path
+
+    def _fall_back(self, conn: Connection, ev: DataEvent) -> None:
+        """The first bytes were not what we guessed: try the next candidate on them."""
+        conn.protos_tried += (conn.proto_name,)
+        proto = self._parser_for(conn, ev, conn.protos_tried)
+        if proto is None:
+            self._ignore(conn)
+            return
+        conn.proto = proto
+        conn.stream_pos = [None, None]
+        self._on_data(ev)
 
     def _command_started(self, conn: Connection, command: RespValue) -> RequestContext:
-        return self._request_started(conn, _CommandStart(command.start_ts, 0, {}))
+        return self._statement_started(conn, command.start_ts)
+
+    def _statement_started(self, conn: Connection, ts: int) -> RequestContext:
+        return self._request_started(conn, _CommandStart(ts, 0, {}))
 
     def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
         ev = self._event
@@ -402,15 +434,31 @@ class ConnectionTracker:
             for d in (Direction.EGRESS, Direction.INGRESS):
                 self._set_quiet(conn.sk, conn.gen, d, QUIET_FOREVER)
 
+    def _ends_from_proc(self, conn: Connection, ev: DataEvent) -> None:
+        ends = self._proc_sockets.lookup(ev.pid, ev.fd) if ev.fd else None
+        if ends:
+            conn.local, conn.remote = ends
+            conn.ipv6 = ":" in ends[0].address
+
     def _decide(self, conn: Connection, ev: DataEvent) -> bool:
         """First data on a connection: who owns it, which side it is, trace it or not."""
         if conn.role == Role.UNKNOWN:
-            # Opened before we started: take the role from what the bytes say.
+            # Opened before we started: take the role from what the bytes say,
+            # else from which end has a database's well-known port.
             payload = ev.payload
-            if looks_like_request(payload):
+            if conn.local is None:
+                self._ends_from_proc(conn, ev)
+            local_port = conn.local.port if conn.local else 0
+            remote_port = conn.remote.port if conn.remote else 0
+            known = self._protocol_ports.keys() | WELL_KNOWN_PORTS.keys()
+            if looks_like_request(payload) or looks_like_resp_command(payload):
                 conn.role = Role.CLIENT if ev.direction == Direction.EGRESS else Role.SERVER
             elif looks_like_response(payload):
                 conn.role = Role.SERVER if ev.direction == Direction.EGRESS else Role.CLIENT
+            elif remote_port in known:
+                conn.role = Role.CLIENT
+            elif local_port in known:
+                conn.role = Role.SERVER
             else:
                 conn.undecided += 1
                 if conn.undecided >= UNDECIDED_LIMIT:
@@ -422,10 +470,7 @@ class ConnectionTracker:
                 return False  # wait for bytes that tell
         conn.pid = ev.pid
         if conn.local is None:
-            ends = self._proc_sockets.lookup(ev.pid, ev.fd) if ev.fd else None
-            if ends:
-                conn.local, conn.remote = ends
-                conn.ipv6 = ":" in ends[0].address
+            self._ends_from_proc(conn, ev)
         process = self._processes.get(ev.pid, ev.comm)
         conn.process = process
         own_peer = conn.local is not None and (conn.local, conn.remote) in self._own_peers
@@ -436,6 +481,9 @@ class ConnectionTracker:
         )
         if conn.selected:
             conn.proto = self._parser_for(conn, ev)
+            if conn.proto is None:
+                self._ignore(conn)
+                return False
         else:
             self._telemetry.connections_excluded += 1
             log.debug(

@@ -17,7 +17,8 @@ fi
 # Debian packages: bcc and its Python binding, kernel headers, and the real
 # servers and clients the tests and benchmarks drive.
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
-          redis-server ca-certificates util-linux iproute2 python3-venv)
+          redis-server postgresql-15 mariadb-server mariadb-client dnsmasq-base bind9-dnsutils
+          nghttp2-server ca-certificates util-linux iproute2 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,8 +31,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   say "Debian packages present"
 fi
-# nginx and redis enable their system services on install; the project runs its own.
-for svc in nginx redis-server; do
+# The servers enable their system services on install; the project runs its own.
+for svc in nginx redis-server postgresql mariadb; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

@@ -56,6 +56,10 @@ class RedisExchange(NamedTuple):
     token: object = None  # what the connection's owner attached when the command began
 
     @property
+    def answered(self) -> bool:
+        return self.reply is not None
+
+    @property
     def name(self) -> str:
         first = self.command.items[0].text if self.command.items else self.command.text
         return first.split(b" ", 1)[0].decode("latin-1").upper()

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, Jaeger, Nginx, PythonServer, free_port, listening, wait_until
+from harness import (
+    CollectorProcess,
+    Jaeger,
+    MariaDB,
+    Nginx,
+    Postgres,
+    PythonServer,
+    free_port,
+    listening,
+    wait_until,
+)
 from otlp_sink import GrpcSink, HttpSink
 
 
@@ -122,3 +132,17 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     yield port
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    yield server
+    server.stop()

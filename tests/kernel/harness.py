@@ -312,3 +312,138 @@ def get_many(port: int, path: str, per_connection: int, connections: int = 1) ->
         w.start()
     for w in workers:
         w.join()
+
+
+def _traversable(path: Path) -> None:
+    """Let a system user reach `path`: pytest's temporary directories are 0700 root."""
+    for parent in [path, *path.parents]:
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o001)
+
+
+def _as_user(user: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Database servers refuse to run as root: start them as their Debian system user."""
+    return subprocess.Popen(["runuser", "-u", user, "--", *argv], **kwargs)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (Debian's server binaries) on a free port."""
+
+    BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"))
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        data = root / "pgdata"
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(root, "postgres", "postgres")
+        _traversable(root)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.proc = _as_user(
+            "postgres",
+            [
+                str(self.BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "ssl=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: listening(self.port), 30, "postgres listening")
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class MariaDB:
+    """A throwaway MariaDB server (Debian's mariadb-server) on a free port."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        data = root / "data"
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(root, "mysql", "mysql")
+        _traversable(root)
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                f"--datadir={data}",
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.socket = root / "mysqld.sock"
+        self.proc = _as_user(
+            "mysql",
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.socket}",
+                f"--pid-file={root}/pid",
+                "--skip-grant-tables=0",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-log-bin",
+                f"--tmpdir={root}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: listening(self.port), 60, "mariadb listening")
+        # Root over TCP with a password, as applications connect.
+        subprocess.run(
+            [
+                "mariadb",
+                f"--socket={self.socket}",
+                "-uroot",
+                "-e",
+                "CREATE DATABASE app; CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'secret';"
+                " GRANT ALL ON app.* TO 'app'@'127.0.0.1';",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

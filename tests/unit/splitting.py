@@ -26,3 +26,25 @@ def feed_random(
         if gap:
             conn.skip(is_req, gap * gap_unit, 2)
     conn.close(3)
+
+
+def resplit(chunks: list[tuple[bool, bytes]], cuts: list[int]) -> list[tuple[bool, bytes]]:
+    """Each recorded call cut again at random points, the order of calls kept."""
+    out = []
+    for i, (is_request, data) in enumerate(chunks):
+        mine = [c for j, c in enumerate(cuts) if j % len(chunks) == i]
+        out += [(is_request, piece) for piece in split(data, mine)]
+    return out
+
+
+def replay(
+    conn: ConnectionParser, chunks: list[tuple[bool, bytes]], capture: int | None = None
+) -> list[Any]:
+    """Feed calls as the kernel reports them: the first `capture` bytes, the rest skipped."""
+    out: list[Any] = []
+    for ts, (is_request, data) in enumerate(chunks):
+        kept = data if capture is None else data[:capture]
+        out += conn.feed(is_request, kept, ts)
+        if len(kept) < len(data):
+            out += conn.skip(is_request, len(data) - len(kept), ts)
+    return out + conn.close(len(chunks))

@@ -1,0 +1,128 @@
+"""Length-prefixed message framing shared by the database protocols.
+
+A `Framer` reads one direction of a stream into `Frame`s. Subclasses say how
+a header reads (`_header`) and how much of a body is worth keeping
+(`_keep`); everything else — bodies split across calls, bodies skipped by
+length when the kernel sent only their start, losing sync on uncaptured
+header bytes and finding it again at a call boundary — is here, once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Frame(NamedTuple):
+    kind: int  # protocol-specific message type (PostgreSQL type byte, MySQL sequence id)
+    body: bytes  # the kept prefix of the body
+    length: int  # the body's full length
+    start_ts: int
+    end_ts: int
+
+
+class NotThisProtocol(Exception):
+    """The bytes where a header should be cannot be one."""
+
+
+class Framer:
+    """One direction of a length-prefixed protocol, fed as the kernel saw it."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._kind = -1  # message in progress; -1 between messages
+        self._left = 0  # body bytes still to come
+        self._length = 0
+        self._body = bytearray()
+        self._want = 0  # body bytes worth keeping of the message in progress
+        self._start = 0
+        self.lost = False
+        self.synced = False  # a whole message was framed: the stream is this protocol
+
+    # -- what subclasses define ----------------------------------------------
+
+    def _header(self, buf: bytearray) -> tuple[int, int, int] | None:
+        """(kind, header length, body length) at buf[0], None when more bytes are needed."""
+        raise NotImplementedError
+
+    def _keep(self, kind: int, length: int) -> int:
+        """Body bytes to keep of a message of this kind."""
+        raise NotImplementedError
+
+    def _resyncs(self, data: bytes) -> bool:
+        """After lost bytes: does this call start with a plausible header?"""
+        return False
+
+    # -- the stream -----------------------------------------------------------
+
+    @property
+    def skippable(self) -> int:
+        """Bytes of the current body the kernel need not send."""
+        if self._kind < 0 or len(self._body) < self._want:
+            return 0
+        return self._left
+
+    def feed(self, data: bytes, ts: int) -> list[Frame]:
+        out: list[Frame] = []
+        if self.lost:
+            if not self._resyncs(data):
+                return out
+            self.lost = False
+        pos = 0
+        while pos < len(data):
+            if self._kind >= 0:
+                take = min(self._left, len(data) - pos)
+                room = self._want - len(self._body)
+                if room > 0:
+                    self._body += data[pos : pos + min(take, room)]
+                pos += take
+                self._left -= take
+                if self._left == 0:
+                    self._finish(ts, out)
+                continue
+            self._buf += data[pos:]
+            pos = len(data)
+            try:
+                self._frame_buffered(ts, out)
+            except NotThisProtocol:
+                self._lose()
+        return out
+
+    def skip(self, n: int, ts: int) -> list[Frame]:
+        """`n` bytes went by uncaptured."""
+        out: list[Frame] = []
+        if n <= 0 or self.lost:
+            return out
+        if self._kind >= 0 and not self._buf and n <= self._left:
+            self._left -= n
+            if self._left == 0:
+                self._finish(ts, out)
+            return out
+        self._lose()
+        return out
+
+    def _frame_buffered(self, ts: int, out: list[Frame]) -> None:
+        buf = self._buf
+        while buf:
+            header = self._header(buf)
+            if header is None:
+                return
+            kind, head, length = header
+            take = min(length, len(buf) - head)
+            self._kind, self._length, self._left, self._start = kind, length, length - take, ts
+            self._want = self._keep(kind, length)
+            self._body = bytearray(buf[head : head + min(take, self._want)])
+            del buf[: head + take]
+            if self._left == 0:
+                self._finish(ts, out)
+
+    def _finish(self, ts: int, out: list[Frame]) -> None:
+        out.append(Frame(self._kind, bytes(self._body), self._length, self._start, ts))
+        self.synced = True
+        self._kind = -1
+        self._body = bytearray()
+
+    def _lose(self) -> None:
+        self._buf.clear()
+        self._kind, self._left = -1, 0
+        self._body = bytearray()
+        self.lost = True
