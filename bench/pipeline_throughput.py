@@ -35,7 +35,24 @@ class Discard(SpanExporter):
 
 def data(sk: int, d: Direction, role: Role, ts: int, off: int, payload: bytes) -> bytes:
     header = _DATA_HEADER.pack(
-        1, d, role, 1, 4242, 4242, 5, sk, 1, ts, off, off, len(payload), len(payload), b"bench"
+        1,
+        d,
+        role,
+        1,
+        4242,
+        4242,
+        5,
+        sk,
+        1,
+        ts,
+        off,
+        off,
+        len(payload),
+        len(payload),
+        b"bench",
+        0,
+        0,
+        b"",
     )
     return header + payload
 

@@ -15,6 +15,12 @@
 // offset only advance the connection's counters. Entries carry the
 // connection's generation, so a late write for a closed connection can never
 // silence a new one that reuses the same sock address.
+//
+// UDP: only DNS. A datagram's peer comes from the syscall (sendto's address,
+// sendmsg's msg_name) or from the socket's connect() (kept per pid+fd, as
+// resolvers connect their UDP sockets); datagrams whose peer port is not
+// DNS_PORT are not sent. Receives on unconnected sockets have no peer yet
+// when the tracepoint fires and are not sent either (server-side DNS).
 
 #include <uapi/linux/ptrace.h>
 
@@ -30,11 +36,16 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+#ifndef DNS_PORT
+#define DNS_PORT 53
+#endif
+#define MMSGHDR_SIZE 64 // struct mmsghdr: struct user_msghdr (56) + msg_len + padding
 #define MAX_IOV 4
 
 #define AF_INET 2
 #define AF_INET6 10
 #define PROTO_TCP 6
+#define PROTO_UDP 17
 #define MSG_PEEK 2
 
 #define TCP_ESTABLISHED 1
@@ -42,18 +53,28 @@
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
-enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4 };
+enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5 };
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
-enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3 };
+enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3, BUF_MMSG = 4 };
 
 // The syscall a thread is in, between sys_enter and sys_exit.
 struct active_io {
-    u64 buf;    // buffer, iovec array or msghdr, as the syscall's kind says
-    u64 iovcnt;
+    u64 buf;    // buffer, iovec array, msghdr or mmsghdr array, as `kind` says
+    u64 iovcnt; // iovecs, or messages of a sendmmsg/recvmmsg
     u64 ts;     // syscall entry: when the process handed over what it sends
+    u64 addr;   // sendto's destination address (user pointer), 0 if none
     u32 fd;
     u32 kind;
+    u32 index;  // the message of a sendmmsg/recvmmsg the next transfer is
+    u32 pad;
+};
+
+// A UDP peer as connect() or sendto() named it.
+struct peer {
+    u16 family;
+    u16 port; // host order
+    u8 addr[16];
 };
 
 struct conn_state {
@@ -89,6 +110,8 @@ struct data_event {
     u32 len;        // bytes the syscall moved
     u32 captured;   // bytes in data[]
     char comm[16];  // names the process even if it exits before user space looks
+    struct peer peer; // EV_DGRAM only: the datagram's peer
+    u8 pad2[4];       // keeps data[] 8-byte aligned (user space decodes a 104-byte header)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -108,6 +131,8 @@ struct conn_event {
 };
 
 BPF_HASH(active_io, u32, struct active_io, 16384);
+// (tgid << 32 | fd) -> the address the socket connect()ed to, for UDP peers.
+BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
 BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
 BPF_TABLE("lru_hash", struct quiet_key, u64, quiet, MAX_CONNS);
@@ -122,14 +147,49 @@ static __always_inline void count_lost(void) {
         __sync_fetch_and_add(n, 1);
 }
 
-static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
+static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) == SELF_TGID)
         return;
     u32 tid = (u32)id;
-    struct active_io io = {
-        .buf = buf, .iovcnt = iovcnt, .ts = bpf_ktime_get_ns(), .fd = fd, .kind = kind};
+    struct active_io io = {.buf = buf,
+                           .iovcnt = iovcnt,
+                           .ts = bpf_ktime_get_ns(),
+                           .addr = addr,
+                           .fd = fd,
+                           .kind = kind};
     active_io.update(&tid, &io);
+}
+
+static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
+    remember_io_to(buf, iovcnt, fd, kind, 0);
+}
+
+// Read a user sockaddr_in / sockaddr_in6; 0 when it is neither.
+static __always_inline int read_sockaddr(struct peer *p, u64 addr) {
+    struct { u16 family; u16 port; u32 v4; u32 flow; u8 v6[16]; } sa = {};
+    if (!addr || bpf_probe_read_user(&sa, sizeof(sa), (void *)addr))
+        return 0;
+    p->family = sa.family;
+    p->port = __builtin_bswap16(sa.port); // network order on the wire; x86_64 and arm64 are little-endian
+    if (sa.family == AF_INET)
+        __builtin_memcpy(p->addr, &sa.v4, 4);
+    else if (sa.family == AF_INET6)
+        __builtin_memcpy(p->addr, sa.v6, 16);
+    else
+        return 0;
+    return 1;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
+    struct peer p = {};
+    if (read_sockaddr(&p, (u64)args->uservaddr) && p.port == DNS_PORT)
+        connected.update(&key, &p);
+    else
+        connected.delete(&key); // reconnected elsewhere, or dissolved (AF_UNSPEC)
+    return 0;
 }
 
 static __always_inline void forget_io(void) {
@@ -181,7 +241,29 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
 PLAIN_IO(read, buf)
 PLAIN_IO(write, buf)
 PLAIN_IO(recvfrom, ubuf)
-PLAIN_IO(sendto, buff)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
+    remember_io_to((u64)args->buff, 0, (u32)args->fd, BUF_PLAIN, (u64)args->addr);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) {
+    forget_io();
+    return 0;
+}
+
+#define MMSG_IO(name)                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
+        remember_io((u64)args->mmsg, (u64)args->vlen, (u32)args->fd, BUF_MMSG);   \
+        return 0;                                                                 \
+    }                                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        forget_io();                                                              \
+        return 0;                                                                 \
+    }
+
+// Resolvers send a name's A and AAAA queries with one sendmmsg.
+MMSG_IO(sendmmsg)
+MMSG_IO(recvmmsg)
 IOVEC_IO(readv)
 IOVEC_IO(writev)
 MSGHDR_IO(recvmsg)
@@ -221,7 +303,91 @@ static __always_inline u32 capture_iovec(struct data_event *ev, u64 vec, u64 vle
     return off;
 }
 
+// The user msghdr this transfer moves (sendmsg, or the next message of a
+// sendmmsg/recvmmsg: the tracepoint fires once per message); 0 for others.
+static __always_inline u64 transfer_msghdr(struct active_io *io) {
+    if (io->kind == BUF_MSGHDR)
+        return io->buf;
+    if (io->kind != BUF_MMSG)
+        return 0;
+    u32 i = io->index;
+    if (i >= io->iovcnt)
+        return 0;
+    io->index = i + 1;
+    return io->buf + (u64)i * MMSGHDR_SIZE;
+}
+
+// Capture from the syscall's buffer into ev->data; returns the bytes captured.
+static __always_inline u32 capture(struct data_event *ev, struct active_io *io, u64 hdr,
+                                   u64 buf, u32 want) {
+    want = bounded(want, CAPTURE_BYTES);
+    if (hdr) {
+        struct { u64 iov; u64 iovlen; } m = {};
+        // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24 (UAPI)
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)(hdr + 16)) == 0)
+            return capture_iovec(ev, m.iov, m.iovlen, want);
+    } else if (io->kind == BUF_PLAIN) {
+        if (bpf_probe_read_user(ev->data, want, (void *)buf) == 0)
+            return want;
+    } else if (io->kind == BUF_IOVEC) {
+        return capture_iovec(ev, buf, io->iovcnt, want);
+    }
+    return 0;
+}
+
+// A UDP datagram to or from a DNS server: one event, whole (up to the capture size).
+static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
+    if (ret <= 0 || (dir == DIR_INGRESS && (flags & MSG_PEEK)))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (tgid == 0 || tgid == SELF_TGID)
+        return 0;
+    struct active_io *io = active_io.lookup(&tid);
+    if (!io)
+        return 0; // no syscall context: neither payload nor peer
+    u64 hdr = transfer_msghdr(io);
+    u64 addr = io->addr;
+    if (hdr)
+        bpf_probe_read_user(&addr, sizeof(addr), (void *)hdr); // msg_name
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return 0;
+    __builtin_memset(&ev->peer, 0, sizeof(ev->peer));
+    if (!(dir == DIR_EGRESS && read_sockaddr(&ev->peer, addr))) {
+        u64 key = (id & 0xffffffff00000000ULL) | io->fd;
+        struct peer *c = connected.lookup(&key);
+        if (!c)
+            return 0;
+        ev->peer = *c;
+    }
+    if (ev->peer.port != DNS_PORT)
+        return 0;
+    ev->kind = EV_DGRAM;
+    ev->dir = dir;
+    ev->role = ROLE_CLIENT;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->fd = io->fd;
+    ev->sk = (u64)sk;
+    ev->gen = 0;
+    ev->ts = dir == DIR_EGRESS ? io->ts : bpf_ktime_get_ns();
+    ev->offset = 0;
+    ev->cap_offset = 0;
+    ev->len = (u32)ret;
+    ev->has_payload = 1;
+    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    ev->captured = capture(ev, io, hdr, io->buf, (u32)ret);
+    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
+    if (events.ringbuf_output(ev, size, 0))
+        count_lost();
+    return 0;
+}
+
 static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flags, u8 dir) {
+    if (protocol == PROTO_UDP)
+        return on_datagram(sk, ret, flags, dir);
     if (protocol != PROTO_TCP || ret <= 0)
         return 0;
     if (dir == DIR_INGRESS && (flags & MSG_PEEK))
@@ -305,18 +471,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
             want -= (u32)skip;
             ev->cap_offset = offset + skip;
         }
-        want = bounded(want, CAPTURE_BYTES);
-        if (io->kind == BUF_PLAIN) {
-            if (bpf_probe_read_user(ev->data, want, (void *)buf) == 0)
-                ev->captured = want;
-        } else if (io->kind == BUF_IOVEC) {
-            ev->captured = capture_iovec(ev, buf, io->iovcnt, want);
-        } else if (io->kind == BUF_MSGHDR) {
-            struct { u64 iov; u64 iovlen; } m = {};
-            // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24 (UAPI)
-            if (bpf_probe_read_user(&m, sizeof(m), (void *)(buf + 16)) == 0)
-                ev->captured = capture_iovec(ev, m.iov, m.iovlen, want);
-        }
+        ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     if (events.ringbuf_output(ev, size, 0))

@@ -349,6 +349,24 @@ def _apply_env(doc: dict[str, Any], env: dict[str, str]) -> None:
         )
     if "OTEL_EBPF_CAPTURE_BYTES" in env:
         ebpf["capture_bytes"] = env["OTEL_EBPF_CAPTURE_BYTES"]
+    protocols: dict[str, Any] = {
+        key: env[name]
+        for name, key in (
+            ("OTEL_EBPF_DNS_TIMEOUT", "dns_timeout"),
+            ("OTEL_EBPF_DB_QUERY_TEXT", "db_query_text"),
+        )
+        if name in env
+    }
+    if "OTEL_EBPF_PROTOCOL_PORTS" in env:  # "5433=postgresql,6380=redis"
+        pairs = [p.partition("=") for p in env["OTEL_EBPF_PROTOCOL_PORTS"].split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError(
+                "OTEL_EBPF_PROTOCOL_PORTS: expected port=protocol pairs, "
+                f"got {env['OTEL_EBPF_PROTOCOL_PORTS']!r}"
+            )
+        protocols["ports"] = {port.strip(): name.strip() for port, _, name in pairs}
+    if protocols:
+        ebpf["protocols"] = {**(ebpf.get("protocols") or {}), **protocols}
     if "OTEL_EBPF_HEALTH_ENDPOINT" in env and "health_check" in (doc.get("extensions") or {}):
         doc["extensions"]["health_check"] = {"endpoint": env["OTEL_EBPF_HEALTH_ENDPOINT"]}
 

@@ -52,6 +52,22 @@ class DataEvent(NamedTuple):
     comm: bytes  # the kernel's 16-byte task name, NUL-padded
 
 
+class DatagramEvent(NamedTuple):
+    """One UDP datagram to or from a DNS server (the only UDP the kernel sends)."""
+
+    sk: int
+    direction: Direction
+    pid: int
+    tid: int
+    fd: int
+    ts: int
+    length: int
+    payload: bytes
+    comm: bytes
+    peer: Endpoint
+    ipv6: bool
+
+
 class ConnOpen(NamedTuple):
     """A TCP connection reached ESTABLISHED."""
 
@@ -79,7 +95,7 @@ class SelfConn(NamedTuple):
     sk: int
 
 
-KernelEvent = DataEvent | ConnOpen | ConnClose | SelfConn
+KernelEvent = DataEvent | DatagramEvent | ConnOpen | ConnClose | SelfConn
 
 
 # --- HTTP/1 parser output (processors.protocols.http1) -------------------------

@@ -114,6 +114,7 @@ class Collector:
             quiet_threshold=4 * ebpf.capture_bytes,
             is_sdk_process=self.merger.is_sdk_process if self.merger else None,
             protocol_ports=dict(ebpf.protocols.ports),
+            dns_timeout_s=ebpf.protocols.dns_timeout,
         )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
@@ -195,7 +196,8 @@ class Collector:
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             log.info(
-                "collector ready: tracing HTTP/1.x on TCP; exporting to %s",
+                "collector ready: tracing HTTP/1.x, Redis, PostgreSQL, MySQL and DNS; "
+                "exporting to %s",
                 ", ".join(self.config.service.pipelines["traces"].exporters),
             )
             if on_ready is not None:
@@ -218,6 +220,7 @@ class Collector:
             now = time.monotonic()
             if now >= next_lost_check:
                 self._check_lost()
+                self.tracker.expire(time.monotonic_ns())
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import HttpExchange, Role
 from otel_ebpf.processors.correlate import RequestContext
+from otel_ebpf.processors.protocols.dns import DnsExchange
 from otel_ebpf.processors.protocols.resp import RedisExchange
 from otel_ebpf.processors.protocols.sql import (
     MAX_QUERY_TEXT,
@@ -66,7 +67,30 @@ class SpanBuilder:
             return None
         if isinstance(x, RedisExchange):
             return self._redis(x, conn)
+        if isinstance(x, DnsExchange):
+            return self._dns(x, conn)
         return self._sql(x, conn)
+
+    def _dns(self, x: DnsExchange, conn: Connection) -> ReadableSpan:
+        """A lookup: dns.* registry attributes; rcode and type under otel_ebpf.dns.*."""
+        q, r = x.query, x.response
+        attrs: dict[str, str | int | list[str]] = {
+            "dns.question.name": q.name,
+            "otel_ebpf.dns.question.type": q.qtype,
+            "network.transport": x.transport,
+        }
+        status = Status(StatusCode.UNSET)
+        if r is None:
+            attrs["error.type"] = "timeout" if x.timed_out else "no_response"
+            status = Status(StatusCode.ERROR, "no answer" + (" (timed out)" if x.timed_out else ""))
+        else:
+            attrs["otel_ebpf.dns.response_code"] = r.rcode
+            if r.answers:
+                attrs["dns.answers"] = list(r.answers)
+            if r.rcode != "NOERROR":
+                attrs["error.type"] = r.rcode
+                status = Status(StatusCode.ERROR, r.rcode)
+        return self._client_span(f"DNS {q.qtype}", x, conn, attrs, status)  # type: ignore[arg-type]
 
     def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
         rc = token
@@ -113,13 +137,13 @@ class SpanBuilder:
     def _client_span(
         self,
         name: str,
-        x: SqlExchange | RedisExchange,
+        x: SqlExchange | RedisExchange | DnsExchange,
         conn: Connection,
         attrs: dict[str, str | int],
         status: Status,
     ) -> ReadableSpan:
         """A CLIENT span with the connection's network attributes."""
-        attrs["network.transport"] = "tcp"
+        attrs.setdefault("network.transport", "tcp")
         attrs["network.type"] = "ipv6" if conn.ipv6 else "ipv4"
         if conn.remote is not None:
             attrs["server.address"] = conn.remote.address

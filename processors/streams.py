@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import psutil
@@ -20,6 +20,7 @@ from otel_ebpf.model import (
     ConnClose,
     ConnOpen,
     DataEvent,
+    DatagramEvent,
     Direction,
     Endpoint,
     HttpExchange,
@@ -30,6 +31,7 @@ from otel_ebpf.model import (
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
 from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestStart
 from otel_ebpf.processors.protocols.detect import WELL_KNOWN_PORTS, detect
+from otel_ebpf.processors.protocols.dns import DnsExchange, DnsQueries, DnsTcpConnection
 from otel_ebpf.processors.protocols.http1 import (
     Http1Connection,
     looks_like_request,
@@ -121,7 +123,7 @@ class Connection:
 
 
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.
-Exchange = HttpExchange | RedisExchange | SqlExchange
+Exchange = HttpExchange | RedisExchange | SqlExchange | DnsExchange
 ExchangeSink = Callable[[Exchange, Connection], None]
 
 
@@ -183,6 +185,7 @@ class ConnectionTracker:
         quiet_threshold: int = 8192,
         is_sdk_process: Callable[[int], bool] | None = None,
         protocol_ports: dict[int, str] | None = None,
+        dns_timeout_s: float = 5.0,
     ) -> None:
         self._sink = sink
         self._processes = processes
@@ -193,6 +196,9 @@ class ConnectionTracker:
         self._max = max_connections
         self._quiet_threshold = quiet_threshold
         self._protocol_ports = protocol_ports or {}
+        self._dns_timeout_ns = int(dns_timeout_s * 1e9)
+        # UDP sockets with DNS queries in flight, per (pid, sock): nothing kept once answered.
+        self._dns: OrderedDict[tuple[int, int], tuple[Connection, DnsQueries]] = OrderedDict()
         # Tuples (local, remote) of sockets the collector itself uses; a
         # connection with the mirrored tuple is its peer and is not traced.
         self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
@@ -201,7 +207,7 @@ class ConnectionTracker:
         self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their peers' pids
         self._proc_sockets = ProcSockets()
         self.correlator = Correlator(max_streams=max_connections, is_sdk_process=is_sdk_process)
-        self._event: DataEvent | None = None  # the event being fed, for request heads
+        self._event: DataEvent | DatagramEvent | None = None  # the event being fed
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
@@ -221,6 +227,8 @@ class ConnectionTracker:
     def handle(self, event: KernelEvent) -> None:
         if type(event) is DataEvent:
             self._on_data(event)
+        elif type(event) is DatagramEvent:
+            self._on_datagram(event)
         elif type(event) is ConnOpen:
             self._on_open(event)
         elif type(event) is ConnClose:
@@ -234,6 +242,54 @@ class ConnectionTracker:
         for conn in list(self._conns.values()):
             self._finish(conn, ts, at_exit=True)
         self._conns.clear()
+        self.expire(ts)
+        for _, queries in self._dns.values():
+            self._telemetry.requests_pending_at_exit += len(queries)
+        self._dns.clear()
+
+    def expire(self, now: int) -> None:
+        """Report DNS queries that waited longer than the timeout (call about once a second)."""
+        for key, (conn, queries) in list(self._dns.items()):
+            timed_out = queries.expire(now, self._dns_timeout_ns)
+            self._telemetry.requests_unanswered += len(timed_out)
+            self._emit(timed_out, conn)
+            if not queries:
+                del self._dns[key]
+
+    def _on_datagram(self, ev: DatagramEvent) -> None:
+        """A DNS message over UDP: queries open a pairing, answers close it."""
+        key = (ev.pid, ev.sk)
+        entry = self._dns.get(key)
+        if entry is None:
+            if ev.direction != Direction.EGRESS:
+                return  # an answer to nothing we saw asked
+            entry = self._dns_socket(ev)
+            if len(self._dns) >= self._max:
+                _, (old_conn, old) = self._dns.popitem(last=False)
+                self._telemetry.connections_evicted += 1
+                self._emit(old.close(ev.ts), old_conn)
+            self._dns[key] = entry
+        conn, queries = entry
+        if not conn.selected:
+            return
+        self._event = ev
+        out = queries.message(ev.payload, ev.ts, outgoing=ev.direction == Direction.EGRESS)
+        if queries.parse_errors:
+            self._telemetry.parse_errors += queries.parse_errors
+            queries.parse_errors = 0
+        self._emit(out, conn)
+        if not queries:
+            del self._dns[key]
+
+    def _dns_socket(self, ev: DatagramEvent) -> tuple[Connection, DnsQueries]:
+        conn = Connection(ev.sk, Role.CLIENT)
+        conn.pid, conn.remote, conn.ipv6 = ev.pid, ev.peer, ev.ipv6
+        conn.process = self._processes.get(ev.pid, ev.comm)
+        conn.proto_name = "dns"
+        conn.selected = self._selector.process_selected(ev.pid, conn.process.executable_name)
+        if not conn.selected:
+            self._telemetry.connections_excluded += 1
+        return conn, DnsQueries("udp", on_query=lambda ts: self._statement_started(conn, ts))
 
     # -- events ---------------------------------------------------------------
 
@@ -389,7 +445,9 @@ class ConnectionTracker:
             return PgConnection(on_request=lambda ts: self._statement_started(conn, ts))
         if name == "mysql":
             return MysqlConnection(on_request=lambda ts: self._statement_started(conn, ts))
-        return None  # HTTP/2 or DNS on a TCP stream: not parsed on this path
+        if name == "dns":
+            return DnsTcpConnection(on_request=lambda ts: self._statement_started(conn, ts))
+        return None  # HTTP/2: not parsed yet
 
     def _fall_back(self, conn: Connection, ev: DataEvent) -> None:
         """The first bytes were not what we guessed: try the next candidate on them."""
@@ -415,7 +473,7 @@ class ConnectionTracker:
             conn.role, head, ev.pid, ev.tid, conn.local, conn.remote, conn.seen_from_start
         )
 
-    def _emit(self, exchanges: list[Exchange], conn: Connection) -> None:
+    def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 self.correlator.finished(x.token)

@@ -21,6 +21,7 @@ from otel_ebpf.model import (
     ConnClose,
     ConnOpen,
     DataEvent,
+    DatagramEvent,
     Direction,
     Endpoint,
     KernelEvent,
@@ -49,15 +50,18 @@ REQUIRED_TRACEPOINTS = (
             "recvmsg",
             "sendmsg",
             "sendfile64",
+            "sendmmsg",
+            "recvmmsg",
         )
         for edge in ("enter", "exit")
     ),
+    "syscalls/sys_enter_connect",
 )
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
-_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF = 1, 2, 3, 4
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16s")
+_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM = 1, 2, 3, 4, 5
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16s4x")  # ends with the datagram peer
 _CONN = struct.Struct("<BBHIQQQQHH16s16s")
 _AF_INET = 2
 _DIRECTIONS = tuple(Direction)
@@ -96,6 +100,9 @@ def decode(raw: bytes) -> KernelEvent | None:
             length,
             captured,
             comm,
+            _,
+            _,
+            _,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -113,6 +120,24 @@ def decode(raw: bytes) -> KernelEvent | None:
             cap_off,
             payload,
             comm,
+        )
+    if kind == _EV_DGRAM:
+        fields = _DATA_HEADER.unpack_from(raw)
+        family, port, addr = fields[-3:]
+        start = _DATA_HEADER.size
+        peer = Endpoint(_address(addr, family), port)
+        return DatagramEvent(
+            fields[7],
+            _DIRECTIONS[fields[1]],
+            fields[4],
+            fields[5],
+            fields[6],
+            fields[9],
+            fields[12],
+            raw[start : start + fields[13]],
+            fields[14],
+            peer,
+            family != _AF_INET,
         )
     if kind in (_EV_OPEN, _EV_CLOSE):
         (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = _CONN.unpack_from(

@@ -447,3 +447,54 @@ class MariaDB:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class Dnsmasq:
+    """Debian's dnsmasq answering on port 53 of a spare loopback address.
+
+    www.example.test resolves (A and AAAA), anything under nx.test is NXDOMAIN.
+    Port 53 because resolvers (glibc) only ever ask there.
+    """
+
+    def __init__(self, address: str = "127.0.53.1") -> None:
+        self.address = address
+        self.proc = subprocess.Popen(
+            [
+                "dnsmasq",
+                "--no-daemon",
+                "--port=53",
+                f"--listen-address={address}",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--log-facility=-",
+                "--address=/www.example.test/10.1.2.3",
+                "--address=/www.example.test/fd00::3",
+                "--address=/nx.test/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, "dnsmasq answering")
+
+    def _answers(self) -> bool:
+        out = subprocess.run(
+            ["dig", f"@{self.address}", "www.example.test", "+short", "+tries=1", "+timeout=1"],
+            capture_output=True,
+            text=True,
+        )
+        return "10.1.2.3" in out.stdout
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def with_resolver(nameserver: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run argv with /etc/resolv.conf naming `nameserver`, in a private mount namespace."""
+    conf = Path(f"/tmp/otel-ebpf-resolv-{os.getpid()}.conf")
+    conf.write_text(f"nameserver {nameserver}\noptions attempts:1 timeout:1\n")
+    script = f'mount --bind {conf} /etc/resolv.conf && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *argv], capture_output=True, text=True
+    )

@@ -15,6 +15,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 def _value(v: AnyValue) -> Any:
     kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in v.array_value.values]
     return getattr(v, kind) if kind else None
 
 

@@ -1,0 +1,87 @@
+"""DNS lookups by real resolvers: dig (Debian) and glibc's getaddrinfo from Python,
+against a real dnsmasq, and a server that never answers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from harness import CollectorProcess, Dnsmasq, wait_until, with_resolver
+from otlp_sink import CLIENT, GrpcSink, Span
+
+
+@pytest.fixture(scope="module")
+def dnsmasq() -> Iterator[Dnsmasq]:
+    server = Dnsmasq()
+    yield server
+    server.stop()
+
+
+def lookups(sink: GrpcSink, name: str, since: int) -> list[Span]:
+    return [
+        s
+        for s in list(sink.store.spans)
+        if s.kind == CLIENT
+        and s.start_ns >= since
+        and s.attributes.get("dns.question.name") == name
+    ]
+
+
+def wait_lookups(sink: GrpcSink, name: str, since: int, n: int, timeout: float = 30) -> list[Span]:
+    wait_until(lambda: len(lookups(sink, name, since)) >= n, timeout, f"{n} lookups of {name}")
+    time.sleep(0.5)
+    return lookups(sink, name, since)
+
+
+def dig(server: str, name: str, *options: str) -> str:
+    argv = ["dig", f"@{server}", name, "A", "+tries=1", "+timeout=1", *options]
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+def test_dig_answers_and_nxdomain(
+    collector: CollectorProcess, grpc_sink: GrpcSink, dnsmasq: Dnsmasq
+) -> None:
+    since = time.time_ns()
+    assert "10.1.2.3" in dig(dnsmasq.address, "www.example.test", "+short")
+    assert "NXDOMAIN" in dig(dnsmasq.address, "missing.nx.test")
+    (ok,) = wait_lookups(grpc_sink, "www.example.test", since, 1)
+    assert ok.name == "DNS A" and ok.service == "dig" and ok.status_code == 0
+    assert ok.attributes["dns.answers"] == ["10.1.2.3"]
+    assert ok.attributes["otel_ebpf.dns.response_code"] == "NOERROR"
+    assert ok.attributes["server.address"] == dnsmasq.address
+    assert ok.attributes["server.port"] == 53 and ok.attributes["network.transport"] == "udp"
+    (nx,) = wait_lookups(grpc_sink, "missing.nx.test", since, 1)
+    assert nx.status_code == 2 and nx.attributes["error.type"] == "NXDOMAIN"
+
+
+def test_getaddrinfo_from_python(
+    collector: CollectorProcess, grpc_sink: GrpcSink, dnsmasq: Dnsmasq
+) -> None:
+    since = time.time_ns()
+    code = "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('www.example.test', 80)}))"
+    out = with_resolver(dnsmasq.address, [sys.executable, "-c", code])
+    assert out.stdout.strip() == "['10.1.2.3', 'fd00::3']", out.stderr
+    spans = wait_lookups(grpc_sink, "www.example.test", since, 2)
+    # glibc asks for A and AAAA together (one sendmmsg): one span each.
+    by_type = {s.attributes["otel_ebpf.dns.question.type"]: s for s in spans}
+    assert sorted(by_type) == ["A", "AAAA"] and len(spans) == 2
+    assert by_type["AAAA"].attributes["dns.answers"] == ["fd00::3"]
+    assert all(s.service.startswith("python") for s in spans)
+
+
+def test_silent_server_is_reported_as_timed_out(
+    collector: CollectorProcess, grpc_sink: GrpcSink
+) -> None:
+    since = time.time_ns()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.53.2", 53))  # receives, never answers
+        assert "timed out" in dig("127.0.53.2", "silent.example.test")
+    # The collector's DNS timeout is 5 s by default: the span appears after it.
+    (span,) = wait_lookups(grpc_sink, "silent.example.test", since, 1, timeout=30)
+    assert span.status_code == 2 and span.attributes["error.type"] == "timeout"
+    assert "otel_ebpf.dns.response_code" not in span.attributes
