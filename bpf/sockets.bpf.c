@@ -40,7 +40,7 @@
 #define DNS_PORT 53
 #endif
 #define MMSGHDR_SIZE 64 // struct mmsghdr: struct user_msghdr (56) + msg_len + padding
-#define MAX_IOV 4
+#define MAX_IOV 64 // gRPC writes a frame as many small slices (one iovec each)
 
 #define AF_INET 2
 #define AF_INET6 10

@@ -213,6 +213,7 @@ class Collector:
         while not self._stop.is_set():
             if self._ebpf_enabled:
                 self.receiver.poll(100)
+                self.tracker.release_held()
             else:  # OTLP in only
                 self._stop.wait(0.1)
             self._drain_otlp()
@@ -251,6 +252,7 @@ class Collector:
         self.receiver.drain()
         self.telemetry.events_received = self.receiver.events_received
         self.telemetry.events_lost = self.receiver.events_lost()
+        self.tracker.release_held()
         self.tracker.close_all(time.monotonic_ns())
         self.receiver.close()  # detach every probe before the (possibly slow) flush
         if self.otlp is not None:

@@ -16,9 +16,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_ebpf import SCHEMA_URL, __version__
-from otel_ebpf.model import HttpExchange, Role
+from otel_ebpf.model import HttpExchange, HttpHead, Role
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.protocols.dns import DnsExchange
+from otel_ebpf.processors.protocols.http2 import GRPC_STATUS, Http2Exchange
 from otel_ebpf.processors.protocols.resp import RedisExchange
 from otel_ebpf.processors.protocols.sql import (
     MAX_QUERY_TEXT,
@@ -63,6 +64,8 @@ class SpanBuilder:
         """The span for one exchange; None where none is due (a database server's side)."""
         if isinstance(x, HttpExchange):
             return self._http(x, conn)
+        if isinstance(x, Http2Exchange):
+            return self._grpc(x, conn) if x.grpc else self._http(_as_http(x), conn)
         if conn.role != Role.CLIENT:
             return None
         if isinstance(x, RedisExchange):
@@ -70,6 +73,33 @@ class SpanBuilder:
         if isinstance(x, DnsExchange):
             return self._dns(x, conn)
         return self._sql(x, conn)
+
+    def _grpc(self, x: Http2Exchange, conn: Connection) -> ReadableSpan:
+        """RPC conventions as stabilised after semconv 1.37 (rpc.system.name,
+        fully-qualified rpc.method, string rpc.response.status_code)."""
+        server = conn.role == Role.SERVER
+        method = x.path.lstrip("/")
+        attrs: dict[str, str | int] = {
+            "rpc.system.name": "grpc",
+            "rpc.method": method or "_OTHER",
+            "network.protocol.name": "http",
+            "network.protocol.version": "2",
+        }
+        status = Status(StatusCode.UNSET)
+        if x.grpc_status is not None:
+            code = x.grpc_status
+            name = GRPC_STATUS[code] if 0 <= code < len(GRPC_STATUS) else str(code)
+            attrs["rpc.response.status_code"] = name
+            if code != 0 and (not server or name in _GRPC_SERVER_ERRORS):
+                attrs["error.type"] = name
+                status = Status(StatusCode.ERROR, x.grpc_message or None)
+        else:  # no trailers: reset, or the connection ended first
+            attrs["error.type"] = "reset" if x.reset else "no_response"
+            status = Status(StatusCode.ERROR, "stream ended without a gRPC status")
+        name = method or "grpc"
+        return self._span(
+            name, x, conn, attrs, status, SpanKind.SERVER if server else SpanKind.CLIENT
+        )
 
     def _dns(self, x: DnsExchange, conn: Connection) -> ReadableSpan:
         """A lookup: dns.* registry attributes; rcode and type under otel_ebpf.dns.*."""
@@ -142,14 +172,31 @@ class SpanBuilder:
         attrs: dict[str, str | int],
         status: Status,
     ) -> ReadableSpan:
-        """A CLIENT span with the connection's network attributes."""
+        return self._span(name, x, conn, attrs, status, SpanKind.CLIENT)
+
+    def _span(
+        self,
+        name: str,
+        x: SqlExchange | RedisExchange | DnsExchange | Http2Exchange,
+        conn: Connection,
+        attrs: dict[str, str | int],
+        status: Status,
+        kind: SpanKind,
+    ) -> ReadableSpan:
+        """A span with the connection's network attributes (server.* is the far end
+        for clients, this end for servers)."""
         attrs.setdefault("network.transport", "tcp")
         attrs["network.type"] = "ipv6" if conn.ipv6 else "ipv4"
+        server_end = conn.local if kind == SpanKind.SERVER else conn.remote
+        if server_end is not None:
+            attrs["server.address"] = server_end.address
+            attrs["server.port"] = server_end.port
         if conn.remote is not None:
-            attrs["server.address"] = conn.remote.address
-            attrs["server.port"] = conn.remote.port
             attrs["network.peer.address"] = conn.remote.address
             attrs["network.peer.port"] = conn.remote.port
+            if kind == SpanKind.SERVER:
+                attrs["client.address"] = conn.remote.address
+                attrs["client.port"] = conn.remote.port
         context, parent = self._ids(x.token)
         assert conn.process is not None
         return ReadableSpan(
@@ -158,7 +205,7 @@ class SpanBuilder:
             parent=parent,
             resource=conn.process.resource,
             attributes=attrs,
-            kind=SpanKind.CLIENT,
+            kind=kind,
             status=status,
             start_time=x.start_ts + self._offset,
             end_time=max(x.end_ts, x.start_ts) + self._offset,
@@ -258,3 +305,22 @@ class SpanBuilder:
             end_time=max(x.end_ts, x.start_ts) + self._offset,
             instrumentation_scope=SCOPE,
         )
+
+
+_GRPC_SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+def _as_http(x: Http2Exchange) -> HttpExchange:
+    """Plain HTTP/2 reads like HTTP/1 to the span builder: same conventions, version "2"."""
+    headers = {**x.headers, "host": x.authority} if x.authority else x.headers
+    request = HttpHead(True, x.method, x.path, 0, "2", headers, x.start_ts, False)
+    response = (
+        HttpHead(False, "", "", x.status, "2", {}, x.end_ts, False)
+        if x.status is not None
+        else None
+    )
+    return HttpExchange(
+        request, x.request_bytes, response, x.response_bytes, x.start_ts, x.end_ts, x.token
+    )

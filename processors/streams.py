@@ -9,6 +9,7 @@ the kernel which body bytes it need not send (the `quiet` offsets).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from otel_ebpf.processors.protocols.http1 import (
     looks_like_request,
     looks_like_response,
 )
+from otel_ebpf.processors.protocols.http2 import PREFACE, Http2Connection, Http2Exchange
 from otel_ebpf.processors.protocols.mysql import MysqlConnection
 from otel_ebpf.processors.protocols.postgres import PgConnection
 from otel_ebpf.processors.protocols.resp import (
@@ -52,6 +54,11 @@ from otel_ebpf.telemetry import SelfTelemetry
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
+# Calls on one socket from several threads can reach the ring buffer out of
+# order (the tracepoint fires after the socket lock is released): a call that
+# starts past the expected offset waits, up to this many per connection, for
+# the calls before it until the end of the current ring-buffer poll.
+REORDER_LIMIT = 16
 UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connection is ignored
 
 
@@ -81,6 +88,7 @@ class Connection:
 
     __slots__ = (
         "gen",
+        "held",
         "ipv6",
         "local",
         "pid",
@@ -115,6 +123,7 @@ class Connection:
         self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
         self.quiet = [0, 0]  # quiet offsets already sent to the kernel
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
+        self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
 
     @property
     def server_port(self) -> int:
@@ -123,7 +132,7 @@ class Connection:
 
 
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.
-Exchange = HttpExchange | RedisExchange | SqlExchange | DnsExchange
+Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange
 ExchangeSink = Callable[[Exchange, Connection], None]
 
 
@@ -208,6 +217,10 @@ class ConnectionTracker:
         self._proc_sockets = ProcSockets()
         self.correlator = Correlator(max_streams=max_connections, is_sdk_process=is_sdk_process)
         self._event: DataEvent | DatagramEvent | None = None  # the event being fed
+        self._holding: dict[int, Connection] = {}  # connections with held calls
+        self._own_checked = 0.0
+        self._own_pid = os.getpid()
+        self._releasing = False
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
@@ -313,9 +326,11 @@ class ConnectionTracker:
             self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
             if len(self._listener_clients) > 4096:
                 self._listener_clients.popitem(last=False)
-        if ev.role == Role.SERVER and ev.local.port in self._own_listeners:
-            # Accepted by one of our listeners: known as ours before its client
-            # sends a byte (our own first read would come too late).
+        own_client = ev.role == Role.CLIENT and ev.pid == self._own_pid
+        if own_client or (ev.role == Role.SERVER and ev.local.port in self._own_listeners):
+            # Opened by us (an exporter) or accepted by one of our listeners: known
+            # as ours before a byte moves — the peer may read our first bytes
+            # before the kernel reports that we sent them.
             self._own[ev.sk] = (ev.local, ev.remote)
             self._own_peers.add((ev.remote, ev.local))
             return
@@ -385,6 +400,19 @@ class ConnectionTracker:
             return
         d = ev.direction
         expected = conn.stream_pos[d]
+        if expected is not None and not self._releasing:
+            if ev.offset + ev.length <= expected and ev.length:
+                self._telemetry.parse_errors += 1  # arrived after we gave up waiting for it
+                return
+            fills_gap = bool(conn.held) and ev.direction == conn.held[0].direction
+            if (ev.offset > expected or (conn.held and not fills_gap)) and len(
+                conn.held
+            ) < REORDER_LIMIT:
+                # The call(s) before it may still be on their way; later calls of
+                # either direction wait behind it so the parser sees them in order.
+                conn.held.append(ev)
+                self._holding[conn.sk] = conn
+                return
         if expected is None:
             expected = ev.cap_offset
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
@@ -423,6 +451,37 @@ class ConnectionTracker:
                 ev.payload[:60],
             )
         self._emit(out, conn)
+        if conn.held and not self._releasing:
+            self._release_next(conn)
+
+    def release_held(self) -> None:
+        """End of a ring-buffer poll: calls still waiting go on, gaps and all."""
+        holding, self._holding = self._holding, {}
+        for conn in holding.values():
+            held, conn.held = conn.held, []
+            self._releasing = True
+            try:
+                for ev in held:
+                    if self._conns.get(conn.sk) is conn and conn.selected:
+                        self._on_data(ev)
+            finally:
+                self._releasing = False
+
+    def _release_next(self, conn: Connection) -> None:
+        """The missing call came: held calls that now follow on go, in arrival order."""
+        while conn.held:
+            ev = conn.held[0]
+            expected = conn.stream_pos[ev.direction]
+            if expected is not None and ev.offset > expected:
+                break  # still a gap before this one
+            conn.held.pop(0)
+            self._releasing = True
+            try:
+                self._on_data(ev)
+            finally:
+                self._releasing = False
+        if not conn.held:
+            self._holding.pop(conn.sk, None)
 
     def _parser_for(
         self, conn: Connection, ev: DataEvent, tried: tuple[str, ...] = ()
@@ -447,7 +506,9 @@ class ConnectionTracker:
             return MysqlConnection(on_request=lambda ts: self._statement_started(conn, ts))
         if name == "dns":
             return DnsTcpConnection(on_request=lambda ts: self._statement_started(conn, ts))
-        return None  # HTTP/2: not parsed yet
+        if name == "http2":
+            return Http2Connection(on_request=lambda head: self._request_started(conn, head))
+        return None
 
     def _fall_back(self, conn: Connection, ev: DataEvent) -> None:
         """The first bytes were not what we guessed: try the next candidate on them."""
@@ -509,7 +570,11 @@ class ConnectionTracker:
             local_port = conn.local.port if conn.local else 0
             remote_port = conn.remote.port if conn.remote else 0
             known = self._protocol_ports.keys() | WELL_KNOWN_PORTS.keys()
-            if looks_like_request(payload) or looks_like_resp_command(payload):
+            if (
+                looks_like_request(payload)
+                or looks_like_resp_command(payload)
+                or payload.startswith(PREFACE)
+            ):
                 conn.role = Role.CLIENT if ev.direction == Direction.EGRESS else Role.SERVER
             elif looks_like_response(payload):
                 conn.role = Role.SERVER if ev.direction == Direction.EGRESS else Role.CLIENT
@@ -531,6 +596,11 @@ class ConnectionTracker:
             self._ends_from_proc(conn, ev)
         process = self._processes.get(ev.pid, ev.comm)
         conn.process = process
+        if not conn.seen_from_start and time.monotonic() - self._own_checked > 1.0:
+            # It may be the peer of a connection the collector opened before its
+            # probes were attached (an exporter's channel): look again.
+            self._own_checked = time.monotonic()
+            self.mark_own_connections()
         own_peer = conn.local is not None and (conn.local, conn.remote) in self._own_peers
         conn.selected = (
             not own_peer

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from otel_ebpf.processors.protocols.http1 import looks_like_request
+from otel_ebpf.processors.protocols.http2 import PREFACE, looks_like_server_settings
 from otel_ebpf.processors.protocols.mysql import looks_like_server_greeting
 from otel_ebpf.processors.protocols.postgres import looks_like_startup
 from otel_ebpf.processors.protocols.resp import looks_like_resp_command
-
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 WELL_KNOWN_PORTS: Mapping[int, str] = {
     6379: "redis",
@@ -39,7 +38,7 @@ def detect(
         return forced
     by_bytes = None
     if request:
-        if request.startswith(HTTP2_PREFACE[: len(request)]) and len(request) >= 3:
+        if PREFACE.startswith(request[:24]) and len(request) >= 3:
             by_bytes = "http2"
         elif looks_like_request(request):
             by_bytes = "http"
@@ -49,6 +48,8 @@ def detect(
             by_bytes = "postgresql"
     elif response and looks_like_server_greeting(response):
         by_bytes = "mysql"  # the server speaks first
+    elif response and looks_like_server_settings(response):
+        by_bytes = "http2"  # HTTP/2 servers send SETTINGS before reading the preface
     if by_bytes and by_bytes not in exclude:
         return by_bytes
     by_port = WELL_KNOWN_PORTS.get(server_port)

@@ -18,6 +18,7 @@ class Frame(NamedTuple):
     length: int  # the body's full length
     start_ts: int
     end_ts: int
+    offset: int = 0  # stream position of the message's first byte, from where parsing began
 
 
 class NotThisProtocol(Exception):
@@ -35,6 +36,8 @@ class Framer:
         self._body = bytearray()
         self._want = 0  # body bytes worth keeping of the message in progress
         self._start = 0
+        self._offset = 0  # stream position of the message in progress
+        self._position = 0  # bytes fed or skipped so far
         self.lost = False
         self.synced = False  # a whole message was framed: the stream is this protocol
 
@@ -63,6 +66,7 @@ class Framer:
 
     def feed(self, data: bytes, ts: int) -> list[Frame]:
         out: list[Frame] = []
+        self._position += len(data)
         if self.lost:
             if not self._resyncs(data):
                 return out
@@ -90,7 +94,10 @@ class Framer:
     def skip(self, n: int, ts: int) -> list[Frame]:
         """`n` bytes went by uncaptured."""
         out: list[Frame] = []
-        if n <= 0 or self.lost:
+        if n <= 0:
+            return out
+        self._position += n
+        if self.lost:
             return out
         if self._kind >= 0 and not self._buf and n <= self._left:
             self._left -= n
@@ -109,6 +116,7 @@ class Framer:
             kind, head, length = header
             take = min(length, len(buf) - head)
             self._kind, self._length, self._left, self._start = kind, length, length - take, ts
+            self._offset = self._position - len(buf)
             self._want = self._keep(kind, length)
             self._body = bytearray(buf[head : head + min(take, self._want)])
             del buf[: head + take]
@@ -116,7 +124,9 @@ class Framer:
                 self._finish(ts, out)
 
     def _finish(self, ts: int, out: list[Frame]) -> None:
-        out.append(Frame(self._kind, bytes(self._body), self._length, self._start, ts))
+        out.append(
+            Frame(self._kind, bytes(self._body), self._length, self._start, ts, self._offset)
+        )
         self.synced = True
         self._kind = -1
         self._body = bytearray()

@@ -1,0 +1,347 @@
+"""HTTP/2 (and gRPC over it), sans-I/O: frames, streams, HPACK; one record per stream.
+
+Header blocks are decoded with the `hpack` library, one decoder per direction,
+fed every block in order: HPACK's dynamic table is shared state, so a block
+we did not see whole (cut by the capture size, lost sync) makes every later
+block of that direction untrustworthy. From then on that direction's headers
+are not decoded and new streams are counted, not reported. For the same
+reason a connection must be seen from its preface: joined mid-connection, the
+first frames are not a preface and the parser declines the connection (the
+tracker then stops the kernel sending its bytes).
+
+A stream ends at the server's END_STREAM (on DATA or trailers) or at a
+RST_STREAM from either side. gRPC's status comes from the trailers (or a
+trailers-only response).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
+
+import hpack
+
+from otel_ebpf.processors.protocols.framing import Frame, Framer, NotThisProtocol
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
+PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
+END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
+SETTINGS_HEADER_TABLE_SIZE = 0x1
+_PREFACE_KIND = -2
+MAX_FRAME = 1 << 24
+MAX_BLOCK = 64 * 1024  # header block bytes kept (and decoded) per stream
+MAX_STREAMS = 1024
+_KEPT = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "grpc-status",
+        "grpc-message",
+    }
+)
+GRPC_STATUS = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+
+
+def looks_like_server_settings(data: bytes) -> bool:
+    """A server's first bytes: a SETTINGS frame on stream 0 (sent before it reads anything)."""
+    if len(data) < 9:
+        return False
+    length = int.from_bytes(data[0:3], "big")
+    return data[3] == SETTINGS and data[4] == 0 and data[5:9] == b"\0\0\0\0" and length % 6 == 0
+
+
+class RequestHead(NamedTuple):
+    """What the correlation needs of a stream's request."""
+
+    start_ts: int
+    stream_offset: int
+    headers: dict[str, str]
+
+
+class Http2Exchange(NamedTuple):
+    """One stream: request headers, response status, gRPC status, sizes."""
+
+    stream_id: int
+    method: str
+    path: str
+    authority: str
+    scheme: str
+    headers: dict[str, str]  # allow-listed request headers, lower-case names
+    status: int | None  # :status (None if no response headers came)
+    grpc_status: int | None
+    grpc_message: str | None
+    request_bytes: int  # DATA payload bytes each way
+    response_bytes: int
+    start_ts: int
+    end_ts: int
+    reset: bool  # ended by RST_STREAM
+    ended: bool  # the server finished the stream (END_STREAM or RST_STREAM)
+    token: object = None
+
+    @property
+    def answered(self) -> bool:
+        return self.ended
+
+    @property
+    def grpc(self) -> bool:
+        return self.headers.get("content-type", "").startswith("application/grpc")
+
+
+class _Stream:
+    __slots__ = (
+        "bytes",
+        "grpc_message",
+        "grpc_status",
+        "request",
+        "start_ts",
+        "status",
+        "token",
+    )
+
+    def __init__(self, request: dict[str, str], start_ts: int, token: object) -> None:
+        self.request, self.start_ts, self.token = request, start_ts, token
+        self.status: int | None = None
+        self.grpc_status: int | None = None
+        self.grpc_message: str | None = None
+        self.bytes = [0, 0]  # request, response DATA bytes
+
+
+class _H2Framer(Framer):
+    """9-byte frame headers; the client's stream opens with the 24-byte preface.
+
+    `kind` packs type | flags << 8 | stream id << 16.
+    """
+
+    def __init__(self, client: bool) -> None:
+        super().__init__()
+        self.expect_preface = client
+
+    def _header(self, buf: bytearray) -> tuple[int, int, int] | None:
+        if self.expect_preface:
+            if not PREFACE.startswith(bytes(buf[:24])):
+                raise NotThisProtocol
+            if len(buf) < 24:
+                return None
+            self.expect_preface = False
+            return _PREFACE_KIND, 24, 0
+        if len(buf) < 9:
+            return None
+        length = int.from_bytes(buf[0:3], "big")
+        stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        return buf[3] | buf[4] << 8 | stream << 16, 9, length
+
+    def _keep(self, kind: int, length: int) -> int:
+        frame_type = kind & 0xFF
+        if kind == _PREFACE_KIND or frame_type == DATA:
+            return 0
+        return min(length, MAX_BLOCK)
+
+    def _resyncs(self, data: bytes) -> bool:
+        """A call that starts with a plausible frame header (writers write whole frames)."""
+        return (
+            len(data) >= 9
+            and data[3] <= CONTINUATION
+            and int.from_bytes(data[0:3], "big") <= MAX_FRAME
+            and data[5] & 0x80 == 0
+        )
+
+
+class Http2Connection:
+    """Both directions of one HTTP/2 connection, streams paired into exchanges."""
+
+    def __init__(self, on_request: Callable[[RequestHead], object] | None = None) -> None:
+        self._on_request = on_request
+        self._framers = {True: _H2Framer(client=True), False: _H2Framer(client=False)}
+        self._decoders = {True: hpack.Decoder(), False: hpack.Decoder()}
+        self.untrusted = {True: False, False: False}  # that direction's HPACK state is lost
+        self._blocks: dict[bool, tuple[int, int, bytearray, int, int, bool] | None] = {
+            True: None,
+            False: None,
+        }
+        self._streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.parse_errors = 0
+        self.streams_undecoded = 0  # streams not reported: their headers could not be trusted
+
+    def skippable(self, is_request: bool) -> int:
+        return self._framers[is_request].skippable
+
+    def not_protocol(self, is_request: bool) -> bool:
+        framer = self._framers[is_request]
+        return framer.lost and not framer.synced
+
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[Http2Exchange]:
+        framer = self._framers[is_request]
+        was_lost = framer.lost
+        return self._watch(is_request, framer.feed(data, ts), was_lost)
+
+    def skip(self, is_request: bool, n: int, ts: int) -> list[Http2Exchange]:
+        framer = self._framers[is_request]
+        was_lost = framer.lost
+        return self._watch(is_request, framer.skip(n, ts), was_lost)
+
+    def close(self, ts: int) -> list[Http2Exchange]:
+        streams = list(self._streams.items())
+        return [self._exchange(sid, s, ts, ended=False) for sid, s in streams]
+
+    # -- frames ------------------------------------------------------------------
+
+    def _watch(self, is_request: bool, frames: list[Frame], was_lost: bool) -> list[Http2Exchange]:
+        done: list[Http2Exchange] = []
+        for f in frames:
+            if f.kind != _PREFACE_KIND:
+                self._frame(is_request, f, done)
+        if self._framers[is_request].lost and not was_lost:
+            self._untrust(is_request)  # header bytes went by unseen
+        return done
+
+    def _untrust(self, is_request: bool) -> None:
+        if not self.untrusted[is_request]:
+            self.untrusted[is_request] = True
+            self.parse_errors += 1
+        self._blocks[is_request] = None
+
+    def _frame(self, is_request: bool, f: Frame, done: list[Http2Exchange]) -> None:
+        frame_type, flags, sid = f.kind & 0xFF, (f.kind >> 8) & 0xFF, f.kind >> 16
+        block = self._blocks[is_request]
+        if block is not None and frame_type != CONTINUATION:
+            self._untrust(is_request)  # a header block must be contiguous
+            block = None
+        if frame_type == HEADERS:
+            body = f.body
+            if flags & PADDED:
+                pad = body[0] if body else 0
+                body = body[1 : len(body) - pad] if len(f.body) == f.length else body[1:]
+            if flags & PRIORITY_FLAG:
+                body = body[5:]
+            whole = len(f.body) == f.length
+            self._blocks[is_request] = (sid, flags, bytearray(body), f.start_ts, f.offset, whole)
+            if flags & END_HEADERS:
+                self._end_block(is_request, done, f.end_ts)
+        elif frame_type == CONTINUATION and block is not None:
+            block[2].extend(f.body)
+            if len(f.body) != f.length:
+                self._blocks[is_request] = (*block[:5], False)
+            if flags & END_HEADERS:
+                self._end_block(is_request, done, f.end_ts)
+        elif frame_type == DATA:
+            stream = self._streams.get(sid)
+            if stream is not None:
+                stream.bytes[0 if is_request else 1] += f.length
+                if flags & END_STREAM and not is_request:
+                    done.append(self._exchange(sid, stream, f.end_ts))
+        elif frame_type == RST_STREAM:
+            stream = self._streams.get(sid)
+            if stream is not None:
+                done.append(self._exchange(sid, stream, f.end_ts, reset=True))
+        elif frame_type == SETTINGS and not flags & 0x1:
+            for i in range(0, len(f.body) - 5, 6):
+                if int.from_bytes(f.body[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
+                    # Our peer's encoder may use up to what this side allows.
+                    size = int.from_bytes(f.body[i + 2 : i + 6], "big")
+                    self._decoders[not is_request].max_allowed_table_size = size
+        elif frame_type == PUSH_PROMISE:
+            self._untrust(not is_request)  # its header block would need decoding too
+
+    def _end_block(self, is_request: bool, done: list[Http2Exchange], ts: int) -> None:
+        block = self._blocks[is_request]
+        self._blocks[is_request] = None
+        assert block is not None
+        sid, flags, data, start_ts, offset, whole = block
+        headers = self._decode(is_request, bytes(data), whole)
+        if headers is None:
+            if is_request:
+                self.streams_undecoded += 1
+            return
+        if is_request:
+            self._request(sid, headers, start_ts, offset)
+            return
+        stream = self._streams.get(sid)
+        if stream is None:
+            return
+        if ":status" in headers and stream.status is None:
+            status = headers[":status"]
+            stream.status = int(status) if status.isdigit() else None
+        if "grpc-status" in headers:
+            code = headers["grpc-status"]
+            stream.grpc_status = int(code) if code.isdigit() else 2  # UNKNOWN
+            stream.grpc_message = headers.get("grpc-message")
+        if flags & END_STREAM:
+            done.append(self._exchange(sid, stream, ts))
+
+    def _decode(self, is_request: bool, block: bytes, whole: bool) -> dict[str, str] | None:
+        if self.untrusted[is_request]:
+            return None
+        if not whole:
+            self._untrust(is_request)
+            return None
+        try:
+            pairs = self._decoders[is_request].decode(block, raw=True)
+        except (hpack.HPACKError, ValueError, IndexError, UnicodeError):
+            self._untrust(is_request)
+            return None
+        out: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.decode("latin-1").lower()
+            if key.startswith(":") or key in _KEPT:
+                out[key] = value.decode("latin-1")
+        return out
+
+    def _request(self, sid: int, headers: dict[str, str], start_ts: int, offset: int) -> None:
+        if sid in self._streams:
+            return  # request trailers
+        if len(self._streams) >= MAX_STREAMS:
+            self._streams.popitem(last=False)
+        kept = {k: v for k, v in headers.items() if not k.startswith(":")}
+        token = self._on_request(RequestHead(start_ts, offset, kept)) if self._on_request else None
+        self._streams[sid] = _Stream(headers, start_ts, token)
+
+    def _exchange(
+        self, sid: int, s: _Stream, ts: int, reset: bool = False, ended: bool = True
+    ) -> Http2Exchange:
+        self._streams.pop(sid, None)
+        h = s.request
+        return Http2Exchange(
+            sid,
+            h.get(":method", ""),
+            h.get(":path", ""),
+            h.get(":authority", ""),
+            h.get(":scheme", "http"),
+            {k: v for k, v in h.items() if not k.startswith(":")},
+            s.status,
+            s.grpc_status,
+            s.grpc_message,
+            s.bytes[0],
+            s.bytes[1],
+            s.start_ts,
+            ts,
+            reset,
+            ended,
+            s.token,
+        )

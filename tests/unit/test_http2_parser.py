@@ -1,0 +1,107 @@
+"""HTTP/2 and gRPC parser on streams recorded from grpcio and from curl against nghttpd."""
+
+from __future__ import annotations
+
+import hpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captured import load
+from otel_ebpf.processors.protocols.http2 import (
+    PREFACE,
+    Http2Connection,
+    Http2Exchange,
+    looks_like_server_settings,
+)
+from splitting import feed_random, replay, resplit
+
+
+def records(out: list[Http2Exchange]) -> list[tuple[object, ...]]:
+    return [
+        (x.stream_id, x.method, x.path, x.status, x.grpc_status, x.request_bytes, x.response_bytes)
+        for x in out
+    ]
+
+
+def test_grpc_unary_streaming_and_failing_calls() -> None:
+    chunks = load("grpc.bin")
+    assert chunks[0][1].startswith(PREFACE)
+    assert looks_like_server_settings(next(d for r, d in chunks if not r))
+    conn = Http2Connection()
+    out = replay(conn, chunks)
+    assert [(x.path, x.grpc_status) for x in out] == [
+        ("/demo.Greeter/SayHello", 0),
+        ("/demo.Greeter/SayHello", 0),
+        ("/demo.Greeter/SayHello", 0),
+        ("/demo.Greeter/Count", 0),
+        ("/demo.Greeter/Count", 0),
+        ("/demo.Greeter/Fail", 5),
+    ]
+    assert out[-1].grpc_message == "no such greeting"
+    assert all(x.grpc and x.method == "POST" and x.status == 200 and x.ended for x in out)
+    assert out[3].response_bytes == 4 * (5 + 2)  # four length-prefixed messages streamed
+    assert conn.parse_errors == 0 and not any(conn.untrusted.values())
+
+
+def test_curl_against_nghttpd() -> None:
+    (x,) = replay(Http2Connection(), load("h2_curl.bin"))
+    assert (x.method, x.path, x.status) == ("GET", "/missing", 404)
+    assert x.authority.startswith("127.0.0.1:")
+    assert x.headers["user-agent"].startswith("curl/") and not x.grpc
+
+
+def test_traceparent_reaches_the_request_callback() -> None:
+    heads = []
+    conn = Http2Connection(on_request=lambda head: heads.append(head) or "token")
+    block = hpack.Encoder().encode(
+        [
+            (":method", "GET"),
+            (":path", "/x"),
+            (":scheme", "http"),
+            (":authority", "a"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ]
+    )
+    frame = len(block).to_bytes(3, "big") + bytes([1, 0x4 | 0x1]) + (1).to_bytes(4, "big")
+    conn.feed(True, PREFACE + frame + block, 10)
+    assert heads[0].headers["traceparent"].startswith("00-0af7") and heads[0].start_ts == 10
+    assert heads[0].stream_offset == len(PREFACE)
+    (x,) = conn.close(20)
+    assert x.token == "token" and not x.answered
+
+
+def test_header_block_cut_by_the_capture_untrusts_that_direction() -> None:
+    chunks = load("grpc.bin")
+    conn = Http2Connection()
+    out = replay(conn, chunks, capture=40)  # every call cut to 40 bytes
+    assert conn.untrusted[True] and conn.parse_errors >= 1
+    assert len(out) < 6  # streams after the cut are counted, not guessed
+
+
+def test_joined_mid_connection_is_declined() -> None:
+    conn = Http2Connection()
+    later = [d for r, d in load("grpc.bin") if r][2]  # a client call after the preface
+    assert conn.feed(True, later, 1) == []
+    assert conn.not_protocol(True)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 2000), max_size=60))
+def test_random_splits_give_the_same_records(cuts: list[int]) -> None:
+    for name in ("grpc.bin", "h2_curl.bin"):
+        chunks = load(name)
+        assert records(replay(Http2Connection(), resplit(chunks, cuts))) == records(
+            replay(Http2Connection(), chunks)
+        )
+
+
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120), st.integers(0, 3)), max_size=30))
+def test_random_bytes_never_raise(chunks: list[tuple[bool, bytes, int]]) -> None:
+    feed_random(Http2Connection(), chunks, gap_unit=40)
+
+
+@given(st.lists(st.sampled_from(load("grpc.bin")), max_size=20), st.integers(0, 3))
+def test_reordered_real_frames_never_raise(chunks: list[tuple[bool, bytes]], gap: int) -> None:
+    conn = Http2Connection()
+    conn.feed(True, PREFACE, 0)
+    feed_random(conn, [(r, d, gap) for r, d in chunks], gap_unit=7)
