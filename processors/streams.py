@@ -337,6 +337,7 @@ class ConnectionTracker:
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
         conn.seen_from_start = True
+        conn.stream_pos = [0, 0]  # both streams start at the handshake
         conn.pid = ev.pid
 
     def _on_self(self, ev: SelfConn) -> None:
@@ -394,25 +395,26 @@ class ConnectionTracker:
                 self._finish(conn, ev.ts)
                 conn = self._connection(ev.sk, ev.role)
             conn.gen = ev.gen
-        if conn.selected is None and not self._decide(conn, ev):
-            return
-        if not conn.selected:
+        if conn.selected is False:
             return
         d = ev.direction
         expected = conn.stream_pos[d]
-        if expected is not None and not self._releasing:
-            if ev.offset + ev.length <= expected and ev.length:
+        if not self._releasing:
+            if expected is not None and ev.length and ev.offset + ev.length <= expected:
                 self._telemetry.parse_errors += 1  # arrived after we gave up waiting for it
                 return
-            fills_gap = bool(conn.held) and ev.direction == conn.held[0].direction
-            if (ev.offset > expected or (conn.held and not fills_gap)) and len(
-                conn.held
-            ) < REORDER_LIMIT:
+            behind = expected is not None and ev.offset > expected
+            fills = bool(conn.held) and ev.direction == conn.held[0].direction and not behind
+            if (behind or (conn.held and not fills)) and len(conn.held) < REORDER_LIMIT:
                 # The call(s) before it may still be on their way; later calls of
                 # either direction wait behind it so the parser sees them in order.
                 conn.held.append(ev)
                 self._holding[conn.sk] = conn
                 return
+        if conn.selected is None and not self._decide(conn, ev):
+            return
+        if not conn.selected:
+            return
         if expected is None:
             expected = ev.cap_offset
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
