@@ -23,6 +23,8 @@ lint: setup
 bench: setup
 	$(PY) bench/pipeline_throughput.py
 	$(PY) bench/correlation_cost.py
+	$(PY) bench/parser_throughput.py
+	$(PY) bench/db_overhead.py
 	$(PY) bench/nginx_overhead.py
 
 clean:

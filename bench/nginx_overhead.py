@@ -18,12 +18,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
+from common import drained, peak_rss_mib  # also puts tests/kernel on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
 from harness import CollectorProcess, Nginx
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -47,25 +46,6 @@ def wrk(
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return rps, float(value) * _UNITS[unit], total
-
-
-def drained(collector: CollectorProcess) -> dict[str, int]:
-    """Telemetry once the pipeline has caught up (spans built stop growing)."""
-    last = collector.telemetry()
-    for _ in range(100):
-        time.sleep(0.3)
-        now = collector.telemetry()
-        if now["spans_built"] == last["spans_built"]:
-            return now
-        last = now
-    return last
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def scenario(

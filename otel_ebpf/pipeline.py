@@ -196,7 +196,8 @@ class Collector:
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             log.info(
-                "collector ready: tracing HTTP/1.x, Redis, PostgreSQL, MySQL and DNS; "
+                "collector ready: tracing HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, "
+                "MySQL and DNS; "
                 "exporting to %s",
                 ", ".join(self.config.service.pipelines["traces"].exporters),
             )

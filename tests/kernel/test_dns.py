@@ -59,6 +59,14 @@ def test_dig_answers_and_nxdomain(
     assert nx.status_code == 2 and nx.attributes["error.type"] == "NXDOMAIN"
 
 
+def test_dns_over_tcp(collector: CollectorProcess, grpc_sink: GrpcSink, dnsmasq: Dnsmasq) -> None:
+    since = time.time_ns()
+    assert "10.1.2.3" in dig(dnsmasq.address, "www.example.test", "+short", "+tcp")
+    (span,) = wait_lookups(grpc_sink, "www.example.test", since, 1)
+    assert span.attributes["network.transport"] == "tcp" and span.service == "dig"
+    assert span.attributes["dns.answers"] == ["10.1.2.3"] and span.status_code == 0
+
+
 def test_getaddrinfo_from_python(
     collector: CollectorProcess, grpc_sink: GrpcSink, dnsmasq: Dnsmasq
 ) -> None:
