@@ -14,6 +14,20 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# The request headers trace context travels in (W3C Trace Context, B3 single and multi).
+TRACE_CONTEXT_HEADERS = frozenset(
+    {
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    }
+)
+
 
 class WireContext(NamedTuple):
     trace_id: int

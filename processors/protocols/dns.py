@@ -21,7 +21,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from otel_ebpf.processors.protocols.framing import Frame, Framer
+from otel_ebpf.processors.protocols.framing import Frame, FramedConnection, Framer
 
 MAX_PENDING = 4096
 MAX_ANSWERS = 16
@@ -152,38 +152,20 @@ class _TcpFramer(Framer):
         return min(length, 4096)
 
 
-class DnsTcpConnection:
+class DnsTcpConnection(FramedConnection[DnsExchange]):
     """Both directions of one DNS-over-TCP connection."""
 
     def __init__(self, on_request: Callable[[int], object] | None = None) -> None:
+        super().__init__(_TcpFramer(), _TcpFramer())
         self.queries = DnsQueries("tcp", on_request)
-        self._framers = {True: _TcpFramer(), False: _TcpFramer()}
 
-    @property
-    def parse_errors(self) -> int:
-        return self.queries.parse_errors
-
-    @parse_errors.setter
-    def parse_errors(self, value: int) -> None:
-        self.queries.parse_errors = value
-
-    def skippable(self, is_request: bool) -> int:
-        return 0
-
-    def not_protocol(self, is_request: bool) -> bool:
-        return False
-
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[DnsExchange]:
-        return self._messages(is_request, self._framers[is_request].feed(data, ts))
-
-    def skip(self, is_request: bool, n: int, ts: int) -> list[DnsExchange]:
-        return self._messages(is_request, self._framers[is_request].skip(n, ts))
-
-    def _messages(self, is_request: bool, frames: list[Frame]) -> list[DnsExchange]:
+    def _handle(self, is_request: bool, frames: list[Frame]) -> list[DnsExchange]:
         out: list[DnsExchange] = []
         for f in frames:
             ts = f.start_ts if is_request else f.end_ts
             out += self.queries.message(f.body, ts, outgoing=is_request)
+        self.parse_errors += self.queries.parse_errors
+        self.queries.parse_errors = 0
         return out
 
     def close(self, ts: int) -> list[DnsExchange]:

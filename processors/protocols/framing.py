@@ -9,7 +9,10 @@ header bytes and finding it again at a call boundary — is here, once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Generic, NamedTuple, TypeVar
+
+R = TypeVar("R")  # the record type a protocol produces
 
 
 class Frame(NamedTuple):
@@ -136,3 +139,48 @@ class Framer:
         self._kind, self._left = -1, 0
         self._body = bytearray()
         self.lost = True
+
+
+class FramedConnection(Generic[R]):
+    """Both directions of a length-framed protocol: one `Framer` each way.
+
+    Subclasses turn frames into records (`_handle`) and say what a loss of
+    sync means for requests in flight (`_lost_sync`); feeding, skipping, the
+    kernel's quiet offsets and the "is this even the protocol" check are here.
+    """
+
+    def __init__(self, requests: Framer, responses: Framer) -> None:
+        self._framers = {True: requests, False: responses}
+        self.parse_errors = 0
+        self.stopped = False  # encrypted or compressed from here on: nothing more to read
+
+    def _handle(self, is_request: bool, frames: list[Frame]) -> list[R]:
+        raise NotImplementedError
+
+    def _lost_sync(self, is_request: bool, ts: int) -> list[R]:
+        """Bytes of a header went by unseen in this direction."""
+        return []
+
+    def skippable(self, is_request: bool) -> int:
+        return self._framers[is_request].skippable
+
+    def not_protocol(self, is_request: bool) -> bool:
+        framer = self._framers[is_request]
+        return self.stopped or (framer.lost and not framer.synced)
+
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[R]:
+        return self._run(is_request, ts, lambda framer: framer.feed(data, ts))
+
+    def skip(self, is_request: bool, n: int, ts: int) -> list[R]:
+        return self._run(is_request, ts, lambda framer: framer.skip(n, ts))
+
+    def _run(self, is_request: bool, ts: int, step: Callable[[Framer], list[Frame]]) -> list[R]:
+        if self.stopped:
+            return []
+        framer = self._framers[is_request]
+        was_lost = framer.lost
+        done = self._handle(is_request, step(framer))
+        if framer.lost and not was_lost:
+            self.parse_errors += 1
+            done += self._lost_sync(is_request, ts)
+        return done

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 
 from otel_ebpf.model import HttpEnd, HttpExchange, HttpHead, ParseError, ParserEvent
+from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
 
 METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
@@ -39,15 +40,8 @@ KEPT_HEADERS = frozenset(
         "connection",
         "expect",
         "upgrade",
-        "traceparent",
-        "tracestate",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-        "x-b3-flags",
     }
+    | TRACE_CONTEXT_HEADERS
 )
 
 

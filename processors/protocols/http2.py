@@ -22,7 +22,13 @@ from typing import NamedTuple
 
 import hpack
 
-from otel_ebpf.processors.protocols.framing import Frame, Framer, NotThisProtocol
+from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
+from otel_ebpf.processors.protocols.framing import (
+    Frame,
+    FramedConnection,
+    Framer,
+    NotThisProtocol,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
@@ -33,20 +39,8 @@ _PREFACE_KIND = -2
 MAX_FRAME = 1 << 24
 MAX_BLOCK = 64 * 1024  # header block bytes kept (and decoded) per stream
 MAX_STREAMS = 1024
-_KEPT = frozenset(
-    {
-        "content-type",
-        "user-agent",
-        "traceparent",
-        "tracestate",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-        "grpc-status",
-        "grpc-message",
-    }
+_KEPT = frozenset({"content-type", "user-agent", "grpc-status", "grpc-message"}) | (
+    TRACE_CONTEXT_HEADERS
 )
 GRPC_STATUS = (
     "OK",
@@ -173,12 +167,12 @@ class _H2Framer(Framer):
         )
 
 
-class Http2Connection:
+class Http2Connection(FramedConnection[Http2Exchange]):
     """Both directions of one HTTP/2 connection, streams paired into exchanges."""
 
     def __init__(self, on_request: Callable[[RequestHead], object] | None = None) -> None:
+        super().__init__(_H2Framer(client=True), _H2Framer(client=False))
         self._on_request = on_request
-        self._framers = {True: _H2Framer(client=True), False: _H2Framer(client=False)}
         self._decoders = {True: hpack.Decoder(), False: hpack.Decoder()}
         self.untrusted = {True: False, False: False}  # that direction's HPACK state is lost
         self._blocks: dict[bool, tuple[int, int, bytearray, int, int, bool] | None] = {
@@ -186,25 +180,7 @@ class Http2Connection:
             False: None,
         }
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
-        self.parse_errors = 0
         self.streams_undecoded = 0  # streams not reported: their headers could not be trusted
-
-    def skippable(self, is_request: bool) -> int:
-        return self._framers[is_request].skippable
-
-    def not_protocol(self, is_request: bool) -> bool:
-        framer = self._framers[is_request]
-        return framer.lost and not framer.synced
-
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[Http2Exchange]:
-        framer = self._framers[is_request]
-        was_lost = framer.lost
-        return self._watch(is_request, framer.feed(data, ts), was_lost)
-
-    def skip(self, is_request: bool, n: int, ts: int) -> list[Http2Exchange]:
-        framer = self._framers[is_request]
-        was_lost = framer.lost
-        return self._watch(is_request, framer.skip(n, ts), was_lost)
 
     def close(self, ts: int) -> list[Http2Exchange]:
         streams = list(self._streams.items())
@@ -212,19 +188,22 @@ class Http2Connection:
 
     # -- frames ------------------------------------------------------------------
 
-    def _watch(self, is_request: bool, frames: list[Frame], was_lost: bool) -> list[Http2Exchange]:
+    def _handle(self, is_request: bool, frames: list[Frame]) -> list[Http2Exchange]:
         done: list[Http2Exchange] = []
         for f in frames:
             if f.kind != _PREFACE_KIND:
                 self._frame(is_request, f, done)
-        if self._framers[is_request].lost and not was_lost:
-            self._untrust(is_request)  # header bytes went by unseen
         return done
 
-    def _untrust(self, is_request: bool) -> None:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[Http2Exchange]:
+        self._untrust(is_request, counted=True)  # header bytes may have gone by unseen
+        return []
+
+    def _untrust(self, is_request: bool, counted: bool = False) -> None:
         if not self.untrusted[is_request]:
             self.untrusted[is_request] = True
-            self.parse_errors += 1
+            if not counted:  # a loss of sync is counted where it is noticed
+                self.parse_errors += 1
         self._blocks[is_request] = None
 
     def _frame(self, is_request: bool, f: Frame, done: list[Http2Exchange]) -> None:

@@ -19,7 +19,12 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
-from otel_ebpf.processors.protocols.framing import Frame, Framer, NotThisProtocol
+from otel_ebpf.processors.protocols.framing import (
+    Frame,
+    FramedConnection,
+    Framer,
+    NotThisProtocol,
+)
 from otel_ebpf.processors.protocols.sql import SqlExchange
 
 KEEP_CLIENT = 8192  # bytes kept of a command (the statement text)
@@ -120,19 +125,16 @@ class _Command:
 _FIRST, _PREPARE_DEFS, _COLUMNS, _COLUMNS_EOF, _ROWS = range(5)
 
 
-class MysqlConnection:
+class MysqlConnection(FramedConnection[SqlExchange]):
     """Both directions of one MySQL/MariaDB connection, paired into statements."""
 
     def __init__(
         self, system: str = "mysql", on_request: Callable[[int], object] | None = None
     ) -> None:
+        super().__init__(_MysqlFramer(KEEP_CLIENT), _MysqlFramer(KEEP_SERVER))
         self.system = system
         self._on_request = on_request
-        self.client = _MysqlFramer(KEEP_CLIENT)
-        self.server = _MysqlFramer(KEEP_SERVER)
         self.namespace: str | None = None
-        self.parse_errors = 0
-        self.stopped = False  # TLS or compression: nothing more we can read
         self._handshake = 0  # 0 unknown (joined mid-connection), 1 greeting seen, 2 done
         self._server_caps = 0
         self.deprecate_eof = False
@@ -142,41 +144,13 @@ class MysqlConnection:
         self._remaining = 0  # packets left in the current block (columns, parameter defs)
         self._continued = [False, False]  # the last packet each way was a full one
 
-    def skippable(self, is_request: bool) -> int:
-        return (self.client if is_request else self.server).skippable
-
-    def not_protocol(self, is_request: bool) -> bool:
-        framer = self.client if is_request else self.server
-        return self.stopped or (framer.lost and not framer.synced)
-
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[SqlExchange]:
-        if self.stopped:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlExchange]:
+        self._continued = [False, False]
+        command, self._command = self._command, None
+        self._state = _FIRST
+        if is_request or command is None or not _reported(command):
             return []
-        framer = self.client if is_request else self.server
-        was_lost = framer.lost
-        return self._watch(framer, is_request, framer.feed(data, ts), ts, was_lost)
-
-    def skip(self, is_request: bool, n: int, ts: int) -> list[SqlExchange]:
-        if self.stopped:
-            return []
-        framer = self.client if is_request else self.server
-        was_lost = framer.lost
-        return self._watch(framer, is_request, framer.skip(n, ts), ts, was_lost)
-
-    def _watch(
-        self, framer: _MysqlFramer, is_request: bool, packets: list[Frame], ts: int, was_lost: bool
-    ) -> list[SqlExchange]:
-        """Handle what was framed; if sync was lost doing so, count it and realign."""
-        done = self._handle(is_request, packets)
-        if framer.lost and not was_lost:
-            self.parse_errors += 1
-            self._continued = [False, False]
-            command, self._command = self._command, None
-            self._state = _FIRST
-            if not is_request and command is not None and _reported(command):
-                # Its outcome was in the bytes we lost: answered, no error known.
-                done.append(self._exchange(command, ts))
-        return done
+        return [self._exchange(command, ts)]  # its outcome was in the bytes we lost
 
     def close(self, ts: int) -> list[SqlExchange]:
         command, self._command = self._command, None

@@ -18,7 +18,12 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from otel_ebpf.processors.protocols.framing import Frame, Framer, NotThisProtocol
+from otel_ebpf.processors.protocols.framing import (
+    Frame,
+    FramedConnection,
+    Framer,
+    NotThisProtocol,
+)
 from otel_ebpf.processors.protocols.sql import SqlExchange
 
 KEEP = 8192  # body bytes kept of messages whose content we read
@@ -106,17 +111,16 @@ class _Op:
         self.error: tuple[str, str] | None = None
 
 
-class PgConnection:
+class PgConnection(FramedConnection[SqlExchange]):
     """Both directions of one PostgreSQL connection, paired into statements."""
 
     def __init__(self, on_request: Callable[[int], object] | None = None) -> None:
-        self._on_request = on_request
         self.frontend = _PgFramer(frontend=True)
         self.backend = _PgFramer(frontend=False)
+        super().__init__(self.frontend, self.backend)
+        self._on_request = on_request
         self.namespace: str | None = None
         self.user: str | None = None
-        self.tls = False
-        self.parse_errors = 0
         self._statements: OrderedDict[str, str] = OrderedDict()
         self._portals: dict[str, tuple[str, bool]] = {}
         self._pending: deque[_Op] = deque()
@@ -124,40 +128,14 @@ class PgConnection:
         self._answered_group = 0  # ... and the server has closed with ReadyForQuery
         self._parsed: tuple[str, str] | None = None  # last Parse: name, text
 
-    def skippable(self, is_request: bool) -> int:
-        return (self.frontend if is_request else self.backend).skippable
-
-    def not_protocol(self, is_request: bool) -> bool:
-        framer = self.frontend if is_request else self.backend
-        return self.tls or (framer.lost and not framer.synced)
-
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[SqlExchange]:
-        if self.tls:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlExchange]:
+        if is_request:
             return []
-        framer = self.frontend if is_request else self.backend
-        was_lost = framer.lost
-        return self._watch(framer, is_request, framer.feed(data, ts), ts, was_lost)
-
-    def skip(self, is_request: bool, n: int, ts: int) -> list[SqlExchange]:
-        if self.tls:
-            return []
-        framer = self.frontend if is_request else self.backend
-        was_lost = framer.lost
-        return self._watch(framer, is_request, framer.skip(n, ts), ts, was_lost)
-
-    def _watch(
-        self, framer: _PgFramer, is_request: bool, messages: list[Frame], ts: int, was_lost: bool
-    ) -> list[SqlExchange]:
-        """Handle what was framed; if sync was lost doing so, count it and realign."""
-        done = self._handle(is_request, messages)
-        if framer.lost and not was_lost:
-            self.parse_errors += 1
-            if not is_request:
-                # Outcomes were in the bytes we lost: what was sent counts as answered
-                # (statements, no error) so later answers are not paired with them.
-                done += [self._exchange(op, ts) for op in self._pending]
-                self._pending.clear()
-                self._answered_group = self._group
+        # Outcomes were in the bytes we lost: what was sent counts as answered
+        # (statements, no error) so later answers are not paired with them.
+        done = [self._exchange(op, ts) for op in self._pending]
+        self._pending.clear()
+        self._answered_group = self._group
         return done
 
     def close(self, ts: int) -> list[SqlExchange]:
@@ -231,7 +209,7 @@ class PgConnection:
         kind = m.kind
         if kind == SSL_ANSWER:
             if m.body == b"S" or m.body == b"G":
-                self.tls = True  # encrypted from here: nothing more to read
+                self.stopped = True  # TLS from here: nothing more to read
             return
         pending = self._pending
         current = pending[0] if pending and pending[0].group == self._answered_group else None

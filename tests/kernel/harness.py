@@ -57,6 +57,20 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def end_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10
+) -> None:
+    """Ask a server to stop with `sig`; kill it if it has not within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def health(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
@@ -176,11 +190,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        end_process(self.proc, signal.SIGQUIT)  # graceful: finish in-flight requests
 
 
 class PythonServer:
@@ -205,8 +215,7 @@ class PythonServer:
         wait_until(lambda: listening(self.port, host), 10, "python server listening")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        end_process(self.proc)
 
 
 JAEGER_CONFIG = """
@@ -288,12 +297,7 @@ class Jaeger:
         return dict(self.api(f"/api/traces/{trace_id}")["data"][0])
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(3)  # in-memory storage: nothing to flush
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, timeout=3)  # in-memory storage: nothing to flush
         self.log.close()
 
 
@@ -380,11 +384,7 @@ class Postgres:
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        end_process(self.proc, signal.SIGINT, 20)  # PostgreSQL's fast shutdown
 
 
 class MariaDB:
@@ -442,11 +442,7 @@ class MariaDB:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        end_process(self.proc, timeout=30)
 
 
 class Dnsmasq:
@@ -486,8 +482,7 @@ class Dnsmasq:
         return "10.1.2.3" in out.stdout
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        end_process(self.proc)
 
 
 def with_resolver(nameserver: str, argv: list[str]) -> subprocess.CompletedProcess[str]:

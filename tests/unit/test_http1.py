@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from captured import load
 from otel_ebpf.model import HttpExchange
 from otel_ebpf.processors.protocols.http1 import Http1Connection, Http1StreamParser
-from splitting import feed_random, split
+from splitting import feed_random, replay, resplit, split
 
 REQ = True
 RESP = False
@@ -263,3 +264,34 @@ def test_http_like_fragments_never_raise(pieces: list[bytes], is_req: bool) -> N
         conn.feed(is_req, piece, 1)
         conn.feed(not is_req, piece, 1)
     conn.close(2)
+
+
+def _recorded(out: list[HttpExchange]) -> list[tuple[object, ...]]:
+    return [
+        (
+            x.request.target,
+            x.request.headers.get("traceparent"),
+            x.response and x.response.status,
+            x.response_body_bytes,
+        )
+        for x in out
+    ]
+
+
+def test_recorded_curl_keep_alive_against_nginx() -> None:
+    out = replay(Http1Connection(), load("http1_curl.bin"))
+    assert [(t, s) for t, _, s, _ in _recorded(out)] == [
+        ("/index.html", 200),
+        ("/missing", 404),
+        ("/index.html?q=1", 200),
+    ]
+    assert all(tp and tp.startswith("00-0af7") for _, tp, _, _ in _recorded(out))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 2000), max_size=60))
+def test_random_splits_of_a_recorded_session_give_the_same_exchanges(cuts: list[int]) -> None:
+    chunks = load("http1_curl.bin")
+    assert _recorded(replay(Http1Connection(), resplit(chunks, cuts))) == _recorded(
+        replay(Http1Connection(), chunks)
+    )

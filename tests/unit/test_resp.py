@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from captured import load
 from otel_ebpf.processors.protocols.resp import RedisExchange, RespConnection
-from splitting import feed_random, split
+from splitting import feed_random, replay, resplit, split
 
 
 def cmd(*words: bytes) -> bytes:
@@ -168,3 +169,33 @@ def test_resp_like_fragments_never_raise(pieces: list[bytes]) -> None:
         conn.feed(True, piece, 1)
         conn.feed(False, piece, 1)
     conn.close(2)
+
+
+def test_recorded_redis_py_session() -> None:
+    """redis-py against a real redis-server: pipeline, MULTI/EXEC, an error, a 5 kB value."""
+    out = replay(RespConnection(), load("redis_py.bin"))
+    assert [(x.name, x.error) for x in out][2:] == [
+        *[("SET", None)] * 5,
+        ("MULTI", None),
+        ("INCRBY", None),
+        ("LPUSH", None),
+        ("EXEC", None),
+        ("INCRBY", "WRONGTYPE"),
+        ("SET", None),
+        ("GET", None),
+    ]
+    # The 5 kB value arrives past the default capture size: skipped by length.
+    assert records(replay(RespConnection(), load("redis_py.bin"), capture=1024)) == records(out)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 12_000), max_size=60))
+def test_random_splits_of_a_recorded_session_give_the_same_exchanges(cuts: list[int]) -> None:
+    chunks = load("redis_py.bin")
+    assert records(replay(RespConnection(), resplit(chunks, cuts))) == records(
+        replay(RespConnection(), chunks)
+    )
+
+
+def records(out: list[RedisExchange]) -> list[tuple[str, str | None, bool]]:
+    return [(x.name, x.error, x.answered) for x in out]
