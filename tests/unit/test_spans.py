@@ -7,6 +7,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
 from otel_ebpf.processes import ProcessInfo, _service_name_from_environ
+from otel_ebpf.processors.protocols.dns import DnsExchange, DnsMessage
+from otel_ebpf.processors.protocols.http2 import Http2Exchange
+from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection
 
@@ -101,3 +104,64 @@ def test_service_name_precedence() -> None:
     assert _service_name_from_environ(env) == "from-attrs"
     assert _service_name_from_environ(env + b"OTEL_SERVICE_NAME=explicit\0") == "explicit"
     assert _service_name_from_environ(b"PATH=/bin\0") is None
+
+
+def test_sql_span_is_sanitised_unless_raw_is_asked_for() -> None:
+    x = SqlExchange(
+        "postgresql",
+        "SELECT * FROM users WHERE email = 'a@b.c'",
+        "shop",
+        1_000,
+        2_000,
+        True,
+        "42501",
+        "permission denied",
+    )
+    span = SpanBuilder(epoch_offset=0).build(x, conn(Role.CLIENT))
+    assert span is not None and span.kind == SpanKind.CLIENT and span.name == "SELECT users"
+    attrs = dict(span.attributes or {})
+    assert attrs["db.query.text"] == "SELECT * FROM users WHERE email = ?"
+    assert (attrs["db.namespace"], attrs["db.collection.name"]) == ("shop", "users")
+    assert attrs["db.response.status_code"] == attrs["error.type"] == "42501"
+    assert span.status.status_code == StatusCode.ERROR
+    raw = SpanBuilder(epoch_offset=0, raw_db_query_text=True).build(x, conn(Role.CLIENT))
+    assert raw is not None and (raw.attributes or {})["db.query.text"] == x.query
+    assert SpanBuilder().build(x, conn(Role.SERVER)) is None  # the database's own side
+
+
+def test_grpc_status_errors_differ_by_side() -> None:
+    x = Http2Exchange(
+        1,
+        "POST",
+        "/shop.Cart/Add",
+        "cart:50051",
+        "http",
+        {"content-type": "application/grpc"},
+        200,
+        5,
+        "no such item",
+        10,
+        0,
+        1_000,
+        3_000,
+        False,
+        True,
+    )
+    client = SpanBuilder().build(x, conn(Role.CLIENT))
+    server = SpanBuilder().build(x, conn(Role.SERVER))
+    assert client is not None and server is not None
+    assert client.name == server.name == "shop.Cart/Add"
+    assert (client.attributes or {})["rpc.response.status_code"] == "NOT_FOUND"
+    assert client.status.status_code == StatusCode.ERROR  # the caller's error
+    assert server.status.status_code == StatusCode.UNSET  # not the server's (conventions)
+    assert (server.attributes or {})["client.address"] == "10.0.0.2"
+
+
+def test_dns_timeout_span() -> None:
+    query = DnsMessage(7, False, "NOERROR", "svc.example", "AAAA", ())
+    x = DnsExchange(query, None, 1_000, 5_000_001_000, "udp", timed_out=True)
+    span = SpanBuilder().build(x, conn(Role.CLIENT))
+    assert span is not None and span.name == "DNS AAAA"
+    attrs = dict(span.attributes or {})
+    assert attrs["error.type"] == "timeout" and attrs["network.transport"] == "udp"
+    assert attrs["dns.question.name"] == "svc.example"
