@@ -53,7 +53,7 @@
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
-enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5 };
+enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6 };
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3, BUF_MMSG = 4 };
@@ -83,7 +83,10 @@ struct conn_state {
     u32 pid;
     u8 role;
     u8 self;
-    u8 pad[2];
+    u8 resets_in;  // RSTs received (saturating)
+    u8 resets_out; // RSTs sent (saturating)
+    u32 retrans;   // segments retransmitted (tcp:tcp_retransmit_skb)
+    u32 srtt_us;   // smoothed RTT at the last segment received (tcp:tcp_probe)
 };
 
 struct quiet_key {
@@ -111,7 +114,9 @@ struct data_event {
     u32 captured;   // bytes in data[]
     char comm[16];  // names the process even if it exits before user space looks
     struct peer peer; // EV_DGRAM only: the datagram's peer
-    u8 pad2[4];       // keeps data[] 8-byte aligned (user space decodes a 104-byte header)
+    u32 retrans;      // the connection's TCP counters when the call ended
+    u32 srtt_us;
+    u8 pad2[4];       // keeps data[] 8-byte aligned (user space decodes a 112-byte header)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -128,6 +133,13 @@ struct conn_event {
     u16 dport;
     u8 saddr[16];
     u8 daddr[16];
+    u64 opened;     // EV_CLOSE: the connection's creation time (0 if it predates us)
+    u32 retrans;    // EV_CLOSE: TCP counters over the connection's life
+    u32 srtt_us;
+    u8 resets_in;
+    u8 resets_out;
+    u8 oldstate;    // EV_CLOSE: the state it left (SYN_SENT: the connect failed)
+    u8 pad[5];
 };
 
 BPF_HASH(active_io, u32, struct active_io, 16384);
@@ -366,6 +378,8 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
         return 0;
     ev->kind = EV_DGRAM;
     ev->dir = dir;
+    ev->retrans = 0;
+    ev->srtt_us = 0;
     ev->role = ROLE_CLIENT;
     ev->pid = tgid;
     ev->tid = tid;
@@ -437,6 +451,8 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     ev->kind = EV_DATA;
     ev->dir = dir;
     ev->role = cs->role;
+    ev->retrans = cs->retrans;
+    ev->srtt_us = cs->srtt_us;
     ev->pid = tgid;
     ev->tid = tid;
     ev->sk = skey;
@@ -545,7 +561,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         ce->pid = cs->pid;
         ce->bytes_egress = cs->bytes[DIR_EGRESS];
         ce->bytes_ingress = cs->bytes[DIR_INGRESS];
+        ce->opened = cs->gen;
+        ce->retrans = cs->retrans;
+        ce->srtt_us = cs->srtt_us;
+        ce->resets_in = cs->resets_in;
+        ce->resets_out = cs->resets_out;
     }
+    ce->oldstate = oldstate;
     events.ringbuf_submit(ce, 0);
     if (newstate == TCP_CLOSE) {
         if (cs) {
@@ -558,3 +580,88 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     }
     return 0;
 }
+
+// TCP health, counted per connection in the kernel (never an event per packet):
+// user space reads the counters with each data event and at the close.
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
+    u64 skey = (u64)args->skaddr;
+    struct conn_state *cs = conns.lookup(&skey);
+    if (cs)
+        __sync_fetch_and_add(&cs->retrans, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset) {
+    u64 skey = (u64)args->skaddr;
+    struct conn_state *cs = conns.lookup(&skey);
+    if (cs && cs->resets_in < 255)
+        cs->resets_in++;
+    return 0;
+}
+
+// Attached by the loader: bcc cannot generate this tracepoint's argument struct
+// on every kernel (an enum field its headers may lack), and only the start of
+// the record, stable across versions, is read.
+struct send_reset_args {
+    u64 common;
+    u64 skbaddr;
+    u64 skaddr;
+    int state;
+    u32 reason;
+    u8 saddr[28]; // sockaddr_in / sockaddr_in6
+    u8 daddr[28];
+};
+
+// A RST we send on a live connection is counted on it. An abortive close
+// (SO_LINGER 0) sends its RST after the socket reached CLOSE, so that one is
+// an event of its own: resets are rare, never one per packet of a flow.
+int on_tcp_send_reset(struct send_reset_args *args) {
+    u64 skey = args->skaddr;
+    if (!skey)
+        return 0; // a RST for no socket (a closed port): the peer counts it as refused
+    struct conn_state *cs = conns.lookup(&skey);
+    if (cs) {
+        if (cs->resets_out < 255)
+            cs->resets_out++;
+        return 0;
+    }
+    struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+    if (!ce) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(ce, 0, sizeof(*ce));
+    ce->kind = EV_RESET;
+    ce->sk = skey;
+    ce->ts = bpf_ktime_get_ns();
+    ce->pid = bpf_get_current_pid_tgid() >> 32;
+    u16 family = 0;
+    __builtin_memcpy(&family, args->saddr, 2);
+    ce->family = family;
+    ce->sport = ((u16)args->saddr[2] << 8) | args->saddr[3];
+    ce->dport = ((u16)args->daddr[2] << 8) | args->daddr[3];
+    if (family == AF_INET) {
+        __builtin_memcpy(ce->saddr, &args->saddr[4], 4);
+        __builtin_memcpy(ce->daddr, &args->daddr[4], 4);
+    } else {
+        __builtin_memcpy(ce->saddr, &args->saddr[8], 16);
+        __builtin_memcpy(ce->daddr, &args->daddr[8], 16);
+    }
+    ce->resets_out = 1;
+    events.ringbuf_submit(ce, 0);
+    return 0;
+}
+
+#ifdef HAVE_TCP_PROBE_SKADDR
+// Fires for each segment received on an established socket: one hash lookup.
+// Chosen over a sock_ops RTT callback, which needs a cgroup attachment point
+// and a program type this receiver does not otherwise use.
+TRACEPOINT_PROBE(tcp, tcp_probe) {
+    u64 skey = (u64)args->skaddr;
+    struct conn_state *cs = conns.lookup(&skey);
+    if (cs)
+        cs->srtt_us = args->srtt;
+    return 0;
+}
+#endif

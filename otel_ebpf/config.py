@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from otel_ebpf.processors.routes import DEFAULT_ID_PATTERNS
 from otel_ebpf.processors.selection import parse_ports
 
 
@@ -84,6 +85,22 @@ class ProtocolsConfig(_Strict):
     dns_timeout: Duration = 5.0  # a DNS query unanswered this long is reported as timed out
 
 
+class RoutesConfig(_Strict):
+    # Path segments matching one of these regular expressions become {id} in http.route.
+    id_patterns: list[str] = list(DEFAULT_ID_PATTERNS)
+    max_per_service: int = Field(default=100, ge=1)  # then "/{other}"
+
+    @field_validator("id_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return v
+
+
 class EbpfReceiverConfig(_Strict):
     capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
     ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
@@ -92,6 +109,7 @@ class EbpfReceiverConfig(_Strict):
     include: SelectionConfig = SelectionConfig()
     exclude: SelectionConfig = SelectionConfig()
     protocols: ProtocolsConfig = ProtocolsConfig()
+    routes: RoutesConfig = RoutesConfig()
 
     @field_validator("open_ports")
     @classmethod
@@ -159,6 +177,10 @@ class FileExporterConfig(_Strict):
     path: str
 
 
+class PrometheusExporterConfig(_Strict):
+    endpoint: str = "127.0.0.1:9464"  # the scrape endpoint (host:port)
+
+
 RECEIVER_TYPES: dict[str, type[_Strict]] = {
     "ebpf": EbpfReceiverConfig,
     "otlp": OtlpReceiverConfig,
@@ -174,7 +196,10 @@ EXPORTER_TYPES: dict[str, type[_Strict]] = {
     "otlphttp": OtlpExporterConfig,
     "debug": DebugExporterConfig,
     "file": FileExporterConfig,
+    "prometheus": PrometheusExporterConfig,
 }
+TRACES_ONLY = frozenset({"file"})
+METRICS_ONLY = frozenset({"prometheus"})
 
 
 class HealthCheckConfig(EndpointConfig):
@@ -189,7 +214,7 @@ class PipelineConfig(_Strict):
 
 class ServiceConfig(_Strict):
     extensions: list[str] = []
-    pipelines: dict[Literal["traces"], PipelineConfig]
+    pipelines: dict[Literal["traces", "metrics"], PipelineConfig]
 
 
 class Config(_Strict):
@@ -201,8 +226,14 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        if "traces" not in self.service.pipelines:
+            raise ValueError("service.pipelines: a traces pipeline is required")
         for name, pipe in self.service.pipelines.items():
             where = f"service.pipelines.{name}"
+            wrong = METRICS_ONLY if name == "traces" else TRACES_ONLY
+            for item in pipe.exporters:
+                if item.split("/", 1)[0] in wrong:
+                    raise ValueError(f"{where}.exporters: {item!r} cannot export {name}")
             for ref, known in (
                 ("receivers", self.receivers),
                 ("processors", self.processors),
@@ -288,7 +319,33 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
             exporters["debug"] = {}
         elif name != "none":
             raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}")
-    return document(exporters, otlp={})
+    return document(exporters, otlp={}, metrics=_default_metrics(env, exporters))
+
+
+def _default_metrics(env: dict[str, str], exporters: dict[str, Any]) -> list[str]:
+    """Metric exporters per OTEL_METRICS_EXPORTER; by default OTLP when traces go there."""
+    wanted = [e.strip() for e in env.get("OTEL_METRICS_EXPORTER", "").split(",") if e.strip()]
+    otlp = [k for k in exporters if k in ("otlp", "otlphttp")]
+    if not wanted:
+        return otlp
+    names = []
+    for name in wanted:
+        if name == "otlp":
+            if not otlp:
+                exporters["otlphttp"] = {}
+                otlp = ["otlphttp"]
+            names += otlp
+        elif name == "prometheus":
+            host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+            port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+            exporters["prometheus"] = {"endpoint": f"{host}:{port}"}
+            names.append("prometheus")
+        elif name == "console":
+            exporters.setdefault("debug", {})
+            names.append("debug")
+        elif name != "none":
+            raise ConfigError(f"OTEL_METRICS_EXPORTER: unknown exporter {name!r}")
+    return names
 
 
 def document(
@@ -296,24 +353,26 @@ def document(
     health: dict[str, Any] | None = None,
     batch: dict[str, Any] | None = None,
     otlp: dict[str, Any] | None = None,
+    metrics: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One traces pipeline: ebpf (and otlp, when given) -> batch -> the given exporters."""
+    """A traces pipeline: ebpf (and otlp, when given) -> batch -> the exporters that
+    export spans; a metrics pipeline to the exporters named in `metrics`, if any."""
     receivers: dict[str, Any] = {"ebpf": {}} if otlp is None else {"ebpf": {}, "otlp": otlp}
+    pipelines: dict[str, Any] = {
+        "traces": {
+            "receivers": list(receivers),
+            "processors": ["correlate", "batch"],
+            "exporters": [k for k in exporters if k.split("/", 1)[0] not in METRICS_ONLY],
+        }
+    }
+    if metrics:
+        pipelines["metrics"] = {"receivers": ["ebpf"], "exporters": metrics}
     return {
         "receivers": receivers,
         "processors": {"correlate": {}, "batch": batch or {}},
         "exporters": exporters,
         "extensions": {"health_check": health or {}},
-        "service": {
-            "extensions": ["health_check"],
-            "pipelines": {
-                "traces": {
-                    "receivers": list(receivers),
-                    "processors": ["correlate", "batch"],
-                    "exporters": list(exporters),
-                }
-            },
-        },
+        "service": {"extensions": ["health_check"], "pipelines": pipelines},
     }
 
 

@@ -50,6 +50,8 @@ class DataEvent(NamedTuple):
     cap_offset: int  # stream offset of payload[0]
     payload: bytes  # the first bytes, bounded by the capture size
     comm: bytes  # the kernel's 16-byte task name, NUL-padded
+    retransmits: int = 0  # the connection's retransmitted segments so far
+    srtt_us: int = 0  # its smoothed RTT at the last segment received (0: not known)
 
 
 class DatagramEvent(NamedTuple):
@@ -87,6 +89,35 @@ class ConnClose(NamedTuple):
     ts: int
     bytes_egress: int
     bytes_ingress: int
+    role: Role = Role.UNKNOWN
+    pid: int = 0
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    opened: int = 0  # when the kernel first saw it (0: before the collector started)
+    retransmits: int = 0
+    srtt_us: int = 0
+    resets_in: int = 0
+    resets_out: int = 0
+    connect_failed: bool = False  # it never left SYN_SENT
+
+    @property
+    def failure(self) -> str | None:
+        """Why a connect failed: refused (RST), timeout (SYNs retransmitted), unreachable."""
+        if not self.connect_failed:
+            return None
+        if self.resets_in:
+            return "refused"
+        return "timeout" if self.retransmits else "unreachable"
+
+
+class ResetSent(NamedTuple):
+    """This host sent a RST on a connection that had already closed (an abortive close)."""
+
+    sk: int
+    ts: int
+    pid: int
+    local: Endpoint
+    remote: Endpoint
 
 
 class SelfConn(NamedTuple):
@@ -95,7 +126,7 @@ class SelfConn(NamedTuple):
     sk: int
 
 
-KernelEvent = DataEvent | DatagramEvent | ConnOpen | ConnClose | SelfConn
+KernelEvent = DataEvent | DatagramEvent | ConnOpen | ConnClose | ResetSent | SelfConn
 
 
 # --- HTTP/1 parser output (processors.protocols.http1) -------------------------

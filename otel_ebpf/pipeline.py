@@ -9,16 +9,20 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_ebpf.config import Config
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
-from otel_ebpf.model import Endpoint
+from otel_ebpf.metrics import CollectorMetrics, metric_exporter, periodic_reader
+from otel_ebpf.model import ConnClose, Endpoint, ResetSent
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
+from otel_ebpf.processors.metrics_recorder import MetricsRecorder
+from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
@@ -65,6 +69,26 @@ def _batch_processor(exporter: CountingExporter, config: Config) -> BatchSpanPro
         if batch.max_queue_size is not None:
             kwargs["max_queue_size"] = batch.max_queue_size
     return BatchSpanProcessor(exporter, **kwargs)
+
+
+def _metric_readers(config: Config) -> list[MetricReader]:
+    """One reader per metrics exporter: periodic export, or a Prometheus scrape endpoint."""
+    readers: list[MetricReader] = []
+    for name in config.service.pipelines["metrics"].exporters:
+        cfg = config.exporters[name]
+        if name.split("/", 1)[0] == "prometheus":
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import start_http_server
+
+            host, _, port = cfg.endpoint.rpartition(":")
+            start_http_server(int(port), addr=host or "0.0.0.0")
+            log.info("Prometheus metrics on http://%s/metrics", cfg.endpoint)
+            readers.append(PrometheusMetricReader())
+            continue
+        exporter = metric_exporter(name, cfg)
+        if exporter is not None:
+            readers.append(periodic_reader(exporter))
+    return readers
 
 
 class Collector:
@@ -116,6 +140,17 @@ class Collector:
             protocol_ports=dict(ebpf.protocols.ports),
             dns_timeout_s=ebpf.protocols.dns_timeout,
         )
+        self.metrics: CollectorMetrics | None = None
+        self.recorder: MetricsRecorder | None = None
+        if "metrics" in config.service.pipelines:
+            self.metrics = CollectorMetrics(_metric_readers(config), self.telemetry)
+            routes = RouteTemplates(ebpf.routes.id_patterns, ebpf.routes.max_per_service)
+            self.recorder = MetricsRecorder(
+                self.metrics,
+                routes,
+                self.tracker.service_at,
+                lambda pid: self._processes.get(pid).service_name,
+            )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
         otlp = config.otlp
@@ -130,13 +165,26 @@ class Collector:
 
     def _on_kernel_event(self, event: Any) -> None:
         """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
+        kind = type(event)
+        if kind is ResetSent:
+            self._on_reset(event)
+            return
         self.tracker.handle(event)
+        if kind is ConnClose and self.recorder is not None:
+            self.recorder.closed(event)
+
+    def _on_reset(self, ev: ResetSent) -> None:
+        closed = self.tracker.recently_closed(ev.sk)
+        if self.recorder is not None and closed is not None and closed[2] is not None:
+            self.recorder.reset_sent(ev, *closed)  # type: ignore[arg-type]
 
     def _on_exchange(self, exchange: Exchange, conn: Connection) -> None:
         span = self._spans.build(exchange, conn)
         if span is None:
             return
         self.telemetry.spans_built += 1
+        if self.recorder is not None:
+            self.recorder.span(span, conn.local, conn.remote)
         if self.merger is None:
             self._export(span)
             return
@@ -223,6 +271,8 @@ class Collector:
             if now >= next_lost_check:
                 self._check_lost()
                 self.tracker.expire(time.monotonic_ns())
+                if self.metrics is not None:
+                    self.metrics.tracked_connections = len(self.tracker)
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
@@ -263,6 +313,8 @@ class Collector:
             self.merger.expire(everything=True)  # held spans leave as they are
         for processor in self._processors:
             processor.shutdown()  # type: ignore[no-untyped-call]  # flushes what is queued
+        if self.metrics is not None:
+            self.metrics.shutdown()  # a last export of what was measured
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from otel_ebpf.model import Endpoint, Role
 from otel_ebpf.processors.propagation import WireContext, extract
@@ -51,6 +51,17 @@ MATCH_WINDOW_NS = 60_000_000_000
 MAX_AGE_NS = 300_000_000_000  # server requests never finished (dropped) expire
 
 
+class RequestNet(NamedTuple):
+    """TCP facts of one request's connection while the request was in flight."""
+
+    retransmits: int
+    bytes_sent: int
+    bytes_received: int
+    srtt_us: int  # 0: not known
+    new_connection: bool  # the first request of a connection the collector saw open
+    reset: bool  # the connection was reset before the request finished
+
+
 class RequestContext:
     """Correlation state of one request, from its head to its span."""
 
@@ -58,6 +69,8 @@ class RequestContext:
         "duplicates_sdk",
         "held",
         "key",
+        "net",
+        "net_start",
         "parent_id",
         "pid",
         "resolved",
@@ -84,6 +97,10 @@ class RequestContext:
         self.resolved = False
         self.held = False  # its trace may be rooted in a request the app's SDK also traced
         self.duplicates_sdk = False  # a call whose context the sending app created itself
+        # What TCP did on the connection during the request (set by the tracker):
+        # counters at its start, then the facts at its end.
+        self.net_start: tuple[int, int, int, bool] | None = None
+        self.net: RequestNet | None = None
 
 
 class Correlator:

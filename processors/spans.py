@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -59,6 +61,8 @@ class SpanBuilder:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
+        # Server span durations by their client span's id (both ends on this node).
+        self._server_time: OrderedDict[int, int] = OrderedDict()
 
     def build(self, x: Exchange, conn: Connection) -> ReadableSpan | None:
         """The span for one exchange; None where none is due (a database server's side)."""
@@ -121,6 +125,35 @@ class SpanBuilder:
                 attrs["error.type"] = r.rcode
                 status = Status(StatusCode.ERROR, r.rcode)
         return self._client_span(f"DNS {q.qtype}", x, conn, attrs, status)  # type: ignore[arg-type]
+
+    def _network_facts(
+        self, attrs: dict[str, Any], token: object, kind: SpanKind, duration_ns: int
+    ) -> None:
+        """What TCP did during the request; for a client whose server is on this
+        node, how its time splits between the server and everything else."""
+        if not isinstance(token, RequestContext):
+            return
+        net = token.net
+        if net is not None:
+            attrs["otel_ebpf.tcp.retransmits"] = net.retransmits
+            attrs["otel_ebpf.tcp.bytes_sent"] = net.bytes_sent
+            attrs["otel_ebpf.tcp.bytes_received"] = net.bytes_received
+            attrs["otel_ebpf.tcp.connection.new"] = net.new_connection
+            if net.srtt_us:
+                attrs["otel_ebpf.tcp.rtt"] = net.srtt_us / 1e6
+            if net.reset:
+                attrs["otel_ebpf.tcp.reset"] = True
+        if not token.resolved:
+            return
+        if kind == SpanKind.SERVER and token.parent_id:
+            self._server_time[token.parent_id] = duration_ns
+            if len(self._server_time) > 4096:
+                self._server_time.popitem(last=False)
+        elif kind == SpanKind.CLIENT:
+            server_ns = self._server_time.pop(token.span_id, None)
+            if server_ns is not None and server_ns <= duration_ns:
+                attrs["otel_ebpf.time.server"] = server_ns / 1e9
+                attrs["otel_ebpf.time.network"] = (duration_ns - server_ns) / 1e9
 
     def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
         rc = token
@@ -197,6 +230,7 @@ class SpanBuilder:
             if kind == SpanKind.SERVER:
                 attrs["client.address"] = conn.remote.address
                 attrs["client.port"] = conn.remote.port
+        self._network_facts(attrs, x.token, kind, x.end_ts - x.start_ts)
         context, parent = self._ids(x.token)
         assert conn.process is not None
         return ReadableSpan(
@@ -290,6 +324,8 @@ class SpanBuilder:
             status = Status(StatusCode.ERROR, "connection ended before a response")
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
+        kind = SpanKind.SERVER if server else SpanKind.CLIENT
+        self._network_facts(attrs, x.token, kind, x.end_ts - x.start_ts)
         context, parent = self._ids(x.token)
         process = conn.process
         assert process is not None

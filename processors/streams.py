@@ -30,7 +30,7 @@ from otel_ebpf.model import (
     SelfConn,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
-from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestStart
+from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestNet, RequestStart
 from otel_ebpf.processors.protocols.detect import WELL_KNOWN_PORTS, detect
 from otel_ebpf.processors.protocols.dns import DnsExchange, DnsQueries, DnsTcpConnection
 from otel_ebpf.processors.protocols.http1 import (
@@ -98,10 +98,14 @@ class Connection:
         "protos_tried",
         "quiet",
         "remote",
+        "requests",
+        "reset",
+        "retransmits",
         "role",
         "seen_from_start",
         "selected",
         "sk",
+        "srtt_us",
         "stream_pos",
         "undecided",
     )
@@ -124,6 +128,10 @@ class Connection:
         self.quiet = [0, 0]  # quiet offsets already sent to the kernel
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
         self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
+        self.requests = 0  # requests started on it
+        self.reset = False  # it ended with a RST (sent or received)
+        self.retransmits = 0  # the kernel's counters as of its last event
+        self.srtt_us = 0
 
     @property
     def server_port(self) -> int:
@@ -150,7 +158,8 @@ class ProcSockets:
     def lookup(self, pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
         now = time.monotonic()
         snap = self._snapshots.get(pid)
-        if snap is None or now - snap[0] > self._ttl:
+        stale = snap is not None and fd not in snap[1] and now - snap[0] > 0.1
+        if snap is None or stale or now - snap[0] > self._ttl:
             if len(self._snapshots) > 1024:
                 self._snapshots.clear()
             snap = self._snapshots[pid] = (now, self._read(pid))
@@ -219,8 +228,25 @@ class ConnectionTracker:
         self._event: DataEvent | DatagramEvent | None = None  # the event being fed
         self._holding: dict[int, Connection] = {}  # connections with held calls
         self._own_checked = 0.0
+        self._by_ends: dict[tuple[Endpoint, Endpoint], Connection] = {}  # (local, remote)
+        self._closed: OrderedDict[int, tuple[Role, Endpoint | None, Endpoint | None]] = (
+            OrderedDict()
+        )
         self._own_pid = os.getpid()
         self._releasing = False
+
+    def service_at(self, local: Endpoint, remote: Endpoint) -> str | None:
+        """The service of the process at the other end of (local, remote), if on this node."""
+        peer = self._by_ends.get((remote, local))
+        return peer.process.service_name if peer is not None and peer.process else None
+
+    def recently_closed(self, sk: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
+        """Role and ends of a connection that closed lately (an abortive close's RST)."""
+        return self._closed.get(sk)
+
+    def _forget_ends(self, conn: Connection) -> None:
+        if conn.local and conn.remote and self._by_ends.get((conn.local, conn.remote)) is conn:
+            del self._by_ends[(conn.local, conn.remote)]
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
@@ -312,6 +338,7 @@ class ConnectionTracker:
             if len(self._conns) >= self._max:
                 _, old = self._conns.popitem(last=False)
                 self._telemetry.connections_evicted += 1
+                self._forget_ends(old)
                 self._finish(old, 0)
             conn = self._conns[sk] = Connection(sk, role)
             self._telemetry.connections_tracked += 1
@@ -321,6 +348,7 @@ class ConnectionTracker:
         self._forget_own(ev.sk)  # a new connection: whatever we knew of this address is gone
         old = self._conns.pop(ev.sk, None)
         if old is not None:  # the socket address was reused: its close was lost
+            self._forget_ends(old)
             self._finish(old, ev.ts)
         if ev.role == Role.CLIENT and ev.remote.port in self._own_listeners:
             self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
@@ -336,6 +364,7 @@ class ConnectionTracker:
             return
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
+        self._by_ends[(ev.local, ev.remote)] = conn
         conn.seen_from_start = True
         conn.stream_pos = [0, 0]  # both streams start at the handshake
         conn.pid = ev.pid
@@ -361,8 +390,17 @@ class ConnectionTracker:
         if ev.sk in self._own:
             self._forget_own(ev.sk)
             return
+        conn = self._conns.get(ev.sk)
+        if conn is not None and conn.held:
+            self._release(conn)  # calls still waiting come before the close
         conn = self._conns.pop(ev.sk, None)
         if conn is not None:
+            conn.reset = bool(ev.resets_in or ev.resets_out)
+            conn.retransmits = max(conn.retransmits, ev.retransmits)
+            self._forget_ends(conn)
+            self._closed[ev.sk] = (conn.role, conn.local, conn.remote)
+            if len(self._closed) > 1024:
+                self._closed.popitem(last=False)
             self._finish(conn, ev.ts)
 
     def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
@@ -392,6 +430,7 @@ class ConnectionTracker:
         elif conn.gen != ev.gen:
             if conn.gen:  # the address was reused and we missed the close
                 self._conns.pop(ev.sk)
+                self._forget_ends(conn)
                 self._finish(conn, ev.ts)
                 conn = self._connection(ev.sk, ev.role)
             conn.gen = ev.gen
@@ -417,6 +456,7 @@ class ConnectionTracker:
             return
         if expected is None:
             expected = ev.cap_offset
+        conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
         http = conn.proto
         assert http is not None  # selected connections have a parser
@@ -434,6 +474,7 @@ class ConnectionTracker:
         if tail > 0:
             out += http.skip(is_request, tail, ev.ts)
         conn.stream_pos[d] = end
+        conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
         if conn.seen_from_start and ev.offset == 0 and http.not_protocol(is_request):
             self._fall_back(conn, ev)
             return
@@ -460,14 +501,19 @@ class ConnectionTracker:
         """End of a ring-buffer poll: calls still waiting go on, gaps and all."""
         holding, self._holding = self._holding, {}
         for conn in holding.values():
-            held, conn.held = conn.held, []
-            self._releasing = True
-            try:
-                for ev in held:
-                    if self._conns.get(conn.sk) is conn and conn.selected:
-                        self._on_data(ev)
-            finally:
-                self._releasing = False
+            self._release(conn)
+
+    def _release(self, conn: Connection) -> None:
+        """Feed a connection's held calls in arrival order, gaps and all."""
+        held, conn.held = conn.held, []
+        self._holding.pop(conn.sk, None)
+        self._releasing = True
+        try:
+            for ev in held:
+                if self._conns.get(conn.sk) is conn and conn.selected:
+                    self._on_data(ev)
+        finally:
+            self._releasing = False
 
     def _release_next(self, conn: Connection) -> None:
         """The missing call came: held calls that now follow on go, in arrival order."""
@@ -532,15 +578,38 @@ class ConnectionTracker:
     def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
         ev = self._event
         assert ev is not None
-        return self.correlator.started(
+        rc = self.correlator.started(
             conn.role, head, ev.pid, ev.tid, conn.local, conn.remote, conn.seen_from_start
         )
+        if type(ev) is DataEvent:
+            sent, received = (p or 0 for p in conn.stream_pos)
+            new = conn.seen_from_start and conn.requests == 0
+            rc.net_start = (conn.retransmits, sent, received, new)
+        conn.requests += 1
+        return rc
 
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         for x in exchanges:
             if isinstance(x.token, RequestContext):
+                self._net_facts(x.token, conn)
                 self.correlator.finished(x.token)
             self._sink(x, conn)
+
+    @staticmethod
+    def _net_facts(rc: RequestContext, conn: Connection) -> None:
+        """What TCP did between the request's start and now (its end)."""
+        if rc.net_start is None:
+            return
+        retrans, sent, received, new = rc.net_start
+        sent_now, received_now = (p or 0 for p in conn.stream_pos)
+        rc.net = RequestNet(
+            max(conn.retransmits - retrans, 0),
+            max(sent_now - sent, 0),
+            max(received_now - received, 0),
+            conn.srtt_us,
+            new,
+            conn.reset,
+        )
 
     def _ignore(self, conn: Connection) -> None:
         """No supported protocol from its first byte (TLS, HTTP/2, a database not
@@ -560,6 +629,7 @@ class ConnectionTracker:
         if ends:
             conn.local, conn.remote = ends
             conn.ipv6 = ":" in ends[0].address
+            self._by_ends[ends] = conn
 
     def _decide(self, conn: Connection, ev: DataEvent) -> bool:
         """First data on a connection: who owns it, which side it is, trace it or not."""

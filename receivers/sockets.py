@@ -25,6 +25,7 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     KernelEvent,
+    ResetSent,
     Role,
     SelfConn,
 )
@@ -56,13 +57,17 @@ REQUIRED_TRACEPOINTS = (
         for edge in ("enter", "exit")
     ),
     "syscalls/sys_enter_connect",
+    "tcp/tcp_retransmit_skb",
+    "tcp/tcp_receive_reset",
+    "tcp/tcp_send_reset",
 )
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
-_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM = 1, 2, 3, 4, 5
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16s4x")  # ends with the datagram peer
-_CONN = struct.Struct("<BBHIQQQQHH16s16s")
+_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET = 1, 2, 3, 4, 5, 6
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sII4x")  # peer, then TCP counters
+_CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
+_TCP_SYN_SENT = 2
 _AF_INET = 2
 _DIRECTIONS = tuple(Direction)
 _ROLES = tuple(Role)
@@ -103,6 +108,8 @@ def decode(raw: bytes) -> KernelEvent | None:
             _,
             _,
             _,
+            retransmits,
+            srtt_us,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -120,10 +127,12 @@ def decode(raw: bytes) -> KernelEvent | None:
             cap_off,
             payload,
             comm,
+            retransmits,
+            srtt_us,
         )
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
-        family, port, addr = fields[-3:]
+        family, port, addr = fields[15:18]
         start = _DATA_HEADER.size
         peer = Endpoint(_address(addr, family), port)
         return DatagramEvent(
@@ -139,14 +148,48 @@ def decode(raw: bytes) -> KernelEvent | None:
             peer,
             family != _AF_INET,
         )
-    if kind in (_EV_OPEN, _EV_CLOSE):
-        (_, role, family, pid, sk, ts, b_out, b_in, sport, dport, saddr, daddr) = _CONN.unpack_from(
-            raw
-        )
-        if kind == _EV_CLOSE:
-            return ConnClose(sk, ts, b_out, b_in)
+    if kind in (_EV_OPEN, _EV_CLOSE, _EV_RESET):
+        (
+            _,
+            role,
+            family,
+            pid,
+            sk,
+            ts,
+            b_out,
+            b_in,
+            sport,
+            dport,
+            saddr,
+            daddr,
+            opened,
+            retrans,
+            srtt,
+            resets_in,
+            resets_out,
+            oldstate,
+        ) = _CONN.unpack_from(raw)
         local = Endpoint(_address(saddr, family), sport)
         remote = Endpoint(_address(daddr, family), dport)
+        if kind == _EV_RESET:
+            return ResetSent(sk, ts, pid, local, remote)
+        if kind == _EV_CLOSE:
+            return ConnClose(
+                sk,
+                ts,
+                b_out,
+                b_in,
+                _ROLES[role],
+                pid,
+                local,
+                remote,
+                opened,
+                retrans,
+                srtt,
+                resets_in,
+                resets_out,
+                oldstate == _TCP_SYN_SENT,
+            )
         ipv6 = family != _AF_INET and ":" in local.address
         return ConnOpen(sk, ts, Role(role), pid, local, remote, ipv6)
     if kind == _EV_SELF:
@@ -156,6 +199,14 @@ def decode(raw: bytes) -> KernelEvent | None:
 
 def tracepoint_exists(name: str) -> bool:
     return (TRACEFS / "events" / name / "id").exists()
+
+
+def tracepoint_has_field(name: str, field: str) -> bool:
+    try:
+        text = (TRACEFS / "events" / name / "format").read_text()
+    except OSError:
+        return False
+    return f" {field};" in text
 
 
 def program_source() -> str:
@@ -214,6 +265,8 @@ class SocketReceiver:
             f"-DOPTIONAL_IO={optional}",
             "-Wno-macro-redefined",
         ]
+        if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
+            cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         try:
             bpf = BPF(text=program_source(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
@@ -221,6 +274,10 @@ class SocketReceiver:
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
                 "run `otel-ebpf doctor`"
             ) from exc
+        try:
+            bpf.attach_tracepoint(tp="tcp:tcp_send_reset", fn_name="on_tcp_send_reset")
+        except Exception as exc:  # resets sent go uncounted; everything else works
+            log.warning("tcp:tcp_send_reset not attached (%s): resets sent are not counted", exc)
         bpf["events"].open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]

@@ -79,6 +79,8 @@ def collector(
             "otlp/jaeger": {"endpoint": f"127.0.0.1:{jaeger.otlp}", "insecure": True},
         },
         otlp_in=True,
+        metrics=["otlp"],  # metrics to the gRPC sink, every second
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"},
     )
     yield proc
     code = proc.stop()

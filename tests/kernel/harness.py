@@ -90,6 +90,7 @@ class CollectorProcess:
         exporters: dict[str, Any],
         extra_env: dict[str, str] | None = None,
         otlp_in: bool = False,
+        metrics: list[str] | None = None,
     ) -> None:
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
@@ -104,6 +105,7 @@ class CollectorProcess:
             health={"endpoint": f"127.0.0.1:{self.health_port}"},
             batch={"timeout": "200ms"},
             otlp=otlp if otlp_in else None,
+            metrics=metrics,
         )
         tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / "collector.yaml"

@@ -9,6 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -84,12 +88,55 @@ class SpanStore:
             ]
 
 
+@dataclass(frozen=True)
+class Point:
+    """The latest cumulative value of one series."""
+
+    value: float  # sums: the total; histograms: the count
+    total: float = 0.0  # histograms: the sum of the recorded values
+    bounds: tuple[float, ...] = ()
+    buckets: tuple[int, ...] = ()
+
+
+@dataclass
+class MetricStore:
+    """Latest cumulative point per (metric, attributes)."""
+
+    points: dict[tuple[str, frozenset[tuple[str, Any]]], Point] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        with self.lock:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        self._metric(m)
+
+    def _metric(self, m: Any) -> None:
+        kind = m.WhichOneof("data")
+        data = getattr(m, kind)
+        for p in data.data_points:
+            attrs = frozenset((a.key, _value(a.value)) for a in p.attributes)
+            if kind == "histogram":
+                point = Point(p.count, p.sum, tuple(p.explicit_bounds), tuple(p.bucket_counts))
+            else:
+                point = Point(p.as_int if p.WhichOneof("value") == "as_int" else p.as_double)
+            self.points[(m.name, attrs)] = point
+
+    def series(self, name: str, **attrs: Any) -> dict[frozenset[tuple[str, Any]], Point]:
+        """Series of a metric whose attributes include `attrs`."""
+        want = set(attrs.items())
+        with self.lock:
+            return {a: p for (n, a), p in self.points.items() if n == name and want <= set(a)}
+
+
 class GrpcSink:
-    """OTLP/gRPC trace receiver; `keep=False` discards (benchmarks)."""
+    """OTLP/gRPC trace and metrics receiver; `keep=False` discards (benchmarks)."""
 
     def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.store = SpanStore()
-        store = self.store
+        self.metrics = MetricStore()
+        store, metrics = self.store, self.metrics
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
@@ -97,8 +144,17 @@ class GrpcSink:
                     store.add(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                if keep:
+                    metrics.add(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            MetricsServicer(), self._server
+        )
         self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self._server.start()
 

@@ -2,11 +2,15 @@
 
 import socket
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle and the client's
+    # delayed ACK hold every keep-alive response back by 40 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args: object) -> None:
         pass
@@ -38,6 +42,11 @@ class Handler(BaseHTTPRequestHandler):
             for part in (b"alpha", b"beta" * 100, b"gamma"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path.startswith("/sleep/"):  # /sleep/300: the handler takes 300 ms
+            time.sleep(int(self.path.rsplit("/", 1)[1]) / 1000)
+        if self.path.startswith("/big/"):  # /big/N: an N-byte body
+            self._reply(200, b"x" * int(self.path.rsplit("/", 1)[1]))
             return
         if self.path.startswith("/status/"):
             path = self.path.partition("?")[0]

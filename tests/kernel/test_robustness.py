@@ -70,8 +70,10 @@ def test_connection_opened_before_the_collector_is_traced_from_its_next_request(
         for i in range(3):
             conn.request("GET", f"/after/{i}")
             conn.getresponse().read()
-        conn.close()
+        # A long-lived connection stays open: its tuple is read from /proc when the
+        # collector first sees it, which must not be after the close.
         time.sleep(1.0)
+        conn.close()
     finally:
         assert late.stop() == 0
 

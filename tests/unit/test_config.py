@@ -111,7 +111,7 @@ def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
             VALID.replace("otlp/jaeger: {", "zipkin: {").replace(
                 "[otlp/jaeger, debug]", "[zipkin]"
             ),
-            "exporters.zipkin: unknown exporter type 'zipkin' (known: otlp, otlphttp, debug, file)",
+            "exporters.zipkin: unknown exporter type 'zipkin' (known: otlp, otlphttp, debug, file, prometheus)",
         ),
         (
             VALID.replace('"127.0.0.1:9999"', '"nowhere"'),

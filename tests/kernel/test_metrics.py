@@ -1,0 +1,160 @@
+"""Metrics exported over real OTLP: RED histograms, route templates, TCP health,
+the service graph, and network facts on spans."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import time
+import urllib.request
+
+import pytest
+
+from harness import CollectorProcess, PythonServer, free_port, wait_until
+from otlp_sink import CLIENT, GrpcSink, Point
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def get(port: int, paths: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for path in paths:
+        conn.request("GET", path)
+        conn.getresponse().read()
+    conn.close()
+
+
+def settle(read: object, want: object, what: str, timeout: float = 30) -> None:
+    wait_until(lambda: read() == want, timeout, what)  # type: ignore[operator]
+
+
+def test_red_histograms_count_requests_by_method_route_and_status(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    def counts() -> dict[tuple[str, str, int], int]:
+        series = grpc_sink.metrics.series(
+            "http.server.request.duration", **{"service.name": "py-backend"}
+        )
+        out: dict[tuple[str, str, int], int] = {}
+        for attrs, point in series.items():
+            a = dict(attrs)
+            if a.get("http.route") == "/status/{id}":
+                key = (a["http.request.method"], a["http.route"], a["http.response.status_code"])
+                out[key] = int(point.value)
+        return out
+
+    before = counts()
+    mix = {200: 20, 404: 10, 500: 5}
+    get(py_server.port, [f"/status/{code}" for code, n in mix.items() for _ in range(n)])
+    want = {
+        ("GET", "/status/{id}", code): before.get(("GET", "/status/{id}", code), 0) + n
+        for code, n in mix.items()
+    }
+    settle(counts, want, "RED counts per status")
+    point = next(iter(grpc_sink.metrics.series("http.server.request.duration").values()))
+    assert point.bounds == HTTP_BUCKETS  # the conventions' advisory boundaries, in seconds
+
+
+def test_route_templates_keep_cardinality_under_the_cap(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    # End to end on 2,000 ids (the unit tests push 10,000 through the same code).
+    ids = [f"/users/{i}/orders/{i * 7919:012x}" for i in range(2_000)]
+    words = [f"/page-{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(150)]
+    get(py_server.port, ids + words)
+
+    def routes() -> set[str]:
+        series = grpc_sink.metrics.series(
+            "http.server.request.duration", **{"service.name": "py-backend"}
+        )
+        return {dict(a).get("http.route", "") for a in series}
+
+    wait_until(lambda: "/{other}" in routes(), 60, "the overflow route")
+    got = routes()
+    assert "/users/{id}/orders/{id}" in got
+    assert len(got) <= 100 + 1  # max_per_service (default 100) plus the overflow series
+
+
+def test_refused_connects_and_resets_are_counted_on_the_right_side(
+    collector: CollectorProcess, grpc_sink: GrpcSink
+) -> None:
+    closed = free_port()
+    for _ in range(3):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", closed), timeout=2)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    for _ in range(2):  # an aborting server: SO_LINGER 0 sends a RST on close
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        client.sendall(b"ping")
+        accepted.recv(4)
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.close()
+        time.sleep(0.1)
+        with pytest.raises(ConnectionResetError):
+            client.recv(10)
+        client.close()
+    server.close()
+
+    def total(name: str, **attrs: object) -> int:
+        return int(sum(p.value for p in grpc_sink.metrics.series(name, **attrs).values()))
+
+    failure = {"server.port": closed, "otel_ebpf.tcp.failure": "refused"}
+    wait_until(lambda: total("otel_ebpf.tcp.connections.failed", **failure) == 3, 30, "refused")
+    received = {"server.port": port, "network.io.direction": "receive", "direction": "active"}
+    wait_until(lambda: total("otel_ebpf.tcp.resets", **received) == 2, 30, "client resets")
+    sent = {"server.port": port, "network.io.direction": "transmit", "direction": "passive"}
+    wait_until(lambda: total("otel_ebpf.tcp.resets", **sent) == 2, 30, "server resets")
+
+
+def test_service_graph_names_both_ends(
+    collector: CollectorProcess, grpc_sink: GrpcSink, chain: tuple[PythonServer, PythonServer]
+) -> None:
+    middle, _ = chain
+    for _ in range(5):
+        with urllib.request.urlopen(f"http://127.0.0.1:{middle.port}/chain", timeout=10) as r:
+            r.read()
+
+    def edge(client: str, server: str) -> Point | None:
+        series = grpc_sink.metrics.series(
+            "traces_service_graph_request_total", client=client, server=server
+        )
+        return next(iter(series.values()), None)
+
+    wait_until(lambda: (edge("svc-b", "svc-c") or Point(0)).value >= 5, 30, "svc-b -> svc-c")
+    assert grpc_sink.metrics.series(
+        "traces_service_graph_request_server_seconds", client="svc-b", server="svc-c"
+    )
+
+
+def test_client_spans_carry_tcp_facts_and_the_time_split(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    since = time.time_ns()
+    get(py_server.port, ["/sleep/300", "/big/200000"])
+    wait_until(lambda: len(_clients(grpc_sink, py_server.port, since)) >= 2, 30, "two client spans")
+    slow, big = sorted(_clients(grpc_sink, py_server.port, since), key=lambda s: s.start_ns)
+    assert slow.attributes["otel_ebpf.tcp.connection.new"] is True
+    assert big.attributes["otel_ebpf.tcp.connection.new"] is False  # same keep-alive connection
+    assert big.attributes["otel_ebpf.tcp.bytes_received"] > 200_000
+    assert big.attributes["otel_ebpf.tcp.retransmits"] == 0
+    # The server took 300 ms of the client's time; the rest is network and queues.
+    server, network = (
+        slow.attributes["otel_ebpf.time.server"],
+        slow.attributes["otel_ebpf.time.network"],
+    )
+    assert server >= 0.3 and network < server
+    assert abs((server + network) - slow.duration_s) < 1e-6
+
+
+def _clients(sink: GrpcSink, port: int, since: int) -> list:  # type: ignore[type-arg]
+    return [
+        s
+        for s in list(sink.store.spans)
+        if s.kind == CLIENT
+        and s.start_ns >= since
+        and s.attributes.get("server.port") == port
+        and s.attributes.get("url.path", "").startswith(("/sleep", "/big"))
+    ]

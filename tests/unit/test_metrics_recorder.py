@@ -1,0 +1,135 @@
+"""RED histograms, route templates, TCP health and the service graph, read back
+through the SDK's in-memory reader (pure logic: no kernel, no exporter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics
+from otel_ebpf.model import ConnClose, Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.processes import ProcessInfo
+from otel_ebpf.processors.metrics_recorder import MetricsRecorder
+from otel_ebpf.processors.routes import OVERFLOW, RouteTemplates
+from otel_ebpf.processors.spans import SpanBuilder
+from otel_ebpf.processors.streams import Connection
+from otel_ebpf.telemetry import SelfTelemetry
+
+SERVER_END, CLIENT_END = Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.2", 50000)
+
+
+def setup(
+    peers: dict[tuple[Endpoint, Endpoint], str] | None = None,
+) -> tuple[MetricsRecorder, InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    metrics = CollectorMetrics([reader], SelfTelemetry())
+    recorder = MetricsRecorder(
+        metrics,
+        RouteTemplates(max_per_service=100),
+        lambda local, remote: (peers or {}).get((local, remote)),
+        lambda pid: f"svc-{pid}",
+    )
+    return recorder, reader
+
+
+def conn(role: Role, service: str) -> Connection:
+    c = Connection(1, role)
+    if role == Role.SERVER:
+        c.local, c.remote = SERVER_END, CLIENT_END
+    else:
+        c.local, c.remote = CLIENT_END, SERVER_END
+    c.process = ProcessInfo(7, service, service, service, Resource({"service.name": service}))
+    return c
+
+
+def request(path: str, status: int, role: Role, service: str, recorder: MetricsRecorder) -> None:
+    head = HttpHead(True, "GET", path, 0, "1.1", {}, 1_000, False)
+    resp = HttpHead(False, "", "", status, "1.1", {}, 2_000_000, False)
+    c = conn(role, service)
+    span = SpanBuilder(epoch_offset=0).build(HttpExchange(head, 0, resp, 0, 1_000, 2_000_000), c)
+    assert span is not None
+    recorder.span(span, c.local, c.remote)
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == name
+        for p in m.data.data_points
+    ]
+
+
+def test_red_counts_by_method_route_status_with_the_advised_buckets() -> None:
+    recorder, reader = setup()
+    for status, n in ((200, 7), (404, 3), (503, 2)):
+        for i in range(n):
+            request(f"/orders/{i}", status, Role.SERVER, "shop", recorder)
+    got = {
+        (p.attributes["http.route"], p.attributes["http.response.status_code"]): p.count
+        for p in points(reader, "http.server.request.duration")
+    }
+    assert got == {("/orders/{id}", 200): 7, ("/orders/{id}", 404): 3, ("/orders/{id}", 503): 2}
+    (p, *_) = points(reader, "http.server.request.duration")
+    assert tuple(p.explicit_bounds) == HTTP_BUCKETS and p.attributes["service.name"] == "shop"
+    assert p.attributes.get("error.type") in (None, "503")
+
+
+def test_ten_thousand_ids_stay_under_the_route_cap() -> None:
+    recorder, reader = setup()
+    for i in range(10_000):
+        request(f"/users/{i}/orders/{i * 2654435761:016x}", 200, Role.SERVER, "shop", recorder)
+    for i in range(300):  # distinct templates: the cap must hold
+        request(f"/p-{chr(97 + i % 26)}{chr(97 + i // 26)}", 200, Role.SERVER, "shop", recorder)
+    routes = {p.attributes["http.route"] for p in points(reader, "http.server.request.duration")}
+    assert "/users/{id}/orders/{id}" in routes and OVERFLOW in routes
+    assert len(routes) == 100 + 1
+
+
+def test_service_graph_uses_the_peer_process_name() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "backend"})
+    request("/x", 200, Role.CLIENT, "frontend", recorder)
+    request("/x", 500, Role.CLIENT, "frontend", recorder)
+    (total,) = points(reader, "traces_service_graph_request_total")
+    assert dict(total.attributes) == {"client": "frontend", "server": "backend"}
+    assert total.value == 2
+    (failed,) = points(reader, "traces_service_graph_request_failed_total")
+    assert failed.value == 1
+
+
+def test_tcp_health_from_connection_closes() -> None:
+    recorder, reader = setup()
+    refused = ConnClose(9, 10, 0, 0, Role.CLIENT, 42, CLIENT_END, SERVER_END, 5, 0, 0, 1, 0, True)
+    lossy = ConnClose(
+        10,
+        3_000_000_000,
+        500,
+        90_000,
+        Role.CLIENT,
+        42,
+        CLIENT_END,
+        SERVER_END,
+        1_000_000_000,
+        4,
+        250,
+        0,
+        0,
+        False,
+    )
+    recorder.closed(refused)
+    recorder.closed(lossy)
+    (failed,) = points(reader, "otel_ebpf.tcp.connections.failed")
+    assert failed.attributes["otel_ebpf.tcp.failure"] == "refused" and failed.value == 1
+    assert failed.attributes["service.name"] == "svc-42"
+    (retrans,) = points(reader, "otel_ebpf.tcp.retransmits")
+    assert retrans.value == 4 and retrans.attributes["server.port"] == 8080
+    (duration,) = points(reader, "otel_ebpf.tcp.connection.duration")
+    assert duration.sum == 2.0
+    (opened,) = points(reader, "otel_ebpf.tcp.connections.opened")
+    assert opened.value == 1 and opened.attributes["direction"] == "active"
