@@ -495,3 +495,42 @@ def with_resolver(nameserver: str, argv: list[str]) -> subprocess.CompletedProce
     return subprocess.run(
         ["unshare", "-m", "sh", "-c", script, "sh", *argv], capture_output=True, text=True
     )
+
+
+class NetnsHosts:
+    """Two network namespaces joined by a veth pair: 10.77.0.1 (client side) and
+    10.77.0.2 (server side); loss and blackholes are made with nftables in them."""
+
+    def __init__(self, prefix: str = "oe") -> None:
+        self.client_ns, self.server_ns = f"{prefix}-a", f"{prefix}-b"
+        self.client_ip, self.server_ip = "10.77.0.1", "10.77.0.2"
+        self.close()  # leftovers of an interrupted run
+        for command in (
+            f"ip netns add {self.client_ns}",
+            f"ip netns add {self.server_ns}",
+            f"ip link add {prefix}-va netns {self.client_ns} type veth peer name {prefix}-vb"
+            f" netns {self.server_ns}",
+            f"ip -n {self.client_ns} addr add {self.client_ip}/24 dev {prefix}-va",
+            f"ip -n {self.server_ns} addr add {self.server_ip}/24 dev {prefix}-vb",
+            f"ip -n {self.client_ns} link set {prefix}-va up",
+            f"ip -n {self.server_ns} link set {prefix}-vb up",
+            f"ip -n {self.client_ns} link set lo up",
+            f"ip -n {self.server_ns} link set lo up",
+        ):
+            subprocess.run(command.split(), check=True, capture_output=True)
+
+    def run(self, ns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def nft(self, ns: str, rules: str) -> None:
+        """Load an nftables ruleset into a namespace (replacing the test table)."""
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=f"table inet oe_test\ndelete table inet oe_test\n{rules}".encode(),
+            check=True,
+            capture_output=True,
+        )
+
+    def close(self) -> None:
+        for ns in (self.client_ns, self.server_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -1,0 +1,144 @@
+"""Faults made on the project's own test hosts (two network namespaces and a veth):
+packet loss raises retransmits for exactly that peer, and spans carry them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from harness import HERE, CollectorProcess, NetnsHosts, free_port, wait_until
+from otlp_sink import SERVER, GrpcSink
+
+# Loss on the wire as the client's host receives it: 20 % of the server's packets
+# never arrive, so the server retransmits. (Dropped in the sender's own output
+# hook, TCP would just resend without counting a retransmission.)
+LOSS = """
+table inet oe_test {
+  chain in {
+    type filter hook input priority 0;
+    ip saddr 10.77.0.2 tcp sport %d numgen random mod 100 < 20 drop
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[NetnsHosts]:
+    h = NetnsHosts()
+    yield h
+    h.close()
+
+
+def test_packet_loss_shows_as_retransmits_for_that_peer_only(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    port = free_port()
+    env = {**os.environ, "OTEL_SERVICE_NAME": "lossy-server"}
+    server = hosts.run(
+        hosts.server_ns,
+        [sys.executable, str(HERE / "py_http_server.py"), str(port), hosts.server_ip],
+        env=env,
+    )
+    try:
+        wait_until(lambda: _answers(hosts, port), 15, "server in its namespace")
+
+        def retransmits() -> int:
+            series = grpc_sink.metrics.series(
+                "otel_ebpf.tcp.retransmits",
+                **{"service.name": "lossy-server", "network.peer.address": hosts.client_ip},
+            )
+            return int(sum(p.value for p in series.values()))
+
+        def client(n: int) -> None:
+            argv = [
+                sys.executable,
+                str(HERE / "netns_client.py"),
+                hosts.server_ip,
+                str(port),
+                "/big/100000",
+                str(n),
+            ]
+            assert hosts.run(hosts.client_ns, argv).wait(120) == 0
+
+        since = time.time_ns()
+        client(5)  # no loss yet
+        time.sleep(2.5)  # closes counted and exported (1 s interval)
+        assert retransmits() == 0
+        clean = _server_spans(grpc_sink, port, since)
+        assert len(clean) >= 5 and all(
+            s.attributes["otel_ebpf.tcp.retransmits"] == 0 for s in clean
+        )
+
+        hosts.nft(hosts.client_ns, LOSS % port)
+        since = time.time_ns()
+        client(10)
+        wait_until(lambda: retransmits() > 0, 30, "retransmits for the lossy peer")
+        lossy = _server_spans(grpc_sink, port, since)
+        assert sum(s.attributes["otel_ebpf.tcp.retransmits"] for s in lossy) > 0
+        # Only that peer: this service has no other peer with retransmits.
+        others = grpc_sink.metrics.series(
+            "otel_ebpf.tcp.retransmits", **{"service.name": "lossy-server"}
+        )
+        assert {dict(a)["network.peer.address"] for a in others} == {hosts.client_ip}
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(hosts: NetnsHosts, port: int) -> bool:
+    argv = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port), "/", "1"]
+    return hosts.run(hosts.client_ns, argv, stderr=-3).wait(10) == 0
+
+
+def _server_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignore[type-arg]
+    return [
+        s
+        for s in list(sink.store.spans)
+        if s.kind == SERVER
+        and s.start_ns >= since
+        and s.attributes.get("server.port") == port
+        and s.attributes.get("url.path") == "/big/100000"
+    ]
+
+
+BLACKHOLE = """
+table inet oe_test {
+  chain in {
+    type filter hook input priority 0;
+    tcp dport %d drop
+  }
+}
+"""
+
+
+def test_connecting_to_a_blackholed_address_is_a_timeout_failure(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    port = free_port()
+    hosts.nft(hosts.server_ns, BLACKHOLE % port)  # SYNs vanish: no RST, no answer
+    code = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{hosts.server_ip}', {port}), timeout=2.5)\n"
+        "except TimeoutError:\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    env = {**os.environ, "OTEL_SERVICE_NAME": "fault-client"}
+    assert hosts.run(hosts.client_ns, [sys.executable, "-c", code], env=env).wait(30) == 0
+
+    def failures() -> dict[str, int]:
+        series = grpc_sink.metrics.series(
+            "otel_ebpf.tcp.connections.failed", **{"service.name": "fault-client"}
+        )
+        return {
+            dict(a)["otel_ebpf.tcp.failure"]: int(p.value)
+            for a, p in series.items()
+            if dict(a).get("server.port") == port
+        }
+
+    wait_until(lambda: failures() == {"timeout": 1}, 30, "a timeout failure")
