@@ -4,6 +4,7 @@ packet loss raises retransmits for exactly that peer, and spans carry them."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import HERE, CollectorProcess, NetnsHosts, free_port, wait_until
-from otlp_sink import SERVER, GrpcSink
+from otlp_sink import CLIENT, SERVER, GrpcSink
 
 # Loss on the wire as the client's host receives it: 20 % of the server's packets
 # never arrive, so the server retransmits. (Dropped in the sender's own output
@@ -142,3 +143,87 @@ def test_connecting_to_a_blackholed_address_is_a_timeout_failure(
         }
 
     wait_until(lambda: failures() == {"timeout": 1}, 30, "a timeout failure")
+
+
+def test_time_split_points_at_the_server_or_at_the_link(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    """A handler that sleeps 300 ms: the server's share dominates. A large response
+    over a 2 Mbit/s link (tbf on the server's veth): the network's share does."""
+    port = free_port()
+    env = {**os.environ, "OTEL_SERVICE_NAME": "split-server"}
+    server = hosts.run(
+        hosts.server_ns,
+        [sys.executable, str(HERE / "py_http_server.py"), str(port), hosts.server_ip],
+        env=env,
+    )
+    try:
+        wait_until(lambda: _answers(hosts, port), 15, "server in its namespace")
+        since = time.time_ns()
+        client = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
+        assert hosts.run(hosts.client_ns, [*client, "/sleep/300", "1"]).wait(30) == 0
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                hosts.server_ns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "oe-vb",
+                "root",
+                "tbf",
+                "rate",
+                "2mbit",
+                "burst",
+                "16kb",
+                "latency",
+                "500ms",
+            ],
+            check=True,
+        )
+        try:
+            assert hosts.run(hosts.client_ns, [*client, "/big/300000", "1"]).wait(60) == 0
+        finally:
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    hosts.server_ns,
+                    "tc",
+                    "qdisc",
+                    "del",
+                    "dev",
+                    "oe-vb",
+                    "root",
+                ],
+                check=False,
+            )
+
+        def split(path: str) -> dict[str, float] | None:
+            for s in list(grpc_sink.store.spans):
+                a = s.attributes
+                if (
+                    s.kind == CLIENT
+                    and s.start_ns >= since
+                    and a.get("url.path") == path
+                    and a.get("server.port") == port
+                    and "otel_ebpf.time.server" in a
+                ):
+                    return {
+                        "server": a["otel_ebpf.time.server"],
+                        "network": a["otel_ebpf.time.network"],
+                    }
+            return None
+
+        wait_until(lambda: split("/sleep/300") and split("/big/300000"), 30, "both splits")
+        slow_server, slow_link = split("/sleep/300"), split("/big/300000")
+        assert slow_server and slow_link
+        assert slow_server["server"] >= 0.3 > slow_server["network"]
+        assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
+    finally:
+        server.terminate()
+        server.wait(10)
