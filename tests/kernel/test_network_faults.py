@@ -3,6 +3,7 @@ packet loss raises retransmits for exactly that peer, and spans carry them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import HERE, CollectorProcess, NetnsHosts, free_port, wait_until
+from harness import HERE, CollectorProcess, NetnsHosts, end_process, free_port, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink
 
 # Loss on the wire as the client's host receives it: 20 % of the server's packets
@@ -38,14 +39,7 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
     collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
 ) -> None:
     port = free_port()
-    env = {**os.environ, "OTEL_SERVICE_NAME": "lossy-server"}
-    server = hosts.run(
-        hosts.server_ns,
-        [sys.executable, str(HERE / "py_http_server.py"), str(port), hosts.server_ip],
-        env=env,
-    )
-    try:
-        wait_until(lambda: _answers(hosts, port), 15, "server in its namespace")
+    with _server_host(hosts, port, "lossy-server"):
 
         def retransmits() -> int:
             series = grpc_sink.metrics.series(
@@ -85,9 +79,19 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
             "otel_ebpf.tcp.retransmits", **{"service.name": "lossy-server"}
         )
         assert {dict(a)["network.peer.address"] for a in others} == {hosts.client_ip}
+
+
+@contextlib.contextmanager
+def _server_host(hosts: NetnsHosts, port: int, service: str) -> Iterator[None]:
+    """The test HTTP server on the server host, as `service`."""
+    env = {**os.environ, "OTEL_SERVICE_NAME": service}
+    argv = [sys.executable, str(HERE / "py_http_server.py"), str(port), hosts.server_ip]
+    server = hosts.run(hosts.server_ns, argv, env=env)
+    try:
+        wait_until(lambda: _answers(hosts, port), 15, "server in its namespace")
+        yield
     finally:
-        server.terminate()
-        server.wait(10)
+        end_process(server)
 
 
 def _answers(hosts: NetnsHosts, port: int) -> bool:
@@ -151,14 +155,7 @@ def test_time_split_points_at_the_server_or_at_the_link(
     """A handler that sleeps 300 ms: the server's share dominates. A large response
     over a 2 Mbit/s link (tbf on the server's veth): the network's share does."""
     port = free_port()
-    env = {**os.environ, "OTEL_SERVICE_NAME": "split-server"}
-    server = hosts.run(
-        hosts.server_ns,
-        [sys.executable, str(HERE / "py_http_server.py"), str(port), hosts.server_ip],
-        env=env,
-    )
-    try:
-        wait_until(lambda: _answers(hosts, port), 15, "server in its namespace")
+    with _server_host(hosts, port, "split-server"):
         since = time.time_ns()
         client = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
         assert hosts.run(hosts.client_ns, [*client, "/sleep/300", "1"]).wait(30) == 0
@@ -224,6 +221,3 @@ def test_time_split_points_at_the_server_or_at_the_link(
         assert slow_server and slow_link
         assert slow_server["server"] >= 0.3 > slow_server["network"]
         assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
-    finally:
-        server.terminate()
-        server.wait(10)
