@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/correlation_cost.py
 	$(PY) bench/parser_throughput.py
 	$(PY) bench/db_overhead.py
+	$(PY) bench/memory_plateau.py
 	$(PY) bench/nginx_overhead.py
 
 clean:
