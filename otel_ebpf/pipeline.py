@@ -175,8 +175,11 @@ class Collector:
 
     def _on_reset(self, ev: ResetSent) -> None:
         closed = self.tracker.recently_closed(ev.sk)
-        if self.recorder is not None and closed is not None and closed[2] is not None:
-            self.recorder.reset_sent(ev, *closed)  # type: ignore[arg-type]
+        if self.recorder is None or closed is None:
+            return
+        role, local, remote = closed
+        if remote is not None:
+            self.recorder.reset_sent(ev, role, local, remote)
 
     def _on_exchange(self, exchange: Exchange, conn: Connection) -> None:
         span = self._spans.build(exchange, conn)

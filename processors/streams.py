@@ -474,7 +474,6 @@ class ConnectionTracker:
         if tail > 0:
             out += http.skip(is_request, tail, ev.ts)
         conn.stream_pos[d] = end
-        conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
         if conn.seen_from_start and ev.offset == 0 and http.not_protocol(is_request):
             self._fall_back(conn, ev)
             return
