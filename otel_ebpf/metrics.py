@@ -84,6 +84,9 @@ class CollectorMetrics:
                 explicit_bucket_boundaries_advisory=list(buckets),
             )
 
+        def counter(name: str, unit: str, description: str) -> Any:
+            return meter.create_counter(name, unit=unit, description=description)
+
         self.http_server = hist(
             "http.server.request.duration", "HTTP server requests", HTTP_BUCKETS
         )
@@ -95,43 +98,39 @@ class CollectorMetrics:
         self.rpc_client = hist("rpc.client.call.duration", "RPCs made", HTTP_BUCKETS)
         self.dns_lookup = hist("dns.lookup.duration", "DNS lookups", HTTP_BUCKETS)
         # TCP health, per (service, peer address, peer port, direction)
-        self.tcp_opened = meter.create_counter(
+        self.tcp_opened = counter(
             "otel_ebpf.tcp.connections.opened",
-            unit="{connection}",
-            description="Connections established (direction: active = connect, passive = accept)",
+            "{connection}",
+            "Connections established (direction: active = connect, passive = accept)",
         )
-        self.tcp_failed = meter.create_counter(
+        self.tcp_failed = counter(
             "otel_ebpf.tcp.connections.failed",
-            unit="{connection}",
-            description="Failed connects, by otel_ebpf.tcp.failure (refused, timeout, unreachable)",
+            "{connection}",
+            "Failed connects, by otel_ebpf.tcp.failure (refused, timeout, unreachable)",
         )
-        self.tcp_retransmits = meter.create_counter(
-            "otel_ebpf.tcp.retransmits", unit="{segment}", description="Segments retransmitted"
+        self.tcp_retransmits = counter(
+            "otel_ebpf.tcp.retransmits", "{segment}", "Segments retransmitted"
         )
-        self.tcp_resets = meter.create_counter(
+        self.tcp_resets = counter(
             "otel_ebpf.tcp.resets",
-            unit="{reset}",
-            description="RSTs, by network.io.direction (transmit = sent, receive = received)",
+            "{reset}",
+            "RSTs, by network.io.direction (transmit = sent, receive = received)",
         )
-        self.tcp_bytes = meter.create_counter(
-            "otel_ebpf.tcp.bytes",
-            unit="By",
-            description="Payload bytes, by network.io.direction",
+        self.tcp_bytes = counter(
+            "otel_ebpf.tcp.bytes", "By", "Payload bytes, by network.io.direction"
         )
         self.tcp_duration = hist(
             "otel_ebpf.tcp.connection.duration", "Connection lifetimes", HTTP_BUCKETS
         )
         self.tcp_rtt = hist("otel_ebpf.tcp.rtt", "Smoothed RTT at close", DB_BUCKETS)
         # Service graph (the names Tempo's and the Collector's servicegraph use)
-        self.graph_requests = meter.create_counter(
-            "traces_service_graph_request_total",
-            unit="{request}",
-            description="Requests between two services",
+        self.graph_requests = counter(
+            "traces_service_graph_request_total", "{request}", "Requests between two services"
         )
-        self.graph_failed = meter.create_counter(
+        self.graph_failed = counter(
             "traces_service_graph_request_failed_total",
-            unit="{request}",
-            description="Failed requests between two services",
+            "{request}",
+            "Failed requests between two services",
         )
         self.graph_server = hist(
             "traces_service_graph_request_server_seconds", "Server-side latency", HTTP_BUCKETS

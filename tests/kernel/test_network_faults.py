@@ -94,6 +94,12 @@ def _server_host(hosts: NetnsHosts, port: int, service: str) -> Iterator[None]:
         end_process(server)
 
 
+def _shape(hosts: NetnsHosts, action: str, *qdisc: str) -> None:
+    """tc on the server host's end of the veth (replace a qdisc, or delete it)."""
+    argv = ["ip", "netns", "exec", hosts.server_ns, "tc", "qdisc", action, "dev", "oe-vb", "root"]
+    subprocess.run([*argv, *qdisc], check=action != "del", capture_output=True)
+
+
 def _answers(hosts: NetnsHosts, port: int) -> bool:
     argv = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port), "/", "1"]
     return hosts.run(hosts.client_ns, argv, stderr=-3).wait(10) == 0
@@ -159,46 +165,11 @@ def test_time_split_points_at_the_server_or_at_the_link(
         since = time.time_ns()
         client = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
         assert hosts.run(hosts.client_ns, [*client, "/sleep/300", "1"]).wait(30) == 0
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                hosts.server_ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                "oe-vb",
-                "root",
-                "tbf",
-                "rate",
-                "2mbit",
-                "burst",
-                "16kb",
-                "latency",
-                "500ms",
-            ],
-            check=True,
-        )
+        _shape(hosts, "replace", "tbf", "rate", "2mbit", "burst", "16kb", "latency", "500ms")
         try:
             assert hosts.run(hosts.client_ns, [*client, "/big/300000", "1"]).wait(60) == 0
         finally:
-            subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    hosts.server_ns,
-                    "tc",
-                    "qdisc",
-                    "del",
-                    "dev",
-                    "oe-vb",
-                    "root",
-                ],
-                check=False,
-            )
+            _shape(hosts, "del")
 
         def split(path: str) -> dict[str, float] | None:
             for s in list(grpc_sink.store.spans):
