@@ -13,19 +13,21 @@ from collections.abc import Iterator
 import pytest
 
 from harness import HERE, CollectorProcess, NetnsHosts, end_process, free_port, wait_until
-from otlp_sink import CLIENT, SERVER, GrpcSink
+from otlp_sink import CLIENT, GrpcSink
 
-# Loss on the wire as the client's host receives it: 20 % of the server's packets
-# never arrive, so the server retransmits. (Dropped in the sender's own output
-# hook, TCP would just resend without counting a retransmission.)
+# Loss on the wire as the server's host receives it: 30 % of the client's data
+# segments (requests; bare ACKs pass) never arrive, so the client retransmits
+# within the request, before its response can come. (Dropped in the sender's own
+# output hook, TCP would just resend without counting a retransmission.)
 LOSS = """
 table inet oe_test {
   chain in {
     type filter hook input priority 0;
-    ip saddr 10.77.0.2 tcp sport %d numgen random mod 100 < 20 drop
+    ip saddr 10.77.0.1 tcp dport %d ip length > 100 numgen random mod 100 < 30 drop
   }
 }
 """
+PATH = "/big/2000"
 
 
 @pytest.fixture(scope="module")
@@ -39,46 +41,41 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
     collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
 ) -> None:
     port = free_port()
-    with _server_host(hosts, port, "lossy-server"):
+    with _server_host(hosts, port, "loss-server"):
 
         def retransmits() -> int:
             series = grpc_sink.metrics.series(
                 "otel_ebpf.tcp.retransmits",
-                **{"service.name": "lossy-server", "network.peer.address": hosts.client_ip},
+                **{"service.name": "loss-client", "network.peer.address": hosts.server_ip},
             )
             return int(sum(p.value for p in series.values()))
 
         def client(n: int) -> None:
-            argv = [
-                sys.executable,
-                str(HERE / "netns_client.py"),
-                hosts.server_ip,
-                str(port),
-                "/big/100000",
-                str(n),
-            ]
-            assert hosts.run(hosts.client_ns, argv).wait(120) == 0
+            argv = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
+            env = {**os.environ, "OTEL_SERVICE_NAME": "loss-client"}
+            assert hosts.run(hosts.client_ns, [*argv, PATH, str(n)], env=env).wait(120) == 0
 
         since = time.time_ns()
-        client(5)  # no loss yet
+        client(10)  # no loss yet
         time.sleep(2.5)  # closes counted and exported (1 s interval)
         assert retransmits() == 0
-        clean = _server_spans(grpc_sink, port, since)
-        assert len(clean) >= 5 and all(
+        clean = _client_spans(grpc_sink, port, since)
+        assert len(clean) >= 10 and all(
             s.attributes["otel_ebpf.tcp.retransmits"] == 0 for s in clean
         )
 
-        hosts.nft(hosts.client_ns, LOSS % port)
+        hosts.nft(hosts.server_ns, LOSS % port)
         since = time.time_ns()
-        client(10)
+        client(30)  # P(no request lost) = 0.7 ** 30, about 2e-5
         wait_until(lambda: retransmits() > 0, 30, "retransmits for the lossy peer")
-        lossy = _server_spans(grpc_sink, port, since)
+        wait_until(lambda: len(_client_spans(grpc_sink, port, since)) >= 30, 30, "30 spans")
+        lossy = _client_spans(grpc_sink, port, since)
         assert sum(s.attributes["otel_ebpf.tcp.retransmits"] for s in lossy) > 0
         # Only that peer: this service has no other peer with retransmits.
         others = grpc_sink.metrics.series(
-            "otel_ebpf.tcp.retransmits", **{"service.name": "lossy-server"}
+            "otel_ebpf.tcp.retransmits", **{"service.name": "loss-client"}
         )
-        assert {dict(a)["network.peer.address"] for a in others} == {hosts.client_ip}
+        assert {dict(a)["network.peer.address"] for a in others} == {hosts.server_ip}
 
 
 @contextlib.contextmanager
@@ -105,90 +102,12 @@ def _answers(hosts: NetnsHosts, port: int) -> bool:
     return hosts.run(hosts.client_ns, argv, stderr=-3).wait(10) == 0
 
 
-def _server_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignore[type-arg]
+def _client_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignore[type-arg]
     return [
         s
         for s in list(sink.store.spans)
-        if s.kind == SERVER
+        if s.kind == CLIENT
         and s.start_ns >= since
         and s.attributes.get("server.port") == port
-        and s.attributes.get("url.path") == "/big/100000"
+        and s.attributes.get("url.path") == PATH
     ]
-
-
-BLACKHOLE = """
-table inet oe_test {
-  chain in {
-    type filter hook input priority 0;
-    tcp dport %d drop
-  }
-}
-"""
-
-
-def test_connecting_to_a_blackholed_address_is_a_timeout_failure(
-    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
-) -> None:
-    port = free_port()
-    hosts.nft(hosts.server_ns, BLACKHOLE % port)  # SYNs vanish: no RST, no answer
-    code = (
-        "import socket, sys\n"
-        "try:\n"
-        f"    socket.create_connection(('{hosts.server_ip}', {port}), timeout=2.5)\n"
-        "except TimeoutError:\n"
-        "    sys.exit(0)\n"
-        "sys.exit(1)\n"
-    )
-    env = {**os.environ, "OTEL_SERVICE_NAME": "fault-client"}
-    assert hosts.run(hosts.client_ns, [sys.executable, "-c", code], env=env).wait(30) == 0
-
-    def failures() -> dict[str, int]:
-        series = grpc_sink.metrics.series(
-            "otel_ebpf.tcp.connections.failed", **{"service.name": "fault-client"}
-        )
-        return {
-            dict(a)["otel_ebpf.tcp.failure"]: int(p.value)
-            for a, p in series.items()
-            if dict(a).get("server.port") == port
-        }
-
-    wait_until(lambda: failures() == {"timeout": 1}, 30, "a timeout failure")
-
-
-def test_time_split_points_at_the_server_or_at_the_link(
-    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
-) -> None:
-    """A handler that sleeps 300 ms: the server's share dominates. A large response
-    over a 2 Mbit/s link (tbf on the server's veth): the network's share does."""
-    port = free_port()
-    with _server_host(hosts, port, "split-server"):
-        since = time.time_ns()
-        client = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
-        assert hosts.run(hosts.client_ns, [*client, "/sleep/300", "1"]).wait(30) == 0
-        _shape(hosts, "replace", "tbf", "rate", "2mbit", "burst", "16kb", "latency", "500ms")
-        try:
-            assert hosts.run(hosts.client_ns, [*client, "/big/300000", "1"]).wait(60) == 0
-        finally:
-            _shape(hosts, "del")
-
-        def split(path: str) -> dict[str, float] | None:
-            for s in list(grpc_sink.store.spans):
-                a = s.attributes
-                if (
-                    s.kind == CLIENT
-                    and s.start_ns >= since
-                    and a.get("url.path") == path
-                    and a.get("server.port") == port
-                    and "otel_ebpf.time.server" in a
-                ):
-                    return {
-                        "server": a["otel_ebpf.time.server"],
-                        "network": a["otel_ebpf.time.network"],
-                    }
-            return None
-
-        wait_until(lambda: split("/sleep/300") and split("/big/300000"), 30, "both splits")
-        slow_server, slow_link = split("/sleep/300"), split("/big/300000")
-        assert slow_server and slow_link
-        assert slow_server["server"] >= 0.3 > slow_server["network"]
-        assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
