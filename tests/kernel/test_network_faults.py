@@ -111,3 +111,81 @@ def _client_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignor
         and s.attributes.get("server.port") == port
         and s.attributes.get("url.path") == PATH
     ]
+
+
+BLACKHOLE = """
+table inet oe_test {
+  chain in {
+    type filter hook input priority 0;
+    tcp dport %d drop
+  }
+}
+"""
+
+
+def test_connecting_to_a_blackholed_address_is_a_timeout_failure(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    port = free_port()
+    hosts.nft(hosts.server_ns, BLACKHOLE % port)  # SYNs vanish: no RST, no answer
+    code = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{hosts.server_ip}', {port}), timeout=2.5)\n"
+        "except TimeoutError:\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    env = {**os.environ, "OTEL_SERVICE_NAME": "fault-client"}
+    assert hosts.run(hosts.client_ns, [sys.executable, "-c", code], env=env).wait(30) == 0
+
+    def failures() -> dict[str, int]:
+        series = grpc_sink.metrics.series(
+            "otel_ebpf.tcp.connections.failed", **{"service.name": "fault-client"}
+        )
+        return {
+            dict(a)["otel_ebpf.tcp.failure"]: int(p.value)
+            for a, p in series.items()
+            if dict(a).get("server.port") == port
+        }
+
+    wait_until(lambda: failures() == {"timeout": 1}, 30, "a timeout failure")
+
+
+def test_time_split_points_at_the_server_or_at_the_link(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    """A handler that sleeps 300 ms: the server's share dominates. A large response
+    over a 2 Mbit/s link (tbf on the server's veth): the network's share does."""
+    port = free_port()
+    with _server_host(hosts, port, "split-server"):
+        since = time.time_ns()
+        client = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
+        assert hosts.run(hosts.client_ns, [*client, "/sleep/300", "1"]).wait(30) == 0
+        _shape(hosts, "replace", "tbf", "rate", "2mbit", "burst", "16kb", "latency", "500ms")
+        try:
+            assert hosts.run(hosts.client_ns, [*client, "/big/300000", "1"]).wait(60) == 0
+        finally:
+            _shape(hosts, "del")
+
+        def split(path: str) -> dict[str, float] | None:
+            for s in list(grpc_sink.store.spans):
+                a = s.attributes
+                if (
+                    s.kind == CLIENT
+                    and s.start_ns >= since
+                    and a.get("url.path") == path
+                    and a.get("server.port") == port
+                    and "otel_ebpf.time.server" in a
+                ):
+                    return {
+                        "server": a["otel_ebpf.time.server"],
+                        "network": a["otel_ebpf.time.network"],
+                    }
+            return None
+
+        wait_until(lambda: split("/sleep/300") and split("/big/300000"), 30, "both splits")
+        slow_server, slow_link = split("/sleep/300"), split("/big/300000")
+        assert slow_server and slow_link
+        assert slow_server["server"] >= 0.3 > slow_server["network"]
+        assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
