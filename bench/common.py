@@ -1,7 +1,9 @@
-"""What the overhead benchmarks share: reading the collector's telemetry and memory."""
+"""What the overhead benchmarks share: the wrk driver, the collector's telemetry, memory."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,3 +29,32 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+PACED_LUA = "function delay()\n  return 1\nend\n"  # milliseconds between requests
+
+
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    headers: tuple[str, ...] = (),
+) -> tuple[float, float, int]:
+    """(requests/s, p99 latency in seconds, completed requests)."""
+    extra = ["-s", str(script)] if script else []
+    for header in headers:
+        extra += ["-H", header]
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, float(value) * _UNITS[unit], total

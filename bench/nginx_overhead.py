@@ -5,47 +5,22 @@ the limit, so the collector competes with nginx and wrk for it) and `paced`
 (each wrk connection waits 1 ms between requests, a few thousand requests per
 second that the pipeline is meant to keep up with). Alternates baseline and
 traced rounds (A B A B ...) so drift on the machine hits both sides alike, and
-reports medians. The collector exports OTLP/gRPC to a sink process that
-discards. Run as root: `make bench` (or
+reports medians. The collector writes its spans to a file. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import psutil
-from common import drained, peak_rss_mib  # also puts tests/kernel on the path
+from common import PACED_LUA, drained, peak_rss_mib, wrk  # also puts tests/kernel on the path
 
 from harness import CollectorProcess, Nginx
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-PACED_LUA = "function delay()\n  return 1\nend\n"  # milliseconds between requests
-
-
-def wrk(
-    url: str, seconds: int, connections: int, script: Path | None = None
-) -> tuple[float, float, int]:
-    """(requests/s, p99 latency in seconds, completed requests)."""
-    extra = ["-s", str(script)] if script else []
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return rps, float(value) * _UNITS[unit], total
 
 
 def scenario(

@@ -1,4 +1,5 @@
-"""OTLP/gRPC trace receiver that discards, for benchmarks: `otlp_null_sink.py PORT`."""
+"""OTLP/gRPC receiver (traces and metrics) that discards, for benchmarks:
+`otlp_null_sink.py PORT`. Its own process, so its CPU is not the collector's."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
 from otlp_sink import GrpcSink
-
-
-class NullSink(GrpcSink):
-    """Keeps nothing: the benchmark measures the collector, not this process."""
-
 
 if __name__ == "__main__":
     sink = GrpcSink(port=int(sys.argv[1]), keep=False)

@@ -226,8 +226,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        if "traces" not in self.service.pipelines:
-            raise ValueError("service.pipelines: a traces pipeline is required")
+        if not self.service.pipelines:
+            raise ValueError("service.pipelines: define a traces or a metrics pipeline")
         for name, pipe in self.service.pipelines.items():
             where = f"service.pipelines.{name}"
             wrong = METRICS_ONLY if name == "traces" else TRACES_ONLY
@@ -253,15 +253,22 @@ class Config(_Strict):
         return r if isinstance(r, EbpfReceiverConfig) else EbpfReceiverConfig()
 
     @property
+    def traces(self) -> PipelineConfig:
+        """The traces pipeline; without one, spans are built for metrics only."""
+        return self.service.pipelines.get("traces") or PipelineConfig(
+            receivers=["ebpf"], exporters=[]
+        )
+
+    @property
     def correlate(self) -> CorrelateConfig | None:
-        if "correlate" not in self.service.pipelines["traces"].processors:
-            return None
+        if "correlate" not in self.traces.processors or not self.traces.exporters:
+            return None  # nothing to merge when no spans leave
         c = self.processors.get("correlate")
         return c if isinstance(c, CorrelateConfig) else CorrelateConfig()
 
     @property
     def otlp(self) -> OtlpReceiverConfig | None:
-        if "otlp" not in self.service.pipelines["traces"].receivers:
+        if "otlp" not in self.traces.receivers:
             return None
         r = self.receivers.get("otlp")
         return r if isinstance(r, OtlpReceiverConfig) else None
@@ -354,15 +361,21 @@ def document(
     batch: dict[str, Any] | None = None,
     otlp: dict[str, Any] | None = None,
     metrics: list[str] | None = None,
+    traces: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A traces pipeline: ebpf (and otlp, when given) -> batch -> the exporters that
-    export spans; a metrics pipeline to the exporters named in `metrics`, if any."""
+    """A traces pipeline: ebpf (and otlp, when given) -> batch -> the exporters named
+    in `traces` (by default all that export spans); a metrics pipeline to the
+    exporters named in `metrics`, if any."""
     receivers: dict[str, Any] = {"ebpf": {}} if otlp is None else {"ebpf": {}, "otlp": otlp}
     pipelines: dict[str, Any] = {
         "traces": {
             "receivers": list(receivers),
             "processors": ["correlate", "batch"],
-            "exporters": [k for k in exporters if k.split("/", 1)[0] not in METRICS_ONLY],
+            "exporters": (
+                traces
+                if traces is not None
+                else [k for k in exporters if k.split("/", 1)[0] not in METRICS_ONLY]
+            ),
         }
     }
     if metrics:

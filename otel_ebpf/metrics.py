@@ -5,22 +5,30 @@ gRPC/HTTP, console, a Prometheus scrape endpoint). Export interval from
 `OTEL_METRIC_EXPORT_INTERVAL` (the SDK reads it), temporality from
 `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (cumulative by default).
 
-A node collector's metrics describe many processes; each data point names its
-process's `service.name` (span resources stay per process).
+A node collector's metrics describe many processes: each data point is recorded
+with its process's `service.name`, and push exporters send one resource per
+service (`PerServiceResources`), as spans have.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    Metric,
     MetricExporter,
+    MetricExportResult,
     MetricReader,
+    MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
 
@@ -67,6 +75,69 @@ def metric_exporter(key: str, cfg: Any) -> MetricExporter | None:
     return None
 
 
+class PerServiceResources(MetricExporter):
+    """Wraps a push exporter: data points move to one resource per `service.name`
+    attribute, so backends file each process's metrics under its own service, as
+    they do its spans. (A Prometheus scrape keeps `service_name` as a label.)"""
+
+    def __init__(self, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return self._inner.export(split_by_service(metrics_data), timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis, **kwargs)
+
+
+def split_by_service(data: MetricsData) -> MetricsData:
+    """One ResourceMetrics per service.name found on data points (the attribute
+    moves to the resource); points without one stay with the collector's resource."""
+    out: list[ResourceMetrics] = []
+    for rm in data.resource_metrics:
+        base = {k: v for k, v in rm.resource.attributes.items() if not k.startswith("service.")}
+        # service -> for each scope of `rm`, its metrics with that service's points
+        grouped: dict[str, list[list[Metric]]] = {}
+        for i, sm in enumerate(rm.scope_metrics):
+            for metric in sm.metrics:
+                by_service: dict[str, list[Any]] = {}
+                for point in metric.data.data_points:
+                    attrs = point.attributes or {}
+                    service = attrs.get("service.name")
+                    if service is None:
+                        by_service.setdefault("", []).append(point)
+                        continue
+                    rest = {k: v for k, v in attrs.items() if k != "service.name"}
+                    by_service.setdefault(str(service), []).append(replace(point, attributes=rest))
+                for service, points in by_service.items():
+                    scopes = grouped.setdefault(service, [[] for _ in rm.scope_metrics])
+                    part: Any = replace(metric.data, data_points=points)  # type: ignore[arg-type]
+                    scopes[i].append(replace(metric, data=part))
+        for service, scopes in grouped.items():
+            resource = rm.resource if not service else Resource({**base, "service.name": service})
+            out.append(
+                ResourceMetrics(
+                    resource,
+                    [
+                        ScopeMetrics(sm.scope, metrics, sm.schema_url)
+                        for sm, metrics in zip(rm.scope_metrics, scopes, strict=True)
+                        if metrics
+                    ],
+                    rm.schema_url,
+                )
+            )
+    return MetricsData(out)
+
+
 class CollectorMetrics:
     """The instruments, and the one place that names and shapes them."""
 
@@ -97,28 +168,34 @@ class CollectorMetrics:
         self.rpc_server = hist("rpc.server.call.duration", "RPCs served", HTTP_BUCKETS)
         self.rpc_client = hist("rpc.client.call.duration", "RPCs made", HTTP_BUCKETS)
         self.dns_lookup = hist("dns.lookup.duration", "DNS lookups", HTTP_BUCKETS)
-        # TCP health, per (service, peer address, peer port, direction)
-        self.tcp_opened = counter(
-            "otel_ebpf.tcp.connections.opened",
-            "{connection}",
-            "Connections established (direction: active = connect, passive = accept)",
-        )
-        self.tcp_failed = counter(
-            "otel_ebpf.tcp.connections.failed",
-            "{connection}",
-            "Failed connects, by otel_ebpf.tcp.failure (refused, timeout, unreachable)",
-        )
-        self.tcp_retransmits = counter(
-            "otel_ebpf.tcp.retransmits", "{segment}", "Segments retransmitted"
-        )
-        self.tcp_resets = counter(
-            "otel_ebpf.tcp.resets",
-            "{reset}",
-            "RSTs, by network.io.direction (transmit = sent, receive = received)",
-        )
-        self.tcp_bytes = counter(
-            "otel_ebpf.tcp.bytes", "By", "Payload bytes, by network.io.direction"
-        )
+        # TCP health, per (service, peer address, server port, direction): counted
+        # in the kernel and totalled by processors.tcp_health, which sets tcp_series.
+        self.tcp_series: Callable[[str], list[Observation]] = lambda _metric: []
+        for name, unit, description in (
+            (
+                "otel_ebpf.tcp.connections.opened",
+                "{connection}",
+                "Connections established (direction: active = connect, passive = accept)",
+            ),
+            (
+                "otel_ebpf.tcp.connections.failed",
+                "{connection}",
+                "Failed connects, by otel_ebpf.tcp.failure (refused, timeout, unreachable)",
+            ),
+            ("otel_ebpf.tcp.retransmits", "{segment}", "Segments retransmitted"),
+            (
+                "otel_ebpf.tcp.resets",
+                "{reset}",
+                "RSTs, by network.io.direction (transmit = sent, receive = received)",
+            ),
+            ("otel_ebpf.tcp.bytes", "By", "Payload bytes, by network.io.direction"),
+        ):
+            meter.create_observable_counter(
+                name,
+                callbacks=[partial(self._tcp, name)],
+                unit=unit,
+                description=description,
+            )
         self.tcp_duration = hist(
             "otel_ebpf.tcp.connection.duration", "Connection lifetimes", HTTP_BUCKETS
         )
@@ -158,6 +235,9 @@ class CollectorMetrics:
         )
         self.tracked_connections = 0
 
+    def _tcp(self, metric: str, _options: CallbackOptions) -> list[Observation]:
+        return self.tcp_series(metric)
+
     def _events(self, _options: CallbackOptions) -> list[Observation]:
         t = self._telemetry
         return [
@@ -188,3 +268,13 @@ class CollectorMetrics:
 def periodic_reader(exporter: MetricExporter) -> MetricReader:
     """Exports every OTEL_METRIC_EXPORT_INTERVAL ms (60 s by default), as the SDK reads it."""
     return PeriodicExportingMetricReader(exporter)
+
+
+def scan_interval_s(env: dict[str, str]) -> float:
+    """How often live connections' counters are read: often enough that every export
+    (OTEL_METRIC_EXPORT_INTERVAL, 60 s by default) has fresh ones, at most every 5 s."""
+    try:
+        export_s = float(env.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000
+    except ValueError:
+        export_s = 60.0
+    return min(max(export_s / 2, 0.5), 5.0)

@@ -110,6 +110,20 @@ class ConnClose(NamedTuple):
         return "timeout" if self.retransmits else "unreachable"
 
 
+class ConnCounters(NamedTuple):
+    """A live connection's counters, read from the kernel's connection map."""
+
+    sk: int
+    gen: int  # when the kernel first saw it: ConnClose.opened of the same connection
+    pid: int
+    role: Role
+    bytes_egress: int
+    bytes_ingress: int
+    retransmits: int
+    resets_in: int
+    resets_out: int
+
+
 class ResetSent(NamedTuple):
     """This host sent a RST on a connection that had already closed (an abortive close)."""
 

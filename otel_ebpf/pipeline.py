@@ -16,7 +16,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_ebpf.config import Config
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
-from otel_ebpf.metrics import CollectorMetrics, metric_exporter, periodic_reader
+from otel_ebpf.metrics import (
+    CollectorMetrics,
+    PerServiceResources,
+    metric_exporter,
+    periodic_reader,
+    scan_interval_s,
+)
 from otel_ebpf.model import ConnClose, Endpoint, ResetSent
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
@@ -26,6 +32,7 @@ from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
+from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.receivers.otlp import OtlpReceiver
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.telemetry import SelfTelemetry
@@ -61,7 +68,7 @@ def _selector(config: Config) -> Selector:
 def _batch_processor(exporter: CountingExporter, config: Config) -> BatchSpanProcessor:
     batch = config.processors.get("batch")
     kwargs: dict[str, Any] = {}
-    if batch is not None and "batch" in config.service.pipelines["traces"].processors:
+    if batch is not None and "batch" in config.traces.processors:
         if batch.send_batch_size is not None:
             kwargs["max_export_batch_size"] = batch.send_batch_size
         if batch.timeout is not None:
@@ -87,7 +94,7 @@ def _metric_readers(config: Config) -> list[MetricReader]:
             continue
         exporter = metric_exporter(name, cfg)
         if exporter is not None:
-            readers.append(periodic_reader(exporter))
+            readers.append(periodic_reader(PerServiceResources(exporter)))
     return readers
 
 
@@ -99,7 +106,7 @@ class Collector:
         self.telemetry = SelfTelemetry()
         self.health = HealthState(self.telemetry)
         self._stop = threading.Event()
-        pipeline = config.service.pipelines["traces"]
+        pipeline = config.traces
         self._processors = [
             _batch_processor(
                 CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry),
@@ -142,14 +149,14 @@ class Collector:
         )
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
+        self.tcp_health: TcpHealth | None = None
+        self._tcp_scan_interval = scan_interval_s(dict(os.environ))
         if "metrics" in config.service.pipelines:
             self.metrics = CollectorMetrics(_metric_readers(config), self.telemetry)
             routes = RouteTemplates(ebpf.routes.id_patterns, ebpf.routes.max_per_service)
-            self.recorder = MetricsRecorder(
-                self.metrics,
-                routes,
-                self.tracker.service_at,
-                lambda pid: self._processes.get(pid).service_name,
+            self.recorder = MetricsRecorder(self.metrics, routes, self.tracker.service_at)
+            self.tcp_health = TcpHealth(
+                self.metrics, lambda pid: self._processes.get(pid).service_name
             )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
@@ -170,16 +177,16 @@ class Collector:
             self._on_reset(event)
             return
         self.tracker.handle(event)
-        if kind is ConnClose and self.recorder is not None:
-            self.recorder.closed(event)
+        if kind is ConnClose and self.tcp_health is not None:
+            self.tcp_health.closed(event)
 
     def _on_reset(self, ev: ResetSent) -> None:
         closed = self.tracker.recently_closed(ev.sk)
-        if self.recorder is None or closed is None:
+        if self.tcp_health is None or closed is None:
             return
         role, local, remote = closed
         if remote is not None:
-            self.recorder.reset_sent(ev, role, local, remote)
+            self.tcp_health.reset_sent(ev.pid, role, local, remote)
 
     def _on_exchange(self, exchange: Exchange, conn: Connection) -> None:
         span = self._spans.build(exchange, conn)
@@ -246,11 +253,12 @@ class Collector:
                             self.tracker.add_own_listener(port)
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
+            metrics = self.config.service.pipelines.get("metrics")
             log.info(
                 "collector ready: tracing HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, "
-                "MySQL and DNS; "
-                "exporting to %s",
-                ", ".join(self.config.service.pipelines["traces"].exporters),
+                "MySQL and DNS; spans to %s; metrics to %s",
+                ", ".join(self.config.traces.exporters) or "nowhere",
+                ", ".join(metrics.exporters) if metrics and metrics.exporters else "nowhere",
             )
             if on_ready is not None:
                 on_ready()
@@ -262,6 +270,7 @@ class Collector:
         next_progress = time.monotonic() + PROGRESS_INTERVAL_S
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         next_lost_check = time.monotonic() + 1.0
+        next_tcp_scan = time.monotonic() + self._tcp_scan_interval
         while not self._stop.is_set():
             if self._ebpf_enabled:
                 self.receiver.poll(100)
@@ -280,6 +289,11 @@ class Collector:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
                 next_lost_check = now + 1.0
+            if self.tcp_health is not None and now >= next_tcp_scan:
+                self.tcp_health.scan(
+                    self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
+                )
+                next_tcp_scan = now + self._tcp_scan_interval
             if now >= next_sweep:
                 self._processes.forget_exited()
                 self.tracker.correlator.expire(time.monotonic_ns())

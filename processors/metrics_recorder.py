@@ -1,9 +1,8 @@
-"""Spans and connection events -> measurements (RED, TCP health, service graph).
+"""Spans -> measurements: RED histograms and the service graph.
 
 Works from finished spans, so every protocol's RED metric uses the same
-attributes its spans carry, and from the kernel's connection events for TCP
-health. Attribute sets are the conventions' low-cardinality ones; routes go
-through `RouteTemplates`, peers through a top-N cap with an overflow series.
+attributes its spans carry. Attribute sets are the conventions' low-cardinality
+ones; routes go through `RouteTemplates`. (TCP health: processors.tcp_health.)
 """
 
 from __future__ import annotations
@@ -14,11 +13,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.metrics import Attributes, CollectorMetrics
-from otel_ebpf.model import ConnClose, Endpoint, ResetSent, Role
+from otel_ebpf.model import Endpoint
 from otel_ebpf.processors.routes import RouteTemplates
-
-MAX_PEERS = 500  # distinct (service, peer) series for TCP health before "other"
-OVERFLOW_PEER = "_other"
 
 _HTTP_SERVER_KEYS = (
     "http.request.method",
@@ -68,13 +64,10 @@ class MetricsRecorder:
         metrics: CollectorMetrics,
         routes: RouteTemplates,
         peer_service: PeerService,
-        service_of_pid: Callable[[int], str],
     ) -> None:
         self._m = metrics
         self._routes = routes
         self._peer_service = peer_service
-        self._service_of_pid = service_of_pid
-        self._peers: set[tuple[str, str, int]] = set()
 
     # -- spans: RED and the service graph ----------------------------------------
 
@@ -127,64 +120,3 @@ class MetricsRecorder:
         if failed:
             self._m.graph_failed.add(1, edge)
         self._m.graph_client.record(seconds, edge)
-
-    # -- connections: TCP health ---------------------------------------------------
-
-    def closed(self, ev: ConnClose) -> None:
-        if ev.remote is None or ev.role == Role.UNKNOWN:
-            return
-        service = self._service_of_pid(ev.pid) if ev.pid else "unknown"
-        base = self._peer(service, ev.role, ev.local, ev.remote)
-        m = self._m
-        failure = ev.failure
-        if failure is None:
-            m.tcp_opened.add(1, base)
-        if failure is not None:
-            m.tcp_failed.add(1, {**base, "otel_ebpf.tcp.failure": failure})
-        if ev.retransmits:
-            m.tcp_retransmits.add(ev.retransmits, base)
-        if ev.resets_in:
-            m.tcp_resets.add(ev.resets_in, {**base, "network.io.direction": "receive"})
-        if ev.resets_out:
-            m.tcp_resets.add(ev.resets_out, {**base, "network.io.direction": "transmit"})
-        if failure is None:
-            m.tcp_bytes.add(ev.bytes_egress, {**base, "network.io.direction": "transmit"})
-            m.tcp_bytes.add(ev.bytes_ingress, {**base, "network.io.direction": "receive"})
-            if ev.opened:
-                m.tcp_duration.record((ev.ts - ev.opened) / 1e9, base)
-            if ev.srtt_us:
-                m.tcp_rtt.record(ev.srtt_us / 1e6, base)
-
-    def reset_sent(
-        self, ev: ResetSent, role: Role, local: Endpoint | None, remote: Endpoint
-    ) -> None:
-        service = self._service_of_pid(ev.pid) if ev.pid else "unknown"
-        base = self._peer(service, role, local, remote)
-        self._m.tcp_resets.add(1, {**base, "network.io.direction": "transmit"})
-
-    def _peer(
-        self, service: str, role: Role, local: Endpoint | None, remote: Endpoint
-    ) -> Attributes:
-        """The series of a connection: its service, its peer's address, the server
-        port (a client's ephemeral port would make a series per connection), and
-        the direction; past MAX_PEERS distinct ones, an overflow series."""
-        server_port = remote.port if role == Role.CLIENT else (local.port if local else 0)
-        key = (service, remote.address, server_port)
-        direction = _direction(role)
-        if key not in self._peers and len(self._peers) >= MAX_PEERS:
-            return {
-                "service.name": service,
-                "network.peer.address": OVERFLOW_PEER,
-                "direction": direction,
-            }
-        self._peers.add(key)
-        return {
-            "service.name": service,
-            "network.peer.address": remote.address,
-            "server.port": server_port,
-            "direction": direction,
-        }
-
-
-def _direction(role: Role) -> str:
-    return "active" if role == Role.CLIENT else "passive"

@@ -244,6 +244,13 @@ class ConnectionTracker:
         """Role and ends of a connection that closed lately (an abortive close's RST)."""
         return self._closed.get(sk)
 
+    def ends(self, sk: int, gen: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
+        """Role and ends of a live connection the kernel knows as (sk, generation)."""
+        conn = self._conns.get(sk)
+        if conn is None or conn.gen not in (0, gen) or conn.remote is None:
+            return None
+        return conn.role, conn.local, conn.remote
+
     def _forget_ends(self, conn: Connection) -> None:
         if conn.local and conn.remote and self._by_ends.get((conn.local, conn.remote)) is conn:
             del self._by_ends[(conn.local, conn.remote)]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from otel_ebpf.model import (
     ConnClose,
+    ConnCounters,
     ConnOpen,
     DataEvent,
     DatagramEvent,
@@ -307,6 +308,35 @@ class SocketReceiver:
             return 0
         table = self._bpf["lost"]  # type: ignore[index]
         return int(table.sum(table.Key(0)).value)
+
+    def live_connections(self) -> list[ConnCounters]:
+        """Every connection in the kernel's map with its counters (the collector's own
+        left out), read in batches where the kernel supports it."""
+        if self._bpf is None:
+            return []
+        table = self._bpf["conns"]  # type: ignore[index]
+        try:
+            items = list(table.items_lookup_batch())
+        except Exception:  # batch lookups need Linux 5.6; one lookup per entry otherwise
+            items = list(table.items())
+        out = []
+        for key, cs in items:
+            if cs.self or not cs.role:
+                continue
+            out.append(
+                ConnCounters(
+                    key.value if hasattr(key, "value") else int(key),
+                    cs.gen,
+                    cs.pid,
+                    _ROLES[cs.role],
+                    cs.bytes[0],
+                    cs.bytes[1],
+                    cs.retrans,
+                    cs.resets_in,
+                    cs.resets_out,
+                )
+            )
+        return out
 
     def set_quiet(self, sk: int, gen: int, direction: Direction, until_offset: int) -> None:
         """Tell the kernel not to send calls of this direction that end before the offset."""

@@ -91,6 +91,7 @@ class CollectorProcess:
         extra_env: dict[str, str] | None = None,
         otlp_in: bool = False,
         metrics: list[str] | None = None,
+        traces: list[str] | None = None,
     ) -> None:
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
@@ -106,6 +107,7 @@ class CollectorProcess:
             batch={"timeout": "200ms"},
             otlp=otlp if otlp_in else None,
             metrics=metrics,
+            traces=traces,
         )
         tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / "collector.yaml"

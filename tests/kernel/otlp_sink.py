@@ -103,20 +103,27 @@ class MetricStore:
     """Latest cumulative point per (metric, attributes)."""
 
     points: dict[tuple[str, frozenset[tuple[str, Any]]], Point] = field(default_factory=dict)
+    services: set[str] = field(default_factory=set)  # service.name of each resource seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
         with self.lock:
             for rm in request.resource_metrics:
+                resource = {a.key: _value(a.value) for a in rm.resource.attributes}
+                service = resource.get("service.name", "")
+                self.services.add(service)
                 for sm in rm.scope_metrics:
                     for m in sm.metrics:
-                        self._metric(m)
+                        self._metric(m, service)
 
-    def _metric(self, m: Any) -> None:
+    def _metric(self, m: Any, service: str) -> None:
+        """Points keyed by their attributes plus their resource's service.name."""
         kind = m.WhichOneof("data")
         data = getattr(m, kind)
         for p in data.data_points:
-            attrs = frozenset((a.key, _value(a.value)) for a in p.attributes)
+            attrs = frozenset(
+                [("service.name", service), *((a.key, _value(a.value)) for a in p.attributes)]
+            )
             if kind == "histogram":
                 point = Point(p.count, p.sum, tuple(p.explicit_bounds), tuple(p.bucket_counts))
             else:

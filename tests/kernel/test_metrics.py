@@ -52,6 +52,7 @@ def test_red_histograms_count_requests_by_method_route_and_status(
         for code, n in mix.items()
     }
     settle(counts, want, "RED counts per status")
+    assert "py-backend" in grpc_sink.metrics.services  # a resource per traced service
     point = next(iter(grpc_sink.metrics.series("http.server.request.duration").values()))
     assert point.bounds == HTTP_BUCKETS  # the conventions' advisory boundaries, in seconds
 
@@ -107,6 +108,32 @@ def test_refused_connects_and_resets_are_counted_on_the_right_side(
     wait_until(lambda: total("otel_ebpf.tcp.resets", **received) == 2, 30, "client resets")
     sent = {"server.port": port, "network.io.direction": "transmit", "direction": "passive"}
     wait_until(lambda: total("otel_ebpf.tcp.resets", **sent) == 2, 30, "server resets")
+
+
+def test_live_connections_report_bytes_before_they_close_and_only_once(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    served = {
+        "service.name": "py-backend",
+        "server.port": py_server.port,
+        "direction": "passive",
+        "network.io.direction": "transmit",
+    }
+
+    def sent() -> int:
+        series = grpc_sink.metrics.series("otel_ebpf.tcp.bytes", **served)
+        return int(sum(p.value for p in series.values()))
+
+    base = sent()
+    conn = http.client.HTTPConnection("127.0.0.1", py_server.port, timeout=10)
+    for _ in range(2):
+        conn.request("GET", "/big/500000")
+        conn.getresponse().read()
+    # The connection stays open: its bytes come from the periodic read of the kernel map.
+    wait_until(lambda: sent() >= base + 1_000_000, 30, "bytes of a connection still open")
+    conn.close()
+    time.sleep(3)  # several reads and exports after the close
+    assert base + 1_000_000 <= sent() < base + 1_010_000  # the close added headers, not again
 
 
 def test_service_graph_names_both_ends(

@@ -127,6 +127,20 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     assert message in str(err.value)
 
 
+def test_metrics_only_needs_no_traces_pipeline(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "traces: {receivers: [ebpf], processors: [batch], exporters: [otlp/jaeger, debug]}",
+        "metrics: {receivers: [ebpf], exporters: [otlp/jaeger]}",
+    )
+    cfg = load(write(tmp_path, text), env={"JAEGER": "j:4317"})
+    assert cfg.traces.exporters == [] and cfg.correlate is None
+    none = VALID.replace(
+        "traces: {receivers: [ebpf], processors: [batch], exporters: [otlp/jaeger, debug]}", "{}"
+    )
+    with pytest.raises(ConfigError, match="define a traces or a metrics pipeline"):
+        load(write(tmp_path, none), env={"JAEGER": "j:4317"})
+
+
 def test_bad_env_values_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="OTEL_EBPF_EXCLUDE_PIDS"):
         load(env={"OTEL_EBPF_EXCLUDE_PIDS": "one"})

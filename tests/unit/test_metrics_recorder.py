@@ -1,4 +1,4 @@
-"""RED histograms, route templates, TCP health and the service graph, read back
+"""RED histograms, route templates and the service graph, read back
 through the SDK's in-memory reader (pure logic: no kernel, no exporter)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics
-from otel_ebpf.model import ConnClose, Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
+from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
 from otel_ebpf.processes import ProcessInfo
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
 from otel_ebpf.processors.routes import OVERFLOW, RouteTemplates
@@ -29,7 +29,6 @@ def setup(
         metrics,
         RouteTemplates(max_per_service=100),
         lambda local, remote: (peers or {}).get((local, remote)),
-        lambda pid: f"svc-{pid}",
     )
     return recorder, reader
 
@@ -103,33 +102,19 @@ def test_service_graph_uses_the_peer_process_name() -> None:
     assert failed.value == 1
 
 
-def test_tcp_health_from_connection_closes() -> None:
+def test_push_exports_carry_one_resource_per_service() -> None:
     recorder, reader = setup()
-    refused = ConnClose(9, 10, 0, 0, Role.CLIENT, 42, CLIENT_END, SERVER_END, 5, 0, 0, 1, 0, True)
-    lossy = ConnClose(
-        10,
-        3_000_000_000,
-        500,
-        90_000,
-        Role.CLIENT,
-        42,
-        CLIENT_END,
-        SERVER_END,
-        1_000_000_000,
-        4,
-        250,
-        0,
-        0,
-        False,
-    )
-    recorder.closed(refused)
-    recorder.closed(lossy)
-    (failed,) = points(reader, "otel_ebpf.tcp.connections.failed")
-    assert failed.attributes["otel_ebpf.tcp.failure"] == "refused" and failed.value == 1
-    assert failed.attributes["service.name"] == "svc-42"
-    (retrans,) = points(reader, "otel_ebpf.tcp.retransmits")
-    assert retrans.value == 4 and retrans.attributes["server.port"] == 8080
-    (duration,) = points(reader, "otel_ebpf.tcp.connection.duration")
-    assert duration.sum == 2.0
-    (opened,) = points(reader, "otel_ebpf.tcp.connections.opened")
-    assert opened.value == 1 and opened.attributes["direction"] == "active"
+    request("/a", 200, Role.SERVER, "shop", recorder)
+    request("/b", 200, Role.SERVER, "cart", recorder)
+    data = reader.get_metrics_data()
+    assert data is not None
+    split = split_by_service(data)
+    by_service = {
+        rm.resource.attributes.get("service.name"): [
+            p for sm in rm.scope_metrics for m in sm.metrics for p in m.data.data_points
+        ]
+        for rm in split.resource_metrics
+    }
+    assert {"shop", "cart", "otel-ebpf"} <= set(by_service)  # otel-ebpf: self-telemetry
+    assert all("service.name" not in p.attributes for p in by_service["shop"])
+    assert len(by_service["shop"]) == len(by_service["cart"]) >= 1

@@ -1,0 +1,103 @@
+"""Collector CPU per 1,000 connections/s and per 1,000 requests/s: metrics only vs
+metrics + spans, next to no collector, side by side in one run; prints ratios.
+
+nginx driven by wrk at a paced rate the pipeline keeps up with (each wrk
+connection waits 1 ms between requests): `requests` reuses keep-alive
+connections, `connections` sends `Connection: close` so every request is a new
+TCP connection. Both modes export OTLP/gRPC to a sink process that discards;
+"metrics only" has no traces pipeline (spans are built for the RED metrics,
+never exported). Rounds alternate none / metrics / metrics+spans; medians.
+Run as root: `.venv/bin/python bench/metrics_cost.py [--rounds 2 --seconds 8]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+from common import PACED_LUA, drained, peak_rss_mib, wrk  # also puts tests/kernel on the path
+
+from harness import CollectorProcess, Nginx, end_process, free_port, listening, wait_until
+
+MODES = ("metrics", "metrics+spans")
+
+
+def collector(tmp: Path, mode: str, sink_port: int) -> CollectorProcess:
+    otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
+    return CollectorProcess(
+        tmp,
+        {"otlp": otlp},
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "5000"},
+        metrics=["otlp"],
+        traces=["otlp"] if mode == "metrics+spans" else [],
+    )
+
+
+def scenario(load: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, sink_port: int) -> None:
+    url = nginx.url("/index.html")
+    headers = ("Connection: close",) if load == "connections" else ()
+    script = tmp / "paced.lua"
+    rate: dict[str, list[float]] = {m: [] for m in ("none", *MODES)}
+    cpu_per_k: dict[str, list[float]] = {m: [] for m in MODES}
+    rss: dict[str, float] = dict.fromkeys(MODES, 0.0)
+    lost: dict[str, int] = dict.fromkeys(MODES, 0)
+    wrk(url, 2, args.connections, script, headers)  # warm up
+    for r in range(args.rounds):
+        rate["none"].append(wrk(url, args.seconds, args.connections, script, headers)[0])
+        for mode in MODES:
+            c = collector(tmp / f"collector-{load}-{mode}-{r}", mode, sink_port)
+            proc = psutil.Process(c.proc.pid)
+            t0, before = c.telemetry(), proc.cpu_times()
+            rps, _, total = wrk(url, args.seconds, args.connections, script, headers)
+            t1, after = drained(c), proc.cpu_times()
+            rss[mode] = max(rss[mode], peak_rss_mib(proc.pid))
+            c.stop()
+            cpu = (after.user + after.system) - (before.user + before.system)
+            rate[mode].append(rps)
+            cpu_per_k[mode].append(cpu / total * 1000)
+            lost[mode] += t1["events_lost"] - t0["events_lost"]
+    med = statistics.median
+    unit = "connections" if load == "connections" else "requests"
+    print(f"{load}: nginx + wrk -c{args.connections} paced, {args.rounds} rounds x {args.seconds}s")
+    print(f"  no collector     {med(rate['none']):8.0f} {unit}/s")
+    for mode in MODES:
+        ratio = med(rate[mode]) / med(rate["none"])
+        print(
+            f"  {mode:<16} {med(rate[mode]):8.0f} {unit}/s  ratio {ratio:.3f}"
+            f"  collector CPU {med(cpu_per_k[mode]):.3f} s per 1,000 {unit}"
+            f"  peak RSS {rss[mode]:.0f} MiB  kernel dropped {lost[mode]} events"
+        )
+    spans = med(cpu_per_k["metrics+spans"]) / med(cpu_per_k["metrics"])
+    print(f"  metrics + spans take {spans:.2f}x the CPU of metrics alone")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-metrics-"))
+    (tmp / "paced.lua").write_text(PACED_LUA)
+    sink_port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "otlp_null_sink.py"), str(sink_port)]
+    )
+    nginx = Nginx(tmp / "nginx")
+    try:
+        wait_until(lambda: listening(sink_port), 10, "OTLP sink listening")
+        scenario("requests", nginx, tmp, args, sink_port)
+        scenario("connections", nginx, tmp, args, sink_port)
+    finally:
+        nginx.stop()
+        end_process(sink)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
