@@ -180,7 +180,8 @@ class CollectorMetrics:
             (
                 "otel_ebpf.tcp.connections.failed",
                 "{connection}",
-                "Failed connects, by otel_ebpf.tcp.failure (refused, timeout, unreachable)",
+                "Failed connections, by otel_ebpf.tcp.failure: refused, timeout, unreachable "
+                "(connects), reset (established, then reset by the peer)",
             ),
             ("otel_ebpf.tcp.retransmits", "{segment}", "Segments retransmitted"),
             (
@@ -228,6 +229,12 @@ class CollectorMetrics:
             description="Spans, by state (built, exported, export_failed, dropped, merged_away)",
         )
         meter.create_observable_gauge(
+            "otel_ebpf.collector.queue.size",
+            callbacks=[self._queued],
+            unit="{span}",
+            description="Spans waiting in the export queues",
+        )
+        meter.create_observable_gauge(
             "otel_ebpf.collector.connections",
             callbacks=[self._connections],
             unit="{connection}",
@@ -254,6 +261,9 @@ class CollectorMetrics:
             Observation(t.spans_dropped, {"state": "dropped"}),
             Observation(t.spans_merged_away, {"state": "merged_away"}),
         ]
+
+    def _queued(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(self._telemetry.spans_queued)]
 
     def _connections(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.tracked_connections)]

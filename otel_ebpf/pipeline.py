@@ -285,6 +285,7 @@ class Collector:
                 self.tracker.expire(time.monotonic_ns())
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
+                self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped

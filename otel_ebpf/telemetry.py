@@ -26,6 +26,7 @@ class SelfTelemetry:
     spans_exported: int = 0
     spans_export_failed: int = 0
     spans_dropped: int = 0  # export queue full
+    spans_queued: int = 0  # waiting in the export queues now (a gauge)
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

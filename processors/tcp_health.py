@@ -41,6 +41,7 @@ class TcpTotals:
     refused: int = 0
     timeout: int = 0
     unreachable: int = 0
+    reset: int = 0  # established, then reset by the peer
     retransmits: int = 0
     resets_in: int = 0
     resets_out: int = 0
@@ -52,7 +53,7 @@ class TcpTotals:
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
     def volume(self) -> float:
-        events = self.opened + self.refused + self.timeout + self.unreachable
+        events = self.opened + self.refused + self.timeout + self.unreachable + self.reset
         events += self.retransmits + self.resets_in + self.resets_out
         return self.bytes_tx + self.bytes_rx + EVENT_WEIGHT * events
 
@@ -64,7 +65,7 @@ _SERIES: dict[str, tuple[tuple[str, Attributes], ...]] = {
     "otel_ebpf.tcp.connections.opened": (("opened", {}),),
     "otel_ebpf.tcp.connections.failed": tuple(
         (reason, {"otel_ebpf.tcp.failure": reason})
-        for reason in ("refused", "timeout", "unreachable")
+        for reason in ("refused", "timeout", "unreachable", "reset")
     ),
     "otel_ebpf.tcp.retransmits": (("retransmits", {}),),
     "otel_ebpf.tcp.resets": (
@@ -172,6 +173,8 @@ class TcpHealth:
         delta = TcpTotals(opened=0 if prev or failure else 1)
         if failure is not None:
             setattr(delta, failure, 1)
+        elif ev.resets_in:
+            delta.reset = 1  # it opened, then the peer aborted it
         final = TcpTotals(
             retransmits=ev.retransmits,
             resets_in=ev.resets_in,

@@ -106,6 +106,8 @@ def test_refused_connects_and_resets_are_counted_on_the_right_side(
     wait_until(lambda: total("otel_ebpf.tcp.connections.failed", **failure) == 3, 30, "refused")
     received = {"server.port": port, "network.io.direction": "receive", "direction": "active"}
     wait_until(lambda: total("otel_ebpf.tcp.resets", **received) == 2, 30, "client resets")
+    aborted = {"server.port": port, "direction": "active", "otel_ebpf.tcp.failure": "reset"}
+    wait_until(lambda: total("otel_ebpf.tcp.connections.failed", **aborted) == 2, 30, "aborted")
     sent = {"server.port": port, "network.io.direction": "transmit", "direction": "passive"}
     wait_until(lambda: total("otel_ebpf.tcp.resets", **sent) == 2, 30, "server resets")
 

@@ -58,19 +58,24 @@ def test_closes_count_failures_retransmits_bytes_and_lifetime() -> None:
     tcp, reader = setup()
     tcp.closed(close(9, 5, 0, 0, resets_in=1, connect_failed=True))
     tcp.closed(close(10, 1_000_000_000, 500, 90_000, retransmits=4, srtt_us=250))
-    (failed,) = points(reader, "otel_ebpf.tcp.connections.failed")
-    assert failed.attributes["otel_ebpf.tcp.failure"] == "refused" and failed.value == 1
+    tcp.closed(close(11, 5, 10, 10, resets_in=1))  # opened, then aborted by the peer
+    failed = {
+        p.attributes["otel_ebpf.tcp.failure"]: p
+        for p in points(reader, "otel_ebpf.tcp.connections.failed")
+    }
+    assert failed["refused"].value == 1 and failed["reset"].value == 1
+    failed = failed["refused"]
     assert failed.attributes["service.name"] == "svc-42"
     (retrans,) = points(reader, "otel_ebpf.tcp.retransmits")
     assert retrans.value == 4 and retrans.attributes["server.port"] == 8080
     (duration,) = points(reader, "otel_ebpf.tcp.connection.duration")
-    assert duration.sum == 2.0
+    assert duration.count == 2 and duration.sum == 4.0
     (opened,) = points(reader, "otel_ebpf.tcp.connections.opened")
-    assert opened.value == 1 and opened.attributes["direction"] == "active"
+    assert opened.value == 2 and opened.attributes["direction"] == "active"
     sent = {
         p.attributes["network.io.direction"]: p.value for p in points(reader, "otel_ebpf.tcp.bytes")
     }
-    assert sent == {"transmit": 500, "receive": 90_000}
+    assert sent == {"transmit": 510, "receive": 90_010}
 
 
 def test_live_connections_report_before_they_close_and_are_counted_once() -> None:
