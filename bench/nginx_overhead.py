@@ -3,7 +3,8 @@
 Two loads: `saturating` (wrk as fast as it can: the 2-core machine's CPU is
 the limit, so the collector competes with nginx and wrk for it) and `paced`
 (each wrk connection waits 1 ms between requests, a few thousand requests per
-second that the pipeline is meant to keep up with). Alternates baseline and
+second that the pipeline is meant to keep up with); then both again over HTTPS
+(nginx's TLS listener: plaintext from the OpenSSL uprobes). Alternates baseline and
 traced rounds (A B A B ...) so drift on the machine hits both sides alike, and
 reports medians. The collector writes its spans to a file. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
@@ -24,9 +25,14 @@ from harness import CollectorProcess, Nginx
 
 
 def scenario(
-    name: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, script: Path | None
+    name: str,
+    nginx: Nginx,
+    tmp: Path,
+    args: argparse.Namespace,
+    script: Path | None,
+    https: bool = False,
 ) -> None:
-    url = nginx.url("/index.html")
+    url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     lost = rss = 0.0
     requests_traced = spans = kernel_lost = 0
@@ -93,6 +99,9 @@ def main() -> int:
     try:
         scenario("paced", nginx, tmp, args, paced)
         scenario("saturating", nginx, tmp, args, None)
+        # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
+        scenario("paced-https", nginx, tmp, args, paced, https=True)
+        scenario("saturating-https", nginx, tmp, args, None, https=True)
     finally:
         nginx.stop()
     return 0

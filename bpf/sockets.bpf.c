@@ -87,7 +87,27 @@ struct conn_state {
     u8 resets_out; // RSTs sent (saturating)
     u32 retrans;   // segments retransmitted (tcp:tcp_retransmit_skb)
     u32 srtt_us;   // smoothed RTT at the last segment received (tcp:tcp_probe)
+    u32 tls;       // used inside OpenSSL calls: its bytes are ciphertext, never sent
+    u32 pad;
 };
+
+// A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
+// moves bytes on is learnt here, from the socket tracepoints that fire inside it.
+struct ssl_call {
+    u64 ssl;      // the SSL *
+    u64 buf;      // plaintext buffer
+    u64 num;      // its length (what a write hands over)
+    u64 out_len;  // SSL_read_ex/SSL_write_ex: where the byte count goes
+    u64 ts;       // entry
+    u64 sk;       // the socket, once a transfer inside the call names it
+    u32 fd;
+    u16 depth;    // nested SSL_* calls of the same thread
+    u8 dir;       // DIR_EGRESS (write), DIR_INGRESS (read), 2 (handshake)
+    u8 emitted;   // a write's plaintext was sent at its first socket transfer
+};
+
+// tls.bpf.c: a write's plaintext, sent when its first ciphertext reaches the socket.
+static __always_inline void tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid);
 
 struct quiet_key {
     u64 sk;
@@ -116,7 +136,8 @@ struct data_event {
     struct peer peer; // EV_DGRAM only: the datagram's peer
     u32 retrans;      // the connection's TCP counters when the call ended
     u32 srtt_us;
-    u8 pad2[4];       // keeps data[] 8-byte aligned (user space decodes a 112-byte header)
+    u8 tls;           // plaintext from OpenSSL (tls.bpf.c); offsets are the plaintext stream's
+    u8 pad2[3];       // keeps data[] 8-byte aligned (user space decodes a 112-byte header)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -148,6 +169,7 @@ BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
 BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
 BPF_TABLE("lru_hash", struct quiet_key, u64, quiet, MAX_CONNS);
+BPF_HASH(ssl_calls, u32, struct ssl_call, 16384);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -378,6 +400,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
         return 0;
     ev->kind = EV_DGRAM;
     ev->dir = dir;
+    ev->tls = 0;
     ev->retrans = 0;
     ev->srtt_us = 0;
     ev->role = ROLE_CLIENT;
@@ -438,6 +461,20 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     }
     u64 offset = __sync_fetch_and_add(&cs->bytes[dir], (u64)ret);
     cs->pid = tgid;
+    struct ssl_call *call = ssl_calls.lookup(&tid);
+    if (call) {
+        call->sk = skey;
+        struct active_io *sio = active_io.lookup(&tid);
+        if (sio)
+            call->fd = sio->fd;
+        cs->tls = 1;
+        // Sent now, not at SSL_write's return: the peer may answer before the
+        // writer runs again, and the request must reach user space first.
+        if (dir == DIR_EGRESS && call->dir == DIR_EGRESS && !call->emitted)
+            tls_write_seen(call, skey, tgid, tid);
+    }
+    if (cs->tls)
+        return 0; // ciphertext: the plaintext comes from the uprobes, counted only here
 
     struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = dir};
     u64 *quiet_until = quiet.lookup(&qk);
@@ -463,6 +500,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     ev->len = (u32)ret;
     ev->captured = 0;
     ev->has_payload = 0;
+    ev->tls = 0;
     ev->fd = 0;
     bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
+
 from otel_ebpf.privileges import missing_capabilities
 from otel_ebpf.receivers.sockets import (
     OPTIONAL_PLAIN_SYSCALLS,
@@ -20,6 +22,7 @@ from otel_ebpf.receivers.sockets import (
     SocketReceiver,
     tracepoint_exists,
 )
+from otel_ebpf.receivers.tls import host_libraries, other_tls_stack
 
 OK, WARN, FAIL, INFO = "OK", "WARN", "FAIL", "INFO"
 
@@ -122,15 +125,30 @@ def _tracepoints() -> Iterator[Check]:
         yield Check(INFO, f"tracepoint {tp}", state)
 
 
-def _event_source(name: str, what: str, required: bool) -> Check:
-    present = Path(f"/sys/bus/event_source/devices/{name}").exists()
-    if present:
-        return Check(OK, what, "available")
-    return Check(
-        FAIL if required else INFO,
-        what,
-        "not available" + ("" if required else " (optional, not used)"),
+def _event_source(name: str, what: str, absent_means: str = "") -> Check:
+    """A perf event source; `absent_means`: what is lost without it ("" = not used)."""
+    if Path(f"/sys/bus/event_source/devices/{name}").exists():
+        return Check(OK if absent_means else INFO, what, "available")
+    if absent_means:
+        return Check(WARN, what, f"not available: {absent_means}")
+    return Check(INFO, what, "not available (optional, not used)")
+
+
+def _tls() -> Iterator[Check]:
+    """Which libssl files HTTPS plaintext is read from, and which processes with TCP
+    sockets use a TLS stack the uprobes cannot read."""
+    libraries = host_libraries()
+    yield Check(
+        OK if libraries else WARN,
+        "TLS: OpenSSL",
+        ", ".join(libraries) or "no libssl.so in the host's library directories",
     )
+    pids = sorted({c.pid for c in psutil.net_connections(kind="tcp") if c.pid})
+    for pid in pids:
+        stack = other_tls_stack(pid)
+        if stack is not None:
+            name = psutil.Process(pid).name() if psutil.pid_exists(pid) else "?"
+            yield Check(INFO, f"TLS not visible: pid {pid} ({name})", stack)
 
 
 def _perf_events() -> Check:
@@ -233,8 +251,9 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _lockdown,
     _tracefs,
     _tracepoints,
-    lambda: _event_source("uprobe", "uprobes", required=False),
-    lambda: _event_source("kprobe", "kprobes", required=False),
+    lambda: _event_source("uprobe", "uprobes", "HTTPS plaintext (OpenSSL) is not read"),
+    _tls,
+    lambda: _event_source("kprobe", "kprobes"),
     _fentry,
     _perf_events,
     _kernel_headers,

@@ -70,6 +70,16 @@ class DatagramEvent(NamedTuple):
     ipv6: bool
 
 
+# The plaintext stream of a TLS connection (OpenSSL uprobes) is keyed by its
+# socket address with this bit set: a struct sock is never at an odd address.
+TLS_STREAM = 1
+
+
+def base_socket(sk: int) -> int:
+    """The socket a (possibly plaintext-stream) key belongs to."""
+    return sk & ~TLS_STREAM
+
+
 class ConnOpen(NamedTuple):
     """A TCP connection reached ESTABLISHED."""
 

@@ -23,7 +23,7 @@ from otel_ebpf.metrics import (
     periodic_reader,
     scan_interval_s,
 )
-from otel_ebpf.model import ConnClose, Endpoint, ResetSent
+from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Endpoint, ResetSent
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
@@ -35,6 +35,7 @@ from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
 from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.receivers.otlp import OtlpReceiver
 from otel_ebpf.receivers.sockets import SocketReceiver
+from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ class Collector:
             is_sdk_process=self.merger.is_sdk_process if self.merger else None,
             protocol_ports=dict(ebpf.protocols.ports),
             dns_timeout_s=ebpf.protocols.dns_timeout,
+            on_unseen_tls=self._unseen_tls,
         )
+        self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -173,12 +176,18 @@ class Collector:
     def _on_kernel_event(self, event: Any) -> None:
         """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
         kind = type(event)
-        if kind is ResetSent:
+        if kind is DataEvent or kind is ConnOpen:
+            self.tls.check(event.pid)  # a process new to us may map a libssl not probed yet
+        elif kind is ResetSent:
             self._on_reset(event)
             return
         self.tracker.handle(event)
         if kind is ConnClose and self.tcp_health is not None:
             self.tcp_health.closed(event)
+
+    def _unseen_tls(self, pid: int) -> None:
+        if self.tls.not_visible(pid, self._processes.get(pid).executable_name):
+            self.telemetry.tls_not_visible += 1
 
     def _on_reset(self, ev: ResetSent) -> None:
         closed = self.tracker.recently_closed(ev.sk)
@@ -238,6 +247,8 @@ class Collector:
         try:
             if self._ebpf_enabled:
                 self.receiver.start()
+                self.tls.start()
+                self.telemetry.tls_libraries = len(self.tls.libraries)
             if self._health_server is not None:
                 self.tracker.add_own_listener(self._health_server.port)
             if self.otlp is not None:
@@ -296,6 +307,9 @@ class Collector:
                 )
                 next_tcp_scan = now + self._tcp_scan_interval
             if now >= next_sweep:
+                if self._ebpf_enabled:
+                    self.tls.scan_all()
+                    self.telemetry.tls_libraries = len(self.tls.libraries)
                 self._processes.forget_exited()
                 self.tracker.correlator.expire(time.monotonic_ns())
                 next_sweep = now + SWEEP_INTERVAL_S

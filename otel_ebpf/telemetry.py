@@ -27,6 +27,8 @@ class SelfTelemetry:
     spans_export_failed: int = 0
     spans_dropped: int = 0  # export queue full
     spans_queued: int = 0  # waiting in the export queues now (a gauge)
+    tls_libraries: int = 0  # libssl files with the OpenSSL uprobes attached
+    tls_not_visible: int = 0  # executables seen doing TLS the probes cannot read
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -274,7 +274,7 @@ class SpanBuilder:
         attrs: dict[str, str | int] = {
             "http.request.method": req.method,
             "url.path": path,
-            "url.scheme": "http",
+            "url.scheme": "https" if conn.tls else "http",
             "network.protocol.name": "http",
             "network.protocol.version": req.version,
             "network.transport": "tcp",
@@ -305,7 +305,11 @@ class SpanBuilder:
                 attrs.setdefault("server.port", remote.port)
             authority = host or (f"{remote.address}:{remote.port}" if remote else "")
             target = req.target if req.target.startswith("/") else "/" + req.target
-            attrs["url.full"] = req.target if "://" in req.target else f"http://{authority}{target}"
+            attrs["url.full"] = (
+                req.target
+                if "://" in req.target
+                else f"{'https' if conn.tls else 'http'}://{authority}{target}"
+            )
         if "user-agent" in req.headers:
             attrs["user_agent.original"] = req.headers["user-agent"]
         if x.request_body_bytes:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 import psutil
 
 from otel_ebpf.model import (
+    TLS_STREAM,
     ConnClose,
     ConnOpen,
     DataEvent,
@@ -28,6 +29,7 @@ from otel_ebpf.model import (
     KernelEvent,
     Role,
     SelfConn,
+    base_socket,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
 from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestNet, RequestStart
@@ -81,6 +83,7 @@ class _CommandStart(NamedTuple):
 
 
 QUIET_FOREVER = (1 << 64) - 1
+TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
 class Connection:
@@ -132,6 +135,11 @@ class Connection:
         self.reset = False  # it ended with a RST (sent or received)
         self.retransmits = 0  # the kernel's counters as of its last event
         self.srtt_us = 0
+
+    @property
+    def tls(self) -> bool:
+        """The plaintext stream of a TLS connection, from the OpenSSL uprobes."""
+        return bool(self.sk & TLS_STREAM)
 
     @property
     def server_port(self) -> int:
@@ -204,8 +212,10 @@ class ConnectionTracker:
         is_sdk_process: Callable[[int], bool] | None = None,
         protocol_ports: dict[int, str] | None = None,
         dns_timeout_s: float = 5.0,
+        on_unseen_tls: Callable[[int], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
         self._processes = processes
         self._selector = selector
         self._telemetry = telemetry
@@ -246,7 +256,7 @@ class ConnectionTracker:
 
     def ends(self, sk: int, gen: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
         """Role and ends of a live connection the kernel knows as (sk, generation)."""
-        conn = self._conns.get(sk)
+        conn = self._conns.get(sk) or self._conns.get(sk | TLS_STREAM)
         if conn is None or conn.gen not in (0, gen) or conn.remote is None:
             return None
         return conn.role, conn.local, conn.remote
@@ -349,7 +359,20 @@ class ConnectionTracker:
                 self._finish(old, 0)
             conn = self._conns[sk] = Connection(sk, role)
             self._telemetry.connections_tracked += 1
+            if sk & TLS_STREAM:
+                self._tls_from_socket(conn)
         return conn
+
+    def _tls_from_socket(self, conn: Connection) -> None:
+        """A plaintext stream takes its ends from its socket, when the open was seen
+        (else from /proc at its first event, as any connection that predates us)."""
+        base = self._conns.get(base_socket(conn.sk))
+        if base is not None and base.local is not None and base.remote is not None:
+            conn.local, conn.remote, conn.ipv6 = base.local, base.remote, base.ipv6
+            conn.seen_from_start = base.seen_from_start
+            if conn.seen_from_start:
+                conn.stream_pos = [0, 0]  # the first plaintext byte after the handshake
+            self._by_ends[(base.local, base.remote)] = conn  # the end that knows its process
 
     def _on_open(self, ev: ConnOpen) -> None:
         self._forget_own(ev.sk)  # a new connection: whatever we knew of this address is gone
@@ -397,6 +420,9 @@ class ConnectionTracker:
         if ev.sk in self._own:
             self._forget_own(ev.sk)
             return
+        plaintext = None if ev.sk & TLS_STREAM else self._conns.get(ev.sk | TLS_STREAM)
+        if plaintext is not None:  # the TLS stream ends with its socket
+            self._on_close(ev._replace(sk=ev.sk | TLS_STREAM))
         conn = self._conns.get(ev.sk)
         if conn is not None and conn.held:
             self._release(conn)  # calls still waiting come before the close
@@ -428,7 +454,7 @@ class ConnectionTracker:
         conn.proto = None
 
     def _on_data(self, ev: DataEvent) -> None:
-        if ev.sk in self._own:
+        if base_socket(ev.sk) in self._own:
             return
         conn = self._conns.get(ev.sk)
         if conn is None:
@@ -569,7 +595,7 @@ class ConnectionTracker:
         conn.protos_tried += (conn.proto_name,)
         proto = self._parser_for(conn, ev, conn.protos_tried)
         if proto is None:
-            self._ignore(conn)
+            self._ignore(conn, ev.payload)
             return
         conn.proto = proto
         conn.stream_pos = [None, None]
@@ -617,9 +643,12 @@ class ConnectionTracker:
             conn.reset,
         )
 
-    def _ignore(self, conn: Connection) -> None:
+    def _ignore(self, conn: Connection, first: bytes = b"") -> None:
         """No supported protocol from its first byte (TLS, HTTP/2, a database not
-        parsed yet): the kernel counts its bytes from now on and sends no events."""
+        parsed yet): the kernel counts its bytes from now on and sends no events.
+        TLS here means a TLS library the uprobes do not cover: say so."""
+        if first[:2] == TLS_HANDSHAKE and self._on_unseen_tls is not None:
+            self._on_unseen_tls(conn.pid)
         conn.selected = False
         conn.proto = None
         self._telemetry.connections_unrecognised += 1
@@ -688,7 +717,7 @@ class ConnectionTracker:
         if conn.selected:
             conn.proto = self._parser_for(conn, ev)
             if conn.proto is None:
-                self._ignore(conn)
+                self._ignore(conn, ev.payload)
                 return False
         else:
             self._telemetry.connections_excluded += 1

@@ -7,6 +7,7 @@ allocation per event the rest of the pipeline needs anyway.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -16,8 +17,10 @@ import struct
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from otel_ebpf.model import (
+    TLS_STREAM,
     ConnClose,
     ConnCounters,
     ConnOpen,
@@ -62,11 +65,19 @@ REQUIRED_TRACEPOINTS = (
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",
 )
+# OpenSSL functions probed (tls.bpf.c): symbol, entry program, return program.
+OPENSSL_PROBES = (
+    ("SSL_do_handshake", "ssl_handshake_enter", "ssl_exit_plain"),
+    ("SSL_write", "ssl_write_enter", "ssl_exit_plain"),
+    ("SSL_read", "ssl_read_enter", "ssl_exit_plain"),
+    ("SSL_write_ex", "ssl_write_ex_enter", "ssl_exit_ex"),
+    ("SSL_read_ex", "ssl_read_ex_enter", "ssl_exit_ex"),
+)
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET = 1, 2, 3, 4, 5, 6
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sII4x")  # peer, then TCP counters
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIB3x")  # peer, TCP counters, tls
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -111,11 +122,12 @@ def decode(raw: bytes) -> KernelEvent | None:
             _,
             retransmits,
             srtt_us,
+            tls,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
         return DataEvent(
-            sk,
+            sk | TLS_STREAM if tls else sk,
             gen,
             _DIRECTIONS[d],
             _ROLES[role],
@@ -211,7 +223,9 @@ def tracepoint_has_field(name: str, field: str) -> bool:
 
 
 def program_source() -> str:
-    return resources.files("otel_ebpf.bpf").joinpath("sockets.bpf.c").read_text()
+    """The socket program with the OpenSSL uprobes appended (one unit: shared maps)."""
+    bpf = resources.files("otel_ebpf.bpf")
+    return bpf.joinpath("sockets.bpf.c").read_text() + bpf.joinpath("tls.bpf.c").read_text()
 
 
 class SocketReceiver:
@@ -337,6 +351,32 @@ class SocketReceiver:
                 )
             )
         return out
+
+    def attach_openssl(self, path: str) -> int:
+        """Uprobes on one libssl file (every process mapping it, now and later, is
+        covered: uprobes live on the file). Returns the functions attached."""
+        if self._bpf is None:
+            return 0
+        bpf: Any = self._bpf
+        attached = 0
+        for symbol, enter, exit_ in OPENSSL_PROBES:
+            try:
+                bpf.attach_uprobe(name=path, sym=symbol, fn_name=enter)
+                bpf.attach_uretprobe(name=path, sym=symbol, fn_name=exit_)
+            except Exception as exc:  # an older libssl lacks the _ex calls
+                log.debug("%s: %s not probed (%s)", path, symbol, exc)
+                continue
+            attached += 1
+        return attached
+
+    def detach_openssl(self, path: str) -> None:
+        if self._bpf is None:
+            return
+        bpf: Any = self._bpf
+        for symbol, _, _ in OPENSSL_PROBES:
+            for detach in (bpf.detach_uprobe, bpf.detach_uretprobe):
+                with contextlib.suppress(Exception):  # never attached (or the file is gone)
+                    detach(name=path, sym=symbol)
 
     def set_quiet(self, sk: int, gen: int, direction: Direction, until_offset: int) -> None:
         """Tell the kernel not to send calls of this direction that end before the offset."""

@@ -18,7 +18,7 @@ fi
 # servers and clients the tests and benchmarks drive.
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
           redis-server postgresql-15 mariadb-server mariadb-client dnsmasq-base bind9-dnsutils
-          nghttp2-server nftables ca-certificates util-linux iproute2 python3-venv)
+          nghttp2-server nftables ca-certificates openssl util-linux iproute2 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

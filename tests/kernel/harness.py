@@ -163,6 +163,9 @@ http {{
   uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
   server {{
     listen 127.0.0.1:{port};
+    listen 127.0.0.1:{tls_port} ssl;
+    ssl_certificate {root}/cert.pem;
+    ssl_certificate_key {root}/key.pem;
     root {root}/www;
     location = /fail {{ return 500 "boom\\n"; }}
     location = /bad-upstream {{ proxy_pass http://127.0.0.1:{dead_port}; }}
@@ -171,18 +174,41 @@ http {{
 """
 
 
+def self_signed_certificate(where: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1/localhost and its key, made with the openssl CLI."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    if not cert.exists():
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+                *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+                *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
+
+
 class Nginx:
-    """Debian's nginx serving files on a free port, 404 and 500/502 paths included."""
+    """Debian's nginx serving files on a free port (and HTTPS on another, with a
+    self-signed certificate), 404 and 500/502 paths included."""
 
     def __init__(self, root: Path) -> None:
         exe = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.port = free_port()
+        self.port, self.tls_port = free_port(), free_port()
+        self_signed_certificate(root)
         (root / "www").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         (root / "www" / "index.html").write_text("<h1>hello</h1>\n")
         (root / "www" / "big.bin").write_bytes(os.urandom(300_000))
         conf = root / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(root=root, port=self.port, dead_port=free_port()))
+        conf.write_text(
+            NGINX_CONF.format(
+                root=root, port=self.port, tls_port=self.tls_port, dead_port=free_port()
+            )
+        )
         self.proc = subprocess.Popen(
             [exe, "-c", str(conf), "-p", str(root)],
             stdout=subprocess.DEVNULL,
@@ -192,6 +218,9 @@ class Nginx:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def https_url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.tls_port}{path}"
 
     def stop(self) -> None:
         end_process(self.proc, signal.SIGQUIT)  # graceful: finish in-flight requests

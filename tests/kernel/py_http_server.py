@@ -1,6 +1,8 @@
-"""A keep-alive HTTP/1.1 server for the tests: echo, chunked bodies both ways, 100-continue."""
+"""A keep-alive HTTP/1.1 (or HTTPS) server for the tests: echo, chunked bodies both ways,
+100-continue."""
 
 import socket
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,5 +68,12 @@ class Server(ThreadingHTTPServer):
 
 
 if __name__ == "__main__":
+    # py_http_server.py PORT [HOST [CERT KEY]]: with a certificate, HTTPS (Python's
+    # ssl module, which links the system's libssl)
     host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
-    Server((host, int(sys.argv[1])), Handler).serve_forever()
+    server = Server((host, int(sys.argv[1])), Handler)
+    if len(sys.argv) > 4:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()

@@ -26,7 +26,7 @@ from otel_ebpf.processors.streams import Connection
 def a_span():  # type: ignore[no-untyped-def]
     req = HttpHead(True, "POST", "/x?y=1", 0, "1.1", {}, 0, False)
     resp = HttpHead(False, "", "", 500, "1.1", {}, 0, False)
-    c = Connection(1, Role.SERVER)
+    c = Connection(16, Role.SERVER)
     c.local, c.remote = Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 4000)
     c.process = ProcessInfo(
         9, "srv", "srv", "srv", Resource({"service.name": "srv", "process.pid": 9})

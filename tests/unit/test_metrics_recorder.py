@@ -34,7 +34,7 @@ def setup(
 
 
 def conn(role: Role, service: str) -> Connection:
-    c = Connection(1, role)
+    c = Connection(16, role)
     if role == Role.SERVER:
         c.local, c.remote = SERVER_END, CLIENT_END
     else:

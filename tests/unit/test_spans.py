@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.model import TLS_STREAM, Endpoint, HttpExchange, HttpHead, Role
 from otel_ebpf.processes import ProcessInfo, _service_name_from_environ
 from otel_ebpf.processors.protocols.dns import DnsExchange, DnsMessage
 from otel_ebpf.processors.protocols.http2 import Http2Exchange
@@ -30,7 +30,7 @@ def head(**kw: object) -> HttpHead:
 
 
 def conn(role: Role) -> Connection:
-    c = Connection(1, role)
+    c = Connection(16, role)
     if role == Role.SERVER:
         c.local, c.remote = Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.2", 50000)
     else:
@@ -78,6 +78,15 @@ def test_client_span_has_url_full() -> None:
     assert span.attributes is not None
     assert span.attributes["url.full"] == "http://shop.example:8080/a/b?x=1"
     assert span.attributes["network.peer.port"] == 8080
+
+
+def test_the_plaintext_stream_of_a_tls_connection_is_https() -> None:
+    tls = conn(Role.CLIENT)
+    tls.sk |= TLS_STREAM  # what the OpenSSL uprobes' events are keyed by
+    span = SpanBuilder(0).build(exchange(200), tls)
+    assert span.attributes is not None
+    assert span.attributes["url.scheme"] == "https"
+    assert span.attributes["url.full"] == "https://shop.example:8080/a/b?x=1"
 
 
 def test_status_rules() -> None:

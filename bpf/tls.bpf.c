@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+// OpenSSL plaintext through uprobes; loaded with sockets.bpf.c (appended to it:
+// it shares its maps, event layout and ring buffer).
+//
+//   SSL_write/SSL_read(_ex) entry   remember the SSL * and the plaintext buffer
+//   socket tracepoints inside it    name the socket (sockets.bpf.c, ssl_calls),
+//                                   and mark it TLS so its ciphertext is never sent;
+//                                   a write's plaintext is sent at its first transfer
+//   SSL_read return                 the plaintext read, as a data event of the
+//                                   socket's plaintext stream (its own offsets)
+//   SSL_do_handshake                ties SSL * to its socket before any data moves
+//
+// User space tells the streams apart by TLS_STREAM, the low bit of the socket
+// address (a struct sock is never at an odd address): quiet offsets and spans
+// of the plaintext stream use sk | TLS_STREAM.
+
+#define TLS_STREAM 1
+#define DIR_NONE 2 // handshake: nothing to send
+
+struct tls_conn {
+    u64 sk;
+    u64 gen;      // the socket's generation: an SSL * and a sock address can both be reused
+    u64 bytes[2]; // plaintext stream offset per direction
+    u64 retry;    // a write sent, then failed (WANT_WRITE): its retry sends nothing new
+};
+
+BPF_TABLE("lru_hash", u64, struct tls_conn, tls_conns, MAX_CONNS);
+
+// The SSL *'s plaintext stream state, tied to socket `sk` (0: as known).
+static __always_inline struct tls_conn *tls_conn_of(u64 ssl, u64 sk) {
+    struct tls_conn *tc = tls_conns.lookup(&ssl);
+    if (sk && (!tc || tc->sk != sk)) {
+        struct tls_conn fresh = {.sk = sk};
+        tls_conns.update(&ssl, &fresh);
+        tc = tls_conns.lookup(&ssl);
+    }
+    return tc;
+}
+
+// Send `n` plaintext bytes from `buf` as the next bytes of the stream.
+static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8 dir, u64 n,
+                                     u64 ts, u32 tgid, u32 tid) {
+    u64 skey = tc->sk;
+    struct conn_state *cs = conns.lookup(&skey);
+    if (!cs)
+        return; // the socket closed meanwhile
+    if (tc->gen != cs->gen) { // a new connection: its plaintext starts at 0
+        tc->gen = cs->gen;
+        tc->bytes[0] = 0;
+        tc->bytes[1] = 0;
+        tc->retry = 0;
+    }
+    u64 offset = __sync_fetch_and_add(&tc->bytes[dir & 1], n);
+    struct quiet_key qk = {.sk = skey | TLS_STREAM, .gen = cs->gen, .dir = dir};
+    u64 *quiet_until = quiet.lookup(&qk);
+    if (quiet_until && offset + n < *quiet_until)
+        return;
+
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return;
+    ev->kind = EV_DATA;
+    ev->dir = dir;
+    ev->role = cs->role;
+    ev->retrans = cs->retrans;
+    ev->srtt_us = cs->srtt_us;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->fd = c->fd;
+    ev->sk = skey;
+    ev->gen = cs->gen;
+    ev->ts = ts;
+    ev->offset = offset;
+    ev->cap_offset = offset;
+    ev->len = (u32)n;
+    ev->has_payload = 1;
+    ev->tls = 1;
+    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    u64 buf = c->buf;
+    u64 want = n;
+    if (quiet_until && *quiet_until > offset) { // skip what user space has sized
+        u64 skip = *quiet_until - offset;
+        buf += skip;
+        want -= skip;
+        ev->cap_offset = offset + skip;
+    }
+    u32 len = bounded(want > CAPTURE_BYTES ? CAPTURE_BYTES : (u32)want, CAPTURE_BYTES);
+    ev->captured = bpf_probe_read_user(ev->data, len, (void *)buf) == 0 ? len : 0;
+    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
+    if (events.ringbuf_output(ev, size, 0))
+        count_lost();
+}
+
+static __always_inline void tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid) {
+    call->emitted = 1;
+    struct tls_conn *tc = tls_conn_of(call->ssl, sk);
+    if (!tc)
+        return;
+    if (tc->retry && tc->retry == call->num) {
+        tc->retry = 0; // OpenSSL retries a write with the same arguments: already sent
+        return;
+    }
+    tls_data(tc, call, DIR_EGRESS, call->num, call->ts, tgid, tid);
+}
+
+static __always_inline int ssl_enter(u64 ssl, u64 buf, u64 num, u64 out_len, u8 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) == SELF_TGID)
+        return 0;
+    u32 tid = (u32)id;
+    struct ssl_call *call = ssl_calls.lookup(&tid);
+    if (call) {
+        call->depth++; // an SSL_* call made by another: the outer one reports
+        return 0;
+    }
+    struct ssl_call fresh = {
+        .ssl = ssl, .buf = buf, .num = num, .out_len = out_len, .ts = bpf_ktime_get_ns(), .dir = dir};
+    ssl_calls.update(&tid, &fresh);
+    return 0;
+}
+
+static __always_inline int ssl_exit(struct pt_regs *ctx, int is_ex) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    struct ssl_call *call = ssl_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    if (call->depth) {
+        call->depth--;
+        return 0;
+    }
+    struct ssl_call c = *call;
+    ssl_calls.delete(&tid);
+
+    struct tls_conn *tc = tls_conn_of(c.ssl, c.sk);
+    if (!tc || c.dir == DIR_NONE)
+        return 0;
+    int rc = (int)PT_REGS_RC(ctx); // an int: the upper half of the register is not defined
+    u64 n = 0;
+    if (rc > 0 && is_ex)
+        bpf_probe_read_user(&n, sizeof(n), (void *)c.out_len);
+    else if (rc > 0)
+        n = (u64)rc;
+    if (c.dir == DIR_EGRESS) {
+        if (c.emitted && n == 0)
+            tc->retry = c.num; // sent at its first transfer, but the call failed
+        else if (!c.emitted && n) // nothing reached the socket inside the call
+            tls_data(tc, &c, DIR_EGRESS, n, c.ts, tgid, tid);
+        return 0;
+    }
+    if (n) // a read: the plaintext is in the buffer now
+        tls_data(tc, &c, DIR_INGRESS, n, bpf_ktime_get_ns(), tgid, tid);
+    return 0;
+}
+
+// int SSL_write(SSL *, const void *buf, int num); int SSL_read(SSL *, void *buf, int num)
+int ssl_write_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), (u32)PT_REGS_PARM3(ctx), 0, DIR_EGRESS);
+}
+int ssl_read_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), (u32)PT_REGS_PARM3(ctx), 0, DIR_INGRESS);
+}
+// int SSL_write_ex(SSL *, const void *buf, size_t num, size_t *written); SSL_read_ex alike
+int ssl_write_ex_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx),
+                     DIR_EGRESS);
+}
+int ssl_read_ex_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx),
+                     DIR_INGRESS);
+}
+int ssl_handshake_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), 0, 0, 0, DIR_NONE);
+}
+int ssl_exit_plain(struct pt_regs *ctx) {
+    return ssl_exit(ctx, 0);
+}
+int ssl_exit_ex(struct pt_regs *ctx) {
+    return ssl_exit(ctx, 1);
+}

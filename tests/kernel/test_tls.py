@@ -1,0 +1,194 @@
+"""HTTPS through the OpenSSL uprobes: nginx, curl, ab, Python's ssl module, a client
+with its own copy of libssl started after the collector, and a Go client whose
+TLS the collector must say it cannot read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import (
+    HERE,
+    CollectorProcess,
+    Nginx,
+    PythonServer,
+    self_signed_certificate,
+    wait_until,
+)
+from otlp_sink import CLIENT, SERVER, GrpcSink, Span
+from test_nginx import expect_exactly
+
+GO = shutil.which("go") or "/usr/local/go/bin/go"
+
+# A keep-alive HTTPS client on Python's ssl module (the system libssl, or the one
+# LD_LIBRARY_PATH names): waits `pause` seconds after the handshake, then sends
+# each path, with a traceparent header when one is given.
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import http.client, ssl, sys, time
+    port, pause, traceparent, paths = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    context = ssl._create_unverified_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    conn.connect()
+    time.sleep(pause)
+    for path in paths:
+        conn.request("GET", path, headers={"traceparent": traceparent} if traceparent else {})
+        conn.getresponse().read()
+    conn.close()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonServer]:
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    server = PythonServer("py-tls", args=("127.0.0.1", str(cert), str(key)))
+    yield server
+    server.stop()
+
+
+def python_client(
+    port: int,
+    paths: list[str],
+    service: str,
+    pause: float = 0.0,
+    traceparent: str = "",
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(port), str(pause), traceparent, *paths],
+        env={**os.environ, "OTEL_SERVICE_NAME": service, **(env or {})},
+    )
+
+
+def check_https(spans: list[Span], paths: list[tuple[str, int]]) -> None:
+    for span, (path, status) in zip(spans, paths, strict=True):
+        assert span.attributes["url.scheme"] == "https"
+        assert span.attributes["http.request.method"] == "GET"
+        assert span.attributes["url.path"] == path
+        assert span.attributes["http.response.status_code"] == status
+
+
+def test_nginx_over_https_with_curl_one_span_per_request_each_side(
+    collector: CollectorProcess, grpc_sink: GrpcSink, nginx: Nginx
+) -> None:
+    since = time.time_ns()
+    paths = [("/index.html", 200), ("/missing", 404), ("/fail", 500)] * 3
+    args = [a for p, _ in paths for a in ("-o", "/dev/null", nginx.https_url(p))]
+    subprocess.run(["curl", "-sk", *args], check=True)
+    servers = expect_exactly(grpc_sink.store, nginx.tls_port, SERVER, "nginx", len(paths), since)
+    clients = expect_exactly(grpc_sink.store, nginx.tls_port, CLIENT, "curl", len(paths), since)
+    check_https(servers, paths)
+    check_https(clients, paths)
+    assert all(c.trace_id == s.trace_id for c, s in zip(clients, servers, strict=True))
+    assert servers[0].attributes["server.port"] == nginx.tls_port  # TLS spans keep the tuple
+
+
+def test_nginx_over_https_with_ab(
+    collector: CollectorProcess, grpc_sink: GrpcSink, nginx: Nginx
+) -> None:
+    since = time.time_ns()
+    out = subprocess.run(
+        ["ab", "-n", "200", "-c", "4", nginx.https_url("/index.html")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "Complete requests:      200" in out and "Failed requests:        0" in out
+    servers = expect_exactly(grpc_sink.store, nginx.tls_port, SERVER, "nginx", 200, since)
+    clients = expect_exactly(grpc_sink.store, nginx.tls_port, CLIENT, "ab", 200, since)
+    check_https(servers, [("/index.html", 200)] * 200)
+    check_https(clients, [("/index.html", 200)] * 200)
+
+
+def test_python_ssl_keepalive_and_a_traceparent_over_tls(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tls_server: PythonServer
+) -> None:
+    since = time.time_ns()
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    paths = ["/status/200", "/status/404", "/big/50000", "/status/200"]
+    client = python_client(
+        tls_server.port, paths, "py-tls-client", traceparent=f"00-{trace}-{parent}-01"
+    )
+    assert client.wait(30) == 0
+    port = tls_server.port
+    servers = expect_exactly(grpc_sink.store, port, SERVER, "py-tls", len(paths), since)
+    clients = expect_exactly(grpc_sink.store, port, CLIENT, "py-tls-client", len(paths), since)
+    want = [("/status/200", 200), ("/status/404", 404), ("/big/50000", 200), ("/status/200", 200)]
+    check_https(servers, want)
+    check_https(clients, want)
+    for c, s in zip(clients, servers, strict=True):
+        assert c.trace_id == s.trace_id == trace  # the context sent over TLS was read
+        # Both are children of the span the sending app named (the eBPF client span
+        # stands in for that app's own, as for plain HTTP).
+        assert c.parent_span_id == s.parent_span_id == parent
+    assert clients[2].attributes["otel_ebpf.tcp.bytes_received"] >= 50_000
+
+
+def test_a_client_with_its_own_libssl_started_after_the_collector(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tls_server: PythonServer, tmp_path: Path
+) -> None:
+    """A copy of libssl is a different file, as a container's own library would be:
+    the collector finds it when the process first uses the network and probes it."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    system = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+    if not system.exists():
+        system = next(Path("/usr/lib").glob("*/libssl.so.3"))
+    shutil.copy(system, lib / "libssl.so.3")
+    since = time.time_ns()
+    paths = ["/status/200", "/status/201", "/status/202"]
+    client = python_client(
+        tls_server.port, paths, "late-tls-client", pause=3.0, env={"LD_LIBRARY_PATH": str(lib)}
+    )
+    wait_until(
+        lambda: str(lib / "libssl.so.3") in Path(f"/proc/{client.pid}/maps").read_text(),
+        10,
+        "the copy mapped",
+    )
+    assert client.wait(30) == 0
+    clients = expect_exactly(
+        grpc_sink.store, tls_server.port, CLIENT, "late-tls-client", len(paths), since
+    )
+    check_https(clients, [("/status/200", 200), ("/status/201", 201), ("/status/202", 202)])
+    assert str(lib / "libssl.so.3") in collector.log_path.read_text()
+
+
+def test_a_go_tls_client_is_reported_as_not_visible(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tls_server: PythonServer, tmp_path: Path
+) -> None:
+    binary = tmp_path / "go_tls_client"
+    subprocess.run(
+        [GO, "build", "-o", str(binary), str(HERE / "go_tls_client" / "main.go")],
+        check=True,
+        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+    )
+    since = time.time_ns()
+    subprocess.run(
+        [str(binary), f"https://127.0.0.1:{tls_server.port}/status/200", "3"], check=True
+    )
+    wait_until(
+        lambda: (
+            "TLS not visible" in collector.log_path.read_text()
+            and "go_tls_client" in collector.log_path.read_text()
+        ),
+        30,
+        "the log line naming the Go client",
+    )
+    line = next(
+        x
+        for x in collector.log_path.read_text().splitlines()
+        if "go_tls_client" in x and "TLS not visible" in x
+    )
+    assert "Go crypto/tls" in line
+    assert collector.telemetry()["tls_not_visible"] >= 1
+    # The server's side is OpenSSL (Python's ssl): its spans are there.
+    expect_exactly(grpc_sink.store, tls_server.port, SERVER, "py-tls", 3, since)
