@@ -13,12 +13,15 @@ from harness import CollectorProcess
 
 
 def drained(collector: CollectorProcess) -> dict[str, int]:
-    """Telemetry once the pipeline has caught up (spans built stop growing)."""
+    """Telemetry once the pipeline has caught up: spans built, events received and
+    events lost all still for a second (the event counters move only between
+    ring-buffer polls, and one poll can take seconds to work through a backlog)."""
+    keys = ("spans_built", "events_received", "events_lost")
     last = collector.telemetry()
-    for _ in range(100):
-        time.sleep(0.3)
+    for _ in range(120):
+        time.sleep(1.0)
         now = collector.telemetry()
-        if now["spans_built"] == last["spans_built"]:
+        if all(now[k] == last[k] for k in keys):
             return now
         last = now
     return last
