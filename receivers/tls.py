@@ -25,7 +25,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROC = Path("/proc")
-_LIBSSL = re.compile(r"/libssl\.so(\.[0-9.]+)?$")
+# libssl.so.3, and the renamed copies Python wheels bundle (libssl-1a2b3c4d.so.3)
+_LIBSSL = re.compile(r"/libssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$")
 FileId = tuple[int, int]  # (st_dev, st_ino)
 ATTACH_GRACE_S = 5.0  # a handshake this soon after its library was probed raced the attach
 

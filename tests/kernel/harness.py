@@ -365,11 +365,12 @@ def _as_user(user: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[byte
 
 
 class Postgres:
-    """A throwaway PostgreSQL cluster (Debian's server binaries) on a free port."""
+    """A throwaway PostgreSQL cluster (Debian's server binaries) on a free port; with
+    `tls`, it offers TLS (a self-signed certificate) to clients that ask."""
 
     BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"))
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: bool = False) -> None:
         self.port = free_port()
         data = root / "pgdata"
         root.mkdir(parents=True, exist_ok=True)
@@ -407,14 +408,23 @@ class Postgres:
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "fsync=off",
-                "-c",
-                "ssl=off",
+                *self._tls_options(root, tls),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: listening(self.port), 30, "postgres listening")
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    @staticmethod
+    def _tls_options(root: Path, tls: bool) -> list[str]:
+        if not tls:
+            return ["-c", "ssl=off"]
+        cert, key = self_signed_certificate(root / "tls")
+        for path in (root / "tls", cert, key):
+            shutil.chown(path, "postgres", "postgres")
+        key.chmod(0o600)  # PostgreSQL refuses a key others can read
+        return ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
 
     def stop(self) -> None:
         end_process(self.proc, signal.SIGINT, 20)  # PostgreSQL's fast shutdown

@@ -5,6 +5,7 @@ TLS the collector must say it cannot read."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from db_spans import settle
 from harness import (
     HERE,
     CollectorProcess,
     Nginx,
+    Postgres,
     PythonServer,
     self_signed_certificate,
     wait_until,
 )
+from otel_ebpf.receivers.tls import libssl_of
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 from test_nginx import expect_exactly
 
@@ -133,33 +137,81 @@ def test_python_ssl_keepalive_and_a_traceparent_over_tls(
     assert clients[2].attributes["otel_ebpf.tcp.bytes_received"] >= 50_000
 
 
-def test_a_client_with_its_own_libssl_started_after_the_collector(
+def test_postgresql_over_tls_through_the_same_parser(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tmp_path: Path
+) -> None:
+    """psql and the server both on the system libssl; sslmode=require, so every
+    statement after the SSLRequest travels encrypted."""
+    pg = Postgres(tmp_path / "pg", tls=True)
+    try:
+        since = time.time_ns()
+        psql = [str(Postgres.BIN / "psql"), f"{pg.dsn} sslmode=require", "-X", "-A", "-t"]
+        out = subprocess.run(
+            [
+                *psql,
+                *("-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"),
+                *("-c", "SELECT 42"),
+                *("-c", "SELECT * FROM no_such_table"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert out.stdout.split()[:2] == ["t", "42"]  # TLS, really
+        spans = settle(grpc_sink, "postgresql", pg.port, since, 3)
+    finally:
+        pg.stop()
+    texts = sorted(s.attributes["db.query.text"] for s in spans)
+    assert texts == [
+        "SELECT * FROM no_such_table",
+        "SELECT ?",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    ]
+    failed = [s for s in spans if s.status_code == 2]
+    assert [s.attributes["db.response.status_code"] for s in failed] == ["42P01"]
+    assert all(s.service == "psql" and s.attributes["db.namespace"] == "postgres" for s in spans)
+
+
+def test_a_client_in_another_mount_namespace_started_after_the_collector(
     collector: CollectorProcess, grpc_sink: GrpcSink, tls_server: PythonServer, tmp_path: Path
 ) -> None:
-    """A copy of libssl is a different file, as a container's own library would be:
-    the collector finds it when the process first uses the network and probes it."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    system = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
-    if not system.exists():
-        system = next(Path("/usr/lib").glob("*/libssl.so.3"))
-    shutil.copy(system, lib / "libssl.so.3")
+    """A container stand-in: a mount namespace where the system libssl path holds a
+    copy (another file, as a container image's own library is). The collector finds
+    it through /proc/PID/root when the process first uses the network, and probes it."""
+    system = Path(ssl_library())
+    copy = tmp_path / "libssl.so.3"
+    shutil.copy(system, copy)
     since = time.time_ns()
     paths = ["/status/200", "/status/201", "/status/202"]
-    client = python_client(
-        tls_server.port, paths, "late-tls-client", pause=3.0, env={"LD_LIBRARY_PATH": str(lib)}
+    argv = [sys.executable, "-c", CLIENT_SCRIPT, str(tls_server.port), "3.0", "", *paths]
+    inside = f"mount --bind {copy} {system} && exec {shlex.join(argv)}"
+    client = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", inside],
+        env={**os.environ, "OTEL_SERVICE_NAME": "late-tls-client"},
     )
-    wait_until(
-        lambda: str(lib / "libssl.so.3") in Path(f"/proc/{client.pid}/maps").read_text(),
-        10,
-        "the copy mapped",
-    )
+
+    def maps_the_copy() -> bool:
+        maps = Path(f"/proc/{client.pid}/maps").read_text()
+        return any(
+            line.endswith(str(system)) and int(line.split()[4]) == copy.stat().st_ino
+            for line in maps.splitlines()
+        )
+
+    wait_until(maps_the_copy, 10, "the client mapping the copy under the system path")
     assert client.wait(30) == 0
     clients = expect_exactly(
         grpc_sink.store, tls_server.port, CLIENT, "late-tls-client", len(paths), since
     )
     check_https(clients, [("/status/200", 200), ("/status/201", 201), ("/status/202", 202)])
-    assert str(lib / "libssl.so.3") in collector.log_path.read_text()
+    log = collector.log_path.read_text()
+    assert f"/proc/{collector.proc.pid}/fd/" in log  # held open: the namespace may go first
+
+
+def ssl_library() -> str:
+    import ssl as _ssl  # noqa: F401  - maps the system libssl into this process
+
+    found = libssl_of(os.getpid())
+    assert found is not None
+    return found.split("/root", 1)[1]
 
 
 def test_a_go_tls_client_is_reported_as_not_visible(
