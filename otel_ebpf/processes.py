@@ -62,6 +62,14 @@ class ProcessRegistry:
             )
         return info
 
+    def prefetch(self, pid: int) -> None:
+        """Read a process while it runs (a short-lived client may exit before its
+        first data event is handled); nothing is cached if it has already gone."""
+        if pid not in self._cache and os.path.exists(f"{self._proc}/{pid}/exe"):
+            info = self._load(pid, "")
+            if info.executable_name:
+                self._cache[pid] = info
+
     def forget_exited(self) -> int:
         """Drop processes that are gone (called periodically; pids get reused)."""
         gone = [pid for pid in self._cache if not os.path.exists(f"{self._proc}/{pid}")]

@@ -398,6 +398,8 @@ class ConnectionTracker:
         conn.seen_from_start = True
         conn.stream_pos = [0, 0]  # both streams start at the handshake
         conn.pid = ev.pid
+        if ev.pid:  # a client, named now while it surely runs: a short one exits fast
+            self._processes.prefetch(ev.pid)
 
     def _on_self(self, ev: SelfConn) -> None:
         conn = self._conns.pop(ev.sk, None)

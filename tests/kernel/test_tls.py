@@ -26,7 +26,7 @@ from harness import (
     self_signed_certificate,
     wait_until,
 )
-from otel_ebpf.receivers.tls import libssl_of
+from otel_ebpf.receivers.tls import mapped_paths
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 from test_nginx import expect_exactly
 
@@ -207,11 +207,14 @@ def test_a_client_in_another_mount_namespace_started_after_the_collector(
 
 
 def ssl_library() -> str:
+    """The system libssl as this process maps it (not a wheel's bundled copy)."""
     import ssl as _ssl  # noqa: F401  - maps the system libssl into this process
 
-    found = libssl_of(os.getpid())
-    assert found is not None
-    return found.split("/root", 1)[1]
+    return next(
+        p
+        for p in mapped_paths(os.getpid())
+        if Path(p).name.startswith("libssl.so") and "-packages/" not in p
+    )
 
 
 def test_a_go_tls_client_is_reported_as_not_visible(
