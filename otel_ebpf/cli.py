@@ -39,6 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         collector = Collector(cfg)
+    except config_mod.ConfigError as exc:  # a setting that only the machine contradicts
+        return _fail(f"config error: {exc}", 2)
     except OSError as exc:  # health port taken, file exporter path unwritable
         return _fail(f"cannot start: {exc}")
 

@@ -101,6 +101,19 @@ class RoutesConfig(_Strict):
         return v
 
 
+class KubernetesConfig(_Strict):
+    metadata: Literal["auto", "true", "false"] = "auto"  # auto: when running in a pod
+    api: str = ""  # the API server URL (default: the in-cluster one)
+    node_name: str = ""  # this node (default: K8S_NODE_NAME); a node collector's pods
+
+
+class SidecarConfig(_Strict):
+    """What "my pod" is for mode: sidecar (default: the collector's own network namespace)."""
+
+    network_namespace: str = "/proc/self/ns/net"
+    cgroup: str = ""  # also require processes under this cgroup path (the pod's)
+
+
 class EbpfReceiverConfig(_Strict):
     capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
     ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
@@ -110,6 +123,9 @@ class EbpfReceiverConfig(_Strict):
     exclude: SelectionConfig = SelectionConfig()
     protocols: ProtocolsConfig = ProtocolsConfig()
     routes: RoutesConfig = RoutesConfig()
+    mode: Literal["node", "sidecar"] = "node"  # sidecar: only its own pod's processes
+    sidecar: SidecarConfig = SidecarConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
 
     @field_validator("open_ports")
     @classmethod
@@ -421,6 +437,17 @@ def _apply_env(doc: dict[str, Any], env: dict[str, str]) -> None:
         )
     if "OTEL_EBPF_CAPTURE_BYTES" in env:
         ebpf["capture_bytes"] = env["OTEL_EBPF_CAPTURE_BYTES"]
+    if "OTEL_EBPF_MODE" in env:
+        ebpf["mode"] = env["OTEL_EBPF_MODE"]
+    for name, section, key in (
+        ("OTEL_EBPF_SIDECAR_NETNS", "sidecar", "network_namespace"),
+        ("OTEL_EBPF_SIDECAR_CGROUP", "sidecar", "cgroup"),
+        ("OTEL_EBPF_KUBE_METADATA_ENABLE", "kubernetes", "metadata"),
+        ("OTEL_EBPF_KUBE_API", "kubernetes", "api"),
+        ("OTEL_EBPF_KUBE_NODE_NAME", "kubernetes", "node_name"),
+    ):
+        if name in env:
+            ebpf[section] = {**(ebpf.get(section) or {}), key: env[name]}
     protocols: dict[str, Any] = {
         key: env[name]
         for name, key in (

@@ -13,9 +13,11 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_ebpf.config import Config
+from otel_ebpf.config import Config, ConfigError
+from otel_ebpf.containers import PodScope
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
+from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
 from otel_ebpf.metrics import (
     CollectorMetrics,
     PerServiceResources,
@@ -55,15 +57,41 @@ def _collector_resource_attributes() -> dict[str, str]:
     return attrs
 
 
-def _selector(config: Config) -> Selector:
+def _selector(config: Config, scope: PodScope | None) -> Selector:
     ebpf = config.ebpf
     return Selector(
+        scope=scope,
         include_pids=frozenset(ebpf.include.pids),
         exclude_pids=frozenset(ebpf.exclude.pids),
         include_executables=tuple(ebpf.include.executables),
         exclude_executables=tuple(ebpf.exclude.executables),
         ports=tuple(parse_ports(ebpf.open_ports)),
     )
+
+
+def _kube_metadata(config: Config) -> KubeMetadata | None:
+    """The pod metadata source: in a pod (or with an API URL) unless turned off."""
+    k8s = config.ebpf.kubernetes
+    if k8s.metadata == "false":
+        return None
+    kube = KubeMetadata.from_environment(os.environ, k8s.api, k8s.node_name)
+    if kube is None and k8s.metadata == "true":
+        raise ConfigError(
+            "receivers.ebpf.kubernetes.metadata is true but this is not a pod "
+            "(no KUBERNETES_SERVICE_HOST): set receivers.ebpf.kubernetes.api"
+        )
+    return kube
+
+
+def _pod_scope(config: Config) -> PodScope | None:
+    """mode: sidecar -> the processes of the collector's own pod only."""
+    ebpf = config.ebpf
+    if ebpf.mode != "sidecar":
+        return None
+    try:
+        return PodScope(ebpf.sidecar.network_namespace, ebpf.sidecar.cgroup)
+    except OSError as exc:
+        raise ConfigError(f"receivers.ebpf.sidecar.network_namespace: {exc}") from None
 
 
 def _batch_processor(exporter: CountingExporter, config: Config) -> BatchSpanProcessor:
@@ -135,11 +163,16 @@ class Collector:
             ring_buffer_pages=ebpf.ring_buffer_pages,
             max_connections=ebpf.max_connections,
         )
-        self._processes = ProcessRegistry(extra_attributes=_collector_resource_attributes())
+        self._kube = _kube_metadata(config)
+        self._processes = ProcessRegistry(
+            extra_attributes=_collector_resource_attributes(),
+            identity=WorkloadIdentity(self._kube),
+        )
+        scope = _pod_scope(config)
         self.tracker = ConnectionTracker(
             self._on_exchange,
             self._processes,
-            _selector(config),
+            _selector(config, scope),
             self.telemetry,
             set_quiet=self.receiver.set_quiet,
             max_connections=ebpf.max_connections,
@@ -157,9 +190,9 @@ class Collector:
         if "metrics" in config.service.pipelines:
             self.metrics = CollectorMetrics(_metric_readers(config), self.telemetry)
             routes = RouteTemplates(ebpf.routes.id_patterns, ebpf.routes.max_per_service)
-            self.recorder = MetricsRecorder(self.metrics, routes, self.tracker.service_at)
+            self.recorder = MetricsRecorder(self.metrics, routes, self._peer_name)
             self.tcp_health = TcpHealth(
-                self.metrics, lambda pid: self._processes.get(pid).service_name
+                self.metrics, lambda pid: self._processes.get(pid).service_name, include=scope
             )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
@@ -184,6 +217,14 @@ class Collector:
         self.tracker.handle(event)
         if kind is ConnClose and self.tcp_health is not None:
             self.tcp_health.closed(event)
+
+    def _peer_name(self, local: Endpoint, remote: Endpoint) -> str | None:
+        """The service at the other end: a process on this node, else a pod or
+        Service the Kubernetes API knows by that address."""
+        name = self.tracker.service_at(local, remote)
+        if name is None and self._kube is not None:
+            name = self._kube.name_of_address(remote.address)
+        return name
 
     def _unseen_tls(self, pid: int) -> None:
         if self.tls.not_visible(pid, self._processes.get(pid).executable_name):
@@ -245,6 +286,8 @@ class Collector:
         if self._health_server is not None:
             self._health_server.start()
         try:
+            if self._kube is not None:
+                self._kube.start()
             if self._ebpf_enabled:
                 self.receiver.start()
                 self.tls.start()
@@ -297,6 +340,7 @@ class Collector:
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
+                self._processes.refresh_pending()
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
@@ -340,6 +384,8 @@ class Collector:
         self.receiver.close()  # detach every probe before the (possibly slow) flush
         if self.otlp is not None:
             self.otlp.stop()
+        if self._kube is not None:
+            self._kube.stop()
         self._drain_otlp()
         if self.merger is not None:
             self.merger.expire(everything=True)  # held spans leave as they are

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from opentelemetry.sdk.resources import Resource
 
@@ -44,14 +45,32 @@ def _service_name_from_environ(environ: bytes) -> str | None:
     return from_attributes
 
 
+class Identity(Protocol):
+    """What a workload identity source (containers, Kubernetes) says of a process."""
+
+    @property
+    def attributes(self) -> dict[str, str]: ...
+    @property
+    def service_name(self) -> str | None: ...
+    @property
+    def pending(self) -> bool: ...
+
+
 class ProcessRegistry:
     """pid -> ProcessInfo (with its OTel Resource), built from /proc on first sight."""
 
-    def __init__(self, proc: str = "/proc", extra_attributes: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        proc: str = "/proc",
+        extra_attributes: dict[str, str] | None = None,
+        identity: Callable[[int], Identity] | None = None,
+    ) -> None:
         self._proc = proc
         self._cache: dict[int, ProcessInfo] = {}
         self._host = socket.gethostname()
         self._extra = dict(extra_attributes or {})
+        self._identity = identity
+        self._pending: set[int] = set()  # in a pod whose metadata has not arrived yet
 
     def get(self, pid: int, comm: bytes = b"") -> ProcessInfo:
         """`comm` (the kernel's task name) names a process that exited before we looked."""
@@ -70,6 +89,14 @@ class ProcessRegistry:
             if info.executable_name:
                 self._cache[pid] = info
 
+    def refresh_pending(self) -> None:
+        """Processes seen before their pod's metadata arrived: read them again."""
+        for pid in list(self._pending):
+            self._pending.discard(pid)
+            if pid in self._cache and os.path.exists(f"{self._proc}/{pid}"):
+                old = self._cache[pid]
+                self._cache[pid] = self._load(pid, old.executable_name)
+
     def forget_exited(self) -> int:
         """Drop processes that are gone (called periodically; pids get reused)."""
         gone = [pid for pid in self._cache if not os.path.exists(f"{self._proc}/{pid}")]
@@ -87,10 +114,18 @@ class ProcessRegistry:
         cmdline = _read(f"{base}/cmdline").rstrip(b"\0").replace(b"\0", b" ")
         command_line = cmdline.decode(errors="replace")
         service = _service_name_from_environ(_read(f"{base}/environ"))
+        workload: dict[str, str] = {}
+        if self._identity is not None:
+            found = self._identity(pid)
+            workload = found.attributes
+            service = service or found.service_name
+            if found.pending:
+                self._pending.add(pid)
         if not service:
             service = exe or f"unknown_service:{pid}"
         attributes: dict[str, str | int] = {
             **self._extra,
+            **workload,
             "service.name": service,
             "process.pid": pid,
             "process.executable.name": exe,

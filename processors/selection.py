@@ -1,4 +1,5 @@
-"""Which connections to trace: by pid, executable glob and server port.
+"""Which connections to trace: by pid, executable glob, server port, and (a sidecar)
+the pod.
 
 Names follow OpenTelemetry eBPF Instrumentation where it has the concept
 (OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE). Decided once per connection.
@@ -7,6 +8,7 @@ Names follow OpenTelemetry eBPF Instrumentation where it has the concept
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -31,6 +33,7 @@ class Selector:
     include_executables: tuple[str, ...] = ()
     exclude_executables: tuple[str, ...] = ()
     ports: tuple[tuple[int, int], ...] = ()
+    scope: Callable[[int], bool] | None = None  # a sidecar's pod (None: the whole node)
     _cache: dict[tuple[int, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def process_selected(self, pid: int, executable: str) -> bool:
@@ -41,6 +44,8 @@ class Selector:
         return hit
 
     def _process_selected(self, pid: int, executable: str) -> bool:
+        if self.scope is not None and not self.scope(pid):
+            return False
         if pid in self.exclude_pids:
             return False
         if any(fnmatch.fnmatchcase(executable, g) for g in self.exclude_executables):

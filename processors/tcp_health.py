@@ -105,9 +105,11 @@ class TcpHealth:
         metrics: CollectorMetrics,
         service_of_pid: Callable[[int], str],
         top_n: int = TOP_N,
+        include: Callable[[int], bool] | None = None,
     ) -> None:
         self._m = metrics
         self._service_of_pid = service_of_pid
+        self._include = include  # a sidecar's pod: others' connections are not counted
         self._top_n = top_n
         self._lock = threading.Lock()  # observations are read on the exporter's thread
         self._series: dict[PeerKey, TcpTotals] = {}  # top-N peers and overflow series
@@ -131,7 +133,7 @@ class TcpHealth:
         a connection's role and ends as the tracker knows them (None: not known)."""
         self._scans += 1
         for c in live:
-            if c.role == Role.UNKNOWN:
+            if c.role == Role.UNKNOWN or (self._include and not self._include(c.pid)):
                 continue
             ident = (c.sk, c.gen)
             prev = self._reported.get(ident)
@@ -167,6 +169,8 @@ class TcpHealth:
     def closed(self, ev: ConnClose) -> None:
         if ev.remote is None or ev.role == Role.UNKNOWN:
             return
+        if self._include is not None and not self._include(ev.pid):
+            return
         prev = self._reported.pop((ev.sk, ev.opened), None) if ev.opened else None
         key = prev.key if prev else self._key(ev.pid, ev.role, ev.local, ev.remote)
         failure = ev.failure
@@ -193,6 +197,8 @@ class TcpHealth:
 
     def reset_sent(self, pid: int, role: Role, local: Endpoint | None, remote: Endpoint) -> None:
         """A RST sent after the connection closed (an abortive close)."""
+        if self._include is not None and not self._include(pid):
+            return
         self._add(self._key(pid, role, local, remote), TcpTotals(resets_out=1))
 
     def _key(self, pid: int, role: Role, local: Endpoint | None, remote: Endpoint) -> PeerKey:
