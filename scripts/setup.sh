@@ -90,8 +90,10 @@ if [ ! -e "$stamp" ]; then
 else
   say "virtual environment up to date"
 fi
-# The real Jaeger v2 the correlation tests query, built from the Go module proxy.
+# The real Jaeger v2 the correlation tests query, and Helm for the deploy/ checks,
+# built from the Go module proxy.
 if [ "${OTEL_EBPF_SKIP_JAEGER:-0}" != 1 ]; then
   bash "$ROOT/scripts/build-jaeger.sh"
+  bash "$ROOT/scripts/build-helm.sh"
 fi
 say "ready: $VENV/bin/otel-ebpf"
