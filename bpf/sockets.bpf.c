@@ -422,6 +422,34 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     return 0;
 }
 
+// The shared scratch event, filled with what every data event of a TCP
+// connection carries; the caller sets ts, fd, the payload and tls.
+static __always_inline struct data_event *data_event_for(struct conn_state *cs, u64 skey, u8 dir,
+                                                        u64 offset, u32 len, u32 tgid, u32 tid) {
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return 0;
+    ev->kind = EV_DATA;
+    ev->dir = dir;
+    ev->role = cs->role;
+    ev->retrans = cs->retrans;
+    ev->srtt_us = cs->srtt_us;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->sk = skey;
+    ev->gen = cs->gen;
+    ev->offset = offset;
+    ev->cap_offset = offset;
+    ev->len = len;
+    ev->captured = 0;
+    ev->has_payload = 0;
+    ev->tls = 0;
+    ev->fd = 0;
+    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    return ev;
+}
+
 static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flags, u8 dir) {
     if (protocol == PROTO_UDP)
         return on_datagram(sk, ret, flags, dir);
@@ -481,28 +509,10 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     if (quiet_until && offset + (u64)ret < *quiet_until)
         return 0; // inside a body user space has already sized
 
-    int zero = 0;
-    struct data_event *ev = scratch.lookup(&zero);
+    struct data_event *ev = data_event_for(cs, skey, dir, offset, (u32)ret, tgid, tid);
     if (!ev)
         return 0;
-    ev->kind = EV_DATA;
-    ev->dir = dir;
-    ev->role = cs->role;
-    ev->retrans = cs->retrans;
-    ev->srtt_us = cs->srtt_us;
-    ev->pid = tgid;
-    ev->tid = tid;
-    ev->sk = skey;
-    ev->gen = cs->gen;
     ev->ts = bpf_ktime_get_ns();
-    ev->offset = offset;
-    ev->cap_offset = offset;
-    ev->len = (u32)ret;
-    ev->captured = 0;
-    ev->has_payload = 0;
-    ev->tls = 0;
-    ev->fd = 0;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
     struct active_io *io = active_io.lookup(&tid);
     // Sends are stamped when the syscall began: the tracepoint fires only after
@@ -530,6 +540,16 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     if (events.ringbuf_output(ev, size, 0))
         count_lost();
+    return 0;
+}
+
+// A thread that dies inside a syscall or an OpenSSL call never reaches the exit
+// probe: forget what it was doing, or a later thread given the same id would
+// inherit it (pids wrap at pid_max, 32768 by default).
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    active_io.delete(&tid);
+    ssl_calls.delete(&tid);
     return 0;
 }
 

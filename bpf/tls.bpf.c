@@ -56,27 +56,13 @@ static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8
     if (quiet_until && offset + n < *quiet_until)
         return;
 
-    int zero = 0;
-    struct data_event *ev = scratch.lookup(&zero);
+    struct data_event *ev = data_event_for(cs, skey, dir, offset, (u32)n, tgid, tid);
     if (!ev)
         return;
-    ev->kind = EV_DATA;
-    ev->dir = dir;
-    ev->role = cs->role;
-    ev->retrans = cs->retrans;
-    ev->srtt_us = cs->srtt_us;
-    ev->pid = tgid;
-    ev->tid = tid;
     ev->fd = c->fd;
-    ev->sk = skey;
-    ev->gen = cs->gen;
     ev->ts = ts;
-    ev->offset = offset;
-    ev->cap_offset = offset;
-    ev->len = (u32)n;
     ev->has_payload = 1;
     ev->tls = 1;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
     u64 buf = c->buf;
     u64 want = n;
     if (quiet_until && *quiet_until > offset) { // skip what user space has sized

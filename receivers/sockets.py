@@ -61,6 +61,7 @@ REQUIRED_TRACEPOINTS = (
         for edge in ("enter", "exit")
     ),
     "syscalls/sys_enter_connect",
+    "sched/sched_process_exit",
     "tcp/tcp_retransmit_skb",
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",

@@ -97,6 +97,8 @@ def _file_id(path: str) -> FileId | None:
 
 def explain(pid: int) -> str:
     """Why a process's TLS is not visible, as far as its maps and binary tell."""
+    if not os.path.exists(f"/proc/{pid}/exe"):
+        return "it exited before its TLS library could be told"
     return other_tls_stack(pid) or "a TLS library linked into the executable"
 
 

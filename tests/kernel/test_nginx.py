@@ -31,7 +31,8 @@ def expect_exactly(
     try:
         wait_until(lambda: count() >= n, 30, f"{n} {service} spans")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; received {count()}") from None
+        seen = {(x.service, x.kind) for x in store.matching(**{"server.port": port})}
+        raise AssertionError(f"{exc}; received {count()}; at that port: {seen}") from None
     time.sleep(SETTLE_S)
     got = spans_for(store, port, kind, service, since_ns)
     assert len(got) == n, f"expected exactly {n} {service} spans, got {len(got)}"

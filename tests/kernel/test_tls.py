@@ -228,7 +228,7 @@ def test_a_go_tls_client_is_reported_as_not_visible(
     )
     since = time.time_ns()
     subprocess.run(
-        [str(binary), f"https://127.0.0.1:{tls_server.port}/status/200", "3"], check=True
+        [str(binary), f"https://127.0.0.1:{tls_server.port}/status/200", "3", "3"], check=True
     )
     wait_until(
         lambda: (

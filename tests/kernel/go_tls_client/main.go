@@ -1,5 +1,6 @@
 // An HTTPS client on Go's crypto/tls (no OpenSSL): the collector must say that
-// it cannot read this process's TLS. Usage: go_tls_client URL COUNT
+// it cannot read this process's TLS. Usage: go_tls_client URL COUNT PAUSE_SECONDS
+// (it stays alive PAUSE_SECONDS after its requests, as services do, to be examined)
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 )
 
 func main() {
@@ -25,4 +27,6 @@ func main() {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
+	pause, _ := strconv.Atoi(os.Args[3])
+	time.Sleep(time.Duration(pause) * time.Second)
 }
