@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -64,3 +65,12 @@ def wrk(
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return rps, float(value) * _UNITS[unit], total
+
+
+def wrk_arguments(description: str | None) -> argparse.Namespace:
+    """--rounds, --seconds and --connections of the benches that drive wrk."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=4)
+    return parser.parse_args()

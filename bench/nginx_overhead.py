@@ -19,7 +19,13 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from common import PACED_LUA, drained, peak_rss_mib, wrk  # also puts tests/kernel on the path
+from common import (  # also puts tests/kernel on the path
+    PACED_LUA,
+    drained,
+    peak_rss_mib,
+    wrk,
+    wrk_arguments,
+)
 
 from harness import CollectorProcess, Nginx
 
@@ -86,11 +92,7 @@ def scenario(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=4)
-    args = parser.parse_args()
+    args = wrk_arguments(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
     paced = tmp / "paced.lua"

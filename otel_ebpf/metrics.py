@@ -216,30 +216,37 @@ class CollectorMetrics:
         self.graph_client = hist(
             "traces_service_graph_request_client_seconds", "Client-side latency", HTTP_BUCKETS
         )
-        meter.create_observable_counter(
-            "otel_ebpf.collector.events",
-            callbacks=[self._events],
-            unit="{event}",
-            description="Kernel events, by state (received, lost)",
-        )
-        meter.create_observable_counter(
-            "otel_ebpf.collector.spans",
-            callbacks=[self._spans],
-            unit="{span}",
-            description="Spans, by state (built, exported, export_failed, dropped, merged_away)",
-        )
-        meter.create_observable_gauge(
-            "otel_ebpf.collector.queue.size",
-            callbacks=[self._queued],
-            unit="{span}",
-            description="Spans waiting in the export queues",
-        )
-        meter.create_observable_gauge(
-            "otel_ebpf.collector.connections",
-            callbacks=[self._connections],
-            unit="{connection}",
-            description="Connections tracked now",
-        )
+        for create, name, callback, unit, description in (
+            (
+                meter.create_observable_counter,
+                "otel_ebpf.collector.events",
+                self._events,
+                "{event}",
+                "Kernel events, by state (received, lost)",
+            ),
+            (
+                meter.create_observable_counter,
+                "otel_ebpf.collector.spans",
+                self._spans,
+                "{span}",
+                "Spans, by state (built, exported, export_failed, dropped, merged_away)",
+            ),
+            (
+                meter.create_observable_gauge,
+                "otel_ebpf.collector.queue.size",
+                self._queued,
+                "{span}",
+                "Spans waiting in the export queues",
+            ),
+            (
+                meter.create_observable_gauge,
+                "otel_ebpf.collector.connections",
+                self._connections,
+                "{connection}",
+                "Connections tracked now",
+            ),
+        ):
+            create(name, callbacks=[callback], unit=unit, description=description)
         self.tracked_connections = 0
 
     def _tcp(self, metric: str, _options: CallbackOptions) -> list[Observation]:

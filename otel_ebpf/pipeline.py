@@ -183,6 +183,7 @@ class Collector:
             on_unseen_tls=self._unseen_tls,
         )
         self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
+        self._tls_checked = self.tls.checked  # one set lookup per event, not a call
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -209,7 +210,7 @@ class Collector:
     def _on_kernel_event(self, event: Any) -> None:
         """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
         kind = type(event)
-        if kind is DataEvent or kind is ConnOpen:
+        if (kind is DataEvent or kind is ConnOpen) and event.pid not in self._tls_checked:
             self.tls.check(event.pid)  # a process new to us may map a libssl not probed yet
         elif kind is ResetSent:
             self._on_reset(event)

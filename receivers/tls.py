@@ -134,7 +134,7 @@ class OpenSslProbes:
         self._failed: set[FileId] = set()
         self._attached_at: dict[FileId, float] = {}
         self._pinned: set[FileId] = set()  # the host's own: kept for processes to come
-        self._checked: set[int] = set()  # pids whose maps were read
+        self.checked: set[int] = set()  # pids whose maps were read
         self._explained: set[str] = set()  # executables already reported
 
     @property
@@ -154,7 +154,7 @@ class OpenSslProbes:
         """Every process now (start-up and sweeps); detach files nobody maps any more."""
         live: set[FileId] = set()
         pids = [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
-        self._checked &= set(pids)
+        self.checked.intersection_update(pids)  # the same set: callers hold it
         for pid in pids:
             file = self.check(pid, force=True)
             if file is not None:
@@ -170,9 +170,9 @@ class OpenSslProbes:
 
     def check(self, pid: int, force: bool = False) -> FileId | None:
         """A process seen for the first time: probe its libssl if it is a new file."""
-        if pid in self._checked and not force:
+        if pid in self.checked and not force:
             return None
-        self._checked.add(pid)
+        self.checked.add(pid)
         path = libssl_of(pid)
         if path is None:
             return None

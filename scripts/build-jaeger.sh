@@ -5,21 +5,9 @@
 # directive), so a throw-away wrapper module requires it, repeats upstream's
 # replace lines and reuses upstream's go.sum: the same build list, verified.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$(dirname "$0")/go-tool.sh"
 VERSION=${JAEGER_MODULE_VERSION:-v1.76.0}  # module version; its cmd/jaeger is Jaeger v2
-OUT="$ROOT/.cache/jaeger/jaeger-$VERSION"
-say() { printf 'setup: %s\n' "$*"; }
-
-if [ -x "$OUT" ]; then
-  say "Jaeger v2 ($VERSION) cached at $OUT"
-  exit 0
-fi
-GO=$(command -v go || echo /usr/local/go/bin/go)
-if [ ! -x "$GO" ]; then
-  say "Go is needed to build Jaeger for the tests and was not found" >&2
-  exit 1
-fi
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+go_tool_cached jaeger "$VERSION"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 say "building Jaeger v2 ($VERSION) from the Go module proxy (a few minutes, once)"
@@ -32,7 +20,6 @@ src=$(cd "$work" && "$GO" mod download -json "github.com/jaegertracing/jaeger@$V
 } > "$work/go.mod"
 cp "$src/go.sum" "$work/go.sum"
 chmod u+w "$work/go.sum"
-mkdir -p "$(dirname "$OUT")"
 (cd "$work" && "$GO" build -trimpath -o "$OUT.tmp" github.com/jaegertracing/jaeger/cmd/jaeger)
 mv "$OUT.tmp" "$OUT"
 say "built $OUT"

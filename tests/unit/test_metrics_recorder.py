@@ -3,11 +3,10 @@ through the SDK's in-memory reader (pure logic: no kernel, no exporter)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from metric_points import points
 from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
 from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
 from otel_ebpf.processes import ProcessInfo
@@ -50,19 +49,6 @@ def request(path: str, status: int, role: Role, service: str, recorder: MetricsR
     span = SpanBuilder(epoch_offset=0).build(HttpExchange(head, 0, resp, 0, 1_000, 2_000_000), c)
     assert span is not None
     recorder.span(span, c.local, c.remote)
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    assert data is not None
-    return [
-        p
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == name
-        for p in m.data.data_points
-    ]
 
 
 def test_red_counts_by_method_route_status_with_the_advised_buckets() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from metric_points import points
 from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import ConnClose, ConnCounters, Endpoint, Role
 from otel_ebpf.processors.tcp_health import OVERFLOW_PEER, RERANK_INTERVAL_NS, TcpHealth
@@ -19,20 +20,6 @@ def setup(top_n: int = 500) -> tuple[TcpHealth, InMemoryMetricReader]:
     reader = InMemoryMetricReader()
     metrics = CollectorMetrics([reader], SelfTelemetry())
     return TcpHealth(metrics, lambda pid: f"svc-{pid}", top_n=top_n), reader
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    if data is None:
-        return []
-    return [
-        p
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == name
-        for p in m.data.data_points
-    ]
 
 
 def close(sk: int, opened: int, tx: int, rx: int, peer: str = "10.0.0.1", **kw: Any) -> ConnClose:
