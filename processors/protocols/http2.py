@@ -12,6 +12,12 @@ tracker then stops the kernel sending its bytes).
 A stream ends at the server's END_STREAM (on DATA or trailers) or at a
 RST_STREAM from either side. gRPC's status comes from the trailers (or a
 trailers-only response).
+
+A client's response can reach us before its request: the kernel reports a
+send only after the bytes were delivered, and a client that reads on another
+thread (gRPC, Go) may have read the answer by then. A response for a stream
+the client has not opened yet is kept (a few at a time) until its request
+arrives; the exchange is reported when the request's END_STREAM is seen too.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ _PREFACE_KIND = -2
 MAX_FRAME = 1 << 24
 MAX_BLOCK = 64 * 1024  # header block bytes kept (and decoded) per stream
 MAX_STREAMS = 1024
+MAX_EARLY = 16  # responses kept for requests not seen yet
 _KEPT = frozenset({"content-type", "user-agent", "grpc-status", "grpc-message"}) | (
     TRACE_CONTEXT_HEADERS
 )
@@ -111,6 +118,7 @@ class Http2Exchange(NamedTuple):
 class _Stream:
     __slots__ = (
         "bytes",
+        "ended",
         "grpc_message",
         "grpc_status",
         "request",
@@ -125,6 +133,7 @@ class _Stream:
         self.grpc_status: int | None = None
         self.grpc_message: str | None = None
         self.bytes = [0, 0]  # request, response DATA bytes
+        self.ended: tuple[int, bool] | None = None  # (ts, reset) of an early response's end
 
 
 class _H2Framer(Framer):
@@ -180,11 +189,16 @@ class Http2Connection(FramedConnection[Http2Exchange]):
             False: None,
         }
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
+        self._early: OrderedDict[int, _Stream] = OrderedDict()  # responses ahead of requests
+        self._last_request_sid = 0  # highest client stream whose request head was seen
         self.streams_undecoded = 0  # streams not reported: their headers could not be trusted
 
     def close(self, ts: int) -> list[Http2Exchange]:
         streams = list(self._streams.items())
-        return [self._exchange(sid, s, ts, ended=False) for sid, s in streams]
+        return [
+            self._ended(sid, s) if s.ended else self._exchange(sid, s, ts, ended=False)
+            for sid, s in streams
+        ]
 
     # -- frames ------------------------------------------------------------------
 
@@ -230,15 +244,15 @@ class Http2Connection(FramedConnection[Http2Exchange]):
             if flags & END_HEADERS:
                 self._end_block(is_request, done, f.end_ts)
         elif frame_type == DATA:
-            stream = self._streams.get(sid)
+            stream = self._stream(is_request, sid)
             if stream is not None:
                 stream.bytes[0 if is_request else 1] += f.length
-                if flags & END_STREAM and not is_request:
-                    done.append(self._exchange(sid, stream, f.end_ts))
+                if flags & END_STREAM:
+                    self._end_stream(is_request, sid, stream, f.end_ts, done)
         elif frame_type == RST_STREAM:
-            stream = self._streams.get(sid)
+            stream = self._stream(is_request, sid)
             if stream is not None:
-                done.append(self._exchange(sid, stream, f.end_ts, reset=True))
+                self._end_stream(False, sid, stream, f.end_ts, done, reset=True)
         elif frame_type == SETTINGS and not flags & 0x1:
             for i in range(0, len(f.body) - 5, 6):
                 if int.from_bytes(f.body[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
@@ -254,14 +268,20 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         assert block is not None
         sid, flags, data, start_ts, offset, whole = block
         headers = self._decode(is_request, bytes(data), whole)
-        if headers is None:
-            if is_request:
-                self.streams_undecoded += 1
-            return
         if is_request:
-            self._request(sid, headers, start_ts, offset)
+            self._last_request_sid = max(self._last_request_sid, sid)
+            if headers is None:
+                self.streams_undecoded += 1
+                self._early.pop(sid, None)
+            else:
+                self._request(sid, headers, start_ts, offset)
+                stream = self._streams.get(sid)
+                if flags & END_STREAM and stream is not None:
+                    self._end_stream(True, sid, stream, ts, done)
             return
-        stream = self._streams.get(sid)
+        if headers is None:
+            return
+        stream = self._stream(False, sid)
         if stream is None:
             return
         if ":status" in headers and stream.status is None:
@@ -272,7 +292,44 @@ class Http2Connection(FramedConnection[Http2Exchange]):
             stream.grpc_status = int(code) if code.isdigit() else 2  # UNKNOWN
             stream.grpc_message = headers.get("grpc-message")
         if flags & END_STREAM:
-            done.append(self._exchange(sid, stream, ts))
+            self._end_stream(False, sid, stream, ts, done)
+
+    def _stream(self, is_request: bool, sid: int) -> _Stream | None:
+        """The open stream `sid`; for a response, possibly one whose request is still to come."""
+        stream = self._streams.get(sid)
+        if stream is not None or is_request or sid & 1 == 0 or sid <= self._last_request_sid:
+            return stream
+        stream = self._early.get(sid)
+        if stream is None:
+            if len(self._early) >= MAX_EARLY:
+                self._early.popitem(last=False)
+            stream = self._early[sid] = _Stream({}, 0, None)
+        return stream
+
+    def _end_stream(
+        self,
+        is_request: bool,
+        sid: int,
+        stream: _Stream,
+        ts: int,
+        done: list[Http2Exchange],
+        reset: bool = False,
+    ) -> None:
+        """The server's end (or a reset) ends an exchange; an early response's waits
+        for its request's END_STREAM so that the request's size is known."""
+        if sid in self._early:
+            if stream.ended is None:
+                stream.ended = (ts, reset)
+        elif stream.ended is not None:
+            if is_request or reset:
+                done.append(self._ended(sid, stream))
+        elif not is_request or reset:
+            done.append(self._exchange(sid, stream, ts, reset=reset))
+
+    def _ended(self, sid: int, stream: _Stream) -> Http2Exchange:
+        assert stream.ended is not None
+        ts, reset = stream.ended
+        return self._exchange(sid, stream, ts, reset=reset)
 
     def _decode(self, is_request: bool, block: bytes, whole: bool) -> dict[str, str] | None:
         if self.untrusted[is_request]:
@@ -299,7 +356,9 @@ class Http2Connection(FramedConnection[Http2Exchange]):
             self._streams.popitem(last=False)
         kept = {k: v for k, v in headers.items() if not k.startswith(":")}
         token = self._on_request(RequestHead(start_ts, offset, kept)) if self._on_request else None
-        self._streams[sid] = _Stream(headers, start_ts, token)
+        stream = self._early.pop(sid, None) or _Stream({}, 0, None)
+        stream.request, stream.start_ts, stream.token = headers, start_ts, token
+        self._streams[sid] = stream
 
     def _exchange(
         self, sid: int, s: _Stream, ts: int, reset: bool = False, ended: bool = True

@@ -27,11 +27,26 @@ from harness import (
 )
 from otlp_sink import GrpcSink, HttpSink
 
+COLLECTOR_LOG_LINES = 60
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/kernel" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """A failing test's report ends with what the collector said and counted: CI
+    keeps the report, not the collector's log file."""
+    report = yield
+    collector = getattr(item, "funcargs", {}).get("collector")
+    if report.failed and call.when == "call" and isinstance(collector, CollectorProcess):
+        lines = collector.log_path.read_text(errors="replace").splitlines()[-COLLECTOR_LOG_LINES:]
+        report.sections.append(("collector log (tail)", "\n".join(lines)))
+        report.sections.append(("collector telemetry", repr(collector.telemetry())))
+    return report
 
 
 @pytest.fixture(scope="session", autouse=True)

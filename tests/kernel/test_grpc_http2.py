@@ -55,7 +55,7 @@ def test_grpc_unary_streaming_and_failing_status_on_both_sides(
         assert s.attributes["rpc.system.name"] == "grpc"
         assert s.attributes["rpc.method"] == s.name
         failed = s.name == "demo.Greeter/Fail"
-        assert s.attributes["rpc.response.status_code"] == ("NOT_FOUND" if failed else "OK")
+        assert s.attributes.get("rpc.response.status_code") == ("NOT_FOUND" if failed else "OK"), s
         # NOT_FOUND is the caller's error, not the server's (RPC conventions).
         assert s.status_code == (2 if failed and s.kind == CLIENT else 0), s
     client = next(s for s in spans if s.kind == CLIENT and s.name == "demo.Greeter/Fail")
