@@ -10,6 +10,8 @@ added and nothing is counted twice.
 Cardinality: at most `top_n` peer series per collector, chosen by recent volume
 (bytes plus a segment's worth per connection event, decayed every re-rank);
 everything else is added to its service's overflow series (peer `_other`).
+Each re-rank keeps a tenth of the places free, so a peer that appears between
+re-ranks has its own series from its first bytes (unless many appear at once).
 Every series is monotonic: a peer demoted from the top N hands its totals to
 the overflow series and starts again from zero if it returns.
 """
@@ -111,6 +113,7 @@ class TcpHealth:
         self._service_of_pid = service_of_pid
         self._include = include  # a sidecar's pod: others' connections are not counted
         self._top_n = top_n
+        self._ranked_n = top_n - max(1, top_n // 10)  # the rest are free for newcomers
         self._lock = threading.Lock()  # observations are read on the exporter's thread
         self._series: dict[PeerKey, TcpTotals] = {}  # top-N peers and overflow series
         self._attributes: dict[PeerKey, Attributes] = {}
@@ -229,7 +232,7 @@ class TcpHealth:
     # -- ranking -------------------------------------------------------------------
 
     def maintain(self, now_ns: int) -> None:
-        """Every RERANK_INTERVAL: the top N by recent volume get their own series."""
+        """Every RERANK_INTERVAL: the top by recent volume keep their own series."""
         if now_ns < self._next_rerank:
             return
         self._next_rerank = now_ns + RERANK_INTERVAL_NS
@@ -238,7 +241,7 @@ class TcpHealth:
             key=lambda k: self._volume[k] * (KEPT_BONUS if k in self._admitted else 1.0),
             reverse=True,
         )
-        top = set(ranked[: self._top_n])
+        top = set(ranked[: self._ranked_n])
         with self._lock:
             for key in self._admitted - top:  # demoted: its totals go to the overflow
                 totals = self._series.pop(key, None)

@@ -127,6 +127,18 @@ def test_the_heaviest_peers_get_their_own_series_and_totals_are_conserved() -> N
     assert after[(OVERFLOW_PEER, "transmit")] >= before[(OVERFLOW_PEER, "transmit")]  # monotonic
 
 
+def test_a_new_peer_after_a_rerank_has_its_own_series_from_its_first_bytes() -> None:
+    tcp, reader = setup(top_n=20)
+    for i in range(100):  # more peers than places
+        tcp.closed(close(i + 1, 1, 10, 10, peer=f"10.1.0.{i}"))
+    tcp.maintain(RERANK_INTERVAL_NS)
+    tcp.closed(close(1000, 1, 500, 0, peer="10.9.9.9"))
+    series = points(reader, "otel_ebpf.tcp.bytes")
+    mine = [p.value for p in series if p.attributes["network.peer.address"] == "10.9.9.9"]
+    assert mine == [500]
+    assert len({p.attributes["network.peer.address"] for p in series}) <= 20 + 1
+
+
 def test_ten_thousand_peers_stay_under_the_cap() -> None:
     tcp, reader = setup(top_n=500)
     for i in range(10_000):
