@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from otel_ebpf.model import HttpEnd, HttpExchange, HttpHead, ParseError, ParserEvent
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
@@ -27,6 +28,7 @@ METHODS = frozenset(
 )
 _MAX_METHOD_LEN = max(len(m) for m in METHODS)
 _RESPONSE_PREFIX = b"HTTP/1."
+MAX_EARLY = 4  # answers kept for requests not seen yet
 
 # Headers kept on records: framing, span attributes and trace context. Nothing
 # else leaves the parser, so credentials (Authorization, Cookie) never do.
@@ -419,7 +421,14 @@ class Http1StreamParser:
 
 
 class Http1Connection:
-    """Both directions of one HTTP/1.x connection, paired into exchanges."""
+    """Both directions of one HTTP/1.x connection, paired into exchanges.
+
+    A client's answer can reach us before its request: the kernel reports a
+    send once the bytes are delivered, and a client that reads on another
+    thread (Go's net/http does) may have read the answer by then. An answer
+    with no request waiting is kept (a few at a time) and given to the next
+    request that began before it; one that began later cannot be its request.
+    """
 
     def __init__(
         self,
@@ -435,11 +444,17 @@ class Http1Connection:
         self._pending: deque[_Pending] = deque()
         self._max_pending = max_pending
         self._response: HttpHead | None = None
+        self._early: deque[_Answer] = deque(maxlen=MAX_EARLY)  # answers ahead of requests
         self.parse_errors = 0
         self.dropped = 0
 
+    def _awaiting(self) -> _Pending | None:
+        """The request the next response answers."""
+        return next((p for p in self._pending if p.answer is None), None)
+
     def _method_awaiting_response(self) -> str:
-        return self._pending[0].head.method if self._pending else "GET"
+        p = self._awaiting()
+        return p.head.method if p else "GET"
 
     def not_protocol(self, is_request: bool) -> bool:
         """The stream's first bytes in this direction were not HTTP/1."""
@@ -462,7 +477,12 @@ class Http1Connection:
         done += self._handle(False, self.responses.eof(ts))
         while self._pending:
             p = self._pending.popleft()
-            done.append(HttpExchange(p.head, p.body, None, 0, p.head.start_ts, p.end_ts, p.token))
+            if p.answer is not None:
+                done.append(p.exchange())
+            else:
+                done.append(
+                    HttpExchange(p.head, p.body, None, 0, p.head.start_ts, p.end_ts, p.token)
+                )
         return done
 
     def _handle(self, is_request: bool, events: list[ParserEvent]) -> list[HttpExchange]:
@@ -474,15 +494,7 @@ class Http1Connection:
                     self.parse_errors += 1
             elif isinstance(ev, HttpHead):
                 if is_request:
-                    if len(self._pending) >= self._max_pending:
-                        self._pending.popleft()
-                        self.dropped += 1
-                    # A new request on a connection whose last response lost its
-                    # framing means that response has ended.
-                    if self.responses.lost_in_message:
-                        done += self._handle(False, self.responses.eof(ev.start_ts))
-                    token = self._on_request(ev) if self._on_request else None
-                    self._pending.append(_Pending(ev, token))
+                    self._request(ev, done)
                 elif ev.status == 101:  # switched protocols: the exchange ends here
                     self.requests.make_opaque()
                     if self._pending:
@@ -493,31 +505,61 @@ class Http1Connection:
                             )
                         )
                 elif ev.status >= 200:
-                    if not self._pending:
-                        self._response = None  # its request was never seen
-                        continue
                     self._response = ev
-                    if self._pending[0].head.method == "CONNECT" and ev.status < 300:
+                    if self._method_awaiting_response() == "CONNECT" and ev.status < 300:
                         self.requests.make_opaque()
             elif is_request:
                 for p in self._pending:
                     if not p.ended:
                         p.body, p.end_ts, p.ended = ev.body_bytes, ev.end_ts, True
                         break
-            elif self._response is not None and self._pending:
-                p = self._pending.popleft()
-                resp = self._response
+                self._flush(done)
+            elif self._response is not None:
+                answer = _Answer(self._response, ev.body_bytes, ev.end_ts)
                 self._response = None
-                done.append(
-                    HttpExchange(
-                        p.head, p.body, resp, ev.body_bytes, p.head.start_ts, ev.end_ts, p.token
-                    )
-                )
+                waiting = self._awaiting()
+                if waiting is not None and waiting.head.start_ts <= answer.head.start_ts:
+                    waiting.answer = answer
+                    self._flush(done)
+                else:
+                    self._early.append(answer)  # its request has not been seen (yet)
         return done
+
+    def _request(self, head: HttpHead, done: list[HttpExchange]) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+        # A new request on a connection whose last response lost its
+        # framing means that response has ended.
+        if self.responses.lost_in_message:
+            done += self._handle(False, self.responses.eof(head.start_ts))
+        token = self._on_request(head) if self._on_request else None
+        p = _Pending(head, token)
+        while self._early and self._early[0].head.start_ts < head.start_ts:
+            self._early.popleft()  # answers to requests we never saw
+        if self._early:
+            p.answer, p.early = self._early.popleft(), True
+        self._pending.append(p)
+
+    def _flush(self, done: list[HttpExchange]) -> None:
+        """Report answered requests in order; an answer that came before its
+        request waits for the request's end (its body size)."""
+        while self._pending:
+            p = self._pending[0]
+            if p.answer is None or (p.early and not p.ended):
+                return
+            self._pending.popleft()
+            done.append(p.exchange())
+
+
+class _Answer(NamedTuple):
+    head: HttpHead
+    body: int
+    end_ts: int
 
 
 class _Pending:
-    __slots__ = ("body", "end_ts", "ended", "head", "token")
+    __slots__ = ("answer", "body", "early", "end_ts", "ended", "head", "token")
 
     def __init__(self, head: HttpHead, token: object) -> None:
         self.head = head
@@ -525,3 +567,12 @@ class _Pending:
         self.body = 0
         self.end_ts = head.start_ts
         self.ended = False
+        self.answer: _Answer | None = None
+        self.early = False  # the answer came before the request
+
+    def exchange(self) -> HttpExchange:
+        a = self.answer
+        assert a is not None
+        return HttpExchange(
+            self.head, self.body, a.head, a.body, self.head.start_ts, a.end_ts, self.token
+        )

@@ -113,6 +113,36 @@ def test_request_without_response_is_reported_at_close() -> None:
     assert summary(got) == [("GET", "/hang", None, 0, 0)]
 
 
+def test_an_answer_reported_before_its_request_is_paired_with_it() -> None:
+    """A client reading on another thread: the kernel reported the answer first
+    (stamped when read) and the request after (stamped when its send began)."""
+    conn = Http1Connection()
+    out = conn.feed(REQ, b"GET /a HTTP/1.1\r\n\r\n", 1)
+    out += conn.feed(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA", 2)
+    out += conn.feed(RESP, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nBB", 5)
+    assert summary(out) == [("GET", "/a", 200, 0, 1)]
+    out += conn.feed(REQ, b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\n", 4)
+    assert len(out) == 1  # waits for the request's body
+    out += conn.feed(REQ, b"abc", 4)
+    out += conn.feed(REQ, b"GET /c HTTP/1.1\r\n\r\n", 6)
+    out += conn.feed(RESP, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 7)
+    assert summary(out) == [
+        ("GET", "/a", 200, 0, 1),
+        ("POST", "/b", 201, 3, 2),
+        ("GET", "/c", 404, 0, 0),
+    ]
+    assert (out[1].start_ts, out[1].end_ts) == (4, 5)
+    assert conn.close(8) == []
+
+
+def test_an_answer_whose_request_was_never_seen_is_not_given_to_a_later_one() -> None:
+    conn = Http1Connection()
+    out = conn.feed(RESP, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 2)
+    out += conn.feed(REQ, b"GET /next HTTP/1.1\r\n\r\n", 3)
+    out += conn.feed(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4)
+    assert summary(out) == [("GET", "/next", 200, 0, 0)]
+
+
 def test_mid_stream_join_skips_to_next_message() -> None:
     conn = Http1Connection()
     out = conn.feed(REQ, b"ody of a request we joined late", 1)
