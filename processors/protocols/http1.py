@@ -450,7 +450,10 @@ class Http1Connection:
 
     def _awaiting(self) -> _Pending | None:
         """The request the next response answers."""
-        return next((p for p in self._pending if p.answer is None), None)
+        for p in self._pending:
+            if p.answer is None:
+                return p
+        return None
 
     def _method_awaiting_response(self) -> str:
         p = self._awaiting()
@@ -506,23 +509,35 @@ class Http1Connection:
                         )
                 elif ev.status >= 200:
                     self._response = ev
-                    if self._method_awaiting_response() == "CONNECT" and ev.status < 300:
+                    if ev.status < 300 and self._method_awaiting_response() == "CONNECT":
                         self.requests.make_opaque()
             elif is_request:
                 for p in self._pending:
                     if not p.ended:
                         p.body, p.end_ts, p.ended = ev.body_bytes, ev.end_ts, True
                         break
-                self._flush(done)
-            elif self._response is not None:
-                answer = _Answer(self._response, ev.body_bytes, ev.end_ts)
-                self._response = None
-                waiting = self._awaiting()
-                if waiting is not None and waiting.head.start_ts <= answer.head.start_ts:
-                    waiting.answer = answer
+                if self._pending and self._pending[0].answer is not None:
                     self._flush(done)
-                else:
-                    self._early.append(answer)  # its request has not been seen (yet)
+            elif self._response is not None:
+                response, self._response = self._response, None
+                waiting = self._awaiting()
+                if waiting is None or waiting.head.start_ts > response.start_ts:
+                    self._early.append(_Answer(response, ev.body_bytes, ev.end_ts))
+                elif waiting is self._pending[0]:  # the usual case, in order
+                    self._pending.popleft()
+                    done.append(
+                        HttpExchange(
+                            waiting.head,
+                            waiting.body,
+                            response,
+                            ev.body_bytes,
+                            waiting.head.start_ts,
+                            ev.end_ts,
+                            waiting.token,
+                        )
+                    )
+                else:  # after a request still waiting for its own body
+                    waiting.answer = _Answer(response, ev.body_bytes, ev.end_ts)
         return done
 
     def _request(self, head: HttpHead, done: list[HttpExchange]) -> None:
