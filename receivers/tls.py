@@ -61,13 +61,14 @@ def mapped_paths(pid: int) -> Iterator[str]:
             yield parts[5]
 
 
-def libssl_of(pid: int) -> str | None:
-    """The libssl a process maps, opened through its root (None if it maps none)."""
-    for path in mapped_paths(pid):
-        path = path.removesuffix(" (deleted)")
-        if _LIBSSL.search(path):
-            return f"/proc/{pid}/root{path}"
-    return None
+def libssls_of(pid: int) -> list[str]:
+    """The libssl files a process maps, opened through its root. Often more than
+    one: Python's ssl module maps the system's, a database driver's wheel its own."""
+    return [
+        f"/proc/{pid}/root{path}"
+        for path in (p.removesuffix(" (deleted)") for p in mapped_paths(pid))
+        if _LIBSSL.search(path)
+    ]
 
 
 def host_libraries() -> list[str]:
@@ -108,7 +109,7 @@ def other_tls_stack(pid: int) -> str | None:
         for marker, name in _OTHER_LIBRARIES:
             if marker in path:
                 return f"{name} ({path})"
-    if libssl_of(pid) is not None:
+    if libssls_of(pid):
         return None
     try:
         with (
@@ -156,9 +157,7 @@ class OpenSslProbes:
         pids = [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
         self.checked.intersection_update(pids)  # the same set: callers hold it
         for pid in pids:
-            file = self.check(pid, force=True)
-            if file is not None:
-                live.add(file)
+            live.update(self.check(pid, force=True))
         for file in [f for f in self._attached if f not in live and f not in self._pinned]:
             path = self._attached.pop(file)
             del self._attached_at[file]
@@ -168,22 +167,22 @@ class OpenSslProbes:
                 os.close(held)
             log.info("TLS: detached from %s (no process maps it any more)", path)
 
-    def check(self, pid: int, force: bool = False) -> FileId | None:
-        """A process seen for the first time: probe its libssl if it is a new file."""
+    def check(self, pid: int, force: bool = False) -> list[FileId]:
+        """A process seen for the first time: probe the libssl files it maps that
+        are new to us. Returns the probed files it maps."""
         if pid in self.checked and not force:
-            return None
+            return []
         self.checked.add(pid)
-        path = libssl_of(pid)
-        if path is None:
-            return None
-        file = _file_id(path)
-        if file is None or file in self._failed:
-            return None
-        if file not in self._attached and not self._attach_file(
-            probe := self._stable_path(path, file), probe, file
-        ):
-            return None
-        return file
+        probed = []
+        for path in libssls_of(pid):
+            file = _file_id(path)
+            if file is None or file in self._failed:
+                continue
+            if file in self._attached or self._attach_file(
+                probe := self._stable_path(path, file), probe, file
+            ):
+                probed.append(file)
+        return probed
 
     def _attach_file(self, probe_path: str, shown: str, file: FileId) -> bool:
         if self._attach(probe_path) == 0:
@@ -210,13 +209,14 @@ class OpenSslProbes:
         """A TLS handshake reached the socket probes as ciphertext: log it once per
         executable, unless its libssl was probed only just now (the handshake came
         first; its next calls are read). Returns whether this was news."""
-        file = self.check(pid, force=True)
-        if file is not None and time.monotonic() - self._attached_at[file] < ATTACH_GRACE_S:
+        files = self.check(pid, force=True)
+        now = time.monotonic()
+        if any(now - self._attached_at[file] < ATTACH_GRACE_S for file in files):
             return False
         if executable in self._explained:
             return False
         self._explained.add(executable)
-        reason = explain(pid) if file is None else "OpenSSL calls the uprobes do not cover"
+        reason = "OpenSSL calls the uprobes do not cover" if files else explain(pid)
         log.warning(
             "TLS not visible for pid %d (%s): %s; its connections are traced without "
             "method, path, status or trace context",

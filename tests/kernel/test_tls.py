@@ -1,6 +1,6 @@
 """HTTPS through the OpenSSL uprobes: nginx, curl, ab, Python's ssl module, a client
-with its own copy of libssl started after the collector, and a Go client whose
-TLS the collector must say it cannot read."""
+with its own copy of libssl started after the collector, OpenSSL 1.1 from a wheel,
+and a Go client whose TLS the collector must say it cannot read."""
 
 from __future__ import annotations
 
@@ -169,6 +169,56 @@ def test_postgresql_over_tls_through_the_same_parser(
     failed = [s for s in spans if s.status_code == 2]
     assert [s.attributes["db.response.status_code"] for s in failed] == ["42P01"]
     assert all(s.service == "psql" and s.attributes["db.namespace"] == "postgres" for s in spans)
+
+
+# psycopg2-binary 2.9.5's wheel bundles OpenSSL 1.1.1 (Debian 12 ships only 3.x).
+# The client shows itself with a plain connection, then waits for a line on
+# stdin (the collector probing its libssl) before it speaks TLS.
+OPENSSL_1_1_CLIENT = textwrap.dedent(
+    """
+    import socket, sys, psycopg2
+    dsn, port = sys.argv[1], int(sys.argv[2])
+    maps = open("/proc/self/maps").read()
+    assert "psycopg2_binary.libs/libssl-" in maps and ".so.1.1" in maps, "no OpenSSL 1.1"
+    socket.create_connection(("127.0.0.1", port)).close()
+    sys.stdin.readline()
+    conn = psycopg2.connect(dsn + " sslmode=require")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    assert cur.fetchone() == (True,)
+    cur.execute("SELECT 7")
+    conn.close()
+    """
+)
+
+
+def test_openssl_1_1_bundled_by_a_python_wheel(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tmp_path: Path
+) -> None:
+    pg = Postgres(tmp_path / "pg", tls=True)
+    try:
+        since = time.time_ns()
+        client = subprocess.Popen(
+            [sys.executable, "-c", OPENSSL_1_1_CLIENT, pg.dsn, str(pg.port)],
+            stdin=subprocess.PIPE,
+            env={**os.environ, "OTEL_SERVICE_NAME": "py-openssl-1.1"},
+        )
+        assert client.stdin is not None
+        wait_until(
+            lambda: "libssl-3a880ada.so.1.1" in collector.log_path.read_text(),
+            30,
+            "the collector probing the wheel's libssl 1.1",
+        )
+        client.stdin.write(b"go\n")
+        client.stdin.close()
+        assert client.wait(30) == 0
+        spans = settle(grpc_sink, "postgresql", pg.port, since, 2)
+    finally:
+        pg.stop()
+    texts = sorted(s.attributes["db.query.text"] for s in spans)
+    assert texts == ["SELECT ?", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]
+    assert all(s.service == "py-openssl-1.1" for s in spans)
 
 
 def test_a_client_in_another_mount_namespace_started_after_the_collector(

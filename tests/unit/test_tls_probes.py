@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from otel_ebpf.receivers import tls
-from otel_ebpf.receivers.tls import OpenSslProbes, libssl_of
+from otel_ebpf.receivers.tls import OpenSslProbes, libssls_of
 
 assert ssl.OPENSSL_VERSION  # this process maps the system libssl from here on
 
@@ -26,15 +26,25 @@ def probes() -> tuple[OpenSslProbes, list[str], list[str]]:
     return OpenSslProbes(attach, detached.append), attached, detached
 
 
-def test_a_process_mapping_libssl_gets_its_file_probed_once() -> None:
+def test_a_process_mapping_libssl_gets_each_file_probed_once() -> None:
     p, attached, _ = probes()
-    mine = libssl_of(os.getpid())
-    assert mine is not None and mine.startswith(f"/proc/{os.getpid()}/root/")
+    mine = libssls_of(os.getpid())  # the system's, and any a wheel imported here brought
+    assert mine and all(m.startswith(f"/proc/{os.getpid()}/root/") for m in mine)
     p.check(os.getpid())
     p.check(os.getpid(), force=True)
-    assert len(attached) == 1
-    assert Path(attached[0]).samefile(mine)
-    assert not attached[0].startswith("/proc/")  # our own root: the plain path outlives the pid
+    assert len(attached) == len({os.stat(m).st_ino for m in mine})
+    assert all(any(Path(a).samefile(m) for a in attached) for m in mine)
+    assert not any(a.startswith("/proc/") for a in attached)  # our own root outlives the pid
+
+
+def test_every_libssl_a_process_maps_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    p, attached, _ = probes()
+    system = libssls_of(os.getpid())[0]
+    bundled = Path(__file__)  # any other file stands in for a wheel's own copy
+    here = f"/proc/{os.getpid()}/root{bundled}"
+    monkeypatch.setattr(tls, "libssls_of", lambda pid: [system, here])
+    assert len(p.check(os.getpid())) == 2
+    assert [Path(a).resolve() for a in attached] == [Path(system).resolve(), bundled]
 
 
 def test_files_nobody_maps_any_more_are_detached_but_the_hosts_are_kept(
@@ -42,12 +52,12 @@ def test_files_nobody_maps_any_more_are_detached_but_the_hosts_are_kept(
 ) -> None:
     p, attached, detached = probes()
     p.check(os.getpid())
-    monkeypatch.setattr(tls, "libssl_of", lambda pid: None)  # every process has exited
+    monkeypatch.setattr(tls, "libssls_of", lambda pid: [])  # every process has exited
     p.scan_all()
     assert detached == attached and p.libraries == []
 
     p, attached, detached = probes()
-    monkeypatch.setattr(tls, "libssl_of", lambda pid: None)
+    monkeypatch.setattr(tls, "libssls_of", lambda pid: [])
     p.start()  # the host's own libssl: pinned for processes to come
     p.scan_all()
     assert attached and not detached
