@@ -170,6 +170,10 @@ BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
 BPF_TABLE("lru_hash", struct quiet_key, u64, quiet, MAX_CONNS);
 BPF_HASH(ssl_calls, u32, struct ssl_call, 16384);
+// A process's name as exec set it, by tgid. A thread's own name ("isc-net-0000"
+// in dig) would name a short-lived client that exits before user space reads /proc.
+struct task_name { char comm[16]; };
+BPF_TABLE("lru_hash", u32, struct task_name, process_names, 32768);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -179,6 +183,16 @@ static __always_inline void count_lost(void) {
     u64 *n = lost.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
+}
+
+// The name events carry: the process's, when it exec'd since we started; else the
+// calling thread's (processes that old are still there for user space to read).
+static __always_inline void process_comm(char *comm, u32 tgid) {
+    struct task_name *name = process_names.lookup(&tgid);
+    if (name)
+        __builtin_memcpy(comm, name->comm, sizeof(name->comm));
+    else
+        bpf_get_current_comm(comm, sizeof(name->comm));
 }
 
 static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr) {
@@ -414,7 +428,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     ev->cap_offset = 0;
     ev->len = (u32)ret;
     ev->has_payload = 1;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    process_comm(ev->comm, tgid);
     ev->captured = capture(ev, io, hdr, io->buf, (u32)ret);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     if (events.ringbuf_output(ev, size, 0))
@@ -446,7 +460,7 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->has_payload = 0;
     ev->tls = 0;
     ev->fd = 0;
-    bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+    process_comm(ev->comm, tgid);
     return ev;
 }
 
@@ -547,9 +561,22 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
 // probe: forget what it was doing, or a later thread given the same id would
 // inherit it (pids wrap at pid_max, 32768 by default).
 TRACEPOINT_PROBE(sched, sched_process_exit) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
     active_io.delete(&tid);
     ssl_calls.delete(&tid);
+    if (tid == tgid)
+        process_names.delete(&tgid);
+    return 0;
+}
+
+// exec has just named the process after its new program (the comm it keeps
+// unless it renames itself).
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct task_name name = {};
+    bpf_get_current_comm(name.comm, sizeof(name.comm));
+    process_names.update(&tgid, &name);
     return 0;
 }
 

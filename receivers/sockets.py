@@ -62,6 +62,7 @@ REQUIRED_TRACEPOINTS = (
     ),
     "syscalls/sys_enter_connect",
     "sched/sched_process_exit",
+    "sched/sched_process_exec",
     "tcp/tcp_retransmit_skb",
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from harness import CollectorProcess, Dnsmasq, wait_until, with_resolver
+from otel_ebpf.model import DatagramEvent, KernelEvent
+from otel_ebpf.receivers.sockets import SocketReceiver
 from otlp_sink import CLIENT, GrpcSink, Span
 
 
@@ -57,6 +59,32 @@ def test_dig_answers_and_nxdomain(
     assert ok.attributes["server.port"] == 53 and ok.attributes["network.transport"] == "udp"
     (nx,) = wait_lookups(grpc_sink, "missing.nx.test", since, 1)
     assert nx.status_code == 2 and nx.attributes["error.type"] == "NXDOMAIN"
+
+
+def test_events_name_the_process_not_its_network_thread(dnsmasq: Dnsmasq) -> None:
+    """dig does its I/O on a thread named isc-net-0000 and exits at once, often
+    before user space reads /proc: the kernel's events must carry "dig" (a
+    receiver of our own here, to read the raw events)."""
+    events: list[KernelEvent] = []
+    receiver = SocketReceiver(events.append, ring_buffer_pages=64)
+    receiver.start()
+    try:
+        client = subprocess.Popen(
+            ["dig", f"@{dnsmasq.address}", "www.example.test", "A", "+tries=1", "+short"],
+            stdout=subprocess.DEVNULL,
+        )
+        client.wait(10)
+
+        def datagrams() -> list[DatagramEvent]:
+            receiver.poll(100)
+            return [e for e in events if isinstance(e, DatagramEvent) and e.pid == client.pid]
+
+        wait_until(lambda: len(datagrams()) >= 2, 10, "dig's query and answer")
+        mine = datagrams()
+    finally:
+        receiver.close()
+    assert {e.tid for e in mine} != {client.pid}  # the I/O was on another thread
+    assert {e.comm.split(b"\0")[0] for e in mine} == {b"dig"}
 
 
 def test_dns_over_tcp(collector: CollectorProcess, grpc_sink: GrpcSink, dnsmasq: Dnsmasq) -> None:
