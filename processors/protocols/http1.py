@@ -480,12 +480,7 @@ class Http1Connection:
         done += self._handle(False, self.responses.eof(ts))
         while self._pending:
             p = self._pending.popleft()
-            if p.answer is not None:
-                done.append(p.exchange())
-            else:
-                done.append(
-                    HttpExchange(p.head, p.body, None, 0, p.head.start_ts, p.end_ts, p.token)
-                )
+            done.append(p.exchange(*p.answer) if p.answer else p.exchange(None, 0, p.end_ts))
         return done
 
     def _handle(self, is_request: bool, events: list[ParserEvent]) -> list[HttpExchange]:
@@ -501,12 +496,7 @@ class Http1Connection:
                 elif ev.status == 101:  # switched protocols: the exchange ends here
                     self.requests.make_opaque()
                     if self._pending:
-                        p = self._pending.popleft()
-                        done.append(
-                            HttpExchange(
-                                p.head, p.body, ev, 0, p.head.start_ts, ev.start_ts, p.token
-                            )
-                        )
+                        done.append(self._pending.popleft().exchange(ev, 0, ev.start_ts))
                 elif ev.status >= 200:
                     self._response = ev
                     if ev.status < 300 and self._method_awaiting_response() == "CONNECT":
@@ -525,17 +515,7 @@ class Http1Connection:
                     self._early.append(_Answer(response, ev.body_bytes, ev.end_ts))
                 elif waiting is self._pending[0]:  # the usual case, in order
                     self._pending.popleft()
-                    done.append(
-                        HttpExchange(
-                            waiting.head,
-                            waiting.body,
-                            response,
-                            ev.body_bytes,
-                            waiting.head.start_ts,
-                            ev.end_ts,
-                            waiting.token,
-                        )
-                    )
+                    done.append(waiting.exchange(response, ev.body_bytes, ev.end_ts))
                 else:  # after a request still waiting for its own body
                     waiting.answer = _Answer(response, ev.body_bytes, ev.end_ts)
         return done
@@ -564,7 +544,7 @@ class Http1Connection:
             if p.answer is None or (p.early and not p.ended):
                 return
             self._pending.popleft()
-            done.append(p.exchange())
+            done.append(p.exchange(*p.answer))
 
 
 class _Answer(NamedTuple):
@@ -585,9 +565,7 @@ class _Pending:
         self.answer: _Answer | None = None
         self.early = False  # the answer came before the request
 
-    def exchange(self) -> HttpExchange:
-        a = self.answer
-        assert a is not None
+    def exchange(self, response: HttpHead | None, body: int, end_ts: int) -> HttpExchange:
         return HttpExchange(
-            self.head, self.body, a.head, a.body, self.head.start_ts, a.end_ts, self.token
+            self.head, self.body, response, body, self.head.start_ts, end_ts, self.token
         )
