@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from otel_ebpf.model import Direction, Role
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
+from records import data_record, open_record
+
+from otel_ebpf.model import Role
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
-from otel_ebpf.receivers.sockets import _CONN, _DATA_HEADER, decode
+from otel_ebpf.receivers.sockets import decode
 from otel_ebpf.telemetry import SelfTelemetry
 
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
@@ -33,45 +37,19 @@ class Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def data(sk: int, d: Direction, role: Role, ts: int, off: int, payload: bytes) -> bytes:
-    header = _DATA_HEADER.pack(
-        1,
-        d,
-        role,
-        1,
-        4242,
-        4242,
-        5,
-        sk,
-        1,
-        ts,
-        off,
-        off,
-        len(payload),
-        len(payload),
-        b"bench",
-        0,
-        0,
-        b"",
-    )
-    return header + payload
-
-
-def opened(sk: int, role: Role, lport: int, rport: int) -> bytes:
-    addr = bytes([127, 0, 0, 1]) + bytes(12)
-    return _CONN.pack(2, role, 2, 4242, sk, 1, 0, 0, lport, rport, addr, addr)
-
-
 def records(n: int) -> list[bytes]:
     client, server = 1, 2
-    out = [opened(client, Role.CLIENT, 50000, 8080), opened(server, Role.SERVER, 8080, 50000)]
+    out = [
+        open_record(client, Role.CLIENT, 50000, 8080),
+        open_record(server, Role.SERVER, 8080, 50000),
+    ]
     q = r = 0
     for i in range(n):
         ts = 1000 + i * 10
-        out.append(data(client, Direction.EGRESS, Role.CLIENT, ts, q, REQUEST))
-        out.append(data(server, Direction.INGRESS, Role.SERVER, ts + 1, q, REQUEST))
-        out.append(data(server, Direction.EGRESS, Role.SERVER, ts + 2, r, RESPONSE))
-        out.append(data(client, Direction.INGRESS, Role.CLIENT, ts + 3, r, RESPONSE))
+        out.append(data_record(client, Role.CLIENT, True, ts, q, REQUEST))
+        out.append(data_record(server, Role.SERVER, False, ts + 1, q, REQUEST))
+        out.append(data_record(server, Role.SERVER, True, ts + 2, r, RESPONSE))
+        out.append(data_record(client, Role.CLIENT, False, ts + 3, r, RESPONSE))
         q += len(REQUEST)
         r += len(RESPONSE)
     return out

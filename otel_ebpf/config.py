@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,8 +31,11 @@ from pydantic import (
     model_validator,
 )
 
+from otel_ebpf.processors.protocols.numbers import decimal
+from otel_ebpf.processors.redaction import DEFAULT_QUERY_KEYS
 from otel_ebpf.processors.routes import DEFAULT_ID_PATTERNS
 from otel_ebpf.processors.selection import parse_ports
+from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 
 
 class ConfigError(ValueError):
@@ -53,16 +59,16 @@ def _duration_seconds(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration_seconds), Field(gt=0)]
 
 
-def _power_of_two(low: int, high: int) -> BeforeValidator:
-    """Ring buffers and capture masks in the kernel program need powers of two."""
+def _power_of_two(low: int, high: int) -> AfterValidator:
+    """Ring buffers and capture masks in the kernel program need powers of two
+    (checked after pydantic has made the value an int, or refused it)."""
 
-    def check(v: Any) -> Any:
-        n = int(v)
+    def check(n: int) -> int:
         if n & (n - 1) or not low <= n <= high:
             raise ValueError(f"must be a power of two from {low} to {high}")
         return n
 
-    return BeforeValidator(check)
+    return AfterValidator(check)
 
 
 class _Strict(BaseModel):
@@ -114,6 +120,26 @@ class SidecarConfig(_Strict):
     cgroup: str = ""  # also require processes under this cgroup path (the pod's)
 
 
+class RedactionConfig(_Strict):
+    """Values of these URL query keys become REDACTED (matched without case), besides
+    the HTTP conventions' own list (AWSAccessKeyId, Signature, sig, X-Goog-Signature)."""
+
+    query_keys: list[str] = list(DEFAULT_QUERY_KEYS)
+
+
+class Toggle(_Strict):
+    enabled: bool = False
+
+
+class ResourceAttributesConfig(_Strict):
+    """Opt-in resource attributes (the Collector's `resource_attributes` form):
+    argv often carries credentials, so command lines stay home unless asked for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    command_line: Toggle = Field(default=Toggle(), alias="process.command_line")
+    command_args: Toggle = Field(default=Toggle(), alias="process.command_args")
+
+
 class EbpfReceiverConfig(_Strict):
     capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
     ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
@@ -126,6 +152,8 @@ class EbpfReceiverConfig(_Strict):
     mode: Literal["node", "sidecar"] = "node"  # sidecar: only its own pod's processes
     sidecar: SidecarConfig = SidecarConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    resource_attributes: ResourceAttributesConfig = ResourceAttributesConfig()
 
     @field_validator("open_ports")
     @classmethod
@@ -134,29 +162,38 @@ class EbpfReceiverConfig(_Strict):
         return v
 
 
-class EndpointConfig(_Strict):
-    endpoint: str
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    number = decimal(port)
+    if not sep or not host or number is None or number > 65535:
+        raise ValueError("must be host:port")
+    return v
 
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        _, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be host:port")
-        return v
+
+class EndpointConfig(_Strict):
+    endpoint: Annotated[str, AfterValidator(_host_port)]
+
+
+class GrpcServerConfig(EndpointConfig):
+    max_recv_msg_size_mib: int = Field(default=4, ge=1, le=1024)  # as the Collector's
+
+
+class HttpServerConfig(EndpointConfig):
+    max_request_body_size: int = Field(default=DEFAULT_MAX_BODY, ge=1024)  # bytes
 
 
 class OtlpProtocols(_Strict):
-    grpc: EndpointConfig | None = None
-    http: EndpointConfig | None = None
+    grpc: GrpcServerConfig | None = None
+    http: HttpServerConfig | None = None
 
 
 class OtlpReceiverConfig(_Strict):
-    """Like the collector's otlp receiver; the embedded default listens on localhost."""
+    """Like the collector's otlp receiver; the embedded default listens on localhost.
+    Requests over the size bounds are refused (before and after decompression)."""
 
     protocols: OtlpProtocols = OtlpProtocols(
-        grpc=EndpointConfig(endpoint="127.0.0.1:4317"),
-        http=EndpointConfig(endpoint="127.0.0.1:4318"),
+        grpc=GrpcServerConfig(endpoint="127.0.0.1:4317"),
+        http=HttpServerConfig(endpoint="127.0.0.1:4318"),
     )
 
 
@@ -175,14 +212,40 @@ class CorrelateConfig(_Strict):
     keep_duplicates: bool = False  # keep eBPF spans the SDK also made, as its children
 
 
-class OtlpExporterConfig(_Strict):
-    """Unset values come from OTEL_EXPORTER_OTLP_* as in any SDK."""
+def exporter_url(v: str, scheme_required: bool = True) -> str:
+    """An OTLP endpoint: http(s)://host[:port][/path], or host:port for gRPC; empty
+    (an unset `${env:...}`) leaves it to the OTEL_EXPORTER_OTLP_* variables."""
+    if not v:
+        return v
+    if "://" not in v and not scheme_required:
+        return _host_port(v)
+    try:
+        url = urlsplit(v)
+        url.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise ValueError(f"{v!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        form = "http(s)://host:port" + ("" if scheme_required else " or host:port")
+        raise ValueError(f"{v!r} is not a URL of the form {form}")
+    return v
 
-    endpoint: str | None = None
+
+GrpcEndpoint = Annotated[str, AfterValidator(partial(exporter_url, scheme_required=False))]
+HttpEndpoint = Annotated[str, AfterValidator(exporter_url)]
+
+
+class OtlpExporterConfig(_Strict):
+    """Unset values come from OTEL_EXPORTER_OTLP_* as in any SDK (checked at start too)."""
+
+    endpoint: GrpcEndpoint | None = None
     headers: dict[str, str] | None = None
     compression: Literal["gzip", "none"] | None = None
     timeout: Duration | None = None
     insecure: bool | None = None  # gRPC only
+
+
+class OtlpHttpExporterConfig(OtlpExporterConfig):
+    endpoint: HttpEndpoint | None = None
 
 
 class DebugExporterConfig(_Strict):
@@ -209,7 +272,7 @@ PROCESSOR_TYPES: dict[str, type[_Strict]] = {
 
 EXPORTER_TYPES: dict[str, type[_Strict]] = {
     "otlp": OtlpExporterConfig,
-    "otlphttp": OtlpExporterConfig,
+    "otlphttp": OtlpHttpExporterConfig,
     "debug": DebugExporterConfig,
     "file": FileExporterConfig,
     "prometheus": PrometheusExporterConfig,
@@ -219,7 +282,7 @@ METRICS_ONLY = frozenset({"prometheus"})
 
 
 class HealthCheckConfig(EndpointConfig):
-    endpoint: str = "127.0.0.1:13133"
+    endpoint: Annotated[str, AfterValidator(_host_port)] = "127.0.0.1:13133"
 
 
 class PipelineConfig(_Strict):
@@ -233,10 +296,21 @@ class ServiceConfig(_Strict):
     pipelines: dict[Literal["traces", "metrics"], PipelineConfig]
 
 
+def _settings(v: Any) -> Any:
+    if v is not None and not isinstance(v, dict):
+        raise ValueError("must be a mapping of settings (or empty, for the defaults)")
+    return v
+
+
+# A component's settings until its own model types them (in `load`): a mapping,
+# or empty (`debug:` means "with defaults").
+Body = Annotated[Any, AfterValidator(_settings)]
+
+
 class Config(_Strict):
-    receivers: dict[Literal["ebpf", "otlp"], Any] = {"ebpf": {}}
-    processors: dict[Literal["batch", "correlate"], Any] = {}
-    exporters: dict[str, Any]
+    receivers: dict[Literal["ebpf", "otlp"], Body] = {"ebpf": {}}
+    processors: dict[Literal["batch", "correlate"], Body] = {}
+    exporters: dict[str, Body]
     extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
     service: ServiceConfig
 
@@ -301,7 +375,11 @@ def _first_error(exc: ValidationError, prefix: str = "") -> str:
     path = ".".join(
         [prefix, *(str(p) for p in err["loc"])] if prefix else [str(p) for p in err["loc"]]
     )
-    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    msg = {
+        "extra_forbidden": "unknown key",
+        "dict_type": "must be a mapping (name: settings)",
+        "model_type": "must be a mapping (name: settings)",
+    }.get(err["type"], err["msg"])
     msg = msg.removeprefix("Value error, ")
     return f"{path}: {msg}" if path else msg
 
@@ -405,104 +483,179 @@ def document(
     }
 
 
-def _apply_env(doc: dict[str, Any], env: dict[str, str]) -> None:
-    """OTEL_EBPF_* variables override the file (names from OpenTelemetry eBPF
-    Instrumentation where it has the concept)."""
-    ebpf = doc.setdefault("receivers", {}).setdefault("ebpf", {}) or {}
-    doc["receivers"]["ebpf"] = ebpf
+class _Overlay:
+    """A document built from variables, remembering which variable set which key."""
 
-    def ints(name: str, value: str) -> list[int]:
-        try:
-            return [int(p) for p in value.split(",") if p.strip()]
-        except ValueError:
-            raise ConfigError(f"{name}: expected comma-separated pids, got {value!r}") from None
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}  # dotted key path -> variable
 
-    if "OTEL_EBPF_OPEN_PORT" in env:
-        ebpf["open_ports"] = env["OTEL_EBPF_OPEN_PORT"]
-    if "OTEL_EBPF_AUTO_TARGET_EXE" in env:
-        ebpf.setdefault("include", {})["executables"] = [
-            g.strip() for g in env["OTEL_EBPF_AUTO_TARGET_EXE"].split(",") if g.strip()
-        ]
-    if "OTEL_EBPF_EXCLUDE_EXE" in env:
-        ebpf.setdefault("exclude", {})["executables"] = [
-            g.strip() for g in env["OTEL_EBPF_EXCLUDE_EXE"].split(",") if g.strip()
-        ]
-    if "OTEL_EBPF_TARGET_PIDS" in env:
-        ebpf.setdefault("include", {})["pids"] = ints(
-            "OTEL_EBPF_TARGET_PIDS", env["OTEL_EBPF_TARGET_PIDS"]
-        )
-    if "OTEL_EBPF_EXCLUDE_PIDS" in env:
-        ebpf.setdefault("exclude", {})["pids"] = ints(
-            "OTEL_EBPF_EXCLUDE_PIDS", env["OTEL_EBPF_EXCLUDE_PIDS"]
-        )
-    if "OTEL_EBPF_CAPTURE_BYTES" in env:
-        ebpf["capture_bytes"] = env["OTEL_EBPF_CAPTURE_BYTES"]
-    if "OTEL_EBPF_MODE" in env:
-        ebpf["mode"] = env["OTEL_EBPF_MODE"]
-    for name, section, key in (
-        ("OTEL_EBPF_SIDECAR_NETNS", "sidecar", "network_namespace"),
-        ("OTEL_EBPF_SIDECAR_CGROUP", "sidecar", "cgroup"),
-        ("OTEL_EBPF_KUBE_METADATA_ENABLE", "kubernetes", "metadata"),
-        ("OTEL_EBPF_KUBE_API", "kubernetes", "api"),
-        ("OTEL_EBPF_KUBE_NODE_NAME", "kubernetes", "node_name"),
-    ):
+    def put(self, path: tuple[str, ...], value: Any, variable: str) -> None:
+        node = self.doc
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        self.sources[".".join(path)] = variable
+
+
+_EBPF = ("receivers", "ebpf")
+_EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    # variable, key path under receivers.ebpf, comma-separated list
+    ("OTEL_EBPF_OPEN_PORT", ("open_ports",), False),
+    ("OTEL_EBPF_CAPTURE_BYTES", ("capture_bytes",), False),
+    ("OTEL_EBPF_MODE", ("mode",), False),
+    ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
+    ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),
+    ("OTEL_EBPF_TARGET_PIDS", ("include", "pids"), True),
+    ("OTEL_EBPF_EXCLUDE_PIDS", ("exclude", "pids"), True),
+    ("OTEL_EBPF_REDACT_QUERY_KEYS", ("redaction", "query_keys"), True),
+    ("OTEL_EBPF_SIDECAR_NETNS", ("sidecar", "network_namespace"), False),
+    ("OTEL_EBPF_SIDECAR_CGROUP", ("sidecar", "cgroup"), False),
+    ("OTEL_EBPF_KUBE_METADATA_ENABLE", ("kubernetes", "metadata"), False),
+    ("OTEL_EBPF_KUBE_API", ("kubernetes", "api"), False),
+    ("OTEL_EBPF_KUBE_NODE_NAME", ("kubernetes", "node_name"), False),
+    ("OTEL_EBPF_DNS_TIMEOUT", ("protocols", "dns_timeout"), False),
+    ("OTEL_EBPF_DB_QUERY_TEXT", ("protocols", "db_query_text"), False),
+    (
+        "OTEL_EBPF_PROCESS_COMMAND_LINE",
+        ("resource_attributes", "process.command_line", "enabled"),
+        False,
+    ),
+    (
+        "OTEL_EBPF_PROCESS_COMMAND_ARGS",
+        ("resource_attributes", "process.command_args", "enabled"),
+        False,
+    ),
+)
+
+
+def _env_overlay(env: dict[str, str]) -> _Overlay:
+    """OTEL_EBPF_* variables as a document to lay over the file's (names from
+    OpenTelemetry eBPF Instrumentation where it has the concept). Values stay
+    strings: the schema types them like any other."""
+    overlay = _Overlay()
+    for name, path, is_list in _EBPF_VARIABLES:
         if name in env:
-            ebpf[section] = {**(ebpf.get(section) or {}), key: env[name]}
-    protocols: dict[str, Any] = {
-        key: env[name]
-        for name, key in (
-            ("OTEL_EBPF_DNS_TIMEOUT", "dns_timeout"),
-            ("OTEL_EBPF_DB_QUERY_TEXT", "db_query_text"),
-        )
-        if name in env
-    }
+            value: Any = env[name]
+            if is_list:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            overlay.put((*_EBPF, *path), value, name)
     if "OTEL_EBPF_PROTOCOL_PORTS" in env:  # "5433=postgresql,6380=redis"
-        pairs = [p.partition("=") for p in env["OTEL_EBPF_PROTOCOL_PORTS"].split(",") if p.strip()]
+        text = env["OTEL_EBPF_PROTOCOL_PORTS"]
+        pairs = [p.partition("=") for p in text.split(",") if p.strip()]
         if any(not sep for _, sep, _ in pairs):
             raise ConfigError(
-                "OTEL_EBPF_PROTOCOL_PORTS: expected port=protocol pairs, "
-                f"got {env['OTEL_EBPF_PROTOCOL_PORTS']!r}"
+                f"OTEL_EBPF_PROTOCOL_PORTS: expected port=protocol pairs, got {text!r}"
             )
-        protocols["ports"] = {port.strip(): name.strip() for port, _, name in pairs}
-    if protocols:
-        ebpf["protocols"] = {**(ebpf.get("protocols") or {}), **protocols}
-    if "OTEL_EBPF_HEALTH_ENDPOINT" in env and "health_check" in (doc.get("extensions") or {}):
-        doc["extensions"]["health_check"] = {"endpoint": env["OTEL_EBPF_HEALTH_ENDPOINT"]}
+        ports = {port.strip(): name.strip() for port, _, name in pairs}
+        overlay.put((*_EBPF, "protocols", "ports"), ports, "OTEL_EBPF_PROTOCOL_PORTS")
+    if "OTEL_EBPF_HEALTH_ENDPOINT" in env:
+        overlay.put(
+            ("extensions", "health_check", "endpoint"),
+            env["OTEL_EBPF_HEALTH_ENDPOINT"],
+            "OTEL_EBPF_HEALTH_ENDPOINT",
+        )
+    return overlay
+
+
+def _merge(doc: dict[str, Any], overlay: dict[str, Any]) -> None:
+    """Lay `overlay` over `doc`, mapping into mapping. Where the file has something
+    else (a list, a number) the file stays as written and the schema says what is
+    wrong with it."""
+    for key, value in overlay.items():
+        if not isinstance(value, dict):
+            doc[key] = value
+            continue
+        if doc.get(key) is None:
+            doc[key] = {}
+        if isinstance(doc[key], dict):
+            _merge(doc[key], value)
+
+
+def _validated(model: type[_Strict], body: Any, where: str) -> Any:
+    try:
+        return model.model_validate(body or {})
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, where)) from None
+
+
+def _read(path: str | Path, env: dict[str, str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        doc = yaml.safe_load(_expand(text, env)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return doc
+
+
+_ENDPOINT_VARIABLES = {
+    "traces": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    "metrics": ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+}
+
+
+def _check_endpoint_variables(config: Config, env: dict[str, str]) -> None:
+    """An OTLP exporter without an endpoint takes the SDK's variables: check them now,
+    not at the first failed export."""
+    for signal, pipe in config.service.pipelines.items():
+        for key in pipe.exporters:
+            cfg = config.exporters[key]
+            if not isinstance(cfg, OtlpExporterConfig) or cfg.endpoint is not None:
+                continue
+            name = next((n for n in _ENDPOINT_VARIABLES[signal] if env.get(n)), None)
+            if name is not None:
+                try:
+                    exporter_url(env[name], scheme_required=key.startswith("otlphttp"))
+                except ValueError as exc:
+                    raise ConfigError(f"{name} (for exporters.{key}): {exc}") from None
 
 
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read, expand, override and validate; raises ConfigError with the key path."""
+    """Read, expand, override and validate; raises ConfigError with the key path
+    (and the variable, where one set the value).
+
+    Every value, from the file or a variable, is typed by the models above: the
+    document's shape first (sections are mappings), then each component's body.
+    """
     env = dict(os.environ) if env is None else env
-    if path is None:
-        doc = default_document(env)
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            doc = yaml.safe_load(_expand(text, env)) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    _apply_env(doc, env)
+    doc = default_document(env) if path is None else _read(path, env)
+    overlay = _env_overlay(env)
+    extensions = doc.get("extensions")
+    if not isinstance(extensions, dict) or "health_check" not in extensions:
+        overlay.doc.pop("extensions", None)  # the variable moves a health check, adds none
+    _merge(doc, overlay.doc)
+    try:
+        return _load(doc, env)
+    except ConfigError as exc:
+        message = str(exc)
+        for where, name in overlay.sources.items():
+            if message.startswith(where):
+                raise ConfigError(f"{name}={env[name]!r}: {message}") from None
+        raise
+
+
+def _load(doc: dict[str, Any], env: dict[str, str]) -> Config:
     try:
         config = Config.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
-    receivers: dict[str, Any] = {}
-    for name, body in config.receivers.items():
-        try:
-            receivers[name] = RECEIVER_TYPES[name].model_validate(body or {})
-        except ValidationError as exc:
-            raise ConfigError(_first_error(exc, f"receivers.{name}")) from None
-    processors: dict[str, Any] = {}
-    for processor, body in config.processors.items():
-        try:
-            processors[processor] = PROCESSOR_TYPES[processor].model_validate(body or {})
-        except ValidationError as exc:
-            raise ConfigError(_first_error(exc, f"processors.{processor}")) from None
+    receivers = {
+        name: _validated(RECEIVER_TYPES[name], body, f"receivers.{name}")
+        for name, body in config.receivers.items()
+    }
+    processors = {
+        name: _validated(PROCESSOR_TYPES[name], body, f"processors.{name}")
+        for name, body in config.processors.items()
+    }
     exporters: dict[str, Any] = {}
     for key, body in config.exporters.items():
         kind = key.split("/", 1)[0]
@@ -510,10 +663,9 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
         if model is None:
             known = ", ".join(EXPORTER_TYPES)
             raise ConfigError(f"exporters.{key}: unknown exporter type {kind!r} (known: {known})")
-        try:
-            exporters[key] = model.model_validate(body or {})
-        except ValidationError as exc:
-            raise ConfigError(_first_error(exc, f"exporters.{key}")) from None
-    return config.model_copy(
+        exporters[key] = _validated(model, body, f"exporters.{key}")
+    config = config.model_copy(
         update={"receivers": receivers, "processors": processors, "exporters": exporters}
     )
+    _check_endpoint_variables(config, env)
+    return config

@@ -93,7 +93,11 @@ def _ring_buffer() -> Check:
     return (
         Check(OK, "BPF ring buffer", "supported")
         if ok
-        else Check(FAIL, "BPF ring buffer", f"{err}: needs Linux 5.8 or later")
+        else Check(
+            FAIL,
+            "BPF ring buffer",
+            f"{err}: needs " + ("CAP_BPF" if err == os.strerror(1) else "Linux 5.8 or later"),
+        )
     )
 
 
@@ -275,8 +279,14 @@ def run_checks() -> list[Check]:
                 )
             )
             continue
-        out = check()
-        results.extend([out] if isinstance(out, Check) else out)
+        try:
+            out = check()
+            results.extend([out] if isinstance(out, Check) else list(out))
+        except OSError as exc:  # tracefs and /proc refuse an unprivileged reader
+            name = getattr(check, "__name__", "check").strip("_<>").replace("_", " ")
+            where = f" ({exc.filename})" if exc.filename else ""
+            hint = ": run as root" if not privileged else ""
+            results.append(Check(FAIL, name, f"cannot tell: {exc.strerror}{where}{hint}"))
     return results
 
 

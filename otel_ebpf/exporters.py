@@ -115,22 +115,41 @@ class JsonLinesFileExporter(SpanExporter):
 
 
 class CountingExporter(SpanExporter):
-    """Counts what each exporter delivered or failed, for self-telemetry."""
+    """Counts what each exporter delivered or failed, for self-telemetry. At a
+    shutdown that cannot wait, the batch being sent is given up (`abandon`): it
+    counts as dropped, and its late outcome is not counted again."""
 
     def __init__(self, inner: SpanExporter, telemetry: SelfTelemetry) -> None:
         self.inner = inner
         self._telemetry = telemetry
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._abandoned = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            if self._abandoned:
+                return SpanExportResult.FAILURE  # counted by abandon()'s caller
+            self._in_flight = len(spans)
         try:
             result = self.inner.export(spans)
         except Exception:  # an exporter bug must not kill the export thread
             result = SpanExportResult.FAILURE
-        if result == SpanExportResult.SUCCESS:
-            self._telemetry.spans_exported += len(spans)
-        else:
-            self._telemetry.spans_export_failed += len(spans)
+        with self._lock:
+            self._in_flight = 0
+            if self._abandoned:
+                return result
+            if result == SpanExportResult.SUCCESS:
+                self._telemetry.spans_exported += len(spans)
+            else:
+                self._telemetry.spans_export_failed += len(spans)
         return result
+
+    def abandon(self) -> int:
+        """Stop counting; the spans of the batch under way now, to count as dropped."""
+        with self._lock:
+            self._abandoned = True
+            return self._in_flight
 
     def shutdown(self) -> None:
         self.inner.shutdown()

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from otel_ebpf.http_server import QuietHTTPServer
 from otel_ebpf.telemetry import SelfTelemetry
 
 
@@ -40,8 +41,7 @@ class HealthServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, int(port)), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer((host, int(port)), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
         )

@@ -275,9 +275,9 @@ class CollectorMetrics:
     def _connections(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.tracked_connections)]
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30.0) -> None:
         try:
-            self.provider.shutdown()
+            self.provider.shutdown(timeout_millis=timeout_s * 1000)
         except Exception as exc:  # a failing final export must not hide the exit
             log.warning("metrics shutdown: %s", exc)
 

@@ -178,6 +178,12 @@ class HttpEnd(NamedTuple):
     complete: bool  # False: ended by lost sync or by the connection closing early
 
 
+class Declined(Exception):
+    """A parser will not follow a connection within its bounds (an HPACK table
+    larger than we keep): the tracker stops parsing that connection and counts it.
+    The one exception a parser raises on purpose, like h11's RemoteProtocolError."""
+
+
 class ParseError(NamedTuple):
     """Bytes that are not HTTP/1 where a message should start."""
 

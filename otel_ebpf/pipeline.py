@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -30,19 +31,22 @@ from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
+from otel_ebpf.processors.redaction import UrlRedactor
 from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
 from otel_ebpf.processors.tcp_health import TcpHealth
-from otel_ebpf.receivers.otlp import OtlpReceiver
+from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
+from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.receivers.tls import OpenSslProbes
-from otel_ebpf.telemetry import SelfTelemetry
+from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 60.0
+FLUSH_TIMEOUT_S = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S = 30.0
 
 
@@ -117,7 +121,7 @@ def _metric_readers(config: Config) -> list[MetricReader]:
             from prometheus_client import start_http_server
 
             host, _, port = cfg.endpoint.rpartition(":")
-            start_http_server(int(port), addr=host or "0.0.0.0")
+            start_http_server(int(port), addr=host.strip("[]"))
             log.info("Prometheus metrics on http://%s/metrics", cfg.endpoint)
             readers.append(PrometheusMetricReader())
             continue
@@ -136,18 +140,19 @@ class Collector:
         self.health = HealthState(self.telemetry)
         self._stop = threading.Event()
         pipeline = config.traces
-        self._processors = [
-            _batch_processor(
-                CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry),
-                config,
-            )
+        self._exporters = [
+            CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry)
             for name in pipeline.exporters
         ]
+        self._processors = [_batch_processor(e, config) for e in self._exporters]
         self._queues = [
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
         ebpf = config.ebpf
-        self._spans = SpanBuilder(raw_db_query_text=ebpf.protocols.db_query_text == "raw")
+        self._spans = SpanBuilder(
+            raw_db_query_text=ebpf.protocols.db_query_text == "raw",
+            urls=UrlRedactor(ebpf.redaction.query_keys),
+        )
         correlate = config.correlate
         self.merger = (
             Merger(self._export, correlate.hold, correlate.keep_duplicates) if correlate else None
@@ -167,6 +172,8 @@ class Collector:
         self._processes = ProcessRegistry(
             extra_attributes=_collector_resource_attributes(),
             identity=WorkloadIdentity(self._kube),
+            command_line=ebpf.resource_attributes.command_line.enabled,
+            command_args=ebpf.resource_attributes.command_args.enabled,
         )
         scope = _pod_scope(config)
         self.tracker = ConnectionTracker(
@@ -205,19 +212,28 @@ class Collector:
                 self._on_otlp_spans,
                 p.grpc.endpoint if p.grpc else None,
                 p.http.endpoint if p.http else None,
+                max_http_body=p.http.max_request_body_size if p.http else DEFAULT_MAX_BODY,
+                max_grpc_message=(
+                    p.grpc.max_recv_msg_size_mib << 20 if p.grpc else DEFAULT_MAX_GRPC_MESSAGE
+                ),
             )
 
     def _on_kernel_event(self, event: Any) -> None:
-        """The receiver's sink (the tracker needs the receiver first, for its quiet map)."""
+        """The receiver's sink (the tracker needs the receiver first, for its quiet map).
+        No exception goes back into the ring buffer's callback: counted, said at debug."""
         kind = type(event)
-        if (kind is DataEvent or kind is ConnOpen) and event.pid not in self._tls_checked:
-            self.tls.check(event.pid)  # a process new to us may map a libssl not probed yet
-        elif kind is ResetSent:
-            self._on_reset(event)
-            return
-        self.tracker.handle(event)
-        if kind is ConnClose and self.tcp_health is not None:
-            self.tcp_health.closed(event)
+        try:
+            if (kind is DataEvent or kind is ConnOpen) and event.pid not in self._tls_checked:
+                self.tls.check(event.pid)  # a process new to us may map a libssl not probed
+            elif kind is ResetSent:
+                self._on_reset(event)
+                return
+            self.tracker.handle(event)  # guards its own parsers and span building
+            if kind is ConnClose and self.tcp_health is not None:
+                self.tcp_health.closed(event)
+        except Exception as exc:
+            self.telemetry.parse_errors += 1
+            log.debug("%s not handled: %s", kind.__name__, fault_summary(exc))
 
     def _peer_name(self, local: Endpoint, remote: Endpoint) -> str | None:
         """The service at the other end: a process on this node, else a pod or
@@ -277,7 +293,10 @@ class Collector:
                 and pending.maxlen is not None
                 and len(pending) >= pending.maxlen
             ):
+                # Full: counted here and not handed over (the SDK would drop one
+                # too, and build a warning record per span to say so).
                 self.telemetry.spans_dropped += 1
+                continue
             processor.on_end(span)
 
     def stop(self) -> None:
@@ -382,7 +401,9 @@ class Collector:
         self.telemetry.events_lost = self.receiver.events_lost()
         self.tracker.release_held()
         self.tracker.close_all(time.monotonic_ns())
-        self.receiver.close()  # detach every probe before the (possibly slow) flush
+        # Detaching takes the kernel about 2 s: done while the last export goes out.
+        detach = threading.Thread(target=self.receiver.close, name="detach", daemon=True)
+        detach.start()
         if self.otlp is not None:
             self.otlp.stop()
         if self._kube is not None:
@@ -390,10 +411,39 @@ class Collector:
         self._drain_otlp()
         if self.merger is not None:
             self.merger.expire(everything=True)  # held spans leave as they are
-        for processor in self._processors:
-            processor.shutdown()  # type: ignore[no-untyped-call]  # flushes what is queued
-        if self.metrics is not None:
-            self.metrics.shutdown()  # a last export of what was measured
+        self._flush()
+        detach.join(FLUSH_TIMEOUT_S)
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())
+
+    def _flush(self) -> None:
+        """The last export of queued spans and measured metrics, all exporters at
+        once, within FLUSH_TIMEOUT_S: a dead backend must not hold the exit past a
+        pod's grace period. What could not be sent is counted as dropped and said."""
+        timeout_ms = int(FLUSH_TIMEOUT_S * 1000)
+        steps: list[Any] = [
+            # the SDK processor's own shutdown takes no timeout: its batch processor's does
+            partial(p._batch_processor.shutdown, timeout_millis=timeout_ms)
+            for p in self._processors
+        ]
+        if self.metrics is not None:
+            steps.append(partial(self.metrics.shutdown, FLUSH_TIMEOUT_S))
+        threads = [threading.Thread(target=step, name="flush", daemon=True) for step in steps]
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S + 0.5
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        # Queues first, then the batches under way: a batch taken from a queue in
+        # between is under way by then, or refused by its abandoned exporter.
+        unsent = sum(len(q) for q in self._queues if q is not None)
+        unsent += sum(e.abandon() for e in self._exporters)
+        if unsent or any(t.is_alive() for t in threads):
+            self.telemetry.spans_dropped += unsent
+            log.warning(
+                "stopping: %d spans (and any metrics not yet sent) dropped: the exporters did "
+                "not deliver them within %.0f s (is the backend reachable?)",
+                unsent,
+                FLUSH_TIMEOUT_S,
+            )

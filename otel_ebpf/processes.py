@@ -10,12 +10,12 @@ from typing import NamedTuple, Protocol
 from opentelemetry.sdk.resources import Resource
 
 from otel_ebpf import __version__
+from otel_ebpf.processors.redaction import scrub_argv
 
 
 class ProcessInfo(NamedTuple):
     pid: int
     executable_name: str
-    command_line: str
     service_name: str
     resource: Resource
 
@@ -64,7 +64,13 @@ class ProcessRegistry:
         proc: str = "/proc",
         extra_attributes: dict[str, str] | None = None,
         identity: Callable[[int], Identity] | None = None,
+        command_line: bool = False,
+        command_args: bool = False,
     ) -> None:
+        # argv often carries credentials: opt-in, as the conventions have it, and
+        # scrubbed even then.
+        self._command_line = command_line
+        self._command_args = command_args
         self._proc = proc
         self._cache: dict[int, ProcessInfo] = {}
         self._host = socket.gethostname()
@@ -111,8 +117,6 @@ class ProcessRegistry:
         except OSError:
             exe = _read(f"{base}/comm").decode(errors="replace").strip() or comm
         exe = exe.removesuffix(" (deleted)")
-        cmdline = _read(f"{base}/cmdline").rstrip(b"\0").replace(b"\0", b" ")
-        command_line = cmdline.decode(errors="replace")
         service = _service_name_from_environ(_read(f"{base}/environ"))
         workload: dict[str, str] = {}
         if self._identity is not None:
@@ -123,15 +127,21 @@ class ProcessRegistry:
                 self._pending.add(pid)
         if not service:
             service = exe or f"unknown_service:{pid}"
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, str | int | list[str]] = {
             **self._extra,
             **workload,
             "service.name": service,
             "process.pid": pid,
             "process.executable.name": exe,
-            "process.command_line": command_line,
             "host.name": self._host,
             "telemetry.distro.name": "otel-ebpf",
             "telemetry.distro.version": __version__,
         }
-        return ProcessInfo(pid, exe, command_line, service, Resource(attributes))
+        if self._command_line or self._command_args:
+            raw = _read(f"{base}/cmdline").rstrip(b"\0")
+            argv = scrub_argv(raw.decode(errors="replace").split("\0") if raw else [])
+            if self._command_line:
+                attributes["process.command_line"] = " ".join(argv)
+            if self._command_args:
+                attributes["process.command_args"] = argv
+        return ProcessInfo(pid, exe, service, Resource(attributes))

@@ -6,7 +6,9 @@ endpoint and the periodic log line (a torn read there is harmless).
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(slots=True)
@@ -17,7 +19,8 @@ class SelfTelemetry:
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic
     connections_unrecognised: int = 0  # no supported protocol from the first byte: ignored
-    parse_errors: int = 0
+    parse_errors: int = 0  # bytes the parsers could not read, and faults on the event path
+    connections_declined: int = 0  # parsing stopped: a fault, or a peer beyond our bounds
     requests_unanswered: int = 0  # connection closed before a response
     requests_pending_at_exit: int = 0  # still awaiting a response when we stopped
     spans_built: int = 0
@@ -32,3 +35,11 @@ class SelfTelemetry:
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)
+
+
+def fault_summary(exc: BaseException) -> str:
+    """An exception as the type and the line that raised it: its message may quote
+    the bytes that caused it, which are someone else's (and may be a secret)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return type(exc).__name__ + where

@@ -22,6 +22,7 @@ from otel_ebpf.model import HttpExchange, HttpHead, Role
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.protocols.dns import DnsExchange
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS, Http2Exchange
+from otel_ebpf.processors.protocols.numbers import decimal
 from otel_ebpf.processors.protocols.resp import RedisExchange
 from otel_ebpf.processors.protocols.sql import (
     MAX_QUERY_TEXT,
@@ -30,6 +31,7 @@ from otel_ebpf.processors.protocols.sql import (
     operation_of,
     sanitize,
 )
+from otel_ebpf.processors.redaction import UrlRedactor, host_of, scrub_message
 from otel_ebpf.processors.streams import Connection, Exchange
 
 MAX_QUERY_ARGS = 16
@@ -42,25 +44,29 @@ def monotonic_to_epoch_offset() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def _split_target(target: str) -> tuple[str, str | None]:
-    path, sep, query = target.partition("?")
-    return path, (query if sep else None)
-
-
 def _host_port(host: str) -> tuple[str, int | None]:
     if host.startswith("["):  # [v6]:port
         addr, _, rest = host[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     else:
         addr, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-    return addr, int(port) if port.isdigit() else None
+    return addr, decimal(port) if port else None
 
 
 class SpanBuilder:
-    def __init__(self, epoch_offset: int | None = None, raw_db_query_text: bool = False) -> None:
+    """Exchanges -> spans. Raw statement and error texts only when asked for;
+    URLs always go through the redactor."""
+
+    def __init__(
+        self,
+        epoch_offset: int | None = None,
+        raw_db_query_text: bool = False,
+        urls: UrlRedactor | None = None,
+    ) -> None:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
+        self._urls = urls or UrlRedactor()
         # Server span durations by their client span's id (both ends on this node).
         self._server_time: OrderedDict[int, int] = OrderedDict()
 
@@ -96,7 +102,7 @@ class SpanBuilder:
             attrs["rpc.response.status_code"] = name
             if code != 0 and (not server or name in _GRPC_SERVER_ERRORS):
                 attrs["error.type"] = name
-                status = Status(StatusCode.ERROR, x.grpc_message or None)
+                status = Status(StatusCode.ERROR, self._error_text(x.grpc_message) or None)
         else:  # no trailers: reset, or the connection ended first
             attrs["error.type"] = "reset" if x.reset else "no_response"
             status = Status(StatusCode.ERROR, "stream ended without a gRPC status")
@@ -193,9 +199,13 @@ class SpanBuilder:
         elif x.error_code is not None:
             attrs["db.response.status_code"] = x.error_code
             attrs["error.type"] = x.error_code
-            status = Status(StatusCode.ERROR, x.error_message)
+            status = Status(StatusCode.ERROR, self._error_text(x.error_message))
         name = f"{operation} {collection}" if collection else operation or x.system
         return self._client_span(name, x, conn, attrs, status)
+
+    def _error_text(self, text: str | None) -> str | None:
+        """Error texts (databases', gRPC's) quote the offending values: kept only with raw text."""
+        return text if self._raw_db_query_text else scrub_message(text)
 
     def _client_span(
         self,
@@ -264,13 +274,13 @@ class SpanBuilder:
         elif error is not None:
             attrs["db.response.status_code"] = error
             attrs["error.type"] = error
-            status = Status(StatusCode.ERROR, x.reply.text.decode("latin-1"))
+            status = Status(StatusCode.ERROR, self._error_text(x.reply.text.decode("latin-1")))
         return self._client_span(operation, x, conn, attrs, status)
 
     def _http(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
         req, resp = x.request, x.response
         server = conn.role == Role.SERVER
-        path, query = _split_target(req.target)
+        path, query, origin = self._urls.split(req.target)
         attrs: dict[str, str | int] = {
             "http.request.method": req.method,
             "url.path": path,
@@ -282,7 +292,7 @@ class SpanBuilder:
         }
         if query is not None:
             attrs["url.query"] = query
-        host = req.headers.get("host")
+        host = host_of(req.headers.get("host", ""))
         local, remote = conn.local, conn.remote
         if host:
             addr, port = _host_port(host)
@@ -304,11 +314,11 @@ class SpanBuilder:
                 attrs.setdefault("server.address", remote.address)
                 attrs.setdefault("server.port", remote.port)
             authority = host or (f"{remote.address}:{remote.port}" if remote else "")
-            target = req.target if req.target.startswith("/") else "/" + req.target
+            origin = origin or f"{'https' if conn.tls else 'http'}://{authority}"
             attrs["url.full"] = (
-                req.target
-                if "://" in req.target
-                else f"{'https' if conn.tls else 'http'}://{authority}{target}"
+                origin
+                + (path if path.startswith("/") else "/" + path)
+                + ("" if query is None else "?" + query)
             )
         if "user-agent" in req.headers:
             attrs["user_agent.original"] = req.headers["user-agent"]

@@ -23,6 +23,7 @@ from otel_ebpf.model import (
     ConnOpen,
     DataEvent,
     DatagramEvent,
+    Declined,
     Direction,
     Endpoint,
     HttpExchange,
@@ -51,7 +52,7 @@ from otel_ebpf.processors.protocols.resp import (
 )
 from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.selection import Selector
-from otel_ebpf.telemetry import SelfTelemetry
+from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
 
@@ -281,22 +282,57 @@ class ConnectionTracker:
         return len(self._conns)
 
     def handle(self, event: KernelEvent) -> None:
-        if type(event) is DataEvent:
-            self._on_data(event)
-        elif type(event) is DatagramEvent:
-            self._on_datagram(event)
-        elif type(event) is ConnOpen:
-            self._on_open(event)
-        elif type(event) is ConnClose:
-            self._on_close(event)
-        elif type(event) is SelfConn:
-            self._on_self(event)
+        """One kernel event. Nothing raised below (a parser, a span builder, an
+        exporter's hand-off) escapes: it ends that connection's parsing, counted."""
+        try:
+            if type(event) is DataEvent:
+                self._on_data(event)
+            elif type(event) is DatagramEvent:
+                self._on_datagram(event)
+            elif type(event) is ConnOpen:
+                self._on_open(event)
+            elif type(event) is ConnClose:
+                self._on_close(event)
+            elif type(event) is SelfConn:
+                self._on_self(event)
+        except Exception as exc:
+            self._fault(exc, event.sk, getattr(event, "pid", 0))
+
+    def _fault(self, exc: Exception, sk: int, pid: int = 0) -> None:
+        """Stop parsing the connection whose event raised: its parser's state is
+        no longer to be trusted. Counted, and said once (debug): the bytes are
+        someone else's, a log line per event would be theirs to flood."""
+        self._releasing = False
+        entry = self._dns.pop((pid, sk), None)
+        conn = self._conns.get(sk) or (entry[0] if entry else None)
+        if not isinstance(exc, Declined):
+            self._telemetry.parse_errors += 1
+        if conn is None or conn.selected is False:
+            return
+        log.debug(
+            "%s[%d] %s -> %s (%s): %s; not parsing this connection any more",
+            conn.process.executable_name if conn.process else "?",
+            conn.pid,
+            conn.local,
+            conn.remote,
+            conn.proto_name,
+            exc if isinstance(exc, Declined) else fault_summary(exc),
+        )
+        self._telemetry.connections_declined += 1
+        conn.selected = False
+        conn.proto = None
+        conn.held = []
+        self._holding.pop(conn.sk, None)
+        self._silence(conn)
 
     def close_all(self, ts: int) -> None:
         """Shutdown: emit what completed; requests still awaiting a response are
         counted, not reported as failures (it is we who stop watching)."""
         for conn in list(self._conns.values()):
-            self._finish(conn, ts, at_exit=True)
+            try:
+                self._finish(conn, ts, at_exit=True)
+            except Exception as exc:
+                self._fault(exc, conn.sk)
         self._conns.clear()
         self.expire(ts)
         for _, queries in self._dns.values():
@@ -306,9 +342,13 @@ class ConnectionTracker:
     def expire(self, now: int) -> None:
         """Report DNS queries that waited longer than the timeout (call about once a second)."""
         for key, (conn, queries) in list(self._dns.items()):
-            timed_out = queries.expire(now, self._dns_timeout_ns)
-            self._telemetry.requests_unanswered += len(timed_out)
-            self._emit(timed_out, conn)
+            try:
+                timed_out = queries.expire(now, self._dns_timeout_ns)
+                self._telemetry.requests_unanswered += len(timed_out)
+                self._emit(timed_out, conn)
+            except Exception as exc:
+                self._fault(exc, *reversed(key))
+                continue
             if not queries:
                 del self._dns[key]
 
@@ -520,12 +560,11 @@ class ConnectionTracker:
         if http.parse_errors:
             self._telemetry.parse_errors += http.parse_errors
             http.parse_errors = 0
-            log.debug(
-                "parse error on %s %s at offset %d: %r",
+            log.debug(  # never the bytes themselves: they may hold secrets
+                "parse error on %s %s at offset %d",
                 conn.process and conn.process.executable_name,
                 d.name,
                 ev.offset,
-                ev.payload[:60],
             )
         self._emit(out, conn)
         if conn.held and not self._releasing:
@@ -535,7 +574,10 @@ class ConnectionTracker:
         """End of a ring-buffer poll: calls still waiting go on, gaps and all."""
         holding, self._holding = self._holding, {}
         for conn in holding.values():
-            self._release(conn)
+            try:
+                self._release(conn)
+            except Exception as exc:
+                self._fault(exc, conn.sk)
 
     def _release(self, conn: Connection) -> None:
         """Feed a connection's held calls in arrival order, gaps and all."""

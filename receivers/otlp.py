@@ -8,16 +8,15 @@ way (merging SDK and eBPF views of one request builds on this).
 
 from __future__ import annotations
 
-import gzip
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -27,12 +26,21 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from otel_ebpf.http_server import QuietHTTPServer
 from otel_ebpf.model import Endpoint
+from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY, Rejected, decompress, read_body
+from otel_ebpf.telemetry import fault_summary
 
 log = logging.getLogger(__name__)
 
 SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sender's socket
-MAX_BODY_BYTES = 32 << 20
+DEFAULT_MAX_GRPC_MESSAGE = 4 << 20  # the Collector's configgrpc max_recv_msg_size_mib default
+_SPAN_KINDS = range(6)  # OTLP SpanKind: UNSPECIFIED .. CONSUMER
+_STATUS_CODES = range(3)  # OTLP StatusCode: UNSET, OK, ERROR
+
+
+class InvalidRequest(ValueError):
+    """A well-formed protobuf whose content OTLP does not allow (ids, enum values)."""
 
 
 def _value(v: AnyValue) -> Any:
@@ -49,6 +57,8 @@ def _attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
 
 
 def _context(trace_id: bytes, span_id: bytes, flags: int, state: str, remote: bool) -> SpanContext:
+    if len(trace_id) != 16 or len(span_id) != 8:
+        raise InvalidRequest("trace ids are 16 bytes and span ids 8")
     return SpanContext(
         int.from_bytes(trace_id, "big"),
         int.from_bytes(span_id, "big"),
@@ -59,7 +69,8 @@ def _context(trace_id: bytes, span_id: bytes, flags: int, state: str, remote: bo
 
 
 def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReadableSpan]:
-    """OTLP protobuf -> ReadableSpans, keeping ids, times, attributes, events, links, status."""
+    """OTLP protobuf -> ReadableSpans, keeping ids, times, attributes, events, links,
+    status; InvalidRequest for content OTLP does not allow (the request is refused whole)."""
     out: list[ReadableSpan] = []
     for rs in request.resource_spans:
         resource = Resource(_attributes(rs.resource.attributes), rs.schema_url or None)
@@ -76,6 +87,10 @@ def spans_from_request(request: trace_service_pb2.ExportTraceServiceRequest) -> 
 
 
 def _span(s: trace_pb2.Span, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+    if s.kind not in _SPAN_KINDS:
+        raise InvalidRequest(f"span kind {s.kind} is not an OTLP SpanKind")
+    if s.status.code not in _STATUS_CODES:
+        raise InvalidRequest(f"status code {s.status.code} is not an OTLP StatusCode")
     # An exporter only sends recorded spans, and some SDKs leave the trace flags
     # out of `flags`: treat every received span as sampled, or the batch
     # processor would silently drop it.
@@ -127,13 +142,20 @@ class OtlpReceiver:
     """Runs the gRPC and HTTP endpoints; `sink` receives each request's spans."""
 
     def __init__(
-        self, sink: SpanSink, grpc_endpoint: str | None, http_endpoint: str | None
+        self,
+        sink: SpanSink,
+        grpc_endpoint: str | None,
+        http_endpoint: str | None,
+        max_http_body: int = DEFAULT_MAX_BODY,
+        max_grpc_message: int = DEFAULT_MAX_GRPC_MESSAGE,
     ) -> None:
         self._sink = sink
+        self._max_http_body = max_http_body
+        self._max_grpc_message = max_grpc_message
         self._grpc_endpoint = grpc_endpoint
         self._http_endpoint = http_endpoint
         self._grpc: grpc.Server | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: QuietHTTPServer | None = None
         self.grpc_port = 0
         self.http_port = 0
         self.spans_received = 0
@@ -143,11 +165,17 @@ class OtlpReceiver:
     def _accept(
         self, request: trace_service_pb2.ExportTraceServiceRequest, peer: Endpoint | None
     ) -> None:
+        """Raises InvalidRequest (nothing of the request is kept)."""
         spans = spans_from_request(request)
         with self._lock:
             self.spans_received += len(spans)
         if spans:
             self._sink(spans, peer)
+
+    def _rejected(self, reason: str) -> None:
+        with self._lock:
+            self.requests_rejected += 1
+        log.debug("OTLP request rejected: %s", reason)
 
     def start(self) -> None:
         """Bind both endpoints; raises OSError (port taken) with the address in it."""
@@ -161,12 +189,17 @@ class OtlpReceiver:
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                receiver._accept(request, grpc_peer(context.peer()))
+                try:
+                    receiver._accept(request, grpc_peer(context.peer()))
+                except InvalidRequest as exc:
+                    receiver._rejected(str(exc))
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        # gRPC enforces the bound on the message as received and as decompressed.
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc"),
-            options=[("grpc.max_receive_message_length", MAX_BODY_BYTES)],
+            options=[("grpc.max_receive_message_length", self._max_grpc_message)],
         )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             Servicer(), server
@@ -183,12 +216,15 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 30  # seconds a client may stall mid-request before it is dropped
 
             def do_POST(self) -> None:
-                code, message = self._handle()
+                try:
+                    code, message = self._handle()
+                except Exception as exc:  # a bug of ours: still an answer, never a traceback
+                    code, message = 500, f"internal error: {fault_summary(exc)}"
                 if code != 200:
-                    with receiver._lock:
-                        receiver.requests_rejected += 1
+                    receiver._rejected(message)
                 body = (
                     trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                     if code == 200
@@ -199,45 +235,48 @@ class OtlpReceiver:
                     "Content-Type", "application/x-protobuf" if code == 200 else "text/plain"
                 )
                 self.send_header("Content-Length", str(len(body)))
+                if self.close_connection:  # the body was not read: the stream is out of step
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
 
             def _handle(self) -> tuple[int, str]:
+                limit = receiver._max_http_body
+                try:
+                    raw = read_body(self.headers, self.rfile, limit)
+                except Rejected as exc:
+                    self.close_connection = True
+                    return exc.status, exc.reason
                 if self.path.split("?", 1)[0] != "/v1/traces":
                     return 404, "only /v1/traces is served"
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    return 413, "request too large"
-                raw = self.rfile.read(length)
                 if self.headers.get("Content-Type", "").split(";")[0] != "application/x-protobuf":
                     return 415, "send application/x-protobuf"
-                encoding = (self.headers.get("Content-Encoding") or "").lower()
                 try:
-                    if encoding == "gzip":
-                        raw = gzip.decompress(raw)
-                    elif encoding == "deflate":
-                        raw = zlib.decompress(raw)
+                    raw = decompress(raw, self.headers.get("Content-Encoding") or "", limit)
                     request = trace_service_pb2.ExportTraceServiceRequest()
                     request.ParseFromString(raw)
-                except Exception as exc:  # malformed body: say so, keep serving
+                    host, port = self.client_address[:2]
+                    receiver._accept(request, Endpoint(_plain(host), int(port)))
+                except Rejected as exc:
+                    return exc.status, exc.reason
+                except DecodeError as exc:
                     return 400, f"cannot decode request: {exc}"
-                host, port = self.client_address[:2]
-                receiver._accept(request, Endpoint(_plain(host), int(port)))
+                except InvalidRequest as exc:
+                    return 400, str(exc)
                 return 200, ""
 
             def log_message(self, *args: object) -> None:
                 pass
 
         host, _, port = endpoint.rpartition(":")
-        server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-        server.daemon_threads = True
+        server = QuietHTTPServer((host.strip("[]"), int(port)), Handler)
         threading.Thread(target=server.serve_forever, name="otlp-http", daemon=True).start()
         self._http, self.http_port = server, int(server.server_address[1])
         log.info("OTLP/HTTP receiver listening on %s", endpoint)
 
     def stop(self) -> None:
         if self._grpc is not None:
-            self._grpc.stop(grace=2).wait()
+            self._grpc.stop(grace=1).wait()
             self._grpc = None
         if self._http is not None:
             self._http.shutdown()

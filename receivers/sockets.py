@@ -15,6 +15,7 @@ import platform
 import socket
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -389,8 +390,14 @@ class SocketReceiver:
         table[key] = ctypes.c_ulonglong(until_offset)  # type: ignore[index]
 
     def close(self) -> None:
-        """Detach every probe and free the maps."""
+        """Detach every probe and free the maps. Each detach waits out a grace period
+        in the kernel (70-110 ms here); bcc's cleanup does ~40 of them one by one
+        (3.4 s), concurrently they take about 2 s."""
         if self._bpf is not None:
-            self._bpf.cleanup()  # type: ignore[attr-defined]
+            bpf: Any = self._bpf
             self._bpf = None
             self._quiet = None
+            with ThreadPoolExecutor(8, thread_name_prefix="detach") as pool:
+                list(pool.map(bpf.detach_uprobe_event, list(bpf.uprobe_fds)))
+                list(pool.map(bpf.detach_tracepoint, list(bpf.tracepoint_fds)))
+            bpf.cleanup()  # the rest: ring buffer, maps

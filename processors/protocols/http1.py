@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from otel_ebpf.model import HttpEnd, HttpExchange, HttpHead, ParseError, ParserEvent
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
+from otel_ebpf.processors.protocols.numbers import decimal, hexadecimal
 
 METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
@@ -329,10 +330,11 @@ class Http1StreamParser:
             version = parts[2][5:].decode("ascii", "replace")
         else:
             parts = start.split(b" ", 2)
-            if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+            code = decimal(parts[1]) if len(parts) >= 2 and len(parts[1]) == 3 else None
+            if code is None:
                 return ParseError("malformed status line")
             version = parts[0][5:].decode("ascii", "replace")
-            status = int(parts[1])
+            status = code
         headers: dict[str, str] = {}
         content_length: int | None = None
         chunked = False
@@ -345,11 +347,10 @@ class Http1StreamParser:
                 continue
             text = value.strip().decode("latin-1")
             if key == "content-length":
-                if not text.isdigit() or (
-                    content_length is not None and int(text) != content_length
-                ):
+                length = decimal(text)
+                if length is None or content_length not in (None, length):
                     return ParseError("invalid Content-Length")
-                content_length = int(text)
+                content_length = length
             elif key == "transfer-encoding":
                 chunked = text.lower().rsplit(",", 1)[-1].strip() == "chunked"
             headers[key] = text if key not in headers else headers[key] + ", " + text
@@ -391,10 +392,8 @@ class Http1StreamParser:
                 if len(buf) > _CHUNK_LINE_MAX:
                     self._lose()
                 return len(data)
-            line = bytes(buf[:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(line, 16)
-            except ValueError:
+            size = hexadecimal(bytes(buf[:eol]).split(b";", 1)[0].strip())
+            if size is None:
                 out.append(ParseError("malformed chunk size"))
                 self._lose()
                 return len(data)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import hpack
 
+from otel_ebpf.model import Declined
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
 from otel_ebpf.processors.protocols.framing import (
     Frame,
@@ -35,12 +36,17 @@ from otel_ebpf.processors.protocols.framing import (
     Framer,
     NotThisProtocol,
 )
+from otel_ebpf.processors.protocols.numbers import decimal
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 SETTINGS_HEADER_TABLE_SIZE = 0x1
+# HPACK dynamic tables we keep, per direction: the default is 4 KiB and clients
+# rarely announce more than 64 KiB; a connection announcing more is declined
+# (the table is ours to hold, for as long as the connection lives).
+MAX_HPACK_TABLE = 64 << 10
 _PREFACE_KIND = -2
 MAX_FRAME = 1 << 24
 MAX_BLOCK = 64 * 1024  # header block bytes kept (and decoded) per stream
@@ -258,6 +264,8 @@ class Http2Connection(FramedConnection[Http2Exchange]):
                 if int.from_bytes(f.body[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
                     # Our peer's encoder may use up to what this side allows.
                     size = int.from_bytes(f.body[i + 2 : i + 6], "big")
+                    if size > MAX_HPACK_TABLE:
+                        raise Declined(f"HPACK table of {size} bytes announced")
                     self._decoders[not is_request].max_allowed_table_size = size
         elif frame_type == PUSH_PROMISE:
             self._untrust(not is_request)  # its header block would need decoding too
@@ -285,11 +293,10 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         if stream is None:
             return
         if ":status" in headers and stream.status is None:
-            status = headers[":status"]
-            stream.status = int(status) if status.isdigit() else None
+            stream.status = decimal(headers[":status"])
         if "grpc-status" in headers:
-            code = headers["grpc-status"]
-            stream.grpc_status = int(code) if code.isdigit() else 2  # UNKNOWN
+            code = decimal(headers["grpc-status"])
+            stream.grpc_status = 2 if code is None else code  # 2: UNKNOWN
             stream.grpc_message = headers.get("grpc-message")
         if flags & END_STREAM:
             self._end_stream(False, sid, stream, ts, done)

@@ -28,31 +28,56 @@ class SqlExchange(NamedTuple):
     token: object = None
 
 
-# One pass, alternatives in priority order: comments and quoted identifiers
-# are kept as they are, literals become "?".
-_PG_TOKENS = re.compile(
-    r"""
-    (?P<keep>--[^\n]*|/\*.*?\*/|"(?:[^"]|"")*")
-    |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*|)\$.*?\$(?P=tag)\$)
-    |(?P<string>[EeXxBbNn]?'(?:[^'\\]|''|\\.)*'?)
-    |(?P<param>\$\d+)
-    |(?P<word>[A-Za-z_][A-Za-z_0-9$]*)
-    |(?P<number>(?:0[xX][0-9A-Fa-f]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_MYSQL_TOKENS = re.compile(
-    r"""
-    (?P<keep>--[^\n]*|\#[^\n]*|/\*.*?\*/|`(?:[^`]|``)*`)
-    |(?P<string>[Xx]?'(?:[^'\\]|''|\\.)*'?|"(?:[^"\\]|""|\\.)*"?)
-    |(?P<word>[A-Za-z_][A-Za-z_0-9$]*)
-    |(?P<number>(?:0[xX][0-9A-Fa-f]+|0[bB][01]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
-    """,
-    re.VERBOSE | re.DOTALL,
+# Tokenisers, one per way a server may read the text. Alternatives in priority
+# order: comments and quoted identifiers are kept, literals (the `_LITERALS` groups) become
+# "?". Whether a backslash escapes a quote depends on server settings we cannot
+# see (PostgreSQL's standard_conforming_strings, MySQL's NO_BACKSLASH_ESCAPES),
+# so `sanitize` masks what is a literal under either reading: a misreading can
+# only hide too much. An unterminated literal or comment runs to the end.
+def _quoted(q: str, escapes: bool) -> str:
+    """A literal delimited by `q` (doubled inside), up to its end or the text's."""
+    if escapes:
+        return rf"{q}(?:[^{q}\\]|{q}{q}|\\.|\\\Z)*{q}?"
+    return rf"{q}(?:[^{q}]|{q}{q})*{q}?"
+
+
+_NUMBER = (
+    r"(?P<number>0[xX][0-9A-Fa-f]+|0[bB][01]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
 )
 
 
-_LITERALS = frozenset({"string", "number", "dollar"})
+def _postgresql(escapes: bool) -> re.Pattern[str]:
+    return re.compile(
+        rf"""--[^\n]*|/\*.*?(?:\*/|\Z)|"(?:[^"]|"")*"?
+        |(?P<dollar>\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?(?:\$(?P=tag)\$|\Z))
+        |(?P<escaped>[Ee]{_quoted("'", True)})
+        |(?P<string>(?:[XxBbNn]|[Uu]&)?{_quoted("'", escapes)})
+        |\$\d+|[A-Za-z_][A-Za-z_0-9$]*|{_NUMBER}""",
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+def _mysql(escapes: bool) -> re.Pattern[str]:
+    return re.compile(
+        rf"""--(?:\s[^\n]*|\Z)|\#[^\n]*|/\*(?!!|M!).*?(?:\*/|\Z)|`(?:[^`]|``)*`?
+        |(?P<string>[XxBbNn]?{_quoted("'", escapes)}|{_quoted('"', escapes)})
+        |[A-Za-z_][A-Za-z_0-9$]*|{_NUMBER}""",
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+_READINGS = {"postgresql": (_postgresql(False), _postgresql(True))}
+_MYSQL_READINGS = (_mysql(True), _mysql(False))
+_LITERALS = ("string", "escaped", "dollar", "number")
+
+
+def _literal_spans(pattern: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    spans = []
+    for m in pattern.finditer(text):
+        kind = m.lastgroup
+        if kind in _LITERALS:
+            spans.append(m.span(kind))
+    return spans
 
 
 def sanitize(text: str, dialect: str = "postgresql", limit: int = MAX_QUERY_TEXT) -> str:
@@ -60,13 +85,23 @@ def sanitize(text: str, dialect: str = "postgresql", limit: int = MAX_QUERY_TEXT
 
     In MySQL double quotes delimit strings; in PostgreSQL they quote identifiers.
     """
-    pattern = _MYSQL_TOKENS if dialect != "postgresql" else _PG_TOKENS
-
-    def replace(m: re.Match[str]) -> str:
-        return "?" if m.lastgroup in _LITERALS else m.group(0)
-
-    out = pattern.sub(replace, text[: limit * 4])
-    return out if len(out) <= limit else out[: limit - 1] + "…"
+    text = text[: limit * 4]
+    readings = _READINGS.get(dialect, _MYSQL_READINGS)
+    spans = _literal_spans(readings[0], text)
+    if "\\" in text:  # the only character the readings differ on
+        spans = sorted(spans + _literal_spans(readings[1], text))
+    out = []
+    pos = 0
+    for start, end in spans:
+        if end <= pos:
+            continue
+        if start >= pos:
+            out.append(text[pos:start])
+            out.append("?")
+        pos = end
+    out.append(text[pos:])
+    result = "".join(out)
+    return result if len(result) <= limit else result[: limit - 1] + "…"
 
 
 _FIRST_WORDS = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/|\()*([A-Za-z]+)", re.DOTALL)

@@ -45,11 +45,11 @@ def test_version() -> None:
     assert out.startswith("otel-ebpf ") and "semantic conventions 1.27.0" in out
 
 
-def test_run_as_non_root_fails_in_one_sentence() -> None:
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     nobody = pwd.getpwnam("nobody")
     setpriv = shutil.which("setpriv")
     assert setpriv, "util-linux setpriv is installed by scripts/setup.sh"
-    result = subprocess.run(
+    return subprocess.run(
         [
             setpriv,
             f"--reuid={nobody.pw_uid}",
@@ -57,12 +57,26 @@ def test_run_as_non_root_fails_in_one_sentence() -> None:
             "--clear-groups",
             "--inh-caps=-all",
             OTEL_EBPF,
-            "run",
+            *args,
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
+
+
+def test_doctor_as_non_root_reports_instead_of_raising() -> None:
+    result = as_nobody("doctor")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr == ""
+    out = result.stdout.splitlines()
+    assert any(row.startswith("FAIL  privileges") for row in out), result.stdout
+    assert any(row.startswith("FAIL  tracefs") and "run as root" in row for row in out)
+    assert out[-1].startswith("summary: ") and "cannot run" in out[-1]
+
+
+def test_run_as_non_root_fails_in_one_sentence() -> None:
+    result = as_nobody("run")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -82,6 +96,50 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "otel-ebpf: config error: receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384"
+    )
+
+
+PIPELINE = "service: {pipelines: {traces: {receivers: [ebpf], exporters: [debug]}}}\n"
+
+
+def test_every_bad_config_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
+    cases = {
+        "receivers: [ebpf]\nexporters: {debug: {}}\n" + PIPELINE: "receivers: must be a mapping",
+        "receivers:\nexporters: {debug: {}}\n" + PIPELINE: "receivers: must be a mapping",
+        "receivers: {ebpf: {capture_bytes: [1024]}}\nexporters: {debug: {}}\n"
+        + PIPELINE: "receivers.ebpf.capture_bytes: Input should be a valid integer",
+        "receivers: {ebpf: {capture_bytes: null}}\nexporters: {debug: {}}\n"
+        + PIPELINE: "receivers.ebpf.capture_bytes: Input should be a valid integer",
+        "receivers: {ebpf: {}}\nexporters: {otlphttp: {endpoint: this is not a url}}\n"
+        + PIPELINE.replace("[debug]", "[otlphttp]"): "exporters.otlphttp.endpoint: 'this is",
+        "receivers: {ebpf: {}}\nexporters: {otlp: {endpoint: '::::x'}}\n"
+        + PIPELINE.replace("[debug]", "[otlp]"): "exporters.otlp.endpoint: must be host:port",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(text)
+        result = subprocess.run(
+            [OTEL_EBPF, "run", "--config", str(path)], capture_output=True, text=True
+        )
+        assert result.returncode == 2, (text, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("otel-ebpf: config error: "), result.stderr
+        assert message in lines[0], (text, lines[0])
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"receivers: {ebpf: {}}\n\xff\xfe\n")
+    result = subprocess.run(
+        [OTEL_EBPF, "run", "--config", str(binary)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "not UTF-8 text (byte 0xff" in result.stderr
+    result = subprocess.run(
+        [OTEL_EBPF, "run"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": "this is not a url"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert (
+        "OTEL_EXPORTER_OTLP_ENDPOINT (for exporters.otlphttp): 'this is not a url'" in result.stderr
     )
 
 

@@ -154,3 +154,34 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parents[2] / "deploy" / "examples" / "config.yaml"
     cfg = load(example, env={"OTLP_GRPC_ENDPOINT": "collector:4317"})
     assert cfg.exporters["otlp"].endpoint == "collector:4317"
+
+
+def test_hardening_options_from_the_file_and_the_variables(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "receivers:\n",
+        "receivers:\n  otlp: {protocols: {http: {endpoint: '127.0.0.1:4318',"
+        " max_request_body_size: 4096}, grpc: {endpoint: '127.0.0.1:4317',"
+        " max_recv_msg_size_mib: 2}}}\n",
+        1,
+    )
+    cfg = load(write(tmp_path, text), env={"JAEGER": "j:4317"})
+    otlp = cfg.receivers["otlp"]
+    assert otlp.protocols.http.max_request_body_size == 4096
+    assert otlp.protocols.grpc.max_recv_msg_size_mib == 2
+    assert not cfg.ebpf.resource_attributes.command_line.enabled  # opt-in
+    assert "password" in cfg.ebpf.redaction.query_keys
+    cfg = load(
+        env={
+            "OTEL_EBPF_PROCESS_COMMAND_LINE": "true",
+            "OTEL_EBPF_REDACT_QUERY_KEYS": "ticket, otp",
+        }
+    )
+    assert cfg.ebpf.resource_attributes.command_line.enabled
+    assert cfg.ebpf.redaction.query_keys == ["ticket", "otp"]
+
+
+def test_a_bad_variable_is_named_in_the_error() -> None:
+    with pytest.raises(ConfigError, match=r"^OTEL_EBPF_CAPTURE_BYTES='100': receivers\.ebpf"):
+        load(env={"OTEL_EBPF_CAPTURE_BYTES": "100"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        load(env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1"})

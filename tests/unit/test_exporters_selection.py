@@ -28,9 +28,7 @@ def a_span():  # type: ignore[no-untyped-def]
     resp = HttpHead(False, "", "", 500, "1.1", {}, 0, False)
     c = Connection(16, Role.SERVER)
     c.local, c.remote = Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 4000)
-    c.process = ProcessInfo(
-        9, "srv", "srv", "srv", Resource({"service.name": "srv", "process.pid": 9})
-    )
+    c.process = ProcessInfo(9, "srv", "srv", Resource({"service.name": "srv", "process.pid": 9}))
     return SpanBuilder(1_700_000_000_000_000_000).build(
         HttpExchange(req, 0, resp, 0, 0, 2_500_000), c
     )

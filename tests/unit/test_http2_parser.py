@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from pathlib import Path
+
 import hpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
+from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Declined, Direction, Endpoint, Role
+from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.protocols.http2 import (
+    MAX_HPACK_TABLE,
     PREFACE,
     Http2Connection,
     Http2Exchange,
     looks_like_server_settings,
 )
+from otel_ebpf.processors.selection import Selector
+from otel_ebpf.processors.streams import ConnectionTracker
+from otel_ebpf.telemetry import SelfTelemetry
 from splitting import feed_random, replay, resplit
 
 
@@ -133,3 +144,51 @@ def test_reordered_real_frames_never_raise(chunks: list[tuple[bool, bytes]], gap
     conn = Http2Connection()
     conn.feed(True, PREFACE, 0)
     feed_random(conn, [(r, d, gap) for r, d in chunks], gap_unit=7)
+
+
+def settings_frame(table_size: int) -> bytes:
+    body = (1).to_bytes(2, "big") + table_size.to_bytes(4, "big")  # SETTINGS_HEADER_TABLE_SIZE
+    return len(body).to_bytes(3, "big") + b"\x04\x00" + b"\0\0\0\0" + body
+
+
+def test_an_hpack_table_beyond_the_bound_declines_the_connection() -> None:
+    conn = Http2Connection()
+    conn.feed(True, PREFACE + settings_frame(MAX_HPACK_TABLE), 1)  # the bound itself is fine
+    with pytest.raises(Declined):
+        conn.feed(False, settings_frame(2**32 - 1), 2)
+
+
+def test_the_tracker_silences_a_declined_connection_and_frees_its_decoder(
+    tmp_path: Path,
+) -> None:
+    telemetry = SelfTelemetry()
+    quiet: list[int] = []
+    tracker = ConnectionTracker(
+        lambda x, c: None,
+        ProcessRegistry(proc=str(tmp_path)),
+        Selector(),
+        telemetry,
+        set_quiet=lambda sk, gen, d, until: quiet.append(sk),
+    )
+    client, server = Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 8080)
+    for sk, table in ((7, 4096), (8, 1 << 20)):
+        tracker.handle(ConnOpen(sk, 1, Role.CLIENT, 99, client, server, False))
+        first = PREFACE + settings_frame(4096)
+        tracker.handle(
+            DataEvent(
+                sk, 1, Direction.EGRESS, Role.CLIENT, 99, 99, 3, 2, 0, len(first), 0, first, b"c"
+            )
+        )
+        answer = settings_frame(table)
+        tracker.handle(
+            DataEvent(
+                sk, 1, Direction.INGRESS, Role.CLIENT, 99, 99, 3, 3, 0, len(answer), 0, answer, b"c"
+            )
+        )
+    assert telemetry.connections_declined == 1 and telemetry.parse_errors == 0
+    assert set(quiet) == {8}
+    parser = weakref.ref(tracker._conns[7].proto)  # type: ignore[arg-type]
+    assert parser() is not None
+    tracker.handle(ConnClose(7, 4, 0, 0, Role.CLIENT, 99, client, server, 0, 0, 0, 0, 0, False))
+    gc.collect()
+    assert parser() is None  # a closed connection keeps no HPACK tables

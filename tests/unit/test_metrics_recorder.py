@@ -38,7 +38,7 @@ def conn(role: Role, service: str) -> Connection:
         c.local, c.remote = SERVER_END, CLIENT_END
     else:
         c.local, c.remote = CLIENT_END, SERVER_END
-    c.process = ProcessInfo(7, service, service, service, Resource({"service.name": service}))
+    c.process = ProcessInfo(7, service, service, Resource({"service.name": service}))
     return c
 
 

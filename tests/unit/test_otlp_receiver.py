@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -9,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_ebpf.receivers.otlp import spans_from_request
+from otel_ebpf.receivers.otlp import InvalidRequest, spans_from_request
 
 
 def sdk_spans():  # type: ignore[no-untyped-def]
@@ -53,3 +54,17 @@ def test_round_trip_keeps_ids_tree_and_attributes() -> None:
     assert [e.name for e in db.events] == ["retry"] and db.events[0].attributes == {"attempt": 2}
     # and it encodes again, as the exporters will
     assert len(encode_spans(got).resource_spans) == 1
+
+
+def test_content_otlp_does_not_allow_refuses_the_request() -> None:
+    for mutate in (
+        lambda s: setattr(s, "kind", 99),
+        lambda s: s.status.__setattr__("code", 7),
+        lambda s: setattr(s, "trace_id", b"\x01" * 17),
+        lambda s: setattr(s, "span_id", b"\x01" * 3),
+        lambda s: setattr(s, "parent_span_id", b"\x01" * 9),
+    ):
+        request = encode_spans(sdk_spans())
+        mutate(request.resource_spans[0].scope_spans[0].spans[0])
+        with pytest.raises(InvalidRequest):
+            spans_from_request(request)

@@ -35,7 +35,7 @@ def conn(role: Role) -> Connection:
         c.local, c.remote = Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.2", 50000)
     else:
         c.local, c.remote = Endpoint("10.0.0.2", 50000), Endpoint("10.0.0.1", 8080)
-    c.process = ProcessInfo(7, "app", "app --x", "app", Resource({"service.name": "app"}))
+    c.process = ProcessInfo(7, "app", "app", Resource({"service.name": "app"}))
     return c
 
 

@@ -1,0 +1,37 @@
+"""Ring-buffer records as the kernel program writes them, for tests and benches
+that drive the event path from `decode` on."""
+
+from __future__ import annotations
+
+from otel_ebpf.model import Role
+from otel_ebpf.receivers.sockets import _CONN, _DATA_HEADER, _EV_CLOSE, _EV_DATA, _EV_OPEN
+
+LOOPBACK = bytes([127, 0, 0, 1]) + bytes(12)
+PID = 4242
+
+
+def open_record(sk: int, role: Role, local_port: int, remote_port: int, ts: int = 1) -> bytes:
+    return _CONN.pack(
+        *(_EV_OPEN, int(role), 2, PID, sk, ts, 0, 0, local_port, remote_port),
+        *(LOOPBACK, LOOPBACK, 0, 0, 0, 0, 0, 0),
+    )
+
+
+def close_record(sk: int, ts: int) -> bytes:
+    return _CONN.pack(
+        *(_EV_CLOSE, 0, 2, PID, sk, ts, 0, 0, 0, 0),
+        *(LOOPBACK, LOOPBACK, 0, 0, 0, 0, 0, 1),
+    )
+
+
+def data_record(
+    sk: int, role: Role, egress: bool, ts: int, offset: int, data: bytes, capture: int = 1024
+) -> bytes:
+    """One send (egress) or receive of `data` at stream `offset`, its first
+    `capture` bytes kept."""
+    payload = data[:capture]
+    header = _DATA_HEADER.pack(
+        *(_EV_DATA, int(not egress), int(role), 1, PID, PID, 5, sk, 1, ts, offset, offset),
+        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0),
+    )
+    return header + payload
