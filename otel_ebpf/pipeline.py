@@ -412,7 +412,9 @@ class Collector:
         if self.merger is not None:
             self.merger.expire(everything=True)  # held spans leave as they are
         self._flush()
-        detach.join(FLUSH_TIMEOUT_S)
+        # Never exit while bcc is detaching (the process would abort in libbcc);
+        # it ends with the kernel's work, about 2 s here, whatever the backends do.
+        detach.join()
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())

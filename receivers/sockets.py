@@ -231,6 +231,14 @@ def program_source() -> str:
     return bpf.joinpath("sockets.bpf.c").read_text() + bpf.joinpath("tls.bpf.c").read_text()
 
 
+def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
+    detach, name = probe
+    try:
+        detach(name)
+    except Exception as exc:  # gone already; the process's exit closes what is left
+        log.debug("detaching %s: %s", name, exc)
+
+
 class SocketReceiver:
     """Owns the loaded program; `poll` delivers decoded events to `sink`."""
 
@@ -397,7 +405,8 @@ class SocketReceiver:
             bpf: Any = self._bpf
             self._bpf = None
             self._quiet = None
+            probes = [(bpf.detach_uprobe_event, name) for name in list(bpf.uprobe_fds)]
+            probes += [(bpf.detach_tracepoint, name) for name in list(bpf.tracepoint_fds)]
             with ThreadPoolExecutor(8, thread_name_prefix="detach") as pool:
-                list(pool.map(bpf.detach_uprobe_event, list(bpf.uprobe_fds)))
-                list(pool.map(bpf.detach_tracepoint, list(bpf.tracepoint_fds)))
+                list(pool.map(_detach, probes))
             bpf.cleanup()  # the rest: ring buffer, maps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import random
@@ -9,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from harness import CollectorProcess, Nginx, PythonServer, file_resource_spans
+from harness import CollectorProcess, Nginx, PythonServer, file_resource_spans, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink
 from test_nginx import expect_exactly
 
@@ -122,3 +123,36 @@ def test_selection_by_executable_and_port(
         a["value"]["stringValue"] for attrs in services for a in attrs if a["key"] == "service.name"
     }
     assert names == {"nginx"}  # not the python client, not the other server
+
+
+def test_non_ascii_digits_on_the_wire_raise_nothing(
+    collector: CollectorProcess, grpc_sink: GrpcSink, nginx: Nginx
+) -> None:
+    """'²' (0xB2) in a Content-Length and in a Host port: str.isdigit() takes it,
+    int() refuses it. Each follows a good request on its connection, so the
+    parser is in step when it meets it; the traffic around it is still traced."""
+    since = time.time_ns()
+    for bad in (
+        b"POST /b2-length HTTP/1.1\r\nHost: h\r\nContent-Length: \xb2\r\n\r\n",
+        b"GET /b2-host HTTP/1.1\r\nHost: h:8\xb2\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", nginx.port)) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /b2-ok HTTP/1.1\r\nHost: h\r\n\r\n" + bad)
+            sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+
+    def paths() -> list[str]:
+        return [
+            str(s.attributes.get("url.path"))
+            for s in grpc_sink.store.matching(**{"server.port": nginx.port})
+            if s.kind == SERVER and s.start_ns >= since
+        ]
+
+    wait_until(lambda: paths().count("/b2-ok") == 2, 30, "the good requests' spans")
+    # nginx answers the bad Host with 400: a span whose server.port is the socket's
+    wait_until(lambda: "/b2-host" in paths(), 30, "the bad Host's span")
+    assert collector.proc.poll() is None
+    assert "Traceback" not in collector.log_path.read_text(errors="replace")
