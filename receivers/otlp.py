@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
@@ -37,6 +37,9 @@ SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sende
 DEFAULT_MAX_GRPC_MESSAGE = 4 << 20  # the Collector's configgrpc max_recv_msg_size_mib default
 _SPAN_KINDS = range(6)  # OTLP SpanKind: UNSPECIFIED .. CONSUMER
 _STATUS_CODES = range(3)  # OTLP StatusCode: UNSET, OK, ERROR
+
+
+EXPORT_RESPONSE: bytes = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
 
 class InvalidRequest(ValueError):
@@ -185,24 +188,28 @@ class OtlpReceiver:
             self._start_http(self._http_endpoint)
 
     def _start_grpc(self, endpoint: str) -> None:
-        receiver = self
+        def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
+                self._accept(message, grpc_peer(context.peer()))
+            except (DecodeError, InvalidRequest) as exc:
+                reason = str(exc) if isinstance(exc, InvalidRequest) else "malformed protobuf"
+                self._rejected(reason)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+            return EXPORT_RESPONSE
 
-        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                try:
-                    receiver._accept(request, grpc_peer(context.peer()))
-                except InvalidRequest as exc:
-                    receiver._rejected(str(exc))
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        # gRPC enforces the bound on the message as received and as decompressed.
+        # Bytes in, bytes out: the request is parsed here, so a malformed one is an
+        # INVALID_ARGUMENT answer rather than gRPC's INTERNAL and a logged traceback.
+        # gRPC enforces the size bound on the message as received and as decompressed.
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-grpc"),
+            handlers=[
+                grpc.method_handlers_generic_handler(
+                    "opentelemetry.proto.collector.trace.v1.TraceService",
+                    {"Export": grpc.unary_unary_rpc_method_handler(export)},
+                )
+            ],
             options=[("grpc.max_receive_message_length", self._max_grpc_message)],
-        )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            Servicer(), server
         )
         port = server.add_insecure_port(endpoint)
         if port == 0:
@@ -225,11 +232,7 @@ class OtlpReceiver:
                     code, message = 500, f"internal error: {fault_summary(exc)}"
                 if code != 200:
                     receiver._rejected(message)
-                body = (
-                    trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-                    if code == 200
-                    else message.encode()
-                )
+                body = EXPORT_RESPONSE if code == 200 else message.encode()
                 self.send_response(code)
                 self.send_header(
                     "Content-Type", "application/x-protobuf" if code == 200 else "text/plain"
