@@ -322,7 +322,15 @@ class Jaeger:
         def spans() -> int:
             return sum(len(t["spans"]) for t in self.api(url)["data"])
 
-        wait_until(lambda: spans() >= spans_expected, 90, f"{spans_expected} spans in Jaeger")
+        try:
+            wait_until(lambda: spans() >= spans_expected, 90, f"{spans_expected} spans")
+        except AssertionError:
+            traces = self.api(url)["data"]
+            sizes = sorted({len(t["spans"]) for t in traces})
+            raise AssertionError(
+                f"{spans()} of {spans_expected} spans in Jaeger after 90 s, in "
+                f"{len(traces)} traces of {sizes} spans"
+            ) from None
         time.sleep(1.5)
         return list(self.api(url)["data"])
 
