@@ -193,10 +193,15 @@ class OtlpReceiver:
                 message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
                 self._accept(message, grpc_peer(context.peer()))
             except (DecodeError, InvalidRequest) as exc:
+                code = grpc.StatusCode.INVALID_ARGUMENT
                 reason = str(exc) if isinstance(exc, InvalidRequest) else "malformed protobuf"
-                self._rejected(reason)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-            return EXPORT_RESPONSE
+            except Exception as exc:  # a bug of ours: still an answer, never a traceback
+                code, reason = grpc.StatusCode.INTERNAL, f"internal error: {fault_summary(exc)}"
+            else:
+                return EXPORT_RESPONSE
+            self._rejected(reason)
+            context.abort(code, reason)  # raises: it ends the call
+            return b""  # not reached
 
         # Bytes in, bytes out: the request is parsed here, so a malformed one is an
         # INVALID_ARGUMENT answer rather than gRPC's INTERNAL and a logged traceback.
