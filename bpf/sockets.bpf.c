@@ -33,6 +33,9 @@
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
 #endif
+#ifndef CLOSED_CONNS
+#define CLOSED_CONNS 8192
+#endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
@@ -168,6 +171,11 @@ BPF_HASH(active_io, u32, struct active_io, 16384);
 BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
 BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
+// Connections the kernel has closed, until their address is reused: the owner can
+// still read what arrived before the close (an answer after a FIN or a RST), and
+// those bytes belong to the closed connection, not to a new one at that address.
+// Apart from `conns`, so a burst of closes never evicts a live connection.
+BPF_TABLE("lru_hash", u64, struct conn_state, closed_conns, CLOSED_CONNS);
 BPF_TABLE("lru_hash", struct quiet_key, u64, quiet, MAX_CONNS);
 BPF_HASH(ssl_calls, u32, struct ssl_call, 16384);
 // A process's name as exec set it, by tgid. A thread's own name ("isc-net-0000"
@@ -177,6 +185,13 @@ BPF_TABLE("lru_hash", u32, struct task_name, process_names, 32768);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+// The state of a live connection, or of one closed so recently that its owner
+// is still reading what came before the close.
+static __always_inline struct conn_state *conn_of(u64 skey) {
+    struct conn_state *cs = conns.lookup(&skey);
+    return cs ? cs : closed_conns.lookup(&skey);
+}
 
 static __always_inline void count_lost(void) {
     int zero = 0;
@@ -476,7 +491,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     if (tgid == 0)
         return 0; // kernel-internal sockets
     u64 skey = (u64)sk;
-    struct conn_state *cs = conns.lookup(&skey);
+    struct conn_state *cs = conn_of(skey);
     if (!cs) {
         // A connection opened before we started: user space finds its tuple.
         struct conn_state fresh = {.gen = bpf_ktime_get_ns()};
@@ -599,6 +614,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct conn_state cs = {
             .gen = bpf_ktime_get_ns(), .role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
         conns.update(&skey, &cs);
+        closed_conns.delete(&skey);
         return 0;
     }
     if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
@@ -609,9 +625,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (newstate == TCP_ESTABLISHED) {
         role = oldstate == TCP_SYN_SENT ? ROLE_CLIENT
              : oldstate == TCP_SYN_RECV ? ROLE_SERVER : ROLE_UNKNOWN;
-        if (cs) {
-            cs->role = role;
+        closed_conns.delete(&skey);
+        if (cs && oldstate == TCP_SYN_SENT) {
+            cs->role = role; // the state connect() made for this very socket
         } else {
+            // Anything already here belongs to an earlier socket at this address
+            // (say, a transfer seen after its close): a new connection starts clean.
             struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role};
             conns.update(&skey, &fresh);
             cs = conns.lookup(&skey);
@@ -623,8 +642,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
     if (!ce) {
         count_lost();
-        if (newstate == TCP_CLOSE)
+        if (newstate == TCP_CLOSE) {
+            closed_conns.update(&skey, cs);
             conns.delete(&skey);
+        }
         return 0;
     }
     __builtin_memset(ce, 0, sizeof(*ce));
@@ -660,6 +681,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             quiet.delete(&qk);
             qk.dir = DIR_INGRESS;
             quiet.delete(&qk);
+            closed_conns.update(&skey, cs);
         }
         conns.delete(&skey);
     }

@@ -41,9 +41,9 @@ static __always_inline struct tls_conn *tls_conn_of(u64 ssl, u64 sk) {
 static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8 dir, u64 n,
                                      u64 ts, u32 tgid, u32 tid) {
     u64 skey = tc->sk;
-    struct conn_state *cs = conns.lookup(&skey);
+    struct conn_state *cs = conn_of(skey);
     if (!cs)
-        return; // the socket closed meanwhile
+        return; // the socket closed long ago
     if (tc->gen != cs->gen) { // a new connection: its plaintext starts at 0
         tc->gen = cs->gen;
         tc->bytes[0] = 0;

@@ -103,9 +103,11 @@ class SpanBuilder:
             if code != 0 and (not server or name in _GRPC_SERVER_ERRORS):
                 attrs["error.type"] = name
                 status = Status(StatusCode.ERROR, self._error_text(x.grpc_message) or None)
-        else:  # no trailers: reset, or the connection ended first
-            attrs["error.type"] = "reset" if x.reset else "no_response"
-            status = Status(StatusCode.ERROR, "stream ended without a gRPC status")
+        elif x.reset:  # RST_STREAM
+            attrs["error.type"] = "reset"
+            status = Status(StatusCode.ERROR, "stream reset without a gRPC status")
+        else:  # no trailers: the connection ended first
+            status = self._unanswered(attrs, conn, "a gRPC status")
         name = method or "grpc"
         return self._span(
             name, x, conn, attrs, status, SpanKind.SERVER if server else SpanKind.CLIENT
@@ -194,14 +196,22 @@ class SpanBuilder:
             )
         status = Status(StatusCode.UNSET)
         if not x.answered:
-            attrs["error.type"] = "no_response"
-            status = Status(StatusCode.ERROR, "connection ended before a result")
+            status = self._unanswered(attrs, conn, "a result")
         elif x.error_code is not None:
             attrs["db.response.status_code"] = x.error_code
             attrs["error.type"] = x.error_code
             status = Status(StatusCode.ERROR, self._error_text(x.error_message))
         name = f"{operation} {collection}" if collection else operation or x.system
         return self._client_span(name, x, conn, attrs, status)
+
+    @staticmethod
+    def _unanswered(attrs: dict[str, Any], conn: Connection, answer: str) -> Status:
+        """No answer came: the span lasts until the connection ended, and says how."""
+        if conn.reset:
+            attrs["error.type"] = "connection_reset"
+            return Status(StatusCode.ERROR, f"connection reset before {answer}")
+        attrs["error.type"] = "no_response"
+        return Status(StatusCode.ERROR, f"connection ended before {answer}")
 
     def _error_text(self, text: str | None) -> str | None:
         """Error texts (databases', gRPC's) quote the offending values: kept only with raw text."""
@@ -269,8 +279,7 @@ class SpanBuilder:
         status = Status(StatusCode.UNSET)
         error = x.error
         if x.reply is None:
-            attrs["error.type"] = "no_response"
-            status = Status(StatusCode.ERROR, "connection ended before a reply")
+            status = self._unanswered(attrs, conn, "a reply")
         elif error is not None:
             attrs["db.response.status_code"] = error
             attrs["error.type"] = error
@@ -334,8 +343,7 @@ class SpanBuilder:
                 attrs["error.type"] = str(code)
                 status = Status(StatusCode.ERROR)
         else:
-            attrs["error.type"] = "no_response"
-            status = Status(StatusCode.ERROR, "connection ended before a response")
+            status = self._unanswered(attrs, conn, "a response")
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
         kind = SpanKind.SERVER if server else SpanKind.CLIENT

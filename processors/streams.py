@@ -83,6 +83,10 @@ class _CommandStart(NamedTuple):
     headers: dict[str, str]
 
 
+# A connection closed with a request unanswered stays open to the bytes its owner
+# reads after the close (an answer that came with the FIN or before a RST) this long.
+LINGER_NS = 1_000_000_000
+
 QUIET_FOREVER = (1 << 64) - 1
 TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
@@ -91,6 +95,8 @@ class Connection:
     """What we know of one TCP connection, from one process's side."""
 
     __slots__ = (
+        "closed_at",
+        "exchanges",
         "gen",
         "held",
         "ipv6",
@@ -133,6 +139,8 @@ class Connection:
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
         self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
         self.requests = 0  # requests started on it
+        self.exchanges = 0  # exchanges reported for it
+        self.closed_at = 0  # when the kernel closed it, while it lingers for a late read
         self.reset = False  # it ended with a RST (sent or received)
         self.retransmits = 0  # the kernel's counters as of its last event
         self.srtt_us = 0
@@ -240,9 +248,11 @@ class ConnectionTracker:
         self._holding: dict[int, Connection] = {}  # connections with held calls
         self._own_checked = 0.0
         self._by_ends: dict[tuple[Endpoint, Endpoint], Connection] = {}  # (local, remote)
-        self._closed: OrderedDict[int, tuple[Role, Endpoint | None, Endpoint | None]] = (
+        # Connections closed lately, by socket: (generation, role, local, remote).
+        self._closed: OrderedDict[int, tuple[int, Role, Endpoint | None, Endpoint | None]] = (
             OrderedDict()
         )
+        self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
         self._own_pid = os.getpid()
         self._releasing = False
 
@@ -253,7 +263,8 @@ class ConnectionTracker:
 
     def recently_closed(self, sk: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
         """Role and ends of a connection that closed lately (an abortive close's RST)."""
-        return self._closed.get(sk)
+        closed = self._closed.get(sk)
+        return closed[1:] if closed else None
 
     def ends(self, sk: int, gen: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
         """Role and ends of a live connection the kernel knows as (sk, generation)."""
@@ -287,6 +298,8 @@ class ConnectionTracker:
         try:
             if type(event) is DataEvent:
                 self._on_data(event)
+                if self._lingering:
+                    self._end_if_answered(event.sk)
             elif type(event) is DatagramEvent:
                 self._on_datagram(event)
             elif type(event) is ConnOpen:
@@ -334,13 +347,21 @@ class ConnectionTracker:
             except Exception as exc:
                 self._fault(exc, conn.sk)
         self._conns.clear()
+        self._lingering.clear()
         self.expire(ts)
         for _, queries in self._dns.values():
             self._telemetry.requests_pending_at_exit += len(queries)
         self._dns.clear()
 
     def expire(self, now: int) -> None:
-        """Report DNS queries that waited longer than the timeout (call about once a second)."""
+        """Report DNS queries that waited longer than the timeout, and end closed
+        connections whose late answer did not come (call about once a second)."""
+        for conn in list(self._lingering.values()):
+            if now - conn.closed_at > LINGER_NS:
+                try:
+                    self._end(conn, 0)
+                except Exception as exc:
+                    self._fault(exc, conn.sk)
         for key, (conn, queries) in list(self._dns.items()):
             try:
                 timed_out = queries.expire(now, self._dns_timeout_ns)
@@ -393,10 +414,9 @@ class ConnectionTracker:
         conn = self._conns.get(sk)
         if conn is None:
             if len(self._conns) >= self._max:
-                _, old = self._conns.popitem(last=False)
+                old = next(iter(self._conns.values()))
                 self._telemetry.connections_evicted += 1
-                self._forget_ends(old)
-                self._finish(old, 0)
+                self._end(old, 0)
             conn = self._conns[sk] = Connection(sk, role)
             self._telemetry.connections_tracked += 1
             if sk & TLS_STREAM:
@@ -416,10 +436,9 @@ class ConnectionTracker:
 
     def _on_open(self, ev: ConnOpen) -> None:
         self._forget_own(ev.sk)  # a new connection: whatever we knew of this address is gone
-        old = self._conns.pop(ev.sk, None)
-        if old is not None:  # the socket address was reused: its close was lost
-            self._forget_ends(old)
-            self._finish(old, ev.ts)
+        old = self._conns.get(ev.sk)
+        if old is not None:  # the address was reused: its close was lost, or it lingered
+            self._end(old, ev.ts)
         if ev.role == Role.CLIENT and ev.remote.port in self._own_listeners:
             self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
             if len(self._listener_clients) > 4096:
@@ -468,15 +487,36 @@ class ConnectionTracker:
         conn = self._conns.get(ev.sk)
         if conn is not None and conn.held:
             self._release(conn)  # calls still waiting come before the close
-        conn = self._conns.pop(ev.sk, None)
-        if conn is not None:
-            conn.reset = bool(ev.resets_in or ev.resets_out)
-            conn.retransmits = max(conn.retransmits, ev.retransmits)
-            self._forget_ends(conn)
-            self._closed[ev.sk] = (conn.role, conn.local, conn.remote)
-            if len(self._closed) > 1024:
-                self._closed.popitem(last=False)
-            self._finish(conn, ev.ts)
+        conn = self._conns.get(ev.sk)
+        if conn is None or conn.closed_at:
+            return
+        conn.reset = bool(ev.resets_in or ev.resets_out)
+        conn.retransmits = max(conn.retransmits, ev.retransmits)
+        conn.gen = conn.gen or ev.opened
+        self._closed[ev.sk] = (conn.gen, conn.role, conn.local, conn.remote)
+        if len(self._closed) > 1024:
+            self._closed.popitem(last=False)
+        conn.closed_at = ev.ts
+        if conn.proto is not None and conn.requests > conn.exchanges:
+            # Its owner may still read the answer: the kernel closes a socket when
+            # the FINs are done (or a RST came), maybe before the app reads.
+            self._lingering[ev.sk] = conn
+            return
+        self._end(conn, ev.ts)
+
+    def _end_if_answered(self, sk: int) -> None:
+        conn = self._lingering.get(sk)
+        if conn is not None and conn.requests <= conn.exchanges:
+            self._end(conn, 0)
+
+    def _end(self, conn: Connection, ts: int) -> None:
+        """Stop tracking a connection (closed, evicted, or its address has a new
+        owner): its unanswered requests are reported as of its close, if seen."""
+        self._lingering.pop(conn.sk, None)
+        if self._conns.get(conn.sk) is conn:
+            del self._conns[conn.sk]
+        self._forget_ends(conn)
+        self._finish(conn, conn.closed_at or ts)
 
     def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
         if conn.proto is None:
@@ -491,6 +531,8 @@ class ConnectionTracker:
                     self._telemetry.requests_pending_at_exit += 1
                     continue
                 self._telemetry.requests_unanswered += 1
+                if ts > x.end_ts:  # it waited until the connection ended (or was reset)
+                    x = x._replace(end_ts=ts)
             done.append(x)
         self._emit(done, conn)
         conn.proto = None
@@ -500,13 +542,14 @@ class ConnectionTracker:
             return
         conn = self._conns.get(ev.sk)
         if conn is None:
+            closed = self._closed.get(ev.sk)
+            if closed is not None and closed[0] == ev.gen:
+                return  # read after the close of a connection already reported
             conn = self._connection(ev.sk, ev.role)
             conn.gen = ev.gen
         elif conn.gen != ev.gen:
             if conn.gen:  # the address was reused and we missed the close
-                self._conns.pop(ev.sk)
-                self._forget_ends(conn)
-                self._finish(conn, ev.ts)
+                self._end(conn, ev.ts)
                 conn = self._connection(ev.sk, ev.role)
             conn.gen = ev.gen
         if conn.selected is False:
@@ -665,6 +708,7 @@ class ConnectionTracker:
         return rc
 
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
+        conn.exchanges += len(exchanges)
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 self._net_facts(x.token, conn)

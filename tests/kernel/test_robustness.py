@@ -156,3 +156,58 @@ def test_non_ascii_digits_on_the_wire_raise_nothing(
     wait_until(lambda: "/b2-host" in paths(), 30, "the bad Host's span")
     assert collector.proc.poll() is None
     assert "Traceback" not in collector.log_path.read_text(errors="replace")
+
+
+def half_closed_exchange(port: int, path: str) -> None:
+    """Send a request, shut our side, and read the answer only after the server's
+    FIN came: the kernel has closed the socket (TIME_WAIT) before the read."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+
+def test_a_read_after_the_close_belongs_to_that_connection(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    """An answer read after the kernel closed the socket (its FIN came first)
+    completes that connection's span, and leaves nothing behind for the socket
+    that reuses the address: each fresh server connection is traced."""
+    since = time.time_ns()
+    rounds = 40
+    for batch in range(0, rounds, 5):
+        # freed sockets are reused last-in first-out: a batch of each makes the
+        # fresh connections land on addresses the half-closed ones left
+        for i in range(batch, batch + 5):
+            half_closed_exchange(py_server.port, f"/half-closed/{i}")
+        for i in range(batch, batch + 5):
+            conn = http.client.HTTPConnection("127.0.0.1", py_server.port)
+            conn.request("GET", f"/fresh/{i}")
+            conn.getresponse().read()
+            conn.close()
+
+    def paths(kind: int) -> dict[str, object]:
+        return {
+            str(s.attributes.get("url.path")): s.attributes.get("http.response.status_code")
+            for s in grpc_sink.store.matching(**{"server.port": py_server.port})
+            if s.kind == kind and s.start_ns >= since
+        }
+
+    fresh = {f"/fresh/{i}" for i in range(rounds)}
+    half_closed = {f"/half-closed/{i}" for i in range(rounds)}
+    with contextlib.suppress(AssertionError):
+        wait_until(
+            lambda: (
+                (fresh | half_closed) <= paths(SERVER).keys()
+                and half_closed <= paths(CLIENT).keys()
+            ),
+            20,
+            "every connection's spans",
+        )
+    assert sorted((fresh | half_closed) - paths(SERVER).keys()) == []
+    answers = paths(CLIENT)
+    assert {path: answers.get(path) for path in half_closed} == dict.fromkeys(half_closed, 200)

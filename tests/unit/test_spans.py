@@ -99,6 +99,12 @@ def test_status_rules() -> None:
     none = b.build(exchange(None), conn(Role.SERVER))
     assert none.status.status_code == StatusCode.ERROR
     assert none.attributes is not None and none.attributes["error.type"] == "no_response"
+    reset = conn(Role.CLIENT)
+    reset.reset = True  # the connection ended with a RST: say so
+    aborted = b.build(exchange(None), reset)
+    assert aborted.attributes is not None
+    assert aborted.attributes["error.type"] == "connection_reset"
+    assert aborted.status.description == "connection reset before a response"
 
 
 def test_ids_are_unique_and_valid() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from otel_ebpf.model import ConnOpen, DataEvent, Direction, Endpoint, HttpExchange, Role
+from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Direction, Endpoint, HttpExchange, Role
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.selection import Selector
-from otel_ebpf.processors.streams import Connection, ConnectionTracker
+from otel_ebpf.processors.streams import LINGER_NS, Connection, ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
 CLIENT = Endpoint("10.0.0.1", 40000)
@@ -92,3 +92,50 @@ def test_postgres_detected_from_the_startup_message_on_any_port(tmp_path: Path) 
     t.release_held()
     ((x, _),) = out
     assert isinstance(x, SqlExchange) and (x.query, x.namespace) == ("SELECT 1;", "shop")
+
+
+def close(sk: int, ts: int) -> ConnClose:
+    return ConnClose(sk, ts, 0, 0, Role.CLIENT, 99, opened=1)
+
+
+def test_an_answer_read_after_the_close_completes_the_request(tmp_path: Path) -> None:
+    t, out = tracker(tmp_path)
+    s = Stream(t, 8080)
+    t.handle(s.event(Direction.EGRESS, b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    t.handle(close(s.sk, 2))  # the server's FIN came with its answer
+    assert out == []
+    t.handle(s.event(Direction.INGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3))
+    ((x, _),) = out
+    assert x.response.status == 200
+    assert len(t) == 0  # answered: it no longer lingers
+    # more bytes read after that are the closed connection's, not a new one's
+    t.handle(s.event(Direction.INGRESS, b"trailing", 4))
+    assert len(t) == 0 and len(out) == 1
+
+
+def test_a_closed_connection_whose_answer_never_comes_is_reported_after_a_while(
+    tmp_path: Path,
+) -> None:
+    t, out = tracker(tmp_path)
+    s = Stream(t, 8080)
+    t.handle(s.event(Direction.EGRESS, b"GET /never HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    t.handle(close(s.sk, 2))
+    t.expire(2 + LINGER_NS // 2)
+    assert out == []
+    t.expire(3 + LINGER_NS)
+    ((x, _),) = out
+    assert not x.answered and x.end_ts == 2  # it waited until the close
+    assert len(t) == 0
+
+
+def test_a_new_connection_at_a_lingering_address_ends_the_old_one(tmp_path: Path) -> None:
+    t, out = tracker(tmp_path)
+    s = Stream(t, 8080)
+    t.handle(s.event(Direction.EGRESS, b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    t.handle(close(s.sk, 2))
+    new = Stream(t, 8080)  # same socket address, opened again
+    ((x, _),) = out
+    assert not x.answered and x.request.target == "/old"
+    t.handle(new.event(Direction.EGRESS, b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n", 3))
+    t.handle(new.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 4))
+    assert [x.request.target for x, _ in out] == ["/old", "/new"]
