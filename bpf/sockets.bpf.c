@@ -39,6 +39,12 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+#ifndef WINDOW_SMALL
+// A receive window under this many bytes throttles any sender: Linux advertises
+// 64 KiB or more on a healthy connection (tcp_rmem's default), so a window this
+// small is a receiver that reads slowly or has a shrunk buffer.
+#define WINDOW_SMALL 32768
+#endif
 #ifndef DNS_PORT
 #define DNS_PORT 53
 #endif
@@ -56,7 +62,9 @@
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
-enum event_kind { EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6 };
+enum event_kind {
+    EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6, EV_SOCKOPT = 7
+};
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3, BUF_MMSG = 4 };
@@ -67,6 +75,9 @@ struct active_io {
     u64 iovcnt; // iovecs, or messages of a sendmmsg/recvmmsg
     u64 ts;     // syscall entry: when the process handed over what it sends
     u64 addr;   // sendto's destination address (user pointer), 0 if none
+    u64 want;   // bytes a write/sendto/sendfile asked to send (0: not known)
+    u64 sk;     // the TCP socket a send moved bytes on (set by the transfer)
+    u64 waited; // until when this call's time is in the socket's send_wait_ns
     u32 fd;
     u32 kind;
     u32 index;  // the message of a sendmmsg/recvmmsg the next transfer is
@@ -91,7 +102,9 @@ struct conn_state {
     u32 retrans;   // segments retransmitted (tcp:tcp_retransmit_skb)
     u32 srtt_us;   // smoothed RTT at the last segment received (tcp:tcp_probe)
     u32 tls;       // used inside OpenSSL calls: its bytes are ciphertext, never sent
-    u32 pad;
+    u32 window_small; // segments seen while a receive window was under WINDOW_SMALL
+    u64 send_wait_ns; // time the owner's sends waited for room in the send buffer
+    u64 full_at;      // a send came back short then: the buffer was full
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -140,7 +153,9 @@ struct data_event {
     u32 retrans;      // the connection's TCP counters when the call ended
     u32 srtt_us;
     u8 tls;           // plaintext from OpenSSL (tls.bpf.c); offsets are the plaintext stream's
-    u8 pad2[3];       // keeps data[] 8-byte aligned (user space decodes a 112-byte header)
+    u8 pad2[3];
+    u32 send_wait_us; // the connection's send_wait_ns before this call began
+    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 120-byte header)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -166,7 +181,22 @@ struct conn_event {
     u8 pad[5];
 };
 
+// A socket buffer size set on a socket past its handshake (the window scale is
+// fixed then: a smaller receive buffer throttles the peer instead).
+struct sockopt_event {
+    u8 kind;
+    u8 pad[3];
+    u32 pid;
+    u32 fd;
+    s32 optname;
+    s64 value;
+    u64 ts;
+    char comm[16];
+};
+
 BPF_HASH(active_io, u32, struct active_io, 16384);
+// (tgid << 32 | fd) of sockets past their handshake: accepted, or connect()ed.
+BPF_TABLE("lru_hash", u64, u8, handshaken, 65536);
 // (tgid << 32 | fd) -> the address the socket connect()ed to, for UDP peers.
 BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
@@ -210,7 +240,8 @@ static __always_inline void process_comm(char *comm, u32 tgid) {
         bpf_get_current_comm(comm, sizeof(name->comm));
 }
 
-static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr) {
+static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr,
+                                           u64 want) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) == SELF_TGID)
         return;
@@ -219,13 +250,14 @@ static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind
                            .iovcnt = iovcnt,
                            .ts = bpf_ktime_get_ns(),
                            .addr = addr,
+                           .want = want,
                            .fd = fd,
                            .kind = kind};
     active_io.update(&tid, &io);
 }
 
 static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
-    remember_io_to(buf, iovcnt, fd, kind, 0);
+    remember_io_to(buf, iovcnt, fd, kind, 0, 0);
 }
 
 // Read a user sockaddr_in / sockaddr_in6; 0 when it is neither.
@@ -247,6 +279,8 @@ static __always_inline int read_sockaddr(struct peer *p, u64 addr) {
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u64 id = bpf_get_current_pid_tgid();
     u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
+    u8 yes = 1;
+    handshaken.update(&key, &yes); // its SYN carries the window scale from now on
     struct peer p = {};
     if (read_sockaddr(&p, (u64)args->uservaddr) && p.port == DNS_PORT)
         connected.update(&key, &p);
@@ -255,10 +289,98 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     return 0;
 }
 
+#define SOL_SOCKET 1
+#define SO_SNDBUF 7
+#define SO_RCVBUF 8
+#define SO_SNDBUFFORCE 32
+#define SO_RCVBUFFORCE 33
+
+static __always_inline u64 fd_key(u32 fd) {
+    return (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
+}
+
+// A new socket at this fd: whatever was said of the fd's earlier socket is void.
+TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
+    if (args->ret >= 0) {
+        u64 key = fd_key((u32)args->ret);
+        handshaken.delete(&key);
+    }
+    return 0;
+}
+
+static __always_inline void accepted(long ret) {
+    if (ret >= 0) {
+        u64 key = fd_key((u32)ret);
+        u8 yes = 1;
+        handshaken.update(&key, &yes);
+    }
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) {
+    accepted(args->ret);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) {
+    accepted(args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
+    int optname = args->optname;
+    if (args->level != SOL_SOCKET || (optname != SO_RCVBUF && optname != SO_SNDBUF &&
+                                      optname != SO_RCVBUFFORCE && optname != SO_SNDBUFFORCE))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) == SELF_TGID)
+        return 0;
+    u64 key = fd_key((u32)args->fd);
+    if (!handshaken.lookup(&key))
+        return 0; // before connect() or on an accepted socket's listener: it takes effect
+    int value = 0;
+    if (args->optlen < sizeof(value) || bpf_probe_read_user(&value, sizeof(value), args->optval))
+        return 0;
+    struct sockopt_event ev = {.kind = EV_SOCKOPT,
+                               .pid = id >> 32,
+                               .fd = (u32)args->fd,
+                               .optname = optname,
+                               .value = value,
+                               .ts = bpf_ktime_get_ns()};
+    process_comm(ev.comm, id >> 32);
+    if (events.ringbuf_output(&ev, sizeof(ev), 0))
+        count_lost();
+    return 0;
+}
+
 static __always_inline void forget_io(void) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     active_io.delete(&tid);
 }
+
+// A send that moved less than it was asked to found the send buffer full: the
+// owner now waits for room (in poll, for a non-blocking socket like nginx's),
+// and that wait, until its next send, is the network's time, not the owner's.
+static __always_inline void forget_send(long ret) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct active_io *io = active_io.lookup(&tid);
+    if (io && io->sk && ret >= 0 && (u64)ret < io->want) {
+        u64 skey = io->sk;
+        struct conn_state *cs = conns.lookup(&skey);
+        if (cs && !cs->full_at)
+            cs->full_at = bpf_ktime_get_ns();
+    }
+    active_io.delete(&tid);
+}
+
+// Sends with a known length: a short return means the send buffer was full.
+#define SEND_IO(name, field, length)                                              \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
+        remember_io_to((u64)args->field, 0, (u32)args->fd, BUF_PLAIN, 0,          \
+                       (u64)args->length);                                        \
+        return 0;                                                                 \
+    }                                                                             \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        forget_send(args->ret);                                                   \
+        return 0;                                                                 \
+    }
 
 // The buffer argument's name differs per syscall (buf, ubuf, buff).
 #define PLAIN_IO(name, field)                                                     \
@@ -293,24 +415,25 @@ static __always_inline void forget_io(void) {
 
 // sendfile: no user buffer to capture, but its entry time ends a response.
 TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) {
-    remember_io(0, 0, (u32)args->out_fd, BUF_NONE);
+    remember_io_to(0, 0, (u32)args->out_fd, BUF_NONE, 0, (u64)args->count);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
-    forget_io();
+    forget_send(args->ret);
     return 0;
 }
 
 PLAIN_IO(read, buf)
-PLAIN_IO(write, buf)
+SEND_IO(write, buf, count)
 PLAIN_IO(recvfrom, ubuf)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
-    remember_io_to((u64)args->buff, 0, (u32)args->fd, BUF_PLAIN, (u64)args->addr);
+    remember_io_to((u64)args->buff, 0, (u32)args->fd, BUF_PLAIN, (u64)args->addr,
+                   (u64)args->len);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) {
-    forget_io();
+    forget_send(args->ret);
     return 0;
 }
 
@@ -463,6 +586,8 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->dir = dir;
     ev->role = cs->role;
     ev->retrans = cs->retrans;
+    ev->send_wait_us = (u32)(cs->send_wait_ns / 1000);
+    ev->window_small = cs->window_small;
     ev->srtt_us = cs->srtt_us;
     ev->pid = tgid;
     ev->tid = tid;
@@ -477,6 +602,24 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->fd = 0;
     process_comm(ev->comm, tgid);
     return ev;
+}
+
+// Time a send waited for room: since a short send found the buffer full, and
+// inside this call so far (a blocking socket waits in the call). Returns the
+// total before this call began: a span ends where its last send began.
+static __always_inline u64 account_send(struct conn_state *cs, struct active_io *io, u64 skey) {
+    u64 now = bpf_ktime_get_ns();
+    io->sk = skey;
+    if (cs->full_at) {
+        if (io->ts > cs->full_at)
+            cs->send_wait_ns += io->ts - cs->full_at;
+        cs->full_at = 0;
+    }
+    u64 from = io->waited > io->ts ? io->waited : io->ts;
+    u64 before = cs->send_wait_ns - (from - io->ts); // less this call's part so far
+    cs->send_wait_ns += now - from;
+    io->waited = now;
+    return before;
 }
 
 static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flags, u8 dir) {
@@ -530,6 +673,10 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
         if (dir == DIR_EGRESS && call->dir == DIR_EGRESS && !call->emitted)
             tls_write_seen(call, skey, tgid, tid);
     }
+    struct active_io *io = active_io.lookup(&tid);
+    u64 send_wait = cs->send_wait_ns;
+    if (dir == DIR_EGRESS && io)
+        send_wait = account_send(cs, io, skey);
     if (cs->tls)
         return 0; // ciphertext: the plaintext comes from the uprobes, counted only here
 
@@ -542,8 +689,8 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
     if (!ev)
         return 0;
     ev->ts = bpf_ktime_get_ns();
+    ev->send_wait_us = (u32)(send_wait / 1000);
 
-    struct active_io *io = active_io.lookup(&tid);
     // Sends are stamped when the syscall began: the tracepoint fires only after
     // the bytes reached the peer, which may already have read them. Receives
     // are stamped now, when the bytes are in hand. So on one node a server
@@ -767,8 +914,12 @@ int on_tcp_send_reset(struct send_reset_args *args) {
 TRACEPOINT_PROBE(tcp, tcp_probe) {
     u64 skey = (u64)args->skaddr;
     struct conn_state *cs = conns.lookup(&skey);
-    if (cs)
-        cs->srtt_us = args->srtt;
+    if (!cs)
+        return 0;
+    cs->srtt_us = args->srtt;
+    // Flow control: the peer's window (what we may send) or ours is nearly shut.
+    if (args->snd_wnd < WINDOW_SMALL || args->rcv_wnd < WINDOW_SMALL)
+        cs->window_small++;
     return 0;
 }
 #endif

@@ -197,6 +197,12 @@ class CollectorMetrics:
                 unit=unit,
                 description=description,
             )
+        self.misconfigurations = counter(
+            "otel_ebpf.tcp.misconfigurations",
+            "{report}",
+            "Socket settings that do not take (otel_ebpf.tcp.misconfiguration), "
+            "once per process and port",
+        )
         self.tcp_duration = hist(
             "otel_ebpf.tcp.connection.duration", "Connection lifetimes", HTTP_BUCKETS
         )

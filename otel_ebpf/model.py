@@ -52,6 +52,8 @@ class DataEvent(NamedTuple):
     comm: bytes  # the kernel's 16-byte task name, NUL-padded
     retransmits: int = 0  # the connection's retransmitted segments so far
     srtt_us: int = 0  # its smoothed RTT at the last segment received (0: not known)
+    send_wait_ns: int = 0  # its sends' wait for send-buffer room, before this call
+    window_small: int = 0  # its segments seen while a receive window was nearly shut
 
 
 class DatagramEvent(NamedTuple):
@@ -150,7 +152,21 @@ class SelfConn(NamedTuple):
     sk: int
 
 
-KernelEvent = DataEvent | DatagramEvent | ConnOpen | ConnClose | ResetSent | SelfConn
+class SocketBufferSet(NamedTuple):
+    """A process set a socket's buffer size after the socket's handshake, when the
+    TCP window scale is already fixed (`setsockopt(SO_RCVBUF)` and the like)."""
+
+    pid: int
+    fd: int
+    option: str  # "SO_RCVBUF", "SO_SNDBUF", ...
+    value: int
+    ts: int
+    comm: bytes
+
+
+KernelEvent = (
+    DataEvent | DatagramEvent | ConnOpen | ConnClose | ResetSent | SelfConn | SocketBufferSet
+)
 
 
 # --- HTTP/1 parser output (processors.protocols.http1) -------------------------
@@ -203,6 +219,7 @@ class HttpExchange(NamedTuple):
     start_ts: int  # first request byte, as the traced process saw it
     end_ts: int  # last response byte (or last request byte without a response)
     token: object = None  # what the connection's owner attached when the request began
+    request_end_ts: int = 0  # last request byte (0: not known)
 
     @property
     def answered(self) -> bool:

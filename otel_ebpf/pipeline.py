@@ -26,11 +26,19 @@ from otel_ebpf.metrics import (
     periodic_reader,
     scan_interval_s,
 )
-from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Endpoint, ResetSent
+from otel_ebpf.model import (
+    ConnClose,
+    ConnOpen,
+    DataEvent,
+    Endpoint,
+    ResetSent,
+    SocketBufferSet,
+)
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
+from otel_ebpf.processors.misconfig import Misconfigurations
 from otel_ebpf.processors.redaction import UrlRedactor
 from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector, parse_ports
@@ -149,9 +157,11 @@ class Collector:
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
         ebpf = config.ebpf
+        self.misconfigurations = Misconfigurations()
         self._spans = SpanBuilder(
             raw_db_query_text=ebpf.protocols.db_query_text == "raw",
             urls=UrlRedactor(ebpf.redaction.query_keys),
+            misconfigured=self.misconfigurations.at,
         )
         correlate = config.correlate
         self.merger = (
@@ -228,6 +238,9 @@ class Collector:
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
+            elif kind is SocketBufferSet:
+                self._on_buffer_set(event)
+                return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:
                 self.tcp_health.closed(event)
@@ -246,6 +259,17 @@ class Collector:
     def _unseen_tls(self, pid: int) -> None:
         if self.tls.not_visible(pid, self._processes.get(pid).executable_name):
             self.telemetry.tls_not_visible += 1
+
+    def _on_buffer_set(self, ev: SocketBufferSet) -> None:
+        process = self._processes.get(ev.pid, ev.comm)
+        if self.misconfigurations.buffer_set(ev, process.executable_name) and self.metrics:
+            self.metrics.misconfigurations.add(
+                1,
+                {
+                    "service.name": process.service_name,
+                    "otel_ebpf.tcp.misconfiguration": f"{ev.option} set after the handshake",
+                },
+            )
 
     def _on_reset(self, ev: ResetSent) -> None:
         closed = self.tracker.recently_closed(ev.sk)

@@ -60,6 +60,19 @@ class RequestNet(NamedTuple):
     srtt_us: int  # 0: not known
     new_connection: bool  # the first request of a connection the collector saw open
     reset: bool  # the connection was reset before the request finished
+    send_wait_ns: int = 0  # its sends waited this long for room in the send buffer
+    window_small: int = 0  # segments seen while a receive window was nearly shut
+
+
+class NetCounters(NamedTuple):
+    """A connection's counters when a request began."""
+
+    retransmits: int
+    sent: int
+    received: int
+    new_connection: bool
+    send_wait_ns: int
+    window_small: int
 
 
 class RequestContext:
@@ -99,7 +112,7 @@ class RequestContext:
         self.duplicates_sdk = False  # a call whose context the sending app created itself
         # What TCP did on the connection during the request (set by the tracker):
         # counters at its start, then the facts at its end.
-        self.net_start: tuple[int, int, int, bool] | None = None
+        self.net_start: NetCounters | None = None
         self.net: RequestNet | None = None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -20,6 +21,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import HttpExchange, HttpHead, Role
 from otel_ebpf.processors.correlate import RequestContext
+from otel_ebpf.processors.phases import PeerSplit, Timing, split
 from otel_ebpf.processors.protocols.dns import DnsExchange
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS, Http2Exchange
 from otel_ebpf.processors.protocols.numbers import decimal
@@ -62,13 +64,17 @@ class SpanBuilder:
         epoch_offset: int | None = None,
         raw_db_query_text: bool = False,
         urls: UrlRedactor | None = None,
+        misconfigured: Callable[[int, int], str | None] | None = None,
     ) -> None:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
         self._urls = urls or UrlRedactor()
-        # Server span durations by their client span's id (both ends on this node).
-        self._server_time: OrderedDict[int, int] = OrderedDict()
+        self._misconfigured = misconfigured or (lambda _pid, _port: None)
+        # Both ends on this node: a server's split by its client span's id, and
+        # the time a server spent in its own calls, by its span's id.
+        self._peers: OrderedDict[int, PeerSplit] = OrderedDict()
+        self._downstream: OrderedDict[int, int] = OrderedDict()
 
     def build(self, x: Exchange, conn: Connection) -> ReadableSpan | None:
         """The span for one exchange; None where none is due (a database server's side)."""
@@ -135,33 +141,76 @@ class SpanBuilder:
         return self._client_span(f"DNS {q.qtype}", x, conn, attrs, status)  # type: ignore[arg-type]
 
     def _network_facts(
-        self, attrs: dict[str, Any], token: object, kind: SpanKind, duration_ns: int
+        self,
+        attrs: dict[str, Any],
+        token: object,
+        kind: SpanKind,
+        x: Exchange,
+        conn: Connection,
     ) -> None:
-        """What TCP did during the request; for a client whose server is on this
-        node, how its time splits between the server and everything else."""
+        """What TCP did during the request, and where its time went (phases.py)."""
+        if conn.local is not None:
+            wrong = self._misconfigured(conn.pid, conn.local.port)
+            if wrong:
+                attrs["otel_ebpf.tcp.misconfiguration"] = wrong
         if not isinstance(token, RequestContext):
             return
         net = token.net
-        if net is not None:
-            attrs["otel_ebpf.tcp.retransmits"] = net.retransmits
-            attrs["otel_ebpf.tcp.bytes_sent"] = net.bytes_sent
-            attrs["otel_ebpf.tcp.bytes_received"] = net.bytes_received
-            attrs["otel_ebpf.tcp.connection.new"] = net.new_connection
-            if net.srtt_us:
-                attrs["otel_ebpf.tcp.rtt"] = net.srtt_us / 1e6
-            if net.reset:
-                attrs["otel_ebpf.tcp.reset"] = True
-        if not token.resolved:
+        if net is None:
             return
-        if kind == SpanKind.SERVER and token.parent_id:
-            self._server_time[token.parent_id] = duration_ns
-            if len(self._server_time) > 4096:
-                self._server_time.popitem(last=False)
-        elif kind == SpanKind.CLIENT:
-            server_ns = self._server_time.pop(token.span_id, None)
-            if server_ns is not None and server_ns <= duration_ns:
-                attrs["otel_ebpf.time.server"] = server_ns / 1e9
-                attrs["otel_ebpf.time.network"] = (duration_ns - server_ns) / 1e9
+        attrs["otel_ebpf.tcp.retransmits"] = net.retransmits
+        attrs["otel_ebpf.tcp.bytes_sent"] = net.bytes_sent
+        attrs["otel_ebpf.tcp.bytes_received"] = net.bytes_received
+        attrs["otel_ebpf.tcp.connection.new"] = net.new_connection
+        if net.srtt_us:
+            attrs["otel_ebpf.tcp.rtt"] = net.srtt_us / 1e6
+        if net.reset:
+            attrs["otel_ebpf.tcp.reset"] = True
+        if net.send_wait_ns:
+            attrs["otel_ebpf.tcp.send_wait"] = net.send_wait_ns / 1e9
+        if net.window_small:
+            attrs["otel_ebpf.tcp.window_small"] = net.window_small
+        server_side = kind == SpanKind.SERVER
+        request_end, response_start = _message_bounds(x)
+        timing = Timing(
+            server_side,
+            x.start_ts,
+            request_end,
+            response_start,
+            x.end_ts,
+            net.bytes_received if server_side else net.bytes_sent,
+            net.send_wait_ns,
+            net.window_small,
+            net.srtt_us * 1000,
+            self._downstream.pop(token.span_id, 0) if server_side else 0,
+        )
+        peer = None if server_side or not token.resolved else self._peers.pop(token.span_id, None)
+        result = split(timing, peer)
+        if token.resolved and token.parent_id:
+            if server_side:  # for its client's span, built next
+                handling = PeerSplit(
+                    result.server + result.downstream,
+                    result.stall,
+                    result.stall_ns,
+                    net.window_small,
+                )
+                _remember(self._peers, token.parent_id, handling)
+            else:  # time its server spent waiting on this call
+                duration = max(x.end_ts - x.start_ts, 0)
+                _remember(self._downstream, token.parent_id, duration, add=True)
+        attrs["otel_ebpf.phase.request"] = result.request / 1e9
+        attrs["otel_ebpf.phase.wait"] = result.wait / 1e9
+        attrs["otel_ebpf.phase.response"] = result.response / 1e9
+        attrs["otel_ebpf.time.server"] = result.server / 1e9
+        attrs["otel_ebpf.time.network"] = result.network / 1e9
+        if result.downstream:
+            attrs["otel_ebpf.time.downstream"] = result.downstream / 1e9
+        if result.estimated:
+            attrs["otel_ebpf.time.estimated"] = True
+        if result.stall:
+            attrs["otel_ebpf.tcp.stall"] = result.stall
+            attrs["otel_ebpf.tcp.stall.time"] = result.stall_ns / 1e9
+        attrs["otel_ebpf.verdict"] = result.verdict
 
     def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
         rc = token
@@ -250,7 +299,7 @@ class SpanBuilder:
             if kind == SpanKind.SERVER:
                 attrs["client.address"] = conn.remote.address
                 attrs["client.port"] = conn.remote.port
-        self._network_facts(attrs, x.token, kind, x.end_ts - x.start_ts)
+        self._network_facts(attrs, x.token, kind, x, conn)
         context, parent = self._ids(x.token)
         assert conn.process is not None
         return ReadableSpan(
@@ -347,7 +396,7 @@ class SpanBuilder:
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
-        self._network_facts(attrs, x.token, kind, x.end_ts - x.start_ts)
+        self._network_facts(attrs, x.token, kind, x, conn)
         context, parent = self._ids(x.token)
         process = conn.process
         assert process is not None
@@ -382,3 +431,19 @@ def _as_http(x: Http2Exchange) -> HttpExchange:
     return HttpExchange(
         request, x.request_bytes, response, x.response_bytes, x.start_ts, x.end_ts, x.token
     )
+
+
+def _message_bounds(x: Exchange) -> tuple[int, int | None]:
+    """When the request ended and the response began, where the protocol says;
+    else the request is taken as one instant and the answer as arriving whole."""
+    if isinstance(x, HttpExchange):
+        response = x.response
+        return x.request_end_ts or x.start_ts, response.start_ts if response else None
+    return x.start_ts, x.end_ts if x.answered else None
+
+
+def _remember(table: OrderedDict[int, Any], key: int, value: Any, add: bool = False) -> None:
+    """Bounded: an entry whose other end never comes is dropped in time."""
+    table[key] = table.get(key, 0) + value if add else value
+    if len(table) > 4096:
+        table.popitem(last=False)

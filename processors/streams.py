@@ -33,7 +33,13 @@ from otel_ebpf.model import (
     base_socket,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
-from otel_ebpf.processors.correlate import Correlator, RequestContext, RequestNet, RequestStart
+from otel_ebpf.processors.correlate import (
+    Correlator,
+    NetCounters,
+    RequestContext,
+    RequestNet,
+    RequestStart,
+)
 from otel_ebpf.processors.protocols.detect import WELL_KNOWN_PORTS, detect
 from otel_ebpf.processors.protocols.dns import DnsExchange, DnsQueries, DnsTcpConnection
 from otel_ebpf.processors.protocols.http1 import (
@@ -114,10 +120,12 @@ class Connection:
         "role",
         "seen_from_start",
         "selected",
+        "send_wait_ns",
         "sk",
         "srtt_us",
         "stream_pos",
         "undecided",
+        "window_small",
     )
 
     def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
@@ -144,6 +152,8 @@ class Connection:
         self.reset = False  # it ended with a RST (sent or received)
         self.retransmits = 0  # the kernel's counters as of its last event
         self.srtt_us = 0
+        self.send_wait_ns = 0
+        self.window_small = 0
 
     @property
     def tls(self) -> bool:
@@ -253,6 +263,8 @@ class ConnectionTracker:
             OrderedDict()
         )
         self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
+        # Client exchanges waiting for their server's, by the server's socket.
+        self._awaiting_server: dict[int, list[tuple[Exchange, Connection, int]]] = {}
         self._own_pid = os.getpid()
         self._releasing = False
 
@@ -309,7 +321,7 @@ class ConnectionTracker:
             elif type(event) is SelfConn:
                 self._on_self(event)
         except Exception as exc:
-            self._fault(exc, event.sk, getattr(event, "pid", 0))
+            self._fault(exc, getattr(event, "sk", 0), getattr(event, "pid", 0))
 
     def _fault(self, exc: Exception, sk: int, pid: int = 0) -> None:
         """Stop parsing the connection whose event raised: its parser's state is
@@ -348,6 +360,8 @@ class ConnectionTracker:
                 self._fault(exc, conn.sk)
         self._conns.clear()
         self._lingering.clear()
+        for server_sk in list(self._awaiting_server):
+            self._release_clients(server_sk)
         self.expire(ts)
         for _, queries in self._dns.values():
             self._telemetry.requests_pending_at_exit += len(queries)
@@ -356,6 +370,9 @@ class ConnectionTracker:
     def expire(self, now: int) -> None:
         """Report DNS queries that waited longer than the timeout, and end closed
         connections whose late answer did not come (call about once a second)."""
+        for server_sk, waiting in list(self._awaiting_server.items()):
+            if now - waiting[0][2] > LINGER_NS:
+                self._release_clients(server_sk)
         for conn in list(self._lingering.values()):
             if now - conn.closed_at > LINGER_NS:
                 try:
@@ -497,9 +514,10 @@ class ConnectionTracker:
         if len(self._closed) > 1024:
             self._closed.popitem(last=False)
         conn.closed_at = ev.ts
-        if conn.proto is not None and conn.requests > conn.exchanges:
+        if conn.proto is not None and conn.requests > conn.exchanges and not conn.reset:
             # Its owner may still read the answer: the kernel closes a socket when
-            # the FINs are done (or a RST came), maybe before the app reads.
+            # the FINs are done, maybe before the app reads. (After a RST, say it
+            # at once: whoever waited on this call is answering its own caller.)
             self._lingering[ev.sk] = conn
             return
         self._end(conn, ev.ts)
@@ -517,6 +535,8 @@ class ConnectionTracker:
             del self._conns[conn.sk]
         self._forget_ends(conn)
         self._finish(conn, conn.closed_at or ts)
+        if conn.sk in self._awaiting_server:
+            self._release_clients(conn.sk)
 
     def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
         if conn.proto is None:
@@ -575,6 +595,7 @@ class ConnectionTracker:
         if expected is None:
             expected = ev.cap_offset
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
+        conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
         http = conn.proto
         assert http is not None  # selected connections have a parser
@@ -702,8 +723,14 @@ class ConnectionTracker:
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)
-            new = conn.seen_from_start and conn.requests == 0
-            rc.net_start = (conn.retransmits, sent, received, new)
+            rc.net_start = NetCounters(
+                conn.retransmits,
+                sent,
+                received,
+                conn.seen_from_start and conn.requests == 0,
+                ev.send_wait_ns,
+                conn.window_small,
+            )
         conn.requests += 1
         return rc
 
@@ -713,6 +740,29 @@ class ConnectionTracker:
             if isinstance(x.token, RequestContext):
                 self._net_facts(x.token, conn)
                 self.correlator.finished(x.token)
+                if conn.role == Role.CLIENT and self._wait_for_server(x, conn):
+                    continue
+            self._sink(x, conn)
+        if exchanges and conn.sk in self._awaiting_server:
+            self._release_clients(conn.sk)
+
+    def _wait_for_server(self, x: Exchange, conn: Connection) -> bool:
+        """A client's answer can be read before the kernel reports that its server
+        sent it: when that server is on this node and still busy, the client's
+        exchange waits for the server's (its span carries the server's split)."""
+        if conn.local is None or conn.remote is None:
+            return False
+        server = self._by_ends.get((conn.remote, conn.local))
+        if server is None or server.closed_at or server.requests <= server.exchanges:
+            return False  # no server here, or it has nothing more to say
+        waiting = self._awaiting_server.setdefault(server.sk, [])
+        waiting.append((x, conn, time.monotonic_ns()))
+        if len(waiting) > REORDER_LIMIT:  # the server went quiet: do not pile up
+            self._release_clients(server.sk)
+        return True
+
+    def _release_clients(self, server_sk: int) -> None:
+        for x, conn, _ in self._awaiting_server.pop(server_sk, []):
             self._sink(x, conn)
 
     @staticmethod
@@ -720,15 +770,17 @@ class ConnectionTracker:
         """What TCP did between the request's start and now (its end)."""
         if rc.net_start is None:
             return
-        retrans, sent, received, new = rc.net_start
+        start = rc.net_start
         sent_now, received_now = (p or 0 for p in conn.stream_pos)
         rc.net = RequestNet(
-            max(conn.retransmits - retrans, 0),
-            max(sent_now - sent, 0),
-            max(received_now - received, 0),
+            max(conn.retransmits - start.retransmits, 0),
+            max(sent_now - start.sent, 0),
+            max(received_now - start.received, 0),
             conn.srtt_us,
-            new,
+            start.new_connection,
             conn.reset,
+            max(conn.send_wait_ns - start.send_wait_ns, 0),
+            max(conn.window_small - start.window_small, 0),
         )
 
     def _ignore(self, conn: Connection, first: bytes = b"") -> None:

@@ -33,6 +33,7 @@ from otel_ebpf.model import (
     ResetSent,
     Role,
     SelfConn,
+    SocketBufferSet,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ REQUIRED_TRACEPOINTS = (
         for edge in ("enter", "exit")
     ),
     "syscalls/sys_enter_connect",
+    "syscalls/sys_exit_socket",
+    "syscalls/sys_exit_accept",
+    "syscalls/sys_exit_accept4",
+    "syscalls/sys_enter_setsockopt",
     "sched/sched_process_exit",
     "sched/sched_process_exec",
     "tcp/tcp_retransmit_skb",
@@ -79,8 +84,11 @@ OPENSSL_PROBES = (
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
-_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET = 1, 2, 3, 4, 5, 6
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIB3x")  # peer, TCP counters, tls
+_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET, _EV_SOCKOPT = 1, 2, 3, 4, 5, 6, 7
+_SOCKOPT = struct.Struct("<B3xIIiqQ16s")
+_SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
+# peer, TCP counters, tls, send wait, small-window segments
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIB3xII")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -126,6 +134,8 @@ def decode(raw: bytes) -> KernelEvent | None:
             retransmits,
             srtt_us,
             tls,
+            send_wait_us,
+            window_small,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -145,6 +155,8 @@ def decode(raw: bytes) -> KernelEvent | None:
             comm,
             retransmits,
             srtt_us,
+            send_wait_us * 1000,
+            window_small,
         )
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
@@ -208,6 +220,9 @@ def decode(raw: bytes) -> KernelEvent | None:
             )
         ipv6 = family != _AF_INET and ":" in local.address
         return ConnOpen(sk, ts, Role(role), pid, local, remote, ipv6)
+    if kind == _EV_SOCKOPT:
+        _, pid, fd, optname, value, ts, comm = _SOCKOPT.unpack_from(raw)
+        return SocketBufferSet(pid, fd, _SOCKET_OPTIONS.get(optname, str(optname)), value, ts, comm)
     if kind == _EV_SELF:
         return SelfConn(_CONN.unpack_from(raw)[4])
     return None

@@ -566,5 +566,12 @@ class _Pending:
 
     def exchange(self, response: HttpHead | None, body: int, end_ts: int) -> HttpExchange:
         return HttpExchange(
-            self.head, self.body, response, body, self.head.start_ts, end_ts, self.token
+            self.head,
+            self.body,
+            response,
+            body,
+            self.head.start_ts,
+            end_ts,
+            self.token,
+            self.end_ts if self.ended else 0,
         )

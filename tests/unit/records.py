@@ -32,6 +32,6 @@ def data_record(
     payload = data[:capture]
     header = _DATA_HEADER.pack(
         *(_EV_DATA, int(not egress), int(role), 1, PID, PID, 5, sk, 1, ts, offset, offset),
-        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0),
+        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, 0, 0),
     )
     return header + payload
