@@ -18,8 +18,8 @@
 //
 // UDP: only DNS. A datagram's peer comes from the syscall (sendto's address,
 // sendmsg's msg_name) or from the socket's connect() (kept per pid+fd, as
-// resolvers connect their UDP sockets); datagrams whose peer port is not
-// DNS_PORT are not sent. Receives on unconnected sockets have no peer yet
+// resolvers connect their UDP sockets); datagrams whose peer port is not a
+// DNS port (53, and those the operator pins to dns) are not sent. Receives on unconnected sockets have no peer yet
 // when the tracepoint fires and are not sent either (server-side DNS).
 
 #include <uapi/linux/ptrace.h>
@@ -45,8 +45,8 @@
 // small is a receiver that reads slowly or has a shrunk buffer.
 #define WINDOW_SMALL 32768
 #endif
-#ifndef DNS_PORT
-#define DNS_PORT 53
+#ifndef IS_DNS_PORT // the loader defines it from the configured ports
+#define IS_DNS_PORT(port) ((port) == 53)
 #endif
 #define MMSGHDR_SIZE 64 // struct mmsghdr: struct user_msghdr (56) + msg_len + padding
 #define MAX_IOV 64 // gRPC writes a frame as many small slices (one iovec each)
@@ -282,7 +282,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u8 yes = 1;
     handshaken.update(&key, &yes); // its SYN carries the window scale from now on
     struct peer p = {};
-    if (read_sockaddr(&p, (u64)args->uservaddr) && p.port == DNS_PORT)
+    if (read_sockaddr(&p, (u64)args->uservaddr) && IS_DNS_PORT(p.port))
         connected.update(&key, &p);
     else
         connected.delete(&key); // reconnected elsewhere, or dissolved (AF_UNSPEC)
@@ -548,7 +548,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
             return 0;
         ev->peer = *c;
     }
-    if (ev->peer.port != DNS_PORT)
+    if (!IS_DNS_PORT(ev->peer.port))
         return 0;
     ev->kind = EV_DGRAM;
     ev->dir = dir;

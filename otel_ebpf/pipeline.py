@@ -177,6 +177,7 @@ class Collector:
             capture_bytes=ebpf.capture_bytes,
             ring_buffer_pages=ebpf.ring_buffer_pages,
             max_connections=ebpf.max_connections,
+            dns_ports=[53, *(p for p, name in ebpf.protocols.ports.items() if name == "dns")],
         )
         self._kube = _kube_metadata(config)
         self._processes = ProcessRegistry(

@@ -14,7 +14,7 @@ import os
 import platform
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -263,6 +263,7 @@ class SocketReceiver:
         capture_bytes: int = 1024,
         ring_buffer_pages: int = 2048,
         max_connections: int = 65536,
+        dns_ports: Iterable[int] = (53,),
     ) -> None:
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 16384:
             raise ValueError("capture_bytes must be a power of two from 64 to 16384")
@@ -270,6 +271,7 @@ class SocketReceiver:
         self.capture_bytes = capture_bytes
         self._ring_pages = ring_buffer_pages
         self._max_conns = max_connections
+        self._dns_ports = sorted({int(p) for p in dns_ports if 0 < int(p) < 65536})
         self._bpf: object | None = None
         self._quiet: object | None = None
         self.events_received = 0
@@ -303,6 +305,10 @@ class SocketReceiver:
             f"-DSELF_TGID={os.getpid()}",
             f"-DRINGBUF_PAGES={self._ring_pages}",
             f"-DMAX_CONNS={self._max_conns}",
+            # UDP is captured for DNS only: its ports, compiled in (no lookup per datagram)
+            "-DIS_DNS_PORT(port)=("
+            + "||".join(f"(port)=={p}" for p in self._dns_ports or [53])
+            + ")",
             f"-DOPTIONAL_IO={optional}",
             "-Wno-macro-redefined",
         ]

@@ -496,20 +496,23 @@ class MariaDB:
         end_process(self.proc, timeout=30)
 
 
+DIG = ("dig", "+short", "+tries=1", "+timeout=1")
+
+
 class Dnsmasq:
     """Debian's dnsmasq answering on port 53 of a spare loopback address.
 
     www.example.test resolves (A and AAAA), anything under nx.test is NXDOMAIN.
-    Port 53 because resolvers (glibc) only ever ask there.
+    Port 53 by default, because resolvers (glibc) only ever ask there.
     """
 
-    def __init__(self, address: str = "127.0.53.1") -> None:
-        self.address = address
+    def __init__(self, address: str = "127.0.53.1", port: int = 53) -> None:
+        self.address, self.port = address, port
         self.proc = subprocess.Popen(
             [
                 "dnsmasq",
                 "--no-daemon",
-                "--port=53",
+                f"--port={port}",
                 f"--listen-address={address}",
                 "--bind-interfaces",
                 "--no-resolv",
@@ -526,7 +529,7 @@ class Dnsmasq:
 
     def _answers(self) -> bool:
         out = subprocess.run(
-            ["dig", f"@{self.address}", "www.example.test", "+short", "+tries=1", "+timeout=1"],
+            [*DIG, f"@{self.address}", "-p", str(self.port), "www.example.test"],
             capture_output=True,
             text=True,
         )

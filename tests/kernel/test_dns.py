@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, Dnsmasq, wait_until, with_resolver
+from harness import CollectorProcess, Dnsmasq, file_resource_spans, wait_until, with_resolver
 from otel_ebpf.model import DatagramEvent, KernelEvent
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otlp_sink import CLIENT, GrpcSink, Span
@@ -121,3 +122,30 @@ def test_silent_server_is_reported_as_timed_out(
     (span,) = wait_lookups(grpc_sink, "silent.example.test", since, 1, timeout=30)
     assert span.status_code == 2 and span.attributes["error.type"] == "timeout"
     assert "otel_ebpf.dns.response_code" not in span.attributes
+
+
+def test_a_resolver_on_a_port_pinned_to_dns_is_traced_over_udp_and_tcp(tmp_path: Path) -> None:
+    """Consul's DNS port, pinned the documented way: the kernel captures UDP to it."""
+    server = Dnsmasq("127.0.53.2", port=8600)
+    out = tmp_path / "spans.jsonl"
+    pinned = CollectorProcess(
+        tmp_path / "pinned",
+        {"file": {"path": str(out)}},
+        extra_env={"OTEL_EBPF_PROTOCOL_PORTS": "8600=dns"},
+    )
+    try:
+        for transport in ("+notcp", "+tcp"):
+            answer = dig(server.address, "www.example.test", "-p", "8600", "+short", transport)
+            assert "10.1.2.3" in answer
+        time.sleep(1.0)
+    finally:
+        assert pinned.stop() == 0
+        server.stop()
+    seen = set()
+    for rs in file_resource_spans(out):
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                a = {x["key"]: next(iter(x["value"].values())) for x in span["attributes"]}
+                if a.get("dns.question.name") == "www.example.test":
+                    seen.add((str(a["server.port"]), a["network.transport"]))
+    assert seen == {("8600", "udp"), ("8600", "tcp")}
