@@ -39,6 +39,8 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+#define SERVICE_NAME_BYTES 64
+#define MAX_ENV_SCANNED 128 // environment entries looked at for OTEL_SERVICE_NAME
 #ifndef WINDOW_SMALL
 // A receive window under this many bytes throttles any sender: Linux advertises
 // 64 KiB or more on a healthy connection (tcp_rmem's default), so a window this
@@ -212,6 +214,11 @@ BPF_HASH(ssl_calls, u32, struct ssl_call, 16384);
 // in dig) would name a short-lived client that exits before user space reads /proc.
 struct task_name { char comm[16]; };
 BPF_TABLE("lru_hash", u32, struct task_name, process_names, 32768);
+// OTEL_SERVICE_NAME at exec: by the exec'ing thread until the exec succeeds, then
+// by tgid until the id is reused (user space reads it when /proc has gone).
+struct service_name { char name[SERVICE_NAME_BYTES]; };
+BPF_TABLE("lru_hash", u32, struct service_name, exec_services, 1024);
+BPF_TABLE("lru_hash", u32, struct service_name, service_names, 32768);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -733,13 +740,65 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
 }
 
 // exec has just named the process after its new program (the comm it keeps
-// unless it renames itself).
+// unless it renames itself), and given it the environment execve passed.
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct task_name name = {};
     bpf_get_current_comm(name.comm, sizeof(name.comm));
     process_names.update(&tgid, &name);
+    u32 old = args->old_pid;
+    struct service_name *service = exec_services.lookup(&old);
+    if (service) {
+        struct service_name copy = *service;
+        exec_services.delete(&old);
+        service_names.update(&tgid, &copy);
+    } else {
+        service_names.delete(&tgid); // exec'd without one: not its parent's any more
+    }
     return 0;
+}
+
+// A new process (or thread) id: what an exited process of that id said is void.
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u32 child = args->child_pid;
+    service_names.delete(&child);
+    return 0;
+}
+
+// OTEL_SERVICE_NAME as execve passes it, read from the caller's envp while it is
+// still mapped: a client that exits in milliseconds (curl) is gone before user
+// space could read /proc/<pid>/environ, and would lose its service name.
+static __always_inline int service_from_env(u64 envp) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    for (int i = 0; i < MAX_ENV_SCANNED; i++) {
+        u64 entry = 0;
+        if (bpf_probe_read_user(&entry, sizeof(entry), (void *)(envp + i * sizeof(u64))) || !entry)
+            return 0;
+        struct { u64 a; u64 b; u16 c; } prefix = {};
+        if (bpf_probe_read_user(&prefix, 18, (void *)entry))
+            continue;
+        // "OTEL_SER" "VICE_NAM" "E=", little-endian
+        if (prefix.a != 0x5245535f4c45544fULL || prefix.b != 0x4d414e5f45434956ULL ||
+            prefix.c != 0x3d45)
+            continue;
+        struct service_name name = {};
+        if (bpf_probe_read_user_str(name.name, sizeof(name.name), (void *)(entry + 18)) > 1)
+            exec_services.update(&tid, &name);
+        return 0;
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_services.delete(&tid); // an earlier, failed execve's
+    return service_from_env((u64)args->envp);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    exec_services.delete(&tid);
+    return service_from_env((u64)args->envp);
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {

@@ -185,6 +185,7 @@ class Collector:
             identity=WorkloadIdentity(self._kube),
             command_line=ebpf.resource_attributes.command_line.enabled,
             command_args=ebpf.resource_attributes.command_args.enabled,
+            exec_service_name=self.receiver.exec_service_name,
         )
         scope = _pod_scope(config)
         self.tracker = ConnectionTracker(

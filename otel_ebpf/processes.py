@@ -66,12 +66,15 @@ class ProcessRegistry:
         identity: Callable[[int], Identity] | None = None,
         command_line: bool = False,
         command_args: bool = False,
+        exec_service_name: Callable[[int], str | None] | None = None,
     ) -> None:
         # argv often carries credentials: opt-in, as the conventions have it, and
         # scrubbed even then.
         self._command_line = command_line
         self._command_args = command_args
         self._proc = proc
+        # The kernel's record of OTEL_SERVICE_NAME at exec: for a process gone from /proc.
+        self._exec_service_name = exec_service_name or (lambda _pid: None)
         self._cache: dict[int, ProcessInfo] = {}
         self._host = socket.gethostname()
         self._extra = dict(extra_attributes or {})
@@ -118,6 +121,7 @@ class ProcessRegistry:
             exe = _read(f"{base}/comm").decode(errors="replace").strip() or comm
         exe = exe.removesuffix(" (deleted)")
         service = _service_name_from_environ(_read(f"{base}/environ"))
+        service = service or self._exec_service_name(pid)
         workload: dict[str, str] = {}
         if self._identity is not None:
             found = self._identity(pid)

@@ -69,6 +69,9 @@ REQUIRED_TRACEPOINTS = (
     "syscalls/sys_enter_setsockopt",
     "sched/sched_process_exit",
     "sched/sched_process_exec",
+    "sched/sched_process_fork",
+    "syscalls/sys_enter_execve",
+    "syscalls/sys_enter_execveat",
     "tcp/tcp_retransmit_skb",
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",
@@ -275,6 +278,19 @@ class SocketReceiver:
         self._bpf: object | None = None
         self._quiet: object | None = None
         self.events_received = 0
+
+    def exec_service_name(self, pid: int) -> str | None:
+        """OTEL_SERVICE_NAME as the process was exec'd with, kept by the kernel after
+        it exits (None: not set, not seen, or the receiver is not running)."""
+        bpf = self._bpf
+        if bpf is None:
+            return None
+        try:
+            found = bpf["service_names"][ctypes.c_uint(pid)]  # type: ignore[index]
+        except (KeyError, OSError):
+            return None
+        name = bytes(found.name).split(b"\0", 1)[0].decode(errors="replace").strip()
+        return name or None
 
     def start(self) -> None:
         """Compile, load and attach; raises ReceiverError with a readable reason."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -118,3 +119,24 @@ def test_ab_keepalive_against_nginx_over_otlp_http(
         assert 0 < span.duration_s <= (longest_ms + 1) / 1000
     assert len({s.span_id for s in servers + clients}) == 2 * n
     assert collector.telemetry()["events_lost"] == 0
+
+
+def test_a_client_that_exits_at_once_keeps_its_service_name(
+    collector: CollectorProcess, grpc_sink: GrpcSink, nginx: Nginx
+) -> None:
+    """curl is gone in milliseconds, before /proc/<pid>/environ can be read: the
+    kernel keeps OTEL_SERVICE_NAME from its execve."""
+    since = time.time_ns()
+    env = {**os.environ, "OTEL_SERVICE_NAME": "short-curl"}
+    for i in range(6):
+        subprocess.run(["curl", "-sf", "-o", "/dev/null", nginx.url(f"/short/{i}")], env=env)
+
+    def clients() -> list[Span]:
+        return [
+            s
+            for s in grpc_sink.store.matching(**{"server.port": nginx.port})
+            if s.kind == CLIENT and s.start_ns >= since
+        ]
+
+    wait_until(lambda: len(clients()) >= 6, 30, "6 curl spans")
+    assert sorted(s.service for s in clients()) == ["short-curl"] * 6

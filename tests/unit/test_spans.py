@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.model import TLS_STREAM, Endpoint, HttpExchange, HttpHead, Role
-from otel_ebpf.processes import ProcessInfo, _service_name_from_environ
+from otel_ebpf.processes import ProcessInfo, ProcessRegistry, _service_name_from_environ
 from otel_ebpf.processors.protocols.dns import DnsExchange, DnsMessage
 from otel_ebpf.processors.protocols.http2 import Http2Exchange
 from otel_ebpf.processors.protocols.sql import SqlExchange
@@ -119,6 +121,13 @@ def test_service_name_precedence() -> None:
     assert _service_name_from_environ(env) == "from-attrs"
     assert _service_name_from_environ(env + b"OTEL_SERVICE_NAME=explicit\0") == "explicit"
     assert _service_name_from_environ(b"PATH=/bin\0") is None
+
+
+def test_a_process_gone_from_proc_takes_its_service_name_from_its_exec(tmp_path: Path) -> None:
+    kernel = {42: "short-curl"}
+    registry = ProcessRegistry(proc=str(tmp_path), exec_service_name=kernel.get)
+    assert registry.get(42, b"curl\0").service_name == "short-curl"
+    assert registry.get(43, b"curl\0").service_name == "curl"  # none set: its name
 
 
 def test_sql_span_is_sanitised_unless_raw_is_asked_for() -> None:
