@@ -222,6 +222,17 @@ class CollectorMetrics:
         self.graph_client = hist(
             "traces_service_graph_request_client_seconds", "Client-side latency", HTTP_BUCKETS
         )
+        # Which hop is slow, per edge, without opening a trace (client spans).
+        self.graph_split = hist(
+            "otel_ebpf.service_graph.request.time",
+            "An edge's request time, by otel_ebpf.time.part: server or network",
+            HTTP_BUCKETS,
+        )
+        self.graph_verdicts = counter(
+            "otel_ebpf.service_graph.verdicts",
+            "{request}",
+            "An edge's requests, by otel_ebpf.verdict (where most of the time went)",
+        )
         for create, name, callback, unit, description in (
             (
                 meter.create_observable_counter,

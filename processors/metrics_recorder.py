@@ -111,6 +111,7 @@ class MetricsRecorder:
         other = (self._peer_service(local, remote) if local else None) or remote.address
         client, server_name = (other, service) if server else (service, other)
         edge: Attributes = {"client": client, "server": server_name}
+        attrs = span.attributes or {}
         failed = span.status.status_code == StatusCode.ERROR
         if server:
             self._m.graph_server.record(seconds, edge)
@@ -120,3 +121,11 @@ class MetricsRecorder:
         if failed:
             self._m.graph_failed.add(1, edge)
         self._m.graph_client.record(seconds, edge)
+        verdict = attrs.get("otel_ebpf.verdict")
+        if verdict is None:
+            return
+        for part in ("server", "network"):
+            value = attrs.get(f"otel_ebpf.time.{part}")
+            if isinstance(value, float):
+                self._m.graph_split.record(value, {**edge, "otel_ebpf.time.part": part})
+        self._m.graph_verdicts.add(1, {**edge, "otel_ebpf.verdict": str(verdict)})

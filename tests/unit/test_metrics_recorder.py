@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
 from metric_points import points
 from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
@@ -104,3 +106,33 @@ def test_push_exports_carry_one_resource_per_service() -> None:
     assert {"shop", "cart", "otel-ebpf"} <= set(by_service)  # otel-ebpf: self-telemetry
     assert all("service.name" not in p.attributes for p in by_service["shop"])
     assert len(by_service["shop"]) == len(by_service["cart"]) >= 1
+
+
+def test_an_edges_time_splits_into_server_and_network_with_its_verdicts() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "backend"})
+    resource = Resource({"service.name": "frontend"})
+    for verdict, server, network in (("server", 0.2, 0.01), ("network", 0.01, 0.5)):
+        span = ReadableSpan(
+            name="GET",
+            kind=SpanKind.CLIENT,
+            resource=resource,
+            start_time=0,
+            end_time=int((server + network) * 1e9),
+            attributes={
+                "http.request.method": "GET",
+                "otel_ebpf.time.server": server,
+                "otel_ebpf.time.network": network,
+                "otel_ebpf.verdict": verdict,
+            },
+        )
+        recorder.span(span, CLIENT_END, SERVER_END)
+    parts = {
+        p.attributes["otel_ebpf.time.part"]: round(p.sum, 6)
+        for p in points(reader, "otel_ebpf.service_graph.request.time")
+    }
+    assert parts == {"server": 0.21, "network": 0.51}
+    verdicts = {
+        (p.attributes["server"], p.attributes["otel_ebpf.verdict"]): p.value
+        for p in points(reader, "otel_ebpf.service_graph.verdicts")
+    }
+    assert verdicts == {("backend", "server"): 1, ("backend", "network"): 1}
