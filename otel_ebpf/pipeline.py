@@ -200,6 +200,7 @@ class Collector:
             protocol_ports=dict(ebpf.protocols.ports),
             dns_timeout_s=ebpf.protocols.dns_timeout,
             on_unseen_tls=self._unseen_tls,
+            read_retransmits=self.receiver.retransmits_of,
         )
         self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
         self._tls_checked = self.tls.checked  # one set lookup per event, not a call

@@ -18,6 +18,14 @@ parent come from, in order of trust:
 
 Contexts end with their request: nothing leaks to the next request on the
 same thread or keep-alive connection, and no trace grows without bound.
+
+The kernel reports a send once its bytes are delivered, so a server on this node
+can read a request, and even call its own backends, before its client's send is
+reported. Span ids are therefore given at once, but a trace id can wait: a server
+request whose client is on this node and not yet seen holds an empty `TraceCell`
+that its own outgoing calls (and their servers) share; when the client's send is
+reported, the cell is linked to the client's and every request sharing it joins
+that trace. A cell still empty when its first span is built starts a new trace.
 """
 
 from __future__ import annotations
@@ -75,10 +83,30 @@ class NetCounters(NamedTuple):
     window_small: int
 
 
+class TraceCell:
+    """A trace id that may not be known yet, shared by the requests of one trace."""
+
+    __slots__ = ("forward", "sampled", "trace_id")
+
+    def __init__(self, trace_id: int = 0, sampled: bool = True) -> None:
+        self.trace_id = trace_id  # 0: not known yet
+        self.sampled = sampled
+        self.forward: TraceCell | None = None  # linked into another trace
+
+    def root(self) -> TraceCell:
+        cell = self
+        while cell.forward is not None:
+            cell = cell.forward
+        if cell is not self:
+            self.forward = cell  # short paths for the next lookup
+        return cell
+
+
 class RequestContext:
     """Correlation state of one request, from its head to its span."""
 
     __slots__ = (
+        "cell",
         "duplicates_sdk",
         "held",
         "key",
@@ -88,11 +116,9 @@ class RequestContext:
         "pid",
         "resolved",
         "role",
-        "sampled",
         "span_id",
         "start_ts",
         "tid",
-        "trace_id",
         "wire",
     )
 
@@ -103,17 +129,24 @@ class RequestContext:
         self.start_ts = start_ts
         self.wire = wire
         self.key: StreamKey | None = None
-        self.trace_id = 0
+        self.cell = TraceCell()
         self.span_id = 0
         self.parent_id = 0
-        self.sampled = True
-        self.resolved = False
+        self.resolved = False  # settled: its span is being built with these ids
         self.held = False  # its trace may be rooted in a request the app's SDK also traced
         self.duplicates_sdk = False  # a call whose context the sending app created itself
         # What TCP did on the connection during the request (set by the tracker):
         # counters at its start, then the facts at its end.
         self.net_start: NetCounters | None = None
         self.net: RequestNet | None = None
+
+    @property
+    def trace_id(self) -> int:
+        return self.cell.root().trace_id
+
+    @property
+    def sampled(self) -> bool:
+        return self.cell.root().sampled
 
 
 class Correlator:
@@ -125,6 +158,8 @@ class Correlator:
         self._by_thread: dict[int, list[RequestContext]] = {}
         self._by_process: dict[int, list[RequestContext]] = {}
         self._clients: OrderedDict[StreamKey, RequestContext] = OrderedDict()
+        # Server requests whose client's send (on this node) is not reported yet.
+        self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         self._max_streams = max_streams
 
     # -- lifecycle ------------------------------------------------------------
@@ -142,6 +177,7 @@ class Correlator:
         """A request head was parsed on a connection of `role` owned by pid/tid."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
+        rc.span_id = self._rand.getrandbits(64) or 1
         stream_known = from_start and local is not None and remote is not None
         if role == Role.SERVER:
             if stream_known:
@@ -156,18 +192,36 @@ class Correlator:
             self._resolve_client(rc)
             if stream_known:
                 key = (local, remote, head.stream_offset)
-                self._clients[key] = rc  # type: ignore[index]
-                if len(self._clients) > self._max_streams:
-                    self._clients.popitem(last=False)
+                waiting = self._waiting.pop(key, None)  # type: ignore[arg-type]
+                if waiting is not None and _plausible(rc, waiting):
+                    self._join(waiting, rc)  # its server read it before we saw it sent
+                else:
+                    self._clients[key] = rc  # type: ignore[index]
+                    if len(self._clients) > self._max_streams:
+                        self._clients.popitem(last=False)
         return rc
 
     def finished(self, rc: RequestContext) -> None:
-        """The request's span is about to be built: settle its ids, end its context."""
-        if not rc.resolved:
-            self._force(rc)
+        """The request's span is about to be built: end its context, settle its ids."""
+        self.ended(rc)
+        self.settle(rc)
+
+    def ended(self, rc: RequestContext) -> None:
+        """The request is over: its thread and process no longer serve it."""
         if rc.role == Role.SERVER:
             _discard(self._by_thread, rc.tid, rc)
             _discard(self._by_process, rc.pid, rc)
+
+    def settle(self, rc: RequestContext) -> None:
+        """Its span is being built: a trace still unknown is a new one from here."""
+        if rc.resolved:
+            return
+        if rc.key is not None and self._waiting.get(rc.key) is rc:
+            del self._waiting[rc.key]
+        root = rc.cell.root()
+        if not root.trace_id:
+            root.trace_id = self._rand.getrandbits(128) or 1
+        rc.resolved = True
 
     def expire(self, now_ts: int) -> None:
         """Forget server requests that never finished (their pending entry was dropped)."""
@@ -181,33 +235,38 @@ class Correlator:
 
     # -- resolution -------------------------------------------------------------
 
-    def _new_ids(self, rc: RequestContext, trace_id: int, parent_id: int, sampled: bool) -> None:
-        rand = self._rand
-        rc.trace_id = trace_id or (rand.getrandbits(128) or 1)
-        rc.span_id = rand.getrandbits(64) or 1
-        rc.parent_id = parent_id
-        rc.sampled = sampled
-        rc.resolved = True
-
     def _resolve_server(self, rc: RequestContext) -> None:
         if rc.wire is not None:
-            self._new_ids(rc, rc.wire.trace_id, rc.wire.span_id, rc.wire.sampled)
+            rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
+            rc.parent_id = rc.wire.span_id
             return
         client = self._clients.get(rc.key) if rc.key is not None else None
         if client is not None and _plausible(client, rc):
             del self._clients[rc.key]  # type: ignore[arg-type]
-            self._new_ids(rc, client.trace_id, client.span_id, client.sampled)
-            rc.held = rc.held or client.held
+            self._join(rc, client)
             return
-        if rc.key is not None and not rc.resolved and client is None:
-            # The client's send may not be recorded yet: try again at first use.
+        if rc.key is not None:
+            # The client's send may not be reported yet: its trace is joined then.
+            self._waiting[rc.key] = rc
+            if len(self._waiting) > self._max_streams:
+                self._waiting.popitem(last=False)
             return
-        self._new_ids(rc, 0, 0, True)
+        rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
+
+    @staticmethod
+    def _join(server: RequestContext, client: RequestContext) -> None:
+        """The server request is the client request's other end: one trace."""
+        server.parent_id = client.span_id
+        server.held = server.held or client.held
+        mine, theirs = server.cell.root(), client.cell.root()
+        if mine is not theirs:
+            mine.forward = theirs
 
     def _resolve_client(self, rc: RequestContext) -> None:
         parent = self._enclosing_server(rc)
         if rc.wire is not None:
-            self._new_ids(rc, rc.wire.trace_id, rc.wire.span_id, rc.wire.sampled)
+            rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
+            rc.parent_id = rc.wire.span_id
             # A context the process forwarded unchanged is not its own span; one
             # it created is its SDK's client span, which this one duplicates.
             forwarded = (
@@ -218,17 +277,11 @@ class Correlator:
             rc.duplicates_sdk = not forwarded
             return
         if parent is None:
-            self._new_ids(rc, 0, 0, True)
+            rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
             return
-        if not parent.resolved:
-            self._force(parent)
-        self._new_ids(rc, parent.trace_id, parent.span_id, parent.sampled)
+        rc.cell = parent.cell  # shared: known now, or when the parent's client shows
+        rc.parent_id = parent.span_id
         rc.held = parent.held
-
-    def _force(self, rc: RequestContext) -> None:
-        self._resolve_server(rc)
-        if not rc.resolved:
-            self._new_ids(rc, 0, 0, True)
 
     def _enclosing_server(self, rc: RequestContext) -> RequestContext | None:
         on_thread = self._by_thread.get(rc.tid)

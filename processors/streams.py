@@ -92,6 +92,9 @@ class _CommandStart(NamedTuple):
 # A connection closed with a request unanswered stays open to the bytes its owner
 # reads after the close (an answer that came with the FIN or before a RST) this long.
 LINGER_NS = 1_000_000_000
+# A server's answer can be retransmitted after its last write: its span waits for
+# the connection's next event (the ACK's effects show there) or this long.
+ACK_HOLD_NS = 1_000_000_000
 
 QUIET_FOREVER = (1 << 64) - 1
 TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
@@ -232,8 +235,12 @@ class ConnectionTracker:
         protocol_ports: dict[int, str] | None = None,
         dns_timeout_s: float = 5.0,
         on_unseen_tls: Callable[[int], None] | None = None,
+        read_retransmits: Callable[[int, int], int | None] | None = None,
     ) -> None:
         self._sink = sink
+        self._read_retransmits = read_retransmits or (lambda _sk, _gen: None)
+        # Servers' answered exchanges waiting for their retransmits, by socket.
+        self._acking: dict[int, tuple[Connection, list[Exchange], int]] = {}
         self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
         self._processes = processes
         self._selector = selector
@@ -309,6 +316,8 @@ class ConnectionTracker:
         exporter's hand-off) escapes: it ends that connection's parsing, counted."""
         try:
             if type(event) is DataEvent:
+                if self._acking:
+                    self._answers_acknowledged(event.sk, event.retransmits)
                 self._on_data(event)
                 if self._lingering:
                     self._end_if_answered(event.sk)
@@ -358,6 +367,8 @@ class ConnectionTracker:
                 self._finish(conn, ts, at_exit=True)
             except Exception as exc:
                 self._fault(exc, conn.sk)
+        for sk in list(self._acking):
+            self._answers_acknowledged(sk, None)
         self._conns.clear()
         self._lingering.clear()
         for server_sk in list(self._awaiting_server):
@@ -370,6 +381,12 @@ class ConnectionTracker:
     def expire(self, now: int) -> None:
         """Report DNS queries that waited longer than the timeout, and end closed
         connections whose late answer did not come (call about once a second)."""
+        for sk, (conn, _, held_at) in list(self._acking.items()):
+            if now - held_at > ACK_HOLD_NS:
+                try:
+                    self._answers_acknowledged(sk, self._read_retransmits(sk, conn.gen))
+                except Exception as exc:
+                    self._fault(exc, sk)
         for server_sk, waiting in list(self._awaiting_server.items()):
             if now - waiting[0][2] > LINGER_NS:
                 self._release_clients(server_sk)
@@ -507,6 +524,7 @@ class ConnectionTracker:
         conn = self._conns.get(ev.sk)
         if conn is None or conn.closed_at:
             return
+        self._answers_acknowledged(ev.sk, ev.retransmits)
         conn.reset = bool(ev.resets_in or ev.resets_out)
         conn.retransmits = max(conn.retransmits, ev.retransmits)
         conn.gen = conn.gen or ev.opened
@@ -534,6 +552,7 @@ class ConnectionTracker:
         if self._conns.get(conn.sk) is conn:
             del self._conns[conn.sk]
         self._forget_ends(conn)
+        self._answers_acknowledged(conn.sk, None)
         self._finish(conn, conn.closed_at or ts)
         if conn.sk in self._awaiting_server:
             self._release_clients(conn.sk)
@@ -739,11 +758,16 @@ class ConnectionTracker:
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 self._net_facts(x.token, conn)
-                self.correlator.finished(x.token)
+                self.correlator.ended(x.token)
                 if conn.role == Role.CLIENT and self._wait_for_server(x, conn):
                     continue
-            self._sink(x, conn)
+                if conn.role == Role.SERVER and x.answered and not conn.closed_at:
+                    self._hold_until_acknowledged(x, conn)
+                    continue
+            self._deliver(x, conn)
         if exchanges and conn.sk in self._awaiting_server:
+            # its client has read the answer already: nothing left to retransmit
+            self._answers_acknowledged(conn.sk, self._read_retransmits(conn.sk, conn.gen))
             self._release_clients(conn.sk)
 
     def _wait_for_server(self, x: Exchange, conn: Connection) -> bool:
@@ -753,17 +777,58 @@ class ConnectionTracker:
         if conn.local is None or conn.remote is None:
             return False
         server = self._by_ends.get((conn.remote, conn.local))
-        if server is None or server.closed_at or server.requests <= server.exchanges:
-            return False  # no server here, or it has nothing more to say
+        if server is None or server.closed_at:
+            return False
+        if server.sk in self._acking:
+            # Its answer reached us, so the server's retransmits of it are done:
+            # its span goes first, with them (read from the kernel now).
+            self._answers_acknowledged(server.sk, self._read_retransmits(server.sk, server.gen))
+        if server.requests <= server.exchanges:
+            return False  # it has nothing more to say
         waiting = self._awaiting_server.setdefault(server.sk, [])
-        waiting.append((x, conn, time.monotonic_ns()))
+        waiting.append((x, conn, x.end_ts))
         if len(waiting) > REORDER_LIMIT:  # the server went quiet: do not pile up
             self._release_clients(server.sk)
         return True
 
+    def _deliver(self, x: Exchange, conn: Connection) -> None:
+        """To the span builder: the request's trace is settled now, as late as can be
+        (a client's send reported after its server's read still joins them)."""
+        if isinstance(x.token, RequestContext):
+            self.correlator.settle(x.token)
+        self._sink(x, conn)
+
+    def _hold_until_acknowledged(self, x: Exchange, conn: Connection) -> None:
+        held = self._acking.get(conn.sk)
+        if held is None:
+            self._acking[conn.sk] = (conn, [x], x.end_ts)
+        elif len(held[1]) < REORDER_LIMIT:
+            held[1].append(x)
+        else:
+            self._answers_acknowledged(conn.sk, None)
+            self._hold_until_acknowledged(x, conn)
+
+    def _answers_acknowledged(self, sk: int, retransmits: int | None) -> None:
+        """The connection moved on (or the hold ran out): the answers' spans go, with
+        the retransmits their bytes needed after the server's last write."""
+        held = self._acking.pop(sk, None)
+        if held is None:
+            return
+        conn, exchanges, _ = held
+        if retransmits is not None:
+            conn.retransmits = max(conn.retransmits, retransmits)
+        for x in exchanges:
+            rc = x.token
+            if isinstance(rc, RequestContext) and rc.net is not None and rc.net_start:
+                later = conn.retransmits - rc.net_start.retransmits
+                rc.net = rc.net._replace(retransmits=max(rc.net.retransmits, later))
+            self._deliver(x, conn)
+        if sk in self._awaiting_server:
+            self._release_clients(sk)
+
     def _release_clients(self, server_sk: int) -> None:
         for x, conn, _ in self._awaiting_server.pop(server_sk, []):
-            self._sink(x, conn)
+            self._deliver(x, conn)
 
     @staticmethod
     def _net_facts(rc: RequestContext, conn: Connection) -> None:

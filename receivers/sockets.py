@@ -400,6 +400,18 @@ class SocketReceiver:
             )
         return out
 
+    def retransmits_of(self, sk: int, gen: int) -> int | None:
+        """A connection's retransmitted segments now (None: unknown, or reused)."""
+        if self._bpf is None:
+            return None
+        for name in ("conns", "closed_conns"):
+            try:
+                cs = self._bpf[name][ctypes.c_ulonglong(sk)]  # type: ignore[index]
+            except (KeyError, OSError):
+                continue
+            return int(cs.retrans) if cs.gen == gen else None
+        return None
+
     def attach_openssl(self, path: str) -> int:
         """Uprobes on one libssl file (every process mapping it, now and later, is
         covered: uprobes live on the file). Returns the functions attached."""

@@ -50,6 +50,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/big/"):  # /big/N: an N-byte body
             self._reply(200, b"x" * int(self.path.rsplit("/", 1)[1]))
             return
+        if self.path.startswith("/resolve/"):  # /resolve/NAME: 502 if NAME does not resolve
+            try:
+                socket.getaddrinfo(self.path.rsplit("/", 1)[1], 80)
+            except OSError:
+                self._reply(502, b"cannot resolve\n")
+                return
+            self._reply(200, b"resolved\n")
+            return
         if self.path.startswith("/status/"):
             path = self.path.partition("?")[0]
             self._reply(int(path.rsplit("/", 1)[1]), b"status\n")

@@ -3,6 +3,8 @@ against a real dnsmasq, and a server that never answers."""
 
 from __future__ import annotations
 
+import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -12,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, Dnsmasq, file_resource_spans, wait_until, with_resolver
+from harness import (
+    HERE,
+    CollectorProcess,
+    Dnsmasq,
+    end_process,
+    file_resource_spans,
+    free_port,
+    listening,
+    wait_until,
+    with_resolver,
+)
 from otel_ebpf.model import DatagramEvent, KernelEvent
 from otel_ebpf.receivers.sockets import SocketReceiver
-from otlp_sink import CLIENT, GrpcSink, Span
+from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +161,83 @@ def test_a_resolver_on_a_port_pinned_to_dns_is_traced_over_udp_and_tcp(tmp_path:
                 if a.get("dns.question.name") == "www.example.test":
                     seen.add((str(a["server.port"]), a["network.transport"]))
     assert seen == {("8600", "udp"), ("8600", "tcp")}
+
+
+SERVER_SCRIPT = HERE / "py_http_server.py"
+SILLY_RESOLVER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    query, peer = sock.recvfrom(512)
+    labels, i = [], 12
+    while query[i]:
+        labels.append(query[i + 1 : i + 1 + query[i]].decode())
+        i += 1 + query[i]
+    first = labels[0] if labels else ""
+    if first == "silent":
+        continue  # never answers: the resolver times out
+    rcode = 3 if first == "missing" else 2  # NXDOMAIN, else SERVFAIL
+    flags = 0x8180 | rcode  # response, recursion desired and available
+    sock.sendto(query[:2] + flags.to_bytes(2, "big") + query[4:6] + bytes(6) + query[12:], peer)
+"""
+
+
+def test_a_failed_lookup_behind_an_http_502_is_a_child_of_that_request(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tmp_path: Path
+) -> None:
+    """An HTTP server resolves a name per request and answers 502 when it cannot:
+    NXDOMAIN, SERVFAIL and a resolver that never answers. Each lookup's span is
+    a child of the 502's server span."""
+    resolver = subprocess.Popen(
+        [sys.executable, "-c", SILLY_RESOLVER, "127.0.53.4"], stdout=subprocess.PIPE
+    )
+    assert resolver.stdout is not None and resolver.stdout.readline() == b"ready\n"
+    port = free_port()
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.53.4\noptions attempts:1 timeout:1\n")
+    script = f'mount --bind {conf} /etc/resolv.conf && exec "$@"'
+    server = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script, "sh", sys.executable, str(SERVER_SCRIPT), str(port)],
+        env={**os.environ, "OTEL_SERVICE_NAME": "resolving-server"},
+    )
+    try:
+        wait_until(lambda: listening(port), 10, "the server listening")
+        since = time.time_ns()
+        for name in ("missing.example.test", "broken.example.test", "silent.example.test"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", f"/resolve/{name}")
+            assert conn.getresponse().status == 502
+            conn.close()
+
+        def server_spans() -> dict[str, Span]:
+            return {
+                str(s.attributes["url.path"]).rsplit("/", 1)[1]: s
+                for s in grpc_sink.store.matching(**{"server.port": port})
+                if s.kind == SERVER and s.start_ns >= since
+            }
+
+        def lookups() -> dict[str, set[tuple[str, str]]]:
+            found: dict[str, set[tuple[str, str]]] = {}
+            for s in list(grpc_sink.store.spans):
+                name = s.attributes.get("dns.question.name")
+                if s.kind == CLIENT and s.start_ns >= since and name:
+                    error = str(s.attributes["error.type"])
+                    found.setdefault(str(name), set()).add((s.parent_span_id, error))
+            return found
+
+        # the silent resolver's lookups are reported after the DNS timeout (5 s)
+        wait_until(lambda: len(server_spans()) == 3 and len(lookups()) == 3, 30, "all spans")
+        servers, found = server_spans(), lookups()
+        expected = {
+            "missing.example.test": "NXDOMAIN",
+            "broken.example.test": "SERVFAIL",
+            "silent.example.test": "timeout",
+        }
+        for name, error in expected.items():
+            assert servers[name].attributes["http.response.status_code"] == 502
+            assert found[name] == {(servers[name].span_id, error)}, (name, found[name])
+    finally:
+        end_process(server)
+        end_process(resolver)

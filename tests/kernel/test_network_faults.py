@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import HERE, CollectorProcess, NetnsHosts, end_process, free_port, wait_until
-from otlp_sink import CLIENT, GrpcSink
+from otlp_sink import CLIENT, SERVER, GrpcSink
 
 # Loss on the wire as the server's host receives it: 30 % of the client's data
 # segments (requests; bare ACKs pass) never arrive, so the client retransmits
@@ -111,6 +111,78 @@ def _client_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignor
         and s.attributes.get("server.port") == port
         and s.attributes.get("url.path") == PATH
     ]
+
+
+# Loss on the way back: 30 % of the server's data segments (its answers) never
+# reach the client's host, so the server retransmits after its last write.
+LOSS_BACK = """
+table inet oe_test {
+  chain in {
+    type filter hook input priority 0;
+    ip saddr 10.77.0.2 tcp sport %d ip length > 100 numgen random mod 100 < 30 drop
+  }
+}
+"""
+
+
+def _spans(sink: GrpcSink, kind: int, port: int, since: int) -> list:  # type: ignore[type-arg]
+    return [
+        s
+        for s in list(sink.store.spans)
+        if s.kind == kind
+        and s.start_ns >= since
+        and s.attributes.get("server.port") == port
+        and s.attributes.get("url.path") == PATH
+    ]
+
+
+def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    """The server's retransmits come after its last write: its span waits for them
+    (until the connection's next event), and the client's span says network."""
+    port = free_port()
+    with _server_host(hosts, port, "download-server"):
+        argv = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port)]
+
+        def client(n: int) -> None:
+            assert hosts.run(hosts.client_ns, [*argv, PATH, str(n)]).wait(120) == 0
+
+        since = time.time_ns()
+        client(10)
+        wait_until(lambda: len(_spans(grpc_sink, SERVER, port, since)) >= 10, 30, "10 spans")
+        assert all(
+            s.attributes["otel_ebpf.tcp.retransmits"] == 0
+            for s in _spans(grpc_sink, SERVER, port, since)
+        )
+
+        hosts.nft(hosts.client_ns, LOSS_BACK % port)
+        try:
+            since = time.time_ns()
+            client(30)  # P(no answer lost) = 0.7 ** 30, about 2e-5
+        finally:
+            hosts.nft(hosts.client_ns, "")
+        wait_until(
+            lambda: (
+                len(_spans(grpc_sink, SERVER, port, since)) >= 30
+                and len(_spans(grpc_sink, CLIENT, port, since)) >= 30
+            ),
+            30,
+            "30 spans each side",
+        )
+        # A request whose answer was lost waited for a retransmission timeout
+        # (200 ms at least): that client span is the network's, and its server's
+        # span carries the retransmits.
+        retransmits = {
+            s.parent_span_id: s.attributes["otel_ebpf.tcp.retransmits"]
+            for s in _spans(grpc_sink, SERVER, port, since)
+        }
+        slow = [s for s in _spans(grpc_sink, CLIENT, port, since) if s.end_ns - s.start_ns > 150e6]
+        assert slow, "no answer was lost"
+        for span in slow:
+            a = span.attributes
+            assert a["otel_ebpf.verdict"] == "network", a
+            assert retransmits[span.span_id] > 0
 
 
 BLACKHOLE = """

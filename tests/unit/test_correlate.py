@@ -99,3 +99,28 @@ def test_unfinished_requests_expire() -> None:
     c.expire(10 + 400_000_000_000)
     out = c.started(Role.CLIENT, head(10 + 400_000_000_001), 5, 50, CLIENT_END, SERVER_END, False)
     assert out.parent_id == 0
+
+
+def test_a_servers_own_calls_join_the_trace_when_its_clients_send_shows_late() -> None:
+    """The server read the request and called its backend before the kernel
+    reported its client's send: all of them still make one trace."""
+    c = Correlator()
+    b = server(c, 10, pid=8, tid=8)
+    backend_end, own_end = Endpoint("10.0.0.3", 5432), Endpoint("10.0.0.2", 50000)
+    call = c.started(Role.CLIENT, head(11), 8, 8, own_end, backend_end, True)
+    backend = c.started(Role.SERVER, head(12), 9, 9, backend_end, own_end, True)
+    a = client(c, 13, pid=7, tid=7)  # the first send, reported last
+    for rc in (backend, call, b, a):
+        c.finished(rc)
+    assert (b.trace_id, b.parent_id) == (a.trace_id, a.span_id)
+    assert (call.trace_id, call.parent_id) == (a.trace_id, b.span_id)
+    assert (backend.trace_id, backend.parent_id) == (a.trace_id, call.span_id)
+
+
+def test_a_span_built_before_its_clients_send_shows_keeps_its_new_trace() -> None:
+    c = Correlator()
+    b = server(c, 10, pid=8, tid=8)
+    c.finished(b)  # built: nothing waits any more
+    a = client(c, 11, pid=7, tid=7)
+    c.finished(a)
+    assert b.trace_id and b.trace_id != a.trace_id and b.parent_id == 0

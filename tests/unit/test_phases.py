@@ -20,7 +20,7 @@ from otel_ebpf.processors.phases import (
 )
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import ConnectionTracker
+from otel_ebpf.processors.streams import ACK_HOLD_NS, ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
 MS = 1_000_000
@@ -178,6 +178,8 @@ def test_a_send_that_waited_for_room_is_the_network_on_recorded_events(tmp_path:
     server.call(Direction.EGRESS, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", 1 * MS)
     # the body's last send began after 2.9 s of waiting for room in the buffer
     server.call(Direction.EGRESS, b"data", 3_000 * MS, send_wait=2_900 * MS)
+    assert spans == []  # until the answer is acknowledged: the next event, or a while
+    t.expire(3_000 * MS + ACK_HOLD_NS + 1)
     (span,) = spans
     attrs = span.attributes
     assert attrs["otel_ebpf.verdict"] == NETWORK
