@@ -197,8 +197,19 @@ struct sockopt_event {
 };
 
 BPF_HASH(active_io, u32, struct active_io, 16384);
-// (tgid << 32 | fd) of sockets past their handshake: accepted, or connect()ed.
-BPF_TABLE("lru_hash", u64, u8, handshaken, 65536);
+// What a socket's own calls said of it, by (tgid << 32 | fd): FACT_* bits.
+#define FACT_HANDSHAKEN 1 // accepted, or connect()ed: its window scale is fixed
+#define FACT_NODELAY_SET 2 // setsockopt(TCP_NODELAY) seen, its value in FACT_NODELAY_ON
+#define FACT_NODELAY_ON 4
+#define FACT_FRESH 8 // created since we started: no FACT_NODELAY_SET means Nagle is on
+BPF_TABLE("lru_hash", u64, u8, socket_facts, 65536);
+
+static __always_inline void add_fact(u64 key, u8 fact) {
+    u8 *facts = socket_facts.lookup(&key);
+    u8 now = (facts ? *facts : 0) | fact;
+    socket_facts.update(&key, &now);
+}
+
 // (tgid << 32 | fd) -> the address the socket connect()ed to, for UDP peers.
 BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
@@ -286,8 +297,7 @@ static __always_inline int read_sockaddr(struct peer *p, u64 addr) {
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u64 id = bpf_get_current_pid_tgid();
     u64 key = (id & 0xffffffff00000000ULL) | (u32)args->fd;
-    u8 yes = 1;
-    handshaken.update(&key, &yes); // its SYN carries the window scale from now on
+    add_fact(key, FACT_HANDSHAKEN); // its SYN carries the window scale from now on
     struct peer p = {};
     if (read_sockaddr(&p, (u64)args->uservaddr) && IS_DNS_PORT(p.port))
         connected.update(&key, &p);
@@ -302,6 +312,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
 #define SO_SNDBUFFORCE 32
 #define SO_RCVBUFFORCE 33
 
+#define IPPROTO_TCP 6
+#define TCP_NODELAY 1
+
 static __always_inline u64 fd_key(u32 fd) {
     return (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
 }
@@ -310,7 +323,8 @@ static __always_inline u64 fd_key(u32 fd) {
 TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
     if (args->ret >= 0) {
         u64 key = fd_key((u32)args->ret);
-        handshaken.delete(&key);
+        u8 fresh = FACT_FRESH;
+        socket_facts.update(&key, &fresh);
     }
     return 0;
 }
@@ -318,8 +332,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
 static __always_inline void accepted(long ret) {
     if (ret >= 0) {
         u64 key = fd_key((u32)ret);
-        u8 yes = 1;
-        handshaken.update(&key, &yes);
+        u8 facts = FACT_HANDSHAKEN; // Nagle's setting comes from its listener: not known
+        socket_facts.update(&key, &facts);
     }
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) {
@@ -333,18 +347,28 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept) {
 
 TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
     int optname = args->optname;
-    if (args->level != SOL_SOCKET || (optname != SO_RCVBUF && optname != SO_SNDBUF &&
-                                      optname != SO_RCVBUFFORCE && optname != SO_SNDBUFFORCE))
+    int nodelay = args->level == IPPROTO_TCP && optname == TCP_NODELAY;
+    if (!nodelay && (args->level != SOL_SOCKET ||
+                     (optname != SO_RCVBUF && optname != SO_SNDBUF &&
+                      optname != SO_RCVBUFFORCE && optname != SO_SNDBUFFORCE)))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) == SELF_TGID)
         return 0;
-    u64 key = fd_key((u32)args->fd);
-    if (!handshaken.lookup(&key))
-        return 0; // before connect() or on an accepted socket's listener: it takes effect
     int value = 0;
     if (args->optlen < sizeof(value) || bpf_probe_read_user(&value, sizeof(value), args->optval))
         return 0;
+    u64 key = fd_key((u32)args->fd);
+    if (nodelay) { // kept for user space to read when it names a Nagle stall
+        u8 *facts = socket_facts.lookup(&key);
+        u8 now = (facts ? *facts : 0) & ~FACT_NODELAY_ON;
+        now |= FACT_NODELAY_SET | (value ? FACT_NODELAY_ON : 0);
+        socket_facts.update(&key, &now);
+        return 0;
+    }
+    u8 *facts = socket_facts.lookup(&key);
+    if (!facts || !(*facts & FACT_HANDSHAKEN))
+        return 0; // before connect() or on an accepted socket's listener: it takes effect
     struct sockopt_event ev = {.kind = EV_SOCKOPT,
                                .pid = id >> 32,
                                .fd = (u32)args->fd,

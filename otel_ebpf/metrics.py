@@ -203,6 +203,12 @@ class CollectorMetrics:
             "Socket settings that do not take (otel_ebpf.tcp.misconfiguration), "
             "once per process and port",
         )
+        self.listen_overflows = counter(
+            "otel_ebpf.tcp.listen_overflows",
+            "{connection}",
+            "Handshakes dropped for a full accept queue, per network namespace "
+            "(otel_ebpf.netns; service.name when one traced service is in it)",
+        )
         self.tcp_duration = hist(
             "otel_ebpf.tcp.connection.duration", "Connection lifetimes", HTTP_BUCKETS
         )

@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_ebpf.backlog import ListenOverflows
 from otel_ebpf.config import Config, ConfigError
 from otel_ebpf.containers import PodScope
 from otel_ebpf.exporters import CountingExporter, build_exporter
@@ -157,12 +158,6 @@ class Collector:
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
         ebpf = config.ebpf
-        self.misconfigurations = Misconfigurations()
-        self._spans = SpanBuilder(
-            raw_db_query_text=ebpf.protocols.db_query_text == "raw",
-            urls=UrlRedactor(ebpf.redaction.query_keys),
-            misconfigured=self.misconfigurations.at,
-        )
         correlate = config.correlate
         self.merger = (
             Merger(self._export, correlate.hold, correlate.keep_duplicates) if correlate else None
@@ -178,6 +173,14 @@ class Collector:
             ring_buffer_pages=ebpf.ring_buffer_pages,
             max_connections=ebpf.max_connections,
             dns_ports=[53, *(p for p, name in ebpf.protocols.ports.items() if name == "dns")],
+        )
+        self.misconfigurations = Misconfigurations()
+        self.backlogs = ListenOverflows()
+        self._spans = SpanBuilder(
+            raw_db_query_text=ebpf.protocols.db_query_text == "raw",
+            urls=UrlRedactor(ebpf.redaction.query_keys),
+            misconfigured=self.misconfigurations.at,
+            nodelay=self.receiver.tcp_nodelay,
         )
         self._kube = _kube_metadata(config)
         self._processes = ProcessRegistry(
@@ -392,10 +395,12 @@ class Collector:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
                 next_lost_check = now + 1.0
-            if self.tcp_health is not None and now >= next_tcp_scan:
-                self.tcp_health.scan(
-                    self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
-                )
+            if now >= next_tcp_scan:
+                if self.tcp_health is not None:
+                    self.tcp_health.scan(
+                        self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
+                    )
+                self._scan_backlogs()
                 next_tcp_scan = now + self._tcp_scan_interval
             if now >= next_sweep:
                 if self._ebpf_enabled:
@@ -407,6 +412,14 @@ class Collector:
             if now >= next_progress:
                 log.info("progress: %s", self.telemetry.snapshot())
                 next_progress = now + PROGRESS_INTERVAL_S
+
+    def _scan_backlogs(self) -> None:
+        for found in self.backlogs.scan(self._processes.known()):
+            if self.metrics is not None:
+                attributes: dict[str, str | int] = {"otel_ebpf.netns": found.netns}
+                if len(found.services) == 1:
+                    attributes["service.name"] = found.services[0]
+                self.metrics.listen_overflows.add(found.dropped, attributes)
 
     def _check_lost(self) -> None:
         """Say so, once a second at most, when the kernel had to drop events."""

@@ -90,6 +90,10 @@ class ProcessRegistry:
             )
         return info
 
+    def known(self) -> list[ProcessInfo]:
+        """The processes seen so far (and not yet found gone)."""
+        return list(self._cache.values())
+
     def prefetch(self, pid: int) -> None:
         """Read a process while it runs (a short-lived client may exit before its
         first data event is handled); nothing is cached if it has already gone."""

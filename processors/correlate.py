@@ -57,6 +57,7 @@ class RequestStart(Protocol):
 MATCH_SLACK_NS = 50_000_000
 MATCH_WINDOW_NS = 60_000_000_000
 MAX_AGE_NS = 300_000_000_000  # server requests never finished (dropped) expire
+MAX_UNSETTLED_NS = 1_000_000_000  # a span waits this long at most for its trace
 
 
 class RequestNet(NamedTuple):
@@ -86,12 +87,13 @@ class NetCounters(NamedTuple):
 class TraceCell:
     """A trace id that may not be known yet, shared by the requests of one trace."""
 
-    __slots__ = ("forward", "sampled", "trace_id")
+    __slots__ = ("awaited", "forward", "sampled", "trace_id")
 
     def __init__(self, trace_id: int = 0, sampled: bool = True) -> None:
         self.trace_id = trace_id  # 0: not known yet
         self.sampled = sampled
         self.forward: TraceCell | None = None  # linked into another trace
+        self.awaited = 0  # when a server request began waiting for its client's send
 
     def root(self) -> TraceCell:
         cell = self
@@ -161,6 +163,7 @@ class Correlator:
         # Server requests whose client's send (on this node) is not reported yet.
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         self._max_streams = max_streams
+        self.joins = 0  # server requests joined to a client seen late, so far
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -173,8 +176,11 @@ class Correlator:
         local: Endpoint | None,
         remote: Endpoint | None,
         from_start: bool,
+        client_on_node: bool = True,
     ) -> RequestContext:
-        """A request head was parsed on a connection of `role` owned by pid/tid."""
+        """A request head was parsed on a connection of `role` owned by pid/tid.
+        `client_on_node`: a server's client end is a connection this node traces
+        (only then is its send worth waiting for)."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1
@@ -185,7 +191,7 @@ class Correlator:
             # No context on the wire, in a process whose SDK reports to us: the SDK
             # probably traced this request too; its trace waits to be merged.
             rc.held = wire is None and self._is_sdk_process(pid)
-            self._resolve_server(rc)
+            self._resolve_server(rc, client_on_node)
             self._by_thread.setdefault(tid, []).append(rc)
             self._by_process.setdefault(pid, []).append(rc)
         else:
@@ -212,6 +218,16 @@ class Correlator:
             _discard(self._by_thread, rc.tid, rc)
             _discard(self._by_process, rc.pid, rc)
 
+    def awaits_client(self, rc: RequestContext) -> bool:
+        """Its trace waits on a server request whose client's send is not reported
+        yet (the client's thread can be preempted between delivering its bytes and
+        the kernel reporting them): its span should wait a little, or it would
+        start a trace of its own."""
+        if rc.resolved:
+            return False
+        root = rc.cell.root()
+        return not root.trace_id and root.awaited != 0
+
     def settle(self, rc: RequestContext) -> None:
         """Its span is being built: a trace still unknown is a new one from here."""
         if rc.resolved:
@@ -235,7 +251,7 @@ class Correlator:
 
     # -- resolution -------------------------------------------------------------
 
-    def _resolve_server(self, rc: RequestContext) -> None:
+    def _resolve_server(self, rc: RequestContext, client_on_node: bool) -> None:
         if rc.wire is not None:
             rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
             rc.parent_id = rc.wire.span_id
@@ -245,17 +261,18 @@ class Correlator:
             del self._clients[rc.key]  # type: ignore[arg-type]
             self._join(rc, client)
             return
-        if rc.key is not None:
+        if rc.key is not None and client_on_node:
             # The client's send may not be reported yet: its trace is joined then.
+            rc.cell.awaited = rc.start_ts
             self._waiting[rc.key] = rc
             if len(self._waiting) > self._max_streams:
                 self._waiting.popitem(last=False)
             return
         rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
 
-    @staticmethod
-    def _join(server: RequestContext, client: RequestContext) -> None:
+    def _join(self, server: RequestContext, client: RequestContext) -> None:
         """The server request is the client request's other end: one trace."""
+        self.joins += 1
         server.parent_id = client.span_id
         server.held = server.held or client.held
         mine, theirs = server.cell.root(), client.cell.root()

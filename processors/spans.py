@@ -65,12 +65,14 @@ class SpanBuilder:
         raw_db_query_text: bool = False,
         urls: UrlRedactor | None = None,
         misconfigured: Callable[[int, int], str | None] | None = None,
+        nodelay: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
         self._urls = urls or UrlRedactor()
         self._misconfigured = misconfigured or (lambda _pid, _port: None)
+        self._nodelay = nodelay or (lambda _pid, _fd: None)
         # Both ends on this node: a server's split by its client span's id, and
         # the time a server spent in its own calls, by its span's id.
         self._peers: OrderedDict[int, PeerSplit] = OrderedDict()
@@ -210,6 +212,10 @@ class SpanBuilder:
         if result.stall:
             attrs["otel_ebpf.tcp.stall"] = result.stall
             attrs["otel_ebpf.tcp.stall.time"] = result.stall_ns / 1e9
+            if not server_side:  # the client sent the held tail: was Nagle on?
+                nodelay = self._nodelay(conn.pid, conn.fd)
+                if nodelay is not None:
+                    attrs["otel_ebpf.tcp.nodelay"] = nodelay
         attrs["otel_ebpf.verdict"] = result.verdict
 
     def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:

@@ -34,6 +34,7 @@ from otel_ebpf.model import (
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
 from otel_ebpf.processors.correlate import (
+    MAX_UNSETTLED_NS,
     Correlator,
     NetCounters,
     RequestContext,
@@ -106,8 +107,10 @@ class Connection:
     __slots__ = (
         "closed_at",
         "exchanges",
+        "fd",
         "gen",
         "held",
+        "in_flight",
         "ipv6",
         "local",
         "pid",
@@ -136,6 +139,7 @@ class Connection:
         self.gen = 0  # kernel generation, from the first data event
         self.role = role
         self.pid = 0
+        self.fd = 0  # the owner's descriptor for it, once a call named it
         self.local: Endpoint | None = None
         self.remote: Endpoint | None = None
         self.ipv6 = False
@@ -150,6 +154,7 @@ class Connection:
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
         self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
         self.requests = 0  # requests started on it
+        self.in_flight: list[RequestContext] = []  # their contexts, until reported
         self.exchanges = 0  # exchanges reported for it
         self.closed_at = 0  # when the kernel closed it, while it lingers for a late read
         self.reset = False  # it ended with a RST (sent or received)
@@ -270,6 +275,9 @@ class ConnectionTracker:
             OrderedDict()
         )
         self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
+        # Exchanges whose trace waits for a client's send to be reported.
+        self._unsettled: list[tuple[Exchange, Connection]] = []
+        self._joins_seen = 0
         # Client exchanges waiting for their server's, by the server's socket.
         self._awaiting_server: dict[int, list[tuple[Exchange, Connection, int]]] = {}
         self._own_pid = os.getpid()
@@ -329,6 +337,8 @@ class ConnectionTracker:
                 self._on_close(event)
             elif type(event) is SelfConn:
                 self._on_self(event)
+            if self._unsettled and self.correlator.joins != self._joins_seen:
+                self._deliver_settled()
         except Exception as exc:
             self._fault(exc, getattr(event, "sk", 0), getattr(event, "pid", 0))
 
@@ -354,7 +364,7 @@ class ConnectionTracker:
         )
         self._telemetry.connections_declined += 1
         conn.selected = False
-        conn.proto = None
+        self._drop_parser(conn)
         conn.held = []
         self._holding.pop(conn.sk, None)
         self._silence(conn)
@@ -371,6 +381,7 @@ class ConnectionTracker:
             self._answers_acknowledged(sk, None)
         self._conns.clear()
         self._lingering.clear()
+        self._deliver_settled(1 << 62)  # no more waiting: every span goes
         for server_sk in list(self._awaiting_server):
             self._release_clients(server_sk)
         self.expire(ts)
@@ -381,10 +392,15 @@ class ConnectionTracker:
     def expire(self, now: int) -> None:
         """Report DNS queries that waited longer than the timeout, and end closed
         connections whose late answer did not come (call about once a second)."""
+        if self._unsettled:
+            try:
+                self._deliver_settled(now)
+            except Exception as exc:
+                self._fault(exc, 0)
         for sk, (conn, _, held_at) in list(self._acking.items()):
             if now - held_at > ACK_HOLD_NS:
                 try:
-                    self._answers_acknowledged(sk, self._read_retransmits(sk, conn.gen))
+                    self._answers_acknowledged(sk, self._kernel_retransmits(conn))
                 except Exception as exc:
                     self._fault(exc, sk)
         for server_sk, waiting in list(self._awaiting_server.items()):
@@ -574,7 +590,7 @@ class ConnectionTracker:
                     x = x._replace(end_ts=ts)
             done.append(x)
         self._emit(done, conn)
-        conn.proto = None
+        self._drop_parser(conn)
 
     def _on_data(self, ev: DataEvent) -> None:
         if base_socket(ev.sk) in self._own:
@@ -614,6 +630,7 @@ class ConnectionTracker:
         if expected is None:
             expected = ev.cap_offset
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
+        conn.fd = conn.fd or ev.fd
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
         http = conn.proto
@@ -737,8 +754,15 @@ class ConnectionTracker:
     def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
         ev = self._event
         assert ev is not None
+        local, remote = conn.local, conn.remote
+        client_on_node = (
+            conn.role == Role.SERVER
+            and local is not None
+            and remote is not None
+            and (remote, local) in self._by_ends
+        )
         rc = self.correlator.started(
-            conn.role, head, ev.pid, ev.tid, conn.local, conn.remote, conn.seen_from_start
+            conn.role, head, ev.pid, ev.tid, local, remote, conn.seen_from_start, client_on_node
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)
@@ -751,7 +775,17 @@ class ConnectionTracker:
                 conn.window_small,
             )
         conn.requests += 1
+        conn.in_flight.append(rc)
         return rc
+
+    def _drop_parser(self, conn: Connection) -> None:
+        """No more exchanges will come from this connection: requests it started and
+        never reported end here, or their threads would seem busy with them until
+        they expire, and a new thread given the same id would find them there."""
+        conn.proto = None
+        for rc in conn.in_flight:
+            self.correlator.ended(rc)
+        conn.in_flight.clear()
 
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         conn.exchanges += len(exchanges)
@@ -759,6 +793,8 @@ class ConnectionTracker:
             if isinstance(x.token, RequestContext):
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
+                if x.token in conn.in_flight:
+                    conn.in_flight.remove(x.token)
                 if conn.role == Role.CLIENT and self._wait_for_server(x, conn):
                     continue
                 if conn.role == Role.SERVER and x.answered and not conn.closed_at:
@@ -767,7 +803,7 @@ class ConnectionTracker:
             self._deliver(x, conn)
         if exchanges and conn.sk in self._awaiting_server:
             # its client has read the answer already: nothing left to retransmit
-            self._answers_acknowledged(conn.sk, self._read_retransmits(conn.sk, conn.gen))
+            self._answers_acknowledged(conn.sk, self._kernel_retransmits(conn))
             self._release_clients(conn.sk)
 
     def _wait_for_server(self, x: Exchange, conn: Connection) -> bool:
@@ -782,7 +818,7 @@ class ConnectionTracker:
         if server.sk in self._acking:
             # Its answer reached us, so the server's retransmits of it are done:
             # its span goes first, with them (read from the kernel now).
-            self._answers_acknowledged(server.sk, self._read_retransmits(server.sk, server.gen))
+            self._answers_acknowledged(server.sk, self._kernel_retransmits(server))
         if server.requests <= server.exchanges:
             return False  # it has nothing more to say
         waiting = self._awaiting_server.setdefault(server.sk, [])
@@ -794,9 +830,27 @@ class ConnectionTracker:
     def _deliver(self, x: Exchange, conn: Connection) -> None:
         """To the span builder: the request's trace is settled now, as late as can be
         (a client's send reported after its server's read still joins them)."""
-        if isinstance(x.token, RequestContext):
-            self.correlator.settle(x.token)
+        rc = x.token
+        if isinstance(rc, RequestContext):
+            if self.correlator.awaits_client(rc):
+                self._unsettled.append((x, conn))
+                return
+            self.correlator.settle(rc)
         self._sink(x, conn)
+
+    def _deliver_settled(self, now: int = 0) -> None:
+        """Exchanges whose trace waited for a client's send: those joined since go;
+        with `now`, so do those that waited too long (a trace of their own)."""
+        self._joins_seen = self.correlator.joins
+        waiting, self._unsettled = self._unsettled, []
+        for x, conn in waiting:
+            rc = x.token
+            assert isinstance(rc, RequestContext)
+            if self.correlator.awaits_client(rc) and now - x.end_ts < MAX_UNSETTLED_NS:
+                self._unsettled.append((x, conn))
+                continue
+            self.correlator.settle(rc)
+            self._sink(x, conn)
 
     def _hold_until_acknowledged(self, x: Exchange, conn: Connection) -> None:
         held = self._acking.get(conn.sk)
@@ -825,6 +879,11 @@ class ConnectionTracker:
             self._deliver(x, conn)
         if sk in self._awaiting_server:
             self._release_clients(sk)
+
+    def _kernel_retransmits(self, conn: Connection) -> int | None:
+        """The connection's retransmits now, from the kernel's map (its socket's:
+        a TLS stream's plaintext rides on it)."""
+        return self._read_retransmits(base_socket(conn.sk), conn.gen)
 
     def _release_clients(self, server_sk: int) -> None:
         for x, conn, _ in self._awaiting_server.pop(server_sk, []):
@@ -855,7 +914,7 @@ class ConnectionTracker:
         if first[:2] == TLS_HANDSHAKE and self._on_unseen_tls is not None:
             self._on_unseen_tls(conn.pid)
         conn.selected = False
-        conn.proto = None
+        self._drop_parser(conn)
         self._telemetry.connections_unrecognised += 1
         self._silence(conn)
 

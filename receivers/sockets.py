@@ -89,6 +89,7 @@ OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET, _EV_SOCKOPT = 1, 2, 3, 4, 5, 6, 7
 _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
+_FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # peer, TCP counters, tls, send wait, small-window segments
 _DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIB3xII")
@@ -399,6 +400,19 @@ class SocketReceiver:
                 )
             )
         return out
+
+    def tcp_nodelay(self, pid: int, fd: int) -> bool | None:
+        """Whether the socket at pid's fd has Nagle off, as its setsockopt calls said;
+        False for a socket made since we started that never set it; None: unknown."""
+        if self._bpf is None or not fd:
+            return None
+        try:
+            facts = self._bpf["socket_facts"][ctypes.c_ulonglong(pid << 32 | fd)].value  # type: ignore[index]
+        except (KeyError, OSError):
+            return None
+        if facts & _FACT_NODELAY_SET:
+            return bool(facts & _FACT_NODELAY_ON)
+        return False if facts & _FACT_FRESH else None
 
     def retransmits_of(self, sk: int, gen: int) -> int | None:
         """A connection's retransmitted segments now (None: unknown, or reused)."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,10 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
         wait_until(lambda: len(_client_spans(grpc_sink, port, since)) >= 30, 30, "30 spans")
         lossy = _client_spans(grpc_sink, port, since)
         assert sum(s.attributes["otel_ebpf.tcp.retransmits"] for s in lossy) > 0
+        # a request that waited for a retransmission timeout is the network's
+        slow = [s for s in lossy if s.end_ns - s.start_ns > 150e6]
+        assert slow and all(s.attributes["otel_ebpf.verdict"] == "network" for s in slow)
+        assert all(s.attributes["otel_ebpf.tcp.retransmits"] > 0 for s in slow)
         # Only that peer: this service has no other peer with retransmits.
         others = grpc_sink.metrics.series(
             "otel_ebpf.tcp.retransmits", **{"service.name": "loss-client"}
@@ -240,11 +245,11 @@ def test_time_split_points_at_the_server_or_at_the_link(
         finally:
             _shape(hosts, "del")
 
-        def split(path: str) -> dict[str, float] | None:
+        def split(path: str, kind: int = CLIENT) -> dict[str, Any] | None:
             for s in list(grpc_sink.store.spans):
                 a = s.attributes
                 if (
-                    s.kind == CLIENT
+                    s.kind == kind
                     and s.start_ns >= since
                     and a.get("url.path") == path
                     and a.get("server.port") == port
@@ -253,6 +258,7 @@ def test_time_split_points_at_the_server_or_at_the_link(
                     return {
                         "server": a["otel_ebpf.time.server"],
                         "network": a["otel_ebpf.time.network"],
+                        "verdict": a["otel_ebpf.verdict"],
                     }
             return None
 
@@ -261,3 +267,54 @@ def test_time_split_points_at_the_server_or_at_the_link(
         assert slow_server and slow_link
         assert slow_server["server"] >= 0.3 > slow_server["network"]
         assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
+        assert (slow_server["verdict"], slow_link["verdict"]) == ("server", "network")
+        # The slow handler's own span says so too. (The large answer goes out in one
+        # blocking send, which begins where the server's span ends: the transfer is
+        # on the client's span; test_slow_requests has nginx's non-blocking case.)
+        wait_until(lambda: split("/sleep/300", SERVER), 30, "the server's span")
+        assert split("/sleep/300", SERVER)["verdict"] == "server"  # type: ignore[index]
+
+
+NEVER_ACCEPTS = """
+import socket, sys, time
+listener = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=1)
+print("ready", flush=True)
+time.sleep(120)
+"""
+FLOOD = """
+import socket, sys
+held = []
+for _ in range(8):
+    try:
+        held.append(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.5))
+    except OSError:
+        pass
+"""
+
+
+def test_a_full_accept_queue_is_reported_for_its_namespace(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    """No tracepoint sees it: the namespace's ListenOverflows counter does."""
+    port, full_port = free_port(), free_port()
+    with _server_host(hosts, port, "backlog-server"):  # a traced service in that namespace
+        assert _answers(hosts, port)
+        argv = [sys.executable, "-c", NEVER_ACCEPTS, hosts.server_ip, str(full_port)]
+        listener = hosts.run(hosts.server_ns, argv, stdout=subprocess.PIPE)
+        try:
+            assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
+            time.sleep(1.5)  # a scan takes the namespace's baseline
+            flood = [sys.executable, "-c", FLOOD, hosts.server_ip, str(full_port)]
+            assert hosts.run(hosts.client_ns, flood).wait(30) == 0
+
+            def overflows() -> int:
+                series = grpc_sink.metrics.series(
+                    "otel_ebpf.tcp.listen_overflows", **{"service.name": "backlog-server"}
+                )
+                return int(sum(p.value for p in series.values()))
+
+            wait_until(lambda: overflows() > 0, 30, "listen overflows for that namespace")
+        finally:
+            end_process(listener)
+    log = collector.log_path.read_text()
+    assert "listen queue overflowed" in log and "backlog-server" in log

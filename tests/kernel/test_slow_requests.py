@@ -47,40 +47,56 @@ def test_a_body_held_back_by_nagle_behind_a_delayed_ack_is_named_a_stall(
     in two small writes; the server acknowledges the head only when its delayed-ACK
     timer fires, so the body comes about 40 ms later. The server's own work is
     under a millisecond: the spans must say stall, not server."""
-    since = time.time_ns()
     body = b'{"item": 42}'
     head = (f"POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    with socket.create_connection(("127.0.0.1", py_server.port)) as sock:
-        sock.settimeout(5)
-        for _ in range(12):
-            sock.sendall(head)
-            sock.sendall(body)
-            expected = b"received %d\n" % len(body)
-            answer = b""
-            while not answer.endswith(expected):
-                answer += sock.recv(65536)
 
-    def stalled(kind: int) -> list[Span]:
+    def post_twelve(nodelay: bool) -> None:
+        with socket.create_connection(("127.0.0.1", py_server.port)) as sock:
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(5)
+            for _ in range(12):
+                sock.sendall(head)
+                sock.sendall(body)
+                expected = b"received %d\n" % len(body)
+                answer = b""
+                while not answer.endswith(expected):
+                    answer += sock.recv(65536)
+
+    def stalled(kind: int, since: int) -> list[Span]:
         return [
             s
             for s in spans_at(grpc_sink, py_server.port, kind, since, "/orders")
             if s.attributes.get("otel_ebpf.tcp.stall") == "delayed_ack_stall"
         ]
 
+    since = time.time_ns()
+    post_twelve(nodelay=False)
     # The first requests may be acknowledged at once (quick-ACK mode at a
     # connection's start); the rest wait for the delayed-ACK timer.
-    wait_until(lambda: len(stalled(SERVER)) >= 6, 30, "stalled requests named on the server")
-    for span in stalled(SERVER):
+    wait_until(lambda: len(stalled(SERVER, since)) >= 6, 30, "stalls named on the server")
+    for span in stalled(SERVER, since):
         a = span.attributes
         assert a["otel_ebpf.verdict"] == "delayed_ack_stall"
         assert a["otel_ebpf.tcp.stall.time"] >= 0.03
         assert a["otel_ebpf.time.network"] >= 0.03 > 0.01 > a["otel_ebpf.time.server"]
-    wait_until(lambda: len(stalled(CLIENT)) >= 6, 30, "stalled requests named on the client")
-    for span in stalled(CLIENT):
+    wait_until(lambda: len(stalled(CLIENT, since)) >= 6, 30, "stalls named on the client")
+    for span in stalled(CLIENT, since):
         a = span.attributes
         assert a["otel_ebpf.verdict"] == "delayed_ack_stall"
         assert "otel_ebpf.time.estimated" not in a  # its server is on this node
         assert a["otel_ebpf.time.server"] < 0.01
+        assert a["otel_ebpf.tcp.nodelay"] is False  # the socket never set it: Nagle on
+
+    # The advice holds: the same client with TCP_NODELAY does not stall.
+    since = time.time_ns()
+    post_twelve(nodelay=True)
+    wait_until(
+        lambda: len(spans_at(grpc_sink, py_server.port, SERVER, since, "/orders")) == 12,
+        30,
+        "12 server spans",
+    )
+    assert stalled(SERVER, since) == []
 
 
 NGINX_EDGE = """

@@ -9,6 +9,7 @@ from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Direction, Endpoint,
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.selection import Selector
+from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import LINGER_NS, Connection, ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -139,3 +140,108 @@ def test_a_new_connection_at_a_lingering_address_ends_the_old_one(tmp_path: Path
     t.handle(new.event(Direction.EGRESS, b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n", 3))
     t.handle(new.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 4))
     assert [x.request.target for x, _ in out] == ["/old", "/new"]
+
+
+def test_a_request_lost_with_its_parser_leaves_no_busy_thread_behind(tmp_path: Path) -> None:
+    """A connection whose parser faulted had a request in flight: the thread that
+    read it (or a new thread given its id) must not seem to serve it still, or its
+    next outgoing call would find two requests in flight and lose its parent."""
+    t, out = tracker(tmp_path)
+
+    def server_event(sk: int, data: bytes, ts: int, offset: int = 0) -> DataEvent:
+        return DataEvent(
+            sk,
+            1,
+            Direction.INGRESS,
+            Role.SERVER,
+            5,
+            77,
+            3,
+            ts,
+            offset,
+            len(data),
+            offset,
+            data,
+            b"srv",
+        )
+
+    for sk, port in ((21, 40001), (22, 40002)):
+        t.handle(
+            ConnOpen(
+                sk, 1, Role.SERVER, 5, Endpoint("10.0.0.2", 80), Endpoint("10.0.0.1", port), False
+            )
+        )
+    t.handle(server_event(21, b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    lost = t._conns[21]
+    assert lost.proto is not None
+
+    def broken(*_args: object) -> list[object]:
+        raise RuntimeError("a parser bug")
+
+    lost.proto.feed = broken  # type: ignore[method-assign]
+    t.handle(server_event(21, b"more", 2, offset=31))  # faults: that connection is silenced
+    # thread 77 (or a new one given the id) serves a new request and calls out
+    t.handle(server_event(22, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", 3))
+    call = Stream(t, 8080, sk=23)
+    t.handle(
+        call.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 4)._replace(
+            pid=5, tid=77
+        )
+    )
+    t.handle(
+        call.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 5)._replace(pid=5, tid=77)
+    )
+    t.release_held()
+    ((x, _),) = [(x, c) for x, c in out if c.sk == 23]
+    assert x.token.parent_id != 0  # the /next request, not ambiguous
+
+
+def test_a_chain_stays_one_trace_when_the_first_send_is_reported_last(tmp_path: Path) -> None:
+    """A's thread was preempted between delivering its request and the kernel
+    reporting it: B read it, called C and was answered before A's send showed."""
+    built: list[Any] = []
+    builder = SpanBuilder(0)
+    t = ConnectionTracker(
+        lambda x, conn: built.append(builder.build(x, conn)),
+        ProcessRegistry(proc=str(tmp_path)),
+        Selector(),
+        SelfTelemetry(),
+    )
+    a_end, b_end = Endpoint("127.0.0.1", 40000), Endpoint("127.0.0.1", 8080)
+    b_out, c_end = Endpoint("127.0.0.1", 40001), Endpoint("127.0.0.1", 9090)
+    sides = {  # sk: (role, pid, local, remote)
+        1: (Role.CLIENT, 10, a_end, b_end),
+        2: (Role.SERVER, 20, b_end, a_end),
+        3: (Role.CLIENT, 20, b_out, c_end),
+        4: (Role.SERVER, 30, c_end, b_out),
+    }
+    pos: dict[tuple[int, Direction], int] = {}
+    for sk, (role, pid, local, remote) in sides.items():
+        t.handle(ConnOpen(sk, 1, role, pid, local, remote, False))
+
+    def call(sk: int, d: Direction, data: bytes, ts: int) -> None:
+        role, pid, _, _ = sides[sk]
+        off = pos.get((sk, d), 0)
+        pos[(sk, d)] = off + len(data)
+        t.handle(DataEvent(sk, 1, d, role, pid, pid, 3, ts, off, len(data), off, data, b"app"))
+
+    request, leaf = (
+        b"GET /chain HTTP/1.1\r\nHost: b\r\n\r\n",
+        b"GET /leaf HTTP/1.1\r\nHost: c\r\n\r\n",
+    )
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    call(2, Direction.INGRESS, request, 2)  # B reads A's request...
+    call(3, Direction.EGRESS, leaf, 3)  # ...calls C
+    call(4, Direction.INGRESS, leaf, 4)
+    call(4, Direction.EGRESS, answer, 5)
+    call(3, Direction.INGRESS, answer, 6)  # B has C's answer
+    call(1, Direction.EGRESS, request, 1)  # only now is A's send reported
+    call(2, Direction.EGRESS, answer, 7)
+    call(1, Direction.INGRESS, answer, 8)
+    t.release_held()
+    t.close_all(9)
+    assert len(built) == 4
+    assert len({s.context.trace_id for s in built}) == 1  # one trace, not two
+    parents = {s.kind.name + str(s.attributes["server.port"]): s.parent for s in built}
+    assert parents["CLIENT8080"] is None
+    assert parents["SERVER8080"] is not None and parents["SERVER9090"] is not None
