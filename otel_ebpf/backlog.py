@@ -29,6 +29,7 @@ class ListenOverflows:
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
         self._last: dict[int, int] = {}  # netns -> counter at the last scan
+        self._netns: dict[int, int] = {}  # pid -> its netns (a process keeps its namespace)
 
     def scan(self, processes: Iterable[ProcessInfo]) -> list[Overflows]:
         """New overflows since the last scan, in the namespaces of these processes.
@@ -36,11 +37,15 @@ class ListenOverflows:
         watched it is not reported as new."""
         services: dict[int, set[str]] = {}
         reader: dict[int, int] = {}  # netns -> a pid in it, to read its counters
+        known, self._netns = self._netns, {}
         for info in processes:
-            try:
-                netns = os.stat(f"{self._proc}/{info.pid}/ns/net").st_ino
-            except OSError:
-                continue  # gone
+            netns = known.get(info.pid)
+            if netns is None:
+                try:
+                    netns = os.stat(f"{self._proc}/{info.pid}/ns/net").st_ino
+                except OSError:
+                    continue  # gone
+            self._netns[info.pid] = netns
             services.setdefault(netns, set()).add(info.service_name)
             reader.setdefault(netns, info.pid)
         found = []

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 _TCP_LISTEN = "0A"
 MAX_REPORTED = 4096
+# A process that sets the option on every accepted socket would cost a read of its
+# namespace's TCP table per connection: look again at most this often.
+RECHECK_NS = 10_000_000_000
 
 
 class Misconfigurations:
@@ -32,6 +35,7 @@ class Misconfigurations:
         # (pid, local port) -> what is wrong there, for the spans of those connections
         self._found: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._said: set[tuple[str, int, str]] = set()
+        self._looked: OrderedDict[tuple[int, str], int] = OrderedDict()  # (pid, option) -> ts
 
     def at(self, pid: int, local_port: int) -> str | None:
         """What is misconfigured on this process's sockets at this local port."""
@@ -39,6 +43,12 @@ class Misconfigurations:
 
     def buffer_set(self, ev: SocketBufferSet, executable: str) -> bool:
         """A buffer size set past the handshake; True when it is new (to count)."""
+        last = self._looked.get((ev.pid, ev.option))
+        if last is not None and ev.ts - last < RECHECK_NS:
+            return False  # said already, or not TCP: the same again, most likely
+        self._looked[(ev.pid, ev.option)] = ev.ts
+        if len(self._looked) > MAX_REPORTED:
+            self._looked.popitem(last=False)
         ends = self._tcp_ports(ev.pid, ev.fd)
         if ends is None:
             return False  # not TCP (a connected UDP socket), or already gone

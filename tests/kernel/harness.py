@@ -148,7 +148,8 @@ class CollectorProcess:
         return self.proc.returncode
 
 
-NGINX_CONF = """
+# What every test nginx shares: in the foreground, files under `root`, sendfile.
+NGINX_BASE = """
 daemon off;
 user root;  # the test tree lives under pytest's private tmp dir
 worker_processes 1;
@@ -161,6 +162,10 @@ http {{
   keepalive_requests 100000;
   client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
   uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+"""
+NGINX_CONF = (
+    NGINX_BASE
+    + """
   server {{
     listen 127.0.0.1:{port};
     listen 127.0.0.1:{tls_port} ssl;
@@ -172,6 +177,7 @@ http {{
   }}
 }}
 """
+)
 
 
 def self_signed_certificate(where: Path) -> tuple[Path, Path]:

@@ -60,7 +60,7 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
         client(10)  # no loss yet
         time.sleep(2.5)  # closes counted and exported (1 s interval)
         assert retransmits() == 0
-        clean = _client_spans(grpc_sink, port, since)
+        clean = _spans(grpc_sink, CLIENT, port, since)
         assert len(clean) >= 10 and all(
             s.attributes["otel_ebpf.tcp.retransmits"] == 0 for s in clean
         )
@@ -69,8 +69,8 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
         since = time.time_ns()
         client(30)  # P(no request lost) = 0.7 ** 30, about 2e-5
         wait_until(lambda: retransmits() > 0, 30, "retransmits for the lossy peer")
-        wait_until(lambda: len(_client_spans(grpc_sink, port, since)) >= 30, 30, "30 spans")
-        lossy = _client_spans(grpc_sink, port, since)
+        wait_until(lambda: len(_spans(grpc_sink, CLIENT, port, since)) >= 30, 30, "30 spans")
+        lossy = _spans(grpc_sink, CLIENT, port, since)
         assert sum(s.attributes["otel_ebpf.tcp.retransmits"] for s in lossy) > 0
         # a request that waited for a retransmission timeout is the network's
         slow = [s for s in lossy if s.end_ns - s.start_ns > 150e6]
@@ -107,11 +107,11 @@ def _answers(hosts: NetnsHosts, port: int) -> bool:
     return hosts.run(hosts.client_ns, argv, stderr=-3).wait(10) == 0
 
 
-def _client_spans(sink: GrpcSink, port: int, since: int) -> list:  # type: ignore[type-arg]
+def _spans(sink: GrpcSink, kind: int, port: int, since: int) -> list:  # type: ignore[type-arg]
     return [
         s
         for s in list(sink.store.spans)
-        if s.kind == CLIENT
+        if s.kind == kind
         and s.start_ns >= since
         and s.attributes.get("server.port") == port
         and s.attributes.get("url.path") == PATH
@@ -128,17 +128,6 @@ table inet oe_test {
   }
 }
 """
-
-
-def _spans(sink: GrpcSink, kind: int, port: int, since: int) -> list:  # type: ignore[type-arg]
-    return [
-        s
-        for s in list(sink.store.spans)
-        if s.kind == kind
-        and s.start_ns >= since
-        and s.attributes.get("server.port") == port
-        and s.attributes.get("url.path") == PATH
-    ]
 
 
 def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness import (
+    NGINX_BASE,
     CollectorProcess,
     NetnsHosts,
     PythonServer,
@@ -99,18 +100,9 @@ def test_a_body_held_back_by_nagle_behind_a_delayed_ack_is_named_a_stall(
     assert stalled(SERVER, since) == []
 
 
-NGINX_EDGE = """
-daemon off;
-user root;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  sendfile on;
-  client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
-  uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+NGINX_EDGE = (
+    NGINX_BASE
+    + """
   server {{
     listen {address}:{port};
     root {root}/www;
@@ -118,6 +110,7 @@ http {{
   }}
 }}
 """
+)
 
 
 @contextlib.contextmanager
