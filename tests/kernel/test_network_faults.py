@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -72,8 +73,9 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
         wait_until(lambda: len(_spans(grpc_sink, CLIENT, port, since)) >= 30, 30, "30 spans")
         lossy = _spans(grpc_sink, CLIENT, port, since)
         assert sum(s.attributes["otel_ebpf.tcp.retransmits"] for s in lossy) > 0
-        # a request that waited for a retransmission timeout is the network's
-        slow = [s for s in lossy if s.end_ns - s.start_ns > 150e6]
+        # a request that waited for a retransmission timeout (tens of clean
+        # round trips) is the network's
+        slow = [s for s in lossy if _duration(s) > _slow_limit(clean)]
         assert slow and all(s.attributes["otel_ebpf.verdict"] == "network" for s in slow)
         assert all(s.attributes["otel_ebpf.tcp.retransmits"] > 0 for s in slow)
         # Only that peer: this service has no other peer with retransmits.
@@ -105,6 +107,16 @@ def _shape(hosts: NetnsHosts, action: str, *qdisc: str) -> None:
 def _answers(hosts: NetnsHosts, port: int) -> bool:
     argv = [sys.executable, str(HERE / "netns_client.py"), hosts.server_ip, str(port), "/", "1"]
     return hosts.run(hosts.client_ns, argv, stderr=-3).wait(10) == 0
+
+
+def _duration(span: Any) -> int:
+    return int(span.end_ns - span.start_ns)
+
+
+def _slow_limit(clean: list[Any]) -> int:
+    """Longer than this, a request waited for a retransmission timeout: Linux's is
+    200 ms at least, a clean request on the veth a few hundred times less."""
+    return 50 * int(statistics.median(map(_duration, clean)))
 
 
 def _spans(sink: GrpcSink, kind: int, port: int, since: int) -> list:  # type: ignore[type-arg]
@@ -144,11 +156,19 @@ def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(
 
         since = time.time_ns()
         client(10)
-        wait_until(lambda: len(_spans(grpc_sink, SERVER, port, since)) >= 10, 30, "10 spans")
+        wait_until(
+            lambda: (
+                len(_spans(grpc_sink, SERVER, port, since)) >= 10
+                and len(_spans(grpc_sink, CLIENT, port, since)) >= 10
+            ),
+            30,
+            "10 spans each side",
+        )
         assert all(
             s.attributes["otel_ebpf.tcp.retransmits"] == 0
             for s in _spans(grpc_sink, SERVER, port, since)
         )
+        clean = _spans(grpc_sink, CLIENT, port, since)
 
         hosts.nft(hosts.client_ns, LOSS_BACK % port)
         try:
@@ -165,13 +185,14 @@ def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(
             "30 spans each side",
         )
         # A request whose answer was lost waited for a retransmission timeout
-        # (200 ms at least): that client span is the network's, and its server's
-        # span carries the retransmits.
+        # (tens of clean round trips): that client span is the network's, and its
+        # server's span carries the retransmits.
         retransmits = {
             s.parent_span_id: s.attributes["otel_ebpf.tcp.retransmits"]
             for s in _spans(grpc_sink, SERVER, port, since)
         }
-        slow = [s for s in _spans(grpc_sink, CLIENT, port, since) if s.end_ns - s.start_ns > 150e6]
+        limit = _slow_limit(clean)
+        slow = [s for s in _spans(grpc_sink, CLIENT, port, since) if _duration(s) > limit]
         assert slow, "no answer was lost"
         for span in slow:
             a = span.attributes
@@ -254,8 +275,8 @@ def test_time_split_points_at_the_server_or_at_the_link(
         wait_until(lambda: split("/sleep/300") and split("/big/300000"), 30, "both splits")
         slow_server, slow_link = split("/sleep/300"), split("/big/300000")
         assert slow_server and slow_link
-        assert slow_server["server"] >= 0.3 > slow_server["network"]
-        assert slow_link["network"] > 0.5 > slow_link["server"]  # 300 kB at 2 Mbit/s: ~1.2 s
+        assert slow_server["server"] > 4 * slow_server["network"]
+        assert slow_link["network"] > 4 * slow_link["server"]  # 300 kB at 2 Mbit/s
         assert (slow_server["verdict"], slow_link["verdict"]) == ("server", "network")
         # The slow handler's own span says so too. (The large answer goes out in one
         # blocking send, which begins where the server's span ends: the transfer is

@@ -79,14 +79,15 @@ def test_a_body_held_back_by_nagle_behind_a_delayed_ack_is_named_a_stall(
     for span in stalled(SERVER, since):
         a = span.attributes
         assert a["otel_ebpf.verdict"] == "delayed_ack_stall"
-        assert a["otel_ebpf.tcp.stall.time"] >= 0.03
-        assert a["otel_ebpf.time.network"] >= 0.03 > 0.01 > a["otel_ebpf.time.server"]
+        # the stall is the network's share; the handler's work is small beside it
+        assert a["otel_ebpf.time.network"] >= a["otel_ebpf.tcp.stall.time"]
+        assert a["otel_ebpf.time.server"] * 4 < a["otel_ebpf.tcp.stall.time"]
     wait_until(lambda: len(stalled(CLIENT, since)) >= 6, 30, "stalls named on the client")
     for span in stalled(CLIENT, since):
         a = span.attributes
         assert a["otel_ebpf.verdict"] == "delayed_ack_stall"
         assert "otel_ebpf.time.estimated" not in a  # its server is on this node
-        assert a["otel_ebpf.time.server"] < 0.01
+        assert a["otel_ebpf.time.server"] * 4 < a["otel_ebpf.time.network"]
         assert a["otel_ebpf.tcp.nodelay"] is False  # the socket never set it: Nagle on
 
     # The advice holds: the same client with TCP_NODELAY does not stall.
@@ -173,8 +174,9 @@ def test_a_large_response_over_a_slow_link_is_the_network(
         wait_until(server_span, 30, "nginx's span")
         a = server_span().attributes  # type: ignore[union-attr]
         assert a["otel_ebpf.verdict"] == "network", a
-        assert a["otel_ebpf.tcp.send_wait"] > 1.0
-        assert a["otel_ebpf.time.server"] < 0.2 < 1.0 < a["otel_ebpf.time.network"]
+        # most of it waiting for room to send; nginx's own work a small part
+        assert a["otel_ebpf.tcp.send_wait"] * 2 > a["otel_ebpf.time.network"]
+        assert a["otel_ebpf.time.server"] * 4 < a["otel_ebpf.time.network"]
 
 
 class ResettingBackend:
@@ -226,13 +228,14 @@ def test_a_backend_that_holds_then_resets_is_blamed_not_the_proxy(
     finally:
         backend.close()
     (call,) = hop()
-    assert call.attributes["error.type"] == "connection_reset"
-    assert (call.end_ns - call.start_ns) / 1e9 >= 0.14  # until the reset, not 0 ms
     (proxy,) = edge()
+    assert call.attributes["error.type"] == "connection_reset"
+    # until the reset, not 0 ms: the proxy spent its time waiting on this call
+    assert (call.end_ns - call.start_ns) * 10 >= (proxy.end_ns - proxy.start_ns) * 8
     a: dict[str, Any] = proxy.attributes
     assert a["http.response.status_code"] == 502
     assert a["otel_ebpf.verdict"] == "downstream", a
-    assert a["otel_ebpf.time.downstream"] >= 0.14 > 0.05 > a["otel_ebpf.time.server"]
+    assert a["otel_ebpf.time.downstream"] > 4 * a["otel_ebpf.time.server"]
 
 
 SHRINKING_SERVER = """
