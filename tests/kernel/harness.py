@@ -209,18 +209,28 @@ class Nginx:
         (root / "tmp").mkdir(exist_ok=True)
         (root / "www" / "index.html").write_text("<h1>hello</h1>\n")
         (root / "www" / "big.bin").write_bytes(os.urandom(300_000))
-        conf = root / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                root=root, port=self.port, tls_port=self.tls_port, dead_port=free_port()
+        # A port free a moment ago can be taken meanwhile (an outgoing connection's
+        # ephemeral port): then nginx exits at once, and it starts again on others.
+        for _ in range(3):
+            conf = root / "nginx.conf"
+            conf.write_text(
+                NGINX_CONF.format(
+                    root=root, port=self.port, tls_port=self.tls_port, dead_port=free_port()
+                )
             )
-        )
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf), "-p", str(root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: listening(self.port), 10, "nginx listening")
+            with open(root / "stderr.log", "wb") as stderr:
+                self.proc = subprocess.Popen(
+                    [exe, "-c", str(conf), "-p", str(root)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            wait_until(
+                lambda: listening(self.port) or self.proc.poll() is not None, 10, "nginx listening"
+            )
+            if self.proc.poll() is None:
+                return
+            self.port, self.tls_port = free_port(), free_port()
+        raise AssertionError(f"nginx did not start: {(root / 'stderr.log').read_text()}")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
