@@ -23,6 +23,7 @@ lint: setup
 bench: setup
 	$(PY) bench/pipeline_throughput.py
 	$(PY) bench/correlation_cost.py
+	$(PY) bench/overload_recovery.py
 	$(PY) bench/parser_throughput.py
 	$(PY) bench/db_overhead.py
 	$(PY) bench/memory_plateau.py

@@ -22,6 +22,7 @@ class SelfTelemetry:
     parse_errors: int = 0  # bytes the parsers could not read, and faults on the event path
     connections_declined: int = 0  # parsing stopped: a fault, or a peer beyond our bounds
     requests_unanswered: int = 0  # connection closed before a response
+    requests_dropped: int = 0  # more in flight on one connection than its parser keeps
     requests_pending_at_exit: int = 0  # still awaiting a response when we stopped
     spans_built: int = 0
     spans_received_otlp: int = 0  # from apps' SDKs, forwarded

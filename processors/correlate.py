@@ -157,8 +157,10 @@ class Correlator:
     ) -> None:
         self._is_sdk_process = is_sdk_process or (lambda _pid: False)
         self._rand = random.Random()
-        self._by_thread: dict[int, list[RequestContext]] = {}
-        self._by_process: dict[int, list[RequestContext]] = {}
+        # Server requests in progress by thread and by process (ordered sets: a
+        # request ends in O(1) however many a process serves at once).
+        self._by_thread: dict[int, dict[RequestContext, None]] = {}
+        self._by_process: dict[int, dict[RequestContext, None]] = {}
         self._clients: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         # Server requests whose client's send (on this node) is not reported yet.
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
@@ -192,8 +194,8 @@ class Correlator:
             # probably traced this request too; its trace waits to be merged.
             rc.held = wire is None and self._is_sdk_process(pid)
             self._resolve_server(rc, client_on_node)
-            self._by_thread.setdefault(tid, []).append(rc)
-            self._by_process.setdefault(pid, []).append(rc)
+            self._by_thread.setdefault(tid, {})[rc] = None
+            self._by_process.setdefault(pid, {})[rc] = None
         else:
             self._resolve_client(rc)
             if stream_known:
@@ -243,7 +245,7 @@ class Correlator:
         """Forget server requests that never finished (their pending entry was dropped)."""
         for table in (self._by_thread, self._by_process):
             for key in list(table):
-                alive = [rc for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS]
+                alive = {rc: None for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS}
                 if alive:
                     table[key] = alive
                 else:
@@ -303,10 +305,12 @@ class Correlator:
     def _enclosing_server(self, rc: RequestContext) -> RequestContext | None:
         on_thread = self._by_thread.get(rc.tid)
         if on_thread:
-            return on_thread[0] if len(on_thread) == 1 else None
+            return next(iter(on_thread)) if len(on_thread) == 1 else None
         in_process = self._by_process.get(rc.pid)
-        if in_process and len(in_process) == 1 and in_process[0].start_ts <= rc.start_ts:
-            return in_process[0]
+        if in_process and len(in_process) == 1:
+            (only,) = in_process
+            if only.start_ts <= rc.start_ts:
+                return only
         return None
 
 
@@ -321,13 +325,7 @@ def _plausible(client: RequestContext, server: RequestContext) -> bool:
     return -MATCH_SLACK_NS <= gap <= MATCH_WINDOW_NS
 
 
-def _discard(table: dict[int, list[RequestContext]], key: int, rc: RequestContext) -> None:
+def _discard(table: dict[int, dict[RequestContext, None]], key: int, rc: RequestContext) -> None:
     items = table.get(key)
-    if items is None:
-        return
-    try:
-        items.remove(rc)
-    except ValueError:
-        return
-    if not items:
+    if items is not None and items.pop(rc, 0) is None and not items:
         del table[key]

@@ -76,6 +76,7 @@ class ProtocolParser(Protocol):
     """What the tracker needs of a connection-level parser (HTTP/1, RESP, SQL, ...)."""
 
     parse_errors: int
+    abandoned: list[Any]  # tokens of requests it gave up on (more in flight than it keeps)
 
     def feed(self, is_request: bool, data: bytes, ts: int) -> list[Any]: ...
     def skip(self, is_request: bool, n: int, ts: int) -> list[Any]: ...
@@ -154,7 +155,8 @@ class Connection:
         self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
         self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
         self.requests = 0  # requests started on it
-        self.in_flight: list[RequestContext] = []  # their contexts, until reported
+        # Their contexts until reported (an ordered set: removal is O(1)).
+        self.in_flight: dict[RequestContext, None] = {}
         self.exchanges = 0  # exchanges reported for it
         self.closed_at = 0  # when the kernel closed it, while it lingers for a late read
         self.reset = False  # it ended with a RST (sent or received)
@@ -444,6 +446,8 @@ class ConnectionTracker:
         if queries.parse_errors:
             self._telemetry.parse_errors += queries.parse_errors
             queries.parse_errors = 0
+        if queries.abandoned:
+            self._abandon(conn, queries.abandoned)
         self._emit(out, conn)
         if not queries:
             del self._dns[key]
@@ -666,6 +670,8 @@ class ConnectionTracker:
                 d.name,
                 ev.offset,
             )
+        if http.abandoned:
+            self._abandon(conn, http.abandoned)
         self._emit(out, conn)
         if conn.held and not self._releasing:
             self._release_next(conn)
@@ -775,7 +781,7 @@ class ConnectionTracker:
                 conn.window_small,
             )
         conn.requests += 1
-        conn.in_flight.append(rc)
+        conn.in_flight[rc] = None
         return rc
 
     def _drop_parser(self, conn: Connection) -> None:
@@ -787,14 +793,23 @@ class ConnectionTracker:
             self.correlator.ended(rc)
         conn.in_flight.clear()
 
+    def _abandon(self, conn: Connection, tokens: list[Any]) -> None:
+        """Requests a parser gave up on (more in flight on one connection than it
+        keeps): they end here, counted, so no thread seems to serve them still."""
+        self._telemetry.requests_dropped += len(tokens)
+        for rc in tokens:
+            if isinstance(rc, RequestContext):
+                self.correlator.ended(rc)
+                conn.in_flight.pop(rc, None)
+        tokens.clear()
+
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         conn.exchanges += len(exchanges)
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
-                if x.token in conn.in_flight:
-                    conn.in_flight.remove(x.token)
+                conn.in_flight.pop(x.token, None)
                 if conn.role == Role.CLIENT and self._wait_for_server(x, conn):
                     continue
                 if conn.role == Role.SERVER and x.answered and not conn.closed_at:

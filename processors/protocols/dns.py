@@ -97,6 +97,7 @@ class DnsQueries:
         self._on_query = on_query
         self._pending: OrderedDict[tuple[int, str, str], _Pending] = OrderedDict()
         self.parse_errors = 0
+        self.abandoned: list[object] = []  # tokens of queries dropped past MAX_PENDING
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -110,7 +111,7 @@ class DnsQueries:
         key = (m.id, m.name, m.qtype)
         if outgoing and not m.is_response:
             if len(self._pending) >= MAX_PENDING:
-                self._pending.popitem(last=False)
+                self.abandoned.append(self._pending.popitem(last=False)[1].token)
             token = self._on_query(ts) if self._on_query else None
             self._pending[key] = _Pending(m, ts, token)
             return []
@@ -158,6 +159,7 @@ class DnsTcpConnection(FramedConnection[DnsExchange]):
     def __init__(self, on_request: Callable[[int], object] | None = None) -> None:
         super().__init__(_TcpFramer(), _TcpFramer())
         self.queries = DnsQueries("tcp", on_request)
+        self.abandoned = self.queries.abandoned
 
     def _handle(self, is_request: bool, frames: list[Frame]) -> list[DnsExchange]:
         out: list[DnsExchange] = []

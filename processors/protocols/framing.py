@@ -152,6 +152,9 @@ class FramedConnection(Generic[R]):
     def __init__(self, requests: Framer, responses: Framer) -> None:
         self._framers = {True: requests, False: responses}
         self.parse_errors = 0
+        # Tokens of requests given up on (more in flight than kept): the owner
+        # ends them, or their threads would seem busy with them for minutes.
+        self.abandoned: list[object] = []
         self.stopped = False  # encrypted or compressed from here on: nothing more to read
 
     def _handle(self, is_request: bool, frames: list[Frame]) -> list[R]:

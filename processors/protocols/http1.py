@@ -445,7 +445,7 @@ class Http1Connection:
         self._response: HttpHead | None = None
         self._early: deque[_Answer] = deque(maxlen=MAX_EARLY)  # answers ahead of requests
         self.parse_errors = 0
-        self.dropped = 0
+        self.abandoned: list[object] = []  # tokens of requests dropped past max_pending
 
     def _awaiting(self) -> _Pending | None:
         """The request the next response answers."""
@@ -521,8 +521,7 @@ class Http1Connection:
 
     def _request(self, head: HttpHead, done: list[HttpExchange]) -> None:
         if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
-            self.dropped += 1
+            self.abandoned.append(self._pending.popleft().token)
         # A new request on a connection whose last response lost its
         # framing means that response has ended.
         if self.responses.lost_in_message:

@@ -360,7 +360,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         if sid in self._streams:
             return  # request trailers
         if len(self._streams) >= MAX_STREAMS:
-            self._streams.popitem(last=False)
+            self.abandoned.append(self._streams.popitem(last=False)[1].token)
         kept = {k: v for k, v in headers.items() if not k.startswith(":")}
         token = self._on_request(RequestHead(start_ts, offset, kept)) if self._on_request else None
         stream = self._early.pop(sid, None) or _Stream({}, 0, None)

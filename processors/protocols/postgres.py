@@ -201,7 +201,7 @@ class PgConnection(FramedConnection[SqlExchange]):
 
     def _start(self, text: str, ts: int, simple: bool, prepared: bool) -> None:
         if len(self._pending) >= MAX_PENDING:
-            self._pending.popleft()
+            self.abandoned.append(self._pending.popleft().token)
         token = self._on_request(ts) if self._on_request else None
         self._pending.append(_Op(text, ts, self._group, simple, prepared, token))
 

@@ -241,7 +241,7 @@ class RespConnection:
         self.parse_errors = 0  # RESP has no recoverable errors: a loss of sync is counted
         self._max_pending = max_pending
         self._subscribed = False
-        self.dropped = 0
+        self.abandoned: list[object] = []  # tokens of commands dropped past max_pending
 
     def skippable(self, is_request: bool) -> int:
         return (self.requests if is_request else self.replies).skippable
@@ -268,8 +268,7 @@ class RespConnection:
         for value in values:
             if is_request:
                 if len(self._pending) >= self._max_pending:
-                    self._pending.popleft()
-                    self.dropped += 1
+                    self.abandoned.append(self._pending.popleft()[1])
                 token = self._on_request(value) if self._on_request else None
                 self._pending.append((value, token))
                 name = value.items[0].text.upper() if value.items else b""

@@ -125,6 +125,17 @@ def test_unanswered_command_is_reported_at_close() -> None:
     assert summary(run([(True, cmd(b"BLPOP", b"q", b"0"))])) == [("BLPOP", None, None)]
 
 
+def test_commands_dropped_past_the_bound_are_handed_back() -> None:
+    """Past max_pending the oldest command is dropped: its token comes back so its
+    owner can end it (nothing dropped silently)."""
+    started = iter(range(1, 10))
+    c = RespConnection(max_pending=2, on_request=lambda _v: next(started))
+    c.feed(True, cmd(b"GET", b"a") + cmd(b"GET", b"b") + cmd(b"GET", b"c"), 1)
+    assert c.abandoned == [1]
+    (x, y) = c.feed(False, b"$1\r\nb\r\n$1\r\nc\r\n", 2)
+    assert (x.token, y.token) == (2, 3)
+
+
 STREAM_REQ = (
     cmd(b"SET", b"a", b"x" * 100) + cmd(b"GET", b"a") + cmd(b"HELLO", b"3") + cmd(b"DEL", b"a")
 )

@@ -196,6 +196,74 @@ def test_a_request_lost_with_its_parser_leaves_no_busy_thread_behind(tmp_path: P
     assert x.token.parent_id != 0  # the /next request, not ambiguous
 
 
+def test_requests_dropped_past_the_parsers_bound_end_and_are_counted(tmp_path: Path) -> None:
+    """A client pipelining more requests than the HTTP/1 parser keeps (64): the
+    oldest are dropped. They must end with the drop, counted, or their thread
+    seems busy with them for minutes (the next outgoing call loses its parent,
+    and every request end searched a list that only grew)."""
+    t, out = tracker(tmp_path)
+    telemetry = t._telemetry
+    client = Endpoint("10.0.0.1", 40001)
+    t.handle(ConnOpen(21, 1, Role.SERVER, 5, Endpoint("10.0.0.2", 80), client, False))
+    request = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
+    pipelined = request * 65  # one more than the parser keeps
+    t.handle(
+        DataEvent(
+            21,
+            1,
+            Direction.INGRESS,
+            Role.SERVER,
+            5,
+            77,
+            3,
+            1,
+            0,
+            len(pipelined),
+            0,
+            pipelined,
+            b"srv",
+        )
+    )
+    assert telemetry.requests_dropped == 1
+    answers = b"HTTP/1.1 204 No Content\r\n\r\n" * 64
+    t.handle(
+        DataEvent(
+            21, 1, Direction.EGRESS, Role.SERVER, 5, 77, 3, 2, 0, len(answers), 0, answers, b"srv"
+        )
+    )
+    t.handle(
+        DataEvent(
+            21,
+            1,
+            Direction.INGRESS,
+            Role.SERVER,
+            5,
+            77,
+            3,
+            3,
+            len(pipelined),
+            len(request),
+            len(pipelined),
+            request,
+            b"srv",
+        )
+    )
+    # thread 77 serves that last request only, and calls out for it
+    call = Stream(t, 8080, sk=23)
+    t.handle(
+        call.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 4)._replace(
+            pid=5, tid=77
+        )
+    )
+    t.handle(
+        call.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 5)._replace(pid=5, tid=77)
+    )
+    t.release_held()
+    t.close_all(6)
+    ((x, _),) = [(x, c) for x, c in out if c.sk == 23]
+    assert x.token.parent_id != 0
+
+
 def test_a_chain_stays_one_trace_when_the_first_send_is_reported_last(tmp_path: Path) -> None:
     """A's thread was preempted between delivering its request and the kernel
     reporting it: B read it, called C and was answered before A's send showed."""
