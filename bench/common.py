@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
-from harness import CollectorProcess
+from harness import CollectorProcess, end_process, free_port, listening, wait_until
 
 
 def drained(collector: CollectorProcess) -> dict[str, int]:
@@ -29,6 +31,21 @@ def drained(collector: CollectorProcess) -> dict[str, int]:
             return now
         last = now
     return last
+
+
+@contextlib.contextmanager
+def null_sink() -> Iterator[int]:
+    """An OTLP/gRPC receiver that discards, in a process of its own (its CPU is not
+    the collector's); yields its port."""
+    port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "otlp_null_sink.py"), str(port)]
+    )
+    try:
+        wait_until(lambda: listening(port), 10, "OTLP sink listening")
+        yield port
+    finally:
+        end_process(sink)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +22,13 @@ import psutil
 from common import (  # also puts tests/kernel on the path
     PACED_LUA,
     drained,
+    null_sink,
     peak_rss_mib,
     wrk,
     wrk_arguments,
 )
 
-from harness import CollectorProcess, Nginx, end_process, free_port, listening, wait_until
+from harness import CollectorProcess, Nginx
 
 MODES = ("metrics", "metrics+spans")
 
@@ -86,18 +86,13 @@ def main() -> int:
     args = wrk_arguments(__doc__)
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-metrics-"))
     (tmp / "paced.lua").write_text(PACED_LUA)
-    sink_port = free_port()
-    sink = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "otlp_null_sink.py"), str(sink_port)]
-    )
     nginx = Nginx(tmp / "nginx")
     try:
-        wait_until(lambda: listening(sink_port), 10, "OTLP sink listening")
-        scenario("requests", nginx, tmp, args, sink_port)
-        scenario("connections", nginx, tmp, args, sink_port)
+        with null_sink() as sink_port:
+            scenario("requests", nginx, tmp, args, sink_port)
+            scenario("connections", nginx, tmp, args, sink_port)
     finally:
         nginx.stop()
-        end_process(sink)
     return 0
 
 

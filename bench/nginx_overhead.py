@@ -6,7 +6,8 @@ the limit, so the collector competes with nginx and wrk for it) and `paced`
 second that the pipeline is meant to keep up with); then both again over HTTPS
 (nginx's TLS listener: plaintext from the OpenSSL uprobes). Alternates baseline and
 traced rounds (A B A B ...) so drift on the machine hits both sides alike, and
-reports medians. The collector writes its spans to a file. Run as root: `make bench` (or
+reports medians. The collector exports its spans over OTLP/gRPC to a discarding
+sink process. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -22,6 +23,7 @@ import psutil
 from common import (  # also puts tests/kernel on the path
     PACED_LUA,
     drained,
+    null_sink,
     peak_rss_mib,
     wrk,
     wrk_arguments,
@@ -36,20 +38,21 @@ def scenario(
     tmp: Path,
     args: argparse.Namespace,
     script: Path | None,
+    sink_port: int,
     https: bool = False,
 ) -> None:
     url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     lost = rss = 0.0
-    requests_traced = spans = kernel_lost = 0
+    requests_traced = spans = kernel_lost = dropped = 0
     wrk(url, 2, args.connections, script)  # warm up
     for r in range(args.rounds):
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
         base_rps.append(rps)
         base_p99.append(p99)
 
-        out = tmp / f"spans-{name}-{r}.jsonl"
-        collector = CollectorProcess(tmp / f"collector-{name}-{r}", {"file": {"path": str(out)}})
+        otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
+        collector = CollectorProcess(tmp / f"collector-{name}-{r}", {"otlp": otlp})
         proc = psutil.Process(collector.proc.pid)
         before = proc.cpu_times()
         t0 = collector.telemetry()
@@ -58,7 +61,6 @@ def scenario(
         after = proc.cpu_times()
         rss = max(rss, peak_rss_mib(proc.pid))
         collector.stop()
-        out.unlink()
         on_rps.append(rps)
         on_p99.append(p99)
         cpu = (after.user + after.system) - (before.user + before.system)
@@ -67,6 +69,7 @@ def scenario(
         # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
         lost += max(0, 2 * total - built)
         kernel_lost += t1["events_lost"] - t0["events_lost"]
+        dropped += t1["spans_dropped"] - t0["spans_dropped"]
         requests_traced += total
         spans += built
 
@@ -87,7 +90,8 @@ def scenario(
     print(f"  collector peak RSS: {rss:.1f} MiB")
     print(
         f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}"
-        f" (kernel ring buffer dropped {kernel_lost} events)"
+        f" (kernel ring buffer dropped {kernel_lost} events); {dropped} dropped at the"
+        " export queue"
     )
 
 
@@ -99,11 +103,12 @@ def main() -> int:
     paced.write_text(PACED_LUA)
     nginx = Nginx(tmp / "nginx")
     try:
-        scenario("paced", nginx, tmp, args, paced)
-        scenario("saturating", nginx, tmp, args, None)
-        # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
-        scenario("paced-https", nginx, tmp, args, paced, https=True)
-        scenario("saturating-https", nginx, tmp, args, None, https=True)
+        with null_sink() as port:
+            scenario("paced", nginx, tmp, args, paced, port)
+            scenario("saturating", nginx, tmp, args, None, port)
+            # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
+            scenario("paced-https", nginx, tmp, args, paced, port, https=True)
+            scenario("saturating-https", nginx, tmp, args, None, port, https=True)
     finally:
         nginx.stop()
     return 0

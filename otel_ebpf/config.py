@@ -393,7 +393,7 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 def default_document(env: dict[str, str]) -> dict[str, Any]:
     """The embedded default: console output unless an OTLP endpoint is configured."""
-    wanted = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
+    wanted = _names(env, "OTEL_TRACES_EXPORTER")
     if not wanted:
         has_endpoint = any(
             env.get(k)
@@ -401,41 +401,53 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
         )
         wanted = ["otlp"] if has_endpoint else ["console"]
     exporters: dict[str, Any] = {}
+    traces = []
     for name in wanted:
         if name == "otlp":
-            protocol = env.get(
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            )
-            if protocol == "grpc":
-                exporters["otlp"] = {}
-            elif protocol == "http/protobuf":
-                exporters["otlphttp"] = {}
-            else:
-                raise ConfigError(
-                    f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
-                    "(use grpc or http/protobuf)"
-                )
+            traces.append(_otlp_exporter(env, "TRACES"))
         elif name == "console":
-            exporters["debug"] = {}
+            traces.append("debug")
         elif name != "none":
             raise ConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}")
-    return document(exporters, otlp={}, metrics=_default_metrics(env, exporters))
+    exporters.update((name, {}) for name in traces)
+    # Metrics default to OTLP where traces go there, and (the specification's
+    # default) where traces go nowhere: that is a metrics-only collector.
+    otlp_traces = any(n in ("otlp", "otlphttp") for n in traces)
+    metrics_wanted = _names(env, "OTEL_METRICS_EXPORTER") or (
+        ["otlp"] if otlp_traces or wanted == ["none"] else []
+    )
+    metrics = _default_metrics(env, metrics_wanted, exporters)
+    return document(exporters, otlp={}, metrics=metrics, traces=traces)
 
 
-def _default_metrics(env: dict[str, str], exporters: dict[str, Any]) -> list[str]:
-    """Metric exporters per OTEL_METRICS_EXPORTER; by default OTLP when traces go there."""
-    wanted = [e.strip() for e in env.get("OTEL_METRICS_EXPORTER", "").split(",") if e.strip()]
-    otlp = [k for k in exporters if k in ("otlp", "otlphttp")]
-    if not wanted:
-        return otlp
+def _names(env: dict[str, str], variable: str) -> list[str]:
+    return [e.strip() for e in env.get(variable, "").split(",") if e.strip()]
+
+
+def _otlp_exporter(env: dict[str, str], signal: str) -> str:
+    """`otlp` (gRPC) or `otlphttp`, as OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL or
+    OTEL_EXPORTER_OTLP_PROTOCOL say (http/protobuf by default, as the SDK's)."""
+    variable = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+    if variable not in env:
+        variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = env.get(variable, "http/protobuf")
+    if protocol == "grpc":
+        return "otlp"
+    if protocol == "http/protobuf":
+        return "otlphttp"
+    raise ConfigError(f"{variable}: {protocol!r} is not supported (use grpc or http/protobuf)")
+
+
+def _default_metrics(
+    env: dict[str, str], wanted: list[str], exporters: dict[str, Any]
+) -> list[str]:
+    """Metric exporters per OTEL_METRICS_EXPORTER (added to `exporters`)."""
     names = []
     for name in wanted:
         if name == "otlp":
-            if not otlp:
-                exporters["otlphttp"] = {}
-                otlp = ["otlphttp"]
-            names += otlp
+            exporter = _otlp_exporter(env, "METRICS")
+            exporters.setdefault(exporter, {})
+            names.append(exporter)
         elif name == "prometheus":
             host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
             port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")

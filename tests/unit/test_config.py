@@ -49,11 +49,53 @@ def test_embedded_default_prints_to_console() -> None:
         ),
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"}, ["otlphttp"]),
         ({"OTEL_TRACES_EXPORTER": "otlp,console"}, ["otlphttp", "debug"]),
-        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "none"}, ["otlphttp"]),  # metrics only
     ],
 )
 def test_default_follows_standard_env(env: dict[str, str], exporters: list[str]) -> None:
     assert list(load(env=env).exporters) == exporters
+
+
+@pytest.mark.parametrize(
+    ("env", "traces", "metrics"),
+    [
+        # no spans exported, metrics to OTLP (the specification's default)
+        ({"OTEL_TRACES_EXPORTER": "none"}, [], ["otlphttp"]),
+        (
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            [],
+            ["otlp"],
+        ),
+        # metrics over the protocol asked for, without sending spans there too
+        (
+            {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            ["debug"],
+            ["otlp"],
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+            },
+            ["otlp"],
+            ["otlphttp"],
+        ),
+        ({"OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_EXPORTER": "none"}, [], []),
+    ],
+)
+def test_default_pipelines_per_signal(
+    env: dict[str, str], traces: list[str], metrics: list[str]
+) -> None:
+    pipelines = load(env=env).service.pipelines
+    assert pipelines["traces"].exporters == traces
+    assert (pipelines["metrics"].exporters if "metrics" in pipelines else []) == metrics
+
+
+def test_unsupported_metrics_protocol_names_its_variable() -> None:
+    env = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json'"):
+        load(env=env)
 
 
 def test_file_with_env_expansion(tmp_path: Path) -> None:
