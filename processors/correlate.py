@@ -327,5 +327,8 @@ def _plausible(client: RequestContext, server: RequestContext) -> bool:
 
 def _discard(table: dict[int, dict[RequestContext, None]], key: int, rc: RequestContext) -> None:
     items = table.get(key)
-    if items is not None and items.pop(rc, 0) is None and not items:
+    if items is None or rc not in items:
+        return
+    del items[rc]
+    if not items:
         del table[key]
