@@ -617,7 +617,7 @@ class ConnectionTracker:
         expected = conn.stream_pos[d]
         if not self._releasing:
             if expected is not None and ev.length and ev.offset + ev.length <= expected:
-                self._telemetry.parse_errors += 1  # arrived after we gave up waiting for it
+                self._telemetry.events_late += 1  # arrived after we gave up waiting for it
                 return
             behind = expected is not None and ev.offset > expected
             fills = bool(conn.held) and ev.direction == conn.held[0].direction and not behind

@@ -61,13 +61,15 @@ def test_a_gap_that_never_fills_is_skipped_at_the_end_of_the_poll(tmp_path: Path
     t, out = tracker(tmp_path)
     s = Stream(t, 8080)
     t.handle(s.event(Direction.EGRESS, b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\n", 1))
-    s.event(Direction.EGRESS, b"01234", 2)  # never reported (lost)
+    late = s.event(Direction.EGRESS, b"01234", 2)  # not reported in this poll
     t.handle(s.event(Direction.EGRESS, b"56789", 3))
     t.handle(s.event(Direction.INGRESS, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 4))
     assert out == []  # waiting for the missing call
     t.release_held()
     ((x, _),) = out
     assert x.response.status == 201
+    t.handle(late)  # reported after all: its bytes were skipped already
+    assert (t._telemetry.events_late, t._telemetry.parse_errors) == (1, 0)
 
 
 def test_port_override_and_fallback_when_the_guess_is_wrong(tmp_path: Path) -> None:
