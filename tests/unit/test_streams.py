@@ -29,19 +29,41 @@ def tracker(tmp_path: Path, **kwargs: Any) -> tuple[ConnectionTracker, list[Any]
 
 
 class Stream:
-    """Calls of one connection, with the offsets the kernel would give them."""
+    """Calls of one connection, with the offsets the kernel would give them; seen
+    from the client (by default) or from the server, by thread `tid` of `pid`."""
 
-    def __init__(self, t: ConnectionTracker, server_port: int, sk: int = 7) -> None:
-        self.t, self.sk = t, sk
+    def __init__(
+        self,
+        t: ConnectionTracker,
+        server_port: int,
+        sk: int = 7,
+        role: Role = Role.CLIENT,
+        pid: int = 99,
+        tid: int = 99,
+        client: Endpoint = CLIENT,
+    ) -> None:
+        self.t, self.sk, self.role, self.pid, self.tid = t, sk, role, pid, tid
         self.pos = [0, 0]
-        t.handle(ConnOpen(sk, 1, Role.CLIENT, 99, CLIENT, Endpoint("10.0.0.2", server_port), False))
+        server = Endpoint("10.0.0.2", server_port)
+        local, remote = (client, server) if role == Role.CLIENT else (server, client)
+        t.handle(ConnOpen(sk, 1, role, pid, local, remote, False))
 
     def event(self, d: Direction, data: bytes, ts: int) -> DataEvent:
         off = self.pos[d]
         self.pos[d] += len(data)
         return DataEvent(
-            self.sk, 1, d, Role.CLIENT, 99, 99, 3, ts, off, len(data), off, data, b"app"
+            self.sk, 1, d, self.role, self.pid, self.tid, 3, ts, off, len(data), off, data, b"app"
         )
+
+    def send(self, d: Direction, data: bytes, ts: int) -> None:
+        self.t.handle(self.event(d, data, ts))
+
+
+def call_out_from_thread_77(t: ConnectionTracker) -> None:
+    """Process 5's thread 77 makes an outgoing call (socket 23), answered."""
+    call = Stream(t, 8080, sk=23, pid=5, tid=77)
+    call.send(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 4)
+    call.send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 5)
 
 
 def test_calls_reordered_across_threads_are_parsed_in_stream_order(tmp_path: Path) -> None:
@@ -149,31 +171,11 @@ def test_a_request_lost_with_its_parser_leaves_no_busy_thread_behind(tmp_path: P
     read it (or a new thread given its id) must not seem to serve it still, or its
     next outgoing call would find two requests in flight and lose its parent."""
     t, out = tracker(tmp_path)
-
-    def server_event(sk: int, data: bytes, ts: int, offset: int = 0) -> DataEvent:
-        return DataEvent(
-            sk,
-            1,
-            Direction.INGRESS,
-            Role.SERVER,
-            5,
-            77,
-            3,
-            ts,
-            offset,
-            len(data),
-            offset,
-            data,
-            b"srv",
-        )
-
-    for sk, port in ((21, 40001), (22, 40002)):
-        t.handle(
-            ConnOpen(
-                sk, 1, Role.SERVER, 5, Endpoint("10.0.0.2", 80), Endpoint("10.0.0.1", port), False
-            )
-        )
-    t.handle(server_event(21, b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    lost_conn, next_conn = (
+        Stream(t, 80, sk, Role.SERVER, pid=5, tid=77, client=Endpoint("10.0.0.1", port))
+        for sk, port in ((21, 40001), (22, 40002))
+    )
+    lost_conn.send(Direction.INGRESS, b"GET /lost HTTP/1.1\r\nHost: x\r\n\r\n", 1)
     lost = t._conns[21]
     assert lost.proto is not None
 
@@ -181,18 +183,10 @@ def test_a_request_lost_with_its_parser_leaves_no_busy_thread_behind(tmp_path: P
         raise RuntimeError("a parser bug")
 
     lost.proto.feed = broken  # type: ignore[method-assign]
-    t.handle(server_event(21, b"more", 2, offset=31))  # faults: that connection is silenced
+    lost_conn.send(Direction.INGRESS, b"more", 2)  # faults: that connection is silenced
     # thread 77 (or a new one given the id) serves a new request and calls out
-    t.handle(server_event(22, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", 3))
-    call = Stream(t, 8080, sk=23)
-    t.handle(
-        call.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 4)._replace(
-            pid=5, tid=77
-        )
-    )
-    t.handle(
-        call.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 5)._replace(pid=5, tid=77)
-    )
+    next_conn.send(Direction.INGRESS, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", 3)
+    call_out_from_thread_77(t)
     t.release_held()
     ((x, _),) = [(x, c) for x, c in out if c.sk == 23]
     assert x.token.parent_id != 0  # the /next request, not ambiguous
@@ -205,61 +199,14 @@ def test_requests_dropped_past_the_parsers_bound_end_and_are_counted(tmp_path: P
     and every request end searched a list that only grew)."""
     t, out = tracker(tmp_path)
     telemetry = t._telemetry
-    client = Endpoint("10.0.0.1", 40001)
-    t.handle(ConnOpen(21, 1, Role.SERVER, 5, Endpoint("10.0.0.2", 80), client, False))
+    server = Stream(t, 80, 21, Role.SERVER, pid=5, tid=77, client=Endpoint("10.0.0.1", 40001))
     request = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
-    pipelined = request * 65  # one more than the parser keeps
-    t.handle(
-        DataEvent(
-            21,
-            1,
-            Direction.INGRESS,
-            Role.SERVER,
-            5,
-            77,
-            3,
-            1,
-            0,
-            len(pipelined),
-            0,
-            pipelined,
-            b"srv",
-        )
-    )
+    server.send(Direction.INGRESS, request * 65, 1)  # one more than the parser keeps
     assert telemetry.requests_dropped == 1
-    answers = b"HTTP/1.1 204 No Content\r\n\r\n" * 64
-    t.handle(
-        DataEvent(
-            21, 1, Direction.EGRESS, Role.SERVER, 5, 77, 3, 2, 0, len(answers), 0, answers, b"srv"
-        )
-    )
-    t.handle(
-        DataEvent(
-            21,
-            1,
-            Direction.INGRESS,
-            Role.SERVER,
-            5,
-            77,
-            3,
-            3,
-            len(pipelined),
-            len(request),
-            len(pipelined),
-            request,
-            b"srv",
-        )
-    )
+    server.send(Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n" * 64, 2)
+    server.send(Direction.INGRESS, request, 3)
     # thread 77 serves that last request only, and calls out for it
-    call = Stream(t, 8080, sk=23)
-    t.handle(
-        call.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 4)._replace(
-            pid=5, tid=77
-        )
-    )
-    t.handle(
-        call.event(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 5)._replace(pid=5, tid=77)
-    )
+    call_out_from_thread_77(t)
     t.release_held()
     t.close_all(6)
     ((x, _),) = [(x, c) for x, c in out if c.sk == 23]
