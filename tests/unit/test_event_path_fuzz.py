@@ -12,10 +12,11 @@ import pytest
 import records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from captured import load
 from otel_ebpf.model import DataEvent, Declined, Direction, HttpExchange, Role
+from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
@@ -71,12 +72,13 @@ class Faults:
 
 def pipeline(tmp_path: Path) -> tuple[ConnectionTracker, Faults, list[Any]]:
     builder = SpanBuilder(epoch_offset=0)
+    encoder = TraceEncoder()  # the exporters' own encoding step
     encoded: list[Any] = []
 
     def sink(x: Exchange, conn: Connection) -> None:
         span = builder.build(x, conn)
         if span is not None:
-            encoded.append(encode_spans([span]))
+            encoded.append(ExportTraceServiceRequest.FromString(encoder.encode([span])))
 
     tracker = ConnectionTracker(
         sink, ProcessRegistry(proc=str(tmp_path)), Selector(), SelfTelemetry()

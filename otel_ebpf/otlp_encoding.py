@@ -1,0 +1,257 @@
+"""OTLP trace encoding written straight to protobuf bytes.
+
+The SDK's encoder builds a protobuf object per span, attribute and value, and
+hashes every span's resource (a JSON dump) to group them: 45-60 µs a span on
+these machines, the largest single cost of the collector. Here each resource
+and scope is encoded once and kept; every attribute a span carries is encoded
+once per distinct (key, value) and reused (method, status, peer, route repeat
+from request to request); a span is then mostly a join of cached bytes.
+The output parses to the same `ExportTraceServiceRequest` as the SDK's
+(tests compare the two).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+log = logging.getLogger(__name__)
+
+_MAX_CACHED_ATTRIBUTES = 65536  # distinct (key, value) pairs kept; cleared when full
+_MAX_CACHED_RESOURCES = 4096
+_UINT64 = (1 << 64) - 1
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags: the parent's remoteness is known ...
+_FLAGS_IS_REMOTE = 0x200  # ... and it is remote
+_CACHEABLE = (str, bool, int, float)
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_double = struct.Struct("<d").pack
+_SMALL_VARINTS = [bytes([n]) for n in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _string(tag: bytes, text: str) -> bytes:
+    return _field(tag, text.encode("utf-8", "surrogatepass"))
+
+
+# Tags: (field number << 3) | wire type, as bytes.
+_ANY_STRING, _ANY_BOOL, _ANY_INT, _ANY_DOUBLE = b"\x0a", b"\x10", b"\x18", b"\x21"
+_ANY_ARRAY, _ANY_KVLIST, _ANY_BYTES = b"\x2a", b"\x32", b"\x3a"
+_KV_KEY, _KV_VALUE = b"\x0a", b"\x12"
+_LIST_VALUES = b"\x0a"  # ArrayValue.values and KeyValueList.values
+_SPAN_ATTRIBUTE = b"\x4a"  # Span.attributes (9)
+
+
+def _any_value(value: Any) -> bytes:
+    """An AnyValue message; the same type rules as the SDK (bool before int)."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return _ANY_BOOL + (b"\x01" if value else b"\x00")
+    if isinstance(value, str):
+        return _string(_ANY_STRING, value)
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"integer {value} out of the int64 range")
+        return _ANY_INT + _varint(value & _UINT64)
+    if isinstance(value, float):
+        return _ANY_DOUBLE + _pack_double(value)
+    if isinstance(value, bytes):
+        return _field(_ANY_BYTES, value)
+    if isinstance(value, Sequence):
+        return _field(_ANY_ARRAY, b"".join(_field(_LIST_VALUES, _any_value(v)) for v in value))
+    if isinstance(value, Mapping):
+        entries = b"".join(_field(_LIST_VALUES, _key_value(str(k), v)) for k, v in value.items())
+        return _field(_ANY_KVLIST, entries)
+    raise TypeError(f"invalid attribute type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _string(_KV_KEY, key) + _field(_KV_VALUE, _any_value(value))
+
+
+def _attribute_fields(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+    """Repeated KeyValue fields; an attribute that cannot be encoded is left out
+    and said, as the SDK does, rather than failing the batch."""
+    if not attributes:
+        return b""
+    out = []
+    for key, value in attributes.items():
+        try:
+            out.append(_field(tag, _key_value(key, value)))
+        except (TypeError, ValueError) as exc:
+            log.warning("attribute %s not exported: %s", key, exc)
+    return b"".join(out)
+
+
+class TraceEncoder:
+    """Spans to the bytes of an `ExportTraceServiceRequest`. Thread-safe: the
+    caches only ever gain complete entries, and a lost race encodes twice."""
+
+    def __init__(self) -> None:
+        self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        # keyed by id(): Resource's own hash is a JSON dump. The object is kept
+        # beside its bytes, so its id cannot be reused while the entry lives.
+        self._resources: dict[int, tuple[Resource, bytes]] = {}
+        self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
+
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+        # Grouped by the encoded resource and scope: equal resources held by
+        # different objects (an SDK batch's, ours) share one group, as in the SDK.
+        groups: dict[bytes, dict[bytes, list[bytes]]] = {}
+        for span in spans:
+            resource = self._resource(span.resource)
+            scope = self._scope(span.instrumentation_scope)
+            groups.setdefault(resource, {}).setdefault(scope, []).append(self._span(span))
+        out = []
+        for resource, scopes in groups.items():
+            body = [resource]
+            for scope, encoded in scopes.items():
+                body.append(_field(b"\x12", scope + b"".join(encoded)))
+            out.append(_field(b"\x0a", b"".join(body)))
+        return b"".join(out)
+
+    def _resource(self, resource: Resource) -> bytes:
+        """ResourceSpans' resource and schema_url fields, encoded once per object."""
+        key = id(resource)
+        cached = self._resources.get(key)
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        if len(self._resources) >= _MAX_CACHED_RESOURCES:
+            self._resources.clear()
+        encoded = _field(b"\x0a", _attribute_fields(b"\x0a", resource.attributes))
+        if resource.schema_url:
+            encoded += _string(b"\x1a", resource.schema_url)  # ResourceSpans.schema_url
+        self._resources[key] = (resource, encoded)
+        return encoded
+
+    def _scope(self, scope: InstrumentationScope | None) -> bytes:
+        """ScopeSpans' scope and schema_url fields, encoded once per object."""
+        key = id(scope)
+        cached = self._scopes.get(key)
+        if cached is not None and cached[0] is scope:
+            return cached[1]
+        if len(self._scopes) >= _MAX_CACHED_RESOURCES:
+            self._scopes.clear()
+        body = b""
+        schema_url = b""
+        if scope is not None:
+            if scope.name:
+                body += _string(b"\x0a", scope.name)
+            if scope.version:
+                body += _string(b"\x12", scope.version)
+            body += _attribute_fields(b"\x1a", scope.attributes)
+            if scope.schema_url:
+                schema_url = _string(b"\x1a", scope.schema_url)  # ScopeSpans.schema_url
+        encoded = _field(b"\x0a", body) + schema_url
+        self._scopes[key] = (scope, encoded)
+        return encoded
+
+    def _span_attributes(self, attributes: Mapping[str, Any] | None) -> list[bytes]:
+        if not attributes:
+            return []
+        cache = self._attributes
+        out = []
+        for key, value in attributes.items():
+            cls = value.__class__
+            if cls in _CACHEABLE:
+                entry = (key, cls, value)
+                encoded = cache.get(entry)
+                if encoded is None:
+                    encoded = _attribute_fields(_SPAN_ATTRIBUTE, {key: value})
+                    if len(cache) >= _MAX_CACHED_ATTRIBUTES:
+                        cache.clear()
+                    cache[entry] = encoded
+                out.append(encoded)
+            else:
+                out.append(_attribute_fields(_SPAN_ATTRIBUTE, {key: value}))
+        return out
+
+    def _span(self, span: ReadableSpan) -> bytes:
+        context = span.context
+        assert context is not None
+        parts = [
+            b"\x0a\x10",
+            context.trace_id.to_bytes(16, "big"),
+            b"\x12\x08",
+            context.span_id.to_bytes(8, "big"),
+        ]
+        if context.trace_state:
+            parts.append(
+                _string(b"\x1a", ",".join(f"{k}={v}" for k, v in context.trace_state.items()))
+            )
+        parent = span.parent
+        if parent is not None:
+            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        if span.name:
+            parts.append(_string(b"\x2a", span.name))
+        parts += (b"\x30", _SMALL_VARINTS[span.kind.value + 1])  # the proto's enum is the API's + 1
+        if span.start_time:
+            parts += (b"\x39", _pack_fixed64(span.start_time))
+        if span.end_time:
+            parts += (b"\x41", _pack_fixed64(span.end_time))
+        parts += self._span_attributes(span.attributes)
+        if span.dropped_attributes:
+            parts += (b"\x50", _varint(span.dropped_attributes))
+        for event in span.events:
+            body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
+            if event.name:
+                body += _string(b"\x12", event.name)
+            body += _attribute_fields(b"\x1a", event.attributes)
+            if event.dropped_attributes:
+                body += b"\x20" + _varint(event.dropped_attributes)
+            parts.append(_field(b"\x5a", body))
+        if span.dropped_events:
+            parts += (b"\x60", _varint(span.dropped_events))
+        for link in span.links:
+            body = (
+                b"\x0a\x10"
+                + link.context.trace_id.to_bytes(16, "big")
+                + b"\x12\x08"
+                + link.context.span_id.to_bytes(8, "big")
+                + _attribute_fields(b"\x22", link.attributes)
+            )
+            if link.dropped_attributes:
+                body += b"\x28" + _varint(link.dropped_attributes)
+            body += b"\x35" + _pack_fixed32(_flags(link.context))
+            parts.append(_field(b"\x6a", body))
+        if span.dropped_links:
+            parts += (b"\x70", _varint(span.dropped_links))
+        status = span.status
+        body = b""
+        if status.description:
+            body += _string(b"\x12", status.description)
+        if status.status_code.value:
+            body += b"\x18" + _SMALL_VARINTS[status.status_code.value]
+        parts.append(_field(b"\x7a", body))
+        parts += (b"\x85\x01", _pack_fixed32(_flags(parent)))
+        return _field(b"\x12", b"".join(parts))  # ScopeSpans.spans
+
+
+def _flags(parent: Any) -> int:
+    if parent is not None and parent.is_remote:
+        return _FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE
+    return _FLAGS_HAS_IS_REMOTE

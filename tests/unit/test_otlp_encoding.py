@@ -1,0 +1,129 @@
+"""The direct OTLP encoder against the SDK's: the same request, parsed, for any spans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceState
+
+from otel_ebpf.otlp_encoding import TraceEncoder
+
+RESOURCES = [
+    Resource({"service.name": "shop", "process.pid": 41}),
+    Resource(
+        {"service.name": "db", "host.arch": "amd64"}, "https://opentelemetry.io/schemas/1.26.0"
+    ),
+]
+SCOPES = [
+    InstrumentationScope("otel-ebpf", "0.1", "https://opentelemetry.io/schemas/1.26.0"),
+    InstrumentationScope("app.sdk", None, None, {"scope.kind": "manual"}),
+    None,
+]
+
+scalars = (
+    st.text(max_size=20)
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+    | st.floats(allow_nan=False)
+    | st.binary(max_size=8)
+)
+values = (
+    scalars
+    | st.tuples(st.text(max_size=5), st.text(max_size=5))
+    | st.lists(st.integers(0, 9), max_size=3).map(tuple)
+)
+attributes = st.dictionaries(st.text(min_size=1, max_size=12), values, max_size=6)
+ids = st.integers(min_value=1, max_value=(1 << 64) - 1)
+
+
+@st.composite
+def spans(draw: Any) -> ReadableSpan:
+    trace_id = draw(st.integers(min_value=1, max_value=(1 << 128) - 1))
+    parent = draw(
+        st.none() | st.builds(lambda s, r: SpanContext(trace_id, s, r), ids, st.booleans())
+    )
+    state = draw(st.sampled_from([TraceState(), TraceState([("ot", "th:8"), ("vendor", "x")])]))
+    start = draw(st.integers(min_value=0, max_value=1 << 62))
+    return ReadableSpan(
+        name=draw(st.text(max_size=30)),
+        context=SpanContext(trace_id, draw(ids), False, trace_state=state),
+        parent=parent,
+        resource=draw(st.sampled_from(RESOURCES)),
+        attributes=draw(attributes),
+        events=draw(
+            st.lists(
+                st.builds(Event, st.text(max_size=8), attributes, st.integers(0, 1 << 62)),
+                max_size=2,
+            )
+        ),
+        links=draw(
+            st.lists(
+                st.builds(lambda s, a: Link(SpanContext(trace_id, s, True), a), ids, attributes),
+                max_size=2,
+            )
+        ),
+        kind=draw(st.sampled_from(list(SpanKind))),
+        status=draw(
+            st.sampled_from(
+                [
+                    Status(),
+                    Status(StatusCode.OK),
+                    Status(StatusCode.ERROR, "boom"),
+                    Status(StatusCode.ERROR),
+                ]
+            )
+        ),
+        start_time=start,
+        end_time=start + draw(st.integers(min_value=0, max_value=10**9)),
+        instrumentation_scope=draw(st.sampled_from(SCOPES)),
+    )
+
+
+def _sorted(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """Resource groups in a canonical order: each encoder keeps its own first-seen order."""
+    groups = sorted(request.resource_spans, key=lambda r: r.SerializeToString(deterministic=True))
+    return ExportTraceServiceRequest(resource_spans=groups)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spans(), max_size=6))
+def test_same_request_as_the_sdk_encoder(batch: list[ReadableSpan]) -> None:
+    ours = ExportTraceServiceRequest.FromString(TraceEncoder().encode(batch))
+    assert _sorted(ours) == _sorted(encode_spans(batch))
+
+
+def test_cached_attributes_keep_types_apart() -> None:
+    """True == 1 == 1.0 in Python: the cache must not give one the other's encoding."""
+    encoder = TraceEncoder()
+    context = SpanContext(1, 2, False)
+    batch = [
+        ReadableSpan(name="s", context=context, resource=RESOURCES[0], attributes={"v": value})
+        for value in (True, 1, 1.0, "1")
+    ]
+    for _ in range(2):  # the second pass is served from the cache
+        decoded = ExportTraceServiceRequest.FromString(encoder.encode(batch))
+        got = [s.attributes[0].value for s in decoded.resource_spans[0].scope_spans[0].spans]
+        assert [v.WhichOneof("value") for v in got] == [
+            "bool_value",
+            "int_value",
+            "double_value",
+            "string_value",
+        ]
+
+
+def test_an_attribute_it_cannot_encode_is_left_out_not_the_batch() -> None:
+    span = ReadableSpan(
+        name="s",
+        context=SpanContext(1, 2, False),
+        resource=RESOURCES[0],
+        attributes={"huge": 1 << 70, "ok": "yes"},
+    )
+    decoded = ExportTraceServiceRequest.FromString(TraceEncoder().encode([span]))
+    assert [a.key for a in decoded.resource_spans[0].scope_spans[0].spans[0].attributes] == ["ok"]
