@@ -406,7 +406,8 @@ class Collector:
                 if self._ebpf_enabled:
                     self.tls.scan_all()
                     self.telemetry.tls_libraries = len(self.tls.libraries)
-                self._processes.forget_exited()
+                for pid in self._processes.forget_exited():
+                    self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())
                 next_sweep = now + SWEEP_INTERVAL_S
             if now >= next_progress:

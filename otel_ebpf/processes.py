@@ -11,6 +11,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_ebpf import __version__
 from otel_ebpf.processors.redaction import scrub_argv
+from otel_ebpf.runtimes import Runtimes
 
 
 class ProcessInfo(NamedTuple):
@@ -18,6 +19,7 @@ class ProcessInfo(NamedTuple):
     executable_name: str
     service_name: str
     resource: Resource
+    runtime: str = ""  # "go", or "" (see otel_ebpf.runtimes)
 
 
 def _read(path: str) -> bytes:
@@ -80,6 +82,7 @@ class ProcessRegistry:
         self._extra = dict(extra_attributes or {})
         self._identity = identity
         self._pending: set[int] = set()  # in a pod whose metadata has not arrived yet
+        self._runtimes = Runtimes()
 
     def get(self, pid: int, comm: bytes = b"") -> ProcessInfo:
         """`comm` (the kernel's task name) names a process that exited before we looked."""
@@ -110,12 +113,12 @@ class ProcessRegistry:
                 old = self._cache[pid]
                 self._cache[pid] = self._load(pid, old.executable_name)
 
-    def forget_exited(self) -> int:
+    def forget_exited(self) -> list[int]:
         """Drop processes that are gone (called periodically; pids get reused)."""
         gone = [pid for pid in self._cache if not os.path.exists(f"{self._proc}/{pid}")]
         for pid in gone:
             del self._cache[pid]
-        return len(gone)
+        return gone
 
     def _load(self, pid: int, comm: str) -> ProcessInfo:
         base = f"{self._proc}/{pid}"
@@ -152,4 +155,5 @@ class ProcessRegistry:
                 attributes["process.command_line"] = " ".join(argv)
             if self._command_args:
                 attributes["process.command_args"] = argv
-        return ProcessInfo(pid, exe, service, Resource(attributes))
+        runtime = self._runtimes.of_process(pid, self._proc)
+        return ProcessInfo(pid, exe, service, Resource(attributes), runtime)

@@ -10,11 +10,16 @@ parent come from, in order of trust:
    connection, the server span is the child of the client span of the same
    request (matched by 4-tuple and byte offset in the stream);
 3. the thread (CLIENT spans): a request sent by a thread while it handles
-   exactly one server request is that server span's child. A thread with
-   several server requests in flight (an event loop) is ambiguous and gives
-   no parent; a thread with none falls back to its process when the process
-   has exactly one server request in flight (a worker handed the request by
-   another thread). Anything else starts a new trace rather than guess.
+   exactly one server request is that server span's child. That holds only
+   where a request stays on the thread that read it, so the rule is off for
+   processes whose requests move between threads: Go (goroutines run on any
+   thread; known from the binary) and any process seen answering a request
+   from another thread than the one that read it (work-stealing runtimes,
+   hand-offs to pools). A thread with several server requests in flight (an
+   event loop) is ambiguous, and a thread with none (a worker, or a
+   background job) proves nothing: no parent. Anything else starts a new
+   trace rather than guess: a missing parent splits a trace, a wrong one
+   files a request under a stranger's.
 
 Contexts end with their request: nothing leaks to the next request on the
 same thread or keep-alive connection, and no trace grows without bound.
@@ -153,14 +158,20 @@ class RequestContext:
 
 class Correlator:
     def __init__(
-        self, max_streams: int = 65536, is_sdk_process: Callable[[int], bool] | None = None
+        self,
+        max_streams: int = 65536,
+        is_sdk_process: Callable[[int], bool] | None = None,
+        moves_requests: Callable[[int], bool] | None = None,
     ) -> None:
         self._is_sdk_process = is_sdk_process or (lambda _pid: False)
+        # Processes whose requests move between threads: known up front (Go) ...
+        self._moves_requests = moves_requests or (lambda _pid: False)
+        # ... or seen answering a request from another thread than its reader.
+        self._seen_moving: set[int] = set()
         self._rand = random.Random()
-        # Server requests in progress by thread and by process (ordered sets: a
-        # request ends in O(1) however many a process serves at once).
+        # Server requests in progress by thread (ordered sets: a request ends in
+        # O(1) however many a thread serves at once).
         self._by_thread: dict[int, dict[RequestContext, None]] = {}
-        self._by_process: dict[int, dict[RequestContext, None]] = {}
         self._clients: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         # Server requests whose client's send (on this node) is not reported yet.
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
@@ -195,7 +206,6 @@ class Correlator:
             rc.held = wire is None and self._is_sdk_process(pid)
             self._resolve_server(rc, client_on_node)
             self._by_thread.setdefault(tid, {})[rc] = None
-            self._by_process.setdefault(pid, {})[rc] = None
         else:
             self._resolve_client(rc)
             if stream_known:
@@ -215,10 +225,21 @@ class Correlator:
         self.settle(rc)
 
     def ended(self, rc: RequestContext) -> None:
-        """The request is over: its thread and process no longer serve it."""
+        """The request is over: its thread no longer serves it."""
         if rc.role == Role.SERVER:
             _discard(self._by_thread, rc.tid, rc)
-            _discard(self._by_process, rc.pid, rc)
+
+    def answered(self, rc: RequestContext, tid: int) -> None:
+        """A server request's answer was written by thread `tid`: another thread
+        than its reader means this process's requests move between threads."""
+        if rc.role == Role.SERVER and tid != rc.tid and rc.pid not in self._seen_moving:
+            if len(self._seen_moving) >= self._max_streams:
+                self._seen_moving.clear()  # bounded; relearned at the next answer
+            self._seen_moving.add(rc.pid)
+
+    def forget_process(self, pid: int) -> None:
+        """The process exited: its pid may come back as another program."""
+        self._seen_moving.discard(pid)
 
     def awaits_client(self, rc: RequestContext) -> bool:
         """Its trace waits on a server request whose client's send is not reported
@@ -243,13 +264,13 @@ class Correlator:
 
     def expire(self, now_ts: int) -> None:
         """Forget server requests that never finished (their pending entry was dropped)."""
-        for table in (self._by_thread, self._by_process):
-            for key in list(table):
-                alive = {rc: None for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS}
-                if alive:
-                    table[key] = alive
-                else:
-                    del table[key]
+        table = self._by_thread
+        for key in list(table):
+            alive = {rc: None for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS}
+            if alive:
+                table[key] = alive
+            else:
+                del table[key]
 
     # -- resolution -------------------------------------------------------------
 
@@ -303,15 +324,13 @@ class Correlator:
         rc.held = parent.held
 
     def _enclosing_server(self, rc: RequestContext) -> RequestContext | None:
+        """The one server request the sending thread is serving, where that is sound."""
         on_thread = self._by_thread.get(rc.tid)
-        if on_thread:
-            return next(iter(on_thread)) if len(on_thread) == 1 else None
-        in_process = self._by_process.get(rc.pid)
-        if in_process and len(in_process) == 1:
-            (only,) = in_process
-            if only.start_ts <= rc.start_ts:
-                return only
-        return None
+        if not on_thread or len(on_thread) != 1:
+            return None
+        if rc.pid in self._seen_moving or self._moves_requests(rc.pid):
+            return None
+        return next(iter(on_thread))
 
 
 def _may_carry_context(head: RequestStart) -> bool:

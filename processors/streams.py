@@ -59,6 +59,7 @@ from otel_ebpf.processors.protocols.resp import (
 )
 from otel_ebpf.processors.protocols.sql import SqlExchange
 from otel_ebpf.processors.selection import Selector
+from otel_ebpf.runtimes import GO
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,11 @@ class ConnectionTracker:
         self._own_listeners: set[int] = set()  # ports the collector serves on (OTLP in, health)
         self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their peers' pids
         self._proc_sockets = ProcSockets()
-        self.correlator = Correlator(max_streams=max_connections, is_sdk_process=is_sdk_process)
+        self.correlator = Correlator(
+            max_streams=max_connections,
+            is_sdk_process=is_sdk_process,
+            moves_requests=lambda pid: processes.get(pid).runtime == GO,
+        )
         self._event: DataEvent | DatagramEvent | None = None  # the event being fed
         self._holding: dict[int, Connection] = {}  # connections with held calls
         self._own_checked = 0.0
@@ -805,8 +810,16 @@ class ConnectionTracker:
 
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         conn.exchanges += len(exchanges)
+        ev = self._event
+        answer_by = (
+            ev.tid
+            if type(ev) is DataEvent and ev.sk == conn.sk and ev.direction == Direction.EGRESS
+            else None
+        )
         for x in exchanges:
             if isinstance(x.token, RequestContext):
+                if answer_by is not None:
+                    self.correlator.answered(x.token, answer_by)
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
                 conn.in_flight.pop(x.token, None)

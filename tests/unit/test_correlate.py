@@ -79,18 +79,50 @@ def test_event_loop_thread_is_ambiguous() -> None:
     assert out.parent_id == 0  # two requests in flight on one thread: no guess
 
 
-def test_worker_thread_falls_back_to_the_single_request_of_its_process() -> None:
+def call(c: Correlator, ts: int, pid: int, tid: int, port: int = 5000):  # type: ignore[no-untyped-def]
+    """An outgoing call from pid/tid to a backend."""
+    return c.started(
+        Role.CLIENT, head(ts), pid, tid, Endpoint("10.0.0.2", port), Endpoint("10.0.0.3", 80), True
+    )
+
+
+def test_a_thread_serving_nothing_proves_nothing() -> None:
+    """A worker or background thread calls out while one request is in flight in
+    its process: it may be that request's work, or a health check of its own."""
     c = Correlator()
-    incoming = server(c, 10, pid=5, tid=50)
-    out = c.started(
-        Role.CLIENT, head(11), 5, 51, Endpoint("10.0.0.2", 5000), Endpoint("10.0.0.3", 80), True
-    )
-    assert out.parent_id == incoming.span_id
-    server(c, 12, pid=5, tid=52, offset=100)
-    busy = c.started(
-        Role.CLIENT, head(13), 5, 53, Endpoint("10.0.0.2", 5001), Endpoint("10.0.0.3", 80), True
-    )
-    assert busy.parent_id == 0  # two requests in the process: ambiguous
+    server(c, 10, pid=5, tid=50)
+    assert call(c, 11, pid=5, tid=51).parent_id == 0
+
+
+def test_go_requests_move_between_threads_so_the_thread_is_no_context() -> None:
+    """The interleaving that filed B's /c/c006 under /b/c000: goroutine g0 read
+    request 0 on thread 50 and waits; goroutine g6 read request 6 on thread 60,
+    then ran on thread 50 when it called C. Thread 50 serves exactly request 0."""
+    go_pids = {5}
+    c = Correlator(moves_requests=go_pids.__contains__)
+    server(c, 10, pid=5, tid=50, offset=0)
+    c.started(Role.SERVER, head(11), 5, 60, SERVER_END, Endpoint("10.0.0.9", 1), True)
+    assert call(c, 12, pid=5, tid=50).parent_id == 0
+    # the same interleaving in a thread-per-request process keeps its link
+    kept = server(c, 13, pid=7, tid=70)
+    assert call(c, 14, pid=7, tid=70).parent_id == kept.span_id
+
+
+def test_an_answer_from_another_thread_turns_the_thread_rule_off_for_the_process() -> None:
+    """A work-stealing runtime the binary does not reveal: learned from the first
+    request answered by another thread than its reader."""
+    c = Correlator()
+    first = server(c, 10, pid=5, tid=50)
+    assert call(c, 11, pid=5, tid=50).parent_id == first.span_id  # nothing known yet
+    c.answered(first, 51)
+    c.finished(first)
+    second = server(c, 12, pid=5, tid=50, offset=100)
+    assert call(c, 13, pid=5, tid=50).parent_id == 0
+    c.answered(second, 50)
+    c.finished(second)
+    c.forget_process(5)  # exited; its pid is another program's now
+    third = server(c, 14, pid=5, tid=50, offset=200)
+    assert call(c, 15, pid=5, tid=50).parent_id == third.span_id
 
 
 def test_unfinished_requests_expire() -> None:
