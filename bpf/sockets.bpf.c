@@ -376,7 +376,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
                                .value = value,
                                .ts = bpf_ktime_get_ns()};
     process_comm(ev.comm, id >> 32);
-    if (events.ringbuf_output(&ev, sizeof(ev), 0))
+    if (events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP))
         count_lost();
     return 0;
 }
@@ -600,7 +600,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     process_comm(ev->comm, tgid);
     ev->captured = capture(ev, io, hdr, io->buf, (u32)ret);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, 0))
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
         count_lost();
     return 0;
 }
@@ -686,7 +686,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
             ce->kind = EV_SELF;
             ce->sk = skey;
             ce->pid = tgid;
-            events.ringbuf_submit(ce, 0);
+            events.ringbuf_submit(ce, BPF_RB_NO_WAKEUP);
         }
         return 0;
     }
@@ -745,7 +745,7 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, 0))
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
         count_lost();
     return 0;
 }
@@ -904,7 +904,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         ce->resets_out = cs->resets_out;
     }
     ce->oldstate = oldstate;
-    events.ringbuf_submit(ce, 0);
+    events.ringbuf_submit(ce, BPF_RB_NO_WAKEUP);
     if (newstate == TCP_CLOSE) {
         if (cs) {
             struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = DIR_EGRESS};
@@ -986,7 +986,7 @@ int on_tcp_send_reset(struct send_reset_args *args) {
         __builtin_memcpy(ce->daddr, &args->daddr[8], 16);
     }
     ce->resets_out = 1;
-    events.ringbuf_submit(ce, 0);
+    events.ringbuf_submit(ce, BPF_RB_NO_WAKEUP);
     return 0;
 }
 

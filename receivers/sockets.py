@@ -35,10 +35,12 @@ from otel_ebpf.model import (
     SelfConn,
     SocketBufferSet,
 )
+from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 
 log = logging.getLogger(__name__)
 
 TRACEFS = Path("/sys/kernel/tracing")
+DRAIN_BATCH = 4096  # records handed on per poll: the loop's other work runs between
 
 # Tracepoints the program attaches to; `doctor` checks the same list.
 REQUIRED_TRACEPOINTS = (
@@ -278,6 +280,11 @@ class SocketReceiver:
         self._dns_ports = sorted({int(p) for p in dns_ports if 0 < int(p) < 65536})
         self._bpf: object | None = None
         self._quiet: object | None = None
+        self._reader: RingBufferReader | None = None
+        self._lookup: Any = None  # libbcc's bpf_lookup_elem, keeping the GIL
+        self._conn_fds: tuple[int, ...] = ()
+        self._conn_key = ctypes.c_ulonglong()
+        self._conn_leaf: Any = None
         self.events_received = 0
 
     def exec_service_name(self, pid: int) -> str | None:
@@ -307,6 +314,7 @@ class SocketReceiver:
             )
         try:
             from bcc import BPF
+            from bcc.libbcc import lib
         except ImportError as exc:
             raise ReceiverError(
                 "the bcc Python package is not importable; run scripts/setup.sh "
@@ -342,7 +350,19 @@ class SocketReceiver:
             bpf.attach_tracepoint(tp="tcp:tcp_send_reset", fn_name="on_tcp_send_reset")
         except Exception as exc:  # resets sent go uncounted; everything else works
             log.warning("tcp:tcp_send_reset not attached (%s): resets sent are not counted", exc)
-        bpf["events"].open_ring_buffer(self._on_record)
+        conns = bpf["conns"]
+        self._conn_fds = (conns.map_fd, bpf["closed_conns"].map_fd)
+        self._conn_leaf = conns.Leaf()  # both maps hold struct conn_state
+        # A lookup is a ~1 us syscall: made holding the GIL (bcc's ctypes call lets
+        # it go, and taking it back waits out the export thread's switch interval).
+        self._lookup = ctypes.PyDLL(lib._name).bpf_lookup_elem
+        self._lookup.restype = ctypes.c_int
+        self._lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        events = bpf["events"]
+        if ORDERED_LOADS:
+            self._reader = RingBufferReader(events.map_fd, events.max_entries)
+        else:  # libbpf's consumer orders its loads; one callback per record
+            events.open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]
         log.info(
@@ -358,13 +378,28 @@ class SocketReceiver:
         if event is not None:
             self._sink(event)
 
-    def poll(self, timeout_ms: int = 100) -> None:
-        if self._bpf is not None:
-            self._bpf.ring_buffer_poll(timeout_ms)  # type: ignore[attr-defined]
+    def poll(self) -> bool:
+        """Hand what the kernel has written so far to the sink, at most DRAIN_BATCH
+        records (the programs submit without waking anyone: the caller drains on
+        a timer). True: more may be waiting."""
+        if self._bpf is None:
+            return False
+        if self._reader is None:
+            self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
+            return False
+        records = self._reader.drain(DRAIN_BATCH)
+        self.events_received += len(records)
+        sink = self._sink
+        for raw in records:
+            event = decode(raw)
+            if event is not None:
+                sink(event)
+        return len(records) == DRAIN_BATCH
 
     def drain(self) -> None:
-        if self._bpf is not None:
-            self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
+        """Everything written so far (at shutdown)."""
+        while self.poll():
+            pass
 
     def events_lost(self) -> int:
         if self._bpf is None:
@@ -415,15 +450,15 @@ class SocketReceiver:
         return False if facts & _FACT_FRESH else None
 
     def retransmits_of(self, sk: int, gen: int) -> int | None:
-        """A connection's retransmitted segments now (None: unknown, or reused)."""
-        if self._bpf is None:
+        """A connection's retransmitted segments now (None: unknown, or reused);
+        called per exchange, so into reused buffers."""
+        if self._bpf is None or self._lookup is None:
             return None
-        for name in ("conns", "closed_conns"):
-            try:
-                cs = self._bpf[name][ctypes.c_ulonglong(sk)]  # type: ignore[index]
-            except (KeyError, OSError):
-                continue
-            return int(cs.retrans) if cs.gen == gen else None
+        key, leaf, lookup = self._conn_key, self._conn_leaf, self._lookup
+        key.value = sk
+        for fd in self._conn_fds:
+            if lookup(fd, ctypes.byref(key), ctypes.byref(leaf)) == 0:
+                return int(leaf.retrans) if leaf.gen == gen else None
         return None
 
     def attach_openssl(self, path: str) -> int:
@@ -472,4 +507,7 @@ class SocketReceiver:
             probes += [(bpf.detach_tracepoint, name) for name in list(bpf.tracepoint_fds)]
             with ThreadPoolExecutor(8, thread_name_prefix="detach") as pool:
                 list(pool.map(_detach, probes))
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             bpf.cleanup()  # the rest: ring buffer, maps

@@ -89,7 +89,7 @@ def test_events_name_the_process_not_its_network_thread(dnsmasq: Dnsmasq) -> Non
         client.wait(10)
 
         def datagrams() -> list[DatagramEvent]:
-            receiver.poll(100)
+            receiver.poll()
             return [e for e in events if isinstance(e, DatagramEvent) and e.pid == client.pid]
 
         wait_until(lambda: len(datagrams()) >= 2, 10, "dig's query and answer")

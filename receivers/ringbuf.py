@@ -1,0 +1,74 @@
+"""A BPF ring buffer read in batches from its memory mapping.
+
+bcc hands each record to Python through a ctypes callback (a GIL re-take and
+argument conversion per record), and libbpf's consumer keeps going while the
+kernel keeps writing, so under steady load the poll never returned and the
+collector's periodic work (held spans, telemetry, expiry) starved. Here the
+records up to the producer position read at the start of a drain are copied
+out in one loop and the consumer position is written once: a drain is bounded
+and costs a slice per record.
+
+The layout is the kernel's (kernel/bpf/ringbuf.c): a consumer page user space
+writes, a producer page it reads, then the data area mapped twice in a row so
+a record that wraps is contiguous. Each record starts with an 8-byte header
+(length with BUSY and DISCARD bits, page offset) and is padded to 8 bytes.
+
+Reading the header before the record is an ordering libbpf gets from
+`smp_load_acquire`; Python has no such load, so this reader is used where the
+CPU keeps loads in order (x86-64); elsewhere the receiver uses libbpf's.
+"""
+
+from __future__ import annotations
+
+import mmap
+import platform
+import struct
+
+_BUSY = 1 << 31  # reserved, not yet submitted: the drain stops there
+_DISCARD = 1 << 30  # reserved and dropped by the program: skipped
+_HEADER = 8
+_u32 = struct.Struct("<I")
+_u64 = struct.Struct("<Q")
+
+# CPUs whose loads are not reordered with other loads (total store order).
+ORDERED_LOADS = platform.machine().lower() in ("x86_64", "amd64")
+
+
+class RingBufferReader:
+    """Copies records out of a BPF_MAP_TYPE_RINGBUF map given its fd and data size."""
+
+    def __init__(self, map_fd: int, data_size: int) -> None:
+        if data_size <= 0 or data_size & (data_size - 1):
+            raise ValueError(f"ring buffer size {data_size} is not a power of two")
+        page = mmap.PAGESIZE
+        self._consumer = mmap.mmap(
+            map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        self._ring = mmap.mmap(
+            map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+        )
+        self._data_start = page  # in self._ring: the producer page comes first
+        self._mask = data_size - 1
+
+    def drain(self, limit: int) -> list[bytes]:
+        """Up to `limit` records, oldest first; stops at a record still being written."""
+        ring, start, mask = self._ring, self._data_start, self._mask
+        unpack_u32 = _u32.unpack_from
+        (cons,) = _u64.unpack_from(self._consumer, 0)
+        (prod,) = _u64.unpack_from(ring, 0)
+        out: list[bytes] = []
+        while cons < prod and len(out) < limit:
+            at = start + (cons & mask)
+            (length,) = unpack_u32(ring, at)
+            if length & _BUSY:
+                break
+            size = length & ~(_BUSY | _DISCARD)
+            if not length & _DISCARD:
+                out.append(ring[at + _HEADER : at + _HEADER + size])
+            cons += (size + _HEADER + 7) & ~7
+        _u64.pack_into(self._consumer, 0, cons)  # the kernel may reuse that space now
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._ring.close()
