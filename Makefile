@@ -27,6 +27,7 @@ bench: setup
 	$(PY) bench/parser_throughput.py
 	$(PY) bench/db_overhead.py
 	$(PY) bench/memory_plateau.py
+	$(PY) bench/footprint.py
 	$(PY) bench/metrics_cost.py
 	$(PY) bench/nginx_overhead.py
 

@@ -23,13 +23,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 log = logging.getLogger(__name__)
 
-_MAX_CACHED_ATTRIBUTES = 65536  # distinct (key, value) pairs kept; cleared when full
+_MAX_CACHED_ATTRIBUTES = 16384  # distinct (key, value) pairs kept; cleared when full
 _MAX_CACHED_RESOURCES = 4096
 _UINT64 = (1 << 64) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags: the parent's remoteness is known ...
 _FLAGS_IS_REMOTE = 0x200  # ... and it is remote
-_CACHEABLE = (str, bool, int, float)
+_CACHEABLE = (str, bool, int)  # floats (durations) rarely repeat: not worth keeping
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack

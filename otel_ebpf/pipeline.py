@@ -20,6 +20,7 @@ from otel_ebpf.containers import PodScope
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
+from otel_ebpf.memory import trim_heap
 from otel_ebpf.metrics import (
     CollectorMetrics,
     PerServiceResources,
@@ -413,6 +414,7 @@ class Collector:
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())
+                trim_heap()
                 next_sweep = now + SWEEP_INTERVAL_S
             if now >= next_progress:
                 log.info("progress: %s", self.telemetry.snapshot())

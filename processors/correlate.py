@@ -89,6 +89,15 @@ class NetCounters(NamedTuple):
     window_small: int
 
 
+class ClientEnd(NamedTuple):
+    """What a client request leaves for its server's read to join: its span, its trace."""
+
+    span_id: int
+    cell: TraceCell
+    start_ts: int
+    held: bool
+
+
 class TraceCell:
     """A trace id that may not be known yet, shared by the requests of one trace."""
 
@@ -172,7 +181,9 @@ class Correlator:
         # Server requests in progress by thread (ordered sets: a request ends in
         # O(1) however many a thread serves at once).
         self._by_thread: dict[int, dict[RequestContext, None]] = {}
-        self._clients: OrderedDict[StreamKey, RequestContext] = OrderedDict()
+        # Client requests whose server end may still be read on this node (most
+        # never are: their servers are elsewhere), kept slim as the table is full.
+        self._clients: OrderedDict[StreamKey, ClientEnd] = OrderedDict()
         # Server requests whose client's send (on this node) is not reported yet.
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         self._max_streams = max_streams
@@ -214,7 +225,7 @@ class Correlator:
                 if waiting is not None and _plausible(rc, waiting):
                     self._join(waiting, rc)  # its server read it before we saw it sent
                 else:
-                    self._clients[key] = rc  # type: ignore[index]
+                    self._clients[key] = ClientEnd(rc.span_id, rc.cell, rc.start_ts, rc.held)  # type: ignore[index]
                     if len(self._clients) > self._max_streams:
                         self._clients.popitem(last=False)
         return rc
@@ -293,7 +304,7 @@ class Correlator:
             return
         rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
 
-    def _join(self, server: RequestContext, client: RequestContext) -> None:
+    def _join(self, server: RequestContext, client: RequestContext | ClientEnd) -> None:
         """The server request is the client request's other end: one trace."""
         self.joins += 1
         server.parent_id = client.span_id
@@ -338,7 +349,7 @@ def _may_carry_context(head: RequestStart) -> bool:
     return "traceparent" in h or "b3" in h or "x-b3-traceid" in h
 
 
-def _plausible(client: RequestContext, server: RequestContext) -> bool:
+def _plausible(client: RequestContext | ClientEnd, server: RequestContext) -> bool:
     """Same stream and offset: also close in time (the tuple may have been reused)."""
     gap = server.start_ts - client.start_ts
     return -MATCH_SLACK_NS <= gap <= MATCH_WINDOW_NS

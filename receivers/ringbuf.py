@@ -27,6 +27,7 @@ import struct
 _BUSY = 1 << 31  # reserved, not yet submitted: the drain stops there
 _DISCARD = 1 << 30  # reserved and dropped by the program: skipped
 _HEADER = 8
+MAX_RECORD = 64 << 10  # longer than any record the programs write (captures <= 16 KiB)
 _u32 = struct.Struct("<I")
 _u64 = struct.Struct("<Q")
 
@@ -44,8 +45,11 @@ class RingBufferReader:
         self._consumer = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
+        # The producer page and the data area, plus as much of its second copy as
+        # the longest record can run into (the kernel populates what is mapped).
+        tail = min(data_size, MAX_RECORD)
         self._ring = mmap.mmap(
-            map_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            map_fd, page + data_size + tail, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self._data_start = page  # in self._ring: the producer page comes first
         self._mask = data_size - 1

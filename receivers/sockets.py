@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from otel_ebpf.memory import release_compiler_memory
 from otel_ebpf.model import (
     TLS_STREAM,
     ConnClose,
@@ -365,6 +366,7 @@ class SocketReceiver:
             events.open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]
+        release_compiler_memory()  # nothing is compiled after this
         log.info(
             "socket receiver attached to %d tracepoints (capture %d bytes, %s)",
             len(REQUIRED_TRACEPOINTS),

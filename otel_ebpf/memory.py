@@ -1,0 +1,47 @@
+"""Give back memory the collector no longer uses: what bcc's compiler left behind
+once the programs are loaded, and the C heap's free blocks after a burst.
+
+Compiling the BPF programs pulls libLLVM and libclang's code in (80+ MiB of
+resident pages here) and leaves the C heap full of freed blocks; the collector
+never compiles again. Clean file-backed pages are paged out (`MADV_PAGEOUT`,
+Linux 5.4; they come back from the page cache if ever needed) and the heap is
+trimmed. Best effort: nothing here can fail the collector.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+MADV_PAGEOUT = 21
+_COMPILER_LIBRARIES = ("libLLVM", "libclang")
+
+
+def release_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open(maps_path) as maps:
+            lines = maps.read().splitlines()
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 6 or not fields[5].rsplit("/", 1)[-1].startswith(_COMPILER_LIBRARIES):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if "w" not in fields[1]:  # code and read-only data: clean pages
+                madvise(start, end - start, MADV_PAGEOUT)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError, ValueError) as exc:
+        log.debug("compiler memory not released: %s", exc)
+
+
+def trim_heap() -> None:
+    """Free blocks at the C heap's top and in its holes go back to the system
+    (a burst's records and spans leave them; glibc keeps them otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError) as exc:
+        log.debug("heap not trimmed: %s", exc)
