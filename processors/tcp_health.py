@@ -136,16 +136,18 @@ class TcpHealth:
         a connection's role and ends as the tracker knows them (None: not known)."""
         self._scans += 1
         for c in live:
-            if c.role == Role.UNKNOWN or (self._include and not self._include(c.pid)):
+            if self._include and not self._include(c.pid):
                 continue
             ident = (c.sk, c.gen)
             prev = self._reported.get(ident)
             if prev is None:
+                # The tracker's role: the kernel's is unknown for a connection
+                # opened before the probes (a pool's long-lived connections).
                 known = ends(c.sk, c.gen)
                 if known is None:
                     continue
                 role, local, remote = known
-                if remote is None:
+                if remote is None or role == Role.UNKNOWN:
                     continue
                 key = peer_key(self._service_of_pid(c.pid), role, local, remote)
                 prev = self._reported[ident] = _Reported(key, TcpTotals())
@@ -170,12 +172,15 @@ class TcpHealth:
         self.maintain(now_ns)
 
     def closed(self, ev: ConnClose) -> None:
-        if ev.remote is None or ev.role == Role.UNKNOWN:
-            return
         if self._include is not None and not self._include(ev.pid):
             return
         prev = self._reported.pop((ev.sk, ev.opened), None) if ev.opened else None
-        key = prev.key if prev else self._key(ev.pid, ev.role, ev.local, ev.remote)
+        if prev is not None:
+            key = prev.key
+        elif ev.remote is not None and ev.role != Role.UNKNOWN:
+            key = self._key(ev.pid, ev.role, ev.local, ev.remote)
+        else:
+            return  # never reported live, and the kernel cannot say which end it is
         failure = ev.failure
         delta = TcpTotals(opened=0 if prev or failure else 1)
         if failure is not None:

@@ -132,7 +132,11 @@ def test_live_connections_report_bytes_before_they_close_and_only_once(
         conn.request("GET", "/big/500000")
         conn.getresponse().read()
     # The connection stays open: its bytes come from the periodic read of the kernel map.
-    wait_until(lambda: sent() >= base + 1_000_000, 30, "bytes of a connection still open")
+    try:
+        wait_until(lambda: sent() >= base + 1_000_000, 30, "bytes of a connection still open")
+    except AssertionError:
+        seen = grpc_sink.metrics.series("otel_ebpf.tcp.bytes", **{"server.port": py_server.port})
+        raise AssertionError(f"{base=}; series of that port: {seen}") from None
     conn.close()
     time.sleep(3)  # several reads and exports after the close
     assert base + 1_000_000 <= sent() < base + 1_010_000  # the close added headers, not again

@@ -88,6 +88,21 @@ def test_live_connections_report_before_they_close_and_are_counted_once() -> Non
     assert opened.value == 1 and retrans.value == 3
 
 
+def test_a_connection_opened_before_the_probes_reports_with_the_trackers_role() -> None:
+    """The kernel saw it first mid-stream (role unknown); the tracker knows its ends."""
+    tcp, reader = setup()
+    ends: dict[tuple[int, int], Ends] = {(7, 100): (Role.CLIENT, CLIENT_END, SERVER_END)}
+    unknown = live(7, 100, 1_000, 5_000)._replace(role=Role.UNKNOWN)
+    tcp.scan([unknown], lambda sk, gen: ends.get((sk, gen)), 0)
+    tcp.closed(close(7, 100, 4_000, 9_500)._replace(role=Role.UNKNOWN))
+    bytes_end = {
+        p.attributes["network.io.direction"]: p.value for p in points(reader, "otel_ebpf.tcp.bytes")
+    }
+    assert bytes_end == {"transmit": 4_000, "receive": 9_500}  # live, then the rest at close
+    (opened,) = points(reader, "otel_ebpf.tcp.connections.opened")
+    assert opened.value == 1
+
+
 def test_a_connection_whose_close_was_lost_is_forgotten_after_two_scans() -> None:
     tcp, _ = setup()
     ends: dict[tuple[int, int], Ends] = {(7, 100): (Role.CLIENT, CLIENT_END, SERVER_END)}
