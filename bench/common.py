@@ -90,4 +90,5 @@ def wrk_arguments(description: str | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--only", default="", help="comma-separated scenario names to run")
     return parser.parse_args()

@@ -4,10 +4,11 @@ Two loads: `saturating` (wrk as fast as it can: the 2-core machine's CPU is
 the limit, so the collector competes with nginx and wrk for it) and `paced`
 (each wrk connection waits 1 ms between requests, a few thousand requests per
 second that the pipeline is meant to keep up with); then both again over HTTPS
-(nginx's TLS listener: plaintext from the OpenSSL uprobes). Alternates baseline and
-traced rounds (A B A B ...) so drift on the machine hits both sides alike, and
-reports medians. The collector exports its spans over OTLP/gRPC to a discarding
-sink process. Run as root: `make bench` (or
+(nginx's TLS listener: plaintext from the OpenSSL uprobes). Each round runs
+without the collector, with its hooks attached to programs that only count (the
+floor no collector can go below, `floor.py`), and with the collector, so drift
+on the machine hits all sides alike; medians are reported. The collector
+exports its spans over OTLP/gRPC to a discarding sink process. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -28,6 +29,7 @@ from common import (  # also puts tests/kernel on the path
     wrk,
     wrk_arguments,
 )
+from floor import counting_probes, system_libssl
 
 from harness import CollectorProcess, Nginx
 
@@ -43,6 +45,7 @@ def scenario(
 ) -> None:
     url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
+    floor_rps, floor_p99 = [], []
     lost = rss = 0.0
     requests_traced = spans = kernel_lost = dropped = 0
     wrk(url, 2, args.connections, script)  # warm up
@@ -50,6 +53,11 @@ def scenario(
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
         base_rps.append(rps)
         base_p99.append(p99)
+
+        with counting_probes(system_libssl() if https else None):
+            rps, p99, _ = wrk(url, args.seconds, args.connections, script)
+        floor_rps.append(rps)
+        floor_p99.append(p99)
 
         otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
         collector = CollectorProcess(tmp / f"collector-{name}-{r}", {"otlp": otlp})
@@ -80,11 +88,13 @@ def scenario(
     print(
         f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
         f"   ratio {med(on_rps) / med(base_rps):.3f}"
+        f"   (hooks counting only: {med(floor_rps) / med(base_rps):.3f})"
     )
     p99_off, p99_on = med(base_p99) * 1e3, med(on_p99) * 1e3
     print(
         f"  p99 latency  without {p99_off:10.3f} ms      with {p99_on:10.3f} ms"
         f"      ratio {p99_on / p99_off:.3f}"
+        f"   (hooks counting only: {med(floor_p99) * 1e3 / p99_off:.3f})"
     )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
@@ -103,12 +113,18 @@ def main() -> int:
     paced.write_text(PACED_LUA)
     nginx = Nginx(tmp / "nginx")
     try:
-        with null_sink() as port:
-            scenario("paced", nginx, tmp, args, paced, port)
-            scenario("saturating", nginx, tmp, args, None, port)
+        scenarios = {
+            "paced": (paced, False),
+            "saturating": (None, False),
             # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
-            scenario("paced-https", nginx, tmp, args, paced, port, https=True)
-            scenario("saturating-https", nginx, tmp, args, None, port, https=True)
+            "paced-https": (paced, True),
+            "saturating-https": (None, True),
+        }
+        chosen = args.only.split(",") if args.only else list(scenarios)
+        with null_sink() as port:
+            for name in chosen:
+                script, https = scenarios[name]
+                scenario(name, nginx, tmp, args, script, port, https=https)
     finally:
         nginx.stop()
     return 0

@@ -1,0 +1,54 @@
+"""The physical floor: the collector's hooks attached to programs that only count.
+
+Every tracepoint the collector attaches (and its OpenSSL uprobes, for HTTPS)
+gets a program that adds one to a per-CPU counter and returns: the cost of the
+hooks themselves, which no user-space work can go below. The benches run it as
+a third side (off / floor / on) and print its ratio beside the collector's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from otel_ebpf.receivers.sockets import OPENSSL_PROBES, REQUIRED_TRACEPOINTS, TRACEFS
+
+# One program for every tracepoint and one for every uprobe (the program types
+# differ); plain functions, so no tracepoint's argument layout needs compiling.
+_PROGRAM = """
+BPF_PERCPU_ARRAY(hits, u64, 1);
+static inline int count(void) { u32 k = 0; u64 *n = hits.lookup(&k); if (n) *n += 1; return 0; }
+int count_tracepoint(void *ctx) { return count(); }
+int count_uprobe(struct pt_regs *ctx) { return count(); }
+"""
+
+
+@contextlib.contextmanager
+def counting_probes(libssl: str | None = None) -> Iterator[None]:
+    """The collector's hooks, counting only, while the block runs."""
+    from bcc import BPF
+
+    bpf = BPF(text=_PROGRAM)
+    for tp in (*REQUIRED_TRACEPOINTS, "tcp/tcp_probe"):
+        if (TRACEFS / "events" / tp).is_dir():
+            bpf.attach_tracepoint(tp=tp.replace("/", ":"), fn_name="count_tracepoint")
+    for symbol, _, _ in OPENSSL_PROBES if libssl else ():
+        with contextlib.suppress(Exception):  # an older libssl lacks the _ex calls
+            bpf.attach_uprobe(name=libssl, sym=symbol, fn_name="count_uprobe")
+            bpf.attach_uretprobe(name=libssl, sym=symbol, fn_name="count_uprobe")
+    try:
+        yield
+    finally:
+        bpf.cleanup()
+
+
+def system_libssl() -> str | None:
+    """The libssl nginx and wrk map (Debian's), for the HTTPS floor."""
+    for candidate in (
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+    ):
+        if Path(candidate).exists():
+            return candidate
+    return None
