@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -361,8 +362,11 @@ class SocketReceiver:
         self._lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         events = bpf["events"]
         if ORDERED_LOADS:
-            self._reader = RingBufferReader(events.map_fd, events.max_entries)
-        else:  # libbpf's consumer orders its loads; one callback per record
+            try:
+                self._reader = RingBufferReader(events.map_fd, events.max_entries)
+            except (OSError, ValueError) as exc:
+                log.info("ring buffer read through libbpf (not mapped: %s)", exc)
+        if self._reader is None:  # libbpf's consumer orders its loads; a callback per record
             events.open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]
@@ -398,9 +402,11 @@ class SocketReceiver:
                 sink(event)
         return len(records) == DRAIN_BATCH
 
-    def drain(self) -> None:
-        """Everything written so far (at shutdown)."""
-        while self.poll():
+    def drain(self, within_s: float = 1.0) -> None:
+        """What is written so far, at shutdown; bounded in time, as traffic that
+        outpaces the collector would keep the ring from ever emptying."""
+        deadline = time.monotonic() + within_s
+        while self.poll() and time.monotonic() < deadline:
             pass
 
     def events_lost(self) -> int:
