@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/db_overhead.py
 	$(PY) bench/memory_plateau.py
 	$(PY) bench/footprint.py
+	$(PY) bench/context_trees.py
 	$(PY) bench/metrics_cost.py
 	$(PY) bench/nginx_overhead.py
 

@@ -32,7 +32,7 @@ class GoHop:
         self.port = free_port()
         argv = [str(binary), str(self.port)]
         if next_port is not None:
-            argv.append(f"http://127.0.0.1:{next_port}")
+            argv.append(str(next_port))
         self.proc = subprocess.Popen(argv, env={**os.environ, "OTEL_SERVICE_NAME": service})
         wait_until(lambda: listening(self.port), 10, f"{service} listening")
 

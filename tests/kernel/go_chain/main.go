@@ -1,6 +1,7 @@
-// go_chain PORT [NEXT]: an uninstrumented hop of a request chain. GET /any/path
-// calls NEXT/any/path (when NEXT is given) and answers with what it got; the
-// last hop waits a moment so requests overlap, and answers with its path.
+// go_chain PORT [NEXT_PORT]: an uninstrumented hop of a request chain. GET
+// /any/path calls 127.0.0.1:NEXT_PORT/any/path (when given) and answers with
+// what it got; the last hop waits a moment so requests overlap, and answers
+// "leaf /any/path".
 package main
 
 import (
@@ -15,7 +16,7 @@ func main() {
 	port := os.Args[1]
 	next := ""
 	if len(os.Args) > 2 {
-		next = os.Args[2]
+		next = "http://127.0.0.1:" + os.Args[2]
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

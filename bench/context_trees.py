@@ -1,0 +1,180 @@
+"""One trace per request across A -> B -> C, per server runtime and concurrency.
+
+For threads (ThreadingHTTPServer), asyncio (one event loop; every Python found:
+3.11 and 3.12 here), Node and Go, three uninstrumented hops of the same runtime
+forward each request's own path; clients drive 1, 8 and 64 concurrent
+keep-alive connections. From the spans the collector exports it counts, per
+case, complete trees (all six spans in one trace, each the parent of the next)
+and wrong links (a parent belonging to another request: must be 0). Run as
+root: `.venv/bin/python bench/context_trees.py`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (puts tests/kernel on the path)
+
+from harness import CollectorProcess, end_process, free_port, listening, wait_until
+from otlp_sink import CLIENT, SERVER, GrpcSink, Span
+
+HERE = Path(__file__).parent
+REQUESTS = {1: 100, 8: 400, 64: 640}
+
+
+def _runtimes(tmp: Path) -> dict[str, list[str]]:
+    """Runtime name -> the argv that starts one hop (port and next port appended)."""
+    go_binary = tmp / "go_chain"
+    subprocess.run(
+        [
+            shutil.which("go") or "/usr/local/go/bin/go",
+            "build",
+            "-o",
+            str(go_binary),
+            str(HERE.parent / "tests" / "kernel" / "go_chain" / "main.go"),
+        ],
+        check=True,
+        env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
+    )
+    found: dict[str, list[str]] = {
+        "threads": [sys.executable, str(HERE / "chains" / "threads_hop.py")]
+    }
+    pythons = {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for version in ("3.11", "3.12"):
+        candidates = [shutil.which(f"python{version}") or ""]
+        candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
+        runs = [c for c in candidates if c and _runs(c)]
+        if runs and version not in pythons:
+            pythons[version] = runs[0]
+    for version, python in sorted(pythons.items()):
+        found[f"asyncio-{version}"] = [python, str(HERE / "chains" / "asyncio_hop.py")]
+    if shutil.which("node"):
+        found["node"] = ["node", str(HERE / "chains" / "node_hop.js")]
+    found["go"] = [str(go_binary)]
+    return found
+
+
+def _runs(python: str) -> bool:
+    """A pyenv shim exists for versions it will not run here."""
+    return subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
+
+
+class Chain:
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        next_port: int | None = None
+        for hop in ("c", "b", "a"):
+            port = free_port()
+            extra = [str(port)] + ([str(next_port)] if next_port else [])
+            env = {**os.environ, "OTEL_SERVICE_NAME": f"{name}-{hop}"}
+            self.procs.append(subprocess.Popen([*argv, *extra], env=env))
+            try:
+                wait_until(lambda p=port: listening(p), 10, f"{name}-{hop} listening")
+            except AssertionError:
+                self.stop()
+                raise
+            next_port = port
+        self.port = next_port or 0
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            end_process(proc)
+
+
+def drive(port: int, connections: int, total: int, tag: str) -> int:
+    per = total // connections
+    failed = []
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in range(per):
+            path = f"/{tag}/c{n:02d}-{i:03d}"
+            conn.request("GET", path)
+            if conn.getresponse().read() != f"leaf {path}\n".encode():
+                failed.append(path)
+        conn.close()
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
+    return per * connections
+
+
+def count(spans: list[Span], requests: int) -> tuple[int, int, int]:
+    """(complete trees, wrong links, spans seen)."""
+    by_id = {s.span_id: s for s in spans}
+    by_path: dict[str, list[Span]] = {}
+    wrong = 0
+    for s in spans:
+        by_path.setdefault(str(s.attributes.get("url.path")), []).append(s)
+        parent = by_id.get(s.parent_span_id)
+        if parent is not None and parent.attributes.get("url.path") != s.attributes.get("url.path"):
+            wrong += 1
+    complete = 0
+    for group in by_path.values():
+        if len(group) != 6 or len({s.trace_id for s in group}) != 1:
+            continue
+        roots = [s for s in group if s.parent_span_id not in {x.span_id for x in group}]
+        kinds = sorted(s.kind for s in group)
+        if len(roots) == 1 and roots[0].kind == CLIENT and kinds == [SERVER] * 3 + [CLIENT] * 3:
+            complete += 1
+    return complete, wrong, len(spans)
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-trees-"))
+    sink = GrpcSink()
+    collector = CollectorProcess(
+        tmp / "collector", {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}}
+    )
+    rows = []
+    try:
+        for name, argv in _runtimes(tmp).items():
+            chain = Chain(argv, name)
+            try:
+                for connections, total in REQUESTS.items():
+                    tag = f"{name}-{connections}"
+                    done = drive(chain.port, connections, total, tag)
+
+                    def mine(t: str = tag) -> list[Span]:
+                        return [
+                            s
+                            for s in list(sink.store.spans)
+                            if str(s.attributes.get("url.path", "")).startswith(f"/{t}/")
+                        ]
+
+                    deadline = time.monotonic() + 30
+                    while len(mine()) < 6 * done and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    time.sleep(1.0)
+                    complete, wrong, seen = count(mine(), done)
+                    rows.append((name, connections, done, complete, wrong, seen))
+            finally:
+                chain.stop()
+    finally:
+        collector.stop()
+        sink.stop()
+    print("runtime      clients requests  complete trees wrong links   spans")
+    for name, connections, done, complete, wrong, seen in rows:
+        print(
+            f"{name:12} {connections:7d} {done:8d} {complete:8d} ({100 * complete / done:3.0f} %)"
+            f" {wrong:11d} {seen:5d}/{6 * done}"
+        )
+    return 1 if any(row[4] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
