@@ -26,7 +26,8 @@ import common  # noqa: F401  (puts tests/kernel on the path)
 from harness import CollectorProcess, end_process, free_port, listening, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
-HERE = Path(__file__).parent
+KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
+CHAINS = KERNEL_TESTS / "chains"  # one hop per runtime, shared with the kernel tests
 REQUESTS = {1: 100, 8: 400, 64: 640}
 
 
@@ -39,14 +40,12 @@ def _runtimes(tmp: Path) -> dict[str, list[str]]:
             "build",
             "-o",
             str(go_binary),
-            str(HERE.parent / "tests" / "kernel" / "go_chain" / "main.go"),
+            str(KERNEL_TESTS / "go_chain" / "main.go"),
         ],
         check=True,
         env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
     )
-    found: dict[str, list[str]] = {
-        "threads": [sys.executable, str(HERE / "chains" / "threads_hop.py")]
-    }
+    found: dict[str, list[str]] = {"threads": [sys.executable, str(CHAINS / "threads_hop.py")]}
     pythons = {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     for version in ("3.11", "3.12"):
@@ -56,9 +55,9 @@ def _runtimes(tmp: Path) -> dict[str, list[str]]:
         if runs and version not in pythons:
             pythons[version] = runs[0]
     for version, python in sorted(pythons.items()):
-        found[f"asyncio-{version}"] = [python, str(HERE / "chains" / "asyncio_hop.py")]
+        found[f"asyncio-{version}"] = [python, str(CHAINS / "asyncio_hop.py")]
     if shutil.which("node"):
-        found["node"] = ["node", str(HERE / "chains" / "node_hop.js")]
+        found["node"] = ["node", str(CHAINS / "node_hop.js")]
     found["go"] = [str(go_binary)]
     return found
 

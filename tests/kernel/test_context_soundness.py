@@ -1,10 +1,12 @@
-"""In-process context never files a request under a stranger's: Go A -> Go B -> C
-under concurrency, every request with its own path, every parent checked.
+"""In-process context never files a request under a stranger's: A -> B -> C of
+one runtime under concurrency, every request with its own path, every parent
+checked.
 
-Go runs goroutines on any OS thread, so "the request this thread serves" is
-no context there: a wrong parent is worse than none (it merges two users'
-requests into one trace). Socket context (client span -> the next hop's server
-span) stays exact and is checked too.
+Go runs goroutines on any OS thread, so "the request this thread serves" is no
+context there; an event loop serves many requests on one thread. A wrong parent
+is worse than none (it merges two users' requests into one trace). Socket
+context (client span -> the next hop's server span) stays exact and is checked
+too. (`bench/context_trees.py` reports complete trees per runtime.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import http.client
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,33 +30,49 @@ HERE = Path(__file__).parent
 GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 
-class GoHop:
-    def __init__(self, binary: Path, service: str, next_port: int | None = None) -> None:
-        self.port = free_port()
-        argv = [str(binary), str(self.port)]
-        if next_port is not None:
-            argv.append(str(next_port))
-        self.proc = subprocess.Popen(argv, env={**os.environ, "OTEL_SERVICE_NAME": service})
-        wait_until(lambda: listening(self.port), 10, f"{service} listening")
+class Chain:
+    """Three hops of one runtime, A -> B -> C; each hop is `argv PORT [NEXT_PORT]`."""
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        next_port: int | None = None
+        try:
+            for hop in ("c", "b", "a"):
+                port = free_port()
+                extra = [str(port)] + ([str(next_port)] if next_port else [])
+                env = {**os.environ, "OTEL_SERVICE_NAME": f"{name}-{hop}"}
+                self.procs.append(subprocess.Popen([*argv, *extra], env=env))
+                wait_until(lambda p=port: listening(p), 10, f"{name}-{hop} listening")
+                next_port = port
+        except AssertionError:
+            self.stop()
+            raise
+        self.port = next_port or 0
+        self.name = name
+        self.services = {f"{name}-{hop}" for hop in "abc"}
 
     def stop(self) -> None:
-        end_process(self.proc)
+        for proc in self.procs:
+            end_process(proc)
 
 
-@pytest.fixture(scope="module")
-def go_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GoHop, GoHop, GoHop]]:
-    binary = tmp_path_factory.mktemp("go") / "go_chain"
-    subprocess.run(
-        [GO, "build", "-o", str(binary), str(HERE / "go_chain" / "main.go")],
-        check=True,
-        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
-    )
-    c = GoHop(binary, "go-c")
-    b = GoHop(binary, "go-b", c.port)
-    a = GoHop(binary, "go-a", b.port)
-    yield a, b, c
-    for hop in (a, b, c):
-        hop.stop()
+@pytest.fixture(scope="module", params=["go", "asyncio"])
+def chain_of(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chain]:
+    if request.param == "go":
+        binary = tmp_path_factory.mktemp("go") / "go_chain"
+        subprocess.run(
+            [GO, "build", "-o", str(binary), str(HERE / "go_chain" / "main.go")],
+            check=True,
+            env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+        )
+        argv = [str(binary)]
+    else:
+        argv = [sys.executable, str(HERE / "chains" / "asyncio_hop.py")]
+    chain = Chain(argv, request.param)
+    yield chain
+    chain.stop()
 
 
 def drive(port: int, connections: int, per_connection: int, tag: str) -> int:
@@ -88,16 +107,15 @@ def spans_of(sink: GrpcSink, tag: str) -> list[Span]:
 
 
 @pytest.mark.parametrize(("connections", "per_connection"), [(8, 150), (64, 25)])
-def test_go_chain_under_concurrency_has_no_wrong_parent(
+def test_a_chain_under_concurrency_has_no_wrong_parent(
     collector: CollectorProcess,
     grpc_sink: GrpcSink,
-    go_chain: tuple[GoHop, GoHop, GoHop],
+    chain_of: Chain,
     connections: int,
     per_connection: int,
 ) -> None:
-    first_hop = go_chain[0]
-    tag = f"k{connections}"
-    requests = drive(first_hop.port, connections, per_connection, tag)
+    tag = f"{chain_of.name}{connections}"
+    requests = drive(chain_of.port, connections, per_connection, tag)
     # each request: the driver's client, A server+client, B server+client, C server
     wait_until(lambda: len(spans_of(grpc_sink, tag)) >= 6 * requests, 60, f"{6 * requests} spans")
     time.sleep(1.0)
@@ -106,9 +124,9 @@ def test_go_chain_under_concurrency_has_no_wrong_parent(
     by_id = {s.span_id: s for s in spans}
     linked = wrong = 0
     for span in spans:
-        parent = by_id.get(span.parent_span_id)
         if not span.parent_span_id:
             continue
+        parent = by_id.get(span.parent_span_id)
         assert parent is not None, "a parent that was never exported"
         linked += 1
         if parent.attributes["url.path"] != span.attributes["url.path"]:
@@ -116,8 +134,9 @@ def test_go_chain_under_concurrency_has_no_wrong_parent(
     assert wrong == 0, f"{wrong} of {linked} links join two different requests"
     # Socket context: every hop's server span is the child of the client span
     # that sent that very request.
-    for service in ("go-a", "go-b", "go-c"):
-        for server in (s for s in spans if s.kind == SERVER and s.service == service):
-            parent = by_id[server.parent_span_id]
-            assert parent.kind == CLIENT
-            assert parent.attributes["url.path"] == server.attributes["url.path"]
+    servers = [s for s in spans if s.kind == SERVER and s.service in chain_of.services]
+    assert len(servers) == 3 * requests
+    for server in servers:
+        parent = by_id[server.parent_span_id]
+        assert parent.kind == CLIENT
+        assert parent.attributes["url.path"] == server.attributes["url.path"]
