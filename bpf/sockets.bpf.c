@@ -501,7 +501,6 @@ static __always_inline u32 bounded(u32 n, u32 limit) {
 // Copy up to `want` bytes from a user iovec array into ev->data.
 static __always_inline u32 capture_iovec(struct data_event *ev, u64 vec, u64 vlen, u32 want) {
     u32 off = 0;
-#pragma unroll
     for (int i = 0; i < MAX_IOV; i++) {
         if (i >= vlen || off >= want || off >= CAPTURE_BYTES)
             break;

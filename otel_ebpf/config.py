@@ -141,7 +141,9 @@ class ResourceAttributesConfig(_Strict):
 
 
 class EbpfReceiverConfig(_Strict):
-    capture_bytes: Annotated[int, _power_of_two(64, 16384)] = 1024
+    # At most 4096: the per-CPU scratch event holds 4x the capture and a per-CPU
+    # map value is limited to 32 KiB.
+    capture_bytes: Annotated[int, _power_of_two(64, 4096)] = 1024
     ring_buffer_pages: Annotated[int, _power_of_two(1, 65536)] = 2048
     max_connections: int = Field(default=65536, ge=16)
     open_ports: str = ""  # e.g. "80,443,8000-8999": server ports to trace

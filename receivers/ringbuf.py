@@ -27,7 +27,7 @@ import struct
 _BUSY = 1 << 31  # reserved, not yet submitted: the drain stops there
 _DISCARD = 1 << 30  # reserved and dropped by the program: skipped
 _HEADER = 8
-MAX_RECORD = 64 << 10  # longer than any record the programs write (captures <= 16 KiB)
+MAX_RECORD = 64 << 10  # longer than any record the programs write (under 17 KiB)
 _u32 = struct.Struct("<I")
 _u64 = struct.Struct("<Q")
 

@@ -273,8 +273,8 @@ class SocketReceiver:
         max_connections: int = 65536,
         dns_ports: Iterable[int] = (53,),
     ) -> None:
-        if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 16384:
-            raise ValueError("capture_bytes must be a power of two from 64 to 16384")
+        if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
+            raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
         self.capture_bytes = capture_bytes
         self._ring_pages = ring_buffer_pages

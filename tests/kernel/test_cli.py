@@ -95,7 +95,7 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "otel-ebpf: config error: receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384"
+        "otel-ebpf: config error: receivers.ebpf.capture_bytes: must be a power of two from 64 to 4096"
     )
 
 

@@ -131,7 +131,7 @@ def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
         ),
         (
             VALID.replace("capture_bytes: 2048", "capture_bytes: 1000"),
-            "receivers.ebpf.capture_bytes: must be a power of two from 64 to 16384",
+            "receivers.ebpf.capture_bytes: must be a power of two from 64 to 4096",
         ),
         (
             VALID.replace('"80,8000-8999"', '"80,9000-8000"'),
