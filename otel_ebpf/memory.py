@@ -20,9 +20,9 @@ _COMPILER_LIBRARIES = ("libLLVM", "libclang")
 
 
 def release_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
+    """Pages out the compiler libraries' clean pages, then trims the heap."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
+        madvise = ctypes.CDLL(None).madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         with open(maps_path) as maps:
             lines = maps.read().splitlines()
@@ -33,9 +33,9 @@ def release_compiler_memory(maps_path: str = "/proc/self/maps") -> None:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             if "w" not in fields[1]:  # code and read-only data: clean pages
                 madvise(start, end - start, MADV_PAGEOUT)
-        libc.malloc_trim(0)
     except (OSError, AttributeError, ValueError) as exc:
-        log.debug("compiler memory not released: %s", exc)
+        log.debug("compiler pages not released: %s", exc)
+    trim_heap()
 
 
 def trim_heap() -> None:
