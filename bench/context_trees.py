@@ -11,19 +11,17 @@ root: `.venv/bin/python bench/context_trees.py`.
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts tests/kernel on the path)
 
-from harness import CollectorProcess, end_process, free_port, listening, wait_until
+from harness import Chain, CollectorProcess, build_go, get_distinct
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
 KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
@@ -33,18 +31,7 @@ REQUESTS = {1: 100, 8: 400, 64: 640}
 
 def _runtimes(tmp: Path) -> dict[str, list[str]]:
     """Runtime name -> the argv that starts one hop (port and next port appended)."""
-    go_binary = tmp / "go_chain"
-    subprocess.run(
-        [
-            shutil.which("go") or "/usr/local/go/bin/go",
-            "build",
-            "-o",
-            str(go_binary),
-            str(KERNEL_TESTS / "go_chain" / "main.go"),
-        ],
-        check=True,
-        env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
-    )
+    go_binary = build_go(KERNEL_TESTS / "go_chain" / "main.go", tmp / "go_chain")
     found: dict[str, list[str]] = {"threads": [sys.executable, str(CHAINS / "threads_hop.py")]}
     pythons = {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
@@ -65,51 +52,6 @@ def _runtimes(tmp: Path) -> dict[str, list[str]]:
 def _runs(python: str) -> bool:
     """A pyenv shim exists for versions it will not run here."""
     return subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
-
-
-class Chain:
-    def __init__(self, argv: list[str], name: str) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        next_port: int | None = None
-        for hop in ("c", "b", "a"):
-            port = free_port()
-            extra = [str(port)] + ([str(next_port)] if next_port else [])
-            env = {**os.environ, "OTEL_SERVICE_NAME": f"{name}-{hop}"}
-            self.procs.append(subprocess.Popen([*argv, *extra], env=env))
-            try:
-                wait_until(lambda p=port: listening(p), 10, f"{name}-{hop} listening")
-            except AssertionError:
-                self.stop()
-                raise
-            next_port = port
-        self.port = next_port or 0
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            end_process(proc)
-
-
-def drive(port: int, connections: int, total: int, tag: str) -> int:
-    per = total // connections
-    failed = []
-
-    def client(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for i in range(per):
-            path = f"/{tag}/c{n:02d}-{i:03d}"
-            conn.request("GET", path)
-            if conn.getresponse().read() != f"leaf {path}\n".encode():
-                failed.append(path)
-        conn.close()
-
-    workers = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if failed:
-        raise RuntimeError(f"{len(failed)} requests failed, e.g. {failed[0]}")
-    return per * connections
 
 
 def count(spans: list[Span], requests: int) -> tuple[int, int, int]:
@@ -146,7 +88,7 @@ def main() -> int:
             try:
                 for connections, total in REQUESTS.items():
                     tag = f"{name}-{connections}"
-                    done = drive(chain.port, connections, total, tag)
+                    done = get_distinct(chain.port, tag, total // connections, connections)
 
                     def mine(t: str = tag) -> list[Span]:
                         return [

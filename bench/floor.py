@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from otel_ebpf.receivers.sockets import OPENSSL_PROBES, REQUIRED_TRACEPOINTS, TRACEFS
+from otel_ebpf.receivers.tls import mapped_paths
 
 # One program for every tracepoint and one for every uprobe (the program types
 # differ); plain functions, so no tracepoint's argument layout needs compiling.
@@ -43,12 +44,6 @@ def counting_probes(libssl: str | None = None) -> Iterator[None]:
         bpf.cleanup()
 
 
-def system_libssl() -> str | None:
-    """The libssl nginx and wrk map (Debian's), for the HTTPS floor."""
-    for candidate in (
-        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-        "/usr/lib/aarch64-linux-gnu/libssl.so.3",
-    ):
-        if Path(candidate).exists():
-            return candidate
-    return None
+def libssl_of(pid: int) -> str | None:
+    """The libssl a process maps (nginx's and wrk's are Debian's), for the HTTPS floor."""
+    return next((p for p in mapped_paths(pid) if Path(p).name.startswith("libssl.so")), None)

@@ -29,7 +29,7 @@ from common import (  # also puts tests/kernel on the path
     wrk,
     wrk_arguments,
 )
-from floor import counting_probes, system_libssl
+from floor import counting_probes, libssl_of
 
 from harness import CollectorProcess, Nginx
 
@@ -54,7 +54,7 @@ def scenario(
         base_rps.append(rps)
         base_p99.append(p99)
 
-        with counting_probes(system_libssl() if https else None):
+        with counting_probes(libssl_of(nginx.proc.pid) if https else None):
             rps, p99, _ = wrk(url, args.seconds, args.connections, script)
         floor_rps.append(rps)
         floor_p99.append(p99)

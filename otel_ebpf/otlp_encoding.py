@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -93,18 +93,59 @@ def _key_value(key: str, value: Any) -> bytes:
     return _string(_KV_KEY, key) + _field(_KV_VALUE, _any_value(value))
 
 
+def _attribute_field(tag: bytes, key: str, value: Any) -> bytes:
+    """One KeyValue field; an attribute that cannot be encoded is left out and
+    said (b""), as the SDK does, rather than failing the batch."""
+    try:
+        return _field(tag, _key_value(key, value))
+    except (TypeError, ValueError) as exc:
+        log.warning("attribute %s not exported: %s", key, exc)
+        return b""
+
+
 def _attribute_fields(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated KeyValue fields; an attribute that cannot be encoded is left out
-    and said, as the SDK does, rather than failing the batch."""
     if not attributes:
         return b""
-    out = []
-    for key, value in attributes.items():
-        try:
-            out.append(_field(tag, _key_value(key, value)))
-        except (TypeError, ValueError) as exc:
-            log.warning("attribute %s not exported: %s", key, exc)
-    return b"".join(out)
+    return b"".join(_attribute_field(tag, key, value) for key, value in attributes.items())
+
+
+def _resource_fields(resource: Resource) -> bytes:
+    """ResourceSpans' resource and schema_url fields."""
+    encoded = _field(b"\x0a", _attribute_fields(b"\x0a", resource.attributes))
+    if resource.schema_url:
+        encoded += _string(b"\x1a", resource.schema_url)
+    return encoded
+
+
+def _scope_fields(scope: InstrumentationScope | None) -> bytes:
+    """ScopeSpans' scope and schema_url fields (an empty scope where there is none)."""
+    if scope is None:
+        return _field(b"\x0a", b"")
+    body = _string(b"\x0a", scope.name) if scope.name else b""
+    if scope.version:
+        body += _string(b"\x12", scope.version)
+    body += _attribute_fields(b"\x1a", scope.attributes)
+    schema_url = _string(b"\x1a", scope.schema_url) if scope.schema_url else b""
+    return _field(b"\x0a", body) + schema_url
+
+
+_T = TypeVar("_T")
+
+
+def _by_identity(
+    table: dict[int, tuple[Any, bytes]], obj: _T, encode: Callable[[_T], bytes]
+) -> bytes:
+    """`encode(obj)`, kept per object. Keyed by id() (Resource's own hash is a JSON
+    dump); the object is kept beside its bytes, so its id cannot be reused while
+    the entry lives."""
+    cached = table.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
+    if len(table) >= _MAX_CACHED_RESOURCES:
+        table.clear()
+    encoded = encode(obj)
+    table[id(obj)] = (obj, encoded)
+    return encoded
 
 
 class TraceEncoder:
@@ -113,18 +154,16 @@ class TraceEncoder:
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
-        # keyed by id(): Resource's own hash is a JSON dump. The object is kept
-        # beside its bytes, so its id cannot be reused while the entry lives.
-        self._resources: dict[int, tuple[Resource, bytes]] = {}
-        self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
+        self._resources: dict[int, tuple[Any, bytes]] = {}
+        self._scopes: dict[int, tuple[Any, bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         # Grouped by the encoded resource and scope: equal resources held by
         # different objects (an SDK batch's, ours) share one group, as in the SDK.
         groups: dict[bytes, dict[bytes, list[bytes]]] = {}
         for span in spans:
-            resource = self._resource(span.resource)
-            scope = self._scope(span.instrumentation_scope)
+            resource = _by_identity(self._resources, span.resource, _resource_fields)
+            scope = _by_identity(self._scopes, span.instrumentation_scope, _scope_fields)
             groups.setdefault(resource, {}).setdefault(scope, []).append(self._span(span))
         out = []
         for resource, scopes in groups.items():
@@ -133,42 +172,6 @@ class TraceEncoder:
                 body.append(_field(b"\x12", scope + b"".join(encoded)))
             out.append(_field(b"\x0a", b"".join(body)))
         return b"".join(out)
-
-    def _resource(self, resource: Resource) -> bytes:
-        """ResourceSpans' resource and schema_url fields, encoded once per object."""
-        key = id(resource)
-        cached = self._resources.get(key)
-        if cached is not None and cached[0] is resource:
-            return cached[1]
-        if len(self._resources) >= _MAX_CACHED_RESOURCES:
-            self._resources.clear()
-        encoded = _field(b"\x0a", _attribute_fields(b"\x0a", resource.attributes))
-        if resource.schema_url:
-            encoded += _string(b"\x1a", resource.schema_url)  # ResourceSpans.schema_url
-        self._resources[key] = (resource, encoded)
-        return encoded
-
-    def _scope(self, scope: InstrumentationScope | None) -> bytes:
-        """ScopeSpans' scope and schema_url fields, encoded once per object."""
-        key = id(scope)
-        cached = self._scopes.get(key)
-        if cached is not None and cached[0] is scope:
-            return cached[1]
-        if len(self._scopes) >= _MAX_CACHED_RESOURCES:
-            self._scopes.clear()
-        body = b""
-        schema_url = b""
-        if scope is not None:
-            if scope.name:
-                body += _string(b"\x0a", scope.name)
-            if scope.version:
-                body += _string(b"\x12", scope.version)
-            body += _attribute_fields(b"\x1a", scope.attributes)
-            if scope.schema_url:
-                schema_url = _string(b"\x1a", scope.schema_url)  # ScopeSpans.schema_url
-        encoded = _field(b"\x0a", body) + schema_url
-        self._scopes[key] = (scope, encoded)
-        return encoded
 
     def _span_attributes(self, attributes: Mapping[str, Any] | None) -> list[bytes]:
         if not attributes:
@@ -181,13 +184,13 @@ class TraceEncoder:
                 entry = (key, cls, value)
                 encoded = cache.get(entry)
                 if encoded is None:
-                    encoded = _attribute_fields(_SPAN_ATTRIBUTE, {key: value})
+                    encoded = _attribute_field(_SPAN_ATTRIBUTE, key, value)
                     if len(cache) >= _MAX_CACHED_ATTRIBUTES:
                         cache.clear()
                     cache[entry] = encoded
                 out.append(encoded)
             else:
-                out.append(_attribute_fields(_SPAN_ATTRIBUTE, {key: value}))
+                out.append(_attribute_field(_SPAN_ATTRIBUTE, key, value))
         return out
 
     def _span(self, span: ReadableSpan) -> bytes:

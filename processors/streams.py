@@ -811,9 +811,12 @@ class ConnectionTracker:
     def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
         conn.exchanges += len(exchanges)
         ev = self._event
-        answer_by = (
+        answer_by = (  # the thread whose write completed a server's answers
             ev.tid
-            if type(ev) is DataEvent and ev.sk == conn.sk and ev.direction == Direction.EGRESS
+            if conn.role == Role.SERVER
+            and type(ev) is DataEvent
+            and ev.sk == conn.sk
+            and ev.direction == Direction.EGRESS
             else None
         )
         for x in exchanges:

@@ -24,6 +24,7 @@ from otel_ebpf.config import document
 VENV_BIN = Path(sys.executable).parent
 OTEL_EBPF = str(VENV_BIN / "otel-ebpf")
 HERE = Path(__file__).parent
+GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 
 def free_port() -> int:
@@ -359,21 +360,81 @@ class Jaeger:
         self.log.close()
 
 
+def _concurrently(client: Callable[[int], None], connections: int) -> None:
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def get_many(port: int, path: str, per_connection: int, connections: int = 1) -> None:
     """`per_connection` keep-alive GETs on each of `connections` concurrent connections."""
 
-    def client() -> None:
+    def client(_n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         for _ in range(per_connection):
             conn.request("GET", path)
             conn.getresponse().read()
         conn.close()
 
-    workers = [threading.Thread(target=client) for _ in range(connections)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _concurrently(client, connections)
+
+
+def get_distinct(port: int, tag: str, per_connection: int, connections: int) -> int:
+    """As get_many, every request with a path of its own (/tag/cNN-III) that the
+    chain's last hop must echo ("leaf PATH"); returns the requests made."""
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in range(per_connection):
+            path = f"/{tag}/c{n:02d}-{i:03d}"
+            conn.request("GET", path)
+            if conn.getresponse().read() != f"leaf {path}\n".encode():
+                failures.append(path)
+        conn.close()
+
+    _concurrently(client, connections)
+    assert not failures, f"{len(failures)} requests failed, e.g. {failures[0]}"
+    return connections * per_connection
+
+
+def build_go(source: Path, binary: Path) -> Path:
+    """A static Go program from one main.go, with the toolchain installed here."""
+    subprocess.run(
+        [GO, "build", "-o", str(binary), str(source)],
+        check=True,
+        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+    )
+    return binary
+
+
+class Chain:
+    """Three uninstrumented hops of one runtime, A -> B -> C, each started as
+    `argv PORT [NEXT_PORT]` and named `NAME-a`, `NAME-b`, `NAME-c`."""
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        next_port: int | None = None
+        try:
+            for hop in ("c", "b", "a"):
+                port = free_port()
+                extra = [str(port)] + ([str(next_port)] if next_port else [])
+                env = {**os.environ, "OTEL_SERVICE_NAME": f"{name}-{hop}"}
+                self.procs.append(subprocess.Popen([*argv, *extra], env=env))
+                wait_until(lambda p=port: listening(p), 10, f"{name}-{hop} listening")
+                next_port = port
+        except AssertionError:
+            self.stop()
+            raise
+        self.port = next_port or 0
+        self.name = name
+        self.services = {f"{name}-{hop}" for hop in "abc"}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            end_process(proc)
 
 
 def _traversable(path: Path) -> None:

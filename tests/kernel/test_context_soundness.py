@@ -11,49 +11,17 @@ too. (`bench/context_trees.py` reports complete trees per runtime.)
 
 from __future__ import annotations
 
-import http.client
-import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, end_process, free_port, listening, wait_until
+from harness import Chain, CollectorProcess, build_go, get_distinct, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
 HERE = Path(__file__).parent
-GO = shutil.which("go") or "/usr/local/go/bin/go"
-
-
-class Chain:
-    """Three hops of one runtime, A -> B -> C; each hop is `argv PORT [NEXT_PORT]`."""
-
-    def __init__(self, argv: list[str], name: str) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        next_port: int | None = None
-        try:
-            for hop in ("c", "b", "a"):
-                port = free_port()
-                extra = [str(port)] + ([str(next_port)] if next_port else [])
-                env = {**os.environ, "OTEL_SERVICE_NAME": f"{name}-{hop}"}
-                self.procs.append(subprocess.Popen([*argv, *extra], env=env))
-                wait_until(lambda p=port: listening(p), 10, f"{name}-{hop} listening")
-                next_port = port
-        except AssertionError:
-            self.stop()
-            raise
-        self.port = next_port or 0
-        self.name = name
-        self.services = {f"{name}-{hop}" for hop in "abc"}
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            end_process(proc)
 
 
 @pytest.fixture(scope="module", params=["go", "asyncio"])
@@ -62,40 +30,12 @@ def chain_of(
 ) -> Iterator[Chain]:
     if request.param == "go":
         binary = tmp_path_factory.mktemp("go") / "go_chain"
-        subprocess.run(
-            [GO, "build", "-o", str(binary), str(HERE / "go_chain" / "main.go")],
-            check=True,
-            env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
-        )
-        argv = [str(binary)]
+        argv = [str(build_go(HERE / "go_chain" / "main.go", binary))]
     else:
         argv = [sys.executable, str(HERE / "chains" / "asyncio_hop.py")]
     chain = Chain(argv, request.param)
     yield chain
     chain.stop()
-
-
-def drive(port: int, connections: int, per_connection: int, tag: str) -> int:
-    """Concurrent keep-alive clients, every request with a path of its own."""
-    failures: list[str] = []
-
-    def client(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for i in range(per_connection):
-            path = f"/{tag}/c{n:02d}-{i:03d}"
-            conn.request("GET", path)
-            body = conn.getresponse().read()
-            if body != f"leaf {path}\n".encode():
-                failures.append(path)
-        conn.close()
-
-    workers = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not failures
-    return connections * per_connection
 
 
 def spans_of(sink: GrpcSink, tag: str) -> list[Span]:
@@ -115,7 +55,7 @@ def test_a_chain_under_concurrency_has_no_wrong_parent(
     per_connection: int,
 ) -> None:
     tag = f"{chain_of.name}{connections}"
-    requests = drive(chain_of.port, connections, per_connection, tag)
+    requests = get_distinct(chain_of.port, tag, per_connection, connections)
     # each request: the driver's client, A server+client, B server+client, C server
     wait_until(lambda: len(spans_of(grpc_sink, tag)) >= 6 * requests, 60, f"{6 * requests} spans")
     time.sleep(1.0)

@@ -23,14 +23,13 @@ from harness import (
     Nginx,
     Postgres,
     PythonServer,
+    build_go,
     self_signed_certificate,
     wait_until,
 )
 from otel_ebpf.receivers.tls import mapped_paths
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 from test_nginx import expect_exactly
-
-GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 # A keep-alive HTTPS client on Python's ssl module (the system libssl, or the one
 # LD_LIBRARY_PATH names): waits `pause` seconds after the handshake, then sends
@@ -270,12 +269,7 @@ def ssl_library() -> str:
 def test_a_go_tls_client_is_reported_as_not_visible(
     collector: CollectorProcess, grpc_sink: GrpcSink, tls_server: PythonServer, tmp_path: Path
 ) -> None:
-    binary = tmp_path / "go_tls_client"
-    subprocess.run(
-        [GO, "build", "-o", str(binary), str(HERE / "go_tls_client" / "main.go")],
-        check=True,
-        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
-    )
+    binary = build_go(HERE / "go_tls_client" / "main.go", tmp_path / "go_tls_client")
     since = time.time_ns()
     subprocess.run(
         [str(binary), f"https://127.0.0.1:{tls_server.port}/status/200", "3", "3"], check=True
