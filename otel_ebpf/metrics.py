@@ -31,8 +31,10 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_ebpf import SCHEMA_URL, __version__
+from otel_ebpf.aggregation import Aggregates, Histogram
 from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
@@ -143,20 +145,20 @@ class CollectorMetrics:
 
     def __init__(self, readers: Iterable[MetricReader], telemetry: SelfTelemetry) -> None:
         resource = Resource.create({"service.name": "otel-ebpf"})
-        self.provider = MeterProvider(metric_readers=list(readers), resource=resource)
+        readers = list(readers)
+        self.provider = MeterProvider(metric_readers=readers, resource=resource)
         meter = self.provider.get_meter("otel-ebpf", __version__, schema_url=SCHEMA_URL)
+        # Measured per request: aggregated by our own instruments (otel_ebpf.aggregation);
+        # observed at collection (callbacks below): the SDK's.
+        aggregates = Aggregates(
+            resource, InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
+        )
         self._telemetry = telemetry
 
-        def hist(name: str, description: str, buckets: tuple[float, ...]) -> Any:
-            return meter.create_histogram(
-                name,
-                unit="s",
-                description=description,
-                explicit_bucket_boundaries_advisory=list(buckets),
-            )
+        def hist(name: str, description: str, buckets: tuple[float, ...]) -> Histogram:
+            return aggregates.histogram(name, "s", description, buckets)
 
-        def counter(name: str, unit: str, description: str) -> Any:
-            return meter.create_counter(name, unit=unit, description=description)
+        counter = aggregates.counter
 
         self.http_server = hist(
             "http.server.request.duration", "HTTP server requests", HTTP_BUCKETS
@@ -271,6 +273,7 @@ class CollectorMetrics:
         ):
             create(name, callbacks=[callback], unit=unit, description=description)
         self.tracked_connections = 0
+        aggregates.attach(readers)
 
     def _tcp(self, metric: str, _options: CallbackOptions) -> list[Observation]:
         return self.tcp_series(metric)

@@ -276,10 +276,10 @@ class Collector:
         if self.misconfigurations.buffer_set(ev, process.executable_name) and self.metrics:
             self.metrics.misconfigurations.add(
                 1,
-                {
-                    "service.name": process.service_name,
-                    "otel_ebpf.tcp.misconfiguration": f"{ev.option} set after the handshake",
-                },
+                (
+                    ("service.name", process.service_name),
+                    ("otel_ebpf.tcp.misconfiguration", f"{ev.option} set after the handshake"),
+                ),
             )
 
     def _on_reset(self, ev: ResetSent) -> None:
@@ -428,7 +428,7 @@ class Collector:
                 attributes: dict[str, str | int] = {"otel_ebpf.netns": found.netns}
                 if len(found.services) == 1:
                     attributes["service.name"] = found.services[0]
-                self.metrics.listen_overflows.add(found.dropped, attributes)
+                self.metrics.listen_overflows.add(found.dropped, tuple(attributes.items()))
 
     def _check_lost(self) -> None:
         """Say so, once a second at most, when the kernel had to drop events."""

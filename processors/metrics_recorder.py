@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_ebpf.metrics import Attributes, CollectorMetrics
+from otel_ebpf.aggregation import Series
+from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import Endpoint
 from otel_ebpf.processors.routes import RouteTemplates
 
@@ -49,13 +50,13 @@ _DNS_KEYS = ("dns.question.name", "error.type")
 PeerService = Callable[[Endpoint, Endpoint], str | None]
 
 
-def _pick(attrs: Mapping[str, object], keys: tuple[str, ...], service: str) -> Attributes:
-    out: Attributes = {"service.name": service}
+def _pick(attrs: Mapping[str, object], keys: tuple[str, ...], service: str) -> Series:
+    out: list[tuple[str, str | int | bool]] = [("service.name", service)]
     for k in keys:
         v = attrs.get(k)
         if isinstance(v, str | int | bool):
-            out[k] = v
-    return out
+            out.append((k, v))
+    return tuple(out)
 
 
 class MetricsRecorder:
@@ -85,9 +86,10 @@ class MetricsRecorder:
             )
         elif "http.request.method" in attrs:
             if server:
-                a = _pick(attrs, _HTTP_SERVER_KEYS, service)
-                a["http.route"] = self._routes.route(service, str(attrs.get("url.path", "/")))
-                m.http_server.record(seconds, a)
+                route = self._routes.route(service, str(attrs.get("url.path", "/")))
+                m.http_server.record(
+                    seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
+                )
             else:
                 m.http_client.record(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
         elif "db.system.name" in attrs:
@@ -110,7 +112,7 @@ class MetricsRecorder:
         else the peer's address (never a raw IP for a known process)."""
         other = (self._peer_service(local, remote) if local else None) or remote.address
         client, server_name = (other, service) if server else (service, other)
-        edge: Attributes = {"client": client, "server": server_name}
+        edge: Series = (("client", client), ("server", server_name))
         attrs = span.attributes or {}
         failed = span.status.status_code == StatusCode.ERROR
         if server:
@@ -127,5 +129,5 @@ class MetricsRecorder:
         for part in ("server", "network"):
             value = attrs.get(f"otel_ebpf.time.{part}")
             if isinstance(value, float):
-                self._m.graph_split.record(value, {**edge, "otel_ebpf.time.part": part})
-        self._m.graph_verdicts.add(1, {**edge, "otel_ebpf.verdict": str(verdict)})
+                self._m.graph_split.record(value, (*edge, ("otel_ebpf.time.part", part)))
+        self._m.graph_verdicts.add(1, (*edge, ("otel_ebpf.verdict", str(verdict))))

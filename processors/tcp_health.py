@@ -197,7 +197,7 @@ class TcpHealth:
         _difference(delta, final, prev.counters if prev else TcpTotals())
         self._add(key, delta)
         if failure is None:
-            attrs = self._series_attributes(key)
+            attrs = tuple(self._series_attributes(key).items())
             if ev.opened:
                 self._m.tcp_duration.record((ev.ts - ev.opened) / 1e9, attrs)
             if ev.srtt_us:
