@@ -1,6 +1,7 @@
 """Typed records, one kind per pipeline stage, documented in one place.
 
-kernel events (receivers) -> HttpHead/HttpEnd (parsers) -> HttpExchange (L7 record)
+kernel events (receivers) -> HttpHead/HttpEnd (parsers) -> an `Exchange` per
+request (HttpExchange, Http2Exchange, RedisExchange, SqlExchange, DnsExchange)
 -> ReadableSpan (OpenTelemetry SDK, built by processors.spans).
 NamedTuples: cheap to build on the hot path, immutable, typed.
 """
@@ -224,3 +225,123 @@ class HttpExchange(NamedTuple):
     @property
     def answered(self) -> bool:
         return self.response is not None
+
+
+class RequestHead(NamedTuple):
+    """Where a request of a protocol without HttpHead began: what the correlation
+    needs (HTTP/2 fills in the headers; Redis and the SQL protocols leave them empty)."""
+
+    start_ts: int
+    stream_offset: int
+    headers: dict[str, str]
+
+
+# -- exchanges of the other protocols (their parsers: processors/protocols/) --
+
+
+class DnsMessage(NamedTuple):
+    id: int
+    is_response: bool
+    rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", ...
+    name: str  # question name without the trailing dot ("" if none)
+    qtype: str  # "A", "AAAA", ...
+    answers: tuple[str, ...]  # addresses (A/AAAA), else the records' text
+
+
+class DnsExchange(NamedTuple):
+    """One query and its answer; `response` None when none came (timeout, close)."""
+
+    query: DnsMessage
+    response: DnsMessage | None
+    start_ts: int
+    end_ts: int
+    transport: str  # "udp" or "tcp"
+    timed_out: bool = False
+    token: object = None
+
+    @property
+    def answered(self) -> bool:
+        return self.response is not None
+
+
+class Http2Exchange(NamedTuple):
+    """One stream: request headers, response status, gRPC status, sizes."""
+
+    stream_id: int
+    method: str
+    path: str
+    authority: str
+    scheme: str
+    headers: dict[str, str]  # allow-listed request headers, lower-case names
+    status: int | None  # :status (None if no response headers came)
+    grpc_status: int | None
+    grpc_message: str | None
+    request_bytes: int  # DATA payload bytes each way
+    response_bytes: int
+    start_ts: int
+    end_ts: int
+    reset: bool  # ended by RST_STREAM
+    ended: bool  # the server finished the stream (END_STREAM or RST_STREAM)
+    token: object = None
+
+    @property
+    def answered(self) -> bool:
+        return self.ended
+
+    @property
+    def grpc(self) -> bool:
+        return self.headers.get("content-type", "").startswith("application/grpc")
+
+
+class RespValue(NamedTuple):
+    kind: int  # the RESP type byte, e.g. ord("*")
+    text: bytes  # preview of a scalar (error text, status, bulk prefix)
+    items: tuple[RespValue, ...]  # first elements of an aggregate
+    length: int  # elements in an aggregate (-1 for null)
+    start_ts: int
+    end_ts: int
+
+
+class RedisExchange(NamedTuple):
+    """One command and its reply (None when the connection ended first)."""
+
+    command: RespValue
+    reply: RespValue | None
+    start_ts: int
+    end_ts: int
+    token: object = None  # what the connection's owner attached when the command began
+
+    @property
+    def answered(self) -> bool:
+        return self.reply is not None
+
+    @property
+    def name(self) -> str:
+        first = self.command.items[0].text if self.command.items else self.command.text
+        return first.split(b" ", 1)[0].decode("latin-1").upper()
+
+    @property
+    def error(self) -> str | None:
+        """'ERR', 'WRONGTYPE', ... for an error reply."""
+        if self.reply is None or self.reply.kind not in (ord("-"), ord("!")):
+            return None
+        return self.reply.text.split(b" ", 1)[0].decode("latin-1") or "ERR"
+
+
+class SqlExchange(NamedTuple):
+    """One statement execution and its outcome."""
+
+    system: str  # db.system.name: "postgresql", "mysql", "mariadb"
+    query: str  # the statement as sent (possibly cut at the capture size)
+    namespace: str | None  # database named when the connection started, if seen
+    start_ts: int
+    end_ts: int
+    answered: bool  # False: the connection ended (or we stopped watching) first
+    error_code: str | None = None  # SQLSTATE / MySQL error number
+    error_message: str | None = None
+    prepared: bool = False  # executed from a prepared statement (text came from its prepare)
+    token: object = None
+
+
+# One L7 record per request, whatever the protocol; each has `answered` and `token`.
+Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange

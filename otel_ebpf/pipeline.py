@@ -33,10 +33,12 @@ from otel_ebpf.model import (
     ConnOpen,
     DataEvent,
     Endpoint,
+    Exchange,
     ResetSent,
     SocketBufferSet,
 )
 from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
@@ -45,7 +47,7 @@ from otel_ebpf.processors.redaction import UrlRedactor
 from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
+from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY

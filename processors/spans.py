@@ -19,22 +19,23 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_ebpf import SCHEMA_URL, __version__
-from otel_ebpf.model import HttpExchange, HttpHead, Role
+from otel_ebpf.model import (
+    DnsExchange,
+    Exchange,
+    Http2Exchange,
+    HttpExchange,
+    HttpHead,
+    RedisExchange,
+    Role,
+    SqlExchange,
+)
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.phases import PeerSplit, Timing, split
-from otel_ebpf.processors.protocols.dns import DnsExchange
-from otel_ebpf.processors.protocols.http2 import GRPC_STATUS, Http2Exchange
+from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
 from otel_ebpf.processors.protocols.numbers import decimal
-from otel_ebpf.processors.protocols.resp import RedisExchange
-from otel_ebpf.processors.protocols.sql import (
-    MAX_QUERY_TEXT,
-    SqlExchange,
-    collection_of,
-    operation_of,
-    sanitize,
-)
+from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, scrub_message
-from otel_ebpf.processors.streams import Connection, Exchange
 
 MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)

@@ -1,21 +1,20 @@
-"""Per-connection stream reassembly: kernel events in, HTTP exchanges out.
+"""Kernel events in, exchanges out: the connection table and each connection's parser.
 
-Keeps one `Connection` per kernel socket, turns stream offsets into the
-parser's feed/skip calls, decides the request direction from the role (or
-from the first bytes for connections that predate the collector), and tells
-the kernel which body bytes it need not send (the `quiet` offsets).
+Keeps one `Connection` per kernel socket (address reuse told apart by its
+generation), turns stream offsets into the parser's feed/skip calls, decides
+a connection's role and protocol (processors.protocols.registry) and whether
+it is traced at all, and tells the kernel which body bytes it need not send
+(the `quiet` offsets). Its helpers, one job each: calls put back in order
+(processors.reorder), the collector's own traffic (processors.own_traffic),
+when a finished exchange goes on (processors.delivery).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
-
-import psutil
+from typing import Any
 
 from otel_ebpf.model import (
     TLS_STREAM,
@@ -26,38 +25,31 @@ from otel_ebpf.model import (
     Declined,
     Direction,
     Endpoint,
-    HttpExchange,
+    Exchange,
     KernelEvent,
+    RequestHead,
     Role,
     SelfConn,
     base_socket,
 )
-from otel_ebpf.processes import ProcessInfo, ProcessRegistry
+from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.connections import (
+    Connection,
+    ProcSockets,
+    ProtocolParser,
+)
 from otel_ebpf.processors.correlate import (
-    MAX_UNSETTLED_NS,
     Correlator,
     NetCounters,
     RequestContext,
     RequestNet,
     RequestStart,
 )
-from otel_ebpf.processors.protocols.detect import WELL_KNOWN_PORTS, detect
-from otel_ebpf.processors.protocols.dns import DnsExchange, DnsQueries, DnsTcpConnection
-from otel_ebpf.processors.protocols.http1 import (
-    Http1Connection,
-    looks_like_request,
-    looks_like_response,
-)
-from otel_ebpf.processors.protocols.http2 import PREFACE, Http2Connection, Http2Exchange
-from otel_ebpf.processors.protocols.mysql import MysqlConnection
-from otel_ebpf.processors.protocols.postgres import PgConnection
-from otel_ebpf.processors.protocols.resp import (
-    RedisExchange,
-    RespConnection,
-    RespValue,
-    looks_like_resp_command,
-)
-from otel_ebpf.processors.protocols.sql import SqlExchange
+from otel_ebpf.processors.delivery import Delivery, ExchangeSink
+from otel_ebpf.processors.own_traffic import OwnTraffic
+from otel_ebpf.processors.protocols.dns import DnsQueries
+from otel_ebpf.processors.protocols.registry import detect, guess_role, new_parser
+from otel_ebpf.processors.reorder import Reorder
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.runtimes import GO
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
@@ -65,170 +57,19 @@ from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
-# Calls on one socket from several threads can reach the ring buffer out of
-# order (the tracepoint fires after the socket lock is released): a call that
-# starts past the expected offset waits, up to this many per connection, for
-# the calls before it until the end of the current ring-buffer poll.
-REORDER_LIMIT = 16
 UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connection is ignored
-
-
-class ProtocolParser(Protocol):
-    """What the tracker needs of a connection-level parser (HTTP/1, RESP, SQL, ...)."""
-
-    parse_errors: int
-    abandoned: list[Any]  # tokens of requests it gave up on (more in flight than it keeps)
-
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[Any]: ...
-    def skip(self, is_request: bool, n: int, ts: int) -> list[Any]: ...
-    def close(self, ts: int) -> list[Any]: ...
-    def skippable(self, is_request: bool) -> int: ...
-    def not_protocol(self, is_request: bool) -> bool: ...
-
-
-class _CommandStart(NamedTuple):
-    start_ts: int
-    stream_offset: int
-    headers: dict[str, str]
 
 
 # A connection closed with a request unanswered stays open to the bytes its owner
 # reads after the close (an answer that came with the FIN or before a RST) this long.
 LINGER_NS = 1_000_000_000
-# A server's answer can be retransmitted after its last write: its span waits for
-# the connection's next event (the ACK's effects show there) or this long.
-ACK_HOLD_NS = 1_000_000_000
 
 QUIET_FOREVER = (1 << 64) - 1
 TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
-class Connection:
-    """What we know of one TCP connection, from one process's side."""
-
-    __slots__ = (
-        "closed_at",
-        "exchanges",
-        "fd",
-        "gen",
-        "held",
-        "in_flight",
-        "ipv6",
-        "local",
-        "pid",
-        "process",
-        "proto",
-        "proto_name",
-        "protos_tried",
-        "quiet",
-        "remote",
-        "requests",
-        "reset",
-        "retransmits",
-        "role",
-        "seen_from_start",
-        "selected",
-        "send_wait_ns",
-        "sk",
-        "srtt_us",
-        "stream_pos",
-        "undecided",
-        "window_small",
-    )
-
-    def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
-        self.sk = sk
-        self.gen = 0  # kernel generation, from the first data event
-        self.role = role
-        self.pid = 0
-        self.fd = 0  # the owner's descriptor for it, once a call named it
-        self.local: Endpoint | None = None
-        self.remote: Endpoint | None = None
-        self.ipv6 = False
-        self.process: ProcessInfo | None = None
-        self.selected: bool | None = None  # decided at the first data event
-        self.seen_from_start = False  # its handshake was seen: offset 0 is its first byte
-        self.proto: ProtocolParser | None = None  # chosen at the first data event
-        self.proto_name = ""  # and its name ("http", "redis", ...)
-        self.protos_tried: tuple[str, ...] = ()  # guesses its first bytes proved wrong
-        self.stream_pos: list[int | None] = [None, None]  # next expected offset per direction
-        self.quiet = [0, 0]  # quiet offsets already sent to the kernel
-        self.undecided = 0  # calls seen of a pre-existing connection whose role is unknown
-        self.held: list[DataEvent] = []  # calls that arrived before the calls preceding them
-        self.requests = 0  # requests started on it
-        # Their contexts until reported (an ordered set: removal is O(1)).
-        self.in_flight: dict[RequestContext, None] = {}
-        self.exchanges = 0  # exchanges reported for it
-        self.closed_at = 0  # when the kernel closed it, while it lingers for a late read
-        self.reset = False  # it ended with a RST (sent or received)
-        self.retransmits = 0  # the kernel's counters as of its last event
-        self.srtt_us = 0
-        self.send_wait_ns = 0
-        self.window_small = 0
-
-    @property
-    def tls(self) -> bool:
-        """The plaintext stream of a TLS connection, from the OpenSSL uprobes."""
-        return bool(self.sk & TLS_STREAM)
-
-    @property
-    def server_port(self) -> int:
-        end = self.local if self.role == Role.SERVER else self.remote
-        return end.port if end else 0
-
-
-# One L7 record per request, whatever the protocol; each has `answered` and `token`.
-Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange
-ExchangeSink = Callable[[Exchange, Connection], None]
-
-
-class ProcSockets:
-    """Tuples of sockets that predate us, from /proc (no kernel structs read).
-
-    One snapshot per process, reused for `ttl_s`: at start-up on a busy node
-    thousands of old connections resolve from one read of the socket tables.
-    """
-
-    def __init__(self, ttl_s: float = 2.0) -> None:
-        self._ttl = ttl_s
-        self._snapshots: dict[int, tuple[float, dict[int, tuple[Endpoint, Endpoint]]]] = {}
-
-    def lookup(self, pid: int, fd: int) -> tuple[Endpoint, Endpoint] | None:
-        now = time.monotonic()
-        snap = self._snapshots.get(pid)
-        stale = snap is not None and fd not in snap[1] and now - snap[0] > 0.1
-        if snap is None or stale or now - snap[0] > self._ttl:
-            if len(self._snapshots) > 1024:
-                self._snapshots.clear()
-            snap = self._snapshots[pid] = (now, self._read(pid))
-        return snap[1].get(fd)
-
-    @staticmethod
-    def _read(pid: int) -> dict[int, tuple[Endpoint, Endpoint]]:
-        try:
-            return {
-                c.fd: (Endpoint(c.laddr.ip, c.laddr.port), Endpoint(c.raddr.ip, c.raddr.port))
-                for c in psutil.Process(pid).net_connections(kind="tcp")
-                if c.laddr and c.raddr
-            }
-        except (psutil.Error, OSError):
-            return {}
-
-
-def _own_socket_ends(known_peers: set[tuple[Endpoint, Endpoint]]) -> None:
-    """Our own connections that predate the probes: mark the peer of every one."""
-    try:
-        for c in psutil.Process().net_connections(kind="tcp"):
-            if c.laddr and c.raddr:
-                local = Endpoint(c.laddr.ip, c.laddr.port)
-                remote = Endpoint(c.raddr.ip, c.raddr.port)
-                known_peers.add((remote, local))
-    except (psutil.Error, OSError):
-        pass
-
-
 class ConnectionTracker:
-    """Dispatches kernel events to per-connection HTTP/1 parsers."""
+    """Dispatches kernel events to per-connection protocol parsers."""
 
     def __init__(
         self,
@@ -245,10 +86,6 @@ class ConnectionTracker:
         on_unseen_tls: Callable[[int], None] | None = None,
         read_retransmits: Callable[[int, int], int | None] | None = None,
     ) -> None:
-        self._sink = sink
-        self._read_retransmits = read_retransmits or (lambda _sk, _gen: None)
-        # Servers' answered exchanges waiting for their retransmits, by socket.
-        self._acking: dict[int, tuple[Connection, list[Exchange], int]] = {}
         self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
         self._processes = processes
         self._selector = selector
@@ -263,10 +100,7 @@ class ConnectionTracker:
         self._dns: OrderedDict[tuple[int, int], tuple[Connection, DnsQueries]] = OrderedDict()
         # Tuples (local, remote) of sockets the collector itself uses; a
         # connection with the mirrored tuple is its peer and is not traced.
-        self._own: dict[int, tuple[Endpoint, Endpoint] | None] = {}
-        self._own_peers: set[tuple[Endpoint, Endpoint]] = set()
-        self._own_listeners: set[int] = set()  # ports the collector serves on (OTLP in, health)
-        self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their peers' pids
+        self._own = OwnTraffic()
         self._proc_sockets = ProcSockets()
         self.correlator = Correlator(
             max_streams=max_connections,
@@ -274,21 +108,25 @@ class ConnectionTracker:
             moves_requests=lambda pid: processes.get(pid).runtime == GO,
         )
         self._event: DataEvent | DatagramEvent | None = None  # the event being fed
-        self._holding: dict[int, Connection] = {}  # connections with held calls
-        self._own_checked = 0.0
         self._by_ends: dict[tuple[Endpoint, Endpoint], Connection] = {}  # (local, remote)
         # Connections closed lately, by socket: (generation, role, local, remote).
         self._closed: OrderedDict[int, tuple[int, Role, Endpoint | None, Endpoint | None]] = (
             OrderedDict()
         )
         self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
-        # Exchanges whose trace waits for a client's send to be reported.
-        self._unsettled: list[tuple[Exchange, Connection]] = []
-        self._joins_seen = 0
-        # Client exchanges waiting for their server's, by the server's socket.
-        self._awaiting_server: dict[int, list[tuple[Exchange, Connection, int]]] = {}
-        self._own_pid = os.getpid()
-        self._releasing = False
+        self._delivery = Delivery(
+            sink,
+            self.correlator,
+            self._server_of,
+            read_retransmits or (lambda _sk, _gen: None),
+            self._fault,
+        )
+        self._reorder = Reorder(
+            self._on_data,
+            lambda conn: self._conns.get(conn.sk) is conn and bool(conn.selected),
+            self._fault,
+            telemetry,
+        )
 
     def service_at(self, local: Endpoint, remote: Endpoint) -> str | None:
         """The service of the process at the other end of (local, remote), if on this node."""
@@ -313,15 +151,15 @@ class ConnectionTracker:
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
-        self._own_listeners.add(port)
+        self._own.add_listener(port)
 
     def pid_of_peer(self, peer: Endpoint) -> int | None:
         """The process behind a connection to one of our listeners (OTLP in)."""
-        return self._listener_clients.get(peer)
+        return self._own.pid_of_peer(peer)
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
-        _own_socket_ends(self._own_peers)
+        self._own.mark_current()
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -331,8 +169,7 @@ class ConnectionTracker:
         exporter's hand-off) escapes: it ends that connection's parsing, counted."""
         try:
             if type(event) is DataEvent:
-                if self._acking:
-                    self._answers_acknowledged(event.sk, event.retransmits)
+                self._delivery.moved_on(event.sk, event.retransmits)
                 self._on_data(event)
                 if self._lingering:
                     self._end_if_answered(event.sk)
@@ -344,8 +181,7 @@ class ConnectionTracker:
                 self._on_close(event)
             elif type(event) is SelfConn:
                 self._on_self(event)
-            if self._unsettled and self.correlator.joins != self._joins_seen:
-                self._deliver_settled()
+            self._delivery.settle_joined()
         except Exception as exc:
             self._fault(exc, getattr(event, "sk", 0), getattr(event, "pid", 0))
 
@@ -353,7 +189,6 @@ class ConnectionTracker:
         """Stop parsing the connection whose event raised: its parser's state is
         no longer to be trusted. Counted, and said once (debug): the bytes are
         someone else's, a log line per event would be theirs to flood."""
-        self._releasing = False
         entry = self._dns.pop((pid, sk), None)
         conn = self._conns.get(sk) or (entry[0] if entry else None)
         if not isinstance(exc, Declined):
@@ -372,8 +207,7 @@ class ConnectionTracker:
         self._telemetry.connections_declined += 1
         conn.selected = False
         self._drop_parser(conn)
-        conn.held = []
-        self._holding.pop(conn.sk, None)
+        self._reorder.drop(conn)
         self._silence(conn)
 
     def close_all(self, ts: int) -> None:
@@ -384,13 +218,9 @@ class ConnectionTracker:
                 self._finish(conn, ts, at_exit=True)
             except Exception as exc:
                 self._fault(exc, conn.sk)
-        for sk in list(self._acking):
-            self._answers_acknowledged(sk, None)
         self._conns.clear()
         self._lingering.clear()
-        self._deliver_settled(1 << 62)  # no more waiting: every span goes
-        for server_sk in list(self._awaiting_server):
-            self._release_clients(server_sk)
+        self._delivery.flush()  # no more waiting: every span goes
         self.expire(ts)
         for _, queries in self._dns.values():
             self._telemetry.requests_pending_at_exit += len(queries)
@@ -399,20 +229,7 @@ class ConnectionTracker:
     def expire(self, now: int) -> None:
         """Report DNS queries that waited longer than the timeout, and end closed
         connections whose late answer did not come (call about once a second)."""
-        if self._unsettled:
-            try:
-                self._deliver_settled(now)
-            except Exception as exc:
-                self._fault(exc, 0)
-        for sk, (conn, _, held_at) in list(self._acking.items()):
-            if now - held_at > ACK_HOLD_NS:
-                try:
-                    self._answers_acknowledged(sk, self._kernel_retransmits(conn))
-                except Exception as exc:
-                    self._fault(exc, sk)
-        for server_sk, waiting in list(self._awaiting_server.items()):
-            if now - waiting[0][2] > LINGER_NS:
-                self._release_clients(server_sk)
+        self._delivery.expire(now)
         for conn in list(self._lingering.values()):
             if now - conn.closed_at > LINGER_NS:
                 try:
@@ -465,7 +282,9 @@ class ConnectionTracker:
         conn.selected = self._selector.process_selected(ev.pid, conn.process.executable_name)
         if not conn.selected:
             self._telemetry.connections_excluded += 1
-        return conn, DnsQueries("udp", on_query=lambda ts: self._statement_started(conn, ts))
+        return conn, DnsQueries(
+            "udp", on_query=lambda ts: self._request_started(conn, RequestHead(ts, 0, {}))
+        )
 
     # -- events ---------------------------------------------------------------
 
@@ -494,21 +313,10 @@ class ConnectionTracker:
             self._by_ends[(base.local, base.remote)] = conn  # the end that knows its process
 
     def _on_open(self, ev: ConnOpen) -> None:
-        self._forget_own(ev.sk)  # a new connection: whatever we knew of this address is gone
         old = self._conns.get(ev.sk)
         if old is not None:  # the address was reused: its close was lost, or it lingered
             self._end(old, ev.ts)
-        if ev.role == Role.CLIENT and ev.remote.port in self._own_listeners:
-            self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
-            if len(self._listener_clients) > 4096:
-                self._listener_clients.popitem(last=False)
-        own_client = ev.role == Role.CLIENT and ev.pid == self._own_pid
-        if own_client or (ev.role == Role.SERVER and ev.local.port in self._own_listeners):
-            # Opened by us (an exporter) or accepted by one of our listeners: known
-            # as ours before a byte moves — the peer may read our first bytes
-            # before the kernel reports that we sent them.
-            self._own[ev.sk] = (ev.local, ev.remote)
-            self._own_peers.add((ev.remote, ev.local))
+        if self._own.opened(ev):
             return
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
@@ -521,35 +329,24 @@ class ConnectionTracker:
 
     def _on_self(self, ev: SelfConn) -> None:
         conn = self._conns.pop(ev.sk, None)
-        if conn is not None and conn.local and conn.remote:
+        ends = None  # connected before the probes were attached: /proc tells
+        if conn is not None and conn.local is not None and conn.remote is not None:
             ends = (conn.local, conn.remote)
-        else:  # connected before the probes were attached: ask /proc
-            ends = None
-            self.mark_own_connections()
-        self._own[ev.sk] = ends
-        if ends:
-            self._own_peers.add((ends[1], ends[0]))
-
-    def _forget_own(self, sk: int) -> None:
-        if sk in self._own:
-            ends = self._own.pop(sk)
-            if ends:
-                self._own_peers.discard((ends[1], ends[0]))
+        self._own.seen_using(ev.sk, ends)
 
     def _on_close(self, ev: ConnClose) -> None:
-        if ev.sk in self._own:
-            self._forget_own(ev.sk)
+        if self._own.forget(ev.sk):
             return
         plaintext = None if ev.sk & TLS_STREAM else self._conns.get(ev.sk | TLS_STREAM)
         if plaintext is not None:  # the TLS stream ends with its socket
             self._on_close(ev._replace(sk=ev.sk | TLS_STREAM))
         conn = self._conns.get(ev.sk)
         if conn is not None and conn.held:
-            self._release(conn)  # calls still waiting come before the close
+            self._reorder.release(conn)  # calls still waiting come before the close
         conn = self._conns.get(ev.sk)
         if conn is None or conn.closed_at:
             return
-        self._answers_acknowledged(ev.sk, ev.retransmits)
+        self._delivery.acknowledged(ev.sk, ev.retransmits)
         conn.reset = bool(ev.resets_in or ev.resets_out)
         conn.retransmits = max(conn.retransmits, ev.retransmits)
         conn.gen = conn.gen or ev.opened
@@ -577,10 +374,9 @@ class ConnectionTracker:
         if self._conns.get(conn.sk) is conn:
             del self._conns[conn.sk]
         self._forget_ends(conn)
-        self._answers_acknowledged(conn.sk, None)
+        self._delivery.acknowledged(conn.sk, None)
         self._finish(conn, conn.closed_at or ts)
-        if conn.sk in self._awaiting_server:
-            self._release_clients(conn.sk)
+        self._delivery.ended(conn)
 
     def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
         if conn.proto is None:
@@ -618,24 +414,14 @@ class ConnectionTracker:
             conn.gen = ev.gen
         if conn.selected is False:
             return
-        d = ev.direction
-        expected = conn.stream_pos[d]
-        if not self._releasing:
-            if expected is not None and ev.length and ev.offset + ev.length <= expected:
-                self._telemetry.events_late += 1  # arrived after we gave up waiting for it
-                return
-            behind = expected is not None and ev.offset > expected
-            fills = bool(conn.held) and ev.direction == conn.held[0].direction and not behind
-            if (behind or (conn.held and not fills)) and len(conn.held) < REORDER_LIMIT:
-                # The call(s) before it may still be on their way; later calls of
-                # either direction wait behind it so the parser sees them in order.
-                conn.held.append(ev)
-                self._holding[conn.sk] = conn
-                return
+        if not self._reorder.admit(conn, ev):
+            return
         if conn.selected is None and not self._decide(conn, ev):
             return
         if not conn.selected:
             return
+        d = ev.direction
+        expected = conn.stream_pos[d]
         if expected is None:
             expected = ev.cap_offset
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
@@ -678,45 +464,11 @@ class ConnectionTracker:
         if http.abandoned:
             self._abandon(conn, http.abandoned)
         self._emit(out, conn)
-        if conn.held and not self._releasing:
-            self._release_next(conn)
+        self._reorder.fed(conn)
 
     def release_held(self) -> None:
-        """End of a ring-buffer poll: calls still waiting go on, gaps and all."""
-        holding, self._holding = self._holding, {}
-        for conn in holding.values():
-            try:
-                self._release(conn)
-            except Exception as exc:
-                self._fault(exc, conn.sk)
-
-    def _release(self, conn: Connection) -> None:
-        """Feed a connection's held calls in arrival order, gaps and all."""
-        held, conn.held = conn.held, []
-        self._holding.pop(conn.sk, None)
-        self._releasing = True
-        try:
-            for ev in held:
-                if self._conns.get(conn.sk) is conn and conn.selected:
-                    self._on_data(ev)
-        finally:
-            self._releasing = False
-
-    def _release_next(self, conn: Connection) -> None:
-        """The missing call came: held calls that now follow on go, in arrival order."""
-        while conn.held:
-            ev = conn.held[0]
-            expected = conn.stream_pos[ev.direction]
-            if expected is not None and ev.offset > expected:
-                break  # still a gap before this one
-            conn.held.pop(0)
-            self._releasing = True
-            try:
-                self._on_data(ev)
-            finally:
-                self._releasing = False
-        if not conn.held:
-            self._holding.pop(conn.sk, None)
+        """End of a ring-buffer drain: calls still waiting go on, gaps and all."""
+        self._reorder.release_all()
 
     def _parser_for(
         self, conn: Connection, ev: DataEvent, tried: tuple[str, ...] = ()
@@ -731,19 +483,7 @@ class ConnectionTracker:
             tried,
         )
         conn.proto_name = name or ""
-        if name == "http":
-            return Http1Connection(on_request=lambda head: self._request_started(conn, head))
-        if name == "redis":
-            return RespConnection(on_request=lambda cmd: self._command_started(conn, cmd))
-        if name == "postgresql":
-            return PgConnection(on_request=lambda ts: self._statement_started(conn, ts))
-        if name == "mysql":
-            return MysqlConnection(on_request=lambda ts: self._statement_started(conn, ts))
-        if name == "dns":
-            return DnsTcpConnection(on_request=lambda ts: self._statement_started(conn, ts))
-        if name == "http2":
-            return Http2Connection(on_request=lambda head: self._request_started(conn, head))
-        return None
+        return new_parser(name, lambda head: self._request_started(conn, head)) if name else None
 
     def _fall_back(self, conn: Connection, ev: DataEvent) -> None:
         """The first bytes were not what we guessed: try the next candidate on them."""
@@ -755,12 +495,6 @@ class ConnectionTracker:
         conn.proto = proto
         conn.stream_pos = [None, None]
         self._on_data(ev)
-
-    def _command_started(self, conn: Connection, command: RespValue) -> RequestContext:
-        return self._statement_started(conn, command.start_ts)
-
-    def _statement_started(self, conn: Connection, ts: int) -> RequestContext:
-        return self._request_started(conn, _CommandStart(ts, 0, {}))
 
     def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
         ev = self._event
@@ -826,99 +560,15 @@ class ConnectionTracker:
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
                 conn.in_flight.pop(x.token, None)
-                if conn.role == Role.CLIENT and self._wait_for_server(x, conn):
-                    continue
-                if conn.role == Role.SERVER and x.answered and not conn.closed_at:
-                    self._hold_until_acknowledged(x, conn)
-                    continue
-            self._deliver(x, conn)
-        if exchanges and conn.sk in self._awaiting_server:
-            # its client has read the answer already: nothing left to retransmit
-            self._answers_acknowledged(conn.sk, self._kernel_retransmits(conn))
-            self._release_clients(conn.sk)
+            self._delivery.send(x, conn)
+        if exchanges:
+            self._delivery.answered(conn)
 
-    def _wait_for_server(self, x: Exchange, conn: Connection) -> bool:
-        """A client's answer can be read before the kernel reports that its server
-        sent it: when that server is on this node and still busy, the client's
-        exchange waits for the server's (its span carries the server's split)."""
+    def _server_of(self, conn: Connection) -> Connection | None:
+        """The server end of a client connection, when it is on this node."""
         if conn.local is None or conn.remote is None:
-            return False
-        server = self._by_ends.get((conn.remote, conn.local))
-        if server is None or server.closed_at:
-            return False
-        if server.sk in self._acking:
-            # Its answer reached us, so the server's retransmits of it are done:
-            # its span goes first, with them (read from the kernel now).
-            self._answers_acknowledged(server.sk, self._kernel_retransmits(server))
-        if server.requests <= server.exchanges:
-            return False  # it has nothing more to say
-        waiting = self._awaiting_server.setdefault(server.sk, [])
-        waiting.append((x, conn, x.end_ts))
-        if len(waiting) > REORDER_LIMIT:  # the server went quiet: do not pile up
-            self._release_clients(server.sk)
-        return True
-
-    def _deliver(self, x: Exchange, conn: Connection) -> None:
-        """To the span builder: the request's trace is settled now, as late as can be
-        (a client's send reported after its server's read still joins them)."""
-        rc = x.token
-        if isinstance(rc, RequestContext):
-            if self.correlator.awaits_client(rc):
-                self._unsettled.append((x, conn))
-                return
-            self.correlator.settle(rc)
-        self._sink(x, conn)
-
-    def _deliver_settled(self, now: int = 0) -> None:
-        """Exchanges whose trace waited for a client's send: those joined since go;
-        with `now`, so do those that waited too long (a trace of their own)."""
-        self._joins_seen = self.correlator.joins
-        waiting, self._unsettled = self._unsettled, []
-        for x, conn in waiting:
-            rc = x.token
-            assert isinstance(rc, RequestContext)
-            if self.correlator.awaits_client(rc) and now - x.end_ts < MAX_UNSETTLED_NS:
-                self._unsettled.append((x, conn))
-                continue
-            self.correlator.settle(rc)
-            self._sink(x, conn)
-
-    def _hold_until_acknowledged(self, x: Exchange, conn: Connection) -> None:
-        held = self._acking.get(conn.sk)
-        if held is None:
-            self._acking[conn.sk] = (conn, [x], x.end_ts)
-        elif len(held[1]) < REORDER_LIMIT:
-            held[1].append(x)
-        else:
-            self._answers_acknowledged(conn.sk, None)
-            self._hold_until_acknowledged(x, conn)
-
-    def _answers_acknowledged(self, sk: int, retransmits: int | None) -> None:
-        """The connection moved on (or the hold ran out): the answers' spans go, with
-        the retransmits their bytes needed after the server's last write."""
-        held = self._acking.pop(sk, None)
-        if held is None:
-            return
-        conn, exchanges, _ = held
-        if retransmits is not None:
-            conn.retransmits = max(conn.retransmits, retransmits)
-        for x in exchanges:
-            rc = x.token
-            if isinstance(rc, RequestContext) and rc.net is not None and rc.net_start:
-                later = conn.retransmits - rc.net_start.retransmits
-                rc.net = rc.net._replace(retransmits=max(rc.net.retransmits, later))
-            self._deliver(x, conn)
-        if sk in self._awaiting_server:
-            self._release_clients(sk)
-
-    def _kernel_retransmits(self, conn: Connection) -> int | None:
-        """The connection's retransmits now, from the kernel's map (its socket's:
-        a TLS stream's plaintext rides on it)."""
-        return self._read_retransmits(base_socket(conn.sk), conn.gen)
-
-    def _release_clients(self, server_sk: int) -> None:
-        for x, conn, _ in self._awaiting_server.pop(server_sk, []):
-            self._deliver(x, conn)
+            return None
+        return self._by_ends.get((conn.remote, conn.local))
 
     @staticmethod
     def _net_facts(rc: RequestContext, conn: Connection) -> None:
@@ -966,25 +616,16 @@ class ConnectionTracker:
         if conn.role == Role.UNKNOWN:
             # Opened before we started: take the role from what the bytes say,
             # else from which end has a database's well-known port.
-            payload = ev.payload
             if conn.local is None:
                 self._ends_from_proc(conn, ev)
-            local_port = conn.local.port if conn.local else 0
-            remote_port = conn.remote.port if conn.remote else 0
-            known = self._protocol_ports.keys() | WELL_KNOWN_PORTS.keys()
-            if (
-                looks_like_request(payload)
-                or looks_like_resp_command(payload)
-                or payload.startswith(PREFACE)
-            ):
-                conn.role = Role.CLIENT if ev.direction == Direction.EGRESS else Role.SERVER
-            elif looks_like_response(payload):
-                conn.role = Role.SERVER if ev.direction == Direction.EGRESS else Role.CLIENT
-            elif remote_port in known:
-                conn.role = Role.CLIENT
-            elif local_port in known:
-                conn.role = Role.SERVER
-            else:
+            role = guess_role(
+                ev.payload,
+                ev.direction == Direction.EGRESS,
+                conn.local.port if conn.local else 0,
+                conn.remote.port if conn.remote else 0,
+                self._protocol_ports,
+            )
+            if role is None:
                 conn.undecided += 1
                 if conn.undecided >= UNDECIDED_LIMIT:
                     # Calls of a connection that predates us keep saying nothing we
@@ -993,17 +634,13 @@ class ConnectionTracker:
                     self._telemetry.connections_unrecognised += 1
                     self._silence(conn)
                 return False  # wait for bytes that tell
+            conn.role = role
         conn.pid = ev.pid
         if conn.local is None:
             self._ends_from_proc(conn, ev)
         process = self._processes.get(ev.pid, ev.comm)
         conn.process = process
-        if not conn.seen_from_start and time.monotonic() - self._own_checked > 1.0:
-            # It may be the peer of a connection the collector opened before its
-            # probes were attached (an exporter's channel): look again.
-            self._own_checked = time.monotonic()
-            self.mark_own_connections()
-        own_peer = conn.local is not None and (conn.local, conn.remote) in self._own_peers
+        own_peer = self._own.is_peer(conn.local, conn.remote, conn.seen_from_start)
         conn.selected = (
             not own_peer
             and self._selector.process_selected(ev.pid, process.executable_name)

@@ -21,36 +21,12 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from otel_ebpf.model import DnsExchange, DnsMessage
 from otel_ebpf.processors.protocols.framing import Frame, FramedConnection, Framer
 
 MAX_PENDING = 4096
 MAX_ANSWERS = 16
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-
-
-class DnsMessage(NamedTuple):
-    id: int
-    is_response: bool
-    rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", ...
-    name: str  # question name without the trailing dot ("" if none)
-    qtype: str  # "A", "AAAA", ...
-    answers: tuple[str, ...]  # addresses (A/AAAA), else the records' text
-
-
-class DnsExchange(NamedTuple):
-    """One query and its answer; `response` None when none came (timeout, close)."""
-
-    query: DnsMessage
-    response: DnsMessage | None
-    start_ts: int
-    end_ts: int
-    transport: str  # "udp" or "tcp"
-    timed_out: bool = False
-    token: object = None
-
-    @property
-    def answered(self) -> bool:
-        return self.response is not None
 
 
 def parse(data: bytes) -> DnsMessage | None:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
 
 import hpack
 
-from otel_ebpf.model import Declined
+from otel_ebpf.model import Declined, Http2Exchange, RequestHead
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
 from otel_ebpf.processors.protocols.framing import (
     Frame,
@@ -82,43 +81,6 @@ def looks_like_server_settings(data: bytes) -> bool:
         return False
     length = int.from_bytes(data[0:3], "big")
     return data[3] == SETTINGS and data[4] == 0 and data[5:9] == b"\0\0\0\0" and length % 6 == 0
-
-
-class RequestHead(NamedTuple):
-    """What the correlation needs of a stream's request."""
-
-    start_ts: int
-    stream_offset: int
-    headers: dict[str, str]
-
-
-class Http2Exchange(NamedTuple):
-    """One stream: request headers, response status, gRPC status, sizes."""
-
-    stream_id: int
-    method: str
-    path: str
-    authority: str
-    scheme: str
-    headers: dict[str, str]  # allow-listed request headers, lower-case names
-    status: int | None  # :status (None if no response headers came)
-    grpc_status: int | None
-    grpc_message: str | None
-    request_bytes: int  # DATA payload bytes each way
-    response_bytes: int
-    start_ts: int
-    end_ts: int
-    reset: bool  # ended by RST_STREAM
-    ended: bool  # the server finished the stream (END_STREAM or RST_STREAM)
-    token: object = None
-
-    @property
-    def answered(self) -> bool:
-        return self.ended
-
-    @property
-    def grpc(self) -> bool:
-        return self.headers.get("content-type", "").startswith("application/grpc")
 
 
 class _Stream:

@@ -19,13 +19,13 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
+from otel_ebpf.model import SqlExchange
 from otel_ebpf.processors.protocols.framing import (
     Frame,
     FramedConnection,
     Framer,
     NotThisProtocol,
 )
-from otel_ebpf.processors.protocols.sql import SqlExchange
 
 KEEP_CLIENT = 8192  # bytes kept of a command (the statement text)
 KEEP_SERVER = 512  # bytes kept of a response packet (OK/ERR/column count/terminators)

@@ -18,13 +18,13 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from otel_ebpf.model import SqlExchange
 from otel_ebpf.processors.protocols.framing import (
     Frame,
     FramedConnection,
     Framer,
     NotThisProtocol,
 )
-from otel_ebpf.processors.protocols.sql import SqlExchange
 
 KEEP = 8192  # body bytes kept of messages whose content we read
 MAX_MESSAGE = 1 << 30

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+
+from otel_ebpf.model import RedisExchange, RespValue
 
 PREVIEW = 64  # bytes kept of a scalar
 KEPT_ITEMS = 3  # elements kept of an aggregate (command name, key, one more)
@@ -35,41 +36,6 @@ def looks_like_resp_command(data: bytes) -> bool:
     return (
         data[:1] == b"*" and eol > 1 and data[1:eol].isdigit() and data[eol + 2 : eol + 3] == b"$"
     )
-
-
-class RespValue(NamedTuple):
-    kind: int  # the RESP type byte, e.g. ord("*")
-    text: bytes  # preview of a scalar (error text, status, bulk prefix)
-    items: tuple[RespValue, ...]  # first elements of an aggregate
-    length: int  # elements in an aggregate (-1 for null)
-    start_ts: int
-    end_ts: int
-
-
-class RedisExchange(NamedTuple):
-    """One command and its reply (None when the connection ended first)."""
-
-    command: RespValue
-    reply: RespValue | None
-    start_ts: int
-    end_ts: int
-    token: object = None  # what the connection's owner attached when the command began
-
-    @property
-    def answered(self) -> bool:
-        return self.reply is not None
-
-    @property
-    def name(self) -> str:
-        first = self.command.items[0].text if self.command.items else self.command.text
-        return first.split(b" ", 1)[0].decode("latin-1").upper()
-
-    @property
-    def error(self) -> str | None:
-        """'ERR', 'WRONGTYPE', ... for an error reply."""
-        if self.reply is None or self.reply.kind not in (ord("-"), ord("!")):
-            return None
-        return self.reply.text.split(b" ", 1)[0].decode("latin-1") or "ERR"
 
 
 class _Frame:

@@ -8,24 +8,8 @@ leave the node unless the operator asked for raw text.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 MAX_QUERY_TEXT = 2048  # characters of db.query.text kept (the conventions advise a bound)
-
-
-class SqlExchange(NamedTuple):
-    """One statement execution and its outcome."""
-
-    system: str  # db.system.name: "postgresql", "mysql", "mariadb"
-    query: str  # the statement as sent (possibly cut at the capture size)
-    namespace: str | None  # database named when the connection started, if seen
-    start_ts: int
-    end_ts: int
-    answered: bool  # False: the connection ended (or we stopped watching) first
-    error_code: str | None = None  # SQLSTATE / MySQL error number
-    error_message: str | None = None
-    prepared: bool = False  # executed from a prepared statement (text came from its prepare)
-    token: object = None
 
 
 # Tokenisers, one per way a server may read the text. Alternatives in priority

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from captured import load
-from otel_ebpf.model import DataEvent, Declined, Direction, HttpExchange, Role
+from otel_ebpf.model import DataEvent, Declined, Direction, Exchange, HttpExchange, Role
 from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection, ConnectionTracker, Exchange
+from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.receivers.sockets import decode
 from otel_ebpf.telemetry import SelfTelemetry
 

@@ -18,9 +18,9 @@ from otel_ebpf.privileges import (
     missing_capabilities,
 )
 from otel_ebpf.processes import ProcessInfo
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection
 
 
 def a_span():  # type: ignore[no-untyped-def]

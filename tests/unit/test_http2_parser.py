@@ -12,13 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
-from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Declined, Direction, Endpoint, Role
+from otel_ebpf.model import (
+    ConnClose,
+    ConnOpen,
+    DataEvent,
+    Declined,
+    Direction,
+    Endpoint,
+    Http2Exchange,
+    Role,
+)
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.protocols.http2 import (
     MAX_HPACK_TABLE,
     PREFACE,
     Http2Connection,
-    Http2Exchange,
     looks_like_server_settings,
 )
 from otel_ebpf.processors.selection import Selector

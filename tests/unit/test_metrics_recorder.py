@@ -12,10 +12,10 @@ from metric_points import points
 from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
 from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
 from otel_ebpf.processes import ProcessInfo
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
 from otel_ebpf.processors.routes import OVERFLOW, RouteTemplates
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection
 from otel_ebpf.telemetry import SelfTelemetry
 
 SERVER_END, CLIENT_END = Endpoint("10.0.0.1", 8080), Endpoint("10.0.0.2", 50000)

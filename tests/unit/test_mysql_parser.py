@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
+from otel_ebpf.model import SqlExchange
 from otel_ebpf.processors.protocols.mysql import MysqlConnection, looks_like_server_greeting
-from otel_ebpf.processors.protocols.sql import SqlExchange
 from splitting import feed_random, replay, resplit
 
 

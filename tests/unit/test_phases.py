@@ -8,6 +8,7 @@ from typing import Any
 
 from otel_ebpf.model import ConnOpen, DataEvent, Direction, Endpoint, Role
 from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.delivery import ACK_HOLD_NS
 from otel_ebpf.processors.phases import (
     DOWNSTREAM,
     FLOW_CONTROL,
@@ -20,7 +21,7 @@ from otel_ebpf.processors.phases import (
 )
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import ACK_HOLD_NS, ConnectionTracker
+from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
 MS = 1_000_000

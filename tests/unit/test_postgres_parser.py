@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
+from otel_ebpf.model import SqlExchange
 from otel_ebpf.processors.protocols.postgres import PgConnection, looks_like_startup
-from otel_ebpf.processors.protocols.sql import SqlExchange
 from splitting import feed_random, replay, resplit
 
 

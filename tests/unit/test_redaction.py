@@ -6,13 +6,19 @@ from pathlib import Path
 
 from opentelemetry.sdk.resources import Resource
 
-from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.model import (
+    Endpoint,
+    HttpExchange,
+    HttpHead,
+    RedisExchange,
+    RespValue,
+    Role,
+    SqlExchange,
+)
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry
-from otel_ebpf.processors.protocols.resp import RedisExchange, RespValue
-from otel_ebpf.processors.protocols.sql import SqlExchange
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.redaction import UrlRedactor, scrub_argv, scrub_message
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection
 
 
 def test_query_values_of_sensitive_keys_are_redacted() -> None:

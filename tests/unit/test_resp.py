@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
-from otel_ebpf.processors.protocols.resp import RedisExchange, RespConnection
+from otel_ebpf.model import RedisExchange
+from otel_ebpf.processors.protocols.resp import RespConnection
 from splitting import feed_random, replay, resplit, split
 
 

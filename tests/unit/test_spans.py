@@ -7,13 +7,20 @@ from pathlib import Path
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_ebpf.model import TLS_STREAM, Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.model import (
+    TLS_STREAM,
+    DnsExchange,
+    DnsMessage,
+    Endpoint,
+    Http2Exchange,
+    HttpExchange,
+    HttpHead,
+    Role,
+    SqlExchange,
+)
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry, _service_name_from_environ
-from otel_ebpf.processors.protocols.dns import DnsExchange, DnsMessage
-from otel_ebpf.processors.protocols.http2 import Http2Exchange
-from otel_ebpf.processors.protocols.sql import SqlExchange
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import Connection
 
 
 def head(**kw: object) -> HttpHead:

@@ -5,12 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from otel_ebpf.model import ConnClose, ConnOpen, DataEvent, Direction, Endpoint, HttpExchange, Role
+from otel_ebpf.model import (
+    ConnClose,
+    ConnOpen,
+    DataEvent,
+    Direction,
+    Endpoint,
+    HttpExchange,
+    Role,
+    SqlExchange,
+)
 from otel_ebpf.processes import ProcessRegistry
-from otel_ebpf.processors.protocols.sql import SqlExchange
+from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import LINGER_NS, Connection, ConnectionTracker
+from otel_ebpf.processors.streams import LINGER_NS, ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
 CLIENT = Endpoint("10.0.0.1", 40000)

@@ -1,0 +1,93 @@
+"""The collector's own connections, and their peers: never traced.
+
+An exporter's channel to a backend on this node would otherwise be traced,
+its spans exported, traced again: a loop. Sockets we open or accept are known
+as ours from their open event (before a byte moves: the peer may read our
+first bytes before the kernel reports that we sent them), older ones from the
+kernel's first sight of our pid on them, or from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+
+import psutil
+
+from otel_ebpf.model import ConnOpen, Endpoint, Role
+
+Ends = tuple[Endpoint, Endpoint]  # (local, remote)
+
+
+class OwnTraffic:
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._sockets: dict[int, Ends | None] = {}  # ours, with their ends when known
+        self._peers: set[Ends] = set()  # (local, remote) of connections talking to us
+        self._listeners: set[int] = set()  # ports we serve on (OTLP in, health)
+        self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their pids
+        self._checked = 0.0
+
+    def add_listener(self, port: int) -> None:
+        self._listeners.add(port)
+
+    def pid_of_peer(self, peer: Endpoint) -> int | None:
+        """The process behind a connection to one of our listeners (OTLP in)."""
+        return self._listener_clients.get(peer)
+
+    def __contains__(self, sk: int) -> bool:
+        return sk in self._sockets
+
+    def opened(self, ev: ConnOpen) -> bool:
+        """A connection opened: True when it is ours (opened by us, or accepted by
+        one of our listeners)."""
+        self.forget(ev.sk)  # whatever we knew of this address is gone
+        if ev.role == Role.CLIENT and ev.remote.port in self._listeners:
+            self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
+            if len(self._listener_clients) > 4096:
+                self._listener_clients.popitem(last=False)
+        if (ev.role == Role.CLIENT and ev.pid == self._pid) or (
+            ev.role == Role.SERVER and ev.local.port in self._listeners
+        ):
+            self._sockets[ev.sk] = (ev.local, ev.remote)
+            self._peers.add((ev.remote, ev.local))
+            return True
+        return False
+
+    def seen_using(self, sk: int, ends: Ends | None) -> None:
+        """The kernel saw us move bytes on `sk` (its ends if known, else /proc tells)."""
+        self._sockets[sk] = ends
+        if ends:
+            self._peers.add((ends[1], ends[0]))
+        else:
+            self.mark_current()
+
+    def forget(self, sk: int) -> bool:
+        """`sk` closed (or was reused): True if it was ours."""
+        if sk not in self._sockets:
+            return False
+        ends = self._sockets.pop(sk)
+        if ends:
+            self._peers.discard((ends[1], ends[0]))
+        return True
+
+    def is_peer(self, local: Endpoint | None, remote: Endpoint | None, fresh: bool) -> bool:
+        """(local, remote) talks to one of our sockets. For a connection older than
+        the probes (not `fresh`), /proc is read again now and then: it may be the
+        peer of a channel we opened before the probes were attached."""
+        if not fresh and time.monotonic() - self._checked > 1.0:
+            self._checked = time.monotonic()
+            self.mark_current()
+        return local is not None and remote is not None and (local, remote) in self._peers
+
+    def mark_current(self) -> None:
+        """Our connections now, from /proc: mark the peer of every one."""
+        try:
+            for c in psutil.Process(self._pid).net_connections(kind="tcp"):
+                if c.laddr and c.raddr:
+                    local = Endpoint(c.laddr.ip, c.laddr.port)
+                    remote = Endpoint(c.raddr.ip, c.raddr.port)
+                    self._peers.add((remote, local))
+        except (psutil.Error, OSError):
+            pass
