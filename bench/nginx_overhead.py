@@ -8,7 +8,10 @@ second that the pipeline is meant to keep up with); then both again over HTTPS
 without the collector, with its hooks attached to programs that only count (the
 floor no collector can go below, `floor.py`), and with the collector, so drift
 on the machine hits all sides alike; medians are reported. The collector
-exports its spans over OTLP/gRPC to a discarding sink process. Run as root: `make bench` (or
+exports its spans over OTLP/gRPC to a discarding sink process and serves its
+metrics for Prometheus, scraped after each round: nginx's requests counted in
+`http.server.request.duration` against those wrk completed (spans may be shed
+or lost; RED may not). Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -18,6 +21,8 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -31,7 +36,7 @@ from common import (  # also puts tests/kernel on the path
 )
 from floor import counting_probes, libssl_of
 
-from harness import CollectorProcess, Nginx
+from harness import CollectorProcess, Nginx, free_port
 
 
 def scenario(
@@ -47,7 +52,7 @@ def scenario(
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     floor_rps, floor_p99 = [], []
     lost = rss = 0.0
-    requests_traced = spans = kernel_lost = dropped = 0
+    requests_traced = spans = kernel_lost = dropped = red_counted = 0
     wrk(url, 2, args.connections, script)  # warm up
     for r in range(args.rounds):
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
@@ -60,13 +65,21 @@ def scenario(
         floor_p99.append(p99)
 
         otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
-        collector = CollectorProcess(tmp / f"collector-{name}-{r}", {"otlp": otlp})
+        prometheus_port = free_port()
+        collector = CollectorProcess(
+            tmp / f"collector-{name}-{r}",
+            {"otlp": otlp, "prometheus": {"endpoint": f"127.0.0.1:{prometheus_port}"}},
+            metrics=["prometheus"],
+            extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"},  # kernel counts read every 0.5 s
+        )
         proc = psutil.Process(collector.proc.pid)
         before = proc.cpu_times()
         t0 = collector.telemetry()
         rps, p99, total = wrk(url, args.seconds, args.connections, script)
         t1 = drained(collector)
         after = proc.cpu_times()
+        time.sleep(1.5)  # the kernel's counts of the last moments read
+        red_counted += red_requests(prometheus_port, "nginx")
         rss = max(rss, peak_rss_mib(proc.pid))
         collector.stop()
         on_rps.append(rps)
@@ -99,9 +112,25 @@ def scenario(
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
     print(
+        f"  RED: {red_counted} nginx requests counted for {requests_traced} wrk completed"
+        f" (ratio {red_counted / max(requests_traced, 1):.4f}; wrk leaves up to"
+        f" {args.connections} a round unfinished)"
+    )
+    print(
         f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}"
         f" (kernel ring buffer dropped {kernel_lost} events); {dropped} dropped at the"
         " export queue"
+    )
+
+
+def red_requests(port: int, service: str) -> int:
+    """`http.server.request.duration` counts of `service`, from a Prometheus scrape."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("http_server_request_duration_seconds_count{")
+        and f'service_name="{service}"' in line
     )
 
 

@@ -107,6 +107,8 @@ struct conn_state {
     u32 window_small; // segments seen while a receive window was under WINDOW_SMALL
     u64 send_wait_ns; // time the owner's sends waited for room in the send buffer
     u64 full_at;      // a send came back short then: the buffer was full
+    u16 port;         // its local port, when its handshake was seen
+    u8 pad[6];
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -155,7 +157,8 @@ struct data_event {
     u32 retrans;      // the connection's TCP counters when the call ended
     u32 srtt_us;
     u8 tls;           // plaintext from OpenSSL (tls.bpf.c); offsets are the plaintext stream's
-    u8 pad2[3];
+    u8 red_counted;   // the HTTP/1 request starting at its first byte is counted here (red_*)
+    u8 pad2[2];
     u32 send_wait_us; // the connection's send_wait_ns before this call began
     u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 120-byte header)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
@@ -604,6 +607,182 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     return 0;
 }
 
+
+// ---- RED of HTTP/1 servers, counted here: exact at any rate ------------------
+// A server connection's request is noted when a read starts with a whole
+// request line, and counted when a write starts with its final status line (or
+// at the close, unanswered): by (process, port, method, path, version, status),
+// with the duration's bucket. The read's event says so (red_counted), and user
+// space counts every other request from its span: TLS plaintext, a request
+// that arrives while one is unanswered (pipelining), one not at a read's start.
+// User space reads the counts (and names the route) once per scan, whatever
+// it could or could not keep up with.
+#define RED_METHOD 12
+#define RED_PATH 64
+#define RED_SERIES 8192
+#define RED_BUCKETS 15 // HTTP_BUCKETS in otel_ebpf/metrics.py, and one past them
+
+struct red_key {
+    u32 tgid;
+    u16 port;
+    u16 status;               // 0: never answered
+    char method[RED_METHOD];  // NUL-padded
+    char version;             // the request's HTTP/1.x minor version ('0', '1')
+    u8 pad[3];
+    char path[RED_PATH];      // the target up to '?' or ' ', cut at RED_PATH bytes
+};
+
+struct red_value {
+    u64 count;
+    u64 sum_ns;
+    u64 min_ns;
+    u64 max_ns;
+    u64 buckets[RED_BUCKETS];
+};
+
+struct red_request {
+    u64 gen;    // the connection's generation it was read on
+    u64 start;  // when its first byte was read
+    struct red_key key;
+};
+
+BPF_HASH(red_requests, u64, struct red_request, MAX_CONNS);
+// Counts go to one map while user space drains the other (red_active says which).
+BPF_HASH(red_a, struct red_key, struct red_value, RED_SERIES);
+BPF_HASH(red_b, struct red_key, struct red_value, RED_SERIES);
+BPF_ARRAY(red_active, u32, 1);
+BPF_PERCPU_ARRAY(red_scratch, struct red_request, 1);
+BPF_PERCPU_ARRAY(red_dropped, u64, 1); // exchanges not counted: the series map was full
+
+static __always_inline u8 byte_at(struct data_event *ev, u32 i) {
+    return i < ev->captured ? ev->data[i & (CAPTURE_BYTES - 1)] : 0;
+}
+
+static __always_inline void red_count(struct red_key *key, u64 ns) {
+    int zero = 0;
+    u32 *active = red_active.lookup(&zero);
+    struct red_value *v = active && *active ? red_b.lookup(key) : red_a.lookup(key);
+    if (!v) {
+        struct red_value fresh = {.min_ns = ns, .max_ns = ns};
+        if (active && *active)
+            red_b.insert(key, &fresh);
+        else
+            red_a.insert(key, &fresh);
+        v = active && *active ? red_b.lookup(key) : red_a.lookup(key);
+        if (!v) {
+            u64 *n = red_dropped.lookup(&zero);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+            return;
+        }
+    }
+    const u64 ms = 1000000;
+    u32 b = ns <= 5 * ms ? 0 : ns <= 10 * ms ? 1 : ns <= 25 * ms ? 2 : ns <= 50 * ms ? 3
+          : ns <= 75 * ms ? 4 : ns <= 100 * ms ? 5 : ns <= 250 * ms ? 6 : ns <= 500 * ms ? 7
+          : ns <= 750 * ms ? 8 : ns <= 1000 * ms ? 9 : ns <= 2500 * ms ? 10
+          : ns <= 5000 * ms ? 11 : ns <= 7500 * ms ? 12 : ns <= 10000 * ms ? 13 : 14;
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->sum_ns, ns);
+    __sync_fetch_and_add(&v->buckets[b], 1);
+    if (ns < v->min_ns) // racy between CPUs: min and max are best effort
+        v->min_ns = ns;
+    if (ns > v->max_ns)
+        v->max_ns = ns;
+}
+
+// A whole request line: a method of 3..10 capitals, a space, a target (from
+// '/', an absolute URL, or OPTIONS's '*'), a space, "HTTP/1.x". Fills the key.
+static __always_inline int red_request_line(struct data_event *ev, struct red_key *key) {
+    u32 sp = 0;
+#pragma clang loop unroll(disable) // loops, not copies: kept short to compile
+    for (u32 i = 0; i < 11; i++) {
+        u8 c = byte_at(ev, i);
+        if (c == ' ') {
+            sp = i;
+            break;
+        }
+        if (c < 'A' || c > 'Z')
+            return 0;
+        if (i < RED_METHOD)
+            key->method[i] = c;
+    }
+    if (sp < 3)
+        return 0;
+    u8 first = byte_at(ev, sp + 1);
+    if (first != '/' && first != 'h' && !(first == '*' && key->method[0] == 'O'))
+        return 0; // not a request line (HTTP/2's "PRI *", a Redis inline command)
+    u32 end = 0; // the target's end (a space), once found
+    int in_query = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < 2 * RED_PATH; i++) {
+        u8 c = byte_at(ev, sp + 1 + i);
+        if (c == ' ' || c == 0) {
+            end = sp + 1 + i;
+            break;
+        }
+        if (c == '?')
+            in_query = 1;
+        if (!in_query && i < RED_PATH)
+            key->path[i] = c;
+    }
+    if (!end || byte_at(ev, end + 1) != 'H' || byte_at(ev, end + 5) != '/' ||
+        byte_at(ev, end + 6) != '1' || byte_at(ev, end + 7) != '.')
+        return 0; // a target longer than we scan, or no HTTP/1 version after it
+    key->version = byte_at(ev, end + 8);
+    return 1;
+}
+
+static __always_inline int red_server_exchange(struct conn_state *cs, u64 skey,
+                                               struct data_event *ev) {
+    if (cs->tls || !cs->port)
+        return 0;
+    if (ev->dir == DIR_INGRESS) {
+        int zero = 0;
+        struct red_request *r = red_scratch.lookup(&zero);
+        if (!r)
+            return 0;
+        __builtin_memset(r, 0, sizeof(*r));
+        if (!red_request_line(ev, &r->key))
+            return 0;
+        struct red_request *open = red_requests.lookup(&skey);
+        if (open && open->gen == cs->gen && open->start)
+            return 0; // pipelined behind an unanswered one: counted from its span
+        r->gen = cs->gen;
+        r->start = ev->ts;
+        r->key.tgid = ev->pid;
+        r->key.port = cs->port;
+        return red_requests.update(&skey, r) == 0;
+    }
+    struct red_request *r = red_requests.lookup(&skey);
+    if (!r || r->gen != cs->gen || !r->start)
+        return 0; // nothing waits for an answer: the rest of one
+    // "HTTP/1.x NNN": the status line of its answer
+    if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
+        return 0;
+    u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
+               + (byte_at(ev, 11) - '0');
+    if (status < 100 || status > 999)
+        return 0;
+    if (status < 200 && status != 101)
+        return 0; // an interim answer (100 Continue): the final one follows
+    r->key.status = status;
+    red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
+    r->start = 0;
+    return 0;
+}
+
+// The connection closed: a request it never answered counts as unanswered.
+static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
+    struct red_request *r = red_requests.lookup(&skey);
+    if (!r)
+        return;
+    if (r->start && cs && r->gen == cs->gen) {
+        u64 now = bpf_ktime_get_ns();
+        red_count(&r->key, now > r->start ? now - r->start : 0);
+    }
+    red_requests.delete(&skey);
+}
+
 // The shared scratch event, filled with what every data event of a TCP
 // connection carries; the caller sets ts, fd, the payload and tls.
 static __always_inline struct data_event *data_event_for(struct conn_state *cs, u64 skey, u8 dir,
@@ -629,6 +808,7 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->captured = 0;
     ev->has_payload = 0;
     ev->tls = 0;
+    ev->red_counted = 0;
     ev->fd = 0;
     process_comm(ev->comm, tgid);
     return ev;
@@ -743,6 +923,8 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
         }
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
+    if (cs->role == ROLE_SERVER && ev->has_payload)
+        ev->red_counted = red_server_exchange(cs, skey, ev);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
         count_lost();
@@ -857,10 +1039,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         closed_conns.delete(&skey);
         if (cs && oldstate == TCP_SYN_SENT) {
             cs->role = role; // the state connect() made for this very socket
+            cs->port = args->sport;
         } else {
             // Anything already here belongs to an earlier socket at this address
             // (say, a transfer seen after its close): a new connection starts clean.
-            struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role};
+            struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role, .port = args->sport};
             conns.update(&skey, &fresh);
             cs = conns.lookup(&skey);
         }
@@ -872,6 +1055,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (!ce) {
         count_lost();
         if (newstate == TCP_CLOSE) {
+            red_closed(skey, cs);
             closed_conns.update(&skey, cs);
             conns.delete(&skey);
         }
@@ -905,6 +1089,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     ce->oldstate = oldstate;
     events.ringbuf_submit(ce, BPF_RB_NO_WAKEUP);
     if (newstate == TCP_CLOSE) {
+        red_closed(skey, cs);
         if (cs) {
             struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = DIR_EGRESS};
             quiet.delete(&qk);

@@ -150,6 +150,21 @@ class Histogram(_Instrument):
                 cell[_MAX] = value
             cell[_BUCKETS + bisect_left(self.bounds, value)] += 1
 
+    def record_counted(
+        self,
+        series: Series,
+        count: int,
+        total: float,
+        low: float,
+        high: float,
+        buckets: Sequence[int],
+    ) -> None:
+        """Measurements aggregated elsewhere (the kernel), same bounds."""
+        if len(buckets) != len(self.bounds) + 1:
+            raise ValueError(f"{self.name}: {len(buckets)} buckets for {len(self.bounds)} bounds")
+        with self._lock:
+            self.add_cell(self._cell(series), [count, total, low, high, *buckets])
+
     def empty(self) -> Cell:
         return [0, 0.0, math.inf, -math.inf] + [0] * (len(self.bounds) + 1)
 

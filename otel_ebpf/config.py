@@ -517,6 +517,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     # variable, key path under receivers.ebpf, comma-separated list
     ("OTEL_EBPF_OPEN_PORT", ("open_ports",), False),
     ("OTEL_EBPF_CAPTURE_BYTES", ("capture_bytes",), False),
+    ("OTEL_EBPF_RING_BUFFER_PAGES", ("ring_buffer_pages",), False),
     ("OTEL_EBPF_MODE", ("mode",), False),
     ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
     ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),

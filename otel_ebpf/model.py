@@ -55,6 +55,24 @@ class DataEvent(NamedTuple):
     srtt_us: int = 0  # its smoothed RTT at the last segment received (0: not known)
     send_wait_ns: int = 0  # its sends' wait for send-buffer room, before this call
     window_small: int = 0  # its segments seen while a receive window was nearly shut
+    red_counted: bool = False  # the kernel counts the HTTP/1 request at its first byte (RedCount)
+
+
+class RedCount(NamedTuple):
+    """HTTP/1 server requests counted in the kernel since the last read, for one
+    (process, port, method, path, version, status); durations in nanoseconds."""
+
+    pid: int
+    port: int
+    method: str
+    path: str  # up to '?', cut at 64 bytes
+    version: str  # "1.1", "1.0", "" (not seen)
+    status: int  # 0: never answered (the connection closed first)
+    requests: int
+    sum_ns: int
+    min_ns: int
+    max_ns: int
+    buckets: tuple[int, ...]  # per HTTP_BUCKETS bound, and one past them
 
 
 class DatagramEvent(NamedTuple):

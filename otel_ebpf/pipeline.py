@@ -298,7 +298,9 @@ class Collector:
             return
         self.telemetry.spans_built += 1
         if self.recorder is not None:
-            self.recorder.span(span, conn.local, conn.remote)
+            rc = exchange.token
+            red_in_kernel = isinstance(rc, RequestContext) and rc.red_in_kernel
+            self.recorder.span(span, conn.local, conn.remote, red_in_kernel)
         if self.merger is None:
             self._export(span)
             return
@@ -408,6 +410,7 @@ class Collector:
                         self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
                     )
                 self._scan_backlogs()
+                self._count_kernel_red()
                 next_tcp_scan = now + self._tcp_scan_interval
             if now >= next_sweep:
                 if self._ebpf_enabled:
@@ -423,6 +426,22 @@ class Collector:
                 next_progress = now + PROGRESS_INTERVAL_S
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
+
+    def _count_kernel_red(self) -> None:
+        """HTTP/1 server requests counted in the kernel since the last scan."""
+        if self.recorder is None:
+            return
+        for counted in self.receiver.take_red_counts():
+            service = self._processes.get(counted.pid).service_name
+            self.recorder.kernel_http_server(counted, service)
+        dropped = self.receiver.red_dropped()
+        if dropped > self.telemetry.requests_not_counted:
+            log.warning(
+                "%d HTTP/1 requests not counted in the kernel (its series map is full: "
+                "too many distinct paths between two reads)",
+                dropped - self.telemetry.requests_not_counted,
+            )
+            self.telemetry.requests_not_counted = dropped
 
     def _scan_backlogs(self) -> None:
         for found in self.backlogs.scan(self._processes.known()):
@@ -452,6 +471,8 @@ class Collector:
         self.telemetry.events_lost = self.receiver.events_lost()
         self.tracker.release_held()
         self.tracker.close_all(time.monotonic_ns())
+        for _ in range(2):  # both of the kernel's count maps
+            self._count_kernel_red()
         # Detaching takes the kernel about 2 s: done while the last export goes out.
         detach = threading.Thread(target=self.receiver.close, name="detach", daemon=True)
         detach.start()

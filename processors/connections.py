@@ -44,6 +44,7 @@ class Connection:
         "proto_name",
         "protos_tried",
         "quiet",
+        "red_next",
         "remote",
         "requests",
         "reset",
@@ -88,6 +89,8 @@ class Connection:
         self.srtt_us = 0
         self.send_wait_ns = 0
         self.window_small = 0
+        # The kernel counts the next request that starts (its read began with it).
+        self.red_next = False
 
     @property
     def tls(self) -> bool:

@@ -130,6 +130,7 @@ class RequestContext:
         "net_start",
         "parent_id",
         "pid",
+        "red_in_kernel",
         "resolved",
         "role",
         "span_id",
@@ -155,6 +156,7 @@ class RequestContext:
         # counters at its start, then the facts at its end.
         self.net_start: NetCounters | None = None
         self.net: RequestNet | None = None
+        self.red_in_kernel = False  # its RED measurement is the kernel's (RedCount)
 
     @property
     def trace_id(self) -> int:

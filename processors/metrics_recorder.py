@@ -14,7 +14,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.aggregation import Series
 from otel_ebpf.metrics import CollectorMetrics
-from otel_ebpf.model import Endpoint
+from otel_ebpf.model import Endpoint, RedCount
+from otel_ebpf.processors.protocols.http1 import METHODS
+from otel_ebpf.processors.redaction import UrlRedactor
 from otel_ebpf.processors.routes import RouteTemplates
 
 _HTTP_SERVER_KEYS = (
@@ -45,6 +47,9 @@ _DB_KEYS = (
 _RPC_KEYS = ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type")
 _DNS_KEYS = ("dns.question.name", "error.type")
 
+_METHODS = frozenset(m.decode() for m in METHODS)
+_URLS = UrlRedactor()  # the path of a target, as spans take it
+
 # The service at the other end of a connection (this end, other end), when it
 # is a process on this node.
 PeerService = Callable[[Endpoint, Endpoint], str | None]
@@ -72,8 +77,15 @@ class MetricsRecorder:
 
     # -- spans: RED and the service graph ----------------------------------------
 
-    def span(self, span: ReadableSpan, local: Endpoint | None, remote: Endpoint | None) -> None:
-        """One eBPF span; `local`/`remote` are its connection's ends (None for DNS)."""
+    def span(
+        self,
+        span: ReadableSpan,
+        local: Endpoint | None,
+        remote: Endpoint | None,
+        red_in_kernel: bool = False,
+    ) -> None:
+        """One eBPF span; `local`/`remote` are its connection's ends (None for DNS).
+        `red_in_kernel`: the kernel counts its request (kernel_http_server)."""
         attrs = span.attributes or {}  # read in place: no copy per span
         resource = span.resource.attributes if span.resource else {}
         service = str(resource.get("service.name", "unknown"))
@@ -85,12 +97,12 @@ class MetricsRecorder:
                 seconds, _pick(attrs, _RPC_KEYS, service)
             )
         elif "http.request.method" in attrs:
-            if server:
+            if server and not red_in_kernel:
                 route = self._routes.route(service, str(attrs.get("url.path", "/")))
                 m.http_server.record(
                     seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
                 )
-            else:
+            elif not server:
                 m.http_client.record(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
         elif "db.system.name" in attrs:
             m.db_client.record(seconds, _pick(attrs, _DB_KEYS, service))
@@ -98,6 +110,33 @@ class MetricsRecorder:
             m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
         if remote is not None and "dns.question.name" not in attrs:
             self._graph(span, local, remote, service, seconds, server)
+
+    def kernel_http_server(self, counted: RedCount, service: str) -> None:
+        """HTTP/1 server requests the kernel counted: the attributes a span's
+        measurement has (the same series), the route from the path here."""
+        attrs: list[tuple[str, str | int | bool]] = [
+            ("service.name", service),
+            ("http.request.method", counted.method if counted.method in _METHODS else "_OTHER"),
+        ]
+        if counted.status:
+            attrs.append(("http.response.status_code", counted.status))
+        attrs.append(("url.scheme", "http"))
+        if counted.version:
+            attrs.append(("network.protocol.version", counted.version))
+        if not counted.status:
+            attrs.append(("error.type", "no_response"))
+        elif counted.status >= 500:
+            attrs.append(("error.type", str(counted.status)))
+        path = _URLS.split(counted.path or "/")[0]  # an absolute-form target's userinfo goes
+        attrs.append(("http.route", self._routes.route(service, path)))
+        self._m.http_server.record_counted(
+            tuple(attrs),
+            counted.requests,
+            counted.sum_ns / 1e9,
+            counted.min_ns / 1e9,
+            counted.max_ns / 1e9,
+            counted.buckets,
+        )
 
     def _graph(
         self,

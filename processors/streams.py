@@ -427,6 +427,8 @@ class ConnectionTracker:
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
         conn.fd = conn.fd or ev.fd
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
+        if ev.red_counted:
+            conn.red_next = True
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
         http = conn.proto
         assert http is not None  # selected connections have a parser
@@ -519,6 +521,7 @@ class ConnectionTracker:
                 ev.send_wait_ns,
                 conn.window_small,
             )
+            rc.red_in_kernel, conn.red_next = conn.red_next, False
         conn.requests += 1
         conn.in_flight[rc] = None
         return rc

@@ -32,6 +32,7 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     KernelEvent,
+    RedCount,
     ResetSent,
     Role,
     SelfConn,
@@ -96,7 +97,7 @@ _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # peer, TCP counters, tls, send wait, small-window segments
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIB3xII")
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBB2xII")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -106,6 +107,27 @@ _ROLES = tuple(Role)
 
 class ReceiverError(RuntimeError):
     """The receiver cannot start; the message says why in one sentence."""
+
+
+def _text(raw: Any) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
+
+
+def _red_count(key: Any, value: Any) -> RedCount:
+    version = chr(key.version) if isinstance(key.version, int) else key.version.decode()
+    return RedCount(
+        key.tgid,
+        key.port,
+        _text(key.method),
+        _text(key.path),
+        f"1.{version}" if version in ("0", "1") else "",
+        key.status,
+        value.count,
+        value.sum_ns,
+        value.min_ns,
+        value.max_ns,
+        tuple(value.buckets),
+    )
 
 
 def _address(raw: bytes, family: int) -> str:
@@ -142,6 +164,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             retransmits,
             srtt_us,
             tls,
+            red_counted,
             send_wait_us,
             window_small,
         ) = _DATA_HEADER.unpack_from(raw)
@@ -165,6 +188,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             srtt_us,
             send_wait_us * 1000,
             window_small,
+            bool(red_counted),
         )
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
@@ -413,6 +437,28 @@ class SocketReceiver:
         if self._bpf is None:
             return 0
         table = self._bpf["lost"]  # type: ignore[index]
+        return int(table.sum(table.Key(0)).value)
+
+    def take_red_counts(self) -> list[RedCount]:
+        """HTTP/1 server requests the kernel counted since the last call. The kernel
+        counts into one map while this drains the other, then they swap: what a
+        call returns was counted up to the call before it (nothing being written)."""
+        if self._bpf is None:
+            return []
+        bpf = self._bpf
+        active_table = bpf["red_active"]  # type: ignore[index]
+        active = active_table[0].value
+        idle = bpf["red_b" if active == 0 else "red_a"]  # type: ignore[index]
+        counts = [_red_count(key, value) for key, value in idle.items()]
+        idle.clear()
+        active_table[0] = ctypes.c_uint(1 - active)
+        return counts
+
+    def red_dropped(self) -> int:
+        """Requests the kernel could not count: its series map was full."""
+        if self._bpf is None:
+            return 0
+        table = self._bpf["red_dropped"]  # type: ignore[index]
         return int(table.sum(table.Key(0)).value)
 
     def live_connections(self) -> list[ConnCounters]:

@@ -4,14 +4,17 @@ the service graph, and network facts on spans."""
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from harness import CollectorProcess, PythonServer, free_port, wait_until
+from harness import CollectorProcess, Nginx, PythonServer, free_port, wait_until
 from otlp_sink import CLIENT, GrpcSink, Point
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -55,6 +58,83 @@ def test_red_histograms_count_requests_by_method_route_and_status(
     assert "py-backend" in grpc_sink.metrics.services  # a resource per traced service
     point = next(iter(grpc_sink.metrics.series("http.server.request.duration").values()))
     assert point.bounds == HTTP_BUCKETS  # the conventions' advisory boundaries, in seconds
+
+
+def test_red_counts_every_request_while_the_ring_buffer_overflows(
+    tmp_path: Path, nginx: Nginx
+) -> None:
+    """A one-page ring buffer under ab -k loses most events, and spans with them;
+    HTTP/1 server requests are counted in the kernel, so RED still counts each."""
+    sink = GrpcSink()
+    collector = CollectorProcess(
+        tmp_path / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}},
+        metrics=["otlp"],
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EBPF_RING_BUFFER_PAGES": "1"},
+    )
+    try:
+        n = 6_000
+        out = subprocess.run(
+            ["ab", "-k", "-q", "-n", str(n), "-c", "8", nginx.url("/index.html")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert re.search(rf"Complete requests:\s+{n}", out), out
+        assert re.search(r"Failed requests:\s+0", out), out
+
+        def counted() -> dict[tuple[object, ...], int]:
+            series = sink.metrics.series(
+                "http.server.request.duration", **{"service.name": "nginx"}
+            )
+            return {
+                (a["http.request.method"], a["http.route"], a["http.response.status_code"]): int(
+                    point.value
+                )
+                for attrs, point in series.items()
+                for a in [dict(attrs)]
+            }
+
+        settle(counted, {("GET", "/index.html", 200): n}, "every request counted")
+        telemetry = collector.telemetry()
+        assert telemetry["events_lost"] > 0  # what this test is about: the ring overflowed
+        assert telemetry["spans_built"] < 2 * n
+    finally:
+        collector.stop()
+        sink.stop()
+
+
+def test_red_counts_pipelined_and_split_requests_once_each(
+    collector: CollectorProcess, grpc_sink: GrpcSink, py_server: PythonServer
+) -> None:
+    """The kernel counts a request whose read began with its request line; the
+    rest (pipelined behind it) come from spans. Either way, once."""
+
+    def counts() -> dict[str, int]:
+        series = grpc_sink.metrics.series(
+            "http.server.request.duration", **{"service.name": "py-backend"}
+        )
+        out: dict[str, int] = {}
+        for attrs, point in series.items():
+            route = str(dict(attrs).get("http.route"))
+            out[route] = out.get(route, 0) + int(point.value)
+        return out
+
+    before = counts()
+    with socket.create_connection(("127.0.0.1", py_server.port)) as sock:
+        sock.sendall(b"".join(b"GET /pipe/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3)))
+        received = b""
+        while received.count(b"HTTP/1.") < 3:
+            received += sock.recv(65536)
+        sock.sendall(b"GET /split/1 HTTP/1.1\r\nHo")  # the head ends in a later read
+        time.sleep(0.05)
+        sock.sendall(b"st: x\r\n\r\n")
+        while b"HTTP/1." not in (answer := sock.recv(65536)):
+            pass
+    want = {route: before.get(route, 0) + n for route, n in (("/pipe/{id}", 3), ("/split/{id}", 1))}
+    settle(lambda: {r: counts().get(r, 0) for r in want}, want, "each request counted once")
+    time.sleep(2)  # a double count would show by now (reads every 0.5 s, exports every 1 s)
+    assert {r: counts().get(r, 0) for r in want} == want, answer
 
 
 def test_route_templates_keep_cardinality_under_the_cap(

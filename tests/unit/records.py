@@ -25,13 +25,20 @@ def close_record(sk: int, ts: int) -> bytes:
 
 
 def data_record(
-    sk: int, role: Role, egress: bool, ts: int, offset: int, data: bytes, capture: int = 1024
+    sk: int,
+    role: Role,
+    egress: bool,
+    ts: int,
+    offset: int,
+    data: bytes,
+    capture: int = 1024,
+    red_counted: bool = False,
 ) -> bytes:
     """One send (egress) or receive of `data` at stream `offset`, its first
     `capture` bytes kept."""
     payload = data[:capture]
     header = _DATA_HEADER.pack(
         *(_EV_DATA, int(not egress), int(role), 1, PID, PID, 5, sk, 1, ts, offset, offset),
-        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, 0, 0),
+        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, int(red_counted), 0, 0),
     )
     return header + payload

@@ -112,6 +112,7 @@ def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
         "OTEL_EBPF_AUTO_TARGET_EXE": "nginx*, python*",
         "OTEL_EBPF_EXCLUDE_PIDS": "1,2",
         "OTEL_EBPF_CAPTURE_BYTES": "512",
+        "OTEL_EBPF_RING_BUFFER_PAGES": "64",
         "OTEL_EBPF_HEALTH_ENDPOINT": "0.0.0.0:1234",
     }
     cfg = load(write(tmp_path, VALID), env=env)
@@ -119,6 +120,7 @@ def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
     assert cfg.ebpf.include.executables == ["nginx*", "python*"]
     assert cfg.ebpf.exclude.pids == [1, 2]
     assert cfg.ebpf.capture_bytes == 512
+    assert cfg.ebpf.ring_buffer_pages == 64
     assert cfg.health is not None and cfg.health.endpoint == "0.0.0.0:1234"
 
 

@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind
 
 from metric_points import points
 from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
-from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, Role
+from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, RedCount, Role
 from otel_ebpf.processes import ProcessInfo
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
@@ -44,13 +44,20 @@ def conn(role: Role, service: str) -> Connection:
     return c
 
 
-def request(path: str, status: int, role: Role, service: str, recorder: MetricsRecorder) -> None:
+def request(
+    path: str,
+    status: int,
+    role: Role,
+    service: str,
+    recorder: MetricsRecorder,
+    red_in_kernel: bool = False,
+) -> None:
     head = HttpHead(True, "GET", path, 0, "1.1", {}, 1_000, False)
     resp = HttpHead(False, "", "", status, "1.1", {}, 2_000_000, False)
     c = conn(role, service)
     span = SpanBuilder(epoch_offset=0).build(HttpExchange(head, 0, resp, 0, 1_000, 2_000_000), c)
     assert span is not None
-    recorder.span(span, c.local, c.remote)
+    recorder.span(span, c.local, c.remote, red_in_kernel)
 
 
 def test_red_counts_by_method_route_status_with_the_advised_buckets() -> None:
@@ -136,3 +143,63 @@ def test_an_edges_time_splits_into_server_and_network_with_its_verdicts() -> Non
         for p in points(reader, "otel_ebpf.service_graph.verdicts")
     }
     assert verdicts == {("backend", "server"): 1, ("backend", "network"): 1}
+
+
+def kernel_counts(path: str, status: int, requests: int, method: str = "GET") -> RedCount:
+    buckets = [0] * (len(HTTP_BUCKETS) + 1)
+    buckets[1] = requests  # (5 ms, 10 ms]
+    return RedCount(
+        7,
+        8080,
+        method,
+        path,
+        "1.1",
+        status,
+        requests,
+        requests * 8_000_000,
+        6_000_000,
+        9_000_000,
+        tuple(buckets),
+    )
+
+
+def test_kernel_counts_join_the_series_spans_would_have_made() -> None:
+    recorder, reader = setup()
+    request("/orders/1", 200, Role.SERVER, "shop", recorder)  # a span's measurement
+    recorder.kernel_http_server(kernel_counts("/orders/2", 200, 5), "shop")
+    (point,) = points(reader, "http.server.request.duration")
+    assert point.count == 6 and point.attributes["http.route"] == "/orders/{id}"
+    assert round(point.sum, 6) == round(0.001999 + 5 * 0.008, 6)
+    assert point.bucket_counts[0] == 1 and point.bucket_counts[1] == 5
+    assert point.min == 0.001999 and point.max == 0.009
+
+
+def test_a_request_the_kernel_counted_is_not_counted_again_from_its_span() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "frontend"})
+    request("/a", 200, Role.SERVER, "shop", recorder, red_in_kernel=True)
+    assert points(reader, "http.server.request.duration") == []
+    assert len(points(reader, "traces_service_graph_request_server_seconds")) == 1
+
+
+def test_unanswered_and_unknown_methods_from_the_kernel() -> None:
+    recorder, reader = setup()
+    recorder.kernel_http_server(kernel_counts("/slow", 0, 2), "shop")
+    recorder.kernel_http_server(kernel_counts("/x", 503, 1, method="BREW"), "shop")
+    got = {
+        (
+            p.attributes["http.request.method"],
+            p.attributes.get("http.response.status_code"),
+            p.attributes.get("error.type"),
+        ): p.count
+        for p in points(reader, "http.server.request.duration")
+    }
+    assert got == {("GET", None, "no_response"): 2, ("_OTHER", 503, "503"): 1}
+
+
+def test_an_absolute_target_from_the_kernel_is_routed_by_its_path_alone() -> None:
+    recorder, reader = setup()
+    target = "http://user:secret@shop.example:8080/orders/17?key=x"
+    recorder.kernel_http_server(kernel_counts(target[:64], 200, 1), "shop")
+    (point,) = points(reader, "http.server.request.duration")
+    assert point.attributes["http.route"] == "/orders/{id}"
+    assert "secret" not in repr(point.attributes)

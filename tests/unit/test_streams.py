@@ -271,3 +271,23 @@ def test_a_chain_stays_one_trace_when_the_first_send_is_reported_last(tmp_path: 
     parents = {s.kind.name + str(s.attributes["server.port"]): s.parent for s in built}
     assert parents["CLIENT8080"] is None
     assert parents["SERVER8080"] is not None and parents["SERVER9090"] is not None
+
+
+def test_the_request_the_kernel_counted_is_marked_and_only_that_one(tmp_path: Path) -> None:
+    """The kernel flags the read that began with a request line: the next request
+    to start is its (even when its head ends in a later read); a request pipelined
+    in the same read, or one without the flag, is counted from its span."""
+    t, out = tracker(tmp_path)
+    s = Stream(t, 8080, role=Role.SERVER)
+    In, Out = Direction.INGRESS, Direction.EGRESS
+    s.t.handle(s.event(In, b"GET /a HTTP/1.1\r\nHost: x\r\n", 1)._replace(red_counted=True))
+    s.send(In, b"X-Long: header\r\n\r\n", 2)  # the head ends here
+    s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3)
+    pipelined = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    s.t.handle(s.event(In, pipelined, 4)._replace(red_counted=True))
+    s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2, 5)
+    s.send(In, b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n", 6)
+    s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 7)
+    t.close_all(10)
+    marked = {x.request.target: x.token.red_in_kernel for x, _ in out}
+    assert marked == {"/a": True, "/b": True, "/c": False, "/d": False}
