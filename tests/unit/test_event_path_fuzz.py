@@ -13,12 +13,17 @@ import records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from captured import load
+from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import DataEvent, Declined, Direction, Exchange, HttpExchange, Role
 from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.connections import Connection
+from otel_ebpf.processors.correlate import RequestContext
+from otel_ebpf.processors.metrics_recorder import MetricsRecorder
+from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
@@ -53,7 +58,10 @@ def close_record(ts: int) -> bytes:
 
 
 def data_record(role: Role, egress: bool, ts: int, offset: int, data: bytes) -> bytes:
-    return records.data_record(SK, role, egress, ts, offset, data, CAPTURE)
+    # Now and then a read the kernel says it counted (whatever it holds): the
+    # request that starts next takes the mark.
+    counted = role == Role.SERVER and not egress and len(data) % 3 == 0
+    return records.data_record(SK, role, egress, ts, offset, data, CAPTURE, counted)
 
 
 class Faults:
@@ -75,10 +83,18 @@ def pipeline(tmp_path: Path) -> tuple[ConnectionTracker, Faults, list[Any]]:
     builder = SpanBuilder(epoch_offset=0)
     encoder = TraceEncoder()  # the exporters' own encoding step
     encoded: list[Any] = []
+    recorder = MetricsRecorder(
+        CollectorMetrics([InMemoryMetricReader()], SelfTelemetry()),
+        RouteTemplates(),
+        lambda _local, _remote: None,
+    )
 
     def sink(x: Exchange, conn: Connection) -> None:
         span = builder.build(x, conn)
         if span is not None:
+            rc = x.token
+            counted = isinstance(rc, RequestContext) and rc.red_in_kernel
+            recorder.span(span, conn.local, conn.remote, counted)
             encoded.append(ExportTraceServiceRequest.FromString(encoder.encode([span])))
 
     tracker = ConnectionTracker(

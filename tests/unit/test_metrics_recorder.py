@@ -3,6 +3,8 @@ through the SDK's in-memory reader (pure logic: no kernel, no exporter)."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -203,3 +205,18 @@ def test_an_absolute_target_from_the_kernel_is_routed_by_its_path_alone() -> Non
     (point,) = points(reader, "http.server.request.duration")
     assert point.attributes["http.route"] == "/orders/{id}"
     assert "secret" not in repr(point.attributes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=64),
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=3, max_size=10),
+    st.integers(0, 999),
+)
+def test_whatever_path_the_kernel_read_is_a_bounded_route(
+    path: bytes, method: str, status: int
+) -> None:
+    recorder, reader = setup()
+    recorder.kernel_http_server(kernel_counts(path.decode("latin-1"), status, 1, method), "shop")
+    (point,) = points(reader, "http.server.request.duration")
+    assert point.count == 1 and len(str(point.attributes["http.route"])) <= 64
