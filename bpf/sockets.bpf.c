@@ -108,7 +108,11 @@ struct conn_state {
     u64 send_wait_ns; // time the owner's sends waited for room in the send buffer
     u64 full_at;      // a send came back short then: the buffer was full
     u16 port;         // its local port, when its handshake was seen
-    u8 pad[6];
+    u16 peer_port;    // and the other end's
+    u8 family;
+    u8 uncounted;     // talks to the collector (own_ports): its requests are not counted
+    u8 pad[2];
+    u8 peer[16];
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -608,28 +612,38 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 }
 
 
-// ---- RED of HTTP/1 servers, counted here: exact at any rate ------------------
-// A server connection's request is noted when a read starts with a whole
-// request line, and counted when a write starts with its final status line (or
-// at the close, unanswered): by (process, port, method, path, version, status),
-// with the duration's bucket. The read's event says so (red_counted), and user
-// space counts every other request from its span: TLS plaintext, a request
-// that arrives while one is unanswered (pipelining), one not at a read's start.
-// User space reads the counts (and names the route) once per scan, whatever
-// it could or could not keep up with.
+// ---- RED of HTTP/1, counted here: exact at any rate --------------------------
+// A request is noted when the call that carries it (a server's read, a client's
+// write) starts with a whole request line (and, for a client, its Host header),
+// and counted when the first call of its answer starts with its final status
+// line (or at the close, unanswered): by process, role, port, method, version,
+// status, and the server's path or the client's Host and peer, with the
+// duration's bucket. The request's event says so (red_counted), and user space
+// counts every other request from its span: TLS plaintext, a request sent
+// while one is unanswered (pipelining), one not at a call's start. User space
+// reads the counts (names the route, the service) once per scan, whatever it
+// could or could not keep up with.
 #define RED_METHOD 12
 #define RED_PATH 64
 #define RED_SERIES 8192
+#define RED_HOST 64
+// Bytes of a client's request searched for its Host header (clients send it first
+// or nearly: past this, the span counts it); within the event's data[].
+#define RED_HEADERS (4 * CAPTURE_BYTES - 8 < 256 ? 4 * CAPTURE_BYTES - 8 : 256)
 #define RED_BUCKETS 15 // HTTP_BUCKETS in otel_ebpf/metrics.py, and one past them
 
 struct red_key {
     u32 tgid;
-    u16 port;
+    u16 port;                 // a server's own port; a client's peer's
     u16 status;               // 0: never answered
     char method[RED_METHOD];  // NUL-padded
     char version;             // the request's HTTP/1.x minor version ('0', '1')
-    u8 pad[3];
-    char path[RED_PATH];      // the target up to '?' or ' ', cut at RED_PATH bytes
+    u8 role;
+    u8 family;                // a client's peer's
+    u8 pad;
+    char path[RED_PATH];      // a server's: the target up to '?' or ' ', cut at RED_PATH bytes
+    char host[RED_HOST];      // a client's: its Host header ("" when it sent none)
+    u8 peer[16];              // a client's peer
 };
 
 struct red_value {
@@ -646,7 +660,10 @@ struct red_request {
     struct red_key key;
 };
 
-BPF_HASH(red_requests, u64, struct red_request, MAX_CONNS);
+BPF_HASH(red_requests, u64, struct red_request, 16384); // full: counted from spans
+// Ports of the collector's own sockets (its exporters' and, from user space, its
+// listeners'): their peers' requests are not counted, as they are not traced.
+BPF_TABLE("lru_hash", u16, u8, own_ports, 1024);
 // Counts go to one map while user space drains the other (red_active says which).
 BPF_HASH(red_a, struct red_key, struct red_value, RED_SERIES);
 BPF_HASH(red_b, struct red_key, struct red_value, RED_SERIES);
@@ -690,67 +707,133 @@ static __always_inline void red_count(struct red_key *key, u64 ns) {
         v->max_ns = ns;
 }
 
+// The verifier follows every way out of a loop separately into what comes after;
+// a position read back from map memory is just a number to it, so the ways out
+// of one loop meet again before the next one.
+static __always_inline u32 launder(struct red_request *r, u32 value, u32 mask) {
+    volatile u64 *slot = &r->start; // a real store and load, not a register kept
+    *slot = value;
+    return (u32)*slot & mask;
+}
+
 // A whole request line: a method of 3..10 capitals, a space, a target (from
-// '/', an absolute URL, or OPTIONS's '*'), a space, "HTTP/1.x". Fills the key.
-static __always_inline int red_request_line(struct data_event *ev, struct red_key *key) {
+// '/', an absolute URL, or OPTIONS's '*'), a space, "HTTP/1.x", all captured.
+// Fills r->key (the path up to '?', cut at RED_PATH bytes); 0: no request line.
+static __always_inline int red_request_line(struct data_event *ev, struct red_request *r) {
+    struct red_key *key = &r->key;
     u32 sp = 0;
-#pragma clang loop unroll(disable) // loops, not copies: kept short to compile
+#pragma clang loop unroll(disable)
     for (u32 i = 0; i < 11; i++) {
-        u8 c = byte_at(ev, i);
+        u8 c = ev->data[i];
         if (c == ' ') {
             sp = i;
             break;
         }
         if (c < 'A' || c > 'Z')
             return 0;
-        if (i < RED_METHOD)
-            key->method[i] = c;
+        key->method[i] = c;
     }
     if (sp < 3)
         return 0;
-    u8 first = byte_at(ev, sp + 1);
+    sp = launder(r, sp, 15);
+    u8 first = ev->data[(sp + 1) & (CAPTURE_BYTES - 1)];
     if (first != '/' && first != 'h' && !(first == '*' && key->method[0] == 'O'))
         return 0; // not a request line (HTTP/2's "PRI *", a Redis inline command)
-    u32 end = 0; // the target's end (a space), once found
-    int in_query = 0;
+    u32 n = RED_PATH;
 #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < 2 * RED_PATH; i++) {
-        u8 c = byte_at(ev, sp + 1 + i);
-        if (c == ' ' || c == 0) {
-            end = sp + 1 + i;
+    for (u32 i = 0; i < RED_PATH; i++) {
+        u8 c = ev->data[(sp + 1 + i) & (CAPTURE_BYTES - 1)];
+        if (c == ' ' || c == '?') {
+            n = i;
             break;
         }
-        if (c == '?')
-            in_query = 1;
-        if (!in_query && i < RED_PATH)
-            key->path[i] = c;
+        key->path[i] = c;
     }
-    if (!end || byte_at(ev, end + 1) != 'H' || byte_at(ev, end + 5) != '/' ||
-        byte_at(ev, end + 6) != '1' || byte_at(ev, end + 7) != '.')
-        return 0; // a target longer than we scan, or no HTTP/1 version after it
-    key->version = byte_at(ev, end + 8);
+    u32 from = launder(r, sp + 1 + n, 2 * RED_PATH - 1);
+    u32 end = 0; // the target's end, a space
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < RED_PATH; i++) {
+        if (ev->data[(from + i) & (CAPTURE_BYTES - 1)] == ' ') {
+            end = from + i;
+            break;
+        }
+    }
+    if (!end)
+        return 0; // a target longer than we look at: the span has it whole
+    end = launder(r, end, 4 * RED_PATH - 1);
+    if (end + 9 > ev->captured)
+        return 0;
+    u8 *v = &ev->data[end & (CAPTURE_BYTES - 1)];
+    if (v[1] != 'H' || v[5] != '/' || v[6] != '1' || v[7] != '.')
+        return 0;
+    key->version = v[8];
     return 1;
 }
 
-static __always_inline int red_server_exchange(struct conn_state *cs, u64 skey,
-                                               struct data_event *ev) {
-    if (cs->tls || !cs->port)
+// A client's Host header, searched for in its first RED_HEADERS bytes and
+// copied: 1, else 0 (not there, or longer than we keep: the span counts it).
+static __always_inline int red_host(struct data_event *ev, struct red_request *r) {
+    u32 at = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < RED_HEADERS; i++) {
+        // "\nHost:", any case: one word compare per byte
+        u32 word;
+        __builtin_memcpy(&word, &ev->data[i + 1], 4);
+        if (ev->data[i] == '\n' && (word | 0x20202020) == 0x74736f68 && ev->data[i + 5] == ':') {
+            at = i + 6;
+            break;
+        }
+    }
+    if (!at)
         return 0;
-    if (ev->dir == DIR_INGRESS) {
+    at = launder(r, at, 2 * RED_HEADERS - 1);
+    if (ev->data[at & (CAPTURE_BYTES - 1)] == ' ')
+        at++;
+    u32 n = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < RED_HOST; i++) {
+        u8 c = ev->data[(at + i) & (CAPTURE_BYTES - 1)];
+        if (c == '\r') {
+            n = i + 1;
+            break;
+        }
+        r->key.host[i] = c;
+    }
+    if (!n)
+        return 0;
+    n = launder(r, n, 2 * RED_HOST - 1);
+    return at + n <= ev->captured;
+}
+
+static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
+                                        struct data_event *ev, u8 client) {
+    if (cs->tls || !cs->port || cs->uncounted || cs->role != (client ? ROLE_CLIENT : ROLE_SERVER))
+        return 0;
+    if (ev->dir == (client ? DIR_EGRESS : DIR_INGRESS)) {
         int zero = 0;
         struct red_request *r = red_scratch.lookup(&zero);
         if (!r)
             return 0;
         __builtin_memset(r, 0, sizeof(*r));
-        if (!red_request_line(ev, &r->key))
+        if (!red_request_line(ev, r))
             return 0;
+        if (client) {
+            __builtin_memset(r->key.path, 0, RED_PATH);
+            if (!red_host(ev, r))
+                return 0;
+            r->key.port = cs->peer_port;
+            r->key.family = cs->family;
+            __builtin_memcpy(r->key.peer, cs->peer, 16);
+        } else {
+            r->key.port = cs->port;
+        }
         struct red_request *open = red_requests.lookup(&skey);
         if (open && open->gen == cs->gen && open->start)
             return 0; // pipelined behind an unanswered one: counted from its span
         r->gen = cs->gen;
         r->start = ev->ts;
         r->key.tgid = ev->pid;
-        r->key.port = cs->port;
+        r->key.role = cs->role;
         return red_requests.update(&skey, r) == 0;
     }
     struct red_request *r = red_requests.lookup(&skey);
@@ -781,6 +864,38 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
         red_count(&r->key, now > r->start ? now - r->start : 0);
     }
     red_requests.delete(&skey);
+}
+
+BPF_PROG_ARRAY(red_progs, 2); // [ROLE_CLIENT - 1]: clients', [ROLE_SERVER - 1]: servers'
+
+
+static __always_inline void send_data_event(struct data_event *ev) {
+    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
+    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
+        count_lost();
+}
+
+// Tail-called by the transfer probes with their event in `scratch`, one per
+// role: the request parsing is verified on its own (inlined, its loops were
+// more than the verifier follows in one program).
+static __always_inline int red_and_send(u8 client) {
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (!ev)
+        return 0;
+    struct conn_state *cs = conn_of(ev->sk);
+    if (cs)
+        ev->red_counted = red_exchange(cs, ev->sk, ev, client);
+    send_data_event(ev);
+    return 0;
+}
+
+int red_client(void *ctx) {
+    return red_and_send(1);
+}
+
+int red_server(void *ctx) {
+    return red_and_send(0);
 }
 
 // The shared scratch event, filled with what every data event of a TCP
@@ -832,7 +947,8 @@ static __always_inline u64 account_send(struct conn_state *cs, struct active_io 
     return before;
 }
 
-static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flags, u8 dir) {
+static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int ret, int flags,
+                                       u8 dir) {
     if (protocol == PROTO_UDP)
         return on_datagram(sk, ret, flags, dir);
     if (protocol != PROTO_TCP || ret <= 0)
@@ -923,11 +1039,9 @@ static __always_inline int on_transfer(void *sk, u16 protocol, int ret, int flag
         }
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
-    if (cs->role == ROLE_SERVER && ev->has_payload)
-        ev->red_counted = red_server_exchange(cs, skey, ev);
-    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
-        count_lost();
+    if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls)
+        red_progs.call(ctx, cs->role - 1); // counts and sends; returns only if not loaded
+    send_data_event(ev);
     return 0;
 }
 
@@ -1007,11 +1121,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
-    return on_transfer(args->sk, args->protocol, args->ret, args->flags, DIR_EGRESS);
+    return on_transfer(args, args->sk, args->protocol, args->ret, args->flags, DIR_EGRESS);
 }
 
 TRACEPOINT_PROBE(sock, sock_recv_length) {
-    return on_transfer(args->sk, args->protocol, args->ret, args->flags, DIR_INGRESS);
+    return on_transfer(args, args->sk, args->protocol, args->ret, args->flags, DIR_INGRESS);
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
@@ -1039,13 +1153,26 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         closed_conns.delete(&skey);
         if (cs && oldstate == TCP_SYN_SENT) {
             cs->role = role; // the state connect() made for this very socket
-            cs->port = args->sport;
         } else {
             // Anything already here belongs to an earlier socket at this address
             // (say, a transfer seen after its close): a new connection starts clean.
-            struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role, .port = args->sport};
+            struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role};
             conns.update(&skey, &fresh);
             cs = conns.lookup(&skey);
+        }
+        if (cs) {
+            u16 sport = args->sport, dport = args->dport;
+            u8 yes = 1;
+            if (cs->pid == SELF_TGID) // ours, connected: its port names our traffic
+                own_ports.update(&sport, &yes);
+            cs->uncounted = own_ports.lookup(&dport) != 0;
+            cs->port = args->sport;
+            cs->peer_port = args->dport;
+            cs->family = args->family == AF_INET ? AF_INET : AF_INET6;
+            if (args->family == AF_INET)
+                __builtin_memcpy(cs->peer, args->daddr, 4);
+            else
+                __builtin_memcpy(cs->peer, args->daddr_v6, 16);
         }
     } else if (!cs) {
         return 0; // closing a socket we never tracked (listener, pre-start idle)

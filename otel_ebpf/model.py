@@ -59,13 +59,17 @@ class DataEvent(NamedTuple):
 
 
 class RedCount(NamedTuple):
-    """HTTP/1 server requests counted in the kernel since the last read, for one
-    (process, port, method, path, version, status); durations in nanoseconds."""
+    """HTTP/1 requests counted in the kernel since the last read, for one process,
+    role, port, method, version, status, and a server's path or a client's Host
+    and peer; durations in nanoseconds."""
 
     pid: int
-    port: int
+    role: Role
+    port: int  # a server's own; a client's peer's
     method: str
-    path: str  # up to '?', cut at 64 bytes
+    path: str  # a server's: up to '?', cut at 64 bytes
+    host: str  # a client's Host header ("" for a server)
+    peer: str  # a client's peer address ("" for a server)
     version: str  # "1.1", "1.0", "" (not seen)
     status: int  # 0: never answered (the connection closed first)
     requests: int

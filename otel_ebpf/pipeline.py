@@ -35,6 +35,7 @@ from otel_ebpf.model import (
     Endpoint,
     Exchange,
     ResetSent,
+    Role,
     SocketBufferSet,
 )
 from otel_ebpf.processes import ProcessRegistry
@@ -352,7 +353,7 @@ class Collector:
                 self.tls.start()
                 self.telemetry.tls_libraries = len(self.tls.libraries)
             if self._health_server is not None:
-                self.tracker.add_own_listener(self._health_server.port)
+                self._own_listener(self._health_server.port)
             if self.otlp is not None:
                 try:
                     self.otlp.start()
@@ -363,7 +364,7 @@ class Collector:
                 else:
                     for port in (self.otlp.grpc_port, self.otlp.http_port):
                         if port:
-                            self.tracker.add_own_listener(port)
+                            self._own_listener(port)
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             metrics = self.config.service.pipelines.get("metrics")
@@ -427,13 +428,24 @@ class Collector:
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
 
+    def _own_listener(self, port: int) -> None:
+        self.tracker.add_own_listener(port)
+        self.receiver.own_port(port)
+
     def _count_kernel_red(self) -> None:
-        """HTTP/1 server requests counted in the kernel since the last scan."""
+        """HTTP/1 requests counted in the kernel since the last scan (those of
+        processes and ports not selected for tracing left out, as their spans are)."""
         if self.recorder is None:
             return
         for counted in self.receiver.take_red_counts():
+            if not self.tracker.traced(counted.pid, counted.port):
+                continue
             service = self._processes.get(counted.pid).service_name
-            self.recorder.kernel_http_server(counted, service)
+            if counted.role == Role.SERVER:
+                self.recorder.kernel_http_server(counted, service)
+            else:
+                peer = self.tracker.service_serving(Endpoint(counted.peer, counted.port))
+                self.recorder.kernel_http_client(counted, service, peer)
         dropped = self.receiver.red_dropped()
         if dropped > self.telemetry.requests_not_counted:
             log.warning(

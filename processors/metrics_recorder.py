@@ -16,7 +16,7 @@ from otel_ebpf.aggregation import Series
 from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import Endpoint, RedCount
 from otel_ebpf.processors.protocols.http1 import METHODS
-from otel_ebpf.processors.redaction import UrlRedactor
+from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
 
 _HTTP_SERVER_KEYS = (
@@ -53,6 +53,16 @@ _URLS = UrlRedactor()  # the path of a target, as spans take it
 # The service at the other end of a connection (this end, other end), when it
 # is a process on this node.
 PeerService = Callable[[Endpoint, Endpoint], str | None]
+
+
+def _counts(counted: RedCount) -> tuple[int, float, float, float, tuple[int, ...]]:
+    return (
+        counted.requests,
+        counted.sum_ns / 1e9,
+        counted.min_ns / 1e9,
+        counted.max_ns / 1e9,
+        counted.buckets,
+    )
 
 
 def _pick(attrs: Mapping[str, object], keys: tuple[str, ...], service: str) -> Series:
@@ -102,24 +112,19 @@ class MetricsRecorder:
                 m.http_server.record(
                     seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
                 )
-            elif not server:
+            elif not server and not red_in_kernel:
                 m.http_client.record(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
         elif "db.system.name" in attrs:
             m.db_client.record(seconds, _pick(attrs, _DB_KEYS, service))
         elif "dns.question.name" in attrs:
             m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
         if remote is not None and "dns.question.name" not in attrs:
-            self._graph(span, local, remote, service, seconds, server)
+            self._graph(span, local, remote, service, seconds, server, red_in_kernel)
 
     def kernel_http_server(self, counted: RedCount, service: str) -> None:
         """HTTP/1 server requests the kernel counted: the attributes a span's
         measurement has (the same series), the route from the path here."""
-        attrs: list[tuple[str, str | int | bool]] = [
-            ("service.name", service),
-            ("http.request.method", counted.method if counted.method in _METHODS else "_OTHER"),
-        ]
-        if counted.status:
-            attrs.append(("http.response.status_code", counted.status))
+        attrs = self._kernel_http_head(counted, service)
         attrs.append(("url.scheme", "http"))
         if counted.version:
             attrs.append(("network.protocol.version", counted.version))
@@ -129,14 +134,38 @@ class MetricsRecorder:
             attrs.append(("error.type", str(counted.status)))
         path = _URLS.split(counted.path or "/")[0]  # an absolute-form target's userinfo goes
         attrs.append(("http.route", self._routes.route(service, path)))
-        self._m.http_server.record_counted(
-            tuple(attrs),
-            counted.requests,
-            counted.sum_ns / 1e9,
-            counted.min_ns / 1e9,
-            counted.max_ns / 1e9,
-            counted.buckets,
-        )
+        self._m.http_server.record_counted(tuple(attrs), *_counts(counted))
+
+    def kernel_http_client(self, counted: RedCount, service: str, peer: str | None) -> None:
+        """HTTP/1 client requests the kernel counted, as their spans would be: the
+        server named by the Host header (else the peer); `peer` the service at the
+        other end when it runs on this node. The service graph counts them too."""
+        attrs = self._kernel_http_head(counted, service)
+        address, port = host_port(host_of(counted.host)) if counted.host else ("", None)
+        attrs.append(("server.address", address or counted.peer))
+        attrs.append(("server.port", port if port is not None else counted.port))
+        if counted.version:
+            attrs.append(("network.protocol.version", counted.version))
+        failed = not counted.status or counted.status >= 400
+        if failed:
+            attrs.append(("error.type", str(counted.status) if counted.status else "no_response"))
+        counts = _counts(counted)
+        self._m.http_client.record_counted(tuple(attrs), *counts)
+        edge: Series = (("client", service), ("server", peer or counted.peer))
+        self._m.graph_requests.add(counted.requests, edge)
+        if failed:
+            self._m.graph_failed.add(counted.requests, edge)
+        self._m.graph_client.record_counted(edge, *counts)
+
+    @staticmethod
+    def _kernel_http_head(counted: RedCount, service: str) -> list[tuple[str, str | int | bool]]:
+        attrs: list[tuple[str, str | int | bool]] = [
+            ("service.name", service),
+            ("http.request.method", counted.method if counted.method in _METHODS else "_OTHER"),
+        ]
+        if counted.status:
+            attrs.append(("http.response.status_code", counted.status))
+        return attrs
 
     def _graph(
         self,
@@ -146,9 +175,11 @@ class MetricsRecorder:
         service: str,
         seconds: float,
         server: bool,
+        red_in_kernel: bool,
     ) -> None:
         """Edges name both services: the peer process's when it is on this node,
-        else the peer's address (never a raw IP for a known process)."""
+        else the peer's address (never a raw IP for a known process). A request the
+        kernel counted is counted on its edge by kernel_http_client."""
         other = (self._peer_service(local, remote) if local else None) or remote.address
         client, server_name = (other, service) if server else (service, other)
         edge: Series = (("client", client), ("server", server_name))
@@ -158,10 +189,11 @@ class MetricsRecorder:
             self._m.graph_server.record(seconds, edge)
             return
         # The client's view counts the request (it sees failures the server never does).
-        self._m.graph_requests.add(1, edge)
-        if failed:
-            self._m.graph_failed.add(1, edge)
-        self._m.graph_client.record(seconds, edge)
+        if not red_in_kernel:
+            self._m.graph_requests.add(1, edge)
+            if failed:
+                self._m.graph_failed.add(1, edge)
+            self._m.graph_client.record(seconds, edge)
         verdict = attrs.get("otel_ebpf.verdict")
         if verdict is None:
             return

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
+from otel_ebpf.processors.protocols.numbers import decimal
+
 REDACTED = "REDACTED"
 # The HTTP conventions' list: always redacted.
 CONVENTION_QUERY_KEYS = ("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature")
@@ -52,6 +54,16 @@ def without_userinfo(authority: str) -> str:
 def host_of(authority: str) -> str:
     """The host[:port] of an authority (Host header, :authority): no userinfo at all."""
     return authority[authority.rfind("@") + 1 :]
+
+
+def host_port(host: str) -> tuple[str, int | None]:
+    """A Host header's (or :authority's) host and port (None when it names none)."""
+    if host.startswith("["):  # [v6]:port
+        addr, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        addr, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    return addr, decimal(port) if port else None
 
 
 class UrlRedactor:

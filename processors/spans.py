@@ -33,9 +33,8 @@ from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.phases import PeerSplit, Timing, split
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
-from otel_ebpf.processors.protocols.numbers import decimal
 from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
-from otel_ebpf.processors.redaction import UrlRedactor, host_of, scrub_message
+from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
 
 MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
@@ -45,15 +44,6 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 def monotonic_to_epoch_offset() -> int:
     """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
     return time.time_ns() - time.monotonic_ns()
-
-
-def _host_port(host: str) -> tuple[str, int | None]:
-    if host.startswith("["):  # [v6]:port
-        addr, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        addr, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-    return addr, decimal(port) if port else None
 
 
 class SpanBuilder:
@@ -360,7 +350,7 @@ class SpanBuilder:
         host = host_of(req.headers.get("host", ""))
         local, remote = conn.local, conn.remote
         if host:
-            addr, port = _host_port(host)
+            addr, port = host_port(host)
             attrs["server.address"] = addr
             if port is not None:
                 attrs["server.port"] = port

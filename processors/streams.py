@@ -114,6 +114,9 @@ class ConnectionTracker:
             OrderedDict()
         )
         self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
+        # Who accepted connections where, by local end (the kernel's client counts
+        # name their peer by address): the latest 4,096 ends.
+        self._serving: OrderedDict[Endpoint, int] = OrderedDict()
         self._delivery = Delivery(
             sink,
             self.correlator,
@@ -132,6 +135,24 @@ class ConnectionTracker:
         """The service of the process at the other end of (local, remote), if on this node."""
         peer = self._by_ends.get((remote, local))
         return peer.process.service_name if peer is not None and peer.process else None
+
+    def traced(self, pid: int, server_port: int) -> bool:
+        """Whether a connection of `pid` to or on `server_port` would be traced."""
+        process = self._processes.get(pid)
+        return self._selector.process_selected(
+            pid, process.executable_name
+        ) and self._selector.port_selected(server_port)
+
+    def service_serving(self, end: Endpoint) -> str | None:
+        """The service of the process on this node that accepted connections at `end`."""
+        pid = self._serving.get(end)
+        return self._processes.get(pid).service_name if pid else None
+
+    def _note_serving(self, end: Endpoint, pid: int) -> None:
+        self._serving[end] = pid
+        self._serving.move_to_end(end)
+        if len(self._serving) > 4096:
+            self._serving.popitem(last=False)
 
     def recently_closed(self, sk: int) -> tuple[Role, Endpoint | None, Endpoint | None] | None:
         """Role and ends of a connection that closed lately (an abortive close's RST)."""
@@ -321,6 +342,8 @@ class ConnectionTracker:
         conn = self._connection(ev.sk, ev.role)
         conn.local, conn.remote, conn.ipv6 = ev.local, ev.remote, ev.ipv6
         self._by_ends[(ev.local, ev.remote)] = conn
+        if ev.role == Role.SERVER and ev.pid:
+            self._note_serving(ev.local, ev.pid)
         conn.seen_from_start = True
         conn.stream_pos = [0, 0]  # both streams start at the handshake
         conn.pid = ev.pid
@@ -641,6 +664,8 @@ class ConnectionTracker:
         conn.pid = ev.pid
         if conn.local is None:
             self._ends_from_proc(conn, ev)
+        if conn.role == Role.SERVER and conn.local is not None:
+            self._note_serving(conn.local, ev.pid)
         process = self._processes.get(ev.pid, ev.comm)
         conn.process = process
         own_peer = self._own.is_peer(conn.local, conn.remote, conn.seen_from_start)

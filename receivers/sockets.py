@@ -115,11 +115,15 @@ def _text(raw: Any) -> str:
 
 def _red_count(key: Any, value: Any) -> RedCount:
     version = chr(key.version) if isinstance(key.version, int) else key.version.decode()
+    client = key.role == 1
     return RedCount(
         key.tgid,
+        _ROLES[key.role],
         key.port,
         _text(key.method),
         _text(key.path),
+        _text(key.host).strip() if client else "",
+        _address(bytes(key.peer), key.family) if client else "",
         f"1.{version}" if version in ("0", "1") else "",
         key.status,
         value.count,
@@ -372,6 +376,12 @@ class SocketReceiver:
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
                 "run `otel-ebpf doctor`"
             ) from exc
+        try:  # tail-called by role: ROLE_CLIENT - 1, ROLE_SERVER - 1
+            for index, name in enumerate(("red_client", "red_server")):
+                counter = bpf.load_func(name, BPF.TRACEPOINT)
+                bpf["red_progs"][ctypes.c_int(index)] = ctypes.c_int(counter.fd)
+        except Exception as exc:  # every HTTP/1 request is counted from its span then
+            log.warning("HTTP/1 requests are not counted in the kernel (%s)", exc)
         try:
             bpf.attach_tracepoint(tp="tcp:tcp_send_reset", fn_name="on_tcp_send_reset")
         except Exception as exc:  # resets sent go uncounted; everything else works
@@ -453,6 +463,12 @@ class SocketReceiver:
         idle.clear()
         active_table[0] = ctypes.c_uint(1 - active)
         return counts
+
+    def own_port(self, port: int) -> None:
+        """A port the collector listens on: its clients' requests are not counted
+        in the kernel (their spans are not made either)."""
+        if self._bpf is not None:
+            self._bpf["own_ports"][ctypes.c_ushort(port)] = ctypes.c_ubyte(1)  # type: ignore[index]
 
     def red_dropped(self) -> int:
         """Requests the kernel could not count: its series map was full."""

@@ -147,14 +147,25 @@ def test_an_edges_time_splits_into_server_and_network_with_its_verdicts() -> Non
     assert verdicts == {("backend", "server"): 1, ("backend", "network"): 1}
 
 
-def kernel_counts(path: str, status: int, requests: int, method: str = "GET") -> RedCount:
+def kernel_counts(
+    path: str,
+    status: int,
+    requests: int,
+    method: str = "GET",
+    role: Role = Role.SERVER,
+    host: str = "",
+) -> RedCount:
     buckets = [0] * (len(HTTP_BUCKETS) + 1)
     buckets[1] = requests  # (5 ms, 10 ms]
+    client = role == Role.CLIENT
     return RedCount(
         7,
+        role,
         8080,
         method,
-        path,
+        "" if client else path,
+        host,
+        "10.0.0.1" if client else "",
         "1.1",
         status,
         requests,
@@ -220,3 +231,49 @@ def test_whatever_path_the_kernel_read_is_a_bounded_route(
     recorder.kernel_http_server(kernel_counts(path.decode("latin-1"), status, 1, method), "shop")
     (point,) = points(reader, "http.server.request.duration")
     assert point.count == 1 and len(str(point.attributes["http.route"])) <= 64
+
+
+def test_kernel_client_counts_name_the_server_as_their_spans_do() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "backend"})
+    request("/x", 200, Role.CLIENT, "frontend", recorder)  # a span's measurement
+    recorder.kernel_http_client(kernel_counts("", 200, 4, role=Role.CLIENT), "frontend", "backend")
+    recorder.kernel_http_client(
+        kernel_counts("", 404, 2, role=Role.CLIENT, host="api.example"), "frontend", None
+    )
+    got = {
+        (
+            p.attributes["server.address"],
+            p.attributes["server.port"],
+            p.attributes.get("error.type"),
+        ): p.count
+        for p in points(reader, "http.client.request.duration")
+    }
+    assert got == {("10.0.0.1", 8080, None): 5, ("api.example", 8080, "404"): 2}
+    edges = {
+        (p.attributes["server"]): p.value
+        for p in points(reader, "traces_service_graph_request_total")
+    }
+    assert edges == {"backend": 5, "10.0.0.1": 2}
+    (failed,) = points(reader, "traces_service_graph_request_failed_total")
+    assert failed.value == 2 and failed.attributes["server"] == "10.0.0.1"
+
+
+def test_a_client_request_the_kernel_counted_keeps_only_its_verdict_from_the_span() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "backend"})
+    span = ReadableSpan(
+        name="GET",
+        kind=SpanKind.CLIENT,
+        resource=Resource({"service.name": "frontend"}),
+        start_time=0,
+        end_time=10_000_000,
+        attributes={
+            "http.request.method": "GET",
+            "otel_ebpf.time.server": 0.009,
+            "otel_ebpf.time.network": 0.001,
+            "otel_ebpf.verdict": "server",
+        },
+    )
+    recorder.span(span, CLIENT_END, SERVER_END, red_in_kernel=True)
+    assert points(reader, "http.client.request.duration") == []
+    assert points(reader, "traces_service_graph_request_total") == []
+    assert len(points(reader, "otel_ebpf.service_graph.verdicts")) == 1
