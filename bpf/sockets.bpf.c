@@ -655,8 +655,8 @@ struct red_value {
 };
 
 struct red_request {
-    u64 gen;    // the connection's generation it was read on
-    u64 start;  // when its first byte was read
+    u64 gen;    // the connection's generation
+    u64 start;  // when the call that carried it began (0: answered)
     struct red_key key;
 };
 
@@ -854,10 +854,14 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
     return 0;
 }
 
-// The connection closed: a request it never answered counts as unanswered.
+// The connection closed: a request it never answered counts as unanswered. A
+// client reset by its server may still read an answer that came before the RST:
+// its request stays (a new connection at this address drops it).
 static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
     struct red_request *r = red_requests.lookup(&skey);
     if (!r)
+        return;
+    if (r->start && cs && cs->role == ROLE_CLIENT && cs->resets_in && r->gen == cs->gen)
         return;
     if (r->start && cs && r->gen == cs->gen) {
         u64 now = bpf_ktime_get_ns();
@@ -867,7 +871,6 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
 }
 
 BPF_PROG_ARRAY(red_progs, 2); // [ROLE_CLIENT - 1]: clients', [ROLE_SERVER - 1]: servers'
-
 
 static __always_inline void send_data_event(struct data_event *ev) {
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
@@ -1140,6 +1143,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             .gen = bpf_ktime_get_ns(), .role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
         conns.update(&skey, &cs);
         closed_conns.delete(&skey);
+        red_requests.delete(&skey); // an earlier socket's, at this address
         return 0;
     }
     if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
@@ -1158,6 +1162,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             // (say, a transfer seen after its close): a new connection starts clean.
             struct conn_state fresh = {.gen = bpf_ktime_get_ns(), .role = role};
             conns.update(&skey, &fresh);
+            red_requests.delete(&skey);
             cs = conns.lookup(&skey);
         }
         if (cs) {

@@ -181,6 +181,7 @@ class Collector:
             ring_buffer_pages=ebpf.ring_buffer_pages,
             max_connections=ebpf.max_connections,
             dns_ports=[53, *(p for p, name in ebpf.protocols.ports.items() if name == "dns")],
+            count_http="metrics" in config.service.pipelines,
         )
         self.misconfigurations = Misconfigurations()
         self.backlogs = ListenOverflows()

@@ -300,7 +300,9 @@ class SocketReceiver:
         ring_buffer_pages: int = 2048,
         max_connections: int = 65536,
         dns_ports: Iterable[int] = (53,),
+        count_http: bool = True,
     ) -> None:
+        """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -308,6 +310,7 @@ class SocketReceiver:
         self._ring_pages = ring_buffer_pages
         self._max_conns = max_connections
         self._dns_ports = sorted({int(p) for p in dns_ports if 0 < int(p) < 65536})
+        self._count_http = count_http
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
@@ -377,7 +380,7 @@ class SocketReceiver:
                 "run `otel-ebpf doctor`"
             ) from exc
         try:  # tail-called by role: ROLE_CLIENT - 1, ROLE_SERVER - 1
-            for index, name in enumerate(("red_client", "red_server")):
+            for index, name in enumerate(("red_client", "red_server") if self._count_http else ()):
                 counter = bpf.load_func(name, BPF.TRACEPOINT)
                 bpf["red_progs"][ctypes.c_int(index)] = ctypes.c_int(counter.fd)
         except Exception as exc:  # every HTTP/1 request is counted from its span then
