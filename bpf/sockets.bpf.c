@@ -806,9 +806,10 @@ static __always_inline int red_host(struct data_event *ev, struct red_request *r
 }
 
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
-                                        struct data_event *ev, u8 client) {
-    if (cs->tls || !cs->port || cs->uncounted || cs->role != (client ? ROLE_CLIENT : ROLE_SERVER))
+                                        struct data_event *ev) {
+    if (cs->tls || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
         return 0;
+    u8 client = cs->role == ROLE_CLIENT;
     if (ev->dir == (client ? DIR_EGRESS : DIR_INGRESS)) {
         int zero = 0;
         struct red_request *r = red_scratch.lookup(&zero);
@@ -870,7 +871,7 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
     red_requests.delete(&skey);
 }
 
-BPF_PROG_ARRAY(red_progs, 2); // [ROLE_CLIENT - 1]: clients', [ROLE_SERVER - 1]: servers'
+BPF_PROG_ARRAY(red_progs, 1);
 
 static __always_inline void send_data_event(struct data_event *ev) {
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
@@ -878,27 +879,19 @@ static __always_inline void send_data_event(struct data_event *ev) {
         count_lost();
 }
 
-// Tail-called by the transfer probes with their event in `scratch`, one per
-// role: the request parsing is verified on its own (inlined, its loops were
-// more than the verifier follows in one program).
-static __always_inline int red_and_send(u8 client) {
+// Tail-called by the transfer probes with their event in `scratch`: the request
+// parsing is verified on its own (inlined, its loops were more than the
+// verifier follows in one program).
+int red_and_send(void *ctx) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
     if (!ev)
         return 0;
     struct conn_state *cs = conn_of(ev->sk);
     if (cs)
-        ev->red_counted = red_exchange(cs, ev->sk, ev, client);
+        ev->red_counted = red_exchange(cs, ev->sk, ev);
     send_data_event(ev);
     return 0;
-}
-
-int red_client(void *ctx) {
-    return red_and_send(1);
-}
-
-int red_server(void *ctx) {
-    return red_and_send(0);
 }
 
 // The shared scratch event, filled with what every data event of a TCP
@@ -1043,7 +1036,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
     if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls)
-        red_progs.call(ctx, cs->role - 1); // counts and sends; returns only if not loaded
+        red_progs.call(ctx, 0); // counts and sends; returns only if it is not loaded
     send_data_event(ev);
     return 0;
 }

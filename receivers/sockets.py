@@ -379,12 +379,12 @@ class SocketReceiver:
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
                 "run `otel-ebpf doctor`"
             ) from exc
-        try:  # tail-called by role: ROLE_CLIENT - 1, ROLE_SERVER - 1
-            for index, name in enumerate(("red_client", "red_server") if self._count_http else ()):
-                counter = bpf.load_func(name, BPF.TRACEPOINT)
-                bpf["red_progs"][ctypes.c_int(index)] = ctypes.c_int(counter.fd)
-        except Exception as exc:  # every HTTP/1 request is counted from its span then
-            log.warning("HTTP/1 requests are not counted in the kernel (%s)", exc)
+        if self._count_http:  # tail-called by the transfer probes
+            try:
+                counter = bpf.load_func("red_and_send", BPF.TRACEPOINT)
+                bpf["red_progs"][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
+            except Exception as exc:  # every HTTP/1 request is counted from its span then
+                log.warning("HTTP/1 requests are not counted in the kernel (%s)", exc)
         try:
             bpf.attach_tracepoint(tp="tcp:tcp_send_reset", fn_name="on_tcp_send_reset")
         except Exception as exc:  # resets sent go uncounted; everything else works
