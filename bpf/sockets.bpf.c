@@ -238,7 +238,7 @@ struct service_name { char name[SERVICE_NAME_BYTES]; };
 BPF_TABLE("lru_hash", u32, struct service_name, exec_services, 1024);
 BPF_TABLE("lru_hash", u32, struct service_name, service_names, 32768);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
-BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_PERCPU_ARRAY(lost, u64, 2); // [0] records lost, [1] written at a second try
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 // The state of a live connection, or of one closed so recently that its owner
@@ -253,6 +253,35 @@ static __always_inline void count_lost(void) {
     u64 *n = lost.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count_retried(void) {
+    int one = 1;
+    u64 *n = lost.lookup(&one);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+// A write into the ring buffer, tried twice: a reservation can fail with room
+// to spare (seen as one lost record in a run of hundreds of thousands, with 32
+// MiB nearly empty); a full ring fails both and is counted.
+static __always_inline void ring_output(void *data, u32 size) {
+    if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
+        return;
+    if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
+        count_retried();
+    else
+        count_lost();
+}
+
+static __always_inline struct conn_event *reserve_conn_event(void) {
+    struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+    if (!ce) {
+        ce = events.ringbuf_reserve(sizeof(struct conn_event));
+        if (ce)
+            count_retried();
+    }
+    return ce;
 }
 
 // The name events carry: the process's, when it exec'd since we started; else the
@@ -383,8 +412,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
                                .value = value,
                                .ts = bpf_ktime_get_ns()};
     process_comm(ev.comm, id >> 32);
-    if (events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP))
-        count_lost();
+    ring_output(&ev, sizeof(ev));
     return 0;
 }
 
@@ -606,8 +634,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     process_comm(ev->comm, tgid);
     ev->captured = capture(ev, io, hdr, io->buf, (u32)ret);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
-        count_lost();
+    ring_output(ev, size);
     return 0;
 }
 
@@ -875,8 +902,7 @@ BPF_PROG_ARRAY(red_progs, 1);
 
 static __always_inline void send_data_event(struct data_event *ev) {
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
-        count_lost();
+    ring_output(ev, size);
 }
 
 // Tail-called by the transfer probes with their event in `scratch`: the request
@@ -968,7 +994,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     if (tgid == SELF_TGID) {
         if (!cs->self) {
             cs->self = 1;
-            struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+            struct conn_event *ce = reserve_conn_event();
             if (!ce) {
                 count_lost();
                 return 0;
@@ -1176,7 +1202,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0; // closing a socket we never tracked (listener, pre-start idle)
     }
 
-    struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+    struct conn_event *ce = reserve_conn_event();
     if (!ce) {
         count_lost();
         if (newstate == TCP_CLOSE) {
@@ -1272,7 +1298,7 @@ int on_tcp_send_reset(struct send_reset_args *args) {
             cs->resets_out++;
         return 0;
     }
-    struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
+    struct conn_event *ce = reserve_conn_event();
     if (!ce) {
         count_lost();
         return 0;

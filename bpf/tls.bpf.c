@@ -74,8 +74,7 @@ static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8
     u32 len = bounded(want > CAPTURE_BYTES ? CAPTURE_BYTES : (u32)want, CAPTURE_BYTES);
     ev->captured = bpf_probe_read_user(ev->data, len, (void *)buf) == 0 ? len : 0;
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    if (events.ringbuf_output(ev, size, BPF_RB_NO_WAKEUP))
-        count_lost();
+    ring_output(ev, size);
 }
 
 static __always_inline void tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid) {

@@ -476,6 +476,7 @@ class Collector:
                 lost,
             )
         self.telemetry.events_lost = lost
+        self.telemetry.events_retried = self.receiver.events_retried()
 
     def _shutdown(self) -> None:
         self.health.ready, self.health.status = False, "stopping"

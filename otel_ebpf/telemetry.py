@@ -15,6 +15,7 @@ from pathlib import Path
 class SelfTelemetry:
     events_received: int = 0
     events_lost: int = 0  # kernel ring buffer full
+    events_retried: int = 0  # written at a second try (a reservation failed with room left)
     requests_not_counted: int = 0  # HTTP/1 requests the kernel's RED map had no room for
     connections_tracked: int = 0
     connections_evicted: int = 0  # table full: oldest dropped

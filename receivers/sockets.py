@@ -447,10 +447,17 @@ class SocketReceiver:
             pass
 
     def events_lost(self) -> int:
+        return self._lost_counter(0)
+
+    def events_retried(self) -> int:
+        """Records written at a second try (the first reservation failed)."""
+        return self._lost_counter(1)
+
+    def _lost_counter(self, index: int) -> int:
         if self._bpf is None:
             return 0
         table = self._bpf["lost"]  # type: ignore[index]
-        return int(table.sum(table.Key(0)).value)
+        return int(table.sum(table.Key(index)).value)
 
     def take_red_counts(self) -> list[RedCount]:
         """HTTP/1 server requests the kernel counted since the last call. The kernel
