@@ -114,8 +114,8 @@ def _text(raw: Any) -> str:
 
 
 def _red_count(key: Any, value: Any) -> RedCount:
-    version = chr(key.version) if isinstance(key.version, int) else key.version.decode()
-    client = key.role == 1
+    version = key.version.decode("latin-1")  # a char: '0', '1', or NUL (not seen)
+    client = key.role == Role.CLIENT
     return RedCount(
         key.tgid,
         _ROLES[key.role],

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -366,6 +367,19 @@ def _concurrently(client: Callable[[int], None], connections: int) -> None:
         w.start()
     for w in workers:
         w.join()
+
+
+def ab(url: str, requests: int, concurrency: int) -> str:
+    """ApacheBench with keep-alive; its report, once every request completed."""
+    out = subprocess.run(
+        ["ab", "-k", "-q", "-n", str(requests), "-c", str(concurrency), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert re.search(rf"Complete requests:\s+{requests}", out), out
+    assert re.search(r"Failed requests:\s+0", out), out
+    return out
 
 
 def get_many(port: int, path: str, per_connection: int, connections: int = 1) -> None:

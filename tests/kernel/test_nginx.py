@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from harness import CollectorProcess, Nginx, wait_until
+from harness import CollectorProcess, Nginx, ab, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, HttpSink, Span, SpanStore
 
 SETTLE_S = 1.0  # two batch intervals: long enough for any extra span to show up
@@ -100,14 +100,7 @@ def test_ab_keepalive_against_nginx_over_otlp_http(
 ) -> None:
     n = 400
     since = time.time_ns()
-    out = subprocess.run(
-        ["ab", "-k", "-q", "-n", str(n), "-c", "4", nginx.url("/index.html")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert re.search(rf"Complete requests:\s+{n}", out), out
-    assert re.search(r"Failed requests:\s+0", out), out
+    out = ab(nginx.url("/index.html"), n, 4)
     longest_ms = float(re.search(r"100%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
 
     servers = expect_exactly(http_sink.store, nginx.port, SERVER, "nginx", n, since)
