@@ -47,12 +47,13 @@ def scenario(
     script: Path | None,
     sink_port: int,
     https: bool = False,
+    budget: str = "0",
 ) -> None:
     url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     floor_rps, floor_p99 = [], []
     lost = rss = 0.0
-    requests_traced = spans = kernel_lost = dropped = red_counted = 0
+    requests_traced = spans = kernel_lost = dropped = red_counted = shed = 0
     wrk(url, 2, args.connections, script)  # warm up
     for r in range(args.rounds):
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
@@ -70,7 +71,8 @@ def scenario(
             tmp / f"collector-{name}-{r}",
             {"otlp": otlp, "prometheus": {"endpoint": f"127.0.0.1:{prometheus_port}"}},
             metrics=["prometheus"],
-            extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"},  # kernel counts read every 0.5 s
+            # kernel counts read every 0.5 s; "0": no span budget, every request a span
+            extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EBPF_SPAN_BUDGET": budget},
         )
         proc = psutil.Process(collector.proc.pid)
         before = proc.cpu_times()
@@ -87,16 +89,25 @@ def scenario(
         cpu = (after.user + after.system) - (before.user + before.system)
         cpu_per_k.append(cpu / total * 1000)
         built = t1["spans_built"] - t0["spans_built"]
-        # Every request makes two spans: nginx's SERVER and wrk's CLIENT.
-        lost += max(0, 2 * total - built)
+        # Every request makes two spans (nginx's SERVER and wrk's CLIENT) or is shed.
+        shed_now = sum(
+            t1[k] - t0[k]
+            for k in ("requests_shed", "requests_shed_backlog", "requests_shed_uncounted")
+        )
+        lost += max(0, 2 * total - built - shed_now)
         kernel_lost += t1["events_lost"] - t0["events_lost"]
         dropped += t1["spans_dropped"] - t0["spans_dropped"]
+        shed += sum(
+            t1[k] - t0[k]
+            for k in ("requests_shed", "requests_shed_backlog", "requests_shed_uncounted")
+        )
         requests_traced += total
         spans += built
 
     med = statistics.median
     print(
         f"{name}: nginx + wrk -c{args.connections}, {args.rounds} rounds x {args.seconds}s a side"
+        f" (span budget {budget} cores per 1k requests/s; 0: none)"
     )
     print(
         f"  throughput   without {med(base_rps):10.0f} req/s   with {med(on_rps):10.0f} req/s"
@@ -117,9 +128,9 @@ def scenario(
         f" {args.connections} a round unfinished)"
     )
     print(
-        f"  spans: {spans} built for {requests_traced} requests x 2 sides; lost {int(lost)}"
-        f" (kernel ring buffer dropped {kernel_lost} events); {dropped} dropped at the"
-        " export queue"
+        f"  spans: {spans} built for {requests_traced} requests x 2 sides, {shed} shed by the"
+        f" budget; lost {int(lost)} (kernel ring buffer dropped {kernel_lost} events);"
+        f" {dropped} dropped at the export queue"
     )
 
 
@@ -142,18 +153,21 @@ def main() -> int:
     paced.write_text(PACED_LUA)
     nginx = Nginx(tmp / "nginx")
     try:
-        scenarios = {
-            "paced": (paced, False),
-            "saturating": (None, False),
+        scenarios = {  # script, HTTPS, span budget
+            "paced": (paced, False, "0"),
+            "saturating": (None, False, "0"),
+            # the default span budget (0.05 of a core per 1,000 requests/s)
+            "paced-budget": (paced, False, "0.05"),
+            "saturating-budget": (None, False, "0.05"),
             # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
-            "paced-https": (paced, True),
-            "saturating-https": (None, True),
+            "paced-https": (paced, True, "0"),
+            "saturating-https": (None, True, "0"),
         }
         chosen = args.only.split(",") if args.only else list(scenarios)
         with null_sink() as port:
             for name in chosen:
-                script, https = scenarios[name]
-                scenario(name, nginx, tmp, args, script, port, https=https)
+                script, https, budget = scenarios[name]
+                scenario(name, nginx, tmp, args, script, port, https, budget)
     finally:
         nginx.stop()
     return 0

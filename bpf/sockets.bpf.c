@@ -111,7 +111,8 @@ struct conn_state {
     u16 peer_port;    // and the other end's
     u8 family;
     u8 uncounted;     // talks to the collector (own_ports): its requests are not counted
-    u8 pad[2];
+    u8 shed;          // its current exchange is shed (span budget): nothing of it is sent
+    u8 shed_gap;      // per direction (1 << dir): calls were shed since the last one sent
     u8 peer[16];
 };
 
@@ -162,9 +163,12 @@ struct data_event {
     u32 srtt_us;
     u8 tls;           // plaintext from OpenSSL (tls.bpf.c); offsets are the plaintext stream's
     u8 red_counted;   // the HTTP/1 request starting at its first byte is counted here (red_*)
-    u8 pad2[2];
+    u8 after_shed;    // calls before this one in its direction were shed (span budget)
+    u8 pad2;
     u32 send_wait_us; // the connection's send_wait_ns before this call began
-    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 120-byte header)
+    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 136-byte header)
+    u64 rand;         // red_counted: the request's 56-bit random value (span budget)
+    u64 threshold;    // and the threshold it was kept against (0: no budget)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -832,54 +836,61 @@ static __always_inline int red_host(struct data_event *ev, struct red_request *r
     return at + n <= ev->captured;
 }
 
+enum red_request_kind {
+    RED_NONE = 0,    // no request starts here (a response, a body, not HTTP/1)
+    RED_NOTED = 1,   // a request noted: counted when answered
+    RED_BEHIND = 2,  // a request line sent while one is unanswered (pipelined)
+    RED_UNNOTED = 3, // a request line not noted (no Host in reach, map full): its span counts it
+};
+
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
                                         struct data_event *ev) {
     if (cs->tls || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
-        return 0;
+        return RED_NONE;
     u8 client = cs->role == ROLE_CLIENT;
     if (ev->dir == (client ? DIR_EGRESS : DIR_INGRESS)) {
         int zero = 0;
         struct red_request *r = red_scratch.lookup(&zero);
         if (!r)
-            return 0;
+            return RED_NONE;
         __builtin_memset(r, 0, sizeof(*r));
         if (!red_request_line(ev, r))
-            return 0;
+            return RED_NONE;
+        struct red_request *open = red_requests.lookup(&skey);
+        if (open && open->gen == cs->gen && open->start)
+            return RED_BEHIND; // counted from its span
         if (client) {
             __builtin_memset(r->key.path, 0, RED_PATH);
             if (!red_host(ev, r))
-                return 0;
+                return RED_UNNOTED;
             r->key.port = cs->peer_port;
             r->key.family = cs->family;
             __builtin_memcpy(r->key.peer, cs->peer, 16);
         } else {
             r->key.port = cs->port;
         }
-        struct red_request *open = red_requests.lookup(&skey);
-        if (open && open->gen == cs->gen && open->start)
-            return 0; // pipelined behind an unanswered one: counted from its span
         r->gen = cs->gen;
         r->start = ev->ts;
         r->key.tgid = ev->pid;
         r->key.role = cs->role;
-        return red_requests.update(&skey, r) == 0;
+        return red_requests.update(&skey, r) == 0 ? RED_NOTED : RED_UNNOTED;
     }
     struct red_request *r = red_requests.lookup(&skey);
     if (!r || r->gen != cs->gen || !r->start)
-        return 0; // nothing waits for an answer: the rest of one
+        return RED_NONE; // nothing waits for an answer: the rest of one
     // "HTTP/1.x NNN": the status line of its answer
     if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
-        return 0;
+        return RED_NONE;
     u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
                + (byte_at(ev, 11) - '0');
     if (status < 100 || status > 999)
-        return 0;
+        return RED_NONE;
     if (status < 200 && status != 101)
-        return 0; // an interim answer (100 Continue): the final one follows
+        return RED_NONE; // an interim answer (100 Continue): the final one follows
     r->key.status = status;
     red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
     r->start = 0;
-    return 0;
+    return RED_NONE;
 }
 
 // The connection closed: a request it never answered counts as unanswered. A
@@ -905,6 +916,88 @@ static __always_inline void send_data_event(struct data_event *ev) {
     ring_output(ev, size);
 }
 
+// ---- The span budget: which requests are captured, decided at their start ----
+// A request the kernel counts (RED_NOTED) is captured, every call of its
+// exchange sent, when its 56-bit random value is at least the threshold user
+// space sets to keep the collector within its CPU budget (consistent
+// probability sampling: the OpenTelemetry specification's `th`); otherwise
+// nothing of it is sent, to the next request on its connection. The value is
+// shared where the kernel can tell a request belongs to another's trace, so a
+// trace is kept or shed whole: a server's request passes its value to the
+// calls its thread sends, a client's to the server that reads it on this node
+// (keyed by ports and stream offset, which both ends count alike).
+BPF_ARRAY(span_threshold, u64, 1);
+// Set by user space while the ring buffer is over half read-behind (until it is
+// down to a quarter): every request is shed, so the ring never overflows mid-request.
+BPF_ARRAY(ring_backlog, u32, 1);
+// [0] requests noted, [1] shed by the threshold, [2] shed uncounted, [3] shed by a backlog
+BPF_PERCPU_ARRAY(shed_counts, u64, 4);
+BPF_TABLE("lru_hash", u32, u64, thread_rand, 16384);
+struct hop_key {
+    u64 offset;      // the request's stream offset
+    u16 client_port;
+    u16 server_port;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct hop_key, u64, hop_rand, 16384);
+
+#define RAND_BITS 0x00ffffffffffffffULL
+
+static __always_inline void count_shed(int index) {
+    u64 *n = shed_counts.lookup(&index);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+// 1: shed the exchange `ev` starts (a noted request). Stamps its random value.
+static __always_inline u8 shed_request(struct conn_state *cs, struct data_event *ev) {
+    int zero = 0;
+    count_shed(0);
+    u64 *threshold = span_threshold.lookup(&zero);
+    u32 *backlog = ring_backlog.lookup(&zero);
+    u8 behind = backlog && *backlog;
+    u64 limit = threshold ? *threshold : 0;
+    if (!limit && !behind)
+        return 0;
+    u32 tid = ev->tid;
+    u64 r = 0;
+    u8 found = 0;
+    if (cs->role == ROLE_SERVER) {
+        struct hop_key hk = {.offset = ev->offset, .client_port = cs->peer_port,
+                             .server_port = cs->port};
+        u64 *sent = hop_rand.lookup(&hk);
+        if (sent) {
+            r = *sent;
+            found = 1;
+            hop_rand.delete(&hk);
+        }
+    } else {
+        u64 *serving = thread_rand.lookup(&tid);
+        if (serving) {
+            r = *serving;
+            found = 1;
+        }
+    }
+    if (!found)
+        r = (((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32()) & RAND_BITS;
+    if (cs->role == ROLE_SERVER) {
+        thread_rand.update(&tid, &r);
+    } else {
+        struct hop_key hk = {.offset = ev->offset, .client_port = cs->port,
+                             .server_port = cs->peer_port};
+        hop_rand.update(&hk, &r);
+    }
+    ev->rand = r;
+    ev->threshold = limit;
+    if (r < limit)
+        count_shed(1);
+    else if (behind)
+        count_shed(3);
+    else
+        return 0;
+    return 1;
+}
+
 // Tail-called by the transfer probes with their event in `scratch`: the request
 // parsing is verified on its own (inlined, its loops were more than the
 // verifier follows in one program).
@@ -914,8 +1007,28 @@ int red_and_send(void *ctx) {
     if (!ev)
         return 0;
     struct conn_state *cs = conn_of(ev->sk);
-    if (cs)
-        ev->red_counted = red_exchange(cs, ev->sk, ev);
+    if (!cs) {
+        send_data_event(ev);
+        return 0;
+    }
+    int kind = red_exchange(cs, ev->sk, ev);
+    if (kind == RED_NOTED) {
+        ev->red_counted = 1;
+        cs->shed = shed_request(cs, ev);
+    } else if (kind == RED_UNNOTED) {
+        cs->shed = 0; // its span counts it: captured
+    } else if (kind == RED_BEHIND && cs->shed) {
+        count_shed(2); // pipelined behind a shed one: neither count nor span has it
+    }
+    u8 bit = 1 << (ev->dir & 1);
+    if (cs->shed) {
+        cs->shed_gap |= bit;
+        return 0;
+    }
+    if (cs->shed_gap & bit) {
+        ev->after_shed = 1;
+        cs->shed_gap &= ~bit;
+    }
     send_data_event(ev);
     return 0;
 }
@@ -946,6 +1059,9 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->has_payload = 0;
     ev->tls = 0;
     ev->red_counted = 0;
+    ev->after_shed = 0;
+    ev->rand = 0;
+    ev->threshold = 0;
     ev->fd = 0;
     process_comm(ev->comm, tgid);
     return ev;
@@ -1033,6 +1149,11 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     if (quiet_until && offset + (u64)ret < *quiet_until)
         return 0; // inside a body user space has already sized
 
+    u8 payload = io && io->kind != BUF_NONE;
+    if (cs->shed && !payload) {
+        cs->shed_gap |= 1 << (dir & 1); // shed: only a call with bytes may start the next request
+        return 0;
+    }
     struct data_event *ev = data_event_for(cs, skey, dir, offset, (u32)ret, tgid, tid);
     if (!ev)
         return 0;
@@ -1048,7 +1169,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         if (dir == DIR_EGRESS)
             ev->ts = io->ts;
     }
-    if (io && io->kind != BUF_NONE) {
+    if (payload) {
         ev->has_payload = 1;
         u32 want = (u32)ret;
         u64 buf = io->buf;

@@ -139,16 +139,18 @@ class Histogram(_Instrument):
         super().__init__(lock, name, unit, description)
         self.bounds = tuple(bounds)
 
-    def record(self, value: float, series: Series) -> None:
+    def record(self, value: float, series: Series, count: int = 1) -> None:
+        """`count`: the measurement stands for that many (a sampled request's
+        adjusted count)."""
         with self._lock:
             cell = self._cell(series)
-            cell[_COUNT] += 1
-            cell[_SUM] += value
+            cell[_COUNT] += count
+            cell[_SUM] += value * count
             if value < cell[_MIN]:
                 cell[_MIN] = value
             if value > cell[_MAX]:
                 cell[_MAX] = value
-            cell[_BUCKETS + bisect_left(self.bounds, value)] += 1
+            cell[_BUCKETS + bisect_left(self.bounds, value)] += count
 
     def record_counted(
         self,

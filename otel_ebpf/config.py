@@ -140,6 +140,17 @@ class ResourceAttributesConfig(_Strict):
     command_args: Toggle = Field(default=Toggle(), alias="process.command_args")
 
 
+class SpanBudgetConfig(_Strict):
+    """How many requests get a span (processors/budget.py): the collector's CPU
+    kept under `cpu_per_1k_requests` of one core per 1,000 requests/s (never
+    below `min_cpu`) by shedding spans in the kernel, at request start; or a
+    fixed `probability`. Metrics count every request either way."""
+
+    cpu_per_1k_requests: float = Field(default=0.05, ge=0)  # 0: no budget, a span per request
+    min_cpu: float = Field(default=0.1, gt=0, le=64)
+    probability: float | None = Field(default=None, gt=0, le=1)
+
+
 class EbpfReceiverConfig(_Strict):
     # At most 4096: the per-CPU scratch event holds 4x the capture and a per-CPU
     # map value is limited to 32 KiB.
@@ -156,6 +167,7 @@ class EbpfReceiverConfig(_Strict):
     kubernetes: KubernetesConfig = KubernetesConfig()
     redaction: RedactionConfig = RedactionConfig()
     resource_attributes: ResourceAttributesConfig = ResourceAttributesConfig()
+    span_budget: SpanBudgetConfig = SpanBudgetConfig()
 
     @field_validator("open_ports")
     @classmethod
@@ -531,6 +543,9 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_KUBE_NODE_NAME", ("kubernetes", "node_name"), False),
     ("OTEL_EBPF_DNS_TIMEOUT", ("protocols", "dns_timeout"), False),
     ("OTEL_EBPF_DB_QUERY_TEXT", ("protocols", "db_query_text"), False),
+    ("OTEL_EBPF_SPAN_BUDGET", ("span_budget", "cpu_per_1k_requests"), False),
+    ("OTEL_EBPF_SPAN_BUDGET_MIN_CPU", ("span_budget", "min_cpu"), False),
+    ("OTEL_EBPF_SPAN_PROBABILITY", ("span_budget", "probability"), False),
     (
         "OTEL_EBPF_PROCESS_COMMAND_LINE",
         ("resource_attributes", "process.command_line", "enabled"),

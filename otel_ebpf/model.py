@@ -56,6 +56,9 @@ class DataEvent(NamedTuple):
     send_wait_ns: int = 0  # its sends' wait for send-buffer room, before this call
     window_small: int = 0  # its segments seen while a receive window was nearly shut
     red_counted: bool = False  # the kernel counts the HTTP/1 request at its first byte (RedCount)
+    after_shed: bool = False  # calls before it in its direction were shed (span budget): a gap
+    rand: int = 0  # red_counted: the request's 56-bit random value (span budget)
+    threshold: int = 0  # what it was kept against (0: no budget; see processors.budget)
 
 
 class RedCount(NamedTuple):

@@ -39,6 +39,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.budget import BudgetSettings, SpanBudget, adjusted_count
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
@@ -59,6 +60,7 @@ from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 60.0
+RING_BEHIND, RING_CAUGHT_UP = 0.5, 0.25  # unread shares of the ring buffer (span budget)
 FLUSH_TIMEOUT_S = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S = 30.0
 # The kernel writes records without waking the collector (a wakeup costs the
@@ -175,13 +177,22 @@ class Collector:
             queue.SimpleQueue()
         )
         self._ebpf_enabled = "ebpf" in pipeline.receivers
+        b = ebpf.span_budget
+        self.budget = SpanBudget(BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability))
+        self._budget_mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last update
+        self._budget_lost = 0  # events lost at the last update
+        self._ring_behind = False  # the kernel sheds everything while the ring is read down
+        self._backlog_said = -60.0
         self.receiver = SocketReceiver(
             self._on_kernel_event,
             capture_bytes=ebpf.capture_bytes,
             ring_buffer_pages=ebpf.ring_buffer_pages,
             max_connections=ebpf.max_connections,
             dns_ports=[53, *(p for p, name in ebpf.protocols.ports.items() if name == "dns")],
-            count_http="metrics" in config.service.pipelines,
+            # the budget decides at the requests the kernel counts
+            count_http="metrics" in config.service.pipelines
+            or self.budget.adaptive
+            or self.budget.threshold > 0,
         )
         self.misconfigurations = Misconfigurations()
         self.backlogs = ListenOverflows()
@@ -302,7 +313,12 @@ class Collector:
         if self.recorder is not None:
             rc = exchange.token
             red_in_kernel = isinstance(rc, RequestContext) and rc.red_in_kernel
-            self.recorder.span(span, conn.local, conn.remote, red_in_kernel)
+            weight = (
+                adjusted_count(rc.threshold)
+                if isinstance(rc, RequestContext) and rc.threshold
+                else 1
+            )
+            self.recorder.span(span, conn.local, conn.remote, red_in_kernel, weight)
         if self.merger is None:
             self._export(span)
             return
@@ -351,6 +367,16 @@ class Collector:
                 self._kube.start()
             if self._ebpf_enabled:
                 self.receiver.start()
+                self.receiver.set_span_threshold(self.budget.threshold)
+                if self.budget.adaptive:
+                    self.receiver.watch_backlog = self._watch_ring
+                if self.budget.threshold:
+                    self.telemetry.span_budget_one_in = adjusted_count(self.budget.threshold)
+                    log.info(
+                        "span budget: a fixed %.4g of HTTP/1 requests get a span",
+                        self.budget.probability,
+                    )
+                self._budget_mark = (time.process_time(), time.monotonic(), 0, 0)
                 self.tls.start()
                 self.telemetry.tls_libraries = len(self.tls.libraries)
             if self._health_server is not None:
@@ -397,6 +423,7 @@ class Collector:
             now = time.monotonic()
             if now >= next_lost_check:
                 self._check_lost()
+                self._keep_budget()
                 self.tracker.expire(time.monotonic_ns())
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
@@ -429,16 +456,75 @@ class Collector:
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
 
+    def _keep_budget(self) -> None:
+        """The span budget, once a second: the collector's CPU against what its
+        traffic allows; a new threshold goes to the kernel and is said."""
+        _, shed, uncounted, backlog = self.receiver.shed_counts()
+        if uncounted > self.telemetry.requests_shed_uncounted:
+            log.warning(
+                "%d pipelined HTTP/1 requests behind a shed one were neither counted nor "
+                "traced (the kernel keeps one request per connection)",
+                uncounted - self.telemetry.requests_shed_uncounted,
+            )
+        self.telemetry.requests_shed = shed
+        self.telemetry.requests_shed_uncounted = uncounted
+        self.telemetry.requests_shed_backlog = backlog
+        shed += backlog
+        cpu, wall = time.process_time(), time.monotonic()
+        cpu0, wall0, built0, shed0 = self._budget_mark
+        built = self.telemetry.spans_built
+        self._budget_mark = (cpu, wall, built, shed)
+        # every request a span was built for, and every one shed in its stead
+        requests = built - built0 + shed - shed0
+        lost = self.telemetry.events_lost > self._budget_lost
+        self._budget_lost = self.telemetry.events_lost
+        if lost and self.budget.backlogged():
+            self._new_threshold("events were lost: the ring buffer overflowed")
+        elif self.budget.update(cpu - cpu0, wall - wall0, requests):
+            self._new_threshold(
+                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
+                f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
+            )
+
+    def _watch_ring(self, fill: float) -> None:
+        """Under a budget, a ring buffer over half unread has the kernel shed every
+        HTTP/1 request at its start until it is down to a quarter: a burst is shed
+        whole, never cut mid-request by an overflow. Said once a minute at most."""
+        behind = fill > RING_BEHIND or (self._ring_behind and fill > RING_CAUGHT_UP)
+        if behind == self._ring_behind:
+            return
+        self._ring_behind = behind
+        self.receiver.set_ring_backlog(behind)
+        now = time.monotonic()
+        if behind and now - self._backlog_said >= 60.0:
+            self._backlog_said = now
+            log.info(
+                "ring buffer over half unread: new HTTP/1 requests get no span until "
+                "it is read down to a quarter (requests_shed_backlog; metrics count them)"
+            )
+
+    def _new_threshold(self, why: str) -> None:
+        self.receiver.set_span_threshold(self.budget.threshold)
+        halvings = self.budget.halvings
+        self.telemetry.span_budget_one_in = 2**halvings
+        log.info(
+            "span budget: %s of HTTP/1 requests get a span (%s; metrics still count every request)",
+            f"1 in {2**halvings}" if halvings else "all",
+            why,
+        )
+
     def _own_listener(self, port: int) -> None:
         self.tracker.add_own_listener(port)
         self.receiver.own_port(port)
 
     def _count_kernel_red(self) -> None:
         """HTTP/1 requests counted in the kernel since the last scan (those of
-        processes and ports not selected for tracing left out, as their spans are)."""
+        processes and ports not selected for tracing left out, as their spans are).
+        Without a metrics pipeline they are read and let go (the budget counts too)."""
+        counts = self.receiver.take_red_counts()
         if self.recorder is None:
             return
-        for counted in self.receiver.take_red_counts():
+        for counted in counts:
             if not self.tracker.traced(counted.pid, counted.port):
                 continue
             service = self._processes.get(counted.pid).service_name

@@ -17,6 +17,10 @@ class SelfTelemetry:
     events_lost: int = 0  # kernel ring buffer full
     events_retried: int = 0  # written at a second try (a reservation failed with room left)
     requests_not_counted: int = 0  # HTTP/1 requests the kernel's RED map had no room for
+    requests_shed: int = 0  # HTTP/1 requests given no span by the span budget (still counted)
+    requests_shed_uncounted: int = 0  # pipelined behind a shed one: neither counted nor traced
+    requests_shed_backlog: int = 0  # given no span while the ring buffer was read down
+    span_budget_one_in: int = 1  # HTTP/1 requests get a span 1 in this many now (a gauge)
     connections_tracked: int = 0
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic

@@ -101,11 +101,12 @@ class ClientEnd(NamedTuple):
 class TraceCell:
     """A trace id that may not be known yet, shared by the requests of one trace."""
 
-    __slots__ = ("awaited", "forward", "sampled", "trace_id")
+    __slots__ = ("awaited", "forward", "rand", "sampled", "trace_id")
 
-    def __init__(self, trace_id: int = 0, sampled: bool = True) -> None:
+    def __init__(self, trace_id: int = 0, sampled: bool = True, rand: int = 0) -> None:
         self.trace_id = trace_id  # 0: not known yet
         self.sampled = sampled
+        self.rand = rand  # the kernel's random value for the request that began it (budget)
         self.forward: TraceCell | None = None  # linked into another trace
         self.awaited = 0  # when a server request began waiting for its client's send
 
@@ -130,11 +131,13 @@ class RequestContext:
         "net_start",
         "parent_id",
         "pid",
+        "rand",
         "red_in_kernel",
         "resolved",
         "role",
         "span_id",
         "start_ts",
+        "threshold",
         "tid",
         "wire",
     )
@@ -157,6 +160,9 @@ class RequestContext:
         self.net_start: NetCounters | None = None
         self.net: RequestNet | None = None
         self.red_in_kernel = False  # its RED measurement is the kernel's (RedCount)
+        # The span budget's decision (processors.budget): kept as rand >= threshold.
+        self.rand = 0
+        self.threshold = 0
 
     @property
     def trace_id(self) -> int:
@@ -203,13 +209,19 @@ class Correlator:
         remote: Endpoint | None,
         from_start: bool,
         client_on_node: bool = True,
+        rand: int = 0,
+        threshold: int = 0,
     ) -> RequestContext:
         """A request head was parsed on a connection of `role` owned by pid/tid.
         `client_on_node`: a server's client end is a connection this node traces
-        (only then is its send worth waiting for)."""
+        (only then is its send worth waiting for). `rand`, `threshold`: the
+        kernel kept it by the span budget; a trace it begins takes `rand` as its
+        randomness (the trace id's low 56 bits), so its `th` holds downstream."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1
+        rc.rand, rc.threshold = rand, threshold
+        rc.cell.rand = rand
         stream_known = from_start and local is not None and remote is not None
         if role == Role.SERVER:
             if stream_known:
@@ -272,8 +284,15 @@ class Correlator:
             del self._waiting[rc.key]
         root = rc.cell.root()
         if not root.trace_id:
-            root.trace_id = self._rand.getrandbits(128) or 1
+            root.trace_id = self._new_trace_id(root.rand)
         rc.resolved = True
+
+    def _new_trace_id(self, rand: int) -> int:
+        """Random, or with the kernel's random value as its low 56 bits (the bits
+        consistent probability sampling reads)."""
+        if rand:
+            return (self._rand.getrandbits(72) << 56) | rand
+        return self._rand.getrandbits(128) or 1
 
     def expire(self, now_ts: int) -> None:
         """Forget server requests that never finished (their pending entry was dropped)."""
@@ -304,7 +323,7 @@ class Correlator:
             if len(self._waiting) > self._max_streams:
                 self._waiting.popitem(last=False)
             return
-        rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
+        rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
 
     def _join(self, server: RequestContext, client: RequestContext | ClientEnd) -> None:
         """The server request is the client request's other end: one trace."""
@@ -330,7 +349,7 @@ class Correlator:
             rc.duplicates_sdk = not forwarded
             return
         if parent is None:
-            rc.cell = TraceCell(self._rand.getrandbits(128) or 1)
+            rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
             return
         rc.cell = parent.cell  # shared: known now, or when the parent's client shows
         rc.parent_id = parent.span_id

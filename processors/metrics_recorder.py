@@ -93,9 +93,12 @@ class MetricsRecorder:
         local: Endpoint | None,
         remote: Endpoint | None,
         red_in_kernel: bool = False,
+        weight: int = 1,
     ) -> None:
         """One eBPF span; `local`/`remote` are its connection's ends (None for DNS).
-        `red_in_kernel`: the kernel counts its request (kernel_http_server)."""
+        `red_in_kernel`: the kernel counts its request (kernel_http_server).
+        `weight`: the requests it stands for (the span budget kept 1 in `weight`),
+        for what only spans measure: the graph's server side and verdicts."""
         attrs = span.attributes or {}  # read in place: no copy per span
         resource = span.resource.attributes if span.resource else {}
         service = str(resource.get("service.name", "unknown"))
@@ -119,7 +122,7 @@ class MetricsRecorder:
         elif "dns.question.name" in attrs:
             m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
         if remote is not None and "dns.question.name" not in attrs:
-            self._graph(span, local, remote, service, seconds, server, red_in_kernel)
+            self._graph(span, local, remote, service, seconds, server, red_in_kernel, weight)
 
     def kernel_http_server(self, counted: RedCount, service: str) -> None:
         """HTTP/1 server requests the kernel counted: the attributes a span's
@@ -176,6 +179,7 @@ class MetricsRecorder:
         seconds: float,
         server: bool,
         red_in_kernel: bool,
+        weight: int = 1,
     ) -> None:
         """Edges name both services: the peer process's when it is on this node,
         else the peer's address (never a raw IP for a known process). A request the
@@ -186,7 +190,7 @@ class MetricsRecorder:
         attrs = span.attributes or {}
         failed = span.status.status_code == StatusCode.ERROR
         if server:
-            self._m.graph_server.record(seconds, edge)
+            self._m.graph_server.record(seconds, edge, weight)
             return
         # The client's view counts the request (it sees failures the server never does).
         if not red_in_kernel:
@@ -200,5 +204,5 @@ class MetricsRecorder:
         for part in ("server", "network"):
             value = attrs.get(f"otel_ebpf.time.{part}")
             if isinstance(value, float):
-                self._m.graph_split.record(value, (*edge, ("otel_ebpf.time.part", part)))
-        self._m.graph_verdicts.add(1, (*edge, ("otel_ebpf.verdict", str(verdict))))
+                self._m.graph_split.record(value, (*edge, ("otel_ebpf.time.part", part)), weight)
+        self._m.graph_verdicts.add(weight, (*edge, ("otel_ebpf.verdict", str(verdict))))

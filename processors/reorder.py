@@ -42,7 +42,9 @@ class Reorder:
         if expected is not None and ev.length and ev.offset + ev.length <= expected:
             self._telemetry.events_late += 1
             return False
-        behind = expected is not None and ev.offset > expected
+        # A gap the kernel made on purpose (a shed exchange: the span budget) has
+        # nothing on its way to wait for.
+        behind = expected is not None and ev.offset > expected and not ev.after_shed
         fills = bool(conn.held) and ev.direction == conn.held[0].direction and not behind
         if (behind or (conn.held and not fills)) and len(conn.held) < REORDER_LIMIT:
             # The call(s) before it may still be on their way; later calls of

@@ -29,6 +29,7 @@ from otel_ebpf.model import (
     Role,
     SqlExchange,
 )
+from otel_ebpf.processors.budget import RAND_BITS, sampling_state
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.phases import PeerSplit, Timing, split
@@ -216,7 +217,12 @@ class SpanBuilder:
         else:  # built without correlation (tests, tools)
             rand = self._rand
             trace_id, span_id, parent_id = rand.getrandbits(128) or 1, rand.getrandbits(64) or 1, 0
-        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+        state = None
+        if isinstance(rc, RequestContext) and rc.threshold and trace_id & RAND_BITS == rc.rand:
+            state = sampling_state(rc.threshold)  # kept by the trace's own randomness
+        context = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=_SAMPLED, trace_state=state
+        )
         parent = (
             SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
             if parent_id

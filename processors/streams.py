@@ -531,8 +531,20 @@ class ConnectionTracker:
             and remote is not None
             and (remote, local) in self._by_ends
         )
+        rand = threshold = 0
+        if type(ev) is DataEvent and conn.red_next:  # noted in the kernel, kept by its budget
+            rand, threshold = ev.rand, ev.threshold
         rc = self.correlator.started(
-            conn.role, head, ev.pid, ev.tid, local, remote, conn.seen_from_start, client_on_node
+            conn.role,
+            head,
+            ev.pid,
+            ev.tid,
+            local,
+            remote,
+            conn.seen_from_start,
+            client_on_node,
+            rand,
+            threshold,
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)

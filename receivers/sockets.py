@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TRACEFS = Path("/sys/kernel/tracing")
 DRAIN_BATCH = 4096  # records handed on per poll: the loop's other work runs between
+WATCH_EVERY = 256  # records handled between two looks at the ring buffer's backlog
 
 # Tracepoints the program attaches to; `doctor` checks the same list.
 REQUIRED_TRACEPOINTS = (
@@ -97,7 +98,7 @@ _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # peer, TCP counters, tls, send wait, small-window segments
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBB2xII")
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQ")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -169,8 +170,11 @@ def decode(raw: bytes) -> KernelEvent | None:
             srtt_us,
             tls,
             red_counted,
+            after_shed,
             send_wait_us,
             window_small,
+            rand,
+            threshold,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -193,6 +197,9 @@ def decode(raw: bytes) -> KernelEvent | None:
             send_wait_us * 1000,
             window_small,
             bool(red_counted),
+            bool(after_shed),
+            rand,
+            threshold,
         )
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
@@ -302,7 +309,8 @@ class SocketReceiver:
         dns_ports: Iterable[int] = (53,),
         count_http: bool = True,
     ) -> None:
-        """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline)."""
+        """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline,
+        and for the span budget, which decides at the requests it counts)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -319,6 +327,8 @@ class SocketReceiver:
         self._conn_key = ctypes.c_ulonglong()
         self._conn_leaf: Any = None
         self.events_received = 0
+        # Told the unread share of the ring buffer as polls go (the span budget's).
+        self.watch_backlog: Callable[[float], None] | None = None
 
     def exec_service_name(self, pid: int) -> str | None:
         """OTEL_SERVICE_NAME as the process was exec'd with, kept by the kernel after
@@ -430,10 +440,13 @@ class SocketReceiver:
         if self._reader is None:
             self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
             return False
-        records = self._reader.drain(DRAIN_BATCH)
+        reader = self._reader
+        records = reader.drain(DRAIN_BATCH)
         self.events_received += len(records)
-        sink = self._sink
-        for raw in records:
+        sink, watch = self._sink, self.watch_backlog
+        for i, raw in enumerate(records):
+            if watch is not None and not i % WATCH_EVERY:  # a batch takes a while to handle
+                watch(reader.unread())
             event = decode(raw)
             if event is not None:
                 sink(event)
@@ -479,6 +492,30 @@ class SocketReceiver:
         in the kernel (their spans are not made either)."""
         if self._bpf is not None:
             self._bpf["own_ports"][ctypes.c_ushort(port)] = ctypes.c_ubyte(1)  # type: ignore[index]
+
+    def set_span_threshold(self, threshold: int) -> None:
+        """The span budget's threshold: HTTP/1 requests whose random value is
+        below it are shed in the kernel (0: every request is captured)."""
+        if self._bpf is not None:
+            table = self._bpf["span_threshold"]  # type: ignore[index]
+            table[ctypes.c_int(0)] = ctypes.c_ulonglong(threshold)
+
+    def set_ring_backlog(self, behind: bool) -> None:
+        """While set, the kernel sheds every HTTP/1 request at its start (the ring
+        buffer is filling faster than it is read)."""
+        if self._bpf is not None:
+            table = self._bpf["ring_backlog"]  # type: ignore[index]
+            table[ctypes.c_int(0)] = ctypes.c_uint(int(behind))
+
+    def shed_counts(self) -> tuple[int, int, int, int]:
+        """HTTP/1 requests noted in the kernel so far; shed by the span budget's
+        threshold; shed while pipelined behind a shed one (neither counted nor
+        traced); shed while the ring buffer was behind."""
+        if self._bpf is None:
+            return (0, 0, 0, 0)
+        table = self._bpf["shed_counts"]  # type: ignore[index]
+        noted, shed, uncounted, backlog = (int(table.sum(table.Key(i)).value) for i in range(4))
+        return noted, shed, uncounted, backlog
 
     def red_dropped(self) -> int:
         """Requests the kernel could not count: its series map was full."""

@@ -116,7 +116,9 @@ class CollectorProcess:
         self.config_path = tmp / "collector.yaml"
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
         self.log_path = tmp / "collector.log"
-        env = {**os.environ, **(extra_env or {})}
+        # Tests count spans: every request gets one unless a test sets a budget
+        # (the span budget's own tests do).
+        env = {**os.environ, "OTEL_EBPF_SPAN_BUDGET": "0", **(extra_env or {})}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [OTEL_EBPF, "run", "--config", str(self.config_path)],

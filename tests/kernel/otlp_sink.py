@@ -38,6 +38,7 @@ class Span:
     status_code: int  # 0 unset, 1 ok, 2 error
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    trace_state: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -75,6 +76,7 @@ class SpanStore:
                             s.status.code,
                             {a.key: _value(a.value) for a in s.attributes},
                             resource,
+                            s.trace_state,
                         )
                     )
         with self.lock:

@@ -33,12 +33,16 @@ def data_record(
     data: bytes,
     capture: int = 1024,
     red_counted: bool = False,
+    after_shed: bool = False,
+    rand: int = 0,
+    threshold: int = 0,
 ) -> bytes:
     """One send (egress) or receive of `data` at stream `offset`, its first
     `capture` bytes kept."""
     payload = data[:capture]
     header = _DATA_HEADER.pack(
         *(_EV_DATA, int(not egress), int(role), 1, PID, PID, 5, sk, 1, ts, offset, offset),
-        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, int(red_counted), 0, 0),
+        *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, int(red_counted)),
+        *(int(after_shed), 0, 0, rand, threshold),
     )
     return header + payload

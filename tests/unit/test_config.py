@@ -229,3 +229,20 @@ def test_a_bad_variable_is_named_in_the_error() -> None:
         load(env={"OTEL_EBPF_CAPTURE_BYTES": "100"})
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         load(env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1"})
+
+
+def test_the_span_budget_from_variables_and_its_bad_values() -> None:
+    default = load(env={}).ebpf.span_budget
+    assert (default.cpu_per_1k_requests, default.min_cpu, default.probability) == (0.05, 0.1, None)
+    env = {"OTEL_EBPF_SPAN_BUDGET": "0", "OTEL_EBPF_SPAN_PROBABILITY": "0.25"}
+    budget = load(env=env).ebpf.span_budget
+    assert (budget.cpu_per_1k_requests, budget.probability) == (0.0, 0.25)
+    for name, bad in (
+        ("OTEL_EBPF_SPAN_BUDGET", "-1"),
+        ("OTEL_EBPF_SPAN_BUDGET", "lots"),
+        ("OTEL_EBPF_SPAN_PROBABILITY", "0"),
+        ("OTEL_EBPF_SPAN_PROBABILITY", "1.5"),
+        ("OTEL_EBPF_SPAN_BUDGET_MIN_CPU", "0"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load(env={name: bad})

@@ -1,0 +1,131 @@
+"""The span budget on the real kernel: requests shed at their start leave no
+trace in user space, kept ones say their threshold, and RED counts every one.
+
+nginx answers ab -k; both ends are traced (ab's client spans, nginx's server
+spans), so the kernel decides twice per request and the server end takes the
+client's random value where it can (the same request's spans are kept or shed
+together).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import time
+from pathlib import Path
+
+from harness import CollectorProcess, Nginx, ab, wait_until
+from otel_ebpf.processors.budget import RAND_BITS, threshold_for
+from otlp_sink import CLIENT, SERVER, GrpcSink, Span
+
+PATH = "/index.html"
+
+
+def final_telemetry(collector: CollectorProcess) -> dict[str, int]:
+    """The counters the collector logged as it stopped (everything flushed)."""
+    line = next(x for x in collector.log_path.read_text().splitlines() if "stopped: {" in x)
+    return ast.literal_eval(line[line.index("{") :])  # type: ignore[no-any-return]
+
+
+def red_requests(sink: GrpcSink, metric: str, service: str) -> int:
+    series = sink.metrics.series(metric, **{"service.name": service})
+    return sum(int(p.value) for a, p in series.items() if dict(a).get("http.route", PATH) == PATH)
+
+
+def spans_of(sink: GrpcSink, service: str, kind: int) -> list[Span]:
+    return [
+        s
+        for s in list(sink.store.spans)
+        if s.service == service and s.kind == kind and s.attributes.get("url.path") == PATH
+    ]
+
+
+def budget_collector(tmp_path: Path, sink: GrpcSink, **env: str) -> CollectorProcess:
+    return CollectorProcess(
+        tmp_path / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}},
+        metrics=["otlp"],
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", **env},
+    )
+
+
+def test_a_fixed_probability_keeps_that_share_of_spans_and_counts_every_request(
+    tmp_path: Path, nginx: Nginx
+) -> None:
+    sink = GrpcSink()
+    collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_PROBABILITY="0.25")
+    n = 4_000
+    try:
+        ab(nginx.url(PATH), n, 4)
+        wait_until(
+            lambda: (
+                red_requests(sink, "http.server.request.duration", "nginx") == n
+                and red_requests(sink, "http.client.request.duration", "ab") == n
+            ),
+            30,
+            f"{n} requests counted on both ends",
+        )
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    servers, clients = spans_of(sink, "nginx", SERVER), spans_of(sink, "ab", CLIENT)
+    # 1 in 4 of each end (binomial: 1,000 +- 27; these bounds are 11 of those wide)
+    for spans in (servers, clients):
+        assert 700 <= len(spans) <= 1300, len(spans)
+    threshold = threshold_for(0.25)
+    with_th = [s for s in servers + clients if s.trace_state]
+    for span in with_th:  # the specification's promise: randomness >= threshold
+        assert span.trace_state == "ot=th:c"
+        assert int(span.trace_id, 16) & RAND_BITS >= threshold
+    assert len(with_th) > len(servers)  # most say it (not those whose ends decided apart)
+    by_id = {s.span_id: s for s in clients}
+    for server in servers:  # a server span's parent is a client span that was kept
+        if server.parent_span_id:
+            assert server.parent_span_id in by_id
+            assert by_id[server.parent_span_id].trace_id == server.trace_id
+    assert telemetry["requests_shed"] >= 2 * n - 2 * 1300
+    assert telemetry["parse_errors"] == 0
+    assert telemetry["requests_unanswered"] == 0
+    assert telemetry["requests_shed_uncounted"] == 0
+
+
+def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
+    tmp_path: Path, nginx: Nginx
+) -> None:
+    """A budget nothing fits in (0.01 cores): the controller halves the capture
+    until the collector is within it; RED counts stay exact throughout."""
+    sink = GrpcSink()
+    collector = budget_collector(
+        tmp_path, sink, OTEL_EBPF_SPAN_BUDGET="0.001", OTEL_EBPF_SPAN_BUDGET_MIN_CPU="0.01"
+    )
+    shedding = re.compile(r"span budget: 1 in (\d+) of HTTP/1 requests get a span")
+    sent = 0
+    try:
+        deadline = time.monotonic() + 60
+        while not shedding.search(collector.log_path.read_text()):
+            assert time.monotonic() < deadline, "the budget never shed"
+            ab(nginx.url(PATH), 2_000, 4)
+            sent += 2_000
+        wait_until(
+            lambda: red_requests(sink, "http.server.request.duration", "nginx") == sent,
+            30,
+            f"{sent} requests counted",
+        )
+        lost = collector.telemetry()["events_lost"]  # before the budget took hold, maybe
+        ab(nginx.url(PATH), 4_000, 4)  # now mostly shed
+        sent += 4_000
+        wait_until(
+            lambda: red_requests(sink, "http.server.request.duration", "nginx") == sent,
+            30,
+            f"{sent} requests counted",
+        )
+        assert collector.telemetry()["events_lost"] == lost  # within budget: nothing lost
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    assert telemetry["requests_shed"] > 0
+    kept = len(spans_of(sink, "nginx", SERVER))
+    assert kept < sent
+    assert telemetry["parse_errors"] == 0

@@ -1,0 +1,200 @@
+"""The span budget: thresholds as the specification writes them, the controller's
+steps, and the event path given exchanges the kernel shed (gaps on purpose)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import records
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_ebpf.model import Exchange, Role
+from otel_ebpf.otlp_encoding import TraceEncoder
+from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.budget import (
+    RAND_BITS,
+    BudgetSettings,
+    SpanBudget,
+    adjusted_count,
+    sampling_state,
+    threshold_for,
+)
+from otel_ebpf.processors.connections import Connection
+from otel_ebpf.processors.selection import Selector
+from otel_ebpf.processors.spans import SpanBuilder
+from otel_ebpf.processors.streams import ConnectionTracker
+from otel_ebpf.receivers.sockets import decode
+from otel_ebpf.telemetry import SelfTelemetry
+
+SK = 0xFFFF_8880_0000_2000
+
+
+@pytest.mark.parametrize(
+    ("probability", "th", "weight"),
+    [(1.0, "0", 1), (0.5, "8", 2), (0.25, "c", 4), (1 / 8, "e", 8), (1 / 32, "f8", 32)],
+)
+def test_thresholds_are_written_as_the_specification_says(
+    probability: float, th: str, weight: int
+) -> None:
+    threshold = threshold_for(probability)
+    assert sampling_state(threshold).get("ot") == f"th:{th}"
+    assert adjusted_count(threshold) == weight
+
+
+def test_a_probability_outside_zero_to_one_is_refused() -> None:
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            threshold_for(bad)
+
+
+def budget(per_1k: float = 0.05, min_cpu: float = 0.1) -> SpanBudget:
+    return SpanBudget(BudgetSettings(per_1k, min_cpu, None))
+
+
+def test_over_budget_it_sheds_as_many_halvings_as_the_excess_asks() -> None:
+    b = budget()
+    # 2,000 requests/s allow 0.1 cores; 0.9 used: 9x over, three halvings (8x)
+    assert b.update(0.9, 1.0, 2000)
+    assert b.halvings == 3
+    assert b.threshold == threshold_for(1 / 8)
+    assert b.update(0.25, 1.0, 2000)  # still over: one more
+    assert b.halvings == 4
+
+
+def test_well_under_budget_it_steps_back_one_halving_at_a_time() -> None:
+    b = budget()
+    b.update(0.9, 1.0, 2000)
+    assert not b.update(0.07, 1.0, 2000)  # within the budget, above 40 % of it: stays
+    assert b.update(0.03, 1.0, 2000)
+    assert b.halvings == 2
+    for _ in range(5):
+        b.update(0.0, 1.0, 0)
+    assert b.halvings == 0 and b.threshold == 0
+
+
+def test_the_floor_lets_a_quiet_node_keep_every_span() -> None:
+    b = budget(min_cpu=0.1)
+    assert not b.update(0.08, 1.0, 50)  # 0.4 ms a request, 50 a second: under the floor
+    assert b.threshold == 0
+
+
+def test_halvings_stop_at_one_in_4096() -> None:
+    b = budget()
+    for _ in range(10):
+        b.update(64.0, 1.0, 100)
+    assert b.probability == 1 / 4096
+
+
+def test_a_fixed_probability_or_no_budget_never_moves() -> None:
+    fixed = SpanBudget(BudgetSettings(0.05, 0.1, 0.25))
+    assert fixed.threshold == threshold_for(0.25)
+    assert not fixed.update(5.0, 1.0, 10)
+    off = SpanBudget(BudgetSettings(0.0, 0.1, None))
+    assert not off.adaptive and not off.update(5.0, 1.0, 10) and off.threshold == 0
+
+
+# -- the event path with exchanges shed in the kernel ---------------------------
+
+
+def tracker(tmp_path: Path) -> tuple[ConnectionTracker, list[ExportTraceServiceRequest]]:
+    builder = SpanBuilder(epoch_offset=0)
+    encoder = TraceEncoder()
+    encoded: list[ExportTraceServiceRequest] = []
+
+    def sink(x: Exchange, conn: Connection) -> None:
+        span = builder.build(x, conn)
+        if span is not None:
+            encoded.append(ExportTraceServiceRequest.FromString(encoder.encode([span])))
+
+    t = ConnectionTracker(sink, ProcessRegistry(proc=str(tmp_path)), Selector(), SelfTelemetry())
+    return t, encoded
+
+
+def exported(encoded: list[ExportTraceServiceRequest]) -> list[tuple[str, int, bytes, str]]:
+    """(path, status, trace id, tracestate) of each span."""
+    out = []
+    for request in encoded:
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    a = {kv.key: kv.value for kv in s.attributes}
+                    status = a["http.response.status_code"].int_value
+                    out.append((a["url.path"].string_value, status, s.trace_id, s.trace_state))
+    return out
+
+
+def drive(t: ConnectionTracker, kept: list[bool], threshold: int) -> list[int]:
+    """A server connection's exchanges; those not kept are shed as the kernel
+    sheds them (nothing sent, the next call sent marked after_shed). Returns the
+    random values of the kept ones."""
+    t.handle(decode(records.open_record(SK, Role.SERVER, 8080, 40000)))  # type: ignore[arg-type]
+    offsets, gap, ts, rands = [0, 0], [False, False], 2, []
+    for i, keep in enumerate(kept):
+        request = f"GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+        body = b"x" * (i % 7)
+        answer = f"HTTP/1.1 {200 + i % 3} OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        rand = (threshold + i * 7919) & RAND_BITS if keep else 0
+        for egress, data in ((False, request), (True, answer), (True, body)):
+            if keep and data:
+                first = not egress
+                event = records.data_record(
+                    SK,
+                    Role.SERVER,
+                    egress,
+                    ts,
+                    offsets[egress],
+                    data,
+                    red_counted=first,
+                    after_shed=gap[egress],
+                    rand=rand if first else 0,
+                    threshold=threshold if first else 0,
+                )
+                gap[egress] = False
+                t.handle(decode(event))  # type: ignore[arg-type]
+            elif data:
+                gap[egress] = True
+            offsets[egress] += len(data)
+            ts += 1
+        if keep:
+            rands.append(rand)
+    t.release_held()
+    t.handle(decode(records.close_record(SK, ts)))  # type: ignore[arg-type]
+    return rands
+
+
+def test_shed_exchanges_leave_no_trace_and_kept_ones_carry_their_threshold(
+    tmp_path: Path,
+) -> None:
+    t, encoded = tracker(tmp_path)
+    threshold = threshold_for(0.25)
+    kept = [True, False, False, True, False, True, True]
+    rands = drive(t, kept, threshold)
+    spans = exported(encoded)
+    assert [(p, s) for p, s, _, _ in spans] == [
+        (f"/r{i}", 200 + i % 3) for i, k in enumerate(kept) if k
+    ]
+    for (_, _, trace_id, state), rand in zip(spans, rands, strict=True):
+        assert state == "ot=th:c"
+        assert int.from_bytes(trace_id, "big") & RAND_BITS == rand  # the trace's randomness
+    telemetry = t._telemetry
+    assert telemetry.parse_errors == 0
+    assert telemetry.requests_unanswered == 0
+    assert telemetry.events_late == 0
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.booleans(), min_size=1, max_size=25))
+def test_any_pattern_of_shed_exchanges_gives_exactly_the_kept_ones(
+    tmp_path: Path, kept: list[bool]
+) -> None:
+    t, encoded = tracker(tmp_path)
+    drive(t, kept, threshold_for(0.5))
+    assert [(p, s) for p, s, _, _ in exported(encoded)] == [
+        (f"/r{i}", 200 + i % 3) for i, k in enumerate(kept) if k
+    ]
+    assert t._telemetry.parse_errors == 0 and t._telemetry.requests_unanswered == 0
