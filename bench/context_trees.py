@@ -5,18 +5,23 @@ For threads (ThreadingHTTPServer), asyncio (one event loop; every Python found:
 forward each request's own path; clients drive 1, 8 and 64 concurrent
 keep-alive connections. From the spans the collector exports it counts, per
 case, complete trees (all six spans in one trace, each the parent of the next)
-and wrong links (a parent belonging to another request: must be 0). Run as
-root: `.venv/bin/python bench/context_trees.py`.
+and wrong links (a parent belonging to another request: must be 0). With
+`--probability P` the collector keeps spans for a fixed share P of HTTP/1
+requests (the span budget's kernel decision): it then counts the requests whose
+spans were kept or shed whole (all six or none) and those split apart. Run as
+root: `.venv/bin/python bench/context_trees.py [--probability 0.5] [--only go,threads]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common  # noqa: F401  (puts tests/kernel on the path)
@@ -54,6 +59,31 @@ def _runs(python: str) -> bool:
     return subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
 
 
+def partial(spans: list[Span], requests: int) -> int:
+    """Requests with some of their six spans but not all (a trace split by shedding)."""
+    per_path: dict[str, int] = {}
+    for s in spans:
+        path = str(s.attributes.get("url.path"))
+        per_path[path] = per_path.get(path, 0) + 1
+    return sum(1 for n in per_path.values() if n < 6)
+
+
+def settled(read: Callable[[], list[Span]], want: int) -> list[Span]:
+    """What `read` returns once it has `want` spans, or has not grown for 2 s."""
+    deadline, last, still = time.monotonic() + 30, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = len(read())
+        if n >= want:
+            break
+        if n != last:
+            last, still = n, time.monotonic()
+        elif time.monotonic() - still > 2.0:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    return read()
+
+
 def count(spans: list[Span], requests: int) -> tuple[int, int, int]:
     """(complete trees, wrong links, spans seen)."""
     by_id = {s.span_id: s for s in spans}
@@ -76,14 +106,23 @@ def count(spans: list[Span], requests: int) -> tuple[int, int, int]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--probability", type=float, help="a fixed share of requests kept")
+    parser.add_argument("--only", default="", help="runtimes, comma-separated")
+    args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-trees-"))
     sink = GrpcSink()
+    env = {"OTEL_EBPF_SPAN_PROBABILITY": str(args.probability)} if args.probability else {}
     collector = CollectorProcess(
-        tmp / "collector", {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}}
+        tmp / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}},
+        extra_env=env,
     )
     rows = []
     try:
-        for name, argv in _runtimes(tmp).items():
+        runtimes = _runtimes(tmp)
+        chosen = args.only.split(",") if args.only else list(runtimes)
+        for name, argv in ((n, runtimes[n]) for n in chosen):
             chain = Chain(argv, name)
             try:
                 for connections, total in REQUESTS.items():
@@ -97,22 +136,23 @@ def main() -> int:
                             if str(s.attributes.get("url.path", "")).startswith(f"/{t}/")
                         ]
 
-                    deadline = time.monotonic() + 30
-                    while len(mine()) < 6 * done and time.monotonic() < deadline:
-                        time.sleep(0.5)
-                    time.sleep(1.0)
-                    complete, wrong, seen = count(mine(), done)
-                    rows.append((name, connections, done, complete, wrong, seen))
+                    spans = settled(mine, 6 * done)
+                    complete, wrong, seen = count(spans, done)
+                    rows.append(
+                        (name, connections, done, complete, wrong, seen, partial(spans, done))
+                    )
             finally:
                 chain.stop()
     finally:
         collector.stop()
         sink.stop()
-    print("runtime      clients requests  complete trees wrong links   spans")
-    for name, connections, done, complete, wrong, seen in rows:
+    if args.probability:
+        print(f"spans kept for a fixed {args.probability} of HTTP/1 requests")
+    print("runtime      clients requests  complete trees wrong links   spans  split")
+    for name, connections, done, complete, wrong, seen, split in rows:
         print(
             f"{name:12} {connections:7d} {done:8d} {complete:8d} ({100 * complete / done:3.0f} %)"
-            f" {wrong:11d} {seen:5d}/{6 * done}"
+            f" {wrong:11d} {seen:5d}/{6 * done} {split:6d}"
         )
     return 1 if any(row[4] for row in rows) else 0
 
