@@ -162,6 +162,8 @@ def main() -> int:
             # HTTPS: the plaintext read through the OpenSSL uprobes, next to plain HTTP
             "paced-https": (paced, True, "0"),
             "saturating-https": (None, True, "0"),
+            "paced-https-budget": (paced, True, "0.05"),
+            "saturating-https-budget": (None, True, "0.05"),
         }
         chosen = args.only.split(",") if args.only else list(scenarios)
         with null_sink() as port:

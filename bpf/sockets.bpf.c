@@ -65,7 +65,8 @@
 #define TCP_CLOSE 7
 
 enum event_kind {
-    EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6, EV_SOCKOPT = 7
+    EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6, EV_SOCKOPT = 7,
+    EV_OUTLIER = 8
 };
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
@@ -132,7 +133,8 @@ struct ssl_call {
 };
 
 // tls.bpf.c: a write's plaintext, sent when its first ciphertext reaches the socket.
-static __always_inline void tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid);
+// 1: its event is ready in `scratch`, for the caller to send.
+static __always_inline int tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid);
 
 struct quiet_key {
     u64 sk;
@@ -671,10 +673,11 @@ struct red_key {
     char version;             // the request's HTTP/1.x minor version ('0', '1')
     u8 role;
     u8 family;                // a client's peer's
-    u8 pad;
+    u8 tls;                   // plaintext read through the OpenSSL uprobes (https)
     char path[RED_PATH];      // a server's: the target up to '?' or ' ', cut at RED_PATH bytes
     char host[RED_HOST];      // a client's: its Host header ("" when it sent none)
     u8 peer[16];              // a client's peer
+    char comm[16];            // the process's name, for one that exits before it is read
 };
 
 struct red_value {
@@ -701,6 +704,49 @@ BPF_HASH(red_b, struct red_key, struct red_value, RED_SERIES);
 BPF_ARRAY(red_active, u32, 1);
 BPF_PERCPU_ARRAY(red_scratch, struct red_request, 1);
 BPF_PERCPU_ARRAY(red_dropped, u64, 1); // exchanges not counted: the series map was full
+// The span budget (user space sets it; see shed_request): [0] the threshold a
+// request's random value must reach for a span, [1] nanoseconds past which a shed
+// request still gets one (0: never), like a failed one.
+BPF_ARRAY(span_budget, u64, 2);
+// Set by user space while the ring buffer is over half read-behind (until it is
+// down to a quarter): every request is shed, so the ring never overflows mid-request.
+BPF_ARRAY(ring_backlog, u32, 1);
+
+// A shed request that failed or was slow: its span is made from what the kernel
+// kept of it (its head's first bytes, status and times), not its bytes.
+struct outlier_event {
+    u8 kind;
+    u8 pad[7];
+    u64 sk;
+    u64 start;  // when the call that carried the request began
+    u64 end;    // when its answer's first call did (or the connection closed)
+    struct red_key key;
+};
+
+static __always_inline void keep_outlier(struct conn_state *cs, u64 skey, struct red_request *r,
+                                         u64 end) {
+    int zero = 0, one = 1;
+    u32 *backlog = ring_backlog.lookup(&zero);
+    if (backlog && *backlog)
+        return; // the ring buffer is read down first
+    u16 status = r->key.status;
+    u8 failed = !status || status >= 500 || (cs->role == ROLE_CLIENT && status >= 400);
+    u64 *slow = span_budget.lookup(&one);
+    u64 ns = end > r->start ? end - r->start : 0;
+    if (!failed && !(slow && *slow && ns >= *slow))
+        return;
+    struct outlier_event *oe = events.ringbuf_reserve(sizeof(struct outlier_event));
+    if (!oe) {
+        count_lost();
+        return;
+    }
+    oe->kind = EV_OUTLIER;
+    oe->sk = skey;
+    oe->start = r->start;
+    oe->end = end;
+    __builtin_memcpy(&oe->key, &r->key, sizeof(oe->key));
+    events.ringbuf_submit(oe, BPF_RB_NO_WAKEUP);
+}
 
 static __always_inline u8 byte_at(struct data_event *ev, u32 i) {
     return i < ev->captured ? ev->data[i & (CAPTURE_BYTES - 1)] : 0;
@@ -845,8 +891,8 @@ enum red_request_kind {
 
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
                                         struct data_event *ev) {
-    if (cs->tls || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
-        return RED_NONE;
+    if ((cs->tls && !ev->tls) || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
+        return RED_NONE; // TLS: its plaintext only
     u8 client = cs->role == ROLE_CLIENT;
     if (ev->dir == (client ? DIR_EGRESS : DIR_INGRESS)) {
         int zero = 0;
@@ -873,6 +919,8 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         r->start = ev->ts;
         r->key.tgid = ev->pid;
         r->key.role = cs->role;
+        r->key.tls = ev->tls;
+        __builtin_memcpy(r->key.comm, ev->comm, sizeof(r->key.comm));
         return red_requests.update(&skey, r) == 0 ? RED_NOTED : RED_UNNOTED;
     }
     struct red_request *r = red_requests.lookup(&skey);
@@ -889,6 +937,8 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         return RED_NONE; // an interim answer (100 Continue): the final one follows
     r->key.status = status;
     red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
+    if (cs->shed)
+        keep_outlier(cs, skey, r, ev->ts);
     r->start = 0;
     return RED_NONE;
 }
@@ -905,6 +955,8 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
     if (r->start && cs && r->gen == cs->gen) {
         u64 now = bpf_ktime_get_ns();
         red_count(&r->key, now > r->start ? now - r->start : 0);
+        if (cs->shed)
+            keep_outlier(cs, skey, r, now); // unanswered: failed
     }
     red_requests.delete(&skey);
 }
@@ -926,10 +978,6 @@ static __always_inline void send_data_event(struct data_event *ev) {
 // trace is kept or shed whole: a server's request passes its value to the
 // calls its thread sends, a client's to the server that reads it on this node
 // (keyed by ports and stream offset, which both ends count alike).
-BPF_ARRAY(span_threshold, u64, 1);
-// Set by user space while the ring buffer is over half read-behind (until it is
-// down to a quarter): every request is shed, so the ring never overflows mid-request.
-BPF_ARRAY(ring_backlog, u32, 1);
 // [0] requests noted, [1] shed by the threshold, [2] shed uncounted, [3] shed by a backlog
 BPF_PERCPU_ARRAY(shed_counts, u64, 4);
 BPF_TABLE("lru_hash", u32, u64, thread_rand, 16384);
@@ -953,7 +1001,7 @@ static __always_inline void count_shed(int index) {
 static __always_inline u8 shed_request(struct conn_state *cs, struct data_event *ev) {
     int zero = 0;
     count_shed(0);
-    u64 *threshold = span_threshold.lookup(&zero);
+    u64 *threshold = span_budget.lookup(&zero);
     u32 *backlog = ring_backlog.lookup(&zero);
     u8 behind = backlog && *backlog;
     u64 limit = threshold ? *threshold : 0;
@@ -998,10 +1046,11 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
     return 1;
 }
 
-// Tail-called by the transfer probes with their event in `scratch`: the request
-// parsing is verified on its own (inlined, its loops were more than the
-// verifier follows in one program).
-int red_and_send(void *ctx) {
+// Tail-called by the transfer probes (red_and_send) and the OpenSSL uprobes
+// (red_and_send_tls: a tail call stays within its kind of program) with their
+// event in `scratch`: the request parsing is verified on its own (inlined, its
+// loops were more than the verifier follows in one program).
+static __always_inline int count_and_send(void) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
     if (!ev)
@@ -1031,6 +1080,24 @@ int red_and_send(void *ctx) {
     }
     send_data_event(ev);
     return 0;
+}
+
+int red_and_send(void *ctx) {
+    return count_and_send();
+}
+
+int red_and_send_tls(struct pt_regs *ctx) {
+    return count_and_send();
+}
+
+// The event waiting in `scratch`: counted and sent by the tail-called program,
+// or sent here if it is not loaded.
+static __always_inline void send_scratch(void *ctx) {
+    red_progs.call(ctx, 0);
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (ev)
+        send_data_event(ev);
 }
 
 // The shared scratch event, filled with what every data event of a TCP
@@ -1126,6 +1193,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     u64 offset = __sync_fetch_and_add(&cs->bytes[dir], (u64)ret);
     cs->pid = tgid;
     struct ssl_call *call = ssl_calls.lookup(&tid);
+    int plaintext = 0;
     if (call) {
         call->sk = skey;
         struct active_io *sio = active_io.lookup(&tid);
@@ -1135,14 +1203,17 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         // Sent now, not at SSL_write's return: the peer may answer before the
         // writer runs again, and the request must reach user space first.
         if (dir == DIR_EGRESS && call->dir == DIR_EGRESS && !call->emitted)
-            tls_write_seen(call, skey, tgid, tid);
+            plaintext = tls_write_seen(call, skey, tgid, tid);
     }
     struct active_io *io = active_io.lookup(&tid);
     u64 send_wait = cs->send_wait_ns;
     if (dir == DIR_EGRESS && io)
         send_wait = account_send(cs, io, skey);
-    if (cs->tls)
-        return 0; // ciphertext: the plaintext comes from the uprobes, counted only here
+    if (cs->tls) { // ciphertext: the plaintext comes from the uprobes, counted only here
+        if (plaintext)
+            send_scratch(ctx);
+        return 0;
+    }
 
     struct quiet_key qk = {.sk = skey, .gen = cs->gen, .dir = dir};
     u64 *quiet_until = quiet.lookup(&qk);

@@ -37,13 +37,15 @@ static __always_inline struct tls_conn *tls_conn_of(u64 ssl, u64 sk) {
     return tc;
 }
 
-// Send `n` plaintext bytes from `buf` as the next bytes of the stream.
-static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8 dir, u64 n,
-                                     u64 ts, u32 tgid, u32 tid) {
+// `n` plaintext bytes from `buf`, the next bytes of the stream, as an event in
+// `scratch` (1) for the caller to send: plain HTTP/1 in it is counted (red_*)
+// and under the span budget as a plaintext socket's is.
+static __always_inline int tls_data(struct tls_conn *tc, struct ssl_call *c, u8 dir, u64 n,
+                                    u64 ts, u32 tgid, u32 tid) {
     u64 skey = tc->sk;
     struct conn_state *cs = conn_of(skey);
     if (!cs)
-        return; // the socket closed long ago
+        return 0; // the socket closed long ago
     if (tc->gen != cs->gen) { // a new connection: its plaintext starts at 0
         tc->gen = cs->gen;
         tc->bytes[0] = 0;
@@ -54,11 +56,11 @@ static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8
     struct quiet_key qk = {.sk = skey | TLS_STREAM, .gen = cs->gen, .dir = dir};
     u64 *quiet_until = quiet.lookup(&qk);
     if (quiet_until && offset + n < *quiet_until)
-        return;
+        return 0;
 
     struct data_event *ev = data_event_for(cs, skey, dir, offset, (u32)n, tgid, tid);
     if (!ev)
-        return;
+        return 0;
     ev->fd = c->fd;
     ev->ts = ts;
     ev->has_payload = 1;
@@ -73,20 +75,30 @@ static __always_inline void tls_data(struct tls_conn *tc, struct ssl_call *c, u8
     }
     u32 len = bounded(want > CAPTURE_BYTES ? CAPTURE_BYTES : (u32)want, CAPTURE_BYTES);
     ev->captured = bpf_probe_read_user(ev->data, len, (void *)buf) == 0 ? len : 0;
-    u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
-    ring_output(ev, size);
+    return 1;
 }
 
-static __always_inline void tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid) {
+static __always_inline int tls_write_seen(struct ssl_call *call, u64 sk, u32 tgid, u32 tid) {
     call->emitted = 1;
     struct tls_conn *tc = tls_conn_of(call->ssl, sk);
     if (!tc)
-        return;
+        return 0;
     if (tc->retry && tc->retry == call->num) {
         tc->retry = 0; // OpenSSL retries a write with the same arguments: already sent
-        return;
+        return 0;
     }
-    tls_data(tc, call, DIR_EGRESS, call->num, call->ts, tgid, tid);
+    return tls_data(tc, call, DIR_EGRESS, call->num, call->ts, tgid, tid);
+}
+
+// red_and_send_tls: a uprobe's kind of program (a tail call stays within its kind).
+BPF_PROG_ARRAY(red_tls_progs, 1);
+
+static __always_inline void send_tls_scratch(struct pt_regs *ctx) {
+    red_tls_progs.call(ctx, 0); // counts and sends; returns only if it is not loaded
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    if (ev)
+        send_data_event(ev);
 }
 
 static __always_inline int ssl_enter(u64 ssl, u64 buf, u64 num, u64 out_len, u8 dir) {
@@ -130,12 +142,12 @@ static __always_inline int ssl_exit(struct pt_regs *ctx, int is_ex) {
     if (c.dir == DIR_EGRESS) {
         if (c.emitted && n == 0)
             tc->retry = c.num; // sent at its first transfer, but the call failed
-        else if (!c.emitted && n) // nothing reached the socket inside the call
-            tls_data(tc, &c, DIR_EGRESS, n, c.ts, tgid, tid);
+        else if (!c.emitted && n && tls_data(tc, &c, DIR_EGRESS, n, c.ts, tgid, tid))
+            send_tls_scratch(ctx); // nothing reached the socket inside the call
         return 0;
     }
-    if (n) // a read: the plaintext is in the buffer now
-        tls_data(tc, &c, DIR_INGRESS, n, bpf_ktime_get_ns(), tgid, tid);
+    if (n && tls_data(tc, &c, DIR_INGRESS, n, bpf_ktime_get_ns(), tgid, tid))
+        send_tls_scratch(ctx); // a read: the plaintext is in the buffer now
     return 0;
 }
 

@@ -149,6 +149,8 @@ class SpanBudgetConfig(_Strict):
     cpu_per_1k_requests: float = Field(default=0.05, ge=0)  # 0: no budget, a span per request
     min_cpu: float = Field(default=0.1, gt=0, le=64)
     probability: float | None = Field(default=None, gt=0, le=1)
+    # A shed request this slow still gets a span, as a failed one does (0: never).
+    keep_slower_than: Annotated[float, BeforeValidator(_duration_seconds), Field(ge=0)] = 1.0
 
 
 class EbpfReceiverConfig(_Strict):
@@ -546,6 +548,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_SPAN_BUDGET", ("span_budget", "cpu_per_1k_requests"), False),
     ("OTEL_EBPF_SPAN_BUDGET_MIN_CPU", ("span_budget", "min_cpu"), False),
     ("OTEL_EBPF_SPAN_PROBABILITY", ("span_budget", "probability"), False),
+    ("OTEL_EBPF_SPAN_KEEP_SLOWER_THAN", ("span_budget", "keep_slower_than"), False),
     (
         "OTEL_EBPF_PROCESS_COMMAND_LINE",
         ("resource_attributes", "process.command_line", "enabled"),

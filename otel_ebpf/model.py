@@ -67,6 +67,7 @@ class RedCount(NamedTuple):
     and peer; durations in nanoseconds."""
 
     pid: int
+    comm: bytes  # the kernel's task name, for a process that exits before it is read
     role: Role
     port: int  # a server's own; a client's peer's
     method: str
@@ -75,6 +76,7 @@ class RedCount(NamedTuple):
     peer: str  # a client's peer address ("" for a server)
     version: str  # "1.1", "1.0", "" (not seen)
     status: int  # 0: never answered (the connection closed first)
+    tls: bool  # read through the OpenSSL uprobes: https
     requests: int
     sum_ns: int
     min_ns: int
@@ -190,8 +192,35 @@ class SocketBufferSet(NamedTuple):
     comm: bytes
 
 
+class OutlierExchange(NamedTuple):
+    """An HTTP/1 request the span budget shed that failed or was slow: what the
+    kernel kept of it (the head's first bytes, the status, two times) makes its span."""
+
+    sk: int
+    start_ts: int  # the call that carried the request
+    end_ts: int  # its answer's first call, or the connection's close (unanswered)
+    pid: int
+    comm: bytes  # the kernel's task name, NUL-padded
+    role: Role
+    port: int  # a server's own; a client's peer's
+    method: str
+    path: str  # a server's: up to '?', cut at 64 bytes
+    host: str  # a client's Host header
+    peer: str  # a client's peer address
+    version: str  # "1.1", "1.0", ""
+    status: int  # 0: never answered
+    tls: bool
+
+
 KernelEvent = (
-    DataEvent | DatagramEvent | ConnOpen | ConnClose | ResetSent | SelfConn | SocketBufferSet
+    DataEvent
+    | DatagramEvent
+    | ConnOpen
+    | ConnClose
+    | ResetSent
+    | SelfConn
+    | SocketBufferSet
+    | OutlierExchange
 )
 
 

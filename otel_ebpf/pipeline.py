@@ -34,6 +34,7 @@ from otel_ebpf.model import (
     DataEvent,
     Endpoint,
     Exchange,
+    OutlierExchange,
     ResetSent,
     Role,
     SocketBufferSet,
@@ -267,12 +268,29 @@ class Collector:
             elif kind is SocketBufferSet:
                 self._on_buffer_set(event)
                 return
+            elif kind is OutlierExchange:
+                self._on_outlier(event)
+                return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:
                 self.tcp_health.closed(event)
         except Exception as exc:
             self.telemetry.parse_errors += 1
             log.debug("%s not handled: %s", kind.__name__, fault_summary(exc))
+
+    def _on_outlier(self, x: OutlierExchange) -> None:
+        """A request the budget shed that failed or was slow: a span from the kernel's
+        notes (its RED is counted already, so it feeds no metric)."""
+        process = self._processes.get(x.pid, x.comm)  # first: a client may have exited
+        if not self.tracker.traced(x.pid, x.port):
+            return
+        span = self._spans.outlier(x, process.resource)
+        self.telemetry.spans_built += 1
+        self.telemetry.spans_outliers += 1
+        if self.merger is None:
+            self._export(span)
+        else:
+            self.merger.ebpf(span, None, x.pid)
 
     def _peer_name(self, local: Endpoint, remote: Endpoint) -> str | None:
         """The service at the other end: a process on this node, else a pod or
@@ -368,6 +386,7 @@ class Collector:
             if self._ebpf_enabled:
                 self.receiver.start()
                 self.receiver.set_span_threshold(self.budget.threshold)
+                self.receiver.keep_slower_than(self.config.ebpf.span_budget.keep_slower_than)
                 if self.budget.adaptive:
                     self.receiver.watch_backlog = self._watch_ring
                 if self.budget.threshold:
@@ -525,9 +544,10 @@ class Collector:
         if self.recorder is None:
             return
         for counted in counts:
+            # first, with its name: a client may have exited, all its requests shed
+            service = self._processes.get(counted.pid, counted.comm).service_name
             if not self.tracker.traced(counted.pid, counted.port):
                 continue
-            service = self._processes.get(counted.pid).service_name
             if counted.role == Role.SERVER:
                 self.recorder.kernel_http_server(counted, service)
             else:

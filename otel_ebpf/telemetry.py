@@ -32,6 +32,7 @@ class SelfTelemetry:
     requests_dropped: int = 0  # more in flight on one connection than its parser keeps
     requests_pending_at_exit: int = 0  # still awaiting a response when we stopped
     spans_built: int = 0
+    spans_outliers: int = 0  # of those, requests the budget shed kept for failing or being slow
     spans_received_otlp: int = 0  # from apps' SDKs, forwarded
     spans_merged_away: int = 0  # eBPF duplicates of SDK spans, dropped into them
     spans_exported: int = 0

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_ebpf.aggregation import Series
 from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import Endpoint, RedCount
-from otel_ebpf.processors.protocols.http1 import METHODS
+from otel_ebpf.processors.protocols.http1 import METHOD_NAMES
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
 
@@ -47,7 +47,6 @@ _DB_KEYS = (
 _RPC_KEYS = ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type")
 _DNS_KEYS = ("dns.question.name", "error.type")
 
-_METHODS = frozenset(m.decode() for m in METHODS)
 _URLS = UrlRedactor()  # the path of a target, as spans take it
 
 # The service at the other end of a connection (this end, other end), when it
@@ -128,7 +127,7 @@ class MetricsRecorder:
         """HTTP/1 server requests the kernel counted: the attributes a span's
         measurement has (the same series), the route from the path here."""
         attrs = self._kernel_http_head(counted, service)
-        attrs.append(("url.scheme", "http"))
+        attrs.append(("url.scheme", "https" if counted.tls else "http"))
         if counted.version:
             attrs.append(("network.protocol.version", counted.version))
         if not counted.status:
@@ -164,7 +163,7 @@ class MetricsRecorder:
     def _kernel_http_head(counted: RedCount, service: str) -> list[tuple[str, str | int | bool]]:
         attrs: list[tuple[str, str | int | bool]] = [
             ("service.name", service),
-            ("http.request.method", counted.method if counted.method in _METHODS else "_OTHER"),
+            ("http.request.method", counted.method if counted.method in METHOD_NAMES else "_OTHER"),
         ]
         if counted.status:
             attrs.append(("http.response.status_code", counted.status))

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -25,6 +26,7 @@ from otel_ebpf.model import (
     Http2Exchange,
     HttpExchange,
     HttpHead,
+    OutlierExchange,
     RedisExchange,
     Role,
     SqlExchange,
@@ -33,6 +35,7 @@ from otel_ebpf.processors.budget import RAND_BITS, sampling_state
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.phases import PeerSplit, Timing, split
+from otel_ebpf.processors.protocols.http1 import METHOD_NAMES
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
 from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
@@ -408,6 +411,53 @@ class SpanBuilder:
             context=context,
             parent=parent,
             resource=process.resource,
+            attributes=attrs,
+            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+            status=status,
+            start_time=x.start_ts + self._offset,
+            end_time=max(x.end_ts, x.start_ts) + self._offset,
+            instrumentation_scope=SCOPE,
+        )
+
+    def outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
+        """A shed request that failed or was slow, from what the kernel kept: the
+        method, a server's path (to 64 bytes) or a client's Host, the status; it
+        ends where its answer began. `otel_ebpf.span.partial` says so. A trace of
+        its own: its peers' spans were shed, and its context was never parsed."""
+        server = x.role == Role.SERVER
+        method = x.method if x.method in METHOD_NAMES else "_OTHER"
+        attrs: dict[str, str | int | bool] = {
+            "http.request.method": method,
+            "url.scheme": "https" if x.tls else "http",
+            "network.protocol.name": "http",
+            "network.transport": "tcp",
+            "otel_ebpf.span.partial": True,
+        }
+        if x.version:
+            attrs["network.protocol.version"] = x.version
+        if server:
+            attrs["url.path"] = self._urls.split(x.path or "/")[0]
+            attrs["server.port"] = x.port
+        else:
+            address, port = host_port(host_of(x.host)) if x.host else ("", None)
+            attrs["server.address"] = address or x.peer
+            attrs["server.port"] = port if port is not None else x.port
+            attrs["network.peer.address"] = x.peer
+            attrs["network.peer.port"] = x.port
+        status = Status(StatusCode.UNSET)
+        if x.status:
+            attrs["http.response.status_code"] = x.status
+            if x.status >= 500 or (x.status >= 400 and not server):
+                attrs["error.type"] = str(x.status)
+                status = Status(StatusCode.ERROR)
+        else:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "the connection ended before a response")
+        trace_id, span_id = self._rand.getrandbits(128) or 1, self._rand.getrandbits(64) or 1
+        return ReadableSpan(
+            name=method,
+            context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
+            resource=resource,
             attributes=attrs,
             kind=SpanKind.SERVER if server else SpanKind.CLIENT,
             status=status,

@@ -32,6 +32,7 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     KernelEvent,
+    OutlierExchange,
     RedCount,
     ResetSent,
     Role,
@@ -94,6 +95,7 @@ OPENSSL_PROBES = (
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET, _EV_SOCKOPT = 1, 2, 3, 4, 5, 6, 7
+_EV_OUTLIER = 8
 _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
@@ -114,11 +116,13 @@ def _text(raw: Any) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
 
 
-def _red_count(key: Any, value: Any) -> RedCount:
+def _red_head(key: Any) -> tuple[int, bytes, Role, int, str, str, str, str, str, int, bool]:
+    """A kernel `struct red_key`'s fields, decoded (bcc's ctypes or a record's)."""
     version = key.version.decode("latin-1")  # a char: '0', '1', or NUL (not seen)
     client = key.role == Role.CLIENT
-    return RedCount(
+    return (
         key.tgid,
+        bytes(key.comm),
         _ROLES[key.role],
         key.port,
         _text(key.method),
@@ -127,6 +131,45 @@ def _red_count(key: Any, value: Any) -> RedCount:
         _address(bytes(key.peer), key.family) if client else "",
         f"1.{version}" if version in ("0", "1") else "",
         key.status,
+        bool(key.tls),
+    )
+
+
+class _RedKey(ctypes.Structure):
+    """`struct red_key` as a record carries it."""
+
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("status", ctypes.c_uint16),
+        ("method", ctypes.c_char * 12),
+        ("version", ctypes.c_char),
+        ("role", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("tls", ctypes.c_uint8),
+        ("path", ctypes.c_char * 64),
+        ("host", ctypes.c_char * 64),
+        ("peer", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * 16),
+    ]
+
+
+_OUTLIER = struct.Struct("<B7xQQQ")
+
+
+def _outlier(raw: bytes) -> OutlierExchange | None:
+    if len(raw) < _OUTLIER.size + ctypes.sizeof(_RedKey):
+        return None
+    _, sk, start, end = _OUTLIER.unpack_from(raw)
+    key = _RedKey.from_buffer_copy(raw, _OUTLIER.size)
+    if key.role not in (Role.CLIENT, Role.SERVER):
+        return None
+    return OutlierExchange(sk, start, end, *_red_head(key))
+
+
+def _red_count(key: Any, value: Any) -> RedCount:
+    return RedCount(
+        *_red_head(key),
         value.count,
         value.sum_ns,
         value.min_ns,
@@ -268,6 +311,8 @@ def decode(raw: bytes) -> KernelEvent | None:
         return SocketBufferSet(pid, fd, _SOCKET_OPTIONS.get(optname, str(optname)), value, ts, comm)
     if kind == _EV_SELF:
         return SelfConn(_CONN.unpack_from(raw)[4])
+    if kind == _EV_OUTLIER:
+        return _outlier(raw)
     return None
 
 
@@ -389,10 +434,14 @@ class SocketReceiver:
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
                 "run `otel-ebpf doctor`"
             ) from exc
-        if self._count_http:  # tail-called by the transfer probes
+        if self._count_http:  # tail-called by the transfer probes and the OpenSSL uprobes
             try:
-                counter = bpf.load_func("red_and_send", BPF.TRACEPOINT)
-                bpf["red_progs"][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
+                for name, kind, table in (
+                    ("red_and_send", BPF.TRACEPOINT, "red_progs"),
+                    ("red_and_send_tls", BPF.KPROBE, "red_tls_progs"),
+                ):
+                    counter = bpf.load_func(name, kind)
+                    bpf[table][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
             except Exception as exc:  # every HTTP/1 request is counted from its span then
                 log.warning("HTTP/1 requests are not counted in the kernel (%s)", exc)
         try:
@@ -497,8 +546,14 @@ class SocketReceiver:
         """The span budget's threshold: HTTP/1 requests whose random value is
         below it are shed in the kernel (0: every request is captured)."""
         if self._bpf is not None:
-            table = self._bpf["span_threshold"]  # type: ignore[index]
+            table = self._bpf["span_budget"]  # type: ignore[index]
             table[ctypes.c_int(0)] = ctypes.c_ulonglong(threshold)
+
+    def keep_slower_than(self, seconds: float) -> None:
+        """A shed request this slow still gets a span (as a failed one does); 0: never."""
+        if self._bpf is not None:
+            table = self._bpf["span_budget"]  # type: ignore[index]
+            table[ctypes.c_int(1)] = ctypes.c_ulonglong(int(seconds * 1e9))
 
     def set_ring_backlog(self, behind: bool) -> None:
         """While set, the kernel sheds every HTTP/1 request at its start (the ring

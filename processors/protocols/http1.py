@@ -27,6 +27,7 @@ METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
     b"PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK SEARCH REPORT PURGE".split()
 )
+METHOD_NAMES = frozenset(m.decode() for m in METHODS)
 _MAX_METHOD_LEN = max(len(m) for m in METHODS)
 _RESPONSE_PREFIX = b"HTTP/1."
 MAX_EARLY = 4  # answers kept for requests not seen yet

@@ -58,12 +58,14 @@ def test_red_histograms_count_requests_by_method_route_and_status(
     assert point.bounds == HTTP_BUCKETS  # the conventions' advisory boundaries, in seconds
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_red_counts_every_request_while_the_ring_buffer_overflows(
-    tmp_path: Path, nginx: Nginx
+    tmp_path: Path, nginx: Nginx, scheme: str
 ) -> None:
     """A one-page ring buffer under ab -k loses most events, and spans with them;
     HTTP/1 requests are counted in the kernel, so RED still counts each, on both
-    sides, and so does the service graph."""
+    sides, and so does the service graph. HTTPS too: its plaintext is counted as
+    the OpenSSL uprobes read it."""
     sink = GrpcSink()
     collector = CollectorProcess(
         tmp_path / "collector",
@@ -74,8 +76,11 @@ def test_red_counts_every_request_while_the_ring_buffer_overflows(
     try:
         # nginx seen answering once: the graph names it, not its address
         urllib.request.urlopen(nginx.url("/index.html"), timeout=10).read()
-        n = 6_000
-        ab(nginx.url("/index.html"), n, 8)
+        https = scheme == "https"
+        url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
+        port = nginx.tls_port if https else nginx.port
+        n = 6_000 if not https else 3_000
+        ab(url, n, 8)
 
         def counted() -> dict[tuple[object, ...], int]:
             series = sink.metrics.series(
@@ -84,11 +89,13 @@ def test_red_counts_every_request_while_the_ring_buffer_overflows(
             out: dict[tuple[object, ...], int] = {}
             for attrs, point in series.items():  # HTTP/1.0 (ab) and 1.1 (urllib) apart
                 a = dict(attrs)
+                if a["url.scheme"] != scheme:
+                    continue
                 key = (a["http.request.method"], a["http.route"], a["http.response.status_code"])
                 out[key] = out.get(key, 0) + int(point.value)
             return out
 
-        settle(counted, {("GET", "/index.html", 200): n + 1}, "every request counted")
+        settle(counted, {("GET", "/index.html", 200): n + (not https)}, "every request counted")
 
         def client_side() -> tuple[int, int]:
             requests = sink.metrics.series("http.client.request.duration", **{"service.name": "ab"})
@@ -96,11 +103,7 @@ def test_red_counts_every_request_while_the_ring_buffer_overflows(
                 "traces_service_graph_request_total", client="ab", server="nginx"
             )
             return (
-                sum(
-                    int(p.value)
-                    for a, p in requests.items()
-                    if dict(a)["server.port"] == nginx.port
-                ),
+                sum(int(p.value) for a, p in requests.items() if dict(a)["server.port"] == port),
                 sum(int(p.value) for p in edges.values()),
             )
 

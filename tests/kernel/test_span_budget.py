@@ -13,9 +13,10 @@ import ast
 import re
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from harness import Chain, CollectorProcess, Nginx, ab, get_distinct, wait_until
+from harness import Chain, CollectorProcess, Nginx, PythonServer, ab, get_distinct, wait_until
 from otel_ebpf.processors.budget import RAND_BITS, threshold_for
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
@@ -162,3 +163,53 @@ def test_a_request_through_a_chain_is_kept_or_shed_whole(tmp_path: Path) -> None
         assert len({s.trace_id for s in spans}) == 1
         ids = {s.span_id for s in spans}
         assert sum(1 for s in spans if s.parent_span_id not in ids) == 1
+
+
+def test_shed_requests_that_fail_or_are_slow_still_get_a_span(
+    tmp_path: Path, nginx: Nginx, py_server: PythonServer
+) -> None:
+    """Nearly every request shed (1 in 10,000 kept): the failed ones (nginx's 500s,
+    on both ends) and the slow ones (300 ms, over the 200 ms asked for) get a
+    span each from what the kernel noted; the others stay shed."""
+    sink = GrpcSink()
+    collector = budget_collector(
+        tmp_path,
+        sink,
+        OTEL_EBPF_SPAN_PROBABILITY="0.0001",
+        OTEL_EBPF_SPAN_KEEP_SLOWER_THAN="200ms",
+    )
+    try:
+        ab(nginx.url("/index.html"), 500, 4)
+        ab(nginx.url("/fail"), 50, 2)
+        for _ in range(3):
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{py_server.port}/sleep/300", timeout=10
+            ).read()
+        urllib.request.urlopen(f"http://127.0.0.1:{py_server.port}/sleep/1", timeout=10).read()
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    spans = list(sink.store.spans)
+
+    def partial(service: str, kind: int, path: str | None = None) -> list[Span]:
+        return [
+            s
+            for s in spans
+            if s.service == service
+            and s.kind == kind
+            and s.attributes.get("otel_ebpf.span.partial")
+            and (path is None or s.attributes.get("url.path") == path)
+        ]
+
+    failed = partial("nginx", SERVER, "/fail")
+    assert len(failed) == 50
+    assert all(s.status_code == 2 and s.attributes["error.type"] == "500" for s in failed)
+    assert len(partial("ab", CLIENT)) == 50  # a client's 500 is its error too
+    slow = partial("py-backend", SERVER, "/sleep/300")
+    assert len(slow) == 3 and all(s.duration_s >= 0.3 for s in slow)
+    assert not partial("py-backend", SERVER, "/sleep/1")  # neither failed nor slow
+    kept_ok = [s for s in spans if s.service == "nginx" and s.attributes.get("url.path") == PATH]
+    assert len(kept_ok) <= 5  # 1 in 10,000 of 500
+    assert final_telemetry(collector)["spans_outliers"] >= 50 + 50 + 3
+    # ab exited with nearly all its requests shed: its counts still carry its name
+    assert red_requests(sink, "http.client.request.duration", "ab") == 550

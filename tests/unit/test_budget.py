@@ -10,8 +10,10 @@ import records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_ebpf.model import Exchange, Role
+from otel_ebpf.model import Exchange, OutlierExchange, Role
 from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.budget import (
@@ -26,6 +28,7 @@ from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
+from otel_ebpf.receivers import sockets
 from otel_ebpf.receivers.sockets import decode
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -198,3 +201,58 @@ def test_any_pattern_of_shed_exchanges_gives_exactly_the_kept_ones(
         (f"/r{i}", 200 + i % 3) for i, k in enumerate(kept) if k
     ]
     assert t._telemetry.parse_errors == 0 and t._telemetry.requests_unanswered == 0
+
+
+# -- shed requests kept for failing or being slow ---------------------------------
+
+
+def outlier_record(role: Role, status: int, method: bytes = b"POST") -> bytes:
+    key = sockets._RedKey(
+        tgid=4242,
+        port=8080,
+        status=status,
+        method=method,
+        version=b"1",
+        role=int(role),
+        family=2,
+        tls=0,
+        path=b"/orders/12",
+        host=b"shop.example:9090" if role == Role.CLIENT else b"",
+        comm=b"app",
+    )
+    key.peer[:4] = [10, 1, 2, 3]
+    return sockets._OUTLIER.pack(sockets._EV_OUTLIER, 0xABC, 1_000, 251_000_000) + bytes(key)
+
+
+def test_a_failed_shed_request_becomes_a_partial_span() -> None:
+    x = decode(outlier_record(Role.SERVER, 503))
+    assert isinstance(x, OutlierExchange)
+    assert (x.pid, x.method, x.path, x.status, x.version) == (
+        4242,
+        "POST",
+        "/orders/12",
+        503,
+        "1.1",
+    )
+    span = SpanBuilder(epoch_offset=0).outlier(x, Resource.create({"service.name": "shop"}))
+    attrs = span.attributes or {}
+    assert span.kind == SpanKind.SERVER and span.name == "POST"
+    assert attrs["url.path"] == "/orders/12" and attrs["http.response.status_code"] == 503
+    assert attrs["error.type"] == "503" and attrs["otel_ebpf.span.partial"] is True
+    assert span.status.status_code == StatusCode.ERROR
+    assert (span.end_time or 0) - (span.start_time or 0) == 250_999_000
+
+
+def test_a_shed_client_request_names_its_server_by_host() -> None:
+    x = decode(outlier_record(Role.CLIENT, 0, method=b"BREW"))
+    assert isinstance(x, OutlierExchange)
+    span = SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
+    attrs = span.attributes or {}
+    assert span.kind == SpanKind.CLIENT and span.name == "_OTHER"
+    assert (attrs["server.address"], attrs["server.port"]) == ("shop.example", 9090)
+    assert attrs["network.peer.address"] == "10.1.2.3"
+    assert attrs["error.type"] == "no_response" and "url.path" not in attrs
+
+
+def test_a_truncated_outlier_record_is_ignored() -> None:
+    assert decode(outlier_record(Role.SERVER, 500)[:100]) is None

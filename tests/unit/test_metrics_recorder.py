@@ -154,12 +154,14 @@ def kernel_counts(
     method: str = "GET",
     role: Role = Role.SERVER,
     host: str = "",
+    tls: bool = False,
 ) -> RedCount:
     buckets = [0] * (len(HTTP_BUCKETS) + 1)
     buckets[1] = requests  # (5 ms, 10 ms]
     client = role == Role.CLIENT
     return RedCount(
         7,
+        b"app",
         role,
         8080,
         method,
@@ -168,6 +170,7 @@ def kernel_counts(
         "10.0.0.1" if client else "",
         "1.1",
         status,
+        tls,
         requests,
         requests * 8_000_000,
         6_000_000,
@@ -277,3 +280,10 @@ def test_a_client_request_the_kernel_counted_keeps_only_its_verdict_from_the_spa
     assert points(reader, "http.client.request.duration") == []
     assert points(reader, "traces_service_graph_request_total") == []
     assert len(points(reader, "otel_ebpf.service_graph.verdicts")) == 1
+
+
+def test_kernel_counts_of_https_say_so() -> None:
+    recorder, reader = setup()
+    recorder.kernel_http_server(kernel_counts("/a", 200, 3, tls=True), "shop")
+    (point,) = points(reader, "http.server.request.duration")
+    assert point.attributes["url.scheme"] == "https" and point.count == 3
