@@ -254,7 +254,8 @@ class CollectorMetrics:
                 "otel_ebpf.collector.spans",
                 self._spans,
                 "{span}",
-                "Spans, by state (built, exported, export_failed, dropped, merged_away)",
+                "Spans, by state (built, exported, export_failed, dropped, merged_away; "
+                "shed, shed_backlog, shed_uncounted: requests the span budget gave none)",
             ),
             (
                 meter.create_observable_gauge,
@@ -293,6 +294,9 @@ class CollectorMetrics:
             Observation(t.spans_export_failed, {"state": "export_failed"}),
             Observation(t.spans_dropped, {"state": "dropped"}),
             Observation(t.spans_merged_away, {"state": "merged_away"}),
+            Observation(t.requests_shed, {"state": "shed"}),
+            Observation(t.requests_shed_backlog, {"state": "shed_backlog"}),
+            Observation(t.requests_shed_uncounted, {"state": "shed_uncounted"}),
         ]
 
     def _queued(self, _options: CallbackOptions) -> list[Observation]:

@@ -88,6 +88,8 @@ def test_a_fixed_probability_keeps_that_share_of_spans_and_counts_every_request(
             assert server.parent_span_id in by_id
             assert by_id[server.parent_span_id].trace_id == server.trace_id
     assert telemetry["requests_shed"] >= 2 * n - 2 * 1300
+    (shed,) = sink.metrics.series("otel_ebpf.collector.spans", state="shed").values()
+    assert int(shed.value) == telemetry["requests_shed"]  # in the self-telemetry metrics too
     assert telemetry["parse_errors"] == 0
     assert telemetry["requests_unanswered"] == 0
     assert telemetry["requests_shed_uncounted"] == 0
