@@ -256,3 +256,14 @@ def test_a_shed_client_request_names_its_server_by_host() -> None:
 
 def test_a_truncated_outlier_record_is_ignored() -> None:
     assert decode(outlier_record(Role.SERVER, 500)[:100]) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=200, max_size=200))
+def test_any_outlier_record_decodes_and_builds_or_is_ignored(raw: bytes) -> None:
+    """Whatever a record holds (the kernel copies a path and Host as they came),
+    it becomes a span or nothing, never an exception."""
+    x = decode(bytes([sockets._EV_OUTLIER]) + raw[1:])
+    if x is not None:
+        assert isinstance(x, OutlierExchange)
+        SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))

@@ -57,11 +57,17 @@ def close_record(ts: int) -> bytes:
     return records.close_record(SK, ts)
 
 
-def data_record(role: Role, egress: bool, ts: int, offset: int, data: bytes) -> bytes:
+def data_record(
+    role: Role, egress: bool, ts: int, offset: int, data: bytes, after_shed: bool = False
+) -> bytes:
     # Now and then a read the kernel says it counted (whatever it holds): the
-    # request that starts next takes the mark.
+    # request that starts next takes the mark, and the span budget's random value.
     counted = role == Role.SERVER and not egress and len(data) % 3 == 0
-    return records.data_record(SK, role, egress, ts, offset, data, CAPTURE, counted)
+    rand = (len(data) * 0x9E3779B97F4A7C15) & ((1 << 56) - 1) if counted else 0
+    threshold = 1 << 55 if counted else 0
+    return records.data_record(
+        SK, role, egress, ts, offset, data, CAPTURE, counted, after_shed, rand, threshold
+    )
 
 
 class Faults:
@@ -105,7 +111,8 @@ def pipeline(tmp_path: Path) -> tuple[ConnectionTracker, Faults, list[Any]]:
 
 def mutations(chunks: list[tuple[bool, bytes]]) -> st.SearchStrategy[list[tuple[bool, bytes]]]:
     """The recorded calls with a few bytes replaced (mostly where header values and
-    numbers are read), and sometimes cut short like a truncated capture."""
+    numbers are read), and sometimes cut short like a truncated capture. (Calls
+    are also shed at random as the span budget sheds them: see `shed_at`.)"""
 
     @st.composite
     def mutate(draw: st.DrawFn) -> list[tuple[bool, bytes]]:
@@ -137,15 +144,21 @@ def test_mutated_recorded_streams_never_raise(tmp_path: Path, name: str, role: R
     port = STREAMS[name]
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(mutations(load(name)))
-    def run(chunks: list[tuple[bool, bytes]]) -> None:
+    @given(mutations(load(name)), st.sets(st.integers(0, 40), max_size=6))
+    def run(chunks: list[tuple[bool, bytes]], shed_at: set[int]) -> None:
         tracker, faults, _ = pipeline(tmp_path)
         tracker.handle(decode(open_record(role, port)))  # type: ignore[arg-type]
-        offsets = [0, 0]
+        offsets, gap = [0, 0], [False, False]
         for ts, (is_request, data) in enumerate(chunks, start=2):
             egress = is_request == (role == Role.CLIENT)
-            event = decode(data_record(role, egress, ts, offsets[not egress], data))
-            offsets[not egress] += len(data)
+            d = int(not egress)
+            if ts - 2 in shed_at:  # shed by the kernel: a gap its next call admits to
+                offsets[d] += len(data)
+                gap[d] = True
+                continue
+            event = decode(data_record(role, egress, ts, offsets[d], data, gap[d]))
+            offsets[d] += len(data)
+            gap[d] = False
             tracker.handle(event)  # type: ignore[arg-type]
         tracker.release_held()
         tracker.handle(decode(close_record(len(chunks) + 3)))  # type: ignore[arg-type]
