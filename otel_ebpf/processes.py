@@ -85,9 +85,10 @@ class ProcessRegistry:
         self._runtimes = Runtimes()
 
     def get(self, pid: int, comm: bytes = b"") -> ProcessInfo:
-        """`comm` (the kernel's task name) names a process that exited before we looked."""
+        """`comm` (the kernel's task name) names a process that exited before we looked,
+        also one first looked up without it (an event that carries no name)."""
         info = self._cache.get(pid)
-        if info is None:
+        if info is None or (not info.executable_name and comm[:1] not in (b"", b"\0")):
             info = self._cache[pid] = self._load(
                 pid, comm.split(b"\0", 1)[0].decode(errors="replace")
             )

@@ -291,3 +291,13 @@ def test_the_request_the_kernel_counted_is_marked_and_only_that_one(tmp_path: Pa
     t.close_all(10)
     marked = {x.request.target: x.token.red_in_kernel for x, _ in out}
     assert marked == {"/a": True, "/b": True, "/c": False, "/d": False}
+
+
+def test_a_process_first_seen_without_a_name_takes_the_kernels_later(tmp_path: Path) -> None:
+    """A client that exited before /proc was read, first looked up from an event
+    with no name (a connection's open), is named by the next event that has one."""
+    registry = ProcessRegistry(proc=str(tmp_path))
+    assert registry.get(4321).executable_name == ""
+    assert registry.get(4321, b"ab" + bytes(14)).service_name == "ab"
+    assert registry.get(4321).service_name == "ab"  # kept
+    assert registry.get(99, bytes(16)).executable_name == ""  # no name to take
