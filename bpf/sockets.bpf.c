@@ -246,6 +246,10 @@ BPF_TABLE("lru_hash", u32, struct service_name, service_names, 32768);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 2); // [0] records lost, [1] written at a second try
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+// Where a record goes when `events` refuses it with room to spare: its lock is
+// another ring's, so a writer whose CPU the hypervisor paused while it held the
+// first one's lock (this kernel's ring lock gives up after 250 ms) stops no one.
+BPF_RINGBUF_OUTPUT(spare_events, 64);
 
 // The state of a live connection, or of one closed so recently that its owner
 // is still reading what came before the close.
@@ -268,13 +272,14 @@ static __always_inline void count_retried(void) {
         __sync_fetch_and_add(n, 1);
 }
 
-// A write into the ring buffer, tried twice: a reservation can fail with room
-// to spare (seen as one lost record in a run of hundreds of thousands, with 32
-// MiB nearly empty); a full ring fails both and is counted.
+// A write into the ring buffer, or the spare one: a reservation can fail with
+// room to spare (one record in a run of hundreds of thousands, 32 MiB nearly
+// empty, and a second try at once failed too); counted as retried. Both full:
+// counted as lost.
 static __always_inline void ring_output(void *data, u32 size) {
     if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
         return;
-    if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
+    if (spare_events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
         count_retried();
     else
         count_lost();
@@ -283,7 +288,7 @@ static __always_inline void ring_output(void *data, u32 size) {
 static __always_inline struct conn_event *reserve_conn_event(void) {
     struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
     if (!ce) {
-        ce = events.ringbuf_reserve(sizeof(struct conn_event));
+        ce = spare_events.ringbuf_reserve(sizeof(struct conn_event));
         if (ce)
             count_retried();
     }
@@ -737,8 +742,12 @@ static __always_inline void keep_outlier(struct conn_state *cs, u64 skey, struct
         return;
     struct outlier_event *oe = events.ringbuf_reserve(sizeof(struct outlier_event));
     if (!oe) {
-        count_lost();
-        return;
+        oe = spare_events.ringbuf_reserve(sizeof(struct outlier_event));
+        if (!oe) {
+            count_lost();
+            return;
+        }
+        count_retried();
     }
     oe->kind = EV_OUTLIER;
     oe->sk = skey;

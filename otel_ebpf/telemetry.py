@@ -15,7 +15,7 @@ from pathlib import Path
 class SelfTelemetry:
     events_received: int = 0
     events_lost: int = 0  # kernel ring buffer full
-    events_retried: int = 0  # written at a second try (a reservation failed with room left)
+    events_retried: int = 0  # written to the spare ring buffer (the main one refused them)
     requests_not_counted: int = 0  # HTTP/1 requests the kernel's RED map had no room for
     requests_shed: int = 0  # HTTP/1 requests given no span by the span budget (still counted)
     requests_shed_uncounted: int = 0  # pipelined behind a shed one: neither counted nor traced

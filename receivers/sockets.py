@@ -367,6 +367,7 @@ class SocketReceiver:
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
+        self._spare: RingBufferReader | None = None  # the spare ring (see ring_output)
         self._lookup: Any = None  # libbcc's bpf_lookup_elem, keeping the GIL
         self._conn_fds: tuple[int, ...] = ()
         self._conn_key = ctypes.c_ulonglong()
@@ -456,14 +457,17 @@ class SocketReceiver:
         self._lookup = ctypes.PyDLL(lib._name).bpf_lookup_elem
         self._lookup.restype = ctypes.c_int
         self._lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        events = bpf["events"]
+        events, spare = bpf["events"], bpf["spare_events"]
         if ORDERED_LOADS:
             try:
                 self._reader = RingBufferReader(events.map_fd, events.max_entries)
+                self._spare = RingBufferReader(spare.map_fd, spare.max_entries)
             except (OSError, ValueError) as exc:
+                self._reader = self._spare = None
                 log.info("ring buffer read through libbpf (not mapped: %s)", exc)
         if self._reader is None:  # libbpf's consumer orders its loads; a callback per record
             events.open_ring_buffer(self._on_record)
+            spare.open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]
         release_compiler_memory()  # nothing is compiled after this
@@ -491,6 +495,8 @@ class SocketReceiver:
             return False
         reader = self._reader
         records = reader.drain(DRAIN_BATCH)
+        if self._spare is not None:  # records the main ring refused (rare): out of order
+            records += self._spare.drain(DRAIN_BATCH)
         self.events_received += len(records)
         sink, watch = self._sink, self.watch_backlog
         for i, raw in enumerate(records):
@@ -679,7 +685,8 @@ class SocketReceiver:
             probes += [(bpf.detach_tracepoint, name) for name in list(bpf.tracepoint_fds)]
             with ThreadPoolExecutor(8, thread_name_prefix="detach") as pool:
                 list(pool.map(_detach, probes))
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            for reader in (self._reader, self._spare):
+                if reader is not None:
+                    reader.close()
+            self._reader = self._spare = None
             bpf.cleanup()  # the rest: ring buffer, maps
