@@ -497,7 +497,7 @@ class Collector:
         requests = built - built0 + shed - shed0
         lost = self.telemetry.events_lost > self._budget_lost
         self._budget_lost = self.telemetry.events_lost
-        if lost and self.budget.backlogged():
+        if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
         elif self.budget.update(cpu - cpu0, wall - wall0, requests):
             self._new_threshold(

@@ -95,7 +95,7 @@ class SpanBudget:
             self.halvings -= 1
         return self._moved(before)
 
-    def backlogged(self) -> bool:
+    def events_were_lost(self) -> bool:
         """Events were lost: shed twice as many, whatever the CPU says."""
         if not self.adaptive or self.halvings >= MAX_HALVINGS:
             return False

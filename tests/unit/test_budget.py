@@ -267,3 +267,10 @@ def test_any_outlier_record_decodes_and_builds_or_is_ignored(raw: bytes) -> None
     if x is not None:
         assert isinstance(x, OutlierExchange)
         SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
+
+
+def test_lost_events_shed_twice_as_many_whatever_the_cpu() -> None:
+    b = budget()
+    assert b.events_were_lost() and b.halvings == 1
+    fixed = SpanBudget(BudgetSettings(0.05, 0.1, 0.5))
+    assert not fixed.events_were_lost()  # a fixed share stays
