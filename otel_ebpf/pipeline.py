@@ -56,12 +56,12 @@ from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.receivers.tls import OpenSslProbes
+from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 60.0
-RING_BEHIND, RING_CAUGHT_UP = 0.5, 0.25  # unread shares of the ring buffer (span budget)
 FLUSH_TIMEOUT_S = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S = 30.0
 # The kernel writes records without waking the collector (a wakeup costs the
@@ -179,11 +179,7 @@ class Collector:
         )
         self._ebpf_enabled = "ebpf" in pipeline.receivers
         b = ebpf.span_budget
-        self.budget = SpanBudget(BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability))
-        self._budget_mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last update
-        self._budget_lost = 0  # events lost at the last update
-        self._ring_behind = False  # the kernel sheds everything while the ring is read down
-        self._backlog_said = -60.0
+        budget = SpanBudget(BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability))
         self.receiver = SocketReceiver(
             self._on_kernel_event,
             capture_bytes=ebpf.capture_bytes,
@@ -192,9 +188,10 @@ class Collector:
             dns_ports=[53, *(p for p, name in ebpf.protocols.ports.items() if name == "dns")],
             # the budget decides at the requests the kernel counts
             count_http="metrics" in config.service.pipelines
-            or self.budget.adaptive
-            or self.budget.threshold > 0,
+            or budget.adaptive
+            or budget.threshold > 0,
         )
+        self.budget = SpanBudgetKeeper(budget, self.receiver, self.telemetry)
         self.misconfigurations = Misconfigurations()
         self.backlogs = ListenOverflows()
         self._spans = SpanBuilder(
@@ -385,17 +382,7 @@ class Collector:
                 self._kube.start()
             if self._ebpf_enabled:
                 self.receiver.start()
-                self.receiver.set_span_threshold(self.budget.threshold)
-                self.receiver.keep_slower_than(self.config.ebpf.span_budget.keep_slower_than)
-                if self.budget.adaptive:
-                    self.receiver.watch_backlog = self._watch_ring
-                if self.budget.threshold:
-                    self.telemetry.span_budget_one_in = adjusted_count(self.budget.threshold)
-                    log.info(
-                        "span budget: a fixed %.4g of HTTP/1 requests get a span",
-                        self.budget.probability,
-                    )
-                self._budget_mark = (time.process_time(), time.monotonic(), 0, 0)
+                self.budget.start(self.config.ebpf.span_budget.keep_slower_than)
                 self.tls.start()
                 self.telemetry.tls_libraries = len(self.tls.libraries)
             if self._health_server is not None:
@@ -442,7 +429,7 @@ class Collector:
             now = time.monotonic()
             if now >= next_lost_check:
                 self._check_lost()
-                self._keep_budget()
+                self.budget.tick()
                 self.tracker.expire(time.monotonic_ns())
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
@@ -474,63 +461,6 @@ class Collector:
                 next_progress = now + PROGRESS_INTERVAL_S
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
-
-    def _keep_budget(self) -> None:
-        """The span budget, once a second: the collector's CPU against what its
-        traffic allows; a new threshold goes to the kernel and is said."""
-        _, shed, uncounted, backlog = self.receiver.shed_counts()
-        if uncounted > self.telemetry.requests_shed_uncounted:
-            log.warning(
-                "%d pipelined HTTP/1 requests behind a shed one were neither counted nor "
-                "traced (the kernel keeps one request per connection)",
-                uncounted - self.telemetry.requests_shed_uncounted,
-            )
-        self.telemetry.requests_shed = shed
-        self.telemetry.requests_shed_uncounted = uncounted
-        self.telemetry.requests_shed_backlog = backlog
-        shed += backlog
-        cpu, wall = time.process_time(), time.monotonic()
-        cpu0, wall0, built0, shed0 = self._budget_mark
-        built = self.telemetry.spans_built
-        self._budget_mark = (cpu, wall, built, shed)
-        # every request a span was built for, and every one shed in its stead
-        requests = built - built0 + shed - shed0
-        lost = self.telemetry.events_lost > self._budget_lost
-        self._budget_lost = self.telemetry.events_lost
-        if lost and self.budget.events_were_lost():
-            self._new_threshold("events were lost: the ring buffer overflowed")
-        elif self.budget.update(cpu - cpu0, wall - wall0, requests):
-            self._new_threshold(
-                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
-                f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
-            )
-
-    def _watch_ring(self, fill: float) -> None:
-        """Under a budget, a ring buffer over half unread has the kernel shed every
-        HTTP/1 request at its start until it is down to a quarter: a burst is shed
-        whole, never cut mid-request by an overflow. Said once a minute at most."""
-        behind = fill > RING_BEHIND or (self._ring_behind and fill > RING_CAUGHT_UP)
-        if behind == self._ring_behind:
-            return
-        self._ring_behind = behind
-        self.receiver.set_ring_backlog(behind)
-        now = time.monotonic()
-        if behind and now - self._backlog_said >= 60.0:
-            self._backlog_said = now
-            log.info(
-                "ring buffer over half unread: new HTTP/1 requests get no span until "
-                "it is read down to a quarter (requests_shed_backlog; metrics count them)"
-            )
-
-    def _new_threshold(self, why: str) -> None:
-        self.receiver.set_span_threshold(self.budget.threshold)
-        halvings = self.budget.halvings
-        self.telemetry.span_budget_one_in = 2**halvings
-        log.info(
-            "span budget: %s of HTTP/1 requests get a span (%s; metrics still count every request)",
-            f"1 in {2**halvings}" if halvings else "all",
-            why,
-        )
 
     def _own_listener(self, port: int) -> None:
         self.tracker.add_own_listener(port)

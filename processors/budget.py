@@ -17,7 +17,7 @@ more at once (as many halvings as the excess asks); well under it (below 40 %),
 it takes one step back, so it settles instead of swinging. Events lost are
 over budget whatever the CPU says. Between two of its steps a burst can fill
 the ring buffer (8 MiB in about a second): while it is over half unread the
-kernel sheds every request at its start (the pipeline's `_watch_ring`).
+kernel sheds every request at its start (`otel_ebpf/span_budget.py`).
 """
 
 from __future__ import annotations

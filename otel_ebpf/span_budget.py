@@ -1,0 +1,100 @@
+"""The span budget at work: the kernel told its threshold, the ring buffer
+watched, the collector's CPU weighed once a second (`processors.budget` decides;
+this carries the decisions out and says them)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from otel_ebpf.processors.budget import SpanBudget, adjusted_count
+from otel_ebpf.receivers.sockets import SocketReceiver
+from otel_ebpf.telemetry import SelfTelemetry
+
+log = logging.getLogger(__name__)
+
+RING_BEHIND, RING_CAUGHT_UP = 0.5, 0.25  # unread shares of the ring buffer
+BACKLOG_SAID_EVERY_S = 60.0
+
+
+class SpanBudgetKeeper:
+    def __init__(
+        self, budget: SpanBudget, receiver: SocketReceiver, telemetry: SelfTelemetry
+    ) -> None:
+        self.budget = budget
+        self._receiver = receiver
+        self._telemetry = telemetry
+        self._mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last tick
+        self._lost = 0  # events lost at the last tick
+        self._behind = False  # the kernel sheds everything while the ring is read down
+        self._backlog_said = -BACKLOG_SAID_EVERY_S
+
+    def start(self, keep_slower_than: float) -> None:
+        """The receiver is loaded: give the kernel the budget's settings."""
+        receiver, budget = self._receiver, self.budget
+        receiver.set_span_threshold(budget.threshold)
+        receiver.keep_slower_than(keep_slower_than)
+        if budget.adaptive:
+            receiver.watch_backlog = self._watch_ring
+        if budget.threshold:
+            self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
+            log.info("span budget: a fixed %.4g of HTTP/1 requests get a span", budget.probability)
+        self._mark = (time.process_time(), time.monotonic(), 0, 0)
+
+    def tick(self) -> None:
+        """Once a second: the collector's CPU against what its traffic allows; a
+        new threshold goes to the kernel and is said."""
+        t = self._telemetry
+        _, shed, uncounted, backlog = self._receiver.shed_counts()
+        if uncounted > t.requests_shed_uncounted:
+            log.warning(
+                "%d pipelined HTTP/1 requests behind a shed one were neither counted nor "
+                "traced (the kernel keeps one request per connection)",
+                uncounted - t.requests_shed_uncounted,
+            )
+        t.requests_shed, t.requests_shed_uncounted, t.requests_shed_backlog = (
+            shed,
+            uncounted,
+            backlog,
+        )
+        shed += backlog
+        cpu, wall = time.process_time(), time.monotonic()
+        cpu0, wall0, built0, shed0 = self._mark
+        self._mark = (cpu, wall, t.spans_built, shed)
+        # every request a span was built for, and every one shed in its stead
+        requests = t.spans_built - built0 + shed - shed0
+        lost, self._lost = t.events_lost > self._lost, t.events_lost
+        if lost and self.budget.events_were_lost():
+            self._new_threshold("events were lost: the ring buffer overflowed")
+        elif self.budget.update(cpu - cpu0, wall - wall0, requests):
+            self._new_threshold(
+                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
+                f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
+            )
+
+    def _watch_ring(self, fill: float) -> None:
+        """A ring buffer over half unread has the kernel shed every HTTP/1 request
+        at its start until it is down to a quarter: a burst is shed whole, never
+        cut mid-request by an overflow. Said once a minute at most."""
+        behind = fill > RING_BEHIND or (self._behind and fill > RING_CAUGHT_UP)
+        if behind == self._behind:
+            return
+        self._behind = behind
+        self._receiver.set_ring_backlog(behind)
+        now = time.monotonic()
+        if behind and now - self._backlog_said >= BACKLOG_SAID_EVERY_S:
+            self._backlog_said = now
+            log.info(
+                "ring buffer over half unread: new HTTP/1 requests get no span until "
+                "it is read down to a quarter (requests_shed_backlog; metrics count them)"
+            )
+
+    def _new_threshold(self, why: str) -> None:
+        self._receiver.set_span_threshold(self.budget.threshold)
+        halvings = self.budget.halvings
+        self._telemetry.span_budget_one_in = 2**halvings
+        log.info(
+            "span budget: %s of HTTP/1 requests get a span (%s; metrics still count every request)",
+            f"1 in {2**halvings}" if halvings else "all",
+            why,
+        )
