@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from otel_ebpf.aggregation import Series
 from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import Endpoint, RedCount
-from otel_ebpf.processors.protocols.http1 import METHOD_NAMES
+from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
 
@@ -163,7 +163,7 @@ class MetricsRecorder:
     def _kernel_http_head(counted: RedCount, service: str) -> list[tuple[str, str | int | bool]]:
         attrs: list[tuple[str, str | int | bool]] = [
             ("service.name", service),
-            ("http.request.method", counted.method if counted.method in METHOD_NAMES else "_OTHER"),
+            ("http.request.method", known_method(counted.method)),
         ]
         if counted.status:
             attrs.append(("http.response.status_code", counted.status))

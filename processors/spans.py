@@ -12,7 +12,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -35,7 +35,7 @@ from otel_ebpf.processors.budget import RAND_BITS, sampling_state
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.phases import PeerSplit, Timing, split
-from otel_ebpf.processors.protocols.http1 import METHOD_NAMES
+from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
 from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
@@ -306,18 +306,31 @@ class SpanBuilder:
                 attrs["client.address"] = conn.remote.address
                 attrs["client.port"] = conn.remote.port
         self._network_facts(attrs, x.token, kind, x, conn)
-        context, parent = self._ids(x.token)
         assert conn.process is not None
+        return self._readable(name, x.token, conn.process.resource, attrs, kind, status, x)
+
+    def _readable(
+        self,
+        name: str,
+        token: object,
+        resource: Resource,
+        attrs: dict[str, Any],
+        kind: SpanKind,
+        status: Status,
+        times: _Times,
+    ) -> ReadableSpan:
+        """The span itself: ids from the request's context, times on the wall clock."""
+        context, parent = self._ids(token)
         return ReadableSpan(
             name=name,
             context=context,
             parent=parent,
-            resource=conn.process.resource,
+            resource=resource,
             attributes=attrs,
             kind=kind,
             status=status,
-            start_time=x.start_ts + self._offset,
-            end_time=max(x.end_ts, x.start_ts) + self._offset,
+            start_time=times.start_ts + self._offset,
+            end_time=max(times.end_ts, times.start_ts) + self._offset,
             instrumentation_scope=SCOPE,
         )
 
@@ -388,36 +401,18 @@ class SpanBuilder:
             attrs["user_agent.original"] = req.headers["user-agent"]
         if x.request_body_bytes:
             attrs["http.request.body.size"] = x.request_body_bytes
-        status = Status(StatusCode.UNSET)
         if resp is not None:
-            code = resp.status
-            attrs["http.response.status_code"] = code
             if x.response_body_bytes:
                 attrs["http.response.body.size"] = x.response_body_bytes
-            if code >= 500 or (code >= 400 and not server):
-                attrs["error.type"] = str(code)
-                status = Status(StatusCode.ERROR)
+            status = _http_status(attrs, resp.status, server)
         else:
             status = self._unanswered(attrs, conn, "a response")
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
         self._network_facts(attrs, x.token, kind, x, conn)
-        context, parent = self._ids(x.token)
-        process = conn.process
-        assert process is not None
-        return ReadableSpan(
-            name=req.method,
-            context=context,
-            parent=parent,
-            resource=process.resource,
-            attributes=attrs,
-            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
-            status=status,
-            start_time=x.start_ts + self._offset,
-            end_time=max(x.end_ts, x.start_ts) + self._offset,
-            instrumentation_scope=SCOPE,
-        )
+        assert conn.process is not None
+        return self._readable(req.method, x.token, conn.process.resource, attrs, kind, status, x)
 
     def outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
         """A shed request that failed or was slow, from what the kernel kept: the
@@ -425,7 +420,7 @@ class SpanBuilder:
         ends where its answer began. `otel_ebpf.span.partial` says so. A trace of
         its own: its peers' spans were shed, and its context was never parsed."""
         server = x.role == Role.SERVER
-        method = x.method if x.method in METHOD_NAMES else "_OTHER"
+        method = known_method(x.method)
         attrs: dict[str, str | int | bool] = {
             "http.request.method": method,
             "url.scheme": "https" if x.tls else "http",
@@ -444,27 +439,29 @@ class SpanBuilder:
             attrs["server.port"] = port if port is not None else x.port
             attrs["network.peer.address"] = x.peer
             attrs["network.peer.port"] = x.port
-        status = Status(StatusCode.UNSET)
         if x.status:
-            attrs["http.response.status_code"] = x.status
-            if x.status >= 500 or (x.status >= 400 and not server):
-                attrs["error.type"] = str(x.status)
-                status = Status(StatusCode.ERROR)
+            status = _http_status(attrs, x.status, server)
         else:
             attrs["error.type"] = "no_response"
             status = Status(StatusCode.ERROR, "the connection ended before a response")
-        trace_id, span_id = self._rand.getrandbits(128) or 1, self._rand.getrandbits(64) or 1
-        return ReadableSpan(
-            name=method,
-            context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
-            resource=resource,
-            attributes=attrs,
-            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
-            status=status,
-            start_time=x.start_ts + self._offset,
-            end_time=max(x.end_ts, x.start_ts) + self._offset,
-            instrumentation_scope=SCOPE,
-        )
+        kind = SpanKind.SERVER if server else SpanKind.CLIENT
+        return self._readable(method, None, resource, attrs, kind, status, x)  # a new trace
+
+
+class _Times(Protocol):
+    @property
+    def start_ts(self) -> int: ...
+    @property
+    def end_ts(self) -> int: ...
+
+
+def _http_status(attrs: dict[str, Any], code: int, server: bool) -> Status:
+    """An HTTP answer's status: an error for 5xx, and for 4xx on a client's side."""
+    attrs["http.response.status_code"] = code
+    if code >= 500 or (code >= 400 and not server):
+        attrs["error.type"] = str(code)
+        return Status(StatusCode.ERROR)
+    return Status(StatusCode.UNSET)
 
 
 _GRPC_SERVER_ERRORS = frozenset(

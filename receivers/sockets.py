@@ -499,12 +499,13 @@ class SocketReceiver:
             records += self._spare.drain(DRAIN_BATCH)
         self.events_received += len(records)
         sink, watch = self._sink, self.watch_backlog
-        for i, raw in enumerate(records):
-            if watch is not None and not i % WATCH_EVERY:  # a batch takes a while to handle
+        for start in range(0, len(records), WATCH_EVERY):
+            if watch is not None:  # a batch takes a while to handle
                 watch(reader.unread())
-            event = decode(raw)
-            if event is not None:
-                sink(event)
+            for raw in records[start : start + WATCH_EVERY]:
+                event = decode(raw)
+                if event is not None:
+                    sink(event)
         return len(records) == DRAIN_BATCH
 
     def drain(self, within_s: float = 1.0) -> None:

@@ -27,8 +27,15 @@ METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
     b"PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK SEARCH REPORT PURGE".split()
 )
-METHOD_NAMES = frozenset(m.decode() for m in METHODS)
+_METHOD_NAMES = frozenset(m.decode() for m in METHODS)
 _MAX_METHOD_LEN = max(len(m) for m in METHODS)
+
+
+def known_method(method: str) -> str:
+    """The method as the conventions name it: one of the known, else _OTHER."""
+    return method if method in _METHOD_NAMES else "_OTHER"
+
+
 _RESPONSE_PREFIX = b"HTTP/1."
 MAX_EARLY = 4  # answers kept for requests not seen yet
 
