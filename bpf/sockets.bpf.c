@@ -696,10 +696,40 @@ struct red_value {
 struct red_request {
     u64 gen;    // the connection's generation
     u64 start;  // when the call that carried it began (0: answered)
+    u32 reader; // a server's: the thread that read it
+    u32 pad;
     struct red_key key;
 };
 
 BPF_HASH(red_requests, u64, struct red_request, 16384); // full: counted from spans
+
+#ifdef PROFILE_TIE_IN
+// The HTTP/1 request each server thread has read and not answered: the CPU
+// profiler (bpf/profile.bpf.c, an "extern" table there) ties samples to it.
+struct serving {
+    u64 sk;
+    u64 start;
+};
+BPF_TABLE_PUBLIC("lru_hash", u32, struct serving, serving, 16384);
+#endif
+
+static __always_inline void serving_starts(struct red_request *r, u64 skey) {
+#ifdef PROFILE_TIE_IN
+    u32 tid = r->reader;
+    struct serving s = {.sk = skey, .start = r->start};
+    serving.update(&tid, &s);
+#endif
+}
+
+// Answered or closed: its reader serves it no more (if it still serves this one).
+static __always_inline void serving_ends(struct red_request *r, u64 skey) {
+#ifdef PROFILE_TIE_IN
+    u32 tid = r->reader;
+    struct serving *s = serving.lookup(&tid);
+    if (s && s->sk == skey && s->start == r->start)
+        serving.delete(&tid);
+#endif
+}
 // Ports of the collector's own sockets (its exporters' and, from user space, its
 // listeners'): their peers' requests are not counted, as they are not traced.
 BPF_TABLE("lru_hash", u16, u8, own_ports, 1024);
@@ -926,11 +956,16 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         }
         r->gen = cs->gen;
         r->start = ev->ts;
+        r->reader = client ? 0 : ev->tid;
         r->key.tgid = ev->pid;
         r->key.role = cs->role;
         r->key.tls = ev->tls;
         __builtin_memcpy(r->key.comm, ev->comm, sizeof(r->key.comm));
-        return red_requests.update(&skey, r) == 0 ? RED_NOTED : RED_UNNOTED;
+        if (red_requests.update(&skey, r))
+            return RED_UNNOTED;
+        if (!client)
+            serving_starts(r, skey);
+        return RED_NOTED;
     }
     struct red_request *r = red_requests.lookup(&skey);
     if (!r || r->gen != cs->gen || !r->start)
@@ -948,6 +983,8 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
     red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
     if (cs->shed)
         keep_outlier(cs, skey, r, ev->ts);
+    if (!client)
+        serving_ends(r, skey);
     r->start = 0;
     return RED_NONE;
 }
@@ -967,6 +1004,8 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
         if (cs->shed)
             keep_outlier(cs, skey, r, now); // unanswered: failed
     }
+    if (r->start && r->reader)
+        serving_ends(r, skey);
     red_requests.delete(&skey);
 }
 

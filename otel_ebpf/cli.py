@@ -1,4 +1,4 @@
-"""Command line: `otel-ebpf run | doctor | version`."""
+"""Command line: `otel-ebpf run | profile | doctor | version`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from otel_ebpf.privileges import MISSING_PRIVILEGES, can_trace
+
+    if args.pid <= 0 or not os.path.isdir(f"/proc/{args.pid}"):
+        return _fail(f"no process {args.pid}", 2)
+    if not 0 < args.seconds <= 3600:
+        return _fail("--seconds: from 0 to 3600", 2)
+    if not 1 <= args.frequency <= 999:
+        return _fail("--frequency: 1 to 999 samples a second", 2)
+    if not can_trace():
+        return _fail(MISSING_PRIVILEGES)
+    from otel_ebpf.processors.profiling import flamegraph, pprof
+    from otel_ebpf.profiling import profile_process, top_functions
+    from otel_ebpf.receivers.sockets import ReceiverError
+
+    print(
+        f"sampling process {args.pid} at {args.frequency} Hz for {args.seconds:g} s ...",
+        file=sys.stderr,
+    )
+    try:
+        window = profile_process(args.pid, args.seconds, args.frequency)
+    except ReceiverError as exc:
+        return _fail(f"cannot profile: {exc}")
+    samples = sum(s.samples for s in window.stacks)
+    if not samples:
+        print(f"no samples: process {args.pid} used no CPU while sampled", file=sys.stderr)
+    else:
+        print(
+            f"{samples} samples ({samples * window.period_ns / 1e9:.2f} s of CPU); "
+            "functions by samples at the top of the stack:"
+        )
+        for function, module, share in top_functions(window.stacks, args.top):
+            print(f"{100 * share:6.2f} %  {function}  [{module}]")
+    if window.samples_lost:
+        print(f"{window.samples_lost} samples not counted (no room)", file=sys.stderr)
+    try:
+        if args.pprof:
+            with open(args.pprof, "wb") as f:
+                f.write(pprof.encode(window))
+            print(f"pprof profile: {args.pprof} (go tool pprof -top {args.pprof})", file=sys.stderr)
+        if args.svg:
+            title = f"CPU: process {args.pid}, {args.seconds:g} s at {args.frequency} Hz"
+            with open(args.svg, "w") as f:
+                f.write(flamegraph.render(window.stacks, title))
+            print(f"flame graph: {args.svg}", file=sys.stderr)
+    except OSError as exc:
+        return _fail(f"cannot write: {exc}")
+    return 0
+
+
 def cmd_doctor(_args: argparse.Namespace) -> int:
     from otel_ebpf.doctor import FAIL, report, run_checks
 
@@ -83,6 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the collector")
     run.add_argument("--config", help="collector-style YAML (default: embedded, console output)")
     run.set_defaults(func=cmd_run)
+    prof = sub.add_parser("profile", help="sample one process's CPU: top functions, pprof, SVG")
+    prof.add_argument("--pid", type=int, required=True, help="the process to sample")
+    prof.add_argument("--seconds", type=float, default=10.0, help="how long (default 10)")
+    prof.add_argument(
+        "--frequency", type=int, default=99, help="samples per CPU-second (default 99)"
+    )
+    prof.add_argument("--svg", help="write a flame graph (self-contained SVG) here")
+    prof.add_argument("--pprof", help="write a gzipped pprof profile here")
+    prof.add_argument("--top", type=int, default=15, help="functions to list (default 15)")
+    prof.set_defaults(func=cmd_profile)
     sub.add_parser("doctor", help="report what this kernel and process can do").set_defaults(
         func=cmd_doctor
     )

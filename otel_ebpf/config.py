@@ -272,13 +272,34 @@ class FileExporterConfig(_Strict):
     path: str
 
 
+class PprofExporterConfig(_Strict):
+    directory: str  # one gzipped pprof file per profile interval
+    max_files: int = Field(default=360, ge=1)  # the oldest go first
+
+
+class PyroscopeExporterConfig(_Strict):
+    endpoint: HttpEndpoint  # a Pyroscope-compatible server: POST {endpoint}/ingest
+    headers: dict[str, str] | None = None
+    timeout: Duration = 10.0
+
+
 class PrometheusExporterConfig(_Strict):
     endpoint: str = "127.0.0.1:9464"  # the scrape endpoint (host:port)
+
+
+class ProfilingReceiverConfig(_Strict):
+    """On-CPU profiling (a `profiles` pipeline): samples per CPU-second, how often
+    a profile is exported, and whether samples carry the span they were taken under."""
+
+    frequency: int = Field(default=49, ge=1, le=999)
+    interval: Annotated[float, BeforeValidator(_duration_seconds), Field(ge=1, le=600)] = 10.0
+    span_tie_in: bool = True
 
 
 RECEIVER_TYPES: dict[str, type[_Strict]] = {
     "ebpf": EbpfReceiverConfig,
     "otlp": OtlpReceiverConfig,
+    "profiling": ProfilingReceiverConfig,
 }
 
 PROCESSOR_TYPES: dict[str, type[_Strict]] = {
@@ -292,9 +313,18 @@ EXPORTER_TYPES: dict[str, type[_Strict]] = {
     "debug": DebugExporterConfig,
     "file": FileExporterConfig,
     "prometheus": PrometheusExporterConfig,
+    "pprof": PprofExporterConfig,
+    "pyroscope": PyroscopeExporterConfig,
 }
 TRACES_ONLY = frozenset({"file"})
 METRICS_ONLY = frozenset({"prometheus"})
+PROFILES_ONLY = frozenset({"pprof", "pyroscope"})
+PROFILE_EXPORTERS = frozenset({"otlp", "debug"}) | PROFILES_ONLY  # OTLP profiles: gRPC only
+SIGNAL_RECEIVERS = {
+    "traces": frozenset({"ebpf", "otlp"}),
+    "metrics": frozenset({"ebpf"}),
+    "profiles": frozenset({"profiling"}),
+}
 
 
 class HealthCheckConfig(EndpointConfig):
@@ -309,7 +339,7 @@ class PipelineConfig(_Strict):
 
 class ServiceConfig(_Strict):
     extensions: list[str] = []
-    pipelines: dict[Literal["traces", "metrics"], PipelineConfig]
+    pipelines: dict[Literal["traces", "metrics", "profiles"], PipelineConfig]
 
 
 def _settings(v: Any) -> Any:
@@ -324,7 +354,7 @@ Body = Annotated[Any, AfterValidator(_settings)]
 
 
 class Config(_Strict):
-    receivers: dict[Literal["ebpf", "otlp"], Body] = {"ebpf": {}}
+    receivers: dict[Literal["ebpf", "otlp", "profiling"], Body] = {"ebpf": {}}
     processors: dict[Literal["batch", "correlate"], Body] = {}
     exporters: dict[str, Body]
     extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
@@ -333,13 +363,21 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _references(self) -> Config:
         if not self.service.pipelines:
-            raise ValueError("service.pipelines: define a traces or a metrics pipeline")
+            raise ValueError("service.pipelines: define a traces, metrics or profiles pipeline")
         for name, pipe in self.service.pipelines.items():
             where = f"service.pipelines.{name}"
-            wrong = METRICS_ONLY if name == "traces" else TRACES_ONLY
             for item in pipe.exporters:
-                if item.split("/", 1)[0] in wrong:
+                kind = item.split("/", 1)[0]
+                if (
+                    (name == "profiles" and kind not in PROFILE_EXPORTERS)
+                    or (name != "profiles" and kind in PROFILES_ONLY)
+                    or (name == "traces" and kind in METRICS_ONLY)
+                    or (name == "metrics" and kind in TRACES_ONLY)
+                ):
                     raise ValueError(f"{where}.exporters: {item!r} cannot export {name}")
+            for item in pipe.receivers:
+                if item in self.receivers and item not in SIGNAL_RECEIVERS[name]:
+                    raise ValueError(f"{where}.receivers: {item!r} does not receive {name}")
             for ref, known in (
                 ("receivers", self.receivers),
                 ("processors", self.processors),
@@ -378,6 +416,15 @@ class Config(_Strict):
             return None
         r = self.receivers.get("otlp")
         return r if isinstance(r, OtlpReceiverConfig) else None
+
+    @property
+    def profiling(self) -> ProfilingReceiverConfig | None:
+        """The profiling receiver's settings, when a profiles pipeline uses it."""
+        pipe = self.service.pipelines.get("profiles")
+        if pipe is None or "profiling" not in pipe.receivers:
+            return None
+        r = self.receivers.get("profiling")
+        return r if isinstance(r, ProfilingReceiverConfig) else ProfilingReceiverConfig()
 
     @property
     def health(self) -> HealthCheckConfig | None:
@@ -433,7 +480,44 @@ def default_document(env: dict[str, str]) -> dict[str, Any]:
         ["otlp"] if otlp_traces or wanted == ["none"] else []
     )
     metrics = _default_metrics(env, metrics_wanted, exporters)
-    return document(exporters, otlp={}, metrics=metrics, traces=traces)
+    doc = document(exporters, otlp={}, metrics=metrics, traces=traces)
+    profiles = _default_profiles(env, exporters)
+    if profiles:
+        doc["receivers"]["profiling"] = {}
+        doc["service"]["pipelines"]["profiles"] = {
+            "receivers": ["profiling"],
+            "exporters": profiles,
+        }
+    return doc
+
+
+def _default_profiles(env: dict[str, str], exporters: dict[str, Any]) -> list[str]:
+    """Profile exporters per OTEL_EBPF_PROFILE_EXPORTER (added to `exporters`);
+    none by default: profiling is opt-in."""
+    names = []
+    for name in _names(env, "OTEL_EBPF_PROFILE_EXPORTER"):
+        if name == "otlp":  # gRPC: OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT, else _ENDPOINT
+            exporters["otlp/profiles"] = {}
+            names.append("otlp/profiles")
+        elif name == "pprof":
+            directory = env.get("OTEL_EBPF_PROFILE_PPROF_DIR", "/var/lib/otel-ebpf/profiles")
+            exporters["pprof"] = {"directory": directory}
+            names.append("pprof")
+        elif name == "pyroscope":
+            endpoint = env.get("OTEL_EBPF_PROFILE_PYROSCOPE_ENDPOINT", "")
+            if not endpoint:
+                raise ConfigError(
+                    "OTEL_EBPF_PROFILE_EXPORTER=pyroscope: set "
+                    "OTEL_EBPF_PROFILE_PYROSCOPE_ENDPOINT (e.g. http://127.0.0.1:4040)"
+                )
+            exporters["pyroscope"] = {"endpoint": endpoint}
+            names.append("pyroscope")
+        elif name == "console":
+            exporters.setdefault("debug", {})
+            names.append("debug")
+        elif name != "none":
+            raise ConfigError(f"OTEL_EBPF_PROFILE_EXPORTER: unknown exporter {name!r}")
+    return names
 
 
 def _names(env: dict[str, str], variable: str) -> list[str]:
@@ -496,7 +580,9 @@ def document(
             "exporters": (
                 traces
                 if traces is not None
-                else [k for k in exporters if k.split("/", 1)[0] not in METRICS_ONLY]
+                else [
+                    k for k in exporters if k.split("/", 1)[0] not in METRICS_ONLY | PROFILES_ONLY
+                ]
             ),
         }
     }
@@ -582,6 +668,13 @@ def _env_overlay(env: dict[str, str]) -> _Overlay:
             )
         ports = {port.strip(): name.strip() for port, _, name in pairs}
         overlay.put((*_EBPF, "protocols", "ports"), ports, "OTEL_EBPF_PROTOCOL_PORTS")
+    for name, key in (
+        ("OTEL_EBPF_PROFILE_FREQUENCY", "frequency"),
+        ("OTEL_EBPF_PROFILE_INTERVAL", "interval"),
+        ("OTEL_EBPF_PROFILE_SPAN_TIE_IN", "span_tie_in"),
+    ):
+        if name in env:
+            overlay.put(("receivers", "profiling", key), env[name], name)
     if "OTEL_EBPF_HEALTH_ENDPOINT" in env:
         overlay.put(
             ("extensions", "health_check", "endpoint"),
@@ -633,6 +726,7 @@ def _read(path: str | Path, env: dict[str, str]) -> dict[str, Any]:
 _ENDPOINT_VARIABLES = {
     "traces": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
     "metrics": ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    "profiles": ("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
 }
 
 

@@ -258,6 +258,21 @@ class CollectorMetrics:
                 "shed, shed_backlog, shed_uncounted: requests the span budget gave none)",
             ),
             (
+                meter.create_observable_counter,
+                "otel_ebpf.collector.profile.samples",
+                self._profile_samples,
+                "{sample}",
+                "CPU profile samples, by state (counted; lost: no room in the kernel's map; "
+                "stack_lost: counted without their stack)",
+            ),
+            (
+                meter.create_observable_counter,
+                "otel_ebpf.collector.profiles",
+                self._profiles,
+                "{profile}",
+                "Profiles (one per exporter and interval), by state (exported, export_failed)",
+            ),
+            (
                 meter.create_observable_gauge,
                 "otel_ebpf.collector.queue.size",
                 self._queued,
@@ -297,6 +312,21 @@ class CollectorMetrics:
             Observation(t.requests_shed, {"state": "shed"}),
             Observation(t.requests_shed_backlog, {"state": "shed_backlog"}),
             Observation(t.requests_shed_uncounted, {"state": "shed_uncounted"}),
+        ]
+
+    def _profile_samples(self, _options: CallbackOptions) -> list[Observation]:
+        t = self._telemetry
+        return [
+            Observation(t.profile_samples, {"state": "counted"}),
+            Observation(t.profile_samples_lost, {"state": "lost"}),
+            Observation(t.profile_stacks_lost, {"state": "stack_lost"}),
+        ]
+
+    def _profiles(self, _options: CallbackOptions) -> list[Observation]:
+        t = self._telemetry
+        return [
+            Observation(t.profiles_exported, {"state": "exported"}),
+            Observation(t.profiles_export_failed, {"state": "export_failed"}),
         ]
 
     def _queued(self, _options: CallbackOptions) -> list[Observation]:

@@ -399,3 +399,47 @@ class SqlExchange(NamedTuple):
 
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.
 Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange
+
+
+# --- CPU profiles (bpf/profile.bpf.c -> receivers.profiler -> processors.profiling) ---
+
+
+class StackCount(NamedTuple):
+    """Samples the kernel counted for one process, thread name and pair of stacks."""
+
+    pid: int
+    comm: str  # the sampled thread's name
+    user: tuple[int, ...]  # return addresses, leaf first; () when not walkable
+    kernel: tuple[int, ...]
+    samples: int
+    tid: int = 0  # set with `request` only
+    request: int = 0  # the start (ns) of the HTTP/1 request the thread was reading; 0: none
+
+
+class Frame(NamedTuple):
+    """One symbolised stack frame."""
+
+    function: str
+    module: str  # the binary's path, "[kernel]", "[jit]" or "[unknown]"
+
+
+class ProfiledStack(NamedTuple):
+    """A symbolised stack (leaf first) and how many samples it had."""
+
+    pid: int
+    comm: str
+    frames: tuple[Frame, ...]
+    samples: int
+    trace_id: int = 0  # the span it was sampled under (span tie-in); 0: none
+    span_id: int = 0
+
+
+class ProfileWindow(NamedTuple):
+    """What one read of the kernel's counts gave, symbolised, for the exporters."""
+
+    start_ns: int  # wall clock (Unix ns)
+    end_ns: int
+    period_ns: int  # CPU time one sample stands for
+    stacks: list[ProfiledStack]
+    resources: dict[int, dict[str, object]]  # pid -> the resource attributes its spans carry
+    samples_lost: int  # not counted (no room) in this window

@@ -52,9 +52,12 @@ from otel_ebpf.processors.selection import Selector, parse_ports
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.processors.tcp_health import TcpHealth
+from otel_ebpf.profile_exporters import build_profile_exporter
+from otel_ebpf.profiling import READ_INTERVAL_S, ProfilingService, SpanTies
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
-from otel_ebpf.receivers.sockets import SocketReceiver
+from otel_ebpf.receivers.profiler import CpuProfiler
+from otel_ebpf.receivers.sockets import ReceiverError, SocketReceiver
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
@@ -151,6 +154,38 @@ def _metric_readers(config: Config) -> list[MetricReader]:
     return readers
 
 
+def _profiling_service(
+    config: Config,
+    processes: ProcessRegistry,
+    selector: Selector,
+    telemetry: SelfTelemetry,
+    ties: SpanTies | None,
+) -> ProfilingService:
+    """The profiles pipeline: samples labelled as the spans of their process are,
+    of the processes the spans are selected from."""
+    settings = config.profiling
+    assert settings is not None
+
+    def resource_of(pid: int, comm: str) -> dict[str, object]:
+        return dict(processes.get(pid, comm.encode()).resource.attributes)
+
+    def include(pid: int, comm: str) -> bool:
+        return selector.process_selected(pid, processes.get(pid, comm.encode()).executable_name)
+
+    return ProfilingService(
+        CpuProfiler(settings.frequency, READ_INTERVAL_S, tie_in=ties is not None),
+        settings.interval,
+        [
+            build_profile_exporter(key, config.exporters[key], settings.frequency)
+            for key in config.service.pipelines["profiles"].exporters
+        ],
+        telemetry,
+        resource_of=resource_of,
+        include=include,
+        ties=ties,
+    )
+
+
 class Collector:
     """One running collector. `run()` blocks until `stop()`; safe to stop from a signal."""
 
@@ -177,7 +212,17 @@ class Collector:
         self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
             queue.SimpleQueue()
         )
-        self._ebpf_enabled = "ebpf" in pipeline.receivers
+        pipelines = config.service.pipelines
+        # a profiles-only collector loads no socket probes
+        self._ebpf_enabled = "ebpf" in pipeline.receivers and (
+            "traces" in pipelines or "metrics" in pipelines
+        )
+        profiling = config.profiling
+        # samples tied to the spans they were taken under: spans must leave, and
+        # the kernel must count HTTP/1 (it keeps which thread reads which request)
+        tie_in = bool(
+            profiling and profiling.span_tie_in and self._ebpf_enabled and pipeline.exporters
+        )
         b = ebpf.span_budget
         budget = SpanBudget(BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability))
         self.receiver = SocketReceiver(
@@ -189,7 +234,9 @@ class Collector:
             # the budget decides at the requests the kernel counts
             count_http="metrics" in config.service.pipelines
             or budget.adaptive
-            or budget.threshold > 0,
+            or budget.threshold > 0
+            or tie_in,
+            serving_threads=tie_in,
         )
         self.budget = SpanBudgetKeeper(budget, self.receiver, self.telemetry)
         self.misconfigurations = Misconfigurations()
@@ -209,10 +256,11 @@ class Collector:
             exec_service_name=self.receiver.exec_service_name,
         )
         scope = _pod_scope(config)
+        selector = _selector(config, scope)
         self.tracker = ConnectionTracker(
             self._on_exchange,
             self._processes,
-            _selector(config, scope),
+            selector,
             self.telemetry,
             set_quiet=self.receiver.set_quiet,
             max_connections=ebpf.max_connections,
@@ -235,6 +283,14 @@ class Collector:
             self.recorder = MetricsRecorder(self.metrics, routes, self._peer_name)
             self.tcp_health = TcpHealth(
                 self.metrics, lambda pid: self._processes.get(pid).service_name, include=scope
+            )
+        self.profiling: ProfilingService | None = None
+        if profiling is not None:
+            ties = SpanTies() if tie_in else None
+            if ties is not None:
+                self.tracker.correlator.tie_span = ties.add
+            self.profiling = _profiling_service(
+                config, self._processes, selector, self.telemetry, ties
             )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
@@ -385,6 +441,8 @@ class Collector:
                 self.budget.start(self.config.ebpf.span_budget.keep_slower_than)
                 self.tls.start()
                 self.telemetry.tls_libraries = len(self.tls.libraries)
+            if self.profiling is not None:  # after the socket program: it reads its map
+                self._start_profiling()
             if self._health_server is not None:
                 self._own_listener(self._health_server.port)
             if self.otlp is not None:
@@ -401,12 +459,18 @@ class Collector:
             self.tracker.mark_own_connections()
             self.health.ready, self.health.status = True, "ready"
             metrics = self.config.service.pipelines.get("metrics")
-            log.info(
-                "collector ready: tracing HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, "
-                "MySQL and DNS; spans to %s; metrics to %s",
-                ", ".join(self.config.traces.exporters) or "nowhere",
-                ", ".join(metrics.exporters) if metrics and metrics.exporters else "nowhere",
-            )
+            profiles = self.config.service.pipelines.get("profiles")
+            to_profiles = ", ".join(profiles.exporters) if profiles and self.profiling else ""
+            if self._ebpf_enabled:
+                log.info(
+                    "collector ready: tracing HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, "
+                    "MySQL and DNS; spans to %s; metrics to %s; CPU profiles to %s",
+                    ", ".join(self.config.traces.exporters) or "nowhere",
+                    ", ".join(metrics.exporters) if metrics and metrics.exporters else "nowhere",
+                    to_profiles or "nowhere",
+                )
+            else:
+                log.info("collector ready: CPU profiles to %s", to_profiles or "nowhere")
             if on_ready is not None:
                 on_ready()
             self._loop()
@@ -428,8 +492,9 @@ class Collector:
             self.telemetry.events_received = self.receiver.events_received
             now = time.monotonic()
             if now >= next_lost_check:
-                self._check_lost()
-                self.budget.tick()
+                if self._ebpf_enabled:
+                    self._check_lost()
+                    self.budget.tick()
                 self.tracker.expire(time.monotonic_ns())
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
@@ -461,6 +526,18 @@ class Collector:
                 next_progress = now + PROGRESS_INTERVAL_S
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
+
+    def _start_profiling(self) -> None:
+        """A profiler that cannot start (no perf events here) costs profiling only,
+        unless profiles are all this collector was asked for."""
+        assert self.profiling is not None
+        try:
+            self.profiling.start()
+        except ReceiverError as exc:
+            if not self._ebpf_enabled and self.otlp is None:
+                raise
+            log.error("CPU profiling not started: %s", exc)
+            self.profiling = None
 
     def _own_listener(self, port: int) -> None:
         self.tracker.add_own_listener(port)
@@ -516,6 +593,8 @@ class Collector:
 
     def _shutdown(self) -> None:
         self.health.ready, self.health.status = False, "stopping"
+        if self.profiling is not None:
+            self.profiling.stop_sampling()
         self.receiver.drain()
         self.telemetry.events_received = self.receiver.events_received
         self.telemetry.events_lost = self.receiver.events_lost()
@@ -537,6 +616,8 @@ class Collector:
         # Never exit while bcc is detaching (the process would abort in libbcc);
         # it ends with the kernel's work, about 2 s here, whatever the backends do.
         detach.join()
+        if self.profiling is not None:  # its last window went out beside the spans
+            self.profiling.finish(FLUSH_TIMEOUT_S)
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())

@@ -11,7 +11,7 @@ CAP_BPF = 39
 NEEDED = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON, "CAP_SYS_PTRACE": CAP_SYS_PTRACE}
 
 MISSING_PRIVILEGES = (
-    "`run` needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF "
+    "otel-ebpf needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF "
     "programs and read other processes' /proc entries; run it with sudo"
 )
 

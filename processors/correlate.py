@@ -135,6 +135,7 @@ class RequestContext:
         "red_in_kernel",
         "resolved",
         "role",
+        "shared_thread",
         "span_id",
         "start_ts",
         "threshold",
@@ -160,6 +161,7 @@ class RequestContext:
         self.net_start: NetCounters | None = None
         self.net: RequestNet | None = None
         self.red_in_kernel = False  # its RED measurement is the kernel's (RedCount)
+        self.shared_thread = False  # a server request whose thread read another meanwhile
         # The span budget's decision (processors.budget): kept as rand >= threshold.
         self.rand = 0
         self.threshold = 0
@@ -196,6 +198,9 @@ class Correlator:
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
         self._max_streams = max_streams
         self.joins = 0  # server requests joined to a client seen late, so far
+        # Told (thread, request start, trace id, span id) of each server request
+        # that had its thread to itself: the CPU profiler's span tie-in.
+        self.tie_span: Callable[[int, int, int, int], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -230,7 +235,12 @@ class Correlator:
             # probably traced this request too; its trace waits to be merged.
             rc.held = wire is None and self._is_sdk_process(pid)
             self._resolve_server(rc, client_on_node)
-            self._by_thread.setdefault(tid, {})[rc] = None
+            serving = self._by_thread.setdefault(tid, {})
+            if serving:  # an event loop: a CPU sample cannot tell whose work it is
+                rc.shared_thread = True
+                for other in serving:
+                    other.shared_thread = True
+            serving[rc] = None
         else:
             self._resolve_client(rc)
             if stream_known:
@@ -286,6 +296,14 @@ class Correlator:
         if not root.trace_id:
             root.trace_id = self._new_trace_id(root.rand)
         rc.resolved = True
+        if (
+            self.tie_span is not None
+            and rc.role == Role.SERVER
+            and not rc.shared_thread
+            and not self._moves_requests(rc.pid)
+            and rc.pid not in self._seen_moving
+        ):
+            self.tie_span(rc.tid, rc.start_ts, rc.trace_id, rc.span_id)
 
     def _new_trace_id(self, rand: int) -> int:
         """Random, or with the kernel's random value as its low 56 bits (the bits

@@ -353,9 +353,12 @@ class SocketReceiver:
         max_connections: int = 65536,
         dns_ports: Iterable[int] = (53,),
         count_http: bool = True,
+        serving_threads: bool = False,
     ) -> None:
         """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline,
-        and for the span budget, which decides at the requests it counts)."""
+        and for the span budget, which decides at the requests it counts).
+        `serving_threads`: keep which thread reads which HTTP/1 request (for the
+        CPU profiler's span tie-in; needs `count_http`)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -364,6 +367,7 @@ class SocketReceiver:
         self._max_conns = max_connections
         self._dns_ports = sorted({int(p) for p in dns_ports if 0 < int(p) < 65536})
         self._count_http = count_http
+        self._serving_threads = serving_threads and count_http
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
@@ -426,6 +430,8 @@ class SocketReceiver:
             f"-DOPTIONAL_IO={optional}",
             "-Wno-macro-redefined",
         ]
+        if self._serving_threads:
+            cflags.append("-DPROFILE_TIE_IN")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         try:

@@ -15,10 +15,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: bcc and its Python binding, kernel headers, and the real
-# servers and clients the tests and benchmarks drive.
+# servers and clients the tests and benchmarks drive (gcc: the profiling tests build a C program).
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
           redis-server postgresql-15 mariadb-server mariadb-client dnsmasq-base bind9-dnsutils
-          nghttp2-server nftables ca-certificates openssl util-linux iproute2 python3-venv)
+          nghttp2-server nftables ca-certificates openssl util-linux iproute2 python3-venv
+          gcc libc6-dev binutils)
+# Node.js for the profiling test's JIT program: the machine's own, else Debian's
+command -v node >/dev/null || PACKAGES+=(nodejs)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

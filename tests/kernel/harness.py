@@ -95,7 +95,10 @@ class CollectorProcess:
         otlp_in: bool = False,
         metrics: list[str] | None = None,
         traces: list[str] | None = None,
+        profiles: list[str] | None = None,
+        profiling: dict[str, Any] | None = None,
     ) -> None:
+        """`profiles`: exporters of a profiles pipeline (`profiling`: its receiver's settings)."""
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
         otlp = {
@@ -112,6 +115,12 @@ class CollectorProcess:
             metrics=metrics,
             traces=traces,
         )
+        if profiles is not None:
+            config["receivers"]["profiling"] = profiling or {}
+            config["service"]["pipelines"]["profiles"] = {
+                "receivers": ["profiling"],
+                "exporters": profiles,
+            }
         tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / "collector.yaml"
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
@@ -422,6 +431,24 @@ def build_go(source: Path, binary: Path) -> Path:
         [GO, "build", "-o", str(binary), str(source)],
         check=True,
         env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+    )
+    return binary
+
+
+def build_cpu_shares(directory: Path) -> Path:
+    """The profiling tests' C program (tests/kernel/profiled/cpu_shares.c), with
+    frame pointers so that its stacks can be walked."""
+    binary = directory / "cpu_shares"
+    subprocess.run(
+        [
+            "gcc",
+            "-O1",
+            "-fno-omit-frame-pointer",
+            "-o",
+            str(binary),
+            str(HERE / "profiled" / "cpu_shares.c"),
+        ],
+        check=True,
     )
     return binary
 

@@ -13,6 +13,10 @@ from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
 )
+from opentelemetry.proto.collector.profiles.v1development import (
+    profiles_service_pb2,
+    profiles_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -140,12 +144,13 @@ class MetricStore:
 
 
 class GrpcSink:
-    """OTLP/gRPC trace and metrics receiver; `keep=False` discards (benchmarks)."""
+    """OTLP/gRPC trace, metrics and profiles receiver; `keep=False` discards (benchmarks)."""
 
     def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.store = SpanStore()
         self.metrics = MetricStore()
-        store, metrics = self.store, self.metrics
+        self.profiles: list[Any] = []  # ExportProfilesServiceRequest, as received
+        store, metrics, profiles = self.store, self.metrics, self.profiles
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
@@ -159,7 +164,16 @@ class GrpcSink:
                     metrics.add(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
+        class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                if keep:
+                    profiles.append(request)
+                return profiles_service_pb2.ExportProfilesServiceResponse()
+
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server(
+            ProfilesServicer(), self._server
+        )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             MetricsServicer(), self._server

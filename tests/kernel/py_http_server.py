@@ -8,6 +8,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def burn_cpu(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        sum(i * i for i in range(1000))
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes: without this, Nagle and the client's
@@ -45,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/burn/"):  # /burn/300: the handler computes for 300 ms of CPU
+            burn_cpu(int(self.path.rsplit("/", 1)[1]) / 1000)
         if self.path.startswith("/sleep/"):  # /sleep/300: the handler takes 300 ms
             time.sleep(int(self.path.rsplit("/", 1)[1]) / 1000)
         if self.path.startswith("/big/"):  # /big/N: an N-byte body

@@ -155,7 +155,7 @@ def test_ebpf_env_overrides_the_file(tmp_path: Path) -> None:
             VALID.replace("otlp/jaeger: {", "zipkin: {").replace(
                 "[otlp/jaeger, debug]", "[zipkin]"
             ),
-            "exporters.zipkin: unknown exporter type 'zipkin' (known: otlp, otlphttp, debug, file, prometheus)",
+            "exporters.zipkin: unknown exporter type 'zipkin' (known: otlp, otlphttp, debug, file, prometheus, pprof, pyroscope)",
         ),
         (
             VALID.replace('"127.0.0.1:9999"', '"nowhere"'),
@@ -181,7 +181,7 @@ def test_metrics_only_needs_no_traces_pipeline(tmp_path: Path) -> None:
     none = VALID.replace(
         "traces: {receivers: [ebpf], processors: [batch], exporters: [otlp/jaeger, debug]}", "{}"
     )
-    with pytest.raises(ConfigError, match="define a traces or a metrics pipeline"):
+    with pytest.raises(ConfigError, match="define a traces, metrics or profiles pipeline"):
         load(write(tmp_path, none), env={"JAEGER": "j:4317"})
 
 
@@ -198,6 +198,11 @@ def test_shipped_example_config_is_valid() -> None:
     example = Path(__file__).parents[2] / "deploy" / "examples" / "config.yaml"
     cfg = load(example, env={"OTLP_GRPC_ENDPOINT": "collector:4317"})
     assert cfg.exporters["otlp"].endpoint == "collector:4317"
+    profiling = example.with_name("profiling.yaml")
+    env = {"OTLP_GRPC_ENDPOINT": "collector:4317", "PYROSCOPE_URL": "http://pyroscope:4040"}
+    cfg = load(profiling, env=env)
+    assert cfg.profiling is not None and cfg.profiling.frequency == 49
+    assert cfg.service.pipelines["profiles"].exporters == ["otlp", "pprof", "pyroscope"]
 
 
 def test_hardening_options_from_the_file_and_the_variables(tmp_path: Path) -> None:

@@ -1,0 +1,90 @@
+// On-CPU profiling: a perf_event program that every CPU runs SAMPLE_HZ times a
+// second of CPU time, counting (process, thread name, user stack, kernel stack)
+// in a hash map. Nothing is sent per sample: user space reads the counts once
+// per interval, from one pair of maps while the kernel counts into the other
+// (`active` says which), so a read never races the counting.
+//
+// Built with -DTIE_IN next to the socket program, a sample taken on a thread
+// that is reading an HTTP/1 request it has not answered carries that request's
+// start (`serving`, kept by the socket program), and user space ties the sample
+// to the request's span.
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+
+struct sample_key {
+    u32 pid;          // the process (tgid)
+    u32 tid;          // the thread, for a sample tied to a request (else 0)
+    s32 user_stack;   // ids in the stacks map; negative: none (a kernel thread,
+    s32 kernel_stack; //   a stack the map had no room for)
+    u64 request;      // the tied request's start (ns), 0: none
+    char comm[16];    // the thread's name: a process gone before the read keeps one
+};
+
+BPF_HASH(counts_a, struct sample_key, u64, MAX_SAMPLE_KEYS);
+BPF_HASH(counts_b, struct sample_key, u64, MAX_SAMPLE_KEYS);
+BPF_STACK_TRACE(stacks_a, MAX_STACKS);
+BPF_STACK_TRACE(stacks_b, MAX_STACKS);
+BPF_ARRAY(active, u32, 1);
+// [0] samples taken, [1] samples with no room to count, [2] stacks not stored
+BPF_PERCPU_ARRAY(tallies, u64, 3);
+
+#ifdef TIE_IN
+struct serving {
+    u64 sk;
+    u64 start;
+};
+BPF_TABLE("extern", u32, struct serving, serving, 16384);
+#endif
+
+static __always_inline void tally(int index) {
+    u64 *n = tallies.lookup(&index);
+    if (n)
+        *n += 1; // per CPU: no other writer
+}
+
+static __always_inline void count(u32 which, struct sample_key *key) {
+    u64 *n = which ? counts_b.lookup(key) : counts_a.lookup(key);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        return;
+    }
+    u64 one = 1;
+    int err = which ? counts_b.update(key, &one) : counts_a.update(key, &one);
+    if (err)
+        tally(1);
+}
+
+int on_cpu_sample(struct bpf_perf_event_data *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    u32 tid = id;
+    if (tid == 0 || pid == SELF_TGID)
+        return 0; // the idle task; the collector itself
+#ifdef TARGET_PID
+    if (pid != TARGET_PID)
+        return 0;
+#endif
+    tally(0);
+    struct sample_key key = {.pid = pid};
+    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+#ifdef TIE_IN
+    struct serving *s = serving.lookup(&tid);
+    if (s) {
+        key.tid = tid;
+        key.request = s->start;
+    }
+#endif
+    int zero = 0;
+    u32 *active_map = active.lookup(&zero);
+    u32 which = active_map ? *active_map : 0;
+    key.user_stack = which ? stacks_b.get_stackid(ctx, BPF_F_USER_STACK)
+                           : stacks_a.get_stackid(ctx, BPF_F_USER_STACK);
+    key.kernel_stack = which ? stacks_b.get_stackid(ctx, 0) : stacks_a.get_stackid(ctx, 0);
+    // -EFAULT: no such stack (a kernel thread's user one, a user-mode sample's
+    // kernel one); anything else: the map had no room
+    if ((key.user_stack < 0 && key.user_stack != -EFAULT)
+        || (key.kernel_stack < 0 && key.kernel_stack != -EFAULT))
+        tally(2);
+    count(which, &key);
+    return 0;
+}
