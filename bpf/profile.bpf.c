@@ -4,6 +4,10 @@
 // per interval, from one pair of maps while the kernel counts into the other
 // (`active` says which), so a read never races the counting.
 //
+// Built with -DOFF_CPU, it also measures blocked time: a thread that leaves the
+// CPU not runnable is noted with its stacks, and when it runs again the time it
+// was away is added to those stacks (the sched_switch probe below).
+//
 // Built with -DTIE_IN next to the socket program, a sample taken on a thread
 // that is reading an HTTP/1 request it has not answered carries that request's
 // start (`serving`, kept by the socket program), and user space ties the sample
@@ -53,6 +57,71 @@ static __always_inline void count(u32 which, struct sample_key *key) {
     if (err)
         tally(1);
 }
+
+#ifdef OFF_CPU
+struct blocked {
+    u64 ts;
+    u32 pid;          // the process (tgid)
+    s32 user_stack;   // in the stack map of `side`
+    s32 kernel_stack;
+    u32 side;         // the map pair active when it blocked: its time goes there
+    char comm[16];
+};
+// Threads off the CPU now (an LRU: one that exits while blocked is forgotten).
+// User space keeps the stacks these entries name when it clears a stack map.
+BPF_TABLE("lru_hash", u32, struct blocked, off_since, 65536);
+BPF_HASH(off_ns_a, struct sample_key, u64, MAX_SAMPLE_KEYS);
+BPF_HASH(off_ns_b, struct sample_key, u64, MAX_SAMPLE_KEYS);
+
+static __always_inline void add_off_ns(u32 side, struct sample_key *key, u64 ns) {
+    u64 *n = side ? off_ns_b.lookup(key) : off_ns_a.lookup(key);
+    if (n) {
+        __sync_fetch_and_add(n, ns);
+        return;
+    }
+    int err = side ? off_ns_b.insert(key, &ns) : off_ns_a.insert(key, &ns);
+    if (!err)
+        return;
+    n = side ? off_ns_b.lookup(key) : off_ns_a.lookup(key); // another CPU added it first
+    if (n)
+        __sync_fetch_and_add(n, ns);
+    else
+        tally(1);
+}
+
+// Runs in the thread leaving the CPU (prev): its stacks are the current ones.
+TRACEPOINT_PROBE(sched, sched_switch) {
+    u64 now = bpf_ktime_get_ns();
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u32 prev = args->prev_pid;
+    int zero = 0;
+    // blocked: a task state below TASK_REPORT_MAX (0x100, "R+": preempted, runnable)
+    if (prev && (args->prev_state & 0xff) && pid != SELF_TGID
+#ifdef TARGET_PID
+        && pid == TARGET_PID
+#endif
+    ) {
+        u32 *active_map = active.lookup(&zero);
+        u32 which = active_map ? *active_map : 0;
+        struct blocked s = {.ts = now, .pid = pid, .side = which};
+        s.user_stack = which ? stacks_b.get_stackid(args, BPF_F_USER_STACK)
+                             : stacks_a.get_stackid(args, BPF_F_USER_STACK);
+        s.kernel_stack = which ? stacks_b.get_stackid(args, 0) : stacks_a.get_stackid(args, 0);
+        bpf_get_current_comm(&s.comm, sizeof(s.comm));
+        off_since.update(&prev, &s);
+    }
+    u32 next = args->next_pid;
+    struct blocked *s = off_since.lookup(&next);
+    if (s) {
+        struct sample_key key = {.pid = s->pid, .user_stack = s->user_stack,
+                                 .kernel_stack = s->kernel_stack};
+        __builtin_memcpy(key.comm, s->comm, sizeof(key.comm));
+        add_off_ns(s->side, &key, now > s->ts ? now - s->ts : 0);
+        off_since.delete(&next);
+    }
+    return 0;
+}
+#endif
 
 int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     u64 id = bpf_get_current_pid_tgid();

@@ -78,8 +78,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         f"sampling process {args.pid} at {args.frequency} Hz for {args.seconds:g} s ...",
         file=sys.stderr,
     )
+    off_cpu = args.off_cpu or bool(args.off_cpu_svg)
     try:
-        window = profile_process(args.pid, args.seconds, args.frequency)
+        window = profile_process(args.pid, args.seconds, args.frequency, off_cpu=off_cpu)
     except ReceiverError as exc:
         return _fail(f"cannot profile: {exc}")
     samples = sum(s.samples for s in window.stacks)
@@ -91,6 +92,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
             "functions by samples at the top of the stack:"
         )
         for function, module, share in top_functions(window.stacks, args.top):
+            print(f"{100 * share:6.2f} %  {function}  [{module}]")
+    blocked_ns = sum(s.off_cpu_ns for s in window.stacks)
+    if off_cpu and blocked_ns:
+        print(
+            f"{blocked_ns / 1e9:.2f} s blocked (all threads); "
+            "where, by the first frame above the kernel:"
+        )
+        for function, module, share in top_functions(window.stacks, args.top, off_cpu=True):
             print(f"{100 * share:6.2f} %  {function}  [{module}]")
     if window.samples_lost:
         print(f"{window.samples_lost} samples not counted (no room)", file=sys.stderr)
@@ -104,6 +113,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
             with open(args.svg, "w") as f:
                 f.write(flamegraph.render(window.stacks, title))
             print(f"flame graph: {args.svg}", file=sys.stderr)
+        if args.off_cpu_svg:
+            title = f"Off-CPU (blocked) time: process {args.pid}, {args.seconds:g} s"
+            with open(args.off_cpu_svg, "w") as f:
+                f.write(flamegraph.render(window.stacks, title, off_cpu=True))
+            print(f"off-CPU flame graph: {args.off_cpu_svg}", file=sys.stderr)
     except OSError as exc:
         return _fail(f"cannot write: {exc}")
     return 0
@@ -141,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     prof.add_argument("--svg", help="write a flame graph (self-contained SVG) here")
     prof.add_argument("--pprof", help="write a gzipped pprof profile here")
+    prof.add_argument(
+        "--off-cpu", action="store_true", help="also measure where threads block, and how long"
+    )
+    prof.add_argument("--off-cpu-svg", help="write a flame graph of blocked time here")
     prof.add_argument("--top", type=int, default=15, help="functions to list (default 15)")
     prof.set_defaults(func=cmd_profile)
     sub.add_parser("doctor", help="report what this kernel and process can do").set_defaults(

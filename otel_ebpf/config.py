@@ -294,6 +294,7 @@ class ProfilingReceiverConfig(_Strict):
     frequency: int = Field(default=49, ge=1, le=999)
     interval: Annotated[float, BeforeValidator(_duration_seconds), Field(ge=1, le=600)] = 10.0
     span_tie_in: bool = True
+    off_cpu: bool = False  # blocked time by stack too (a probe on every context switch)
 
 
 RECEIVER_TYPES: dict[str, type[_Strict]] = {
@@ -672,6 +673,7 @@ def _env_overlay(env: dict[str, str]) -> _Overlay:
         ("OTEL_EBPF_PROFILE_FREQUENCY", "frequency"),
         ("OTEL_EBPF_PROFILE_INTERVAL", "interval"),
         ("OTEL_EBPF_PROFILE_SPAN_TIE_IN", "span_tie_in"),
+        ("OTEL_EBPF_PROFILE_OFF_CPU", "off_cpu"),
     ):
         if name in env:
             overlay.put(("receivers", "profiling", key), env[name], name)

@@ -411,9 +411,10 @@ class StackCount(NamedTuple):
     comm: str  # the sampled thread's name
     user: tuple[int, ...]  # return addresses, leaf first; () when not walkable
     kernel: tuple[int, ...]
-    samples: int
+    samples: int  # on-CPU samples
     tid: int = 0  # set with `request` only
     request: int = 0  # the start (ns) of the HTTP/1 request the thread was reading; 0: none
+    off_cpu_ns: int = 0  # time blocked at these stacks (off-CPU profiling)
 
 
 class Frame(NamedTuple):
@@ -429,9 +430,10 @@ class ProfiledStack(NamedTuple):
     pid: int
     comm: str
     frames: tuple[Frame, ...]
-    samples: int
+    samples: int  # on-CPU samples
     trace_id: int = 0  # the span it was sampled under (span tie-in); 0: none
     span_id: int = 0
+    off_cpu_ns: int = 0  # time blocked at this stack
 
 
 class ProfileWindow(NamedTuple):
@@ -443,3 +445,4 @@ class ProfileWindow(NamedTuple):
     stacks: list[ProfiledStack]
     resources: dict[int, dict[str, object]]  # pid -> the resource attributes its spans carry
     samples_lost: int  # not counted (no room) in this window
+    off_cpu: bool = False  # off-CPU time was measured too

@@ -173,7 +173,9 @@ def _profiling_service(
         return selector.process_selected(pid, processes.get(pid, comm.encode()).executable_name)
 
     return ProfilingService(
-        CpuProfiler(settings.frequency, READ_INTERVAL_S, tie_in=ties is not None),
+        CpuProfiler(
+            settings.frequency, READ_INTERVAL_S, tie_in=ties is not None, off_cpu=settings.off_cpu
+        ),
         settings.interval,
         [
             build_profile_exporter(key, config.exporters[key], settings.frequency)

@@ -271,6 +271,9 @@ class LogProfileExporter:
         top = ", ".join(
             f"{f} {100 * share:.1f}%" for f, _m, share in top_functions(window.stacks, self._top)
         )
+        if window.off_cpu:
+            blocked = top_functions(window.stacks, self._top, off_cpu=True)
+            top += "; blocked in: " + ", ".join(f"{f} {100 * sh:.1f}%" for f, _m, sh in blocked)
         log.info(
             "CPU profile: %d samples in %d processes; top: %s", samples, len(window.resources), top
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from otel_ebpf.model import Frame, ProfiledStack, ProfileWindow, StackCount
-from otel_ebpf.processors.profiling.symbolize import UNKNOWN, Symbolizer
+from otel_ebpf.processors.profiling.symbolize import KERNEL, UNKNOWN, Symbolizer
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 if TYPE_CHECKING:
@@ -59,8 +59,10 @@ class ProfileAssembler:
         resource_of: ResourceOf | None = None,
         ties: SpanTies | None = None,
         include: Callable[[int, str], bool] | None = None,
+        off_cpu: bool = False,
     ) -> None:
         self.period_ns = period_ns
+        self.off_cpu = off_cpu
         self._symbolizer = symbolizer or Symbolizer()
         self._resource_of = resource_of or (lambda _pid, _comm: {})
         self._ties = ties
@@ -70,7 +72,8 @@ class ProfileAssembler:
 
     def _reset(self, start_ns: int) -> None:
         self._start_ns = start_ns
-        self._counts: dict[tuple[int, str, tuple[Frame, ...], int, int], int] = {}
+        # (pid, thread name, frames, trace id, span id) -> [samples, off-CPU ns]
+        self._counts: dict[tuple[int, str, tuple[Frame, ...], int, int], list[int]] = {}
         self._resources: dict[int, dict[str, object]] = {}
         self._lost = 0
 
@@ -91,8 +94,15 @@ class ProfileAssembler:
                     self._pending_ties.append(((c.pid, c.tid, frames), c))
                     continue
                 trace_id, span_id = tied
-            key = (c.pid, c.comm, frames, trace_id, span_id)
-            self._counts[key] = self._counts.get(key, 0) + c.samples
+            self._count((c.pid, c.comm, frames, trace_id, span_id), c)
+
+    def _count(self, key: tuple[int, str, tuple[Frame, ...], int, int], c: StackCount) -> None:
+        found = self._counts.get(key)
+        if found is None:
+            self._counts[key] = [c.samples, c.off_cpu_ns]
+        else:
+            found[0] += c.samples
+            found[1] += c.off_cpu_ns
 
     def flush(self, end_ns: int | None = None) -> ProfileWindow:
         """The window since the last flush; the next one starts now."""
@@ -100,33 +110,41 @@ class ProfileAssembler:
         for (pid, _tid, frames), c in self._pending_ties:
             tied = self._ties.get(c.tid, c.request) if self._ties is not None else None
             trace_id, span_id = tied or (0, 0)
-            key = (pid, c.comm, frames, trace_id, span_id)
-            self._counts[key] = self._counts.get(key, 0) + c.samples
+            self._count((pid, c.comm, frames, trace_id, span_id), c)
         self._pending_ties.clear()
         window = ProfileWindow(
             start_ns=self._start_ns,
             end_ns=end_ns,
             period_ns=self.period_ns,
             stacks=[
-                ProfiledStack(pid, comm, frames, n, trace_id, span_id)
-                for (pid, comm, frames, trace_id, span_id), n in self._counts.items()
+                ProfiledStack(pid, comm, frames, n, trace_id, span_id, off_ns)
+                for (pid, comm, frames, trace_id, span_id), (n, off_ns) in self._counts.items()
             ],
             resources=self._resources,
             samples_lost=self._lost,
+            off_cpu=self.off_cpu,
         )
         self._reset(end_ns)
         return window
 
 
-def top_functions(stacks: list[ProfiledStack], n: int = 15) -> list[tuple[str, str, float]]:
+def top_functions(
+    stacks: list[ProfiledStack], n: int = 15, off_cpu: bool = False
+) -> list[tuple[str, str, float]]:
     """The `n` functions with the most samples at the top of their stack:
-    (function, module, share of all samples), as `pprof -top` ranks them."""
+    (function, module, share of all samples), as `pprof -top` ranks them. With
+    `off_cpu`, by blocked time, at the first frame outside the kernel (in the
+    kernel every blocked stack ends in the scheduler)."""
     flat: dict[Frame, int] = {}
     total = 0
     for s in stacks:
-        total += s.samples
-        leaf = s.frames[0]
-        flat[leaf] = flat.get(leaf, 0) + s.samples
+        weight = s.off_cpu_ns if off_cpu else s.samples
+        if not weight:
+            continue
+        total += weight
+        frames = [f for f in s.frames if f.module != KERNEL] if off_cpu else []
+        leaf = frames[0] if frames else s.frames[0]
+        flat[leaf] = flat.get(leaf, 0) + weight
     ranked = sorted(flat.items(), key=lambda kv: -kv[1])[:n]
     return [(f.function, f.module, count / total) for f, count in ranked]
 
@@ -151,14 +169,17 @@ def profile_process(
     frequency: int,
     on_read: Callable[[float], None] | None = None,
     read_every: float = 0.5,
+    off_cpu: bool = False,
 ) -> ProfileWindow:
     """Sample one process for `seconds` (or until it exits): `otel-ebpf profile`.
     Read often: a process that exits can no longer be symbolised."""
     from otel_ebpf.receivers.profiler import CpuProfiler
 
-    profiler = CpuProfiler(frequency=frequency, interval_s=read_every, pid=pid)
+    profiler = CpuProfiler(frequency=frequency, interval_s=read_every, pid=pid, off_cpu=off_cpu)
     profiler.start()
-    assembler = ProfileAssembler(profiler.period_ns, resource_of=registry_resources())
+    assembler = ProfileAssembler(
+        profiler.period_ns, resource_of=registry_resources(), off_cpu=off_cpu
+    )
     begin = time.monotonic()
     next_read = begin + read_every
     try:
@@ -200,7 +221,11 @@ class ProfilingService:
         self._exporters = exporters
         self._telemetry = telemetry
         self._assembler = ProfileAssembler(
-            profiler.period_ns, resource_of=resource_of, ties=ties, include=include
+            profiler.period_ns,
+            resource_of=resource_of,
+            ties=ties,
+            include=include,
+            off_cpu=profiler.off_cpu,
         )
         self._stop = threading.Event()
         self._last_read = threading.Event()

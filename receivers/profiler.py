@@ -7,6 +7,7 @@ sampled thread's context, never a record to user space.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -51,15 +52,18 @@ class CpuProfiler:
         interval_s: float = 10.0,
         pid: int | None = None,
         tie_in: bool = False,
+        off_cpu: bool = False,
     ) -> None:
         """`pid`: sample that process only (else every process but the collector).
-        `tie_in`: read the socket receiver's `serving` map (it must be loaded first)."""
+        `tie_in`: read the socket receiver's `serving` map (it must be loaded first).
+        `off_cpu`: also measure blocked time (sched:sched_switch, every context switch)."""
         if not 1 <= frequency <= MAX_FREQUENCY:
             raise ValueError(f"frequency must be 1..{MAX_FREQUENCY} Hz")
         self.frequency = frequency
         self.period_ns = 1_000_000_000 // frequency
         self._pid = pid
         self._tie_in = tie_in
+        self.off_cpu = off_cpu
         self._stacks = stack_slots(frequency, interval_s, os.cpu_count() or 1)
         self._bpf: Any = None
 
@@ -80,6 +84,8 @@ class CpuProfiler:
             cflags.append(f"-DTARGET_PID={self._pid}")
         if self._tie_in:
             cflags.append("-DTIE_IN")
+        if self.off_cpu:
+            cflags.append("-DOFF_CPU")
         source = resources.files("otel_ebpf.bpf").joinpath("profile.bpf.c").read_text()
         try:
             bpf = BPF(text=source, cflags=cflags)
@@ -105,8 +111,9 @@ class CpuProfiler:
         self._bpf = bpf
         release_compiler_memory()
         log.info(
-            "CPU profiling: %d Hz per CPU, room for %d stacks per interval%s",
+            "CPU profiling: %d Hz per CPU%s, room for %d stacks per interval%s",
             self.frequency,
+            " and off-CPU time" if self.off_cpu else "",
             self._stacks,
             f", process {self._pid} only" if self._pid is not None else "",
         )
@@ -125,6 +132,9 @@ class CpuProfiler:
         side = "b" if which else "a"
         counts, stacks = bpf[f"counts_{side}"], bpf[f"stacks_{side}"]
         taken = list(counts.items_lookup_and_delete_batch())
+        blocked = (
+            list(bpf[f"off_ns_{side}"].items_lookup_and_delete_batch()) if self.off_cpu else []
+        )
         walked: dict[int, tuple[int, ...]] = {}
 
         def walk(stack_id: int) -> tuple[int, ...]:
@@ -151,8 +161,34 @@ class CpuProfiler:
             )
             for key, value in taken
         ]
-        stacks.clear()
+        out += (
+            StackCount(
+                pid=key.pid,
+                comm=bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace"),
+                user=walk(key.user_stack),
+                kernel=walk(key.kernel_stack),
+                samples=0,
+                off_cpu_ns=int(getattr(value, "value", value)),
+            )
+            for key, value in blocked
+        )
+        self._clear_stacks(stacks, which)
         return out
+
+    def _clear_stacks(self, stacks: Any, side: int) -> None:
+        """Empty a stack map for its next turn, but for the stacks of threads still
+        blocked since it was active: their time is added to them when they run."""
+        if not self.off_cpu:
+            stacks.clear()
+            return
+        keep: set[int] = set()
+        for _tid, b in self._bpf["off_since"].items_lookup_batch():
+            if b.side == side:
+                keep.update((b.user_stack, b.kernel_stack))
+        for key in list(stacks.keys()):
+            if key.value not in keep:
+                with contextlib.suppress(KeyError):  # gone with the thread's exit
+                    del stacks[key]
 
     def tally(self, index: int) -> int:
         bpf = self._bpf

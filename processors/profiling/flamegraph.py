@@ -39,10 +39,13 @@ def _color(name: str, module: str) -> str:
     return f"rgb({205 + h // 2},{70 + h * 2},{50 + h // 3})"  # red to yellow
 
 
-def _tree(stacks: Iterable[ProfiledStack], root_names: bool) -> _Node:
+def _tree(stacks: Iterable[ProfiledStack], root_names: bool, off_cpu: bool) -> _Node:
     root = _Node("")
     for s in stacks:
-        root.value += s.samples
+        value = s.off_cpu_ns if off_cpu else s.samples
+        if not value:
+            continue
+        root.value += value
         node = root
         path = [(f"{s.comm} ({s.pid})", "")] if root_names else []
         path += [(f.function, f.module) for f in reversed(s.frames)]
@@ -50,7 +53,7 @@ def _tree(stacks: Iterable[ProfiledStack], root_names: bool) -> _Node:
             child = node.children.get(name)
             if child is None:
                 child = node.children[name] = _Node(module)
-            child.value += s.samples
+            child.value += value
             node = child
     return root
 
@@ -59,9 +62,14 @@ def _depth(node: _Node) -> int:
     return 1 + max((_depth(c) for c in node.children.values()), default=0)
 
 
-def render(stacks: list[ProfiledStack], title: str, per_process: bool = True) -> str:
-    """The SVG text; `per_process`: one tower per process, named at its foot."""
-    root = _tree(stacks, per_process)
+def render(
+    stacks: list[ProfiledStack], title: str, per_process: bool = True, off_cpu: bool = False
+) -> str:
+    """The SVG text; `per_process`: one tower per process, named at its foot;
+    `off_cpu`: widths are blocked time, not CPU samples."""
+    root = _tree(stacks, per_process, off_cpu)
+    unit = "ms blocked" if off_cpu else "samples"
+    scale_value = 1e-6 if off_cpu else 1.0
     total = max(root.value, 1)
     height = (_depth(root) + 1) * ROW + 3 * MARGIN + 20
     scale = (WIDTH - 2 * MARGIN) / total
@@ -79,7 +87,7 @@ def render(stacks: list[ProfiledStack], title: str, per_process: bool = True) ->
             return
         y = height - MARGIN - (depth + 1) * ROW
         share = 100.0 * node.value / total
-        tip = f"{name} ({node.module}): {node.value} samples, {share:.2f} %"
+        tip = f"{name} ({node.module}): {node.value * scale_value:.0f} {unit}, {share:.2f} %"
         out.append(
             f"<g><title>{escape(tip)}</title>"
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{ROW - 1}" '
@@ -94,6 +102,6 @@ def render(stacks: list[ProfiledStack], title: str, per_process: bool = True) ->
             draw(child_name, child, x, depth + 1)
             x += child.value * scale
 
-    draw(f"all ({root.value} samples)", root, float(MARGIN), 0)
+    draw(f"all ({root.value * scale_value:.0f} {unit})", root, float(MARGIN), 0)
     out.append("</svg>")
     return "\n".join(out)

@@ -113,23 +113,28 @@ def build_request(window: ProfileWindow) -> ExportProfilesServiceRequest:
         resource = Resource(
             attributes=[KeyValue(key=k, value=_any(v)) for k, v in attributes.items()]
         )
-        rp = request.resource_profiles.add(resource=resource)
-        profile = rp.scope_profiles.add(scope=_SCOPE).profiles.add(
-            time_unix_nano=window.start_ns,
-            duration_nano=max(0, window.end_ns - window.start_ns),
-            period=window.period_ns,
-        )
-        profile.sample_type.type_strindex = tables.string("cpu")
-        profile.sample_type.unit_strindex = tables.string("nanoseconds")
-        profile.period_type.type_strindex = tables.string("cpu")
-        profile.period_type.unit_strindex = tables.string("nanoseconds")
-        for s in stacks:
-            sample = profile.samples.add(
-                stack_index=tables.stack(s.frames),
-                values=[s.samples * window.period_ns],
-                attribute_indices=[tables.attribute("thread.name", s.comm)],
+        scope = request.resource_profiles.add(resource=resource).scope_profiles.add(scope=_SCOPE)
+        kinds = ("cpu", "off_cpu") if window.off_cpu else ("cpu",)
+        for kind in kinds:  # one value per profile in this version: one profile per kind
+            profile = scope.profiles.add(
+                time_unix_nano=window.start_ns,
+                duration_nano=max(0, window.end_ns - window.start_ns),
+                period=window.period_ns if kind == "cpu" else 0,
             )
-            if s.trace_id:
-                sample.link_index = tables.link(s.trace_id, s.span_id)
+            profile.sample_type.type_strindex = tables.string(kind)
+            profile.sample_type.unit_strindex = tables.string("nanoseconds")
+            profile.period_type.type_strindex = tables.string("cpu")
+            profile.period_type.unit_strindex = tables.string("nanoseconds")
+            for s in stacks:
+                value = s.samples * window.period_ns if kind == "cpu" else s.off_cpu_ns
+                if not value:
+                    continue
+                sample = profile.samples.add(
+                    stack_index=tables.stack(s.frames),
+                    values=[value],
+                    attribute_indices=[tables.attribute("thread.name", s.comm)],
+                )
+                if s.trace_id:
+                    sample.link_index = tables.link(s.trace_id, s.span_id)
     request.dictionary.CopyFrom(tables.d)
     return request

@@ -138,11 +138,15 @@ LABELED_ATTRIBUTES = (
 
 
 def build(window: ProfileWindow, stacks: list[ProfiledStack] | None = None) -> Any:
-    """A CPU profile (samples and CPU nanoseconds) of `stacks` (default: the whole window)."""
+    """A CPU profile (samples, CPU nanoseconds and, when measured, off-CPU
+    nanoseconds) of `stacks` (default: the whole window)."""
     strings = _Strings()
     p = Profile()
     p.sample_type.add(type=strings("samples"), unit=strings("count"))
     p.sample_type.add(type=strings("cpu"), unit=strings("nanoseconds"))
+    if window.off_cpu:  # blocked time, the third value (`pprof -sample_index=off_cpu`)
+        p.sample_type.add(type=strings("off_cpu"), unit=strings("nanoseconds"))
+    p.default_sample_type = strings("cpu")
     p.period_type.type = strings("cpu")
     p.period_type.unit = strings("nanoseconds")
     p.period = window.period_ns
@@ -178,6 +182,8 @@ def build(window: ProfileWindow, stacks: list[ProfiledStack] | None = None) -> A
         sample = p.sample.add()
         sample.location_id.extend(location(f) for f in s.frames)
         sample.value.extend((s.samples, s.samples * window.period_ns))
+        if window.off_cpu:
+            sample.value.append(s.off_cpu_ns)
         attributes = window.resources.get(s.pid, {})
         for key in LABELED_ATTRIBUTES:
             value = attributes.get(key)

@@ -68,6 +68,18 @@ def program(kind: str, tmp: Path) -> tuple[list[str], list[str]]:
     return argv, ["burnThree", "burnTwo", "burnOne"]
 
 
+def profile_cli(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`otel-ebpf profile --pid PID ARGS...`, as a user runs it; it must succeed."""
+    run = subprocess.run(
+        [OTEL_EBPF, "profile", "--pid", str(pid), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return run
+
+
 def pprof_top(path: Path) -> dict[str, float]:
     """`go tool pprof -top`'s flat shares (0..1) by function name."""
     out = subprocess.run(
@@ -101,26 +113,17 @@ def test_profile_ranks_functions_by_their_real_cpu_share(kind: str, tmp_path: Pa
     try:
         profile = tmp_path / "cpu.pb.gz"
         svg = tmp_path / "cpu.svg"
-        run = subprocess.run(
-            [
-                OTEL_EBPF,
-                "profile",
-                "--pid",
-                str(proc.pid),
-                "--seconds",
-                "5",
-                "--frequency",
-                "499",
-                "--pprof",
-                str(profile),
-                "--svg",
-                str(svg),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        run = profile_cli(
+            proc.pid,
+            "--seconds",
+            "5",
+            "--frequency",
+            "499",
+            "--pprof",
+            str(profile),
+            "--svg",
+            str(svg),
         )
-        assert run.returncode == 0, run.stderr
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
@@ -139,6 +142,52 @@ def test_profile_ranks_functions_by_their_real_cpu_share(kind: str, tmp_path: Pa
     if kind == "c":  # a system call's kernel frames, named from /proc/kallsyms
         kernel = [n for n in shares if re.fullmatch(r"(__x64_sys|ksys|vfs)_write", n)]
         assert kernel, shares
+
+
+def test_off_cpu_time_is_found_where_the_program_blocks(tmp_path: Path) -> None:
+    """blocks.c sleeps in `nap` (20 ms) and computes in `work` (~2 ms), one
+    thread: nearly all its blocked time is under `nap`, in the kernel's sleep."""
+    binary = tmp_path / "blocks"
+    subprocess.run(
+        ["gcc", "-O1", "-fno-omit-frame-pointer", "-o", str(binary), str(PROFILED / "blocks.c")],
+        check=True,
+    )
+    proc = subprocess.Popen([str(binary), "120"])
+    profile, svg = tmp_path / "p.pb.gz", tmp_path / "off.svg"
+    try:
+        run = profile_cli(
+            proc.pid,
+            "--seconds",
+            "4",
+            "--off-cpu",
+            "--pprof",
+            str(profile),
+            "--off-cpu-svg",
+            str(svg),
+        )
+    finally:
+        end_process(proc)
+    p = pprof.decode(profile.read_bytes())
+    st = p.string_table
+    assert [st[t.type] for t in p.sample_type] == ["samples", "cpu", "off_cpu"]
+    names = {f.id: st[f.name] for f in p.function}
+    stack_of = {loc.id: names[loc.line[0].function_id] for loc in p.location}
+    blocked = {"nap": 0, "other": 0}
+    cpu = {"work": 0, "other": 0}
+    kernel_sleep = False
+    for sample in p.sample:
+        frames = [stack_of[i] for i in sample.location_id]
+        blocked["nap" if "nap" in frames else "other"] += sample.value[2]
+        cpu["work" if frames and frames[0] == "work" else "other"] += sample.value[0]
+        kernel_sleep |= sample.value[2] > 0 and "do_nanosleep" in frames
+    assert blocked["nap"] >= 0.9 * sum(blocked.values()), blocked
+    assert cpu["work"] >= 0.8 * sum(cpu.values()), cpu
+    assert kernel_sleep
+    # one thread, asleep ~90 % of the time: its blocked time is most of the window
+    # (a sleep under way at either end is not counted) and never more than all of it
+    window = p.duration_nanos
+    assert 0.5 * window <= blocked["nap"] <= window, (blocked, window)
+    assert "nap" in svg.read_text() and "blocked" in run.stdout
 
 
 def test_profile_refuses_a_missing_process() -> None:

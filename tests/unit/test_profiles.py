@@ -391,3 +391,51 @@ def test_profiles_pipeline_errors_name_the_key(tmp_path: Path, pipelines: str, e
     )
     with pytest.raises(config.ConfigError, match=error):
         config.load(path, env={})
+
+
+SLEEP = Frame("do_nanosleep", KERNEL)
+NAP = Frame("nap", "/usr/bin/app")
+
+
+def test_off_cpu_time_is_a_third_value_and_a_second_otlp_profile() -> None:
+    w = window(
+        [
+            ProfiledStack(7, "app", (WORK, APP), 5),
+            ProfiledStack(7, "app", (SLEEP, NAP, APP), 0, off_cpu_ns=3_000_000),
+        ],
+        {7: {"service.name": "shop"}},
+    )._replace(off_cpu=True)
+    p = pprof.decode(pprof.encode(w))
+    assert [p.string_table[t.type] for t in p.sample_type] == ["samples", "cpu", "off_cpu"]
+    assert p.string_table[p.default_sample_type] == "cpu"
+    assert [list(s.value) for s in p.sample] == [[5, 5 * w.period_ns, 0], [0, 0, 3_000_000]]
+    profiles = build_request(w).resource_profiles[0].scope_profiles[0].profiles
+    d = build_request(w).dictionary
+    kinds = [d.string_table[pr.sample_type.type_strindex] for pr in profiles]
+    assert kinds == ["cpu", "off_cpu"]
+    assert [list(s.values) for s in profiles[1].samples] == [[3_000_000]]
+    # where it blocked: the first frame above the kernel's scheduler
+    assert top_functions(w.stacks, 3, off_cpu=True) == [("nap", "/usr/bin/app", 1.0)]
+    svg = flamegraph.render(w.stacks, "off", off_cpu=True)
+    assert "nap" in svg and "work" not in svg and "(3 ms blocked)" in svg
+
+
+def test_assembler_sums_blocked_time_beside_samples() -> None:
+    class FakeSymbols(Symbolizer):
+        def frames(
+            self, pid: int, user: tuple[int, ...], kernel: tuple[int, ...]
+        ) -> tuple[Frame, ...]:
+            return (NAP, APP)
+
+    a = ProfileAssembler(10, symbolizer=FakeSymbols(), off_cpu=True)
+    a.add([StackCount(5, "w", (1,), (), 2), StackCount(5, "w", (1,), (), 0, off_cpu_ns=7)])
+    a.add([StackCount(5, "w", (1,), (), 0, off_cpu_ns=8)])
+    w = a.flush()
+    assert w.off_cpu and [(s.samples, s.off_cpu_ns) for s in w.stacks] == [(2, 15)]
+
+
+def test_off_cpu_is_opt_in() -> None:
+    env = {"OTEL_EBPF_PROFILE_EXPORTER": "console"}
+    assert config.load(env=env).profiling.off_cpu is False  # type: ignore[union-attr]
+    on = config.load(env={**env, "OTEL_EBPF_PROFILE_OFF_CPU": "true"})
+    assert on.profiling is not None and on.profiling.off_cpu
