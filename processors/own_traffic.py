@@ -28,13 +28,42 @@ class OwnTraffic:
         self._listeners: set[int] = set()  # ports we serve on (OTLP in, health)
         self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their pids
         self._checked = 0.0
+        self._scanned = 0.0  # the last /proc scan for an unknown client (at most 1/s)
 
     def add_listener(self, port: int) -> None:
         self._listeners.add(port)
 
     def pid_of_peer(self, peer: Endpoint) -> int | None:
-        """The process behind a connection to one of our listeners (OTLP in)."""
-        return self._listener_clients.get(peer)
+        """The process behind a connection to one of our listeners (OTLP in): from
+        its open event, else from /proc (the first batch on a new connection can be
+        handled before that event is: its spans would be nobody's, and the SDK
+        process unknown until its next export)."""
+        pid = self._listener_clients.get(peer)
+        if pid is None and time.monotonic() - self._scanned >= 1.0:
+            self._scanned = time.monotonic()
+            pid = self._scan_for_client(peer)
+        return pid
+
+    def _scan_for_client(self, peer: Endpoint) -> int | None:
+        try:
+            for c in psutil.net_connections(kind="tcp"):
+                if (
+                    c.pid
+                    and c.laddr
+                    and c.raddr
+                    and c.raddr.port in self._listeners
+                    and (c.laddr.ip, c.laddr.port) == (peer.address, peer.port)
+                ):
+                    self._remember_client(peer, c.pid)
+                    return c.pid
+        except (psutil.Error, OSError):
+            pass
+        return None
+
+    def _remember_client(self, local: Endpoint, pid: int) -> None:
+        self._listener_clients[local] = pid
+        if len(self._listener_clients) > 4096:
+            self._listener_clients.popitem(last=False)
 
     def __contains__(self, sk: int) -> bool:
         return sk in self._sockets
@@ -44,9 +73,7 @@ class OwnTraffic:
         one of our listeners)."""
         self.forget(ev.sk)  # whatever we knew of this address is gone
         if ev.role == Role.CLIENT and ev.remote.port in self._listeners:
-            self._listener_clients[ev.local] = ev.pid  # an app connecting to our OTLP in
-            if len(self._listener_clients) > 4096:
-                self._listener_clients.popitem(last=False)
+            self._remember_client(ev.local, ev.pid)  # an app connecting to our OTLP in
         if (ev.role == Role.CLIENT and ev.pid == self._pid) or (
             ev.role == Role.SERVER and ev.local.port in self._listeners
         ):

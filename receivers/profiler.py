@@ -7,7 +7,6 @@ sampled thread's context, never a record to user space.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -31,6 +30,11 @@ MAX_FREQUENCY = 999
 # within microseconds; the read waits this long before taking the old pair.
 _SETTLE_S = 0.002
 _EFAULT = 14
+
+
+def _number(value: Any) -> int:
+    """A map value as bcc's batch reads give it: a ctypes number or an int."""
+    return int(getattr(value, "value", value))
 
 
 def _pow2_at_least(n: int) -> int:
@@ -149,29 +153,20 @@ class CpuProfiler:
                 walked[stack_id] = found
             return found
 
-        out = [
-            StackCount(
+        def record(key: Any, samples: int, off_cpu_ns: int = 0) -> StackCount:
+            return StackCount(
                 pid=key.pid,
                 comm=bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace"),
                 user=walk(key.user_stack),
                 kernel=walk(key.kernel_stack),
-                samples=int(getattr(value, "value", value)),
+                samples=samples,
                 tid=key.tid,
                 request=key.request,
+                off_cpu_ns=off_cpu_ns,
             )
-            for key, value in taken
-        ]
-        out += (
-            StackCount(
-                pid=key.pid,
-                comm=bytes(key.comm).split(b"\0", 1)[0].decode(errors="replace"),
-                user=walk(key.user_stack),
-                kernel=walk(key.kernel_stack),
-                samples=0,
-                off_cpu_ns=int(getattr(value, "value", value)),
-            )
-            for key, value in blocked
-        )
+
+        out = [record(key, _number(value)) for key, value in taken]
+        out += (record(key, 0, _number(value)) for key, value in blocked)
         self._clear_stacks(stacks, which)
         return out
 
@@ -187,8 +182,7 @@ class CpuProfiler:
                 keep.update((b.user_stack, b.kernel_stack))
         for key in list(stacks.keys()):
             if key.value not in keep:
-                with contextlib.suppress(KeyError):  # gone with the thread's exit
-                    del stacks[key]
+                del stacks[key]
 
     def tally(self, index: int) -> int:
         bpf = self._bpf

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from otel_ebpf.model import (
 )
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.connections import Connection
+from otel_ebpf.processors.own_traffic import OwnTraffic
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import LINGER_NS, ConnectionTracker
@@ -301,3 +304,19 @@ def test_a_process_first_seen_without_a_name_takes_the_kernels_later(tmp_path: P
     assert registry.get(4321, b"ab" + bytes(14)).service_name == "ab"
     assert registry.get(4321).service_name == "ab"  # kept
     assert registry.get(99, bytes(16)).executable_name == ""  # no name to take
+
+
+def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
+    """An SDK's first export can be handled before the kernel's report of its
+    connection: /proc names the process (here, this one) all the same."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    try:
+        own = OwnTraffic()
+        own.add_listener(listener.getsockname()[1])
+        local = Endpoint(*client.getsockname())
+        assert own.pid_of_peer(local) == os.getpid()
+        assert own.pid_of_peer(Endpoint("127.0.0.1", 1)) is None  # nobody's
+    finally:
+        client.close()
+        listener.close()
