@@ -267,16 +267,18 @@ class LogProfileExporter:
 
         if not window.stacks:
             return True
+
+        def listed(off_cpu: bool) -> str:
+            top = top_functions(window.stacks, self._top, off_cpu=off_cpu)
+            return ", ".join(f"{f} {100 * share:.1f}%" for f, _m, share in top) or "-"
+
         samples = sum(s.samples for s in window.stacks)
-        top = ", ".join(
-            f"{f} {100 * share:.1f}%" for f, _m, share in top_functions(window.stacks, self._top)
-        )
+        line = f"CPU profile: {samples} samples in {len(window.resources)} processes; top: "
+        line += listed(False)
         if window.off_cpu:
-            blocked = top_functions(window.stacks, self._top, off_cpu=True)
-            top += "; blocked in: " + ", ".join(f"{f} {100 * sh:.1f}%" for f, _m, sh in blocked)
-        log.info(
-            "CPU profile: %d samples in %d processes; top: %s", samples, len(window.resources), top
-        )
+            blocked_s = sum(s.off_cpu_ns for s in window.stacks) / 1e9
+            line += f"; {blocked_s:.1f} s blocked, in: {listed(True)}"
+        log.info("%s", line)
         return True
 
     def shutdown(self) -> None:

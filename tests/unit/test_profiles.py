@@ -439,3 +439,14 @@ def test_off_cpu_is_opt_in() -> None:
     assert config.load(env=env).profiling.off_cpu is False  # type: ignore[union-attr]
     on = config.load(env={**env, "OTEL_EBPF_PROFILE_OFF_CPU": "true"})
     assert on.profiling is not None and on.profiling.off_cpu
+
+
+def test_console_line_names_the_busiest_and_the_blocking(caplog: pytest.LogCaptureFixture) -> None:
+    from otel_ebpf.profile_exporters import LogProfileExporter
+
+    blocked_only = window(
+        [ProfiledStack(1, "a", (SLEEP, NAP), 0, off_cpu_ns=2_000_000_000)], {1: {}}
+    )
+    with caplog.at_level("INFO"):
+        assert LogProfileExporter("debug").export(blocked_only._replace(off_cpu=True))
+    assert "0 samples in 1 processes; top: -; 2.0 s blocked, in: nap 100.0%" in caplog.text
