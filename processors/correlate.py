@@ -238,8 +238,10 @@ class Correlator:
             serving = self._by_thread.setdefault(tid, {})
             if serving:  # an event loop: a CPU sample cannot tell whose work it is
                 rc.shared_thread = True
-                for other in serving:
-                    other.shared_thread = True
+                # the others were marked when they met a second one, but for a
+                # request alone until now: O(1), however many are in flight
+                if len(serving) == 1:
+                    next(iter(serving)).shared_thread = True
             serving[rc] = None
         else:
             self._resolve_client(rc)
