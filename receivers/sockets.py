@@ -40,6 +40,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
+from otel_ebpf.receivers.spare_ring import SpareRecords
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,7 @@ class SocketReceiver:
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
         self._spare: RingBufferReader | None = None  # the spare ring (see ring_output)
+        self._spare_records = SpareRecords()  # read from it, not yet handed on
         self._lookup: Any = None  # libbcc's bpf_lookup_elem, keeping the GIL
         self._conn_fds: tuple[int, ...] = ()
         self._conn_key = ctypes.c_ulonglong()
@@ -499,10 +501,12 @@ class SocketReceiver:
         if self._reader is None:
             self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
             return False
-        reader = self._reader
+        reader, spare = self._reader, self._spare_records
+        if self._spare is not None:  # records the main ring refused (rare): read first
+            retried = self._spare.drain(DRAIN_BATCH)
+            self.events_received += len(retried)
+            spare.add([e for e in map(decode, retried) if e is not None])
         records = reader.drain(DRAIN_BATCH)
-        if self._spare is not None:  # records the main ring refused (rare): out of order
-            records += self._spare.drain(DRAIN_BATCH)
         self.events_received += len(records)
         sink, watch = self._sink, self.watch_backlog
         for start in range(0, len(records), WATCH_EVERY):
@@ -511,8 +515,15 @@ class SocketReceiver:
             for raw in records[start : start + WATCH_EVERY]:
                 event = decode(raw)
                 if event is not None:
+                    if spare:
+                        for earlier in spare.written_before(event):
+                            sink(earlier)
                     sink(event)
-        return len(records) == DRAIN_BATCH
+        more = len(records) == DRAIN_BATCH
+        if spare and not more:
+            for later in spare.take_all():
+                sink(later)
+        return more
 
     def drain(self, within_s: float = 1.0) -> None:
         """What is written so far, at shutdown; bounded in time, as traffic that
@@ -520,6 +531,8 @@ class SocketReceiver:
         deadline = time.monotonic() + within_s
         while self.poll() and time.monotonic() < deadline:
             pass
+        for event in self._spare_records.take_all():  # read, so handed on
+            self._sink(event)
 
     def events_lost(self) -> int:
         return self._lost_counter(0)

@@ -25,7 +25,14 @@ def client_spans(sink: GrpcSink, port: int, since: int) -> list[Span]:
 
 
 def settle(sink: GrpcSink, port: int, since: int, n: int) -> list[Span]:
-    wait_until(lambda: len(client_spans(sink, port, since)) >= n, 60, f"{n} redis spans")
+    try:
+        wait_until(lambda: len(client_spans(sink, port, since)) >= n, 60, f"{n} redis spans")
+    except AssertionError as timed_out:
+        seen = Counter(
+            (s.service, s.attributes.get("db.operation.name"))
+            for s in client_spans(sink, port, since)
+        )
+        raise AssertionError(f"{timed_out}; got {dict(seen)}") from None
     time.sleep(1.0)
     return client_spans(sink, port, since)
 

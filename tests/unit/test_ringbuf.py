@@ -4,47 +4,10 @@ still being written, a discarded one, a record across the wrap, the batch limit.
 
 from __future__ import annotations
 
-import mmap
-import os
-import struct
 from pathlib import Path
 
+from fake_ring import BUSY, DISCARD, SIZE, FakeRing
 from otel_ebpf.receivers.ringbuf import RingBufferReader
-
-PAGE = mmap.PAGESIZE
-SIZE = 4096  # data area
-BUSY, DISCARD = 1 << 31, 1 << 30
-
-
-class FakeRing:
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.ftruncate(self.fd, 2 * PAGE + 2 * SIZE)
-        self.data = bytearray(SIZE)
-        self.prod = 0
-
-    def write(self, payload: bytes, flags: int = 0) -> int:
-        """Appends a record; returns where it starts."""
-        start = self.prod
-        record = struct.pack("<II", len(payload) | flags, 0) + payload
-        record += b"\0" * (-len(record) % 8)
-        for i, byte in enumerate(record):
-            self.data[(start + i) % SIZE] = byte
-        self.prod += len(record)
-        self._publish()
-        return start
-
-    def submit(self, start: int, length: int) -> None:
-        """The program submits a reserved record: its header loses the BUSY bit."""
-        self.data[start % SIZE : start % SIZE + 4] = struct.pack("<I", length)
-        self._publish()
-
-    def _publish(self) -> None:
-        os.pwrite(self.fd, bytes(self.data) * 2, 2 * PAGE)  # the area mapped twice in a row
-        os.pwrite(self.fd, struct.pack("<Q", self.prod), PAGE)
-
-    def consumer(self) -> int:
-        return int(struct.unpack("<Q", os.pread(self.fd, 8, 0))[0])
 
 
 def test_records_in_order_with_padding_and_discards(tmp_path: Path) -> None:
