@@ -1,82 +1,114 @@
-"""Events per second the user-space pipeline sustains, kernel left out.
+"""What the collector's user space costs per request, the kernel left out.
 
-Replays recorded-shape kernel events (keep-alive HTTP/1.1 exchanges seen from
-both the client and the server side) through decode -> tracker -> parser ->
-span builder, with a batch processor feeding an exporter that discards.
-Prints events/s, spans/s and microseconds per event. No root needed.
+Replays the records the kernel writes for keep-alive HTTP/1.1 requests seen from
+both sides (wrk's CLIENT span and nginx's SERVER span per request) through the
+collector's own wiring, `Collector` as `otel-ebpf` builds it, minus the probes:
+decode, tracker, parser, correlator, span builder, RED metrics, the export
+queue and its OTLP/gRPC exporter to a discarding sink in another process.
+Prints CPU microseconds per request: the processing thread's, and the whole
+process's (export and metric threads included). `--profile` adds where the
+processing thread's time goes. No root needed.
+
+    .venv/bin/python bench/pipeline_throughput.py [--requests N] [--profile]
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import os
+import pstats
 import sys
 import time
 from pathlib import Path
 
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
+from common import null_sink
 from records import data_record, open_record
 
+from otel_ebpf.config import load
 from otel_ebpf.model import Role
-from otel_ebpf.processes import ProcessRegistry
-from otel_ebpf.processors.selection import Selector
-from otel_ebpf.processors.spans import SpanBuilder
-from otel_ebpf.processors.streams import ConnectionTracker
+from otel_ebpf.pipeline import Collector
 from otel_ebpf.receivers.sockets import decode
-from otel_ebpf.telemetry import SelfTelemetry
 
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\n"
     b"Content-Length: 15\r\nConnection: keep-alive\r\n\r\n<h1>hello</h1>\n"
 )
-
-
-class Discard(SpanExporter):
-    def export(self, spans):  # type: ignore[no-untyped-def]
-        return SpanExportResult.SUCCESS
+CONNECTIONS = 4  # as the nginx bench's wrk
 
 
 def records(n: int) -> list[bytes]:
-    client, server = 1, 2
-    out = [
-        open_record(client, Role.CLIENT, 50000, 8080),
-        open_record(server, Role.SERVER, 8080, 50000),
-    ]
-    q = r = 0
+    """`n` requests over CONNECTIONS keep-alive connections, each seen from the
+    client (sk 2c+1) and the server (sk 2c+2), 10 us apart."""
+    out = []
+    for c in range(CONNECTIONS):
+        port = 50000 + c
+        out.append(open_record(2 * c + 1, Role.CLIENT, port, 8080))
+        out.append(open_record(2 * c + 2, Role.SERVER, 8080, port))
+    sent = [0] * CONNECTIONS
+    answered = [0] * CONNECTIONS
     for i in range(n):
-        ts = 1000 + i * 10
+        c = i % CONNECTIONS
+        client, server, ts = 2 * c + 1, 2 * c + 2, 1_000_000 + i * 10_000
+        q, r = sent[c], answered[c]
         out.append(data_record(client, Role.CLIENT, True, ts, q, REQUEST))
-        out.append(data_record(server, Role.SERVER, False, ts + 1, q, REQUEST))
-        out.append(data_record(server, Role.SERVER, True, ts + 2, r, RESPONSE))
-        out.append(data_record(client, Role.CLIENT, False, ts + 3, r, RESPONSE))
-        q += len(REQUEST)
-        r += len(RESPONSE)
+        out.append(data_record(server, Role.SERVER, False, ts + 1000, q, REQUEST))
+        out.append(data_record(server, Role.SERVER, True, ts + 2000, r, RESPONSE))
+        out.append(data_record(client, Role.CLIENT, False, ts + 3000, r, RESPONSE))
+        sent[c], answered[c] = q + len(REQUEST), r + len(RESPONSE)
     return out
 
 
+def collector(sink_port: int) -> Collector:
+    """Spans over OTLP/gRPC, RED metrics over OTLP/gRPC every 10 s, no span budget."""
+    os.environ.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EBPF_SPAN_BUDGET="0",
+        OTEL_METRIC_EXPORT_INTERVAL="10000",
+    )
+    return Collector(load())
+
+
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    raw = records(n)
-    telemetry = SelfTelemetry()
-    bsp = BatchSpanProcessor(Discard(), max_queue_size=1 << 20)
-    builder = SpanBuilder()
-    tracker = ConnectionTracker(
-        lambda x, c: bsp.on_end(builder.build(x, c)), ProcessRegistry(), Selector(), telemetry
-    )
-    start = time.perf_counter()
-    for record in raw:
-        event = decode(record)
-        assert event is not None
-        tracker.handle(event)
-    elapsed = time.perf_counter() - start
-    bsp.shutdown()
-    events, spans = len(raw), 2 * n
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    raw = records(args.requests)
+    with null_sink() as port:
+        c = collector(port)
+        handle = c._on_kernel_event
+        profile = cProfile.Profile() if args.profile else None
+        cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+        if profile:
+            profile.enable()
+        for record in raw:
+            event = decode(record)
+            if event is not None:
+                handle(event)
+        c.tracker.release_held()
+        c.tracker.close_all(time.monotonic_ns())  # answers held for their ACK go
+        if profile:
+            profile.disable()
+        thread = time.thread_time() - thread0
+        for processor in c._processors:
+            processor.force_flush()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        built, exported = c.telemetry.spans_built, c.telemetry.spans_exported
+        for processor in c._processors:
+            processor.shutdown()
+    n = args.requests
     print(
-        f"pipeline: {events / elapsed:,.0f} events/s, {spans / elapsed:,.0f} spans/s, "
-        f"{elapsed / events * 1e6:.1f} us/event ({events} events, {elapsed:.2f}s)"
+        f"pipeline: {n} requests ({len(raw)} records), {built} spans built, "
+        f"{exported} exported in {wall:.2f} s; CPU per request: processing thread "
+        f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us"
     )
-    return 0
+    if profile:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+    return 0 if built == exported == 2 * n else 1
 
 
 if __name__ == "__main__":
