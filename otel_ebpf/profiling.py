@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from otel_ebpf.model import Frame, ProfiledStack, ProfileWindow, StackCount
+from otel_ebpf.processors.profiling.demangle import Demangler
 from otel_ebpf.processors.profiling.symbolize import KERNEL, UNKNOWN, Symbolizer
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
@@ -60,8 +61,10 @@ class ProfileAssembler:
         ties: SpanTies | None = None,
         include: Callable[[int, str], bool] | None = None,
         off_cpu: bool = False,
+        demangler: Demangler | None = None,
     ) -> None:
         self.period_ns = period_ns
+        self._demangler = demangler or Demangler()
         self.off_cpu = off_cpu
         self._symbolizer = symbolizer or Symbolizer()
         self._resource_of = resource_of or (lambda _pid, _comm: {})
@@ -112,20 +115,33 @@ class ProfileAssembler:
             trace_id, span_id = tied or (0, 0)
             self._count((pid, c.comm, frames, trace_id, span_id), c)
         self._pending_ties.clear()
+        stacks = [
+            ProfiledStack(pid, comm, frames, n, trace_id, span_id, off_ns)
+            for (pid, comm, frames, trace_id, span_id), (n, off_ns) in self._counts.items()
+        ]
         window = ProfileWindow(
             start_ns=self._start_ns,
             end_ns=end_ns,
             period_ns=self.period_ns,
-            stacks=[
-                ProfiledStack(pid, comm, frames, n, trace_id, span_id, off_ns)
-                for (pid, comm, frames, trace_id, span_id), (n, off_ns) in self._counts.items()
-            ],
+            stacks=self._readable(stacks),
             resources=self._resources,
             samples_lost=self._lost,
             off_cpu=self.off_cpu,
         )
         self._reset(end_ns)
         return window
+
+    def _readable(self, stacks: list[ProfiledStack]) -> list[ProfiledStack]:
+        """C++ and Rust names demangled, once per window for all its stacks."""
+        shown = self._demangler.readable(f.function for s in stacks for f in s.frames)
+        if not shown:
+            return stacks
+        return [
+            s._replace(
+                frames=tuple(Frame(shown.get(f.function, f.function), f.module) for f in s.frames)
+            )
+            for s in stacks
+        ]
 
 
 def top_functions(

@@ -15,7 +15,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: bcc and its Python binding, kernel headers, and the real
-# servers and clients the tests and benchmarks drive (gcc: the profiling tests build a C program).
+# servers and clients the tests and benchmarks drive (gcc: the profiling tests build a C program;
+# binutils: c++filt, which makes profiles' C++ and Rust names readable).
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
           redis-server postgresql-15 mariadb-server mariadb-client dnsmasq-base bind9-dnsutils
           nghttp2-server nftables ca-certificates openssl util-linux iproute2 python3-venv
