@@ -25,7 +25,7 @@ class SelfTelemetry:
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic
     connections_unrecognised: int = 0  # no supported protocol from the first byte: ignored
-    parse_errors: int = 0  # bytes the parsers could not read, and faults on the event path
+    parse_errors: int = 0  # bytes that are not their protocol, and faults on the event path
     events_late: int = 0  # calls reported after their bytes were skipped as a gap
     connections_declined: int = 0  # parsing stopped: a fault, or a peer beyond our bounds
     requests_unanswered: int = 0  # connection closed before a response

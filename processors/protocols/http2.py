@@ -178,7 +178,10 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         return done
 
     def _lost_sync(self, is_request: bool, ts: int) -> list[Http2Exchange]:
-        self._untrust(is_request, counted=True)  # header bytes may have gone by unseen
+        # Header bytes may have gone by unseen: the HPACK table is lost for good, an
+        # error even when the capture cut it (counted already when malformed).
+        gap = self._framers[is_request].lost_in_gap
+        self._untrust(is_request, counted=not gap)
         return []
 
     def _untrust(self, is_request: bool, counted: bool = False) -> None:

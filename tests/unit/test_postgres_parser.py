@@ -96,6 +96,38 @@ def test_big_rows_and_copy_data_are_skipped_by_length() -> None:
     assert chunks  # both fixtures load
 
 
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack(">I", len(body) + 4) + body
+
+
+def test_a_copy_whose_headers_the_capture_missed_is_no_parse_error() -> None:
+    """pgbench -i: rows in ~8 KiB writes, of which the kernel sends the first KiB;
+    framing is lost in each write's uncaptured rest and found at the next write."""
+    conn = PgConnection()
+    startup = b"\0\3\0\0user\0postgres\0database\0bench\0\0"
+    conn.feed(True, struct.pack(">I", len(startup) + 4) + startup, 1)
+    conn.feed(False, _message(b"R", bytes(4)) + _message(b"Z", b"I"), 2)
+    conn.feed(True, _message(b"Q", b"copy pgbench_accounts from stdin\0"), 3)
+    conn.feed(False, _message(b"G", bytes(3)), 4)
+    rows = [_message(b"d", f"{i}\t1\t0\t\n".encode()) for i in range(1, 20_001)]
+    writes, write = [], b""
+    for row in [*rows, _message(b"c", b"")]:
+        write += row
+        if len(write) > 8192:  # libpq sends whole messages past 8 KiB
+            writes.append(write)
+            write = b""
+    for w in [*writes, write]:
+        conn.feed(True, w[:1024], 5)
+        if len(w) > 1024:
+            conn.skip(True, len(w) - 1024, 5)
+    (copy,) = conn.feed(False, _message(b"C", b"COPY 20000\0") + _message(b"Z", b"I"), 6)
+    assert copy.query == "copy pgbench_accounts from stdin" and copy.answered
+    assert conn.parse_errors == 0
+    conn.feed(True, _message(b"Q", b"select 1\0"), 7)  # in sync again
+    conn.feed(True, b"\1 no message starts so", 8)  # bytes that are no message still are
+    assert conn.parse_errors == 1
+
+
 def test_unanswered_statement_is_reported_at_close() -> None:
     conn = PgConnection()
     conn.feed(True, b"Q" + struct.pack(">I", 13) + b"SELECT 1;\0", 5)
