@@ -17,6 +17,8 @@ from typing import BinaryIO, NamedTuple
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from otel_ebpf.processors.profiling.gopclntab import go_functions
+
 log = logging.getLogger(__name__)
 
 MAX_SYMBOLS = 2_000_000  # per binary; the largest seen here (libLLVM) has ~100,000
@@ -92,7 +94,8 @@ def read_info(f: BinaryIO) -> ElfInfo | None:
 
 
 def read_symbols(f: BinaryIO) -> Symbols:
-    """Function symbols of `.symtab` and `.dynsym` (empty for a malformed file)."""
+    """Function symbols of `.symtab` and `.dynsym`, and of `.gopclntab` when the
+    binary has no `.symtab` (empty for a malformed file)."""
     entries: list[tuple[int, int, str]] = []
     try:
         elf = ELFFile(f)
@@ -114,9 +117,18 @@ def read_symbols(f: BinaryIO) -> Symbols:
                 )
             if len(entries) >= MAX_SYMBOLS:
                 break
+        if elf.get_section_by_name(".symtab") is None:  # a stripped Go binary keeps this
+            entries.extend(_go_functions(elf))
     except (ELFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
         log.debug("symbols not read: %s", exc)
     return Symbols(entries[:MAX_SYMBOLS])
+
+
+def _go_functions(elf: ELFFile) -> list[tuple[int, int, str]]:
+    table, text = elf.get_section_by_name(".gopclntab"), elf.get_section_by_name(".text")
+    if table is None or text is None or table["sh_size"] > MAX_TABLE_BYTES:
+        return []
+    return go_functions(table.data(), text["sh_addr"])
 
 
 def _unpack64(data: bytes, strings: bytes, out: list[tuple[int, int, str]]) -> None:
