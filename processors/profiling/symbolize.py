@@ -10,6 +10,7 @@ leaves its frames unnamed.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 KERNEL = "[kernel]"
 JIT = "[jit]"
 UNKNOWN = "[unknown]"
+VDSO = "[vdso]"
+MAX_VDSO_BYTES = 1 << 20  # a few pages on every kernel seen
 
 
 # V8 names a function's code by its tier ("JS:~f" interpreted, "JS:^f" baseline,
@@ -77,6 +80,7 @@ class Symbolizer:
         self._views: dict[int, _ProcessView | None] = {}  # this window's
         self._opened: dict[tuple[int, str], _Binary | None] = {}  # this window's
         self._kernel: AddressNames | None = None
+        self._vdso: _Binary | bool | None = None  # False: not readable
 
     def new_window(self) -> None:
         """Forget what a process's memory looked like: it loads and JITs as it goes."""
@@ -130,6 +134,8 @@ class Symbolizer:
         if view is None:
             return Frame(UNKNOWN, UNKNOWN)
         m = find_mapping(view.mappings, view.starts, ip)
+        if m is not None and m.path == VDSO:
+            return self._vdso_frame(pid, m, ip)
         if m is None or not m.path or m.path.startswith("["):
             name = view.perf_map.name(ip) if view.perf_map is not None else None
             if name:
@@ -142,6 +148,27 @@ class Symbolizer:
             return Frame(f"{os.path.basename(m.path)}+0x{offset:x}", m.path)
         name = binary.symbols.name(vaddr)
         return Frame(name or f"{os.path.basename(m.path)}+0x{vaddr:x}", m.path)
+
+    def _vdso_frame(self, pid: int, m: Mapping, ip: int) -> Frame:
+        """The kernel's vDSO (clock_gettime and friends): an ELF image in memory
+        only, the same in every process, read once from the first one sampled in it."""
+        if self._vdso is None:
+            image = None
+            with (
+                contextlib.suppress(OSError, ValueError, OverflowError),
+                open(f"{self._proc}/{pid}/mem", "rb") as mem,
+            ):
+                mem.seek(m.start)
+                image = mem.read(min(m.end - m.start, MAX_VDSO_BYTES))
+            f = io.BytesIO(image or b"")
+            info = read_info(f) if image else None
+            self._vdso = _Binary(info, read_symbols(f)) if info else False
+        if isinstance(self._vdso, _Binary):
+            vaddr = file_offset_to_vaddr(self._vdso.info.loads, ip - m.start)
+            name = self._vdso.symbols.name(vaddr) if vaddr is not None else None
+            if name:
+                return Frame(name, VDSO)
+        return Frame(UNKNOWN, VDSO)
 
     def _binary(self, pid: int, m: Mapping) -> _Binary | None:
         key = (pid, m.path)

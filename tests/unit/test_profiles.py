@@ -4,6 +4,7 @@ all), symbols, the encoders (pprof, OTLP, SVG), aggregation and the span tie-in.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import subprocess
 import xml.dom.minidom
@@ -164,6 +165,24 @@ def test_symbolizer_names_kernel_jit_and_unknown_frames(tmp_path: Path) -> None:
     )
     # a process gone before the read: unnamed frames, no exception
     assert s.frames(43, (0x1234,), ()) == (Frame(UNKNOWN, UNKNOWN),)
+
+
+def test_the_vdso_is_named_from_its_image_in_memory() -> None:
+    """clock_gettime in the vDSO (no file on disk): read from a process's memory."""
+    maps = parse_maps(Path("/proc/self/maps").read_text())
+    vdso = next(m for m in maps if m.path == "[vdso]")
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(vdso.start)
+        image = io.BytesIO(mem.read(vdso.end - vdso.start))
+    info, symbols = read_info(image), read_symbols(image)
+    assert info is not None
+    at = next(s for s, _, n in symbols._entries() if n.endswith("clock_gettime"))
+    load = next(ld for ld in info.loads if ld.vaddr <= at < ld.vaddr + ld.size)
+    ip = vdso.start + (at - load.vaddr + load.offset) + 1
+    (frame,) = Symbolizer().frames(os.getpid(), (ip,), ())
+    assert frame.module == "[vdso]" and frame.function in ("clock_gettime", "__vdso_clock_gettime")
+    # a process whose memory cannot be read: an unnamed vDSO frame
+    assert Symbolizer(proc="/nonexistent").frames(1, (ip,), ()) == (Frame(UNKNOWN, UNKNOWN),)
 
 
 @settings(max_examples=100)
