@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 KERNEL = "[kernel]"
 JIT = "[jit]"
+# Anonymous executable memory with no perf map entry: JIT code whose runtime
+# writes no map (node without --perf-basic-prof, a JVM without an agent).
+UNNAMED_JIT = "[jit code without a perf map]"
 UNKNOWN = "[unknown]"
 VDSO = "[vdso]"
 MAX_VDSO_BYTES = 1 << 20  # a few pages on every kernel seen
@@ -140,6 +143,8 @@ class Symbolizer:
             name = view.perf_map.name(ip) if view.perf_map is not None else None
             if name:
                 return Frame(jit_name(name), JIT)
+            if m is not None and not m.path and m.executable:
+                return Frame(UNNAMED_JIT, JIT)  # code a runtime wrote and did not name
             return Frame(UNKNOWN, m.path if m is not None and m.path else UNKNOWN)
         binary = self._binary(pid, m)
         offset = ip - m.start + m.offset

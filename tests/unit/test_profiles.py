@@ -29,7 +29,14 @@ from otel_ebpf.processors.profiling import flamegraph, pprof
 from otel_ebpf.processors.profiling.elf import read_info, read_symbols
 from otel_ebpf.processors.profiling.otlp import build_request
 from otel_ebpf.processors.profiling.sources import parse_kallsyms, parse_maps, parse_perf_map
-from otel_ebpf.processors.profiling.symbolize import JIT, KERNEL, UNKNOWN, Symbolizer, jit_name
+from otel_ebpf.processors.profiling.symbolize import (
+    JIT,
+    KERNEL,
+    UNKNOWN,
+    UNNAMED_JIT,
+    Symbolizer,
+    jit_name,
+)
 from otel_ebpf.profile_exporters import PprofDirectoryExporter, pyroscope_name
 from otel_ebpf.profiling import ProfileAssembler, SpanTies, top_functions
 from otel_ebpf.receivers.otlp_body import Rejected
@@ -157,11 +164,12 @@ def test_symbolizer_names_kernel_jit_and_unknown_frames(tmp_path: Path) -> None:
         "ffffffff81000000 T entry_SYSCALL_64\nffffffff81000400 T vfs_write\n",
     )
     s = Symbolizer(proc=str(proc))
-    frames = s.frames(42, (0x7F0000001004, 0x7F0000900000), (0xFFFFFFFF81000410,))
+    frames = s.frames(42, (0x7F0000001004, 0x7F0000900000, 0x7F0000050000), (0xFFFFFFFF81000410,))
     assert frames == (
         Frame("vfs_write", KERNEL),
         Frame("handler /app.js:3:1", JIT),  # the leaf's own address
         Frame(UNKNOWN, UNKNOWN),  # outside every mapping
+        Frame(UNNAMED_JIT, JIT),  # code in anonymous memory the perf map does not name
     )
     # a process gone before the read: unnamed frames, no exception
     assert s.frames(43, (0x1234,), ()) == (Frame(UNKNOWN, UNKNOWN),)
