@@ -425,10 +425,10 @@ def get_distinct(port: int, tag: str, per_connection: int, connections: int) -> 
     return connections * per_connection
 
 
-def build_go(source: Path, binary: Path) -> Path:
+def build_go(source: Path, binary: Path, *flags: str) -> Path:
     """A static Go program from one main.go, with the toolchain installed here."""
     subprocess.run(
-        [GO, "build", "-o", str(binary), str(source)],
+        [GO, "build", *flags, "-o", str(binary), str(source)],
         check=True,
         env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
     )

@@ -53,7 +53,8 @@ def program(kind: str, tmp: Path) -> tuple[list[str], list[str]]:
     if kind == "go":
         source = tmp / "main.go"
         shutil.copy(PROFILED / "cpu_shares.go", source)
-        binary = build_go(source, tmp / "cpu_shares_go")
+        # stripped of its symbol table as production images are: named from .gopclntab
+        binary = build_go(source, tmp / "cpu_shares_go", "-ldflags=-s -w")
         return [str(binary), "120"], ["main.burnThree", "main.burnTwo", "main.burnOne"]
     node = shutil.which("node") or "/usr/bin/node"
     # no inlining: each function keeps code of its own to be sampled in (an
