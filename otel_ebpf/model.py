@@ -281,6 +281,19 @@ class HttpExchange(NamedTuple):
         return self.response is not None
 
 
+class RequestStarted:
+    """A parser read a request's start: in its output, in stream order, before
+    anything that ends that request. The tracker gives it its context (thread,
+    trace) in `context`; the parser's exchange carries this record as its token,
+    and leaves the tracker with the context in its place."""
+
+    __slots__ = ("context", "head")
+
+    def __init__(self, head: HttpHead | RequestHead) -> None:
+        self.head = head
+        self.context: object = None
+
+
 class RequestHead(NamedTuple):
     """Where a request of a protocol without HttpHead began: what the correlation
     needs (HTTP/2 fills in the headers; Redis and the SQL protocols leave them empty)."""
@@ -399,6 +412,7 @@ class SqlExchange(NamedTuple):
 
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.
 Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange
+SqlOutput = SqlExchange | RequestStarted  # what the SQL parsers give for bytes fed
 
 
 # --- CPU profiles (bpf/profile.bpf.c -> receivers.profiler -> processors.profiling) ---

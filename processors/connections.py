@@ -14,10 +14,12 @@ from otel_ebpf.processors.correlate import RequestContext
 
 
 class ProtocolParser(Protocol):
-    """What the tracker needs of a connection-level parser (HTTP/1, RESP, SQL, ...)."""
+    """What the tracker needs of a connection-level parser (HTTP/1, RESP, SQL, ...).
+    Sans-I/O: bytes in; out, in stream order, a `RequestStarted` for each request
+    begun and the exchanges ended (each carrying its request's RequestStarted)."""
 
     parse_errors: int
-    abandoned: list[Any]  # tokens of requests it gave up on (more in flight than it keeps)
+    abandoned: list[Any]  # RequestStarted of requests it gave up on (more in flight than kept)
 
     def feed(self, is_request: bool, data: bytes, ts: int) -> list[Any]: ...
     def skip(self, is_request: bool, n: int, ts: int) -> list[Any]: ...

@@ -27,7 +27,7 @@ from otel_ebpf.model import (
     Endpoint,
     Exchange,
     KernelEvent,
-    RequestHead,
+    RequestStarted,
     Role,
     SelfConn,
     base_socket,
@@ -107,7 +107,6 @@ class ConnectionTracker:
             is_sdk_process=is_sdk_process,
             moves_requests=lambda pid: processes.get(pid).runtime == GO,
         )
-        self._event: DataEvent | DatagramEvent | None = None  # the event being fed
         self._by_ends: dict[tuple[Endpoint, Endpoint], Connection] = {}  # (local, remote)
         # Connections closed lately, by socket: (generation, role, local, remote).
         self._closed: OrderedDict[int, tuple[int, Role, Endpoint | None, Endpoint | None]] = (
@@ -193,7 +192,7 @@ class ConnectionTracker:
                 self._delivery.moved_on(event.sk, event.retransmits)
                 self._on_data(event)
                 if self._lingering:
-                    self._end_if_answered(event.sk)
+                    self._end_if_answered(event)
             elif type(event) is DatagramEvent:
                 self._on_datagram(event)
             elif type(event) is ConnOpen:
@@ -284,14 +283,14 @@ class ConnectionTracker:
         conn, queries = entry
         if not conn.selected:
             return
-        self._event = ev
         out = queries.message(ev.payload, ev.ts, outgoing=ev.direction == Direction.EGRESS)
+        self._begin_requests(out, conn, ev)
         if queries.parse_errors:
             self._telemetry.parse_errors += queries.parse_errors
             queries.parse_errors = 0
         if queries.abandoned:
             self._abandon(conn, queries.abandoned)
-        self._emit(out, conn)
+        self._emit(out, conn, ev)
         if not queries:
             del self._dns[key]
 
@@ -303,9 +302,7 @@ class ConnectionTracker:
         conn.selected = self._selector.process_selected(ev.pid, conn.process.executable_name)
         if not conn.selected:
             self._telemetry.connections_excluded += 1
-        return conn, DnsQueries(
-            "udp", on_query=lambda ts: self._request_started(conn, RequestHead(ts, 0, {}))
-        )
+        return conn, DnsQueries("udp")
 
     # -- events ---------------------------------------------------------------
 
@@ -385,12 +382,12 @@ class ConnectionTracker:
             return
         self._end(conn, ev.ts)
 
-    def _end_if_answered(self, sk: int) -> None:
-        conn = self._lingering.get(sk)
+    def _end_if_answered(self, ev: DataEvent) -> None:
+        conn = self._lingering.get(ev.sk)
         if conn is not None and conn.requests <= conn.exchanges:
-            self._end(conn, 0)
+            self._end(conn, 0, ev)
 
-    def _end(self, conn: Connection, ts: int) -> None:
+    def _end(self, conn: Connection, ts: int, ev: DataEvent | None = None) -> None:
         """Stop tracking a connection (closed, evicted, or its address has a new
         owner): its unanswered requests are reported as of its close, if seen."""
         self._lingering.pop(conn.sk, None)
@@ -398,10 +395,12 @@ class ConnectionTracker:
             del self._conns[conn.sk]
         self._forget_ends(conn)
         self._delivery.acknowledged(conn.sk, None)
-        self._finish(conn, conn.closed_at or ts)
+        self._finish(conn, conn.closed_at or ts, ev=ev)
         self._delivery.ended(conn)
 
-    def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
+    def _finish(
+        self, conn: Connection, ts: int, at_exit: bool = False, ev: DataEvent | None = None
+    ) -> None:
         if conn.proto is None:
             return
         exchanges = conn.proto.close(ts)
@@ -417,7 +416,7 @@ class ConnectionTracker:
                 if ts > x.end_ts:  # it waited until the connection ended (or was reset)
                     x = x._replace(end_ts=ts)
             done.append(x)
-        self._emit(done, conn)
+        self._emit(done, conn, ev)
         self._drop_parser(conn)
 
     def _on_data(self, ev: DataEvent) -> None:
@@ -455,8 +454,7 @@ class ConnectionTracker:
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
         http = conn.proto
         assert http is not None  # selected connections have a parser
-        out: list[Exchange] = []
-        self._event = ev
+        out: list[Exchange | RequestStarted] = []
         gap = ev.cap_offset - expected
         if gap > 0:
             out += http.skip(is_request, gap, ev.ts)
@@ -468,6 +466,8 @@ class ConnectionTracker:
             tail = end - max(ev.cap_offset, expected)
         if tail > 0:
             out += http.skip(is_request, tail, ev.ts)
+        if out:
+            self._begin_requests(out, conn, ev)  # where the stream stood when they began
         conn.stream_pos[d] = end
         if conn.seen_from_start and ev.offset == 0 and http.not_protocol(is_request):
             self._fall_back(conn, ev)
@@ -488,7 +488,7 @@ class ConnectionTracker:
             )
         if http.abandoned:
             self._abandon(conn, http.abandoned)
-        self._emit(out, conn)
+        self._emit(out, conn, ev)
         self._reorder.fed(conn)
 
     def release_held(self) -> None:
@@ -508,7 +508,7 @@ class ConnectionTracker:
             tried,
         )
         conn.proto_name = name or ""
-        return new_parser(name, lambda head: self._request_started(conn, head)) if name else None
+        return new_parser(name) if name else None
 
     def _fall_back(self, conn: Connection, ev: DataEvent) -> None:
         """The first bytes were not what we guessed: try the next candidate on them."""
@@ -521,9 +521,18 @@ class ConnectionTracker:
         conn.stream_pos = [None, None]
         self._on_data(ev)
 
-    def _request_started(self, conn: Connection, head: RequestStart) -> RequestContext:
-        ev = self._event
-        assert ev is not None
+    def _begin_requests(
+        self, out: Sequence[object], conn: Connection, ev: DataEvent | DatagramEvent
+    ) -> None:
+        """The requests a parser saw start in the call `ev` get their context (and
+        their exchanges, when they end, carry it)."""
+        for started in out:
+            if type(started) is RequestStarted:
+                started.context = self._request_started(conn, started.head, ev)
+
+    def _request_started(
+        self, conn: Connection, head: RequestStart, ev: DataEvent | DatagramEvent
+    ) -> RequestContext:
         local, remote = conn.local, conn.remote
         client_on_node = (
             conn.role == Role.SERVER
@@ -574,15 +583,31 @@ class ConnectionTracker:
         """Requests a parser gave up on (more in flight on one connection than it
         keeps): they end here, counted, so no thread seems to serve them still."""
         self._telemetry.requests_dropped += len(tokens)
-        for rc in tokens:
+        for token in tokens:
+            rc = token.context if type(token) is RequestStarted else token
             if isinstance(rc, RequestContext):
                 self.correlator.ended(rc)
                 conn.in_flight.pop(rc, None)
         tokens.clear()
 
-    def _emit(self, exchanges: Sequence[Exchange], conn: Connection) -> None:
+    def _emit(
+        self,
+        out: Sequence[Exchange | RequestStarted],
+        conn: Connection,
+        ev: DataEvent | DatagramEvent | None = None,
+    ) -> None:
+        """Exchanges a parser ended (during `ev`, if a call ended them) go on, each
+        with its request's context as its token."""
+        if not out:
+            return
+        exchanges: list[Exchange] = []
+        for x in out:
+            if isinstance(x, RequestStarted):
+                continue
+            if isinstance(x.token, RequestStarted):
+                x = x._replace(token=x.token.context)
+            exchanges.append(x)
         conn.exchanges += len(exchanges)
-        ev = self._event
         answer_by = (  # the thread whose write completed a server's answers
             ev.tid
             if conn.role == Role.SERVER

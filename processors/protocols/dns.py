@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import NamedTuple
 
 import dns.exception
@@ -21,7 +20,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from otel_ebpf.model import DnsExchange, DnsMessage
+from otel_ebpf.model import DnsExchange, DnsMessage, RequestHead, RequestStarted
 from otel_ebpf.processors.protocols.framing import Frame, FramedConnection, Framer
 
 MAX_PENDING = 4096
@@ -62,15 +61,17 @@ def parse(data: bytes) -> DnsMessage | None:
 class _Pending(NamedTuple):
     query: DnsMessage
     start_ts: int
-    token: object
+    token: RequestStarted
+
+
+DnsOutput = DnsExchange | RequestStarted
 
 
 class DnsQueries:
     """Open queries of one socket (or TCP connection), paired by id and question."""
 
-    def __init__(self, transport: str, on_query: Callable[[int], object] | None = None) -> None:
+    def __init__(self, transport: str) -> None:
         self.transport = transport
-        self._on_query = on_query
         self._pending: OrderedDict[tuple[int, str, str], _Pending] = OrderedDict()
         self.parse_errors = 0
         self.abandoned: list[object] = []  # tokens of queries dropped past MAX_PENDING
@@ -78,8 +79,8 @@ class DnsQueries:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def message(self, data: bytes, ts: int, outgoing: bool) -> list[DnsExchange]:
-        """A query we sent (`outgoing`) or an answer we got."""
+    def message(self, data: bytes, ts: int, outgoing: bool) -> list[DnsOutput]:
+        """A query we sent (`outgoing`: its RequestStarted) or an answer we got."""
         m = parse(data)
         if m is None:
             self.parse_errors += 1
@@ -88,9 +89,9 @@ class DnsQueries:
         if outgoing and not m.is_response:
             if len(self._pending) >= MAX_PENDING:
                 self.abandoned.append(self._pending.popitem(last=False)[1].token)
-            token = self._on_query(ts) if self._on_query else None
-            self._pending[key] = _Pending(m, ts, token)
-            return []
+            started = RequestStarted(RequestHead(ts, 0, {}))
+            self._pending[key] = _Pending(m, ts, started)
+            return [started]
         if not outgoing and m.is_response:
             p = self._pending.pop(key, None)
             if p is not None:
@@ -129,16 +130,16 @@ class _TcpFramer(Framer):
         return min(length, 4096)
 
 
-class DnsTcpConnection(FramedConnection[DnsExchange]):
+class DnsTcpConnection(FramedConnection[DnsOutput]):
     """Both directions of one DNS-over-TCP connection."""
 
-    def __init__(self, on_request: Callable[[int], object] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__(_TcpFramer(), _TcpFramer())
-        self.queries = DnsQueries("tcp", on_request)
+        self.queries = DnsQueries("tcp")
         self.abandoned = self.queries.abandoned
 
-    def _handle(self, is_request: bool, frames: list[Frame]) -> list[DnsExchange]:
-        out: list[DnsExchange] = []
+    def _handle(self, is_request: bool, frames: list[Frame]) -> list[DnsOutput]:
+        out: list[DnsOutput] = []
         for f in frames:
             ts = f.start_ts if is_request else f.end_ts
             out += self.queries.message(f.body, ts, outgoing=is_request)

@@ -19,9 +19,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from otel_ebpf.model import HttpEnd, HttpExchange, HttpHead, ParseError, ParserEvent
+from otel_ebpf.model import (
+    HttpEnd,
+    HttpExchange,
+    HttpHead,
+    ParseError,
+    ParserEvent,
+    RequestStarted,
+)
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
 from otel_ebpf.processors.protocols.numbers import decimal, hexadecimal
+
+HttpOutput = HttpExchange | RequestStarted
 
 METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
@@ -441,11 +450,7 @@ class Http1Connection:
         self,
         max_pending: int = 64,
         max_head_bytes: int = 16384,
-        on_request: Callable[[HttpHead], object] | None = None,
     ) -> None:
-        # on_request: called as each request head is parsed; what it returns
-        # travels with the request and comes back as HttpExchange.token.
-        self._on_request = on_request
         self.requests = Http1StreamParser(True, max_head_bytes=max_head_bytes)
         self.responses = Http1StreamParser(False, self._method_awaiting_response, max_head_bytes)
         self._pending: deque[_Pending] = deque()
@@ -473,15 +478,17 @@ class Http1Connection:
     def skippable(self, is_request: bool) -> int:
         return (self.requests if is_request else self.responses).skippable
 
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[HttpExchange]:
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[HttpOutput]:
+        """Requests started (RequestStarted) and exchanges ended by these bytes, in
+        stream order."""
         parser = self.requests if is_request else self.responses
         return self._handle(is_request, parser.feed(data, ts))
 
-    def skip(self, is_request: bool, n: int, ts: int) -> list[HttpExchange]:
+    def skip(self, is_request: bool, n: int, ts: int) -> list[HttpOutput]:
         parser = self.requests if is_request else self.responses
         return self._handle(is_request, parser.skip(n, ts))
 
-    def close(self, ts: int) -> list[HttpExchange]:
+    def close(self, ts: int) -> list[HttpOutput]:
         """End of connection: finish what can be finished, report the rest."""
         done = self._handle(True, self.requests.eof(ts))
         done += self._handle(False, self.responses.eof(ts))
@@ -490,8 +497,8 @@ class Http1Connection:
             done.append(p.exchange(*p.answer) if p.answer else p.exchange(None, 0, p.end_ts))
         return done
 
-    def _handle(self, is_request: bool, events: list[ParserEvent]) -> list[HttpExchange]:
-        done: list[HttpExchange] = []
+    def _handle(self, is_request: bool, events: list[ParserEvent]) -> list[HttpOutput]:
+        done: list[HttpOutput] = []
         for ev in events:
             if isinstance(ev, ParseError):
                 # Before the first message this only says "not HTTP/1": not an error.
@@ -527,22 +534,23 @@ class Http1Connection:
                     waiting.answer = _Answer(response, ev.body_bytes, ev.end_ts)
         return done
 
-    def _request(self, head: HttpHead, done: list[HttpExchange]) -> None:
+    def _request(self, head: HttpHead, done: list[HttpOutput]) -> None:
         if len(self._pending) >= self._max_pending:
             self.abandoned.append(self._pending.popleft().token)
         # A new request on a connection whose last response lost its
         # framing means that response has ended.
         if self.responses.lost_in_message:
             done += self._handle(False, self.responses.eof(head.start_ts))
-        token = self._on_request(head) if self._on_request else None
-        p = _Pending(head, token)
+        started = RequestStarted(head)
+        done.append(started)
+        p = _Pending(head, started)
         while self._early and self._early[0].head.start_ts < head.start_ts:
             self._early.popleft()  # answers to requests we never saw
         if self._early:
             p.answer, p.early = self._early.popleft(), True
         self._pending.append(p)
 
-    def _flush(self, done: list[HttpExchange]) -> None:
+    def _flush(self, done: list[HttpOutput]) -> None:
         """Report answered requests in order; an answer that came before its
         request waits for the request's end (its body size)."""
         while self._pending:

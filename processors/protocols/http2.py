@@ -23,11 +23,10 @@ arrives; the exchange is reported when the request's END_STREAM is seen too.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 
 import hpack
 
-from otel_ebpf.model import Declined, Http2Exchange, RequestHead
+from otel_ebpf.model import Declined, Http2Exchange, RequestHead, RequestStarted
 from otel_ebpf.processors.propagation import TRACE_CONTEXT_HEADERS
 from otel_ebpf.processors.protocols.framing import (
     Frame,
@@ -36,6 +35,8 @@ from otel_ebpf.processors.protocols.framing import (
     NotThisProtocol,
 )
 from otel_ebpf.processors.protocols.numbers import decimal
+
+H2Output = Http2Exchange | RequestStarted
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
@@ -144,12 +145,11 @@ class _H2Framer(Framer):
         )
 
 
-class Http2Connection(FramedConnection[Http2Exchange]):
+class Http2Connection(FramedConnection[H2Output]):
     """Both directions of one HTTP/2 connection, streams paired into exchanges."""
 
-    def __init__(self, on_request: Callable[[RequestHead], object] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__(_H2Framer(client=True), _H2Framer(client=False))
-        self._on_request = on_request
         self._decoders = {True: hpack.Decoder(), False: hpack.Decoder()}
         self.untrusted = {True: False, False: False}  # that direction's HPACK state is lost
         self._blocks: dict[bool, tuple[int, int, bytearray, int, int, bool] | None] = {
@@ -161,7 +161,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         self._last_request_sid = 0  # highest client stream whose request head was seen
         self.streams_undecoded = 0  # streams not reported: their headers could not be trusted
 
-    def close(self, ts: int) -> list[Http2Exchange]:
+    def close(self, ts: int) -> list[H2Output]:
         streams = list(self._streams.items())
         return [
             self._ended(sid, s) if s.ended else self._exchange(sid, s, ts, ended=False)
@@ -170,14 +170,14 @@ class Http2Connection(FramedConnection[Http2Exchange]):
 
     # -- frames ------------------------------------------------------------------
 
-    def _handle(self, is_request: bool, frames: list[Frame]) -> list[Http2Exchange]:
-        done: list[Http2Exchange] = []
+    def _handle(self, is_request: bool, frames: list[Frame]) -> list[H2Output]:
+        done: list[H2Output] = []
         for f in frames:
             if f.kind != _PREFACE_KIND:
                 self._frame(is_request, f, done)
         return done
 
-    def _lost_sync(self, is_request: bool, ts: int) -> list[Http2Exchange]:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[H2Output]:
         # Header bytes may have gone by unseen: the HPACK table is lost for good, an
         # error even when the capture cut it (counted already when malformed).
         gap = self._framers[is_request].lost_in_gap
@@ -191,7 +191,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
                 self.parse_errors += 1
         self._blocks[is_request] = None
 
-    def _frame(self, is_request: bool, f: Frame, done: list[Http2Exchange]) -> None:
+    def _frame(self, is_request: bool, f: Frame, done: list[H2Output]) -> None:
         frame_type, flags, sid = f.kind & 0xFF, (f.kind >> 8) & 0xFF, f.kind >> 16
         block = self._blocks[is_request]
         if block is not None and frame_type != CONTINUATION:
@@ -235,7 +235,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         elif frame_type == PUSH_PROMISE:
             self._untrust(not is_request)  # its header block would need decoding too
 
-    def _end_block(self, is_request: bool, done: list[Http2Exchange], ts: int) -> None:
+    def _end_block(self, is_request: bool, done: list[H2Output], ts: int) -> None:
         block = self._blocks[is_request]
         self._blocks[is_request] = None
         assert block is not None
@@ -247,7 +247,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
                 self.streams_undecoded += 1
                 self._early.pop(sid, None)
             else:
-                self._request(sid, headers, start_ts, offset)
+                self._request(sid, headers, start_ts, offset, done)
                 stream = self._streams.get(sid)
                 if flags & END_STREAM and stream is not None:
                     self._end_stream(True, sid, stream, ts, done)
@@ -284,7 +284,7 @@ class Http2Connection(FramedConnection[Http2Exchange]):
         sid: int,
         stream: _Stream,
         ts: int,
-        done: list[Http2Exchange],
+        done: list[H2Output],
         reset: bool = False,
     ) -> None:
         """The server's end (or a reset) ends an exchange; an early response's waits
@@ -321,13 +321,16 @@ class Http2Connection(FramedConnection[Http2Exchange]):
                 out[key] = value.decode("latin-1")
         return out
 
-    def _request(self, sid: int, headers: dict[str, str], start_ts: int, offset: int) -> None:
+    def _request(
+        self, sid: int, headers: dict[str, str], start_ts: int, offset: int, done: list[H2Output]
+    ) -> None:
         if sid in self._streams:
             return  # request trailers
         if len(self._streams) >= MAX_STREAMS:
             self.abandoned.append(self._streams.popitem(last=False)[1].token)
         kept = {k: v for k, v in headers.items() if not k.startswith(":")}
-        token = self._on_request(RequestHead(start_ts, offset, kept)) if self._on_request else None
+        token = RequestStarted(RequestHead(start_ts, offset, kept))
+        done.append(token)
         stream = self._early.pop(sid, None) or _Stream({}, 0, None)
         stream.request, stream.start_ts, stream.token = headers, start_ts, token
         self._streams[sid] = stream

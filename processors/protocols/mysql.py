@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 
-from otel_ebpf.model import SqlExchange
+from otel_ebpf.model import RequestHead, RequestStarted, SqlExchange, SqlOutput
 from otel_ebpf.processors.protocols.framing import (
     Frame,
     FramedConnection,
@@ -125,15 +124,12 @@ class _Command:
 _FIRST, _PREPARE_DEFS, _COLUMNS, _COLUMNS_EOF, _ROWS = range(5)
 
 
-class MysqlConnection(FramedConnection[SqlExchange]):
+class MysqlConnection(FramedConnection[SqlOutput]):
     """Both directions of one MySQL/MariaDB connection, paired into statements."""
 
-    def __init__(
-        self, system: str = "mysql", on_request: Callable[[int], object] | None = None
-    ) -> None:
+    def __init__(self, system: str = "mysql") -> None:
         super().__init__(_MysqlFramer(KEEP_CLIENT), _MysqlFramer(KEEP_SERVER))
         self.system = system
-        self._on_request = on_request
         self.namespace: str | None = None
         self._handshake = 0  # 0 unknown (joined mid-connection), 1 greeting seen, 2 done
         self._server_caps = 0
@@ -144,7 +140,7 @@ class MysqlConnection(FramedConnection[SqlExchange]):
         self._remaining = 0  # packets left in the current block (columns, parameter defs)
         self._continued = [False, False]  # the last packet each way was a full one
 
-    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlExchange]:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlOutput]:
         self._continued = [False, False]
         command, self._command = self._command, None
         self._state = _FIRST
@@ -152,7 +148,7 @@ class MysqlConnection(FramedConnection[SqlExchange]):
             return []
         return [self._exchange(command, ts)]  # its outcome was in the bytes we lost
 
-    def close(self, ts: int) -> list[SqlExchange]:
+    def close(self, ts: int) -> list[SqlOutput]:
         command, self._command = self._command, None
         if command is None or not _reported(command):
             return []
@@ -160,8 +156,8 @@ class MysqlConnection(FramedConnection[SqlExchange]):
 
     # -- packets ----------------------------------------------------------------
 
-    def _handle(self, is_request: bool, packets: list[Frame]) -> list[SqlExchange]:
-        done: list[SqlExchange] = []
+    def _handle(self, is_request: bool, packets: list[Frame]) -> list[SqlOutput]:
+        done: list[SqlOutput] = []
         for p in packets:
             side = 0 if is_request else 1
             continued, self._continued[side] = self._continued[side], p.length == FULL_PACKET
@@ -173,7 +169,7 @@ class MysqlConnection(FramedConnection[SqlExchange]):
                 self._server_packet(p, done)
         return done
 
-    def _client_packet(self, p: Frame, done: list[SqlExchange]) -> None:
+    def _client_packet(self, p: Frame, done: list[SqlOutput]) -> None:
         body = p.body
         if p.kind != 0:
             if self._handshake == 1 and p.kind == 1:
@@ -189,11 +185,11 @@ class MysqlConnection(FramedConnection[SqlExchange]):
         self._command = None
         self._state = _FIRST
         if kind in (COM_QUERY, COM_STMT_PREPARE):
-            self._start(kind, body[1:].decode("utf-8", "replace"), p.start_ts, prepared=False)
+            self._start(kind, body[1:].decode("utf-8", "replace"), p.start_ts, done, False)
         elif kind == COM_STMT_EXECUTE and len(body) >= 5:
             (stmt_id,) = struct.unpack_from("<I", body, 1)
             text = self._statements.get(stmt_id, "")
-            self._start(kind, text, p.start_ts, prepared=True)
+            self._start(kind, text, p.start_ts, done, prepared=True)
         elif kind == COM_INIT_DB:
             self.namespace = body[1:].decode("utf-8", "replace") or self.namespace
         elif kind == COM_STMT_CLOSE and len(body) >= 5:
@@ -201,10 +197,12 @@ class MysqlConnection(FramedConnection[SqlExchange]):
         elif kind not in _NO_RESPONSE:
             self._command = _Command(kind, "", p.start_ts, False, None)  # walked, not reported
 
-    def _start(self, kind: int, text: str, ts: int, prepared: bool) -> None:
-        report = kind != COM_STMT_PREPARE
-        token = self._on_request(ts) if self._on_request and report else None
-        self._command = _Command(kind, text, ts, prepared, token)
+    def _start(self, kind: int, text: str, ts: int, done: list[SqlOutput], prepared: bool) -> None:
+        started = None
+        if kind != COM_STMT_PREPARE:  # a statement prepared is walked, not reported
+            started = RequestStarted(RequestHead(ts, 0, {}))
+            done.append(started)
+        self._command = _Command(kind, text, ts, prepared, started)
 
     def _handshake_response(self, body: bytes) -> None:
         if len(body) < 32:
@@ -242,7 +240,7 @@ class MysqlConnection(FramedConnection[SqlExchange]):
         self._server_caps = low | high << 16
         self._handshake = 1
 
-    def _server_packet(self, p: Frame, done: list[SqlExchange]) -> None:
+    def _server_packet(self, p: Frame, done: list[SqlOutput]) -> None:
         body = p.body
         if not body:
             return
@@ -270,7 +268,7 @@ class MysqlConnection(FramedConnection[SqlExchange]):
             status = _ok_status(body) if self.deprecate_eof else _eof_status(body)
             self._more_or_end(status, p.end_ts, done)
 
-    def _first_packet(self, p: Frame, command: _Command, done: list[SqlExchange]) -> None:
+    def _first_packet(self, p: Frame, command: _Command, done: list[SqlOutput]) -> None:
         body = p.body
         if command.kind == COM_STMT_PREPARE and body[0] == OK and len(body) >= 9:
             stmt_id, columns, params = struct.unpack_from("<IHH", body, 1)
@@ -289,20 +287,20 @@ class MysqlConnection(FramedConnection[SqlExchange]):
             self._remaining, _ = _lenenc(body, 0)  # a result set: this many columns
             self._state = _COLUMNS
 
-    def _count_down(self, p: Frame | None, done: list[SqlExchange], ts: int = 0) -> None:
+    def _count_down(self, p: Frame | None, done: list[SqlOutput], ts: int = 0) -> None:
         if p is not None:
             self._remaining -= 1
             ts = p.end_ts
         if self._remaining <= 0:
             self._end(ts, done)
 
-    def _more_or_end(self, status: int, ts: int, done: list[SqlExchange]) -> None:
+    def _more_or_end(self, status: int, ts: int, done: list[SqlOutput]) -> None:
         if status & SERVER_MORE_RESULTS_EXISTS:
             self._state = _FIRST  # another result set (multi-statement, CALL) follows
         else:
             self._end(ts, done)
 
-    def _end(self, ts: int, done: list[SqlExchange]) -> None:
+    def _end(self, ts: int, done: list[SqlOutput]) -> None:
         command, self._command = self._command, None
         self._state = _FIRST
         if command is not None and _reported(command):

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Callable
 
-from otel_ebpf.model import SqlExchange
+from otel_ebpf.model import RequestHead, RequestStarted, SqlExchange, SqlOutput
 from otel_ebpf.processors.protocols.framing import (
     Frame,
     FramedConnection,
@@ -111,14 +110,13 @@ class _Op:
         self.error: tuple[str, str] | None = None
 
 
-class PgConnection(FramedConnection[SqlExchange]):
+class PgConnection(FramedConnection[SqlOutput]):
     """Both directions of one PostgreSQL connection, paired into statements."""
 
-    def __init__(self, on_request: Callable[[int], object] | None = None) -> None:
+    def __init__(self) -> None:
         self.frontend = _PgFramer(frontend=True)
         self.backend = _PgFramer(frontend=False)
         super().__init__(self.frontend, self.backend)
-        self._on_request = on_request
         self.namespace: str | None = None
         self.user: str | None = None
         self._statements: OrderedDict[str, str] = OrderedDict()
@@ -128,12 +126,12 @@ class PgConnection(FramedConnection[SqlExchange]):
         self._answered_group = 0  # ... and the server has closed with ReadyForQuery
         self._parsed: tuple[str, str] | None = None  # last Parse: name, text
 
-    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlExchange]:
+    def _lost_sync(self, is_request: bool, ts: int) -> list[SqlOutput]:
         if is_request:
             return []
         # Outcomes were in the bytes we lost: what was sent counts as answered
         # (statements, no error) so later answers are not paired with them.
-        done = [self._exchange(op, ts) for op in self._pending]
+        done: list[SqlOutput] = [self._exchange(op, ts) for op in self._pending]
         self._pending.clear()
         self._answered_group = self._group
         return done
@@ -145,21 +143,21 @@ class PgConnection(FramedConnection[SqlExchange]):
 
     # -- messages ---------------------------------------------------------------
 
-    def _handle(self, is_request: bool, messages: list[Frame]) -> list[SqlExchange]:
-        done: list[SqlExchange] = []
+    def _handle(self, is_request: bool, messages: list[Frame]) -> list[SqlOutput]:
+        done: list[SqlOutput] = []
         for m in messages:
             if is_request:
-                self._frontend_message(m)
+                self._frontend_message(m, done)
             else:
                 self._backend_message(m, done)
         return done
 
-    def _frontend_message(self, m: Frame) -> None:
+    def _frontend_message(self, m: Frame, done: list[SqlOutput]) -> None:
         kind, body = m.kind, m.body
         if kind == 0:
             self._startup(body)
         elif kind == ord("Q"):
-            self._start(_cstrings(body, 1)[0], m.start_ts, simple=True, prepared=False)
+            self._start(_cstrings(body, 1)[0], m.start_ts, done, simple=True, prepared=False)
             self._group += 1  # a simple query is its own group, closed by ReadyForQuery
         elif kind == ord("P"):
             name, text = _cstrings(body, 2)
@@ -179,7 +177,7 @@ class PgConnection(FramedConnection[SqlExchange]):
         elif kind == ord("E"):
             portal = _cstrings(body, 1)[0]
             text, prepared = self._portals.get(portal, ("", False))
-            self._start(text, m.start_ts, simple=False, prepared=prepared)
+            self._start(text, m.start_ts, done, simple=False, prepared=prepared)
         elif kind == ord("S"):
             self._group += 1
             self._parsed = None
@@ -199,13 +197,16 @@ class PgConnection(FramedConnection[SqlExchange]):
             database = params.get(b"database") or user
             self.namespace = database.decode("utf-8", "replace") if database else None
 
-    def _start(self, text: str, ts: int, simple: bool, prepared: bool) -> None:
+    def _start(
+        self, text: str, ts: int, done: list[SqlOutput], simple: bool, prepared: bool
+    ) -> None:
         if len(self._pending) >= MAX_PENDING:
             self.abandoned.append(self._pending.popleft().token)
-        token = self._on_request(ts) if self._on_request else None
-        self._pending.append(_Op(text, ts, self._group, simple, prepared, token))
+        started = RequestStarted(RequestHead(ts, 0, {}))
+        done.append(started)
+        self._pending.append(_Op(text, ts, self._group, simple, prepared, started))
 
-    def _backend_message(self, m: Frame, done: list[SqlExchange]) -> None:
+    def _backend_message(self, m: Frame, done: list[SqlOutput]) -> None:
         kind = m.kind
         if kind == SSL_ANSWER:
             if m.body == b"S" or m.body == b"G":

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from otel_ebpf.model import RequestHead, RespValue, Role
+from otel_ebpf.model import Role
 from otel_ebpf.processors.connections import ProtocolParser
-from otel_ebpf.processors.correlate import RequestStart
 from otel_ebpf.processors.protocols.dns import DnsTcpConnection
 from otel_ebpf.processors.protocols.http1 import (
     Http1Connection,
@@ -31,18 +30,7 @@ from otel_ebpf.processors.protocols.mysql import MysqlConnection, looks_like_ser
 from otel_ebpf.processors.protocols.postgres import PgConnection, looks_like_startup
 from otel_ebpf.processors.protocols.resp import RespConnection, looks_like_resp_command
 
-# Called as a parser reads a request's start; what it returns comes back as
-# the exchange's token.
-RequestStarted = Callable[[RequestStart], object]
 Sniff = Callable[[bytes], bool]
-
-
-def _at(ts: int) -> RequestHead:
-    return RequestHead(ts, 0, {})
-
-
-def _command(value: RespValue) -> RequestHead:
-    return _at(value.start_ts)
 
 
 def _h2_preface(data: bytes) -> bool:
@@ -52,7 +40,7 @@ def _h2_preface(data: bytes) -> bool:
 @dataclass(frozen=True)
 class ProtocolSpec:
     name: str
-    new_parser: Callable[[RequestStarted], ProtocolParser]
+    new_parser: Callable[[], ProtocolParser]
     opens_request: Sniff | None = None  # a client's first bytes
     opens_server: Sniff | None = None  # what a server sends before any request
     opens_response: Sniff | None = None  # an answer's first bytes, anywhere in a stream
@@ -62,37 +50,37 @@ class ProtocolSpec:
 PROTOCOLS: tuple[ProtocolSpec, ...] = (  # in detection order
     ProtocolSpec(
         "http2",
-        lambda started: Http2Connection(on_request=started),
+        Http2Connection,
         opens_request=_h2_preface,
         opens_server=looks_like_server_settings,  # sent before it reads the preface
     ),
     ProtocolSpec(
         "http",
-        lambda started: Http1Connection(on_request=started),
+        Http1Connection,
         opens_request=looks_like_request,
         opens_response=looks_like_response,
     ),
     ProtocolSpec(
         "redis",
-        lambda started: RespConnection(on_request=lambda value: started(_command(value))),
+        RespConnection,
         opens_request=looks_like_resp_command,
         port=6379,
     ),
     ProtocolSpec(
         "postgresql",
-        lambda started: PgConnection(on_request=lambda ts: started(_at(ts))),
+        PgConnection,
         opens_request=looks_like_startup,
         port=5432,
     ),
     ProtocolSpec(
         "mysql",
-        lambda started: MysqlConnection(on_request=lambda ts: started(_at(ts))),
+        MysqlConnection,
         opens_server=looks_like_server_greeting,  # the server speaks first
         port=3306,
     ),
     ProtocolSpec(
         "dns",
-        lambda started: DnsTcpConnection(on_request=lambda ts: started(_at(ts))),
+        DnsTcpConnection,
         port=53,
     ),
 )
@@ -133,9 +121,9 @@ def detect(
     return None if "http" in exclude else "http"
 
 
-def new_parser(name: str, started: RequestStarted) -> ProtocolParser | None:
+def new_parser(name: str) -> ProtocolParser | None:
     spec = BY_NAME.get(name)
-    return spec.new_parser(started) if spec else None
+    return spec.new_parser() if spec else None
 
 
 def guess_role(

@@ -11,9 +11,10 @@ so a subscriber's stream of messages never becomes a span per message.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 
-from otel_ebpf.model import RedisExchange, RespValue
+from otel_ebpf.model import RedisExchange, RequestHead, RequestStarted, RespValue
+
+RespOutput = RedisExchange | RequestStarted
 
 PREVIEW = 64  # bytes kept of a scalar
 KEPT_ITEMS = 3  # elements kept of an aggregate (command name, key, one more)
@@ -197,13 +198,10 @@ class RespStreamParser:
 class RespConnection:
     """Both directions of one Redis connection, paired into exchanges."""
 
-    def __init__(
-        self, max_pending: int = 1024, on_request: Callable[[RespValue], object] | None = None
-    ) -> None:
-        self._on_request = on_request
+    def __init__(self, max_pending: int = 1024) -> None:
         self.requests = RespStreamParser(True)
         self.replies = RespStreamParser(False)
-        self._pending: deque[tuple[RespValue, object]] = deque()
+        self._pending: deque[tuple[RespValue, RequestStarted]] = deque()
         self.parse_errors = 0  # RESP has no recoverable errors: a loss of sync is counted
         self._max_pending = max_pending
         self._subscribed = False
@@ -216,11 +214,11 @@ class RespConnection:
         parser = self.requests if is_request else self.replies
         return parser.lost and not parser.synced
 
-    def feed(self, is_request: bool, data: bytes, ts: int) -> list[RedisExchange]:
+    def feed(self, is_request: bool, data: bytes, ts: int) -> list[RespOutput]:
         parser = self.requests if is_request else self.replies
         return self._handle(is_request, parser.feed(data, ts))
 
-    def skip(self, is_request: bool, n: int, ts: int) -> list[RedisExchange]:
+    def skip(self, is_request: bool, n: int, ts: int) -> list[RespOutput]:
         parser = self.requests if is_request else self.replies
         return self._handle(is_request, parser.skip(n, ts))
 
@@ -229,14 +227,15 @@ class RespConnection:
         self._pending.clear()
         return done
 
-    def _handle(self, is_request: bool, values: list[RespValue]) -> list[RedisExchange]:
-        done: list[RedisExchange] = []
+    def _handle(self, is_request: bool, values: list[RespValue]) -> list[RespOutput]:
+        done: list[RespOutput] = []
         for value in values:
             if is_request:
                 if len(self._pending) >= self._max_pending:
                     self.abandoned.append(self._pending.popleft()[1])
-                token = self._on_request(value) if self._on_request else None
-                self._pending.append((value, token))
+                started = RequestStarted(RequestHead(value.start_ts, 0, {}))
+                done.append(started)
+                self._pending.append((value, started))
                 name = value.items[0].text.upper() if value.items else b""
                 if name in _SUBSCRIBE:
                     self._subscribed = True

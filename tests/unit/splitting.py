@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Protocol
 
+from otel_ebpf.model import RequestStarted
+
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
@@ -37,6 +39,11 @@ def resplit(chunks: list[tuple[bool, bytes]], cuts: list[int]) -> list[tuple[boo
     return out
 
 
+def ended(out: list[Any]) -> list[Any]:
+    """A parser's output without its RequestStarted records: the exchanges."""
+    return [x for x in out if not isinstance(x, RequestStarted)]
+
+
 def replay(
     conn: ConnectionParser, chunks: list[tuple[bool, bytes]], capture: int | None = None
 ) -> list[Any]:
@@ -47,4 +54,4 @@ def replay(
         out += conn.feed(is_request, kept, ts)
         if len(kept) < len(data):
             out += conn.skip(is_request, len(data) - len(kept), ts)
-    return out + conn.close(len(chunks))
+    return ended(out + conn.close(len(chunks)))

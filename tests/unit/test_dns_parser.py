@@ -8,6 +8,7 @@ import dns.rrset
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otel_ebpf.model import RequestStarted
 from otel_ebpf.processors.protocols.dns import DnsQueries, DnsTcpConnection, parse
 from splitting import feed_random, split
 
@@ -27,10 +28,12 @@ def test_parallel_a_and_aaaa_pair_by_question() -> None:
     q4, r4 = exchange("svc.example.", "A", 7, "10.0.0.1", "10.0.0.2")
     q6, r6 = exchange("svc.example.", "AAAA", 7, "fd00::1")
     queries = DnsQueries("udp")
-    assert queries.message(q4, 1, outgoing=True) == []
-    assert queries.message(q6, 2, outgoing=True) == []
+    (started4,) = queries.message(q4, 1, outgoing=True)  # queries start requests
+    (started6,) = queries.message(q6, 2, outgoing=True)
+    assert isinstance(started6, RequestStarted) and started6.head.start_ts == 2
     (six,) = queries.message(r6, 5, outgoing=False)
     (four,) = queries.message(r4, 6, outgoing=False)
+    assert (six.token, four.token) == (started6, started4)
     assert (six.query.qtype, six.response and six.response.answers, six.start_ts) == (
         "AAAA",
         ("fd00::1",),

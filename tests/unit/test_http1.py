@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from captured import load
 from otel_ebpf.model import HttpExchange
 from otel_ebpf.processors.protocols.http1 import Http1Connection, Http1StreamParser
-from splitting import feed_random, replay, resplit, split
+from splitting import ended, feed_random, replay, resplit, split
 
 REQ = True
 RESP = False
@@ -21,10 +21,11 @@ def run(pairs: list[tuple[bool, bytes]], close: bool = True) -> list[HttpExchang
         out += conn.feed(is_req, data, ts)
     if close:
         out += conn.close(len(pairs) + 1)
-    return out
+    return ended(out)
 
 
-def summary(exchanges: list[HttpExchange]) -> list[tuple[str, str, int | None, int, int]]:
+def summary(out: list[HttpExchange]) -> list[tuple[str, str, int | None, int, int]]:
+    """What each exchange among a parser's output says (its RequestStarted records left out)."""
     return [
         (
             x.request.method,
@@ -33,7 +34,7 @@ def summary(exchanges: list[HttpExchange]) -> list[tuple[str, str, int | None, i
             x.request_body_bytes,
             x.response_body_bytes,
         )
-        for x in exchanges
+        for x in ended(out)
     ]
 
 
@@ -122,7 +123,7 @@ def test_an_answer_reported_before_its_request_is_paired_with_it() -> None:
     out += conn.feed(RESP, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nBB", 5)
     assert summary(out) == [("GET", "/a", 200, 0, 1)]
     out += conn.feed(REQ, b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\n", 4)
-    assert len(out) == 1  # waits for the request's body
+    assert len(ended(out)) == 1  # waits for the request's body
     out += conn.feed(REQ, b"abc", 4)
     out += conn.feed(REQ, b"GET /c HTTP/1.1\r\n\r\n", 6)
     out += conn.feed(RESP, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 7)
@@ -131,7 +132,7 @@ def test_an_answer_reported_before_its_request_is_paired_with_it() -> None:
         ("POST", "/b", 201, 3, 2),
         ("GET", "/c", 404, 0, 0),
     ]
-    assert (out[1].start_ts, out[1].end_ts) == (4, 5)
+    assert (ended(out)[1].start_ts, ended(out)[1].end_ts) == (4, 5)
     assert conn.close(8) == []
 
 
@@ -253,7 +254,7 @@ def feed_split(req_cuts: list[int], resp_cuts: list[int]) -> list[HttpExchange]:
         out += conn.feed(REQ, piece, 1)
     for piece in split(STREAM_RESP, resp_cuts):
         out += conn.feed(RESP, piece, 1)
-    return out + conn.close(1)
+    return ended(out + conn.close(1))
 
 
 EXPECTED = [

@@ -20,6 +20,7 @@ from otel_ebpf.model import (
     Direction,
     Endpoint,
     Http2Exchange,
+    RequestStarted,
     Role,
 )
 from otel_ebpf.processes import ProcessRegistry
@@ -97,9 +98,8 @@ def test_curl_against_nghttpd() -> None:
     assert x.headers["user-agent"].startswith("curl/") and not x.grpc
 
 
-def test_traceparent_reaches_the_request_callback() -> None:
-    heads = []
-    conn = Http2Connection(on_request=lambda head: heads.append(head) or "token")
+def test_a_request_start_carries_its_traceparent_and_is_its_exchanges_token() -> None:
+    conn = Http2Connection()
     block = hpack.Encoder().encode(
         [
             (":method", "GET"),
@@ -110,11 +110,13 @@ def test_traceparent_reaches_the_request_callback() -> None:
         ]
     )
     frame = len(block).to_bytes(3, "big") + bytes([1, 0x4 | 0x1]) + (1).to_bytes(4, "big")
-    conn.feed(True, PREFACE + frame + block, 10)
-    assert heads[0].headers["traceparent"].startswith("00-0af7") and heads[0].start_ts == 10
-    assert heads[0].stream_offset == len(PREFACE)
+    (started,) = conn.feed(True, PREFACE + frame + block, 10)
+    assert isinstance(started, RequestStarted)
+    head = started.head
+    assert head.headers["traceparent"].startswith("00-0af7") and head.start_ts == 10
+    assert head.stream_offset == len(PREFACE)
     (x,) = conn.close(20)
-    assert x.token == "token" and not x.answered
+    assert x.token is started and not x.answered
 
 
 def test_header_block_cut_by_the_capture_untrusts_that_direction() -> None:

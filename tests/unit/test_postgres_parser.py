@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
-from otel_ebpf.model import SqlExchange
+from otel_ebpf.model import RequestStarted, SqlExchange
 from otel_ebpf.processors.protocols.postgres import PgConnection, looks_like_startup
 from splitting import feed_random, replay, resplit
 
@@ -78,7 +78,8 @@ def test_errors_skip_the_rest_of_the_sync_group() -> None:
             msg(b"S", b""),
         ]
     )
-    assert conn.feed(True, batch, 1) == []
+    started = conn.feed(True, batch, 1)  # two Executes: two requests
+    assert [type(s) for s in started] == [RequestStarted, RequestStarted]
     error = msg(b"E", b"SERROR\0C42703\0Mcolumn does not exist\0\0")
     first = conn.feed(False, error, 2)
     rest = conn.feed(False, msg(b"Z", b"I"), 3)

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
-from otel_ebpf.model import RedisExchange
+from otel_ebpf.model import RedisExchange, RequestStarted
 from otel_ebpf.processors.protocols.resp import RespConnection
-from splitting import feed_random, replay, resplit, split
+from splitting import ended, feed_random, replay, resplit, split
 
 
 def cmd(*words: bytes) -> bytes:
@@ -20,7 +20,7 @@ def run(pairs: list[tuple[bool, bytes]]) -> list[RedisExchange]:
     out: list[RedisExchange] = []
     for ts, (is_req, data) in enumerate(pairs, start=1):
         out += conn.feed(is_req, data, ts)
-    return out + conn.close(len(pairs) + 1)
+    return ended(out + conn.close(len(pairs) + 1))
 
 
 def summary(xs: list[RedisExchange]) -> list[tuple[str, str | None, int | None]]:
@@ -108,7 +108,7 @@ def test_big_value_skipped_by_length_and_next_command_parsed() -> None:
     conn.skip(True, big - 100 + 2, 2)  # the rest of the payload and its CRLF
     out = conn.feed(False, b"+OK\r\n", 3)
     out += conn.feed(True, cmd(b"GET", b"k"), 4) + conn.feed(False, b"$-1\r\n", 5)
-    assert [x.name for x in out] == ["SET", "GET"]
+    assert [x.name for x in ended(out)] == ["SET", "GET"]
 
 
 def test_inline_commands_and_garbage() -> None:
@@ -116,10 +116,10 @@ def test_inline_commands_and_garbage() -> None:
     assert conn.feed(True, b"\x16\x03\x01\x00\x00garbage", 1) == []
     assert conn.not_protocol(True)
     out = conn.feed(True, cmd(b"PING"), 2) + conn.feed(False, b"+PONG\r\n", 3)
-    assert [x.name for x in out] == ["PING"]
+    assert [x.name for x in ended(out)] == ["PING"]
     fresh = RespConnection()
     got = fresh.feed(True, b"PING\r\n", 1) + fresh.feed(False, b"+PONG\r\n", 2)
-    assert [x.name for x in got] == ["PING"]
+    assert [x.name for x in ended(got)] == ["PING"]
 
 
 def test_unanswered_command_is_reported_at_close() -> None:
@@ -127,14 +127,13 @@ def test_unanswered_command_is_reported_at_close() -> None:
 
 
 def test_commands_dropped_past_the_bound_are_handed_back() -> None:
-    """Past max_pending the oldest command is dropped: its token comes back so its
-    owner can end it (nothing dropped silently)."""
-    started = iter(range(1, 10))
-    c = RespConnection(max_pending=2, on_request=lambda _v: next(started))
-    c.feed(True, cmd(b"GET", b"a") + cmd(b"GET", b"b") + cmd(b"GET", b"c"), 1)
-    assert c.abandoned == [1]
+    """Past max_pending the oldest command is dropped: its RequestStarted comes back
+    so its owner can end it (nothing dropped silently)."""
+    c = RespConnection(max_pending=2)
+    a, b, cc = c.feed(True, cmd(b"GET", b"a") + cmd(b"GET", b"b") + cmd(b"GET", b"c"), 1)
+    assert all(isinstance(s, RequestStarted) for s in (a, b, cc)) and c.abandoned == [a]
     (x, y) = c.feed(False, b"$1\r\nb\r\n$1\r\nc\r\n", 2)
-    assert (x.token, y.token) == (2, 3)
+    assert (x.token, y.token) == (b, cc)
 
 
 STREAM_REQ = (
@@ -152,7 +151,7 @@ def test_random_splits_give_the_same_exchanges(req_cuts: list[int], rep_cuts: li
         out += conn.feed(True, piece, 1)
     for piece in split(STREAM_REP, rep_cuts):
         out += conn.feed(False, piece, 1)
-    assert summary(out) == [
+    assert summary(ended(out)) == [
         ("SET", None, ord("+")),
         ("GET", None, ord("$")),
         ("HELLO", None, ord("%")),
