@@ -107,6 +107,9 @@ TRACEPOINT_PROBE(sched, sched_switch) {
         s.user_stack = which ? stacks_b.get_stackid(args, BPF_F_USER_STACK)
                              : stacks_a.get_stackid(args, BPF_F_USER_STACK);
         s.kernel_stack = which ? stacks_b.get_stackid(args, 0) : stacks_a.get_stackid(args, 0);
+        if ((s.user_stack < 0 && s.user_stack != -EFAULT)
+            || (s.kernel_stack < 0 && s.kernel_stack != -EFAULT))
+            tally(2); // counted as a sample's would be: its time will show no stack
         bpf_get_current_comm(&s.comm, sizeof(s.comm));
         off_since.update(&prev, &s);
     }

@@ -167,19 +167,23 @@ class CpuProfiler:
 
         out = [record(key, _number(value)) for key, value in taken]
         out += (record(key, 0, _number(value)) for key, value in blocked)
-        self._clear_stacks(stacks, which)
+        self._clear_stacks(stacks, which, side)
         return out
 
-    def _clear_stacks(self, stacks: Any, side: int) -> None:
+    def _clear_stacks(self, stacks: Any, which: int, side: str) -> None:
         """Empty a stack map for its next turn, but for the stacks of threads still
-        blocked since it was active: their time is added to them when they run."""
+        blocked since it was active (their time is added to them when they run),
+        and of those that ran again since the read above (their time waits in the
+        side's off-CPU map for its next read)."""
         if not self.off_cpu:
             stacks.clear()
             return
         keep: set[int] = set()
         for _tid, b in self._bpf["off_since"].items_lookup_batch():
-            if b.side == side:
+            if b.side == which:
                 keep.update((b.user_stack, b.kernel_stack))
+        for key in self._bpf[f"off_ns_{side}"]:
+            keep.update((key.user_stack, key.kernel_stack))
         for key in list(stacks.keys()):
             if key.value not in keep:
                 del stacks[key]
