@@ -60,6 +60,7 @@ class Connection:
         "stream_pos",
         "undecided",
         "window_small",
+        "writer_tid",
     )
 
     def __init__(self, sk: int, role: Role = Role.UNKNOWN) -> None:
@@ -91,6 +92,7 @@ class Connection:
         self.srtt_us = 0
         self.send_wait_ns = 0
         self.window_small = 0
+        self.writer_tid = 0  # the thread of its last write (a server's: who answered)
         # The kernel counts the next request that starts (its read began with it).
         self.red_next = False
 

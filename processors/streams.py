@@ -192,7 +192,7 @@ class ConnectionTracker:
                 self._delivery.moved_on(event.sk, event.retransmits)
                 self._on_data(event)
                 if self._lingering:
-                    self._end_if_answered(event)
+                    self._end_if_answered(event.sk)
             elif type(event) is DatagramEvent:
                 self._on_datagram(event)
             elif type(event) is ConnOpen:
@@ -290,7 +290,7 @@ class ConnectionTracker:
             queries.parse_errors = 0
         if queries.abandoned:
             self._abandon(conn, queries.abandoned)
-        self._emit(out, conn, ev)
+        self._emit(out, conn)
         if not queries:
             del self._dns[key]
 
@@ -382,12 +382,12 @@ class ConnectionTracker:
             return
         self._end(conn, ev.ts)
 
-    def _end_if_answered(self, ev: DataEvent) -> None:
-        conn = self._lingering.get(ev.sk)
+    def _end_if_answered(self, sk: int) -> None:
+        conn = self._lingering.get(sk)
         if conn is not None and conn.requests <= conn.exchanges:
-            self._end(conn, 0, ev)
+            self._end(conn, 0)
 
-    def _end(self, conn: Connection, ts: int, ev: DataEvent | None = None) -> None:
+    def _end(self, conn: Connection, ts: int) -> None:
         """Stop tracking a connection (closed, evicted, or its address has a new
         owner): its unanswered requests are reported as of its close, if seen."""
         self._lingering.pop(conn.sk, None)
@@ -395,12 +395,10 @@ class ConnectionTracker:
             del self._conns[conn.sk]
         self._forget_ends(conn)
         self._delivery.acknowledged(conn.sk, None)
-        self._finish(conn, conn.closed_at or ts, ev=ev)
+        self._finish(conn, conn.closed_at or ts)
         self._delivery.ended(conn)
 
-    def _finish(
-        self, conn: Connection, ts: int, at_exit: bool = False, ev: DataEvent | None = None
-    ) -> None:
+    def _finish(self, conn: Connection, ts: int, at_exit: bool = False) -> None:
         if conn.proto is None:
             return
         exchanges = conn.proto.close(ts)
@@ -416,7 +414,7 @@ class ConnectionTracker:
                 if ts > x.end_ts:  # it waited until the connection ended (or was reset)
                     x = x._replace(end_ts=ts)
             done.append(x)
-        self._emit(done, conn, ev)
+        self._emit(done, conn)
         self._drop_parser(conn)
 
     def _on_data(self, ev: DataEvent) -> None:
@@ -449,6 +447,8 @@ class ConnectionTracker:
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
         conn.fd = conn.fd or ev.fd
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
+        if d == Direction.EGRESS:
+            conn.writer_tid = ev.tid
         if ev.red_counted:
             conn.red_next = True
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
@@ -488,7 +488,7 @@ class ConnectionTracker:
             )
         if http.abandoned:
             self._abandon(conn, http.abandoned)
-        self._emit(out, conn, ev)
+        self._emit(out, conn)
         self._reorder.fed(conn)
 
     def release_held(self) -> None:
@@ -590,14 +590,9 @@ class ConnectionTracker:
                 conn.in_flight.pop(rc, None)
         tokens.clear()
 
-    def _emit(
-        self,
-        out: Sequence[Exchange | RequestStarted],
-        conn: Connection,
-        ev: DataEvent | DatagramEvent | None = None,
-    ) -> None:
-        """Exchanges a parser ended (during `ev`, if a call ended them) go on, each
-        with its request's context as its token."""
+    def _emit(self, out: Sequence[Exchange | RequestStarted], conn: Connection) -> None:
+        """Exchanges a parser ended go on, each with its request's context as its
+        token (the RequestStarted records among them were handled at their call)."""
         if not out:
             return
         exchanges: list[Exchange] = []
@@ -608,14 +603,8 @@ class ConnectionTracker:
                 x = x._replace(token=x.token.context)
             exchanges.append(x)
         conn.exchanges += len(exchanges)
-        answer_by = (  # the thread whose write completed a server's answers
-            ev.tid
-            if conn.role == Role.SERVER
-            and type(ev) is DataEvent
-            and ev.sk == conn.sk
-            and ev.direction == Direction.EGRESS
-            else None
-        )
+        # the thread whose write completed a server's answers
+        answer_by = conn.writer_tid if conn.role == Role.SERVER and conn.writer_tid else None
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 if answer_by is not None:

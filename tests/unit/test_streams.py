@@ -150,6 +150,25 @@ def test_an_answer_read_after_the_close_completes_the_request(tmp_path: Path) ->
     assert len(t) == 0 and len(out) == 1
 
 
+def test_an_answer_another_thread_wrote_is_seen_even_when_the_close_ends_it(
+    tmp_path: Path,
+) -> None:
+    """An HTTP/1.0 answer ends at the close: the thread that wrote it is still the
+    one that answered (a process whose requests move between threads)."""
+    t, out = tracker(tmp_path)
+    reader = Stream(t, 8080, role=Role.SERVER, pid=7, tid=70)
+    writer = Stream(t, 8080, role=Role.SERVER, pid=7, tid=71)
+    writer.sk = reader.sk  # one connection, two threads of its server
+    t.handle(reader.event(Direction.INGRESS, b"GET /x HTTP/1.0\r\n\r\n", 1))
+    writer.pos = reader.pos
+    t.handle(writer.event(Direction.EGRESS, b"HTTP/1.0 200 OK\r\n\r\nbody until close", 2))
+    assert out == []  # its end is the close
+    t.handle(ConnClose(reader.sk, 3, 0, 0, Role.SERVER, 7, opened=1))
+    t.expire(4 + LINGER_NS)  # no late read came: the close ends it
+    ((x, _),) = out
+    assert x.response.status == 200 and 7 in t.correlator._seen_moving
+
+
 def test_a_closed_connection_whose_answer_never_comes_is_reported_after_a_while(
     tmp_path: Path,
 ) -> None:
