@@ -583,8 +583,8 @@ class ConnectionTracker:
         """Requests a parser gave up on (more in flight on one connection than it
         keeps): they end here, counted, so no thread seems to serve them still."""
         self._telemetry.requests_dropped += len(tokens)
-        for token in tokens:
-            rc = token.context if type(token) is RequestStarted else token
+        for started in tokens:
+            rc = started.context
             if isinstance(rc, RequestContext):
                 self.correlator.ended(rc)
                 conn.in_flight.pop(rc, None)

@@ -167,10 +167,10 @@ class CpuProfiler:
 
         out = [record(key, _number(value)) for key, value in taken]
         out += (record(key, 0, _number(value)) for key, value in blocked)
-        self._clear_stacks(stacks, which, side)
+        self._clear_stacks(stacks, which)
         return out
 
-    def _clear_stacks(self, stacks: Any, which: int, side: str) -> None:
+    def _clear_stacks(self, stacks: Any, which: int) -> None:
         """Empty a stack map for its next turn, but for the stacks of threads still
         blocked since it was active (their time is added to them when they run),
         and of those that ran again since the read above (their time waits in the
@@ -182,7 +182,7 @@ class CpuProfiler:
         for _tid, b in self._bpf["off_since"].items_lookup_batch():
             if b.side == which:
                 keep.update((b.user_stack, b.kernel_stack))
-        for key in self._bpf[f"off_ns_{side}"]:
+        for key in self._bpf["off_ns_b" if which else "off_ns_a"]:
             keep.update((key.user_stack, key.kernel_stack))
         for key in list(stacks.keys()):
             if key.value not in keep:
