@@ -29,6 +29,7 @@ bench: setup
 	$(PY) bench/memory_plateau.py
 	$(PY) bench/footprint.py
 	$(PY) bench/context_trees.py
+	$(PY) bench/go_overhead.py
 	$(PY) bench/metrics_cost.py
 	$(PY) bench/nginx_overhead.py
 

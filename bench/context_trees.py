@@ -27,7 +27,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts tests/kernel on the path)
 
 from harness import Chain, CollectorProcess, build_go, get_distinct
-from otlp_sink import CLIENT, SERVER, GrpcSink, Span
+from otlp_sink import GrpcSink, Span, chain_trees
 
 KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
 CHAINS = KERNEL_TESTS / "chains"  # one hop per runtime, shared with the kernel tests
@@ -84,27 +84,6 @@ def settled(read: Callable[[], list[Span]], want: int) -> list[Span]:
     return read()
 
 
-def count(spans: list[Span], requests: int) -> tuple[int, int, int]:
-    """(complete trees, wrong links, spans seen)."""
-    by_id = {s.span_id: s for s in spans}
-    by_path: dict[str, list[Span]] = {}
-    wrong = 0
-    for s in spans:
-        by_path.setdefault(str(s.attributes.get("url.path")), []).append(s)
-        parent = by_id.get(s.parent_span_id)
-        if parent is not None and parent.attributes.get("url.path") != s.attributes.get("url.path"):
-            wrong += 1
-    complete = 0
-    for group in by_path.values():
-        if len(group) != 6 or len({s.trace_id for s in group}) != 1:
-            continue
-        roots = [s for s in group if s.parent_span_id not in {x.span_id for x in group}]
-        kinds = sorted(s.kind for s in group)
-        if len(roots) == 1 and roots[0].kind == CLIENT and kinds == [SERVER] * 3 + [CLIENT] * 3:
-            complete += 1
-    return complete, wrong, len(spans)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--probability", type=float, help="a fixed share of requests kept")
@@ -137,9 +116,9 @@ def main() -> int:
                         ]
 
                     spans = settled(mine, 6 * done)
-                    complete, wrong, seen = count(spans, done)
+                    complete, wrong = chain_trees(spans)
                     rows.append(
-                        (name, connections, done, complete, wrong, seen, partial(spans, done))
+                        (name, connections, done, complete, wrong, len(spans), partial(spans, done))
                     )
             finally:
                 chain.stop()

@@ -168,9 +168,10 @@ struct data_event {
     u8 after_shed;    // calls before this one in its direction were shed (span budget)
     u8 pad2;
     u32 send_wait_us; // the connection's send_wait_ns before this call began
-    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 136-byte header)
+    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 160-byte header)
     u64 rand;         // red_counted: the request's 56-bit random value (span budget)
     u64 threshold;    // and the threshold it was kept against (0: no budget)
+    struct go_context go; // a Go process's: the goroutine it moves bytes for (go.bpf.c)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -642,6 +643,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     ev->cap_offset = 0;
     ev->len = (u32)ret;
     ev->has_payload = 1;
+    __builtin_memset(&ev->go, 0, sizeof(ev->go));
     process_comm(ev->comm, tgid);
     ev->captured = capture(ev, io, hdr, io->buf, (u32)ret);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
@@ -1178,6 +1180,7 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->rand = 0;
     ev->threshold = 0;
     ev->fd = 0;
+    go_context(&ev->go, tgid, cs->role == ROLE_SERVER && dir == DIR_INGRESS);
     process_comm(ev->comm, tgid);
     return ev;
 }
@@ -1315,8 +1318,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     u32 tid = (u32)id, tgid = id >> 32;
     active_io.delete(&tid);
     ssl_calls.delete(&tid);
-    if (tid == tgid)
+    if (tid == tgid) {
         process_names.delete(&tgid);
+        go_forget(tgid);
+    }
     return 0;
 }
 

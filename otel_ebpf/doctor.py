@@ -20,6 +20,7 @@ from otel_ebpf.receivers.sockets import (
     TRACEFS,
     ReceiverError,
     SocketReceiver,
+    goroutine_context_missing,
     tracepoint_exists,
 )
 from otel_ebpf.receivers.tls import host_libraries, other_tls_stack
@@ -104,7 +105,14 @@ def _ring_buffer() -> Check:
 def _btf() -> Check:
     if Path("/sys/kernel/btf/vmlinux").exists():
         return Check(OK, "BTF", "/sys/kernel/btf/vmlinux present")
-    return Check(WARN, "BTF", "no /sys/kernel/btf/vmlinux (not needed: tracepoints only)")
+    return Check(WARN, "BTF", "no /sys/kernel/btf/vmlinux: Go programs get no goroutine context")
+
+
+def _goroutines() -> Check:
+    missing = goroutine_context_missing()
+    if missing is None:
+        return Check(OK, "Go goroutine context", "Go 1.18+ programs' goroutines are followed")
+    return Check(WARN, "Go goroutine context", f"not here: {missing}")
 
 
 def _tracefs() -> Check:
@@ -255,7 +263,10 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _lockdown,
     _tracefs,
     _tracepoints,
-    lambda: _event_source("uprobe", "uprobes", "HTTPS plaintext (OpenSSL) is not read"),
+    lambda: _event_source(
+        "uprobe", "uprobes", "HTTPS plaintext (OpenSSL) and Go's goroutines are not read"
+    ),
+    _goroutines,
     _tls,
     lambda: _event_source("kprobe", "kprobes"),
     _fentry,

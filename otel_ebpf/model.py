@@ -35,6 +35,16 @@ class Endpoint(NamedTuple):
 # --- kernel events (bpf/sockets.bpf.c -> receivers.sockets) -------------------
 
 
+class GoroutineLink(NamedTuple):
+    """The goroutine a Go process's call moved bytes for (bpf/go.bpf.c): its owner
+    (a g address, meaningful within the process), and when the calling goroutine
+    was handed the owner's request (a server request of the owner's that began
+    later is not the one)."""
+
+    owner: int
+    until: int  # when the link was made (0: the goroutine is its own owner)
+
+
 class DataEvent(NamedTuple):
     """Bytes moved by one send/recv-family call on a TCP socket."""
 
@@ -59,6 +69,7 @@ class DataEvent(NamedTuple):
     after_shed: bool = False  # calls before it in its direction were shed (span budget): a gap
     rand: int = 0  # red_counted: the request's 56-bit random value (span budget)
     threshold: int = 0  # what it was kept against (0: no budget; see processors.budget)
+    goroutine: GoroutineLink | None = None  # a probed Go process's (None: any other)
 
 
 class RedCount(NamedTuple):

@@ -54,10 +54,15 @@ from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.profile_exporters import build_profile_exporter
 from otel_ebpf.profiling import READ_INTERVAL_S, ProfilingService, SpanTies
+from otel_ebpf.receivers.goroutines import GoProbes
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
-from otel_ebpf.receivers.sockets import ReceiverError, SocketReceiver
+from otel_ebpf.receivers.sockets import (
+    ReceiverError,
+    SocketReceiver,
+    goroutine_context_missing,
+)
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
@@ -275,6 +280,20 @@ class Collector:
         )
         self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
         self._tls_checked = self.tls.checked  # one set lookup per event, not a call
+        self.goroutines: GoProbes | None = None
+        missing = goroutine_context_missing() if ebpf.go_goroutines else None
+        if missing:
+            log.info("Go: no goroutine context on this machine: %s", missing)
+        elif ebpf.go_goroutines:
+            self.goroutines = GoProbes(
+                self.receiver.attach_go,
+                self.receiver.detach_go,
+                self.receiver.register_go,
+                lambda pid: selector.process_selected(
+                    pid, self._processes.get(pid).executable_name
+                ),
+            )
+        self._go_checked = self.goroutines.checked if self.goroutines else set()
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -315,8 +334,12 @@ class Collector:
         No exception goes back into the ring buffer's callback: counted, said at debug."""
         kind = type(event)
         try:
-            if (kind is DataEvent or kind is ConnOpen) and event.pid not in self._tls_checked:
-                self.tls.check(event.pid)  # a process new to us may map a libssl not probed
+            if kind is DataEvent or kind is ConnOpen:
+                if event.pid not in self._tls_checked:
+                    self.tls.check(event.pid)  # a process new to us may map a libssl not probed
+                if event.pid not in self._go_checked and self.goroutines is not None:
+                    self.goroutines.check(event.pid)  # or run a Go program not probed
+                    self.telemetry.go_processes = self.goroutines.processes
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -443,6 +466,9 @@ class Collector:
                 self.budget.start(self.config.ebpf.span_budget.keep_slower_than)
                 self.tls.start()
                 self.telemetry.tls_libraries = len(self.tls.libraries)
+                if self.goroutines is not None:
+                    self.goroutines.start()
+                    self.telemetry.go_processes = self.goroutines.processes
             if self.profiling is not None:  # after the socket program: it reads its map
                 self._start_profiling()
             if self._health_server is not None:
@@ -518,6 +544,9 @@ class Collector:
                 if self._ebpf_enabled:
                     self.tls.scan_all()
                     self.telemetry.tls_libraries = len(self.tls.libraries)
+                    if self.goroutines is not None:
+                        self.goroutines.sweep()
+                        self.telemetry.go_processes = self.goroutines.processes
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())

@@ -15,11 +15,14 @@ parent come from, in order of trust:
    processes whose requests move between threads: Go (goroutines run on any
    thread; known from the binary) and any process seen answering a request
    from another thread than the one that read it (work-stealing runtimes,
-   hand-offs to pools). A thread with several server requests in flight (an
-   event loop) is ambiguous, and a thread with none (a worker, or a
-   background job) proves nothing: no parent. Anything else starts a new
-   trace rather than guess: a missing parent splits a trace, a wrong one
-   files a request under a stranger's.
+   hand-offs to pools). In a Go program whose runtime is probed
+   (bpf/go.bpf.c), the goroutine takes the thread's place: a request sent for
+   a goroutine that serves exactly one server request (by it, or handed by it
+   to net/http's writer after that request began) is its child. A thread
+   with several server requests in flight (an event loop) is ambiguous, and a
+   thread with none (a worker, or a background job) proves nothing: no
+   parent. Anything else starts a new trace rather than guess: a missing
+   parent splits a trace, a wrong one files a request under a stranger's.
 
 Contexts end with their request: nothing leaks to the next request on the
 same thread or keep-alive connection, and no trace grows without bound.
@@ -40,10 +43,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from otel_ebpf.model import Endpoint, Role
+from otel_ebpf.model import Endpoint, GoroutineLink, Role
 from otel_ebpf.processors.propagation import WireContext, extract
 
 StreamKey = tuple[Endpoint, Endpoint, int]
+# Thread keys from here up name a goroutine of a probed Go process, not a thread.
+GOROUTINE_KEYS = 1 << 96
+
+
+def goroutine_key(pid: int, owner: int) -> int:
+    """The thread key of goroutine `owner` (a g address: unique within its process)."""
+    return GOROUTINE_KEYS | pid << 64 | owner
 
 
 class RequestStart(Protocol):
@@ -216,12 +226,15 @@ class Correlator:
         client_on_node: bool = True,
         rand: int = 0,
         threshold: int = 0,
+        goroutine: GoroutineLink | None = None,
     ) -> RequestContext:
-        """A request head was parsed on a connection of `role` owned by pid/tid.
-        `client_on_node`: a server's client end is a connection this node traces
-        (only then is its send worth waiting for). `rand`, `threshold`: the
-        kernel kept it by the span budget; a trace it begins takes `rand` as its
-        randomness (the trace id's low 56 bits), so its `th` holds downstream."""
+        """A request head was parsed on a connection of `role` owned by pid/tid
+        (a thread, or a `goroutine_key`). `client_on_node`: a server's client end
+        is a connection this node traces (only then is its send worth waiting
+        for). `rand`, `threshold`: the kernel kept it by the span budget; a trace
+        it begins takes `rand` as its randomness (the trace id's low 56 bits), so
+        its `th` holds downstream. `goroutine`: a client request's goroutine link
+        (with `tid` its key): the time span its server request began in."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1
@@ -244,7 +257,7 @@ class Correlator:
                     next(iter(serving)).shared_thread = True
             serving[rc] = None
         else:
-            self._resolve_client(rc)
+            self._resolve_client(rc, goroutine)
             if stream_known:
                 key = (local, remote, head.stream_offset)
                 waiting = self._waiting.pop(key, None)  # type: ignore[arg-type]
@@ -268,15 +281,25 @@ class Correlator:
 
     def answered(self, rc: RequestContext, tid: int) -> None:
         """A server request's answer was written by thread `tid`: another thread
-        than its reader means this process's requests move between threads."""
-        if rc.role == Role.SERVER and tid != rc.tid and rc.pid not in self._seen_moving:
-            if len(self._seen_moving) >= self._max_streams:
-                self._seen_moving.clear()  # bounded; relearned at the next answer
-            self._seen_moving.add(rc.pid)
+        than its reader means this process's requests move between threads (or
+        goroutines, keys of each kind compared with their own kind: a Go process's
+        calls name their goroutine from its registration on)."""
+        if rc.role != Role.SERVER or tid == rc.tid:
+            return
+        goroutines = tid >= GOROUTINE_KEYS
+        if goroutines != (rc.tid >= GOROUTINE_KEYS):
+            return
+        moving = self._seen_moving
+        key = -rc.pid if goroutines else rc.pid
+        if key not in moving:
+            if len(moving) >= self._max_streams:
+                moving.clear()  # bounded; relearned at the next answer
+            moving.add(key)
 
     def forget_process(self, pid: int) -> None:
         """The process exited: its pid may come back as another program."""
         self._seen_moving.discard(pid)
+        self._seen_moving.discard(-pid)
 
     def awaits_client(self, rc: RequestContext) -> bool:
         """Its trace waits on a server request whose client's send is not reported
@@ -302,6 +325,7 @@ class Correlator:
             self.tie_span is not None
             and rc.role == Role.SERVER
             and not rc.shared_thread
+            and rc.tid < GOROUTINE_KEYS  # a CPU sample names a thread
             and not self._moves_requests(rc.pid)
             and rc.pid not in self._seen_moving
         ):
@@ -354,8 +378,8 @@ class Correlator:
         if mine is not theirs:
             mine.forward = theirs
 
-    def _resolve_client(self, rc: RequestContext) -> None:
-        parent = self._enclosing_server(rc)
+    def _resolve_client(self, rc: RequestContext, goroutine: GoroutineLink | None) -> None:
+        parent = self._enclosing_server(rc, goroutine)
         if rc.wire is not None:
             rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
             rc.parent_id = rc.wire.span_id
@@ -375,14 +399,25 @@ class Correlator:
         rc.parent_id = parent.span_id
         rc.held = parent.held
 
-    def _enclosing_server(self, rc: RequestContext) -> RequestContext | None:
-        """The one server request the sending thread is serving, where that is sound."""
+    def _enclosing_server(
+        self, rc: RequestContext, goroutine: GoroutineLink | None
+    ) -> RequestContext | None:
+        """The one server request the sending thread (or goroutine) is serving,
+        where that is sound."""
         on_thread = self._by_thread.get(rc.tid)
         if not on_thread or len(on_thread) != 1:
             return None
+        server = next(iter(on_thread))
+        if goroutine is not None and rc.tid >= GOROUTINE_KEYS:
+            # a request the owner handed on is for its request of that time only
+            if -rc.pid in self._seen_moving:
+                return None
+            if goroutine.until and server.start_ts > goroutine.until:
+                return None
+            return server
         if rc.pid in self._seen_moving or self._moves_requests(rc.pid):
             return None
-        return next(iter(on_thread))
+        return server
 
 
 def _may_carry_context(head: RequestStart) -> bool:

@@ -44,6 +44,7 @@ from otel_ebpf.processors.correlate import (
     RequestContext,
     RequestNet,
     RequestStart,
+    goroutine_key,
 )
 from otel_ebpf.processors.delivery import Delivery, ExchangeSink
 from otel_ebpf.processors.own_traffic import OwnTraffic
@@ -65,6 +66,15 @@ UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connec
 LINGER_NS = 1_000_000_000
 
 QUIET_FOREVER = (1 << 64) - 1
+
+
+def _thread_of(ev: DataEvent) -> int:
+    """Whose work the call is, for in-process context: its thread, or in a probed Go
+    program the goroutine it moved bytes for."""
+    g = ev.goroutine
+    return ev.tid if g is None else goroutine_key(ev.pid, g.owner)
+
+
 TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
@@ -448,7 +458,7 @@ class ConnectionTracker:
         conn.fd = conn.fd or ev.fd
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         if d == Direction.EGRESS:
-            conn.writer_tid = ev.tid
+            conn.writer_tid = _thread_of(ev)
         if ev.red_counted:
             conn.red_next = True
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
@@ -541,19 +551,23 @@ class ConnectionTracker:
             and (remote, local) in self._by_ends
         )
         rand = threshold = 0
-        if type(ev) is DataEvent and conn.red_next:  # noted in the kernel, kept by its budget
-            rand, threshold = ev.rand, ev.threshold
+        thread, goroutine = ev.tid, None
+        if type(ev) is DataEvent:
+            if conn.red_next:  # noted in the kernel, kept by its budget
+                rand, threshold = ev.rand, ev.threshold
+            thread, goroutine = _thread_of(ev), ev.goroutine
         rc = self.correlator.started(
             conn.role,
             head,
             ev.pid,
-            ev.tid,
+            thread,
             local,
             remote,
             conn.seen_from_start,
             client_on_node,
             rand,
             threshold,
+            goroutine,
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import platform
+import re
 import socket
 import struct
 import time
@@ -31,6 +32,7 @@ from otel_ebpf.model import (
     DatagramEvent,
     Direction,
     Endpoint,
+    GoroutineLink,
     KernelEvent,
     OutlierExchange,
     RedCount,
@@ -100,8 +102,10 @@ _EV_OUTLIER = 8
 _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
-# peer, TCP counters, tls, send wait, small-window segments
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQ")
+# The program's files, in the order they are compiled as one unit.
+PROGRAM_FILES = ("go.bpf.c", "sockets.bpf.c", "tls.bpf.c")
+# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQ")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -219,9 +223,12 @@ def decode(raw: bytes) -> KernelEvent | None:
             window_small,
             rand,
             threshold,
+            go_owner,
+            go_until,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
+        goroutine = GoroutineLink(go_owner, go_until) if go_owner else None
         return DataEvent(
             sk | TLS_STREAM if tls else sk,
             gen,
@@ -244,6 +251,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             bool(after_shed),
             rand,
             threshold,
+            goroutine,
         )
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
@@ -329,10 +337,24 @@ def tracepoint_has_field(name: str, field: str) -> bool:
     return f" {field};" in text
 
 
+def goroutine_context_missing() -> str | None:
+    """Why bpf/go.bpf.c cannot name goroutines on this machine (None: it can): it
+    reads Go's g register (amd64) through bpf_task_pt_regs (BTF, Linux 5.15)."""
+    if platform.machine() != "x86_64":
+        return f"{platform.machine()} (amd64 only)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    found = re.match(r"(\d+)\.(\d+)", platform.release())
+    if found is None or (int(found.group(1)), int(found.group(2))) < (5, 15):
+        return f"Linux {platform.release()} (5.15 or later)"
+    return None
+
+
 def program_source() -> str:
-    """The socket program with the OpenSSL uprobes appended (one unit: shared maps)."""
+    """The socket program, its goroutine context before it and the OpenSSL uprobes
+    after it (one unit: shared maps and events)."""
     bpf = resources.files("otel_ebpf.bpf")
-    return bpf.joinpath("sockets.bpf.c").read_text() + bpf.joinpath("tls.bpf.c").read_text()
+    return "".join(bpf.joinpath(name).read_text() for name in PROGRAM_FILES)
 
 
 def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
@@ -434,6 +456,8 @@ class SocketReceiver:
         ]
         if self._serving_threads:
             cflags.append("-DPROFILE_TIE_IN")
+        if goroutine_context_missing():
+            cflags.append("-DNO_GOROUTINES")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         try:
@@ -684,6 +708,37 @@ class SocketReceiver:
             for detach in (bpf.detach_uprobe, bpf.detach_uretprobe):
                 with contextlib.suppress(Exception):  # never attached (or the file is gone)
                     detach(name=path, sym=symbol)
+
+    def attach_go(self, path: str, probes: list[tuple[int, str]]) -> int:
+        """Uprobes (bpf/go.bpf.c) on one Go executable at its functions' addresses.
+        Returns how many attached."""
+        if self._bpf is None:
+            return 0
+        bpf: Any = self._bpf
+        attached = 0
+        for address, program in probes:
+            try:
+                bpf.attach_uprobe(name=path, addr=address, fn_name=program)
+            except Exception as exc:  # counted by the caller, which detaches the rest
+                log.debug("%s: %s at %#x not probed (%s)", path, program, address, exc)
+                continue
+            attached += 1
+        return attached
+
+    def detach_go(self, path: str, probes: list[tuple[int, str]]) -> None:
+        if self._bpf is None:
+            return
+        bpf: Any = self._bpf
+        for address, _ in probes:
+            with contextlib.suppress(Exception):  # never attached (or the file is gone)
+                bpf.detach_uprobe(name=path, addr=address)
+
+    def register_go(self, pid: int, cookie: int) -> None:
+        """A process of a probed Go executable: its calls name their goroutine."""
+        if self._bpf is None:
+            return
+        table: Any = self._bpf["go_processes"]  # type: ignore[index]
+        table[ctypes.c_uint(pid)] = ctypes.c_ulonglong(cookie)
 
     def set_quiet(self, sk: int, gen: int, direction: Direction, until_offset: int) -> None:
         """Tell the kernel not to send calls of this direction that end before the offset."""

@@ -425,12 +425,13 @@ def get_distinct(port: int, tag: str, per_connection: int, connections: int) -> 
     return connections * per_connection
 
 
-def build_go(source: Path, binary: Path, *flags: str) -> Path:
-    """A static Go program from one main.go, with the toolchain installed here."""
+def build_go(source: Path, binary: Path, *flags: str, toolchain: str = "local") -> Path:
+    """A static Go program from one main.go, with the toolchain installed here (or
+    another one the go command fetches from the module proxy, e.g. "go1.27.3")."""
     subprocess.run(
         [GO, "build", *flags, "-o", str(binary), str(source)],
         check=True,
-        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+        env={**os.environ, "GOTOOLCHAIN": toolchain, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
     )
     return binary
 

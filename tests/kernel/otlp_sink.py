@@ -56,6 +56,30 @@ class Span:
 SERVER, CLIENT = 2, 3
 
 
+def chain_trees(spans: list[Span]) -> tuple[int, int]:
+    """(complete trees, wrong links) among the spans of requests through a Chain,
+    each request with a path of its own: a tree is complete when all six spans of
+    a path are one trace under the driver's CLIENT span; a link is wrong when a
+    parent belongs to another path (another request)."""
+    by_id = {s.span_id: s for s in spans}
+    by_path: dict[str, list[Span]] = {}
+    wrong = 0
+    for s in spans:
+        by_path.setdefault(str(s.attributes.get("url.path")), []).append(s)
+        parent = by_id.get(s.parent_span_id)
+        if parent is not None and parent.attributes.get("url.path") != s.attributes.get("url.path"):
+            wrong += 1
+    complete = 0
+    for group in by_path.values():
+        if len(group) != 6 or len({s.trace_id for s in group}) != 1:
+            continue
+        roots = [s for s in group if s.parent_span_id not in {x.span_id for x in group}]
+        kinds = sorted(s.kind for s in group)
+        if len(roots) == 1 and roots[0].kind == CLIENT and kinds == [SERVER] * 3 + [CLIENT] * 3:
+            complete += 1
+    return complete, wrong
+
+
 @dataclass
 class SpanStore:
     spans: list[Span] = field(default_factory=list)

@@ -3,10 +3,11 @@ one runtime under concurrency, every request with its own path, every parent
 checked.
 
 Go runs goroutines on any OS thread, so "the request this thread serves" is no
-context there; an event loop serves many requests on one thread. A wrong parent
-is worse than none (it merges two users' requests into one trace). Socket
-context (client span -> the next hop's server span) stays exact and is checked
-too. (`bench/context_trees.py` reports complete trees per runtime.)
+context there: the goroutine is (bpf/go.bpf.c), and Go's trees must be whole. An
+event loop serves many requests on one thread. A wrong parent is worse than none
+(it merges two users' requests into one trace). Socket context (client span ->
+the next hop's server span) stays exact and is checked too.
+(`bench/context_trees.py` reports complete trees per runtime.)
 """
 
 from __future__ import annotations
@@ -19,23 +20,48 @@ from pathlib import Path
 import pytest
 
 from harness import Chain, CollectorProcess, build_go, get_distinct, wait_until
-from otlp_sink import CLIENT, SERVER, GrpcSink, Span
+from otlp_sink import CLIENT, SERVER, GrpcSink, Span, chain_trees
 
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module", params=["go", "asyncio"])
+# Go: the toolchain installed here, and the newer one the module proxy serves.
+GO_TOOLCHAINS = {"go": "local", "go127": "go1.27.3"}
+
+
+@pytest.fixture(scope="module", params=[*GO_TOOLCHAINS, "asyncio"])
 def chain_of(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    collector: CollectorProcess,
+    grpc_sink: GrpcSink,
 ) -> Iterator[Chain]:
-    if request.param == "go":
-        binary = tmp_path_factory.mktemp("go") / "go_chain"
-        argv = [str(build_go(HERE / "go_chain" / "main.go", binary))]
+    toolchain = GO_TOOLCHAINS.get(request.param)
+    if toolchain is not None:
+        binary = tmp_path_factory.mktemp("go") / "go_chain"  # stripped, as images ship
+        source = HERE / "go_chain" / "main.go"
+        argv = [str(build_go(source, binary, "-ldflags=-s -w", toolchain=toolchain))]
     else:
         argv = [sys.executable, str(HERE / "chains" / "asyncio_hop.py")]
     chain = Chain(argv, request.param)
+    if toolchain is not None:
+        warm_up(chain, grpc_sink)
     yield chain
     chain.stop()
+
+
+def warm_up(chain: Chain, sink: GrpcSink) -> None:
+    """Requests one at a time until one makes a whole tree: the collector probes a
+    Go program when it first sees it traced, and the requests meanwhile have no
+    goroutine context (they lose their parent, never get a wrong one)."""
+    for attempt in range(40):
+        tag = f"{chain.name}warm{attempt}"
+        get_distinct(chain.port, tag, 1, 1)
+        wait_until(lambda t=tag: len(spans_of(sink, t)) >= 6, 30, f"6 spans of {tag}")
+        if chain_trees(spans_of(sink, tag))[0] == 1:
+            return
+        time.sleep(0.25)
+    raise AssertionError("no Go request made a whole tree: goroutine context never began")
 
 
 def spans_of(sink: GrpcSink, tag: str) -> list[Span]:
@@ -72,6 +98,10 @@ def test_a_chain_under_concurrency_has_no_wrong_parent(
         if parent.attributes["url.path"] != span.attributes["url.path"]:
             wrong += 1
     assert wrong == 0, f"{wrong} of {linked} links join two different requests"
+    assert chain_trees(spans)[1] == 0
+    if chain_of.name in GO_TOOLCHAINS:  # goroutine context: every request one tree (>= 99 %)
+        complete = chain_trees(spans)[0]
+        assert complete >= 0.99 * requests, f"{complete} of {requests} requests are whole trees"
     # Socket context: every hop's server span is the child of the client span
     # that sent that very request.
     servers = [s for s in spans if s.kind == SERVER and s.service in chain_of.services]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from otel_ebpf.model import Endpoint, HttpHead, Role
-from otel_ebpf.processors.correlate import Correlator
+from otel_ebpf.model import Endpoint, GoroutineLink, HttpHead, Role
+from otel_ebpf.processors.correlate import Correlator, goroutine_key
 
 CLIENT_END, SERVER_END = Endpoint("10.0.0.1", 40000), Endpoint("10.0.0.2", 80)
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -106,6 +106,64 @@ def test_go_requests_move_between_threads_so_the_thread_is_no_context() -> None:
     # the same interleaving in a thread-per-request process keeps its link
     kept = server(c, 13, pid=7, tid=70)
     assert call(c, 14, pid=7, tid=70).parent_id == kept.span_id
+
+
+G0, G6, WRITER = 0xC000001000, 0xC000006000, 0xC000009000  # g addresses
+
+
+def go_call(c: Correlator, ts: int, goroutine: int, link: GoroutineLink):  # type: ignore[no-untyped-def]
+    """An outgoing call a probed Go process (pid 5) sent for `link.owner`, written
+    by `goroutine`."""
+    return c.started(
+        Role.CLIENT,
+        head(ts),
+        5,
+        goroutine_key(5, link.owner),
+        Endpoint("10.0.0.2", 5000),
+        Endpoint("10.0.0.3", 80),
+        True,
+        goroutine=link,
+    )
+
+
+def test_go_calls_follow_their_goroutine_across_threads() -> None:
+    """The same interleaving with goroutine context: each request is its
+    goroutine's, whatever thread ran it, and net/http's writer goroutine writes a
+    call for the goroutine that handed it over."""
+    c = Correlator(moves_requests={5}.__contains__)
+    r0 = server(c, 10, pid=5, tid=goroutine_key(5, G0), offset=0)
+    r6 = c.started(
+        Role.SERVER, head(11), 5, goroutine_key(5, G6), SERVER_END, Endpoint("10.0.0.9", 1), True
+    )
+    assert go_call(c, 12, G6, GoroutineLink(G6, 0)).parent_id == r6.span_id  # its own write
+    assert go_call(c, 13, WRITER, GoroutineLink(G0, 12)).parent_id == r0.span_id  # handed over
+    assert call(c, 14, pid=5, tid=50).parent_id == 0  # a call naming no goroutine: no guess
+
+
+def test_a_go_call_handed_over_before_its_owners_request_began_is_not_that_requests() -> None:
+    """The writer goroutine was handed request 0's call; the owner went on to its
+    next request before the call was written (a timeout): not that request's."""
+    c = Correlator(moves_requests={5}.__contains__)
+    first = server(c, 10, pid=5, tid=goroutine_key(5, G0))
+    c.finished(first)
+    server(c, 20, pid=5, tid=goroutine_key(5, G0), offset=100)
+    assert go_call(c, 21, WRITER, GoroutineLink(G0, 15)).parent_id == 0
+
+
+def test_thread_answers_before_a_go_process_was_probed_do_not_turn_goroutines_off() -> None:
+    """Its first requests were answered from other threads (no goroutine yet):
+    that says nothing about goroutines. A goroutine answering another's request
+    does (a hand-off the probes do not follow)."""
+    c = Correlator(moves_requests={5}.__contains__)
+    early = server(c, 10, pid=5, tid=50)
+    c.answered(early, 51)
+    c.finished(early)
+    r0 = server(c, 20, pid=5, tid=goroutine_key(5, G0), offset=100)
+    assert go_call(c, 21, G0, GoroutineLink(G0, 0)).parent_id == r0.span_id
+    c.answered(r0, goroutine_key(5, G6))
+    c.finished(r0)
+    server(c, 30, pid=5, tid=goroutine_key(5, G0), offset=200)
+    assert go_call(c, 31, G0, GoroutineLink(G0, 0)).parent_id == 0
 
 
 def test_an_answer_from_another_thread_turns_the_thread_rule_off_for_the_process() -> None:

@@ -65,8 +65,10 @@ def data_record(
     counted = role == Role.SERVER and not egress and len(data) % 3 == 0
     rand = (len(data) * 0x9E3779B97F4A7C15) & ((1 << 56) - 1) if counted else 0
     threshold = 1 << 55 if counted else 0
+    # Now and then a Go program's call, naming the goroutine it was moved for.
+    goroutine = (0xC000000000 + len(data) % 4, ts * (len(data) % 2)) if len(data) % 5 else (0, 0)
     return records.data_record(
-        SK, role, egress, ts, offset, data, CAPTURE, counted, after_shed, rand, threshold
+        SK, role, egress, ts, offset, data, CAPTURE, counted, after_shed, rand, threshold, goroutine
     )
 
 

@@ -13,6 +13,7 @@ from otel_ebpf.model import (
     DataEvent,
     Direction,
     Endpoint,
+    GoroutineLink,
     HttpExchange,
     Role,
     SqlExchange,
@@ -339,3 +340,42 @@ def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
     finally:
         client.close()
         listener.close()
+
+
+def test_a_go_call_written_by_another_goroutine_is_the_child_of_the_request_it_serves(
+    tmp_path: Path,
+) -> None:
+    """Go process 5: goroutine G reads a request on thread 50; net/http's writer
+    goroutine writes its call on thread 51, naming G (bpf/go.bpf.c). The call is
+    the request's child; the same call naming nobody is nobody's."""
+    g = 0xC000001000
+    built: list[Any] = []
+    builder = SpanBuilder(0)
+    t = ConnectionTracker(
+        lambda x, conn: built.append(builder.build(x, conn)),
+        ProcessRegistry(proc=str(tmp_path)),
+        Selector(),
+        SelfTelemetry(),
+    )
+    t.correlator._moves_requests = lambda pid: pid == 5  # a Go binary (read from its file)
+    incoming = Stream(t, 8080, sk=1, role=Role.SERVER, pid=5, tid=50)
+    for sk, link in ((2, GoroutineLink(g, 21)), (3, None)):
+        t.handle(
+            incoming.event(Direction.INGRESS, b"GET /in HTTP/1.1\r\n\r\n", 10 * sk)._replace(
+                goroutine=GoroutineLink(g, 0)
+            )
+        )
+        out = Stream(t, 9090, sk=10 + sk, pid=5, tid=51)
+        head = out.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 10 * sk + 1)
+        t.handle(head._replace(goroutine=link, ts=10 * sk + 1))
+        out.send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 10 * sk + 2)
+        t.handle(
+            incoming.event(
+                Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 10 * sk + 3
+            )._replace(goroutine=GoroutineLink(g, 0))
+        )
+    t.release_held()
+    t.close_all(100)
+    server_1, client_1, server_2, client_2 = sorted(built, key=lambda s: s.start_time)
+    assert client_1.parent is not None and client_1.parent.span_id == server_1.context.span_id
+    assert client_2.parent is None and server_2.context.trace_id != client_2.context.trace_id

@@ -1,0 +1,218 @@
+"""Which Go programs give goroutine context, and keeping uprobes on their runtime.
+
+A Go request moves between threads, so the thread rule gives Go no context; the
+uprobes of `bpf/go.bpf.c` follow it through goroutines instead. They go on the
+executable file (one attach per distinct file covers every process running it),
+at addresses read from the binary's own `.gopclntab` (kept by `strip`). A
+process is then registered in the kernel with a cookie of its own, and only
+registered processes' calls name a goroutine: anything not probed keeps the
+sound default (no in-process context), never a guess.
+
+Supported: amd64 binaries of Go 1.18 and later (the register ABI; the version is
+read from `.go.buildinfo`). The runtime's probe is required (without goroutine
+exits a link could outlive its goroutine); net/http's two are used where the
+program has them (without a net/http client, a goroutine's own writes are still
+its own).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from otel_ebpf.processors.profiling.gopclntab import go_functions
+
+log = logging.getLogger(__name__)
+
+# symbol, program (bpf/go.bpf.c), required
+GO_PROBES = (
+    ("runtime.goexit1", "go_goexit1", True),
+    ("net/http.(*Transport).roundTrip", "go_round_trip", False),
+    ("net/http.(*Request).write", "go_request_write", False),
+)
+FileId = tuple[int, int]  # (st_dev, st_ino)
+Probe = tuple[int, str]  # (address, program)
+_BUILDINFO = b"\xff Go buildinf:"
+_VERSION = re.compile(rb"go1\.(\d+)")
+MIN_MINOR = 18  # Go 1.18: register ABI (1.17) and the .gopclntab layout read here
+MAX_TABLE_BYTES = 256 << 20
+MAX_REFUSED = 4096  # files known not to be probed (bounded; read again when cleared)
+
+
+def go_version(buildinfo: bytes) -> str | None:
+    """The Go version a `.go.buildinfo` section names ("go1.26.8"), or None for the
+    pre-1.18 layout (version behind a pointer) and anything malformed."""
+    if not buildinfo.startswith(_BUILDINFO) or len(buildinfo) < 33:
+        return None
+    flags = buildinfo[15]
+    if not flags & 2:  # versions before 1.18 point at their strings instead
+        return None
+    length, at = 0, 32
+    for shift in range(0, 35, 7):  # a uvarint
+        if at >= len(buildinfo):
+            return None
+        byte = buildinfo[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    raw = buildinfo[at : at + length]
+    if len(raw) != length or not 0 < length <= 64:
+        return None
+    return raw.decode(errors="replace")
+
+
+def supported(version: str | None) -> bool:
+    found = _VERSION.match(version.encode()) if version else None
+    return found is not None and int(found.group(1)) >= MIN_MINOR
+
+
+def probes_of(f: BinaryIO) -> tuple[str | None, list[Probe], str]:
+    """(Go version, probes to attach, why not) for an executable file: no probes
+    and a reason when it is not a Go program the probes support."""
+    try:
+        elf = ELFFile(f)
+        if elf["e_machine"] != "EM_X86_64":
+            return None, [], f"a {elf['e_machine']} binary (amd64 only)"
+        info = elf.get_section_by_name(".go.buildinfo")
+        if info is None:
+            return None, [], ""  # not Go (or a Go too old to name itself: before 1.13)
+        version = go_version(info.data()[:128])
+        if not supported(version):
+            return version, [], f"Go {version or 'before 1.18'} (1.18 or later only)"
+        table, text = elf.get_section_by_name(".gopclntab"), elf.get_section_by_name(".text")
+        if table is None or text is None or table["sh_size"] > MAX_TABLE_BYTES:
+            return version, [], "no readable .gopclntab"
+        wanted = {symbol: program for symbol, program, _ in GO_PROBES}
+        found = {
+            name: start
+            for start, _, name in go_functions(table.data(), text["sh_addr"])
+            if name in wanted
+        }
+    except (ELFError, OSError, ValueError, KeyError, IndexError) as exc:
+        return None, [], f"not readable ({exc})"
+    missing = [symbol for symbol, _, required in GO_PROBES if required and symbol not in found]
+    if missing:
+        return version, [], f"{', '.join(missing)} not found"
+    return version, [(found[s], p) for s, p, _ in GO_PROBES if s in found], ""
+
+
+class GoProbes:
+    """Keeps uprobes on every supported Go executable a traced process runs, and
+    registers its processes with the kernel."""
+
+    def __init__(
+        self,
+        attach: Callable[[str, list[Probe]], int],
+        detach: Callable[[str, list[Probe]], None],
+        register: Callable[[int, int], None],
+        selected: Callable[[int], bool] = lambda _pid: True,
+        proc: str = "/proc",
+    ) -> None:
+        """`selected`: whether a process is traced at all (an excluded one is not
+        probed: the probes cost its goroutines something)."""
+        self._attach = attach
+        self._selected = selected
+        self._detach = detach
+        self._register = register
+        self._proc = proc
+        self._files: dict[FileId, tuple[str, list[Probe]]] = {}  # probed: held path, probes
+        self._held: dict[FileId, int] = {}  # descriptors that keep the files probed
+        self._refused: set[FileId] = set()  # not Go, unsupported, or the attach failed
+        self._pids: dict[int, FileId] = {}  # registered processes
+        self._cookies = itertools.count(1)
+        self.checked: set[int] = set()
+
+    @property
+    def processes(self) -> int:
+        return len(self._pids)
+
+    def start(self) -> None:
+        """Every process running now."""
+        for pid in _pids(self._proc):
+            self.check(pid)
+
+    def check(self, pid: int) -> None:
+        """A process seen for the first time: register it if it runs a Go program
+        the probes support (probing its file the first time)."""
+        if pid in self.checked:
+            return
+        self.checked.add(pid)
+        if not self._selected(pid):
+            return
+        exe = f"{self._proc}/{pid}/exe"
+        try:
+            st = os.stat(exe)
+        except OSError:
+            return  # gone
+        file = (st.st_dev, st.st_ino)
+        if file in self._refused:
+            return
+        if file not in self._files and not self._probe(pid, exe, file):
+            if len(self._refused) >= MAX_REFUSED:
+                self._refused.clear()
+            self._refused.add(file)
+            return
+        self._register(pid, next(self._cookies))
+        self._pids[pid] = file
+
+    def _probe(self, pid: int, exe: str, file: FileId) -> bool:
+        try:
+            fd = os.open(exe, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with open(os.dup(fd), "rb") as f:
+            version, probes, why = probes_of(f)
+        if not probes:
+            os.close(fd)
+            if why:
+                log.info("Go: pid %d gets no goroutine context: %s", pid, why)
+            return False
+        path = f"/proc/{os.getpid()}/fd/{fd}"  # the file, whatever happens to the process
+        attached = self._attach(path, probes)
+        if attached < sum(1 for _, _, required in GO_PROBES if required):
+            self._detach(path, probes)
+            os.close(fd)
+            log.warning("Go: uprobes on %s (pid %d) not attached: no goroutine context", exe, pid)
+            return False
+        self._files[file] = (path, probes)
+        self._held[file] = fd
+        log.info(
+            "Go: goroutine context for pid %d (%s): %d functions probed", pid, version, attached
+        )
+        return True
+
+    def sweep(self) -> None:
+        """Forget exited processes; detach from files no process runs any more."""
+        live_pids = set(_pids(self._proc))
+        self.checked.intersection_update(live_pids)
+        for pid in [p for p in self._pids if p not in live_pids]:
+            del self._pids[pid]
+        running = set(self._pids.values())
+        for file in [f for f in self._files if f not in running]:
+            path, probes = self._files.pop(file)
+            self._detach(path, probes)
+            os.close(self._held.pop(file))
+            log.info("Go: detached from %s (no process runs it any more)", path)
+
+    def close(self) -> None:
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
+        self._files.clear()
+
+
+def _pids(proc: str) -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return []
