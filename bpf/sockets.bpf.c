@@ -66,7 +66,7 @@
 
 enum event_kind {
     EV_DATA = 1, EV_OPEN = 2, EV_CLOSE = 3, EV_SELF = 4, EV_DGRAM = 5, EV_RESET = 6, EV_SOCKOPT = 7,
-    EV_OUTLIER = 8
+    EV_OUTLIER = 8, EV_EXEC = 9
 };
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
@@ -173,6 +173,13 @@ struct data_event {
     u64 threshold;    // and the threshold it was kept against (0: no budget)
     struct go_context go; // a Go process's: the goroutine it moves bytes for (go.bpf.c)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
+};
+
+// EV_EXEC: a process runs a new program (only where goroutines can be followed).
+struct exec_event {
+    u8 kind;
+    u8 pad[3];
+    u32 pid;
 };
 
 struct conn_event {
@@ -1341,6 +1348,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     } else {
         service_names.delete(&tgid); // exec'd without one: not its parent's any more
     }
+    go_forget(tgid); // a new program: user space decides again whether it is Go
+#ifdef GOROUTINES
+    struct exec_event ev = {.kind = EV_EXEC, .pid = tgid};
+    ring_output(&ev, sizeof(ev));
+#endif
     return 0;
 }
 

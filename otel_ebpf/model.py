@@ -191,6 +191,13 @@ class SelfConn(NamedTuple):
     sk: int
 
 
+class ProcessExec(NamedTuple):
+    """A process began running a new program (sent where goroutine context is
+    possible: a Go program is probed before it serves its first request)."""
+
+    pid: int
+
+
 class SocketBufferSet(NamedTuple):
     """A process set a socket's buffer size after the socket's handshake, when the
     TCP window scale is already fixed (`setsockopt(SO_RCVBUF)` and the like)."""
@@ -232,6 +239,7 @@ KernelEvent = (
     | SelfConn
     | SocketBufferSet
     | OutlierExchange
+    | ProcessExec
 )
 
 

@@ -35,6 +35,7 @@ from otel_ebpf.model import (
     Endpoint,
     Exchange,
     OutlierExchange,
+    ProcessExec,
     ResetSent,
     Role,
     SocketBufferSet,
@@ -348,6 +349,14 @@ class Collector:
                 return
             elif kind is OutlierExchange:
                 self._on_outlier(event)
+                return
+            elif kind is ProcessExec:  # a new program: its name, runtime and libraries
+                self._processes.forget(event.pid)
+                self.tracker.correlator.forget_process(event.pid)
+                self._tls_checked.discard(event.pid)
+                if self.goroutines is not None:
+                    self.goroutines.exec(event.pid)
+                    self.telemetry.go_processes = self.goroutines.processes
                 return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:

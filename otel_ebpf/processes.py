@@ -114,6 +114,10 @@ class ProcessRegistry:
                 old = self._cache[pid]
                 self._cache[pid] = self._load(pid, old.executable_name)
 
+    def forget(self, pid: int) -> None:
+        """The process runs a new program: read it again when next asked."""
+        self._cache.pop(pid, None)
+
     def forget_exited(self) -> list[int]:
         """Drop processes that are gone (called periodically; pids get reused)."""
         gone = [pid for pid in self._cache if not os.path.exists(f"{self._proc}/{pid}")]

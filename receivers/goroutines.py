@@ -118,8 +118,7 @@ class GoProbes:
         selected: Callable[[int], bool] = lambda _pid: True,
         proc: str = "/proc",
     ) -> None:
-        """`selected`: whether a process is traced at all (an excluded one is not
-        probed: the probes cost its goroutines something)."""
+        """`selected`: whether a process is traced at all."""
         self._attach = attach
         self._selected = selected
         self._detach = detach
@@ -147,8 +146,6 @@ class GoProbes:
         if pid in self.checked:
             return
         self.checked.add(pid)
-        if not self._selected(pid):
-            return
         exe = f"{self._proc}/{pid}/exe"
         try:
             st = os.stat(exe)
@@ -157,6 +154,9 @@ class GoProbes:
         file = (st.st_dev, st.st_ino)
         if file in self._refused:
             return
+        # an excluded process is not probed: the probes cost its goroutines something
+        if not self._selected(pid):
+            return
         if file not in self._files and not self._probe(pid, exe, file):
             if len(self._refused) >= MAX_REFUSED:
                 self._refused.clear()
@@ -164,6 +164,12 @@ class GoProbes:
             return
         self._register(pid, next(self._cookies))
         self._pids[pid] = file
+
+    def exec(self, pid: int) -> None:
+        """The process runs a new program (the kernel forgot its registration)."""
+        self.checked.discard(pid)
+        self._pids.pop(pid, None)
+        self.check(pid)
 
     def _probe(self, pid: int, exe: str, file: FileId) -> bool:
         try:

@@ -35,6 +35,7 @@ from otel_ebpf.model import (
     GoroutineLink,
     KernelEvent,
     OutlierExchange,
+    ProcessExec,
     RedCount,
     ResetSent,
     Role,
@@ -99,6 +100,8 @@ OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET, _EV_SOCKOPT = 1, 2, 3, 4, 5, 6, 7
 _EV_OUTLIER = 8
+_EV_EXEC = 9
+_EXEC = struct.Struct("<B3xI")
 _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
@@ -253,6 +256,8 @@ def decode(raw: bytes) -> KernelEvent | None:
             threshold,
             goroutine,
         )
+    if kind == _EV_EXEC:
+        return ProcessExec(_EXEC.unpack_from(raw)[1])
     if kind == _EV_DGRAM:
         fields = _DATA_HEADER.unpack_from(raw)
         family, port, addr = fields[15:18]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from operator import itemgetter
 
-from otel_ebpf.model import KernelEvent, OutlierExchange, SelfConn
+from otel_ebpf.model import KernelEvent, OutlierExchange, ProcessExec, SelfConn
 
 _TIME = itemgetter(0)
 
@@ -27,7 +27,7 @@ def written_at(event: KernelEvent) -> int:
     """About when the kernel wrote `event` (CLOCK_MONOTONIC ns); 0: order does not matter."""
     if isinstance(event, OutlierExchange):
         return event.end_ts
-    if isinstance(event, SelfConn):
+    if isinstance(event, SelfConn | ProcessExec):
         return 0
     return event.ts
 

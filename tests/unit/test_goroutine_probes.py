@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import struct
 import sys
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otel_ebpf.model import ProcessExec
+from otel_ebpf.receivers import goroutines
 from otel_ebpf.receivers.goroutines import go_version, probes_of, supported
+from otel_ebpf.receivers.sockets import decode
 
 HEADER = b"\xff Go buildinf:"
 
@@ -43,3 +49,49 @@ def test_a_program_that_is_not_go_is_declined_without_a_reason_to_log() -> None:
         assert probes_of(f) == (None, [], "")
     version, probes, why = probes_of(io.BytesIO(b"\x7fELF" + bytes(60)))
     assert (version, probes) == (None, []) and why.startswith("not readable")
+
+
+def test_probes_go_on_once_per_file_and_every_exec_registers_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes of one Go file: one attach, a cookie each; a process that runs a
+    new program is registered anew (the kernel forgot it at exec); an excluded
+    process is not probed; a file no process runs any more is detached."""
+    binary = tmp_path / "server"
+    binary.write_bytes(b"a Go program")
+    for pid in (10, 11, 12):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "exe").symlink_to(binary)
+    probes = [(0x401000, "go_goexit1"), (0x402000, "go_round_trip")]
+    monkeypatch.setattr(goroutines, "probes_of", lambda _f: ("go1.26.8", probes, ""))
+    attached: list[list[tuple[int, str]]] = []
+    detached: list[str] = []
+    registered: list[tuple[int, int]] = []
+
+    def attach(path: str, wanted: list[tuple[int, str]]) -> int:
+        attached.append(wanted)
+        return len(wanted)
+
+    go = goroutines.GoProbes(
+        attach,
+        lambda path, _probes: detached.append(path),
+        lambda pid, cookie: registered.append((pid, cookie)),
+        selected=lambda pid: pid != 12,
+        proc=str(tmp_path),
+    )
+    go.start()
+    go.check(10)  # seen again: nothing new
+    assert attached == [probes]  # once for the file
+    assert sorted(registered) in ([(10, 1), (11, 2)], [(10, 2), (11, 1)])  # /proc's order
+    assert go.processes == 2
+    go.exec(10)
+    assert registered[-1] == (10, 3) and len(attached) == 1
+    for pid in (10, 11, 12):
+        (tmp_path / str(pid) / "exe").unlink()
+        (tmp_path / str(pid)).rmdir()
+    go.sweep()
+    assert go.processes == 0 and len(detached) == 1
+
+
+def test_the_kernels_exec_record_names_the_process() -> None:
+    assert decode(struct.pack("<B3xI", 9, 4242)) == ProcessExec(4242)
