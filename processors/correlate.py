@@ -234,7 +234,7 @@ class Correlator:
         for). `rand`, `threshold`: the kernel kept it by the span budget; a trace
         it begins takes `rand` as its randomness (the trace id's low 56 bits), so
         its `th` holds downstream. `goroutine`: a client request's goroutine link
-        (with `tid` its key): the time span its server request began in."""
+        (`tid` is its key): its server request began before the link was made."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1

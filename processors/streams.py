@@ -66,6 +66,7 @@ UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connec
 LINGER_NS = 1_000_000_000
 
 QUIET_FOREVER = (1 << 64) - 1
+TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
 def _thread_of(ev: DataEvent) -> int:
@@ -73,9 +74,6 @@ def _thread_of(ev: DataEvent) -> int:
     program the goroutine it moved bytes for."""
     g = ev.goroutine
     return ev.tid if g is None else goroutine_key(ev.pid, g.owner)
-
-
-TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
 class ConnectionTracker:
