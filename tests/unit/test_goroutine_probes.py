@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from otel_ebpf.model import ProcessExec
 from otel_ebpf.receivers import goroutines
-from otel_ebpf.receivers.goroutines import go_version, probes_of, supported
+from otel_ebpf.receivers.goroutines import go_version, probes_of, stack_check_branch, supported
 from otel_ebpf.receivers.sockets import decode
 
 HEADER = b"\xff Go buildinf:"
@@ -95,3 +95,19 @@ def test_probes_go_on_once_per_file_and_every_exec_registers_anew(
 
 def test_the_kernels_exec_record_names_the_process() -> None:
     assert decode(struct.pack("<B3xI", 9, 4242)) == ProcessExec(4242)
+
+
+def test_the_stack_checks_branch_is_found_in_go_prologues() -> None:
+    """Prologues as go1.26 emits them (runtime.goexit1, net/http.(*Request).write):
+    the probe goes on the JBE, which the kernel emulates; anything else (an ABI0
+    wrapper, a function without a stack check) is probed at its entry."""
+    small_frame = bytes.fromhex("493b6610" + "0f868c000000" + "55")
+    large_frame = bytes.fromhex("4c8da424e0feffff" + "4d3b6610" + "0f860a0e0000")
+    short_lea = bytes.fromhex("4c8d6424f0" + "4d3b6610" + "7640")
+    wrapper = bytes.fromhex("450f57ff" + "644c8b3425f8ffffff" + "e9ceaffcff")
+    assert stack_check_branch(small_frame) == 4
+    assert stack_check_branch(large_frame) == 12
+    assert stack_check_branch(short_lea) == 9
+    assert stack_check_branch(wrapper) is None
+    assert stack_check_branch(small_frame[:4] + b"\x90") is None  # no branch after it
+    assert stack_check_branch(b"") is None
