@@ -1,7 +1,9 @@
 """What goroutine context costs a Go program: a Go chain A -> B -> C under wrk,
 without the collector, with it but no Go probes (OTEL_EBPF_GO_GOROUTINES=false),
-and with them, alternating rounds, medians; prints throughput, p99 and the Go
-processes' own CPU per request (the uprobes run in their threads).
+and with them; and, without the collector, the Go uprobes alone (programs that do
+nothing) where the collector puts them (the stack checks' branches) and at the
+functions' entries. Alternating rounds, medians; prints throughput, p99 and the
+Go processes' own CPU per request (the uprobes run in their threads).
 
 Run as root: `.venv/bin/python bench/go_overhead.py [--rounds 3] [--seconds 8]`.
 """
@@ -12,20 +14,40 @@ import contextlib
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 from common import null_sink, wrk, wrk_arguments  # also puts tests/kernel on the path
 
 from harness import Chain, CollectorProcess, build_go
+from otel_ebpf.receivers.goroutines import probes_of
 
 KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
 DEFAULT_BUDGET = {"OTEL_EBPF_SPAN_BUDGET": "0.05"}  # as installed (the harness sets 0)
-SETTINGS = {  # name -> collector environment (None: no collector)
+SETTINGS: dict[str, dict[str, str] | None] = {  # collector environment (None: none)
     "without the collector": None,
     "collector, no Go probes": {**DEFAULT_BUDGET, "OTEL_EBPF_GO_GOROUTINES": "false"},
     "collector, goroutine context": DEFAULT_BUDGET,
+    "uprobes alone, at the branches": None,
+    "uprobes alone, at the entries": None,
 }
+
+
+@contextlib.contextmanager
+def uprobes_alone(binary: Path, at_branch: bool) -> Iterator[None]:
+    """Programs that do nothing on the collector's Go functions."""
+    from bcc import BPF
+
+    with open(binary, "rb") as f:
+        _, probes, _ = probes_of(f, at_branch)
+    bpf = BPF(text="int noop(struct pt_regs *ctx) { return 0; }")
+    for address, _ in probes:
+        bpf.attach_uprobe(name=str(binary), addr=address, fn_name="noop")
+    try:
+        yield
+    finally:
+        bpf.cleanup()
 
 
 def main() -> int:
@@ -43,17 +65,16 @@ def main() -> int:
         wrk(url, 2, args.connections)  # warm up
         for _ in range(args.rounds):
             for name, env in SETTINGS.items():
-                collector = None
-                if env is not None:
-                    collector = CollectorProcess(tmp / "collector", otlp, extra_env=env)
-                    wrk(url, 1, 1)  # the collector sees the chain and probes it
-                try:
+                with contextlib.ExitStack() as setting:
+                    if env is not None:
+                        collector = CollectorProcess(tmp / "collector", otlp, extra_env=env)
+                        setting.callback(collector.stop)
+                        wrk(url, 1, 1)  # the collector sees the chain and probes it
+                    elif name.startswith("uprobes alone"):
+                        setting.enter_context(uprobes_alone(binary, "branches" in name))
                     before = sum(sum(h.cpu_times()[:2]) for h in hops)
                     rps, p99, done = wrk(url, args.seconds, args.connections)
                     cpu = sum(sum(h.cpu_times()[:2]) for h in hops) - before
-                finally:
-                    if collector is not None:
-                        collector.stop()
                 results[name].append((rps, p99, cpu / done * 1e6))
     finally:
         chain.stop()

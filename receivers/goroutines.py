@@ -106,9 +106,10 @@ def stack_check_branch(code: bytes) -> int | None:
     return None
 
 
-def probes_of(f: BinaryIO) -> tuple[str | None, list[Probe], str]:
+def probes_of(f: BinaryIO, at_branch: bool = True) -> tuple[str | None, list[Probe], str]:
     """(Go version, probes to attach, why not) for an executable file: no probes
-    and a reason when it is not a Go program the probes support."""
+    and a reason when it is not a Go program the probes support. `at_branch`:
+    on the stack check's branch (False: at the entries, for bench/go_overhead.py)."""
     try:
         elf = ELFFile(f)
         if elf["e_machine"] != "EM_X86_64":
@@ -136,7 +137,7 @@ def probes_of(f: BinaryIO) -> tuple[str | None, list[Probe], str]:
             # no stack check: it sets R14 and jumps to the function)
             branch = _branch_at(f, loads, start)
             if branch is not None:
-                found[name] = start + branch
+                found[name] = start + branch if at_branch else start
             else:
                 found.setdefault(name, start)
     except (ELFError, OSError, ValueError, KeyError, IndexError) as exc:
