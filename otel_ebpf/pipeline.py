@@ -340,7 +340,6 @@ class Collector:
                     self.tls.check(event.pid)  # a process new to us may map a libssl not probed
                 if event.pid not in self._go_checked and self.goroutines is not None:
                     self.goroutines.check(event.pid)  # or run a Go program not probed
-                    self.telemetry.go_processes = self.goroutines.processes
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -356,7 +355,6 @@ class Collector:
                 self._tls_checked.discard(event.pid)
                 if self.goroutines is not None:
                     self.goroutines.exec(event.pid)
-                    self.telemetry.go_processes = self.goroutines.processes
                 return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:
@@ -477,7 +475,6 @@ class Collector:
                 self.telemetry.tls_libraries = len(self.tls.libraries)
                 if self.goroutines is not None:
                     self.goroutines.start()
-                    self.telemetry.go_processes = self.goroutines.processes
             if self.profiling is not None:  # after the socket program: it reads its map
                 self._start_profiling()
             if self._health_server is not None:
@@ -533,6 +530,8 @@ class Collector:
                     self._check_lost()
                     self.budget.tick()
                 self.tracker.expire(time.monotonic_ns())
+                if self.goroutines is not None:
+                    self.telemetry.go_processes = self.goroutines.processes
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
@@ -555,7 +554,6 @@ class Collector:
                     self.telemetry.tls_libraries = len(self.tls.libraries)
                     if self.goroutines is not None:
                         self.goroutines.sweep()
-                        self.telemetry.go_processes = self.goroutines.processes
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())

@@ -195,8 +195,10 @@ class Correlator:
         self._is_sdk_process = is_sdk_process or (lambda _pid: False)
         # Processes whose requests move between threads: known up front (Go) ...
         self._moves_requests = moves_requests or (lambda _pid: False)
-        # ... or seen answering a request from another thread than its reader.
+        # ... or seen answering a request from another thread than its reader
+        # (or, for goroutine keys, another goroutine: pids in the second set).
         self._seen_moving: set[int] = set()
+        self._goroutines_moving: set[int] = set()
         self._rand = random.Random()
         # Server requests in progress by thread (ordered sets: a request ends in
         # O(1) however many a thread serves at once).
@@ -289,17 +291,16 @@ class Correlator:
         goroutines = tid >= GOROUTINE_KEYS
         if goroutines != (rc.tid >= GOROUTINE_KEYS):
             return
-        moving = self._seen_moving
-        key = -rc.pid if goroutines else rc.pid
-        if key not in moving:
+        moving = self._goroutines_moving if goroutines else self._seen_moving
+        if rc.pid not in moving:
             if len(moving) >= self._max_streams:
                 moving.clear()  # bounded; relearned at the next answer
-            moving.add(key)
+            moving.add(rc.pid)
 
     def forget_process(self, pid: int) -> None:
         """The process exited: its pid may come back as another program."""
         self._seen_moving.discard(pid)
-        self._seen_moving.discard(-pid)
+        self._goroutines_moving.discard(pid)
 
     def awaits_client(self, rc: RequestContext) -> bool:
         """Its trace waits on a server request whose client's send is not reported
@@ -410,7 +411,7 @@ class Correlator:
         server = next(iter(on_thread))
         if goroutine is not None and rc.tid >= GOROUTINE_KEYS:
             # a request the owner handed on is for its request of that time only
-            if -rc.pid in self._seen_moving:
+            if rc.pid in self._goroutines_moving:
                 return None
             if goroutine.until and server.start_ts > goroutine.until:
                 return None

@@ -37,6 +37,7 @@ GO_PROBES = (
     ("net/http.(*Transport).roundTrip", "go_round_trip", False),
     ("net/http.(*Request).write", "go_request_write", False),
 )
+REQUIRED = {program for _, program, required in GO_PROBES if required}
 FileId = tuple[int, int]  # (st_dev, st_ino)
 Probe = tuple[int, str]  # (address, program)
 _BUILDINFO = b"\xff Go buildinf:"
@@ -88,8 +89,9 @@ def stack_check_branch(code: bytes) -> int | None:
     """Where the JBE of a Go function's stack check is, from the function's first
     bytes (None: another prologue). A uprobe there sees the arguments, SP and R14
     as at the entry, and the kernel emulates a branch: a probe on the entry's
-    CMPQ or LEAQ is stepped out of line instead, a debug trap that cost 22-25 us a
-    hit on this project's machines against 0.5 us for an emulated instruction."""
+    CMPQ or LEAQ is stepped out of line instead, a debug trap that cost 24-28 us a
+    hit on this project's machines against 0.6-0.7 us on the branch
+    (bench/uprobe_cost.py)."""
     at = 0
     for lea, size in zip(_LEA_R12, (5, 8), strict=True):
         if code.startswith(lea):
@@ -163,7 +165,7 @@ class GoProbes:
 
     def __init__(
         self,
-        attach: Callable[[str, list[Probe]], int],
+        attach: Callable[[str, list[Probe]], list[Probe]],  # -> those attached
         detach: Callable[[str, list[Probe]], None],
         register: Callable[[int, int], None],
         selected: Callable[[int], bool] = lambda _pid: True,
@@ -175,8 +177,8 @@ class GoProbes:
         self._detach = detach
         self._register = register
         self._proc = proc
-        self._files: dict[FileId, tuple[str, list[Probe]]] = {}  # probed: held path, probes
-        self._held: dict[FileId, int] = {}  # descriptors that keep the files probed
+        # probed files: the descriptor that keeps each (its path names the file), probes
+        self._files: dict[FileId, tuple[int, list[Probe]]] = {}
         self._refused: set[FileId] = set()  # not Go, unsupported, or the attach failed
         self._pids: dict[int, FileId] = {}  # registered processes
         self._cookies = itertools.count(1)
@@ -234,17 +236,18 @@ class GoProbes:
             if why:
                 log.info("Go: pid %d gets no goroutine context: %s", pid, why)
             return False
-        path = f"/proc/{os.getpid()}/fd/{fd}"  # the file, whatever happens to the process
-        attached = self._attach(path, probes)
-        if attached < sum(1 for _, _, required in GO_PROBES if required):
-            self._detach(path, probes)
+        attached = self._attach(_held_path(fd), probes)
+        if not {program for _, program in attached} >= REQUIRED:
+            self._detach(_held_path(fd), probes)
             os.close(fd)
             log.warning("Go: uprobes on %s (pid %d) not attached: no goroutine context", exe, pid)
             return False
-        self._files[file] = (path, probes)
-        self._held[file] = fd
+        self._files[file] = (fd, probes)
         log.info(
-            "Go: goroutine context for pid %d (%s): %d functions probed", pid, version, attached
+            "Go: goroutine context for pid %d (%s): %d functions probed",
+            pid,
+            version,
+            len(attached),
         )
         return True
 
@@ -256,16 +259,15 @@ class GoProbes:
             del self._pids[pid]
         running = set(self._pids.values())
         for file in [f for f in self._files if f not in running]:
-            path, probes = self._files.pop(file)
-            self._detach(path, probes)
-            os.close(self._held.pop(file))
-            log.info("Go: detached from %s (no process runs it any more)", path)
-
-    def close(self) -> None:
-        for fd in self._held.values():
+            fd, probes = self._files.pop(file)
+            self._detach(_held_path(fd), probes)
             os.close(fd)
-        self._held.clear()
-        self._files.clear()
+            log.info("Go: detached from an executable no process runs any more")
+
+
+def _held_path(fd: int) -> str:
+    """A path to the file we hold open as `fd`, whatever happens to its processes."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
 
 
 def _pids(proc: str) -> list[int]:

@@ -714,20 +714,20 @@ class SocketReceiver:
                 with contextlib.suppress(Exception):  # never attached (or the file is gone)
                     detach(name=path, sym=symbol)
 
-    def attach_go(self, path: str, probes: list[tuple[int, str]]) -> int:
+    def attach_go(self, path: str, probes: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """Uprobes (bpf/go.bpf.c) on one Go executable at its functions' addresses.
-        Returns how many attached."""
+        Returns those attached."""
         if self._bpf is None:
-            return 0
+            return []
         bpf: Any = self._bpf
-        attached = 0
+        attached = []
         for address, program in probes:
             try:
                 bpf.attach_uprobe(name=path, addr=address, fn_name=program)
-            except Exception as exc:  # counted by the caller, which detaches the rest
+            except Exception as exc:  # judged by the caller, which detaches the rest
                 log.debug("%s: %s at %#x not probed (%s)", path, program, address, exc)
                 continue
-            attached += 1
+            attached.append((address, program))
         return attached
 
     def detach_go(self, path: str, probes: list[tuple[int, str]]) -> None:

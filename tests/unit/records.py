@@ -1,10 +1,18 @@
 """Ring-buffer records as the kernel program writes them, for tests and benches
-that drive the event path from `decode` on."""
+that drive the event path from `decode` on, and a tracker that builds spans."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from otel_ebpf.model import Role
+from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processors.selection import Selector
+from otel_ebpf.processors.spans import SpanBuilder
+from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.receivers.sockets import _CONN, _DATA_HEADER, _EV_CLOSE, _EV_DATA, _EV_OPEN
+from otel_ebpf.telemetry import SelfTelemetry
 
 LOOPBACK = bytes([127, 0, 0, 1]) + bytes(12)
 PID = 4242
@@ -47,3 +55,17 @@ def data_record(
         *(int(after_shed), 0, 0, rand, threshold, *goroutine),
     )
     return header + payload
+
+
+def traced(tmp_path: Path) -> tuple[ConnectionTracker, list[Any]]:
+    """A tracker whose exchanges are built into spans (the list it fills); no
+    process of `tmp_path` exists, so names come from the events."""
+    builder = SpanBuilder(0)
+    spans: list[Any] = []
+    t = ConnectionTracker(
+        lambda x, conn: spans.append(builder.build(x, conn)),
+        ProcessRegistry(proc=str(tmp_path)),
+        Selector(),
+        SelfTelemetry(),
+    )
+    return t, spans

@@ -68,9 +68,9 @@ def test_probes_go_on_once_per_file_and_every_exec_registers_anew(
     detached: list[str] = []
     registered: list[tuple[int, int]] = []
 
-    def attach(path: str, wanted: list[tuple[int, str]]) -> int:
+    def attach(path: str, wanted: list[tuple[int, str]]) -> list[tuple[int, str]]:
         attached.append(wanted)
-        return len(wanted)
+        return wanted
 
     go = goroutines.GoProbes(
         attach,

@@ -4,10 +4,10 @@ recorded kernel event sequences through the tracker and the span builder."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from records import traced
 
 from otel_ebpf.model import ConnOpen, DataEvent, Direction, Endpoint, Role
-from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.delivery import ACK_HOLD_NS
 from otel_ebpf.processors.phases import (
     DOWNSTREAM,
@@ -19,10 +19,7 @@ from otel_ebpf.processors.phases import (
     Timing,
     split,
 )
-from otel_ebpf.processors.selection import Selector
-from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
-from otel_ebpf.telemetry import SelfTelemetry
 
 MS = 1_000_000
 US = 1_000
@@ -117,18 +114,6 @@ class Side:
         pid = 10 + self.sk
         ev = DataEvent(self.sk, 1, d, self.role, pid, pid, 3, ts, off, len(data), off, data, b"app")
         self.t.handle(ev._replace(srtt_us=40, send_wait_ns=send_wait))
-
-
-def traced(tmp_path: Path) -> tuple[ConnectionTracker, list[Any]]:
-    builder = SpanBuilder(0)
-    spans: list[Any] = []
-    t = ConnectionTracker(
-        lambda x, conn: spans.append(builder.build(x, conn)),
-        ProcessRegistry(proc=str(tmp_path)),
-        Selector(),
-        SelfTelemetry(),
-    )
-    return t, spans
 
 
 def test_a_delayed_ack_stall_on_recorded_events(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from records import traced
+
 from otel_ebpf.model import (
     ConnClose,
     ConnOpen,
@@ -22,7 +24,6 @@ from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.own_traffic import OwnTraffic
 from otel_ebpf.processors.selection import Selector
-from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import LINGER_NS, ConnectionTracker
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -248,14 +249,7 @@ def test_requests_dropped_past_the_parsers_bound_end_and_are_counted(tmp_path: P
 def test_a_chain_stays_one_trace_when_the_first_send_is_reported_last(tmp_path: Path) -> None:
     """A's thread was preempted between delivering its request and the kernel
     reporting it: B read it, called C and was answered before A's send showed."""
-    built: list[Any] = []
-    builder = SpanBuilder(0)
-    t = ConnectionTracker(
-        lambda x, conn: built.append(builder.build(x, conn)),
-        ProcessRegistry(proc=str(tmp_path)),
-        Selector(),
-        SelfTelemetry(),
-    )
+    t, built = traced(tmp_path)
     a_end, b_end = Endpoint("127.0.0.1", 40000), Endpoint("127.0.0.1", 8080)
     b_out, c_end = Endpoint("127.0.0.1", 40001), Endpoint("127.0.0.1", 9090)
     sides = {  # sk: (role, pid, local, remote)
@@ -349,14 +343,7 @@ def test_a_go_call_written_by_another_goroutine_is_the_child_of_the_request_it_s
     goroutine writes its call on thread 51, naming G (bpf/go.bpf.c). The call is
     the request's child; the same call naming nobody is nobody's."""
     g = 0xC000001000
-    built: list[Any] = []
-    builder = SpanBuilder(0)
-    t = ConnectionTracker(
-        lambda x, conn: built.append(builder.build(x, conn)),
-        ProcessRegistry(proc=str(tmp_path)),
-        Selector(),
-        SelfTelemetry(),
-    )
+    t, built = traced(tmp_path)
     t.correlator._moves_requests = lambda pid: pid == 5  # a Go binary (read from its file)
     incoming = Stream(t, 8080, sk=1, role=Role.SERVER, pid=5, tid=50)
     for sk, link in ((2, GoroutineLink(g, 21)), (3, None)):
