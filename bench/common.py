@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel"))
-from harness import CollectorProcess, end_process, free_port, listening, wait_until
+from harness import Chain, CollectorProcess, end_process, free_port, listening, wait_until
 
 
 def drained(collector: CollectorProcess) -> dict[str, int]:
@@ -92,3 +96,51 @@ def wrk_arguments(description: str | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--only", default="", help="comma-separated scenario names to run")
     return parser.parse_args()
+
+
+# A setting of a chain bench: what runs beside the chain while wrk drives it.
+Setting = Callable[[], contextlib.AbstractContextManager[object]]
+
+
+def compare_on_chain(
+    title: str,
+    chain: Chain,
+    settings: dict[str, Setting],
+    args: argparse.Namespace,
+) -> None:
+    """wrk on the chain's first hop under each setting in turn, `args.rounds`
+    alternating rounds; prints the medians of throughput, p99 and the chain's own
+    CPU per request (probes run in its threads), as ratios to the first setting."""
+    hops = [psutil.Process(p.pid) for p in chain.procs]
+    url = f"http://127.0.0.1:{chain.port}/bench"
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in settings}
+    wrk(url, 2, args.connections)  # warm up
+    for _ in range(args.rounds):
+        for name, setting in settings.items():
+            with setting():
+                wrk(url, 1, 1)  # a collector sees the chain and probes it
+                before = sum(sum(h.cpu_times()[:2]) for h in hops)
+                rps, p99, done = wrk(url, args.seconds, args.connections)
+                cpu = sum(sum(h.cpu_times()[:2]) for h in hops) - before
+            results[name].append((rps, p99, cpu / done * 1e6))
+    med = statistics.median
+    base_rps = med(r[0] for r in next(iter(results.values())))
+    print(f"{title}, wrk -c{args.connections}, {args.rounds} rounds, medians")
+    print(f"{'':36} {'req/s':>8} {'ratio':>6} {'p99 ms':>7} {'chain CPU per request':>22}")
+    for name, rows in results.items():
+        rps, p99, cpu = (med(r[i] for r in rows) for i in range(3))
+        print(f"{name:36} {rps:8.0f} {rps / base_rps:6.3f} {p99 * 1e3:7.2f} {cpu:19.1f} us")
+
+
+def with_collector(where: Path, exporters: dict[str, Any], env: dict[str, str]) -> Setting:
+    """A setting: the collector runs, with `env`."""
+
+    @contextlib.contextmanager
+    def run() -> Iterator[object]:
+        collector = CollectorProcess(where, exporters, extra_env=env)
+        try:
+            yield collector
+        finally:
+            collector.stop()
+
+    return run

@@ -15,9 +15,7 @@ root: `.venv/bin/python bench/context_trees.py [--probability 0.5] [--only go,th
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts tests/kernel on the path)
 
-from harness import Chain, CollectorProcess, build_go, get_distinct
+from harness import Chain, CollectorProcess, asyncio_pythons, build_go, get_distinct
 from otlp_sink import GrpcSink, Span, chain_trees
 
 KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
@@ -38,25 +36,12 @@ def _runtimes(tmp: Path) -> dict[str, list[str]]:
     """Runtime name -> the argv that starts one hop (port and next port appended)."""
     go_binary = build_go(KERNEL_TESTS / "go_chain" / "main.go", tmp / "go_chain")
     found: dict[str, list[str]] = {"threads": [sys.executable, str(CHAINS / "threads_hop.py")]}
-    pythons = {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    for version in ("3.11", "3.12"):
-        candidates = [shutil.which(f"python{version}") or ""]
-        candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
-        runs = [c for c in candidates if c and _runs(c)]
-        if runs and version not in pythons:
-            pythons[version] = runs[0]
-    for version, python in sorted(pythons.items()):
-        found[f"asyncio-{version}"] = [python, str(CHAINS / "asyncio_hop.py")]
+    for name, python in sorted(asyncio_pythons().items()):
+        found[f"asyncio-{name}"] = [python, str(CHAINS / "asyncio_hop.py")]
     if shutil.which("node"):
         found["node"] = ["node", str(CHAINS / "node_hop.js")]
     found["go"] = [str(go_binary)]
     return found
-
-
-def _runs(python: str) -> bool:
-    """A pyenv shim exists for versions it will not run here."""
-    return subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
 
 
 def partial(spans: list[Span], requests: int) -> int:

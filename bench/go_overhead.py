@@ -11,27 +11,24 @@ Run as root: `.venv/bin/python bench/go_overhead.py [--rounds 3] [--seconds 8]`.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-from common import null_sink, wrk, wrk_arguments  # also puts tests/kernel on the path
+from common import (  # also puts tests/kernel on the path
+    Setting,
+    compare_on_chain,
+    null_sink,
+    with_collector,
+    wrk_arguments,
+)
 
-from harness import Chain, CollectorProcess, build_go
+from harness import Chain, build_go
 from otel_ebpf.receivers.goroutines import probes_of
 
 KERNEL_TESTS = Path(__file__).parent.parent / "tests" / "kernel"
 DEFAULT_BUDGET = {"OTEL_EBPF_SPAN_BUDGET": "0.05"}  # as installed (the harness sets 0)
-SETTINGS: dict[str, dict[str, str] | None] = {  # collector environment (None: none)
-    "without the collector": None,
-    "collector, no Go probes": {**DEFAULT_BUDGET, "OTEL_EBPF_GO_GOROUTINES": "false"},
-    "collector, goroutine context": DEFAULT_BUDGET,
-    "uprobes alone, at the branches": None,
-    "uprobes alone, at the entries": None,
-}
 
 
 @contextlib.contextmanager
@@ -55,37 +52,22 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-go-"))
     binary = build_go(KERNEL_TESTS / "go_chain" / "main.go", tmp / "go_chain", "-ldflags=-s -w")
     chain = Chain([str(binary)], "go")
-    hops = [psutil.Process(p.pid) for p in chain.procs]
-    url = f"http://127.0.0.1:{chain.port}/bench"
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in SETTINGS}
-    stack = contextlib.ExitStack()
     try:
-        sink_port = stack.enter_context(null_sink())
-        otlp = {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}}
-        wrk(url, 2, args.connections)  # warm up
-        for _ in range(args.rounds):
-            for name, env in SETTINGS.items():
-                with contextlib.ExitStack() as setting:
-                    if env is not None:
-                        collector = CollectorProcess(tmp / "collector", otlp, extra_env=env)
-                        setting.callback(collector.stop)
-                        wrk(url, 1, 1)  # the collector sees the chain and probes it
-                    elif name.startswith("uprobes alone"):
-                        setting.enter_context(uprobes_alone(binary, "branches" in name))
-                    before = sum(sum(h.cpu_times()[:2]) for h in hops)
-                    rps, p99, done = wrk(url, args.seconds, args.connections)
-                    cpu = sum(sum(h.cpu_times()[:2]) for h in hops) - before
-                results[name].append((rps, p99, cpu / done * 1e6))
+        with null_sink() as sink_port:
+            otlp = {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}}
+            where = tmp / "collector"
+            settings: dict[str, Setting] = {
+                "without the collector": contextlib.nullcontext,
+                "collector, no Go probes": with_collector(
+                    where, otlp, {**DEFAULT_BUDGET, "OTEL_EBPF_GO_GOROUTINES": "false"}
+                ),
+                "collector, goroutine context": with_collector(where, otlp, DEFAULT_BUDGET),
+                "uprobes alone, at the branches": lambda: uprobes_alone(binary, True),
+                "uprobes alone, at the entries": lambda: uprobes_alone(binary, False),
+            }
+            compare_on_chain("Go chain A -> B -> C", chain, settings, args)
     finally:
         chain.stop()
-        stack.close()
-    med = statistics.median
-    base_rps = med(r[0] for r in results["without the collector"])
-    print(f"Go chain A -> B -> C, wrk -c{args.connections}, {args.rounds} rounds, medians")
-    print(f"{'':32} {'req/s':>8} {'ratio':>6} {'p99 ms':>7} {'Go CPU per request':>19}")
-    for name, rows in results.items():
-        rps, p99, cpu = (med(r[i] for r in rows) for i in range(3))
-        print(f"{name:32} {rps:8.0f} {rps / base_rps:6.3f} {p99 * 1e3:7.2f} {cpu:16.1f} us")
     return 0
 
 

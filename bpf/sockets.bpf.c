@@ -168,10 +168,11 @@ struct data_event {
     u8 after_shed;    // calls before this one in its direction were shed (span budget)
     u8 pad2;
     u32 send_wait_us; // the connection's send_wait_ns before this call began
-    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 160-byte header)
+    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 168-byte header)
     u64 rand;         // red_counted: the request's 56-bit random value (span budget)
     u64 threshold;    // and the threshold it was kept against (0: no budget)
     struct go_context go; // a Go process's: the goroutine it moves bytes for (go.bpf.c)
+    u64 py_task;          // the asyncio task running the call (asyncio.bpf.c; 0: none)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -1188,6 +1189,7 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->threshold = 0;
     ev->fd = 0;
     go_context(&ev->go, tgid, cs->role == ROLE_SERVER && dir == DIR_INGRESS);
+    ev->py_task = py_running_task(tid);
     process_comm(ev->comm, tgid);
     return ev;
 }

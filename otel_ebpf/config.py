@@ -172,6 +172,8 @@ class EbpfReceiverConfig(_Strict):
     span_budget: SpanBudgetConfig = SpanBudgetConfig()
     # Uprobes on Go programs' runtime and net/http for goroutine context (bpf/go.bpf.c).
     go_goroutines: bool = True
+    # Uprobes on CPython's _asyncio for asyncio task context (bpf/asyncio.bpf.c).
+    python_asyncio: bool = True
 
     @field_validator("open_ports")
     @classmethod
@@ -623,6 +625,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_RING_BUFFER_PAGES", ("ring_buffer_pages",), False),
     ("OTEL_EBPF_MODE", ("mode",), False),
     ("OTEL_EBPF_GO_GOROUTINES", ("go_goroutines",), False),
+    ("OTEL_EBPF_PYTHON_ASYNCIO", ("python_asyncio",), False),
     ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
     ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),
     ("OTEL_EBPF_TARGET_PIDS", ("include", "pids"), True),

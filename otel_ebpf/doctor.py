@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import os
 import platform
 import struct
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import psutil
 
 from otel_ebpf.privileges import missing_capabilities
+from otel_ebpf.receivers.asyncio_tasks import probes_of
 from otel_ebpf.receivers.sockets import (
     OPTIONAL_PLAIN_SYSCALLS,
     REQUIRED_TRACEPOINTS,
@@ -113,6 +115,19 @@ def _goroutines() -> Check:
     if missing is None:
         return Check(OK, "Go goroutine context", "Go 1.18+ programs' goroutines are followed")
     return Check(WARN, "Go goroutine context", f"not here: {missing}")
+
+
+def _asyncio_tasks() -> Iterator[Check]:
+    """The host's Pythons whose `_asyncio` cannot be probed (a stripped module
+    without its debug file): their asyncio programs get no task context."""
+    modules = sorted(glob.glob("/usr/lib/python3*/lib-dynload/_asyncio.cpython-*.so"))
+    modules += sorted(glob.glob("/usr/local/lib/python3*/lib-dynload/_asyncio.cpython-*.so"))
+    for module in modules:
+        probes, why = probes_of(module)
+        if probes:
+            yield Check(OK, "asyncio task context", f"{module}: task functions found")
+        else:
+            yield Check(WARN, "asyncio task context", f"{module}: {why}")
 
 
 def _tracefs() -> Check:
@@ -264,9 +279,12 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _tracefs,
     _tracepoints,
     lambda: _event_source(
-        "uprobe", "uprobes", "HTTPS plaintext (OpenSSL) and Go's goroutines are not read"
+        "uprobe",
+        "uprobes",
+        "HTTPS plaintext (OpenSSL), Go's goroutines and asyncio tasks are not read",
     ),
     _goroutines,
+    _asyncio_tasks,
     _tls,
     lambda: _event_source("kprobe", "kprobes"),
     _fentry,

@@ -70,6 +70,7 @@ class DataEvent(NamedTuple):
     rand: int = 0  # red_counted: the request's 56-bit random value (span budget)
     threshold: int = 0  # what it was kept against (0: no budget; see processors.budget)
     goroutine: GoroutineLink | None = None  # a probed Go process's (None: any other)
+    task: int = 0  # the asyncio task whose step made the call (0: none, or not probed)
 
 
 class RedCount(NamedTuple):

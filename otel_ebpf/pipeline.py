@@ -55,6 +55,7 @@ from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.profile_exporters import build_profile_exporter
 from otel_ebpf.profiling import READ_INTERVAL_S, ProfilingService, SpanTies
+from otel_ebpf.receivers.asyncio_tasks import AsyncioProbes
 from otel_ebpf.receivers.goroutines import GoProbes
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
@@ -295,6 +296,16 @@ class Collector:
                 ),
             )
         self._go_checked = self.goroutines.checked if self.goroutines else set()
+        self.asyncio: AsyncioProbes | None = None
+        if ebpf.python_asyncio:
+            self.asyncio = AsyncioProbes(
+                self.receiver.attach_asyncio,
+                self.receiver.detach_asyncio,
+                lambda pid: selector.process_selected(
+                    pid, self._processes.get(pid).executable_name
+                ),
+            )
+        self._asyncio_checked = self.asyncio.checked if self.asyncio else set()
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -340,6 +351,8 @@ class Collector:
                     self.tls.check(event.pid)  # a process new to us may map a libssl not probed
                 if event.pid not in self._go_checked and self.goroutines is not None:
                     self.goroutines.check(event.pid)  # or run a Go program not probed
+                if event.pid not in self._asyncio_checked and self.asyncio is not None:
+                    self.asyncio.check(event.pid)  # or map an _asyncio not probed
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -355,6 +368,8 @@ class Collector:
                 self._tls_checked.discard(event.pid)
                 if self.goroutines is not None:
                     self.goroutines.exec(event.pid)
+                if self.asyncio is not None:
+                    self.asyncio.exec(event.pid)
                 return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:
@@ -532,6 +547,8 @@ class Collector:
                 self.tracker.expire(time.monotonic_ns())
                 if self.goroutines is not None:
                     self.telemetry.go_processes = self.goroutines.processes
+                if self.asyncio is not None:
+                    self.telemetry.asyncio_processes = self.asyncio.processes
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
@@ -554,6 +571,8 @@ class Collector:
                     self.telemetry.tls_libraries = len(self.tls.libraries)
                     if self.goroutines is not None:
                         self.goroutines.sweep()
+                    if self.asyncio is not None:
+                        self.asyncio.sweep()
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())

@@ -60,6 +60,7 @@ class Connection:
         "stream_pos",
         "undecided",
         "window_small",
+        "writer_task",
         "writer_tid",
     )
 
@@ -93,6 +94,7 @@ class Connection:
         self.send_wait_ns = 0
         self.window_small = 0
         self.writer_tid = 0  # the thread of its last write (a server's: who answered)
+        self.writer_task = 0  # a server's: the asyncio task that wrote since its last read
         # The kernel counts the next request that starts (its read began with it).
         self.red_next = False
 

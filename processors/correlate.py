@@ -23,6 +23,12 @@ parent come from, in order of trust:
    thread with none (a worker, or a background job) proves nothing: no
    parent. Anything else starts a new trace rather than guess: a missing
    parent splits a trace, a wrong one files a request under a stranger's.
+4. the task (CLIENT spans of an asyncio program whose `_asyncio` module is
+   probed, bpf/asyncio.bpf.c): the event loop reads every request outside any
+   task, so a call names only the task that made it, and its parent is decided
+   later: the server request whose answer that task writes next, if it began
+   before the call. A task seen answering on two connections (a dispatcher, not
+   a handler) proves nothing from then on.
 
 Contexts end with their request: nothing leaks to the next request on the
 same thread or keep-alive connection, and no trace grows without bound.
@@ -73,6 +79,7 @@ MATCH_SLACK_NS = 50_000_000
 MATCH_WINDOW_NS = 60_000_000_000
 MAX_AGE_NS = 300_000_000_000  # server requests never finished (dropped) expire
 MAX_UNSETTLED_NS = 1_000_000_000  # a span waits this long at most for its trace
+MAX_TASK_CALLS = 64  # calls one task made that wait for its answer; past it, the oldest go
 
 
 class RequestNet(NamedTuple):
@@ -208,6 +215,10 @@ class Correlator:
         self._clients: OrderedDict[StreamKey, ClientEnd] = OrderedDict()
         # Server requests whose client's send (on this node) is not reported yet.
         self._waiting: OrderedDict[StreamKey, RequestContext] = OrderedDict()
+        # asyncio: calls each (pid, task) made, waiting for the answer it writes next,
+        # and the connection each task answered on (tasks that answered on two: -1).
+        self._task_calls: OrderedDict[tuple[int, int], list[RequestContext]] = OrderedDict()
+        self._task_answers: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._max_streams = max_streams
         self.joins = 0  # server requests joined to a client seen late, so far
         # Told (thread, request start, trace id, span id) of each server request
@@ -229,6 +240,7 @@ class Correlator:
         rand: int = 0,
         threshold: int = 0,
         goroutine: GoroutineLink | None = None,
+        task: int = 0,
     ) -> RequestContext:
         """A request head was parsed on a connection of `role` owned by pid/tid
         (a thread, or a `goroutine_key`). `client_on_node`: a server's client end
@@ -236,7 +248,8 @@ class Correlator:
         for). `rand`, `threshold`: the kernel kept it by the span budget; a trace
         it begins takes `rand` as its randomness (the trace id's low 56 bits), so
         its `th` holds downstream. `goroutine`: a client request's goroutine link
-        (`tid` is its key): its server request began before the link was made."""
+        (`tid` is its key): its server request began before the link was made.
+        `task`: the asyncio task that sent a client request (0: none known)."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1
@@ -259,7 +272,7 @@ class Correlator:
                     next(iter(serving)).shared_thread = True
             serving[rc] = None
         else:
-            self._resolve_client(rc, goroutine)
+            self._resolve_client(rc, goroutine, task)
             if stream_known:
                 key = (local, remote, head.stream_offset)
                 waiting = self._waiting.pop(key, None)  # type: ignore[arg-type]
@@ -281,12 +294,18 @@ class Correlator:
         if rc.role == Role.SERVER:
             _discard(self._by_thread, rc.tid, rc)
 
-    def answered(self, rc: RequestContext, tid: int) -> None:
-        """A server request's answer was written by thread `tid`: another thread
-        than its reader means this process's requests move between threads (or
-        goroutines, keys of each kind compared with their own kind: a Go process's
-        calls name their goroutine from its registration on)."""
-        if rc.role != Role.SERVER or tid == rc.tid:
+    def answered(self, rc: RequestContext, tid: int, task: int = 0, connection: int = 0) -> None:
+        """A server request's answer was written by thread `tid` (in asyncio task
+        `task`, on `connection`): another thread than its reader means this
+        process's requests move between threads (or goroutines, keys of each kind
+        compared with their own kind: a Go process's calls name their goroutine
+        from its registration on). The calls the task made since the request
+        began are its children."""
+        if rc.role != Role.SERVER:
+            return
+        if task:
+            self._claim(rc, task, connection)
+        if tid == rc.tid:
             return
         goroutines = tid >= GOROUTINE_KEYS
         if goroutines != (rc.tid >= GOROUTINE_KEYS):
@@ -301,6 +320,36 @@ class Correlator:
         """The process exited: its pid may come back as another program."""
         self._seen_moving.discard(pid)
         self._goroutines_moving.discard(pid)
+        for table in (self._task_calls, self._task_answers):
+            for key in [k for k in table if k[0] == pid]:
+                del table[key]
+
+    def _claim(self, server: RequestContext, task: int, connection: int) -> None:
+        """Task `task` answered `server` on `connection`: the calls it made since
+        that request began join its trace; earlier ones were for something else."""
+        key = (server.pid, task)
+        answered_on = self._task_answers.get(key)
+        if answered_on is None:
+            self._task_answers[key] = connection
+            if len(self._task_answers) > self._max_streams:
+                self._task_answers.popitem(last=False)
+        elif answered_on != connection:
+            self._task_answers[key] = -1  # a dispatcher: its calls are nobody's
+        calls = self._task_calls.pop(key, None)
+        if not calls:
+            return
+        self.joins += 1  # exchanges waiting on these calls can go now
+        trusted = self._task_answers[key] == connection
+        own = server.cell.root()
+        for call in calls:
+            if call.resolved:
+                continue  # waited too long: a trace of its own already
+            cell = call.cell.root()
+            cell.awaited = 0
+            if trusted and call.start_ts >= server.start_ts and cell is not own:
+                call.parent_id = server.span_id
+                call.held = server.held
+                cell.forward = own
 
     def awaits_client(self, rc: RequestContext) -> bool:
         """Its trace waits on a server request whose client's send is not reported
@@ -340,7 +389,11 @@ class Correlator:
         return self._rand.getrandbits(128) or 1
 
     def expire(self, now_ts: int) -> None:
-        """Forget server requests that never finished (their pending entry was dropped)."""
+        """Forget server requests that never finished (their pending entry was dropped),
+        and calls of tasks that never answered (their spans have gone on already)."""
+        for task, calls in list(self._task_calls.items()):
+            if all(c.resolved or now_ts - c.start_ts > MAX_AGE_NS for c in calls):
+                del self._task_calls[task]
         table = self._by_thread
         for key in list(table):
             alive = {rc: None for rc in table[key] if now_ts - rc.start_ts < MAX_AGE_NS}
@@ -379,8 +432,10 @@ class Correlator:
         if mine is not theirs:
             mine.forward = theirs
 
-    def _resolve_client(self, rc: RequestContext, goroutine: GoroutineLink | None) -> None:
-        parent = self._enclosing_server(rc, goroutine)
+    def _resolve_client(
+        self, rc: RequestContext, goroutine: GoroutineLink | None, task: int
+    ) -> None:
+        parent = None if task else self._enclosing_server(rc, goroutine)
         if rc.wire is not None:
             rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
             rc.parent_id = rc.wire.span_id
@@ -393,12 +448,39 @@ class Correlator:
             )
             rc.duplicates_sdk = not forwarded
             return
+        if parent is None and task:
+            self._await_answer(rc, task)
+            return
         if parent is None:
             rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
             return
         rc.cell = parent.cell  # shared: known now, or when the parent's client shows
         rc.parent_id = parent.span_id
         rc.held = parent.held
+
+    def _await_answer(self, rc: RequestContext, task: int) -> None:
+        """A call an asyncio task made: its trace is the one of the request that task
+        answers next (or, if none comes in time, a trace of its own)."""
+        key = (rc.pid, task)
+        if self._task_answers.get(key) == -1:
+            rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
+            return
+        rc.cell.awaited = rc.start_ts
+        calls = self._task_calls.get(key)
+        if calls is None:
+            calls = self._task_calls[key] = []
+            if len(self._task_calls) > self._max_streams:
+                _, dropped = self._task_calls.popitem(last=False)
+                self._give_up(dropped)
+        calls.append(rc)
+        if len(calls) > MAX_TASK_CALLS:
+            self._give_up([calls.pop(0)])
+
+    def _give_up(self, calls: list[RequestContext]) -> None:
+        """Calls no answer will claim: their spans need not wait."""
+        for call in calls:
+            call.cell.root().awaited = 0
+        self.joins += 1
 
     def _enclosing_server(
         self, rc: RequestContext, goroutine: GoroutineLink | None

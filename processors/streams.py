@@ -457,6 +457,9 @@ class ConnectionTracker:
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         if d == Direction.EGRESS:
             conn.writer_tid = _thread_of(ev)
+            conn.writer_task = ev.task or conn.writer_task
+        elif conn.role == Role.SERVER:
+            conn.writer_task = 0  # a request came: who answers it is not known yet
         if ev.red_counted:
             conn.red_next = True
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
@@ -549,11 +552,11 @@ class ConnectionTracker:
             and (remote, local) in self._by_ends
         )
         rand = threshold = 0
-        thread, goroutine = ev.tid, None
+        thread, goroutine, task = ev.tid, None, 0
         if type(ev) is DataEvent:
             if conn.red_next:  # noted in the kernel, kept by its budget
                 rand, threshold = ev.rand, ev.threshold
-            thread, goroutine = _thread_of(ev), ev.goroutine
+            thread, goroutine, task = _thread_of(ev), ev.goroutine, ev.task
         rc = self.correlator.started(
             conn.role,
             head,
@@ -566,6 +569,7 @@ class ConnectionTracker:
             rand,
             threshold,
             goroutine,
+            task,
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)
@@ -620,7 +624,7 @@ class ConnectionTracker:
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 if answer_by is not None:
-                    self.correlator.answered(x.token, answer_by)
+                    self.correlator.answered(x.token, answer_by, conn.writer_task, conn.sk)
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
                 conn.in_flight.pop(x.token, None)

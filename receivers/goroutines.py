@@ -190,7 +190,7 @@ class GoProbes:
 
     def start(self) -> None:
         """Every process running now."""
-        for pid in _pids(self._proc):
+        for pid in live_pids(self._proc):
             self.check(pid)
 
     def check(self, pid: int) -> None:
@@ -236,9 +236,9 @@ class GoProbes:
             if why:
                 log.info("Go: pid %d gets no goroutine context: %s", pid, why)
             return False
-        attached = self._attach(_held_path(fd), probes)
+        attached = self._attach(held_path(fd), probes)
         if not {program for _, program in attached} >= REQUIRED:
-            self._detach(_held_path(fd), probes)
+            self._detach(held_path(fd), probes)
             os.close(fd)
             log.warning("Go: uprobes on %s (pid %d) not attached: no goroutine context", exe, pid)
             return False
@@ -253,24 +253,24 @@ class GoProbes:
 
     def sweep(self) -> None:
         """Forget exited processes; detach from files no process runs any more."""
-        live_pids = set(_pids(self._proc))
-        self.checked.intersection_update(live_pids)
-        for pid in [p for p in self._pids if p not in live_pids]:
+        live = set(live_pids(self._proc))
+        self.checked.intersection_update(live)
+        for pid in [p for p in self._pids if p not in live]:
             del self._pids[pid]
         running = set(self._pids.values())
         for file in [f for f in self._files if f not in running]:
             fd, probes = self._files.pop(file)
-            self._detach(_held_path(fd), probes)
+            self._detach(held_path(fd), probes)
             os.close(fd)
             log.info("Go: detached from an executable no process runs any more")
 
 
-def _held_path(fd: int) -> str:
+def held_path(fd: int) -> str:
     """A path to the file we hold open as `fd`, whatever happens to its processes."""
     return f"/proc/{os.getpid()}/fd/{fd}"
 
 
-def _pids(proc: str) -> list[int]:
+def live_pids(proc: str = "/proc") -> list[int]:
     try:
         return [int(name) for name in os.listdir(proc) if name.isdigit()]
     except OSError:

@@ -42,6 +42,7 @@ from otel_ebpf.model import (
     SelfConn,
     SocketBufferSet,
 )
+from otel_ebpf.receivers.asyncio_tasks import Uprobe
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 from otel_ebpf.receivers.spare_ring import SpareRecords
 
@@ -106,9 +107,9 @@ _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # The program's files, in the order they are compiled as one unit.
-PROGRAM_FILES = ("go.bpf.c", "sockets.bpf.c", "tls.bpf.c")
-# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQ")
+PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "sockets.bpf.c", "tls.bpf.c")
+# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine, task
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQQ")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -228,6 +229,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             threshold,
             go_owner,
             go_until,
+            task,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -255,6 +257,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             rand,
             threshold,
             goroutine,
+            task,
         )
     if kind == _EV_EXEC:
         return ProcessExec(_EXEC.unpack_from(raw)[1])
@@ -737,6 +740,32 @@ class SocketReceiver:
         for address, _ in probes:
             with contextlib.suppress(Exception):  # never attached (or the file is gone)
                 bpf.detach_uprobe(name=path, addr=address)
+
+    def attach_asyncio(self, path: str, probes: list[Uprobe]) -> list[Uprobe]:
+        """Uprobes (bpf/asyncio.bpf.c) on one `_asyncio` module, in the order given.
+        Returns those attached."""
+        if self._bpf is None:
+            return []
+        bpf: Any = self._bpf
+        attached = []
+        for probe in probes:
+            attach = bpf.attach_uretprobe if probe.on_return else bpf.attach_uprobe
+            try:
+                attach(name=path, addr=probe.address, fn_name=probe.program)
+            except Exception as exc:  # judged by the caller, which detaches the rest
+                log.debug("%s: %s at %#x not probed (%s)", path, probe.program, probe.address, exc)
+                continue
+            attached.append(probe)
+        return attached
+
+    def detach_asyncio(self, path: str, probes: list[Uprobe]) -> None:
+        if self._bpf is None:
+            return
+        bpf: Any = self._bpf
+        for probe in probes:
+            detach = bpf.detach_uretprobe if probe.on_return else bpf.detach_uprobe
+            with contextlib.suppress(Exception):  # never attached (or the file is gone)
+                detach(name=path, addr=probe.address)
 
     def register_go(self, pid: int, cookie: int) -> None:
         """A process of a probed Go executable: its calls name their goroutine."""

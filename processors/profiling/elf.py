@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import struct
 from typing import BinaryIO, NamedTuple
 
@@ -91,6 +92,23 @@ def read_info(f: BinaryIO) -> ElfInfo | None:
     except (ELFError, OSError, ValueError, KeyError, struct.error, UnicodeError) as exc:
         log.debug("not a readable ELF file: %s", exc)
         return None
+
+
+def debug_file_candidates(path: str, info: ElfInfo) -> list[str]:
+    """Where a separate debug file for `path` may be, by build-id then by debug
+    link (GDB's search order); paths as the process that maps it sees them."""
+    candidates = []
+    if len(info.build_id) > 2:
+        b = info.build_id
+        candidates.append(f"/usr/lib/debug/.build-id/{b[:2]}/{b[2:]}.debug")
+    if info.debuglink and "/" not in info.debuglink:
+        d = os.path.dirname(path)
+        candidates += [
+            f"{d}/{info.debuglink}",
+            f"{d}/.debug/{info.debuglink}",
+            f"/usr/lib/debug{d}/{info.debuglink}",
+        ]
+    return [c for c in candidates if c != path]
 
 
 def read_symbols(f: BinaryIO) -> Symbols:

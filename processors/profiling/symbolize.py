@@ -21,6 +21,7 @@ from otel_ebpf.model import Frame
 from otel_ebpf.processors.profiling.elf import (
     ElfInfo,
     Symbols,
+    debug_file_candidates,
     file_offset_to_vaddr,
     read_info,
     read_symbols,
@@ -225,20 +226,7 @@ class Symbolizer:
     def _debug_symbols(self, pid: int, path: str, info: ElfInfo) -> Symbols | None:
         """A separate debug file, by build-id or by debug link (GDB's search order)."""
         root = f"{self._proc}/{pid}/root"
-        candidates = []
-        if len(info.build_id) > 2:
-            b = info.build_id
-            candidates.append(f"/usr/lib/debug/.build-id/{b[:2]}/{b[2:]}.debug")
-        if info.debuglink and "/" not in info.debuglink:
-            d = os.path.dirname(path)
-            candidates += [
-                f"{d}/{info.debuglink}",
-                f"{d}/.debug/{info.debuglink}",
-                f"/usr/lib/debug{d}/{info.debuglink}",
-            ]
-        for candidate in candidates:
-            if candidate == path:
-                continue
+        for candidate in debug_file_candidates(path, info):
             try:
                 with open(root + candidate, "rb") as f:
                     symbols = read_symbols(f)

@@ -436,6 +436,26 @@ def build_go(source: Path, binary: Path, *flags: str, toolchain: str = "local") 
     return binary
 
 
+def asyncio_pythons() -> dict[str, str]:
+    """The interpreters the asyncio chains run on: Debian's 3.11 (its `_asyncio`
+    stripped, its symbols from python3.11-dbg) and pyenv's 3.11 and 3.12 builds
+    (symbols kept), by name ("3.11-debian", "3.11", "3.12")."""
+    found = {}
+    if _runs("/usr/bin/python3.11"):
+        found["3.11-debian"] = "/usr/bin/python3.11"
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for version in ("3.11", "3.12"):
+        builds = sorted(pyenv.glob(f"{version}.*/bin/python{version}"))
+        runs = [str(b) for b in builds if _runs(str(b))]
+        if runs:
+            found[version] = runs[-1]
+    return found
+
+
+def _runs(python: str) -> bool:
+    return os.path.exists(python) and subprocess.run([python, "-c", ""]).returncode == 0
+
+
 def build_cpu_shares(directory: Path) -> Path:
     """The profiling tests' C program (tests/kernel/profiled/cpu_shares.c), with
     frame pointers so that its stacks can be walked."""

@@ -3,23 +3,24 @@ one runtime under concurrency, every request with its own path, every parent
 checked.
 
 Go runs goroutines on any OS thread, so "the request this thread serves" is no
-context there: the goroutine is (bpf/go.bpf.c), and Go's trees must be whole. An
-event loop serves many requests on one thread. A wrong parent is worse than none
-(it merges two users' requests into one trace). Socket context (client span ->
-the next hop's server span) stays exact and is checked too.
+context there: the goroutine is (bpf/go.bpf.c). An asyncio event loop serves
+many requests on one thread: the task is (bpf/asyncio.bpf.c), on Debian's 3.11
+(symbols from python3.11-dbg) and pyenv's 3.11 and 3.12. Both must give whole
+trees. A wrong parent is worse than none (it merges two users' requests into
+one trace). Socket context (client span -> the next hop's server span) stays
+exact and is checked too.
 (`bench/context_trees.py` reports complete trees per runtime.)
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import Chain, CollectorProcess, build_go, get_distinct, wait_until
+from harness import Chain, CollectorProcess, asyncio_pythons, build_go, get_distinct, wait_until
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span, chain_trees
 
 HERE = Path(__file__).parent
@@ -27,9 +28,17 @@ HERE = Path(__file__).parent
 
 # Go: the toolchain installed here, and the newer one the module proxy serves.
 GO_TOOLCHAINS = {"go": "local", "go127": "go1.27.3"}
+PYTHONS = asyncio_pythons()
+ASYNCIO = {f"asyncio{name.replace('.', '')}": python for name, python in PYTHONS.items()}
+WHOLE_TREES = {**dict.fromkeys(GO_TOOLCHAINS, 0.99), **dict.fromkeys(ASYNCIO, 0.95)}
 
 
-@pytest.fixture(scope="module", params=[*GO_TOOLCHAINS, "asyncio"])
+def test_every_asyncio_python_is_here() -> None:
+    """setup.sh installs them: a missing one would silently drop its case."""
+    assert set(PYTHONS) == {"3.11-debian", "3.11", "3.12"}
+
+
+@pytest.fixture(scope="module", params=[*GO_TOOLCHAINS, *ASYNCIO])
 def chain_of(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -42,18 +51,17 @@ def chain_of(
         source = HERE / "go_chain" / "main.go"
         argv = [str(build_go(source, binary, "-ldflags=-s -w", toolchain=toolchain))]
     else:
-        argv = [sys.executable, str(HERE / "chains" / "asyncio_hop.py")]
+        argv = [ASYNCIO[request.param], str(HERE / "chains" / "asyncio_hop.py")]
     chain = Chain(argv, request.param)
-    if toolchain is not None:
-        warm_up(chain, grpc_sink)
+    warm_up(chain, grpc_sink)
     yield chain
     chain.stop()
 
 
 def warm_up(chain: Chain, sink: GrpcSink) -> None:
     """Requests one at a time until one makes a whole tree: the collector probes a
-    Go program when it first sees it traced, and the requests meanwhile have no
-    goroutine context (they lose their parent, never get a wrong one)."""
+    program when it first sees it traced, and the requests meanwhile may have no
+    goroutine or task context (they lose their parent, never get a wrong one)."""
     for attempt in range(40):
         tag = f"{chain.name}warm{attempt}"
         get_distinct(chain.port, tag, 1, 1)
@@ -61,7 +69,7 @@ def warm_up(chain: Chain, sink: GrpcSink) -> None:
         if chain_trees(spans_of(sink, tag))[0] == 1:
             return
         time.sleep(0.25)
-    raise AssertionError("no Go request made a whole tree: goroutine context never began")
+    raise AssertionError(f"no {chain.name} request made a whole tree: context never began")
 
 
 def spans_of(sink: GrpcSink, tag: str) -> list[Span]:
@@ -98,10 +106,11 @@ def test_a_chain_under_concurrency_has_no_wrong_parent(
         if parent.attributes["url.path"] != span.attributes["url.path"]:
             wrong += 1
     assert wrong == 0, f"{wrong} of {linked} links join two different requests"
-    assert chain_trees(spans)[1] == 0
-    if chain_of.name in GO_TOOLCHAINS:  # goroutine context: every request one tree (>= 99 %)
-        complete = chain_trees(spans)[0]
-        assert complete >= 0.99 * requests, f"{complete} of {requests} requests are whole trees"
+    complete, wrong_trees = chain_trees(spans)
+    assert wrong_trees == 0
+    assert complete >= WHOLE_TREES[chain_of.name] * requests, (
+        f"{complete} of {requests} requests are whole trees"
+    )
     # Socket context: every hop's server span is the child of the client span
     # that sent that very request.
     servers = [s for s in spans if s.kind == SERVER and s.service in chain_of.services]

@@ -214,3 +214,94 @@ def test_a_span_built_before_its_clients_send_shows_keeps_its_new_trace() -> Non
     a = client(c, 11, pid=7, tid=7)
     c.finished(a)
     assert b.trace_id and b.trace_id != a.trace_id and b.parent_id == 0
+
+
+K1, K2 = 101, 102  # asyncio task ids (bpf/asyncio.bpf.c)
+
+
+def task_call(c: Correlator, ts: int, task: int, port: int = 5000):  # type: ignore[no-untyped-def]
+    """An outgoing call asyncio process 5's loop thread 50 made in `task`."""
+    return c.started(
+        Role.CLIENT,
+        head(ts),
+        5,
+        50,
+        Endpoint("10.0.0.2", port),
+        Endpoint("10.0.0.3", 80),
+        True,
+        task=task,
+    )
+
+
+def loop_read(c: Correlator, ts: int, peer_port: int):  # type: ignore[no-untyped-def]
+    """Process 5's event loop (thread 50) reads a request, outside any task."""
+    return c.started(
+        Role.SERVER, head(ts), 5, 50, SERVER_END, Endpoint("10.0.0.9", peer_port), True, False
+    )
+
+
+def test_asyncio_calls_join_the_request_their_task_answers_next() -> None:
+    """Eight clients' requests on one loop: r1 and r2 read in the loop's callback;
+    task K2 calls out, then K1, then K2 again; K1 answers r1, K2 answers r2. Each
+    call joins the request its own task answered, whatever the interleaving."""
+    c = Correlator()
+    r1, r2 = loop_read(c, 10, 1), loop_read(c, 11, 2)
+    a, b, d = task_call(c, 12, K2), task_call(c, 13, K1, 5001), task_call(c, 14, K2, 5002)
+    assert all(c.awaits_client(x) for x in (a, b, d))  # decided at the answers
+    c.answered(r1, 50, K1, connection=1)
+    assert (b.trace_id, b.parent_id) == (r1.trace_id, r1.span_id) and not c.awaits_client(b)
+    assert c.awaits_client(a)
+    c.answered(r2, 50, K2, connection=2)
+    for x in (a, d):
+        assert (x.trace_id, x.parent_id) == (r2.trace_id, r2.span_id)
+
+
+def test_an_asyncio_call_made_before_the_request_began_is_not_its_child() -> None:
+    """A connection's task called out (a health check of its own) before its next
+    request arrived: that request's answer does not claim it."""
+    c = Correlator()
+    early = task_call(c, 9, K1)
+    r = loop_read(c, 10, 1)
+    c.answered(r, 50, K1, connection=1)
+    assert early.parent_id == 0 and not c.awaits_client(early)
+    c.settle(early)
+    assert early.trace_id != r.trace_id
+
+
+def test_an_asyncio_task_answering_on_two_connections_is_no_context() -> None:
+    """A dispatcher task answers for many connections: its calls could be for any
+    of their requests, so from its second connection on they are nobody's."""
+    c = Correlator()
+    r1 = loop_read(c, 10, 1)
+    c.answered(r1, 50, K1, connection=1)
+    r2 = loop_read(c, 20, 2)
+    out = task_call(c, 21, K1)
+    c.answered(r2, 50, K1, connection=2)
+    assert out.parent_id == 0 and not c.awaits_client(out)
+    later = task_call(c, 30, K1)
+    assert later.parent_id == 0 and not c.awaits_client(later)
+
+
+def test_an_asyncio_call_that_waited_too_long_keeps_its_own_trace() -> None:
+    """Its span went on with a trace of its own: a late answer changes nothing."""
+    c = Correlator()
+    r = loop_read(c, 10, 1)
+    out = task_call(c, 11, K1)
+    c.settle(out)
+    own = out.trace_id
+    c.answered(r, 50, K1, connection=1)
+    assert (out.trace_id, out.parent_id) == (own, 0)
+
+
+def test_an_asyncio_call_in_a_task_ignores_the_thread_rule() -> None:
+    """One request in flight on the loop thread, but the call's task answers
+    another request later (the first one's task had answered already and goes
+    on with work of its own): the thread rule would have guessed wrong."""
+    c = Correlator()
+    only = loop_read(c, 10, 1)
+    out = task_call(c, 11, K2)
+    assert out.parent_id == 0 and c.awaits_client(out)
+    c.finished(only)
+    later = loop_read(c, 20, 2)
+    c.answered(later, 50, K2, connection=2)
+    assert out.parent_id == 0  # began before `later`: nobody's

@@ -67,8 +67,21 @@ def data_record(
     threshold = 1 << 55 if counted else 0
     # Now and then a Go program's call, naming the goroutine it was moved for.
     goroutine = (0xC000000000 + len(data) % 4, ts * (len(data) % 2)) if len(data) % 5 else (0, 0)
+    task = len(data) % 3  # and an asyncio program's, naming its task (0: none)
     return records.data_record(
-        SK, role, egress, ts, offset, data, CAPTURE, counted, after_shed, rand, threshold, goroutine
+        SK,
+        role,
+        egress,
+        ts,
+        offset,
+        data,
+        CAPTURE,
+        counted,
+        after_shed,
+        rand,
+        threshold,
+        goroutine,
+        task,
     )
 
 

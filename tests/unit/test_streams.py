@@ -336,6 +336,37 @@ def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
         listener.close()
 
 
+def test_asyncio_calls_are_the_children_of_the_request_their_task_answers(
+    tmp_path: Path,
+) -> None:
+    """Process 5's event loop (thread 50) reads two requests outside any task; task
+    2 calls out, then task 1; task 1 answers the first request, task 2 the second
+    (bpf/asyncio.bpf.c names the task of each call). Each call is the child of its
+    own task's request, though the thread had both in flight."""
+    t, built = traced(tmp_path)
+    requests = [Stream(t, 8080, sk=sk, role=Role.SERVER, pid=5, tid=50) for sk in (1, 2)]
+    for ts, incoming in enumerate(requests, 10):
+        t.handle(incoming.event(Direction.INGRESS, f"GET /in{ts} HTTP/1.1\r\n\r\n".encode(), ts))
+    for ts, task in ((20, 2), (21, 1)):
+        out = Stream(t, 9090, sk=10 + task, pid=5, tid=50)
+        head = out.event(
+            Direction.EGRESS, f"GET /dep{task} HTTP/1.1\r\nHost: y\r\n\r\n".encode(), ts
+        )
+        t.handle(head._replace(task=task))
+        out.send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts + 10)
+    for ts, (task, incoming) in enumerate(((1, requests[0]), (2, requests[1])), 40):
+        answer = incoming.event(Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts)
+        t.handle(answer._replace(task=task))
+    t.release_held()
+    t.close_all(100)
+    servers = {s.attributes["url.path"]: s for s in built if s.kind.name == "SERVER"}
+    clients = {s.attributes["url.path"]: s for s in built if s.kind.name == "CLIENT"}
+    for server_path, client_path in (("/in10", "/dep1"), ("/in11", "/dep2")):
+        server, client = servers[server_path], clients[client_path]
+        assert client.parent is not None and client.parent.span_id == server.context.span_id
+        assert client.context.trace_id == server.context.trace_id
+
+
 def test_a_go_call_written_by_another_goroutine_is_the_child_of_the_request_it_serves(
     tmp_path: Path,
 ) -> None:
