@@ -30,7 +30,7 @@ bench: setup
 	$(PY) bench/footprint.py
 	$(PY) bench/context_trees.py
 	$(PY) bench/go_overhead.py
-	$(PY) bench/asyncio_overhead.py
+	$(PY) bench/event_loop_overhead.py
 	$(PY) bench/uprobe_cost.py
 	$(PY) bench/metrics_cost.py
 	$(PY) bench/nginx_overhead.py

@@ -44,8 +44,8 @@ BPF_TABLE("lru_hash", struct py_task_key, u64, py_task_ids, 65536); // -> its id
 BPF_HASH(py_steps, u32, struct py_step, 16384);                     // by thread
 BPF_ARRAY(py_task_count, u64, 1);                                    // ids given so far
 
-// A step still open this long is one whose return was never seen (its thread
-// ended inside it): a new step replaces it. A real step this long (a loop
+// A step still open this long is one whose return was never seen (probes
+// detached mid-step): a new step replaces it. A real step this long (a loop
 // blocked for a second) only gives a nested step its own task: never a wrong one.
 #define PY_STEP_STALE_NS 1000000000ULL
 
@@ -101,6 +101,11 @@ int py_task_dealloc(struct pt_regs *ctx) { // TaskObj_dealloc(PyObject *self)
                               .task = PT_REGS_PARM1(ctx)};
     py_task_ids.delete(&key);
     return 0;
+}
+
+// sockets.bpf.c: the thread exited (its id may come back as another's).
+static __always_inline void py_forget_thread(u32 tid) {
+    py_steps.delete(&tid);
 }
 
 // sockets.bpf.c: the asyncio task this thread runs now (0: none).

@@ -115,6 +115,8 @@ struct conn_state {
     u8 shed;          // its current exchange is shed (span budget): nothing of it is sent
     u8 shed_gap;      // per direction (1 << dir): calls were shed since the last one sent
     u8 peer[16];
+    u64 connect_cause; // a Node client's: the socket whose read began the callback
+                       // that connected it (node.bpf.c; 0: none)
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -168,11 +170,13 @@ struct data_event {
     u8 after_shed;    // calls before this one in its direction were shed (span budget)
     u8 pad2;
     u32 send_wait_us; // the connection's send_wait_ns before this call began
-    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 168-byte header)
+    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 176-byte header)
     u64 rand;         // red_counted: the request's 56-bit random value (span budget)
     u64 threshold;    // and the threshold it was kept against (0: no budget)
     struct go_context go; // a Go process's: the goroutine it moves bytes for (go.bpf.c)
-    u64 py_task;          // the asyncio task running the call (asyncio.bpf.c; 0: none)
+    u64 task;             // the asyncio task (asyncio.bpf.c) or Node callback (node.bpf.c)
+                          // running the call (0: none)
+    u64 task_cause;       // a Node callback's: the socket whose read began it (0: none)
     u8 data[4 * CAPTURE_BYTES]; // only `captured` bytes are sent
 };
 
@@ -1189,7 +1193,14 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->threshold = 0;
     ev->fd = 0;
     go_context(&ev->go, tgid, cs->role == ROLE_SERVER && dir == DIR_INGRESS);
-    ev->py_task = py_running_task(tid);
+    ev->task_cause = 0;
+    ev->task = node_callback_of(tid, &ev->task_cause);
+    if (!ev->task)
+        ev->task = py_running_task(tid);
+    else if (!ev->task_cause && dir == DIR_EGRESS && offset == 0)
+        // a client's first bytes, in the callback its connect's completion began:
+        // caused by what caused the connect
+        ev->task_cause = cs->connect_cause;
     process_comm(ev->comm, tgid);
     return ev;
 }
@@ -1252,6 +1263,8 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     }
     u64 offset = __sync_fetch_and_add(&cs->bytes[dir], (u64)ret);
     cs->pid = tgid;
+    if (dir == DIR_INGRESS)
+        node_read(tgid, tid, skey);
     struct ssl_call *call = ssl_calls.lookup(&tid);
     int plaintext = 0;
     if (call) {
@@ -1327,9 +1340,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     u32 tid = (u32)id, tgid = id >> 32;
     active_io.delete(&tid);
     ssl_calls.delete(&tid);
+    py_forget_thread(tid);
+    node_forget_thread(tid);
     if (tid == tgid) {
         process_names.delete(&tgid);
         go_forget(tgid);
+        node_forget(tgid);
     }
     return 0;
 }
@@ -1351,6 +1367,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
         service_names.delete(&tgid); // exec'd without one: not its parent's any more
     }
     go_forget(tgid); // a new program: user space decides again whether it is Go
+    node_forget(tgid); // or Node
 #ifdef GOROUTINES
     struct exec_event ev = {.kind = EV_EXEC, .pid = tgid};
     ring_output(&ev, sizeof(ev));
@@ -1419,6 +1436,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         // connect(): we are in the caller's context, so this names the client.
         struct conn_state cs = {
             .gen = bpf_ktime_get_ns(), .role = ROLE_CLIENT, .pid = bpf_get_current_pid_tgid() >> 32};
+        node_callback_of((u32)bpf_get_current_pid_tgid(), &cs.connect_cause);
         conns.update(&skey, &cs);
         closed_conns.delete(&skey);
         red_requests.delete(&skey); // an earlier socket's, at this address

@@ -174,6 +174,8 @@ class EbpfReceiverConfig(_Strict):
     go_goroutines: bool = True
     # Uprobes on CPython's _asyncio for asyncio task context (bpf/asyncio.bpf.c).
     python_asyncio: bool = True
+    # Uprobes on Node's node::InternalMakeCallback for callback context (bpf/node.bpf.c).
+    node_callbacks: bool = True
 
     @field_validator("open_ports")
     @classmethod
@@ -626,6 +628,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_MODE", ("mode",), False),
     ("OTEL_EBPF_GO_GOROUTINES", ("go_goroutines",), False),
     ("OTEL_EBPF_PYTHON_ASYNCIO", ("python_asyncio",), False),
+    ("OTEL_EBPF_NODE_CALLBACKS", ("node_callbacks",), False),
     ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
     ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),
     ("OTEL_EBPF_TARGET_PIDS", ("include", "pids"), True),

@@ -281,7 +281,7 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     lambda: _event_source(
         "uprobe",
         "uprobes",
-        "HTTPS plaintext (OpenSSL), Go's goroutines and asyncio tasks are not read",
+        "HTTPS plaintext (OpenSSL), Go goroutines, asyncio tasks and Node callbacks are not read",
     ),
     _goroutines,
     _asyncio_tasks,

@@ -45,6 +45,9 @@ class GoroutineLink(NamedTuple):
     until: int  # when the link was made (0: the goroutine is its own owner)
 
 
+NODE_CALLBACK = 1 << 63  # a DataEvent.task naming a Node callback (bpf/node.bpf.c)
+
+
 class DataEvent(NamedTuple):
     """Bytes moved by one send/recv-family call on a TCP socket."""
 
@@ -70,7 +73,10 @@ class DataEvent(NamedTuple):
     rand: int = 0  # red_counted: the request's 56-bit random value (span budget)
     threshold: int = 0  # what it was kept against (0: no budget; see processors.budget)
     goroutine: GoroutineLink | None = None  # a probed Go process's (None: any other)
-    task: int = 0  # the asyncio task whose step made the call (0: none, or not probed)
+    # The asyncio task whose step made the call, or (NODE_CALLBACK set) the Node
+    # callback that did, and the socket whose read began that callback (0: none).
+    task: int = 0
+    task_cause: int = 0
 
 
 class RedCount(NamedTuple):

@@ -57,6 +57,7 @@ from otel_ebpf.profile_exporters import build_profile_exporter
 from otel_ebpf.profiling import READ_INTERVAL_S, ProfilingService, SpanTies
 from otel_ebpf.receivers.asyncio_tasks import AsyncioProbes
 from otel_ebpf.receivers.goroutines import GoProbes
+from otel_ebpf.receivers.node_callbacks import NodeProbes
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
@@ -282,6 +283,10 @@ class Collector:
         )
         self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
         self._tls_checked = self.tls.checked  # one set lookup per event, not a call
+
+        def selected(pid: int) -> bool:
+            return selector.process_selected(pid, self._processes.get(pid).executable_name)
+
         self.goroutines: GoProbes | None = None
         missing = goroutine_context_missing() if ebpf.go_goroutines else None
         if missing:
@@ -291,21 +296,24 @@ class Collector:
                 self.receiver.attach_go,
                 self.receiver.detach_go,
                 self.receiver.register_go,
-                lambda pid: selector.process_selected(
-                    pid, self._processes.get(pid).executable_name
-                ),
+                selected,
             )
         self._go_checked = self.goroutines.checked if self.goroutines else set()
         self.asyncio: AsyncioProbes | None = None
         if ebpf.python_asyncio:
             self.asyncio = AsyncioProbes(
-                self.receiver.attach_asyncio,
-                self.receiver.detach_asyncio,
-                lambda pid: selector.process_selected(
-                    pid, self._processes.get(pid).executable_name
-                ),
+                self.receiver.attach_uprobes, self.receiver.detach_uprobes, selected
             )
         self._asyncio_checked = self.asyncio.checked if self.asyncio else set()
+        self.node: NodeProbes | None = None
+        if ebpf.node_callbacks:
+            self.node = NodeProbes(
+                self.receiver.attach_uprobes,
+                self.receiver.detach_uprobes,
+                self.receiver.register_node,
+                selected,
+            )
+        self._node_checked = self.node.checked if self.node else set()
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -353,6 +361,8 @@ class Collector:
                     self.goroutines.check(event.pid)  # or run a Go program not probed
                 if event.pid not in self._asyncio_checked and self.asyncio is not None:
                     self.asyncio.check(event.pid)  # or map an _asyncio not probed
+                if event.pid not in self._node_checked and self.node is not None:
+                    self.node.check(event.pid)  # or run a Node not probed
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -370,6 +380,8 @@ class Collector:
                     self.goroutines.exec(event.pid)
                 if self.asyncio is not None:
                     self.asyncio.exec(event.pid)
+                if self.node is not None:
+                    self.node.exec(event.pid)
                 return
             self.tracker.handle(event)  # guards its own parsers and span building
             if kind is ConnClose and self.tcp_health is not None:
@@ -549,6 +561,8 @@ class Collector:
                     self.telemetry.go_processes = self.goroutines.processes
                 if self.asyncio is not None:
                     self.telemetry.asyncio_processes = self.asyncio.processes
+                if self.node is not None:
+                    self.telemetry.node_processes = self.node.processes
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
@@ -573,6 +587,8 @@ class Collector:
                         self.goroutines.sweep()
                     if self.asyncio is not None:
                         self.asyncio.sweep()
+                    if self.node is not None:
+                        self.node.sweep()
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())

@@ -43,6 +43,7 @@ class SelfTelemetry:
     tls_not_visible: int = 0  # executables seen doing TLS the probes cannot read
     go_processes: int = 0  # Go processes whose calls name their goroutine (bpf/go.bpf.c)
     asyncio_processes: int = 0  # Python processes whose calls name their task (asyncio.bpf.c)
+    node_processes: int = 0  # Node processes whose calls name their callback (node.bpf.c)
     profile_samples: int = 0  # CPU samples counted by the profiler
     profile_samples_lost: int = 0  # not counted: the kernel's map had no room
     profile_stacks_lost: int = 0  # counted, but the stack map had no room for the stack

@@ -39,6 +39,7 @@ class Connection:
         "held",
         "in_flight",
         "ipv6",
+        "last_done",
         "local",
         "pid",
         "process",
@@ -60,6 +61,7 @@ class Connection:
         "stream_pos",
         "undecided",
         "window_small",
+        "writer_cause",
         "writer_task",
         "writer_tid",
     )
@@ -95,6 +97,10 @@ class Connection:
         self.window_small = 0
         self.writer_tid = 0  # the thread of its last write (a server's: who answered)
         self.writer_task = 0  # a server's: the asyncio task that wrote since its last read
+        # a server's: the socket whose read began the Node callback that first
+        # wrote since its last read (0: none)
+        self.writer_cause = 0
+        self.last_done: object = None  # a client's: its last finished request's context
         # The kernel counts the next request that starts (its read began with it).
         self.red_next = False
 

@@ -29,6 +29,12 @@ parent come from, in order of trust:
    later: the server request whose answer that task writes next, if it began
    before the call. A task seen answering on two connections (a dispatcher, not
    a handler) proves nothing from then on.
+5. the callback (CLIENT spans of a Node program, bpf/node.bpf.c): a call
+   written in the callback that a server request's read began (that request
+   alone in flight on its connection) is that request's child if, and only
+   if, the request's answer is written in the callback that the call's own
+   response began: cause and effect both ways, so a call made for another
+   request in the same callback (a promise it settled) is never filed there.
 
 Contexts end with their request: nothing leaks to the next request on the
 same thread or keep-alive connection, and no trace grows without bound.
@@ -47,12 +53,13 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from otel_ebpf.model import Endpoint, GoroutineLink, Role
 from otel_ebpf.processors.propagation import WireContext, extract
 
 StreamKey = tuple[Endpoint, Endpoint, int]
+_K = TypeVar("_K")
 # Thread keys from here up name a goroutine of a probed Go process, not a thread.
 GOROUTINE_KEYS = 1 << 96
 
@@ -219,6 +226,8 @@ class Correlator:
         # and the connection each task answered on (tasks that answered on two: -1).
         self._task_calls: OrderedDict[tuple[int, int], list[RequestContext]] = OrderedDict()
         self._task_answers: OrderedDict[tuple[int, int], int] = OrderedDict()
+        # Node: calls written in the callback each server request's read began.
+        self._caused: OrderedDict[RequestContext, list[RequestContext]] = OrderedDict()
         self._max_streams = max_streams
         self.joins = 0  # server requests joined to a client seen late, so far
         # Told (thread, request start, trace id, span id) of each server request
@@ -241,6 +250,7 @@ class Correlator:
         threshold: int = 0,
         goroutine: GoroutineLink | None = None,
         task: int = 0,
+        caused_by: RequestContext | None = None,
     ) -> RequestContext:
         """A request head was parsed on a connection of `role` owned by pid/tid
         (a thread, or a `goroutine_key`). `client_on_node`: a server's client end
@@ -249,7 +259,9 @@ class Correlator:
         it begins takes `rand` as its randomness (the trace id's low 56 bits), so
         its `th` holds downstream. `goroutine`: a client request's goroutine link
         (`tid` is its key): its server request began before the link was made.
-        `task`: the asyncio task that sent a client request (0: none known)."""
+        `task`: the asyncio task that sent a client request (0: none known).
+        `caused_by`: the server request whose read began the Node callback that
+        sent it."""
         wire = extract(head.headers) if _may_carry_context(head) else None
         rc = RequestContext(role, pid, tid, head.start_ts, wire)
         rc.span_id = self._rand.getrandbits(64) or 1
@@ -272,7 +284,7 @@ class Correlator:
                     next(iter(serving)).shared_thread = True
             serving[rc] = None
         else:
-            self._resolve_client(rc, goroutine, task)
+            self._resolve_client(rc, goroutine, task, caused_by)
             if stream_known:
                 key = (local, remote, head.stream_offset)
                 waiting = self._waiting.pop(key, None)  # type: ignore[arg-type]
@@ -290,21 +302,35 @@ class Correlator:
         self.settle(rc)
 
     def ended(self, rc: RequestContext) -> None:
-        """The request is over: its thread no longer serves it."""
+        """The request is over: its thread no longer serves it, and no answer of
+        its will claim the calls its read caused."""
         if rc.role == Role.SERVER:
             _discard(self._by_thread, rc.tid, rc)
+            calls = self._caused.pop(rc, None)
+            if calls:
+                self._give_up(calls)
 
-    def answered(self, rc: RequestContext, tid: int, task: int = 0, connection: int = 0) -> None:
+    def answered(
+        self,
+        rc: RequestContext,
+        tid: int,
+        task: int = 0,
+        connection: int = 0,
+        after: RequestContext | None = None,
+    ) -> None:
         """A server request's answer was written by thread `tid` (in asyncio task
-        `task`, on `connection`): another thread than its reader means this
+        `task`, on `connection`; or in the Node callback that the response of
+        client request `after` began): another thread than its reader means this
         process's requests move between threads (or goroutines, keys of each kind
         compared with their own kind: a Go process's calls name their goroutine
         from its registration on). The calls the task made since the request
-        began are its children."""
+        began are its children; so is `after`, if the request's read caused it."""
         if rc.role != Role.SERVER:
             return
         if task:
             self._claim(rc, task, connection)
+        if rc in self._caused:
+            self._claim_caused(rc, after)
         if tid == rc.tid:
             return
         goroutines = tid >= GOROUTINE_KEYS
@@ -340,16 +366,10 @@ class Correlator:
             return
         self.joins += 1  # exchanges waiting on these calls can go now
         trusted = self._task_answers[key] == connection
-        own = server.cell.root()
         for call in calls:
-            if call.resolved:
-                continue  # waited too long: a trace of its own already
-            cell = call.cell.root()
-            cell.awaited = 0
-            if trusted and call.start_ts >= server.start_ts and cell is not own:
-                call.parent_id = server.span_id
-                call.held = server.held
-                cell.forward = own
+            call.cell.root().awaited = 0
+            if trusted and call.start_ts >= server.start_ts:
+                _adopt(server, call)
 
     def awaits_client(self, rc: RequestContext) -> bool:
         """Its trace waits on a server request whose client's send is not reported
@@ -433,9 +453,14 @@ class Correlator:
             mine.forward = theirs
 
     def _resolve_client(
-        self, rc: RequestContext, goroutine: GoroutineLink | None, task: int
+        self,
+        rc: RequestContext,
+        goroutine: GoroutineLink | None,
+        task: int,
+        caused_by: RequestContext | None,
     ) -> None:
-        parent = None if task else self._enclosing_server(rc, goroutine)
+        known = task or caused_by is not None
+        parent = None if known else self._enclosing_server(rc, goroutine)
         if rc.wire is not None:
             rc.cell = TraceCell(rc.wire.trace_id, rc.wire.sampled)
             rc.parent_id = rc.wire.span_id
@@ -451,6 +476,9 @@ class Correlator:
         if parent is None and task:
             self._await_answer(rc, task)
             return
+        if parent is None and caused_by is not None:
+            self._await_caused_answer(rc, caused_by)
+            return
         if parent is None:
             rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
             return
@@ -465,12 +493,35 @@ class Correlator:
         if self._task_answers.get(key) == -1:
             rc.cell = TraceCell(self._new_trace_id(rc.rand), rand=rc.rand)
             return
+        self._wait(self._task_calls, key, rc)
+
+    def _claim_caused(self, server: RequestContext, after: RequestContext | None) -> None:
+        """Node: of the calls `server`'s read caused, the one whose response
+        caused its answer is its child; the others were not shown to be."""
+        calls = self._caused.pop(server)
+        self.joins += 1
+        for call in calls:
+            call.cell.root().awaited = 0
+            if call is after:
+                _adopt(server, call)
+
+    def _await_caused_answer(self, rc: RequestContext, server: RequestContext) -> None:
+        """A call a Node callback made, begun by `server`'s read: its trace is
+        that request's if its answer comes in the callback the call's response
+        begins (or, if not within a second, a trace of its own)."""
+        self._wait(self._caused, server, rc)
+
+    def _wait(
+        self, table: OrderedDict[_K, list[RequestContext]], key: _K, rc: RequestContext
+    ) -> None:
+        """`rc` waits under `key` for an answer to claim it (bounded per key and
+        in keys; what falls out stops waiting)."""
         rc.cell.awaited = rc.start_ts
-        calls = self._task_calls.get(key)
+        calls = table.get(key)
         if calls is None:
-            calls = self._task_calls[key] = []
-            if len(self._task_calls) > self._max_streams:
-                _, dropped = self._task_calls.popitem(last=False)
+            calls = table[key] = []
+            if len(table) > self._max_streams:
+                _, dropped = table.popitem(last=False)
                 self._give_up(dropped)
         calls.append(rc)
         if len(calls) > MAX_TASK_CALLS:
@@ -501,6 +552,18 @@ class Correlator:
         if rc.pid in self._seen_moving or self._moves_requests(rc.pid):
             return None
         return server
+
+
+def _adopt(server: RequestContext, call: RequestContext) -> None:
+    """A call whose parent was decided late becomes `server`'s child, unless it
+    waited too long (a trace of its own already) or it is that request's own
+    client end (a process calling itself)."""
+    own, cell = server.cell.root(), call.cell.root()
+    if call.resolved or cell is own:
+        return
+    call.parent_id = server.span_id
+    call.held = server.held
+    cell.forward = own
 
 
 def _may_carry_context(head: RequestStart) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_ebpf.model import (
+    NODE_CALLBACK,
     TLS_STREAM,
     ConnClose,
     ConnOpen,
@@ -457,9 +458,12 @@ class ConnectionTracker:
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         if d == Direction.EGRESS:
             conn.writer_tid = _thread_of(ev)
-            conn.writer_task = ev.task or conn.writer_task
+            if ev.task & NODE_CALLBACK:
+                conn.writer_cause = conn.writer_cause or ev.task_cause
+            else:
+                conn.writer_task = ev.task or conn.writer_task
         elif conn.role == Role.SERVER:
-            conn.writer_task = 0  # a request came: who answers it is not known yet
+            conn.writer_task = conn.writer_cause = 0  # who answers it is not known yet
         if ev.red_counted:
             conn.red_next = True
         is_request = (d == Direction.EGRESS) == (conn.role == Role.CLIENT)
@@ -552,11 +556,15 @@ class ConnectionTracker:
             and (remote, local) in self._by_ends
         )
         rand = threshold = 0
-        thread, goroutine, task = ev.tid, None, 0
+        thread, goroutine, task, caused_by = ev.tid, None, 0, None
         if type(ev) is DataEvent:
             if conn.red_next:  # noted in the kernel, kept by its budget
                 rand, threshold = ev.rand, ev.threshold
-            thread, goroutine, task = _thread_of(ev), ev.goroutine, ev.task
+            thread, goroutine = _thread_of(ev), ev.goroutine
+            if ev.task & NODE_CALLBACK:
+                caused_by = self._request_read_by(ev.task_cause)
+            else:
+                task = ev.task
         rc = self.correlator.started(
             conn.role,
             head,
@@ -570,6 +578,7 @@ class ConnectionTracker:
             threshold,
             goroutine,
             task,
+            caused_by,
         )
         if type(ev) is DataEvent:
             sent, received = (p or 0 for p in conn.stream_pos)
@@ -585,6 +594,22 @@ class ConnectionTracker:
         conn.requests += 1
         conn.in_flight[rc] = None
         return rc
+
+    def _request_read_by(self, sk: int) -> RequestContext | None:
+        """The server request whose read began a Node callback (read on socket
+        `sk`): the one request in flight on that server connection, if so."""
+        conn = self._conns.get(sk) if sk else None
+        if conn is None or conn.role != Role.SERVER or len(conn.in_flight) != 1:
+            return None
+        return next(iter(conn.in_flight))
+
+    def _response_read_by(self, sk: int) -> RequestContext | None:
+        """The client request whose response's read began a Node callback."""
+        conn = self._conns.get(sk) if sk else None
+        if conn is None or conn.role != Role.CLIENT:
+            return None
+        done = conn.last_done
+        return done if isinstance(done, RequestContext) else None
 
     def _drop_parser(self, conn: Connection) -> None:
         """No more exchanges will come from this connection: requests it started and
@@ -621,10 +646,13 @@ class ConnectionTracker:
         conn.exchanges += len(exchanges)
         # the thread whose write completed a server's answers
         answer_by = conn.writer_tid if conn.role == Role.SERVER and conn.writer_tid else None
+        after = self._response_read_by(conn.writer_cause) if answer_by is not None else None
         for x in exchanges:
             if isinstance(x.token, RequestContext):
                 if answer_by is not None:
-                    self.correlator.answered(x.token, answer_by, conn.writer_task, conn.sk)
+                    self.correlator.answered(x.token, answer_by, conn.writer_task, conn.sk, after)
+                elif conn.role == Role.CLIENT:
+                    conn.last_done = x.token
                 self._net_facts(x.token, conn)
                 self.correlator.ended(x.token)
                 conn.in_flight.pop(x.token, None)

@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from otel_ebpf.processors.profiling.elf import debug_file_candidates, read_info
-from otel_ebpf.receivers.goroutines import held_path, live_pids
+from otel_ebpf.receivers.goroutines import detach_unused, held_path, live_pids
 from otel_ebpf.receivers.tls import mapped_paths
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,5 @@ class AsyncioProbes:
             self.checked.discard(pid)
             if pid in live:
                 self.check(pid)
-        mapped = set().union(*self._pids.values()) if self._pids else set()
-        for file in [f for f in self._files if f not in mapped]:
-            fd, probes = self._files.pop(file)
-            self._detach(held_path(fd), probes)
-            os.close(fd)
-            log.info("asyncio: detached from an _asyncio module no process maps any more")
+        mapped: set[FileId] = set().union(*self._pids.values()) if self._pids else set()
+        detach_unused(self._files, mapped, self._detach, "_asyncio module")

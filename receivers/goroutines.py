@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -40,6 +40,7 @@ GO_PROBES = (
 REQUIRED = {program for _, program, required in GO_PROBES if required}
 FileId = tuple[int, int]  # (st_dev, st_ino)
 Probe = tuple[int, str]  # (address, program)
+_P = TypeVar("_P")
 _BUILDINFO = b"\xff Go buildinf:"
 _VERSION = re.compile(rb"go1\.(\d+)")
 MIN_MINOR = 18  # Go 1.18: register ABI (1.17) and the .gopclntab layout read here
@@ -257,12 +258,21 @@ class GoProbes:
         self.checked.intersection_update(live)
         for pid in [p for p in self._pids if p not in live]:
             del self._pids[pid]
-        running = set(self._pids.values())
-        for file in [f for f in self._files if f not in running]:
-            fd, probes = self._files.pop(file)
-            self._detach(held_path(fd), probes)
-            os.close(fd)
-            log.info("Go: detached from an executable no process runs any more")
+        detach_unused(self._files, set(self._pids.values()), self._detach, "Go executable")
+
+
+def detach_unused(
+    files: dict[FileId, tuple[int, _P]],
+    used: set[FileId],
+    detach: Callable[[str, _P], None],
+    what: str,
+) -> None:
+    """Detach the probes of every held file not in `used`, and let it go."""
+    for file in [f for f in files if f not in used]:
+        fd, probes = files.pop(file)
+        detach(held_path(fd), probes)
+        os.close(fd)
+        log.info("detached from a %s no process uses any more", what)
 
 
 def held_path(fd: int) -> str:

@@ -107,9 +107,10 @@ _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # The program's files, in the order they are compiled as one unit.
-PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "sockets.bpf.c", "tls.bpf.c")
-# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine, task
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQQ")
+PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tls.bpf.c")
+# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine,
+# task (asyncio's, or a Node callback) and its cause
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQQQ")
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
@@ -230,6 +231,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             go_owner,
             go_until,
             task,
+            task_cause,
         ) = _DATA_HEADER.unpack_from(raw)
         start = _DATA_HEADER.size
         payload = raw[start : start + captured] if has_payload else b""
@@ -258,6 +260,7 @@ def decode(raw: bytes) -> KernelEvent | None:
             threshold,
             goroutine,
             task,
+            task_cause,
         )
     if kind == _EV_EXEC:
         return ProcessExec(_EXEC.unpack_from(raw)[1])
@@ -741,9 +744,9 @@ class SocketReceiver:
             with contextlib.suppress(Exception):  # never attached (or the file is gone)
                 bpf.detach_uprobe(name=path, addr=address)
 
-    def attach_asyncio(self, path: str, probes: list[Uprobe]) -> list[Uprobe]:
-        """Uprobes (bpf/asyncio.bpf.c) on one `_asyncio` module, in the order given.
-        Returns those attached."""
+    def attach_uprobes(self, path: str, probes: list[Uprobe]) -> list[Uprobe]:
+        """Uprobes (bpf/asyncio.bpf.c, bpf/node.bpf.c) on one file, in the order
+        given. Returns those attached."""
         if self._bpf is None:
             return []
         bpf: Any = self._bpf
@@ -758,7 +761,7 @@ class SocketReceiver:
             attached.append(probe)
         return attached
 
-    def detach_asyncio(self, path: str, probes: list[Uprobe]) -> None:
+    def detach_uprobes(self, path: str, probes: list[Uprobe]) -> None:
         if self._bpf is None:
             return
         bpf: Any = self._bpf
@@ -766,6 +769,13 @@ class SocketReceiver:
             detach = bpf.detach_uretprobe if probe.on_return else bpf.detach_uprobe
             with contextlib.suppress(Exception):  # never attached (or the file is gone)
                 detach(name=path, addr=probe.address)
+
+    def register_node(self, pid: int) -> None:
+        """A process of a probed Node runtime: its reads cause its callbacks."""
+        if self._bpf is None:
+            return
+        table: Any = self._bpf["node_processes"]  # type: ignore[index]
+        table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
 
     def register_go(self, pid: int, cookie: int) -> None:
         """A process of a probed Go executable: its calls name their goroutine."""

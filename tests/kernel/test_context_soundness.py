@@ -3,10 +3,10 @@ one runtime under concurrency, every request with its own path, every parent
 checked.
 
 Go runs goroutines on any OS thread, so "the request this thread serves" is no
-context there: the goroutine is (bpf/go.bpf.c). An asyncio event loop serves
-many requests on one thread: the task is (bpf/asyncio.bpf.c), on Debian's 3.11
-(symbols from python3.11-dbg) and pyenv's 3.11 and 3.12. Both must give whole
-trees. A wrong parent is worse than none (it merges two users' requests into
+context there: the goroutine is (bpf/go.bpf.c). An event loop serves many
+requests on one thread: asyncio's task is (bpf/asyncio.bpf.c), on Debian's 3.11
+(symbols from python3.11-dbg) and pyenv's 3.11 and 3.12, and Node's callback,
+with what began it (bpf/node.bpf.c). All must give whole trees. A wrong parent is worse than none (it merges two users' requests into
 one trace). Socket context (client span -> the next hop's server span) stays
 exact and is checked too.
 (`bench/context_trees.py` reports complete trees per runtime.)
@@ -14,6 +14,7 @@ exact and is checked too.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,12 @@ HERE = Path(__file__).parent
 GO_TOOLCHAINS = {"go": "local", "go127": "go1.27.3"}
 PYTHONS = asyncio_pythons()
 ASYNCIO = {f"asyncio{name.replace('.', '')}": python for name, python in PYTHONS.items()}
-WHOLE_TREES = {**dict.fromkeys(GO_TOOLCHAINS, 0.99), **dict.fromkeys(ASYNCIO, 0.95)}
+NODE = {"node": [str(Path(shutil.which("node") or "/usr/bin/node").resolve()), "node_hop.js"]}
+WHOLE_TREES = {
+    **dict.fromkeys(GO_TOOLCHAINS, 0.99),
+    **dict.fromkeys(ASYNCIO, 0.95),
+    "node": 0.95,
+}
 
 
 def test_every_asyncio_python_is_here() -> None:
@@ -38,7 +44,7 @@ def test_every_asyncio_python_is_here() -> None:
     assert set(PYTHONS) == {"3.11-debian", "3.11", "3.12"}
 
 
-@pytest.fixture(scope="module", params=[*GO_TOOLCHAINS, *ASYNCIO])
+@pytest.fixture(scope="module", params=[*GO_TOOLCHAINS, *ASYNCIO, *NODE])
 def chain_of(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -50,6 +56,9 @@ def chain_of(
         binary = tmp_path_factory.mktemp("go") / "go_chain"  # stripped, as images ship
         source = HERE / "go_chain" / "main.go"
         argv = [str(build_go(source, binary, "-ldflags=-s -w", toolchain=toolchain))]
+    elif request.param in NODE:
+        node, hop = NODE[request.param]
+        argv = [node, str(HERE / "chains" / hop)]
     else:
         argv = [ASYNCIO[request.param], str(HERE / "chains" / "asyncio_hop.py")]
     chain = Chain(argv, request.param)

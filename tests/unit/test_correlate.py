@@ -305,3 +305,54 @@ def test_an_asyncio_call_in_a_task_ignores_the_thread_rule() -> None:
     later = loop_read(c, 20, 2)
     c.answered(later, 50, K2, connection=2)
     assert out.parent_id == 0  # began before `later`: nobody's
+
+
+def node_call(c: Correlator, ts: int, caused_by, port: int = 5000):  # type: ignore[no-untyped-def]
+    """A call Node process 5's thread 50 wrote in a callback `caused_by`'s read began."""
+    return c.started(
+        Role.CLIENT,
+        head(ts),
+        5,
+        50,
+        Endpoint("10.0.0.2", port),
+        Endpoint("10.0.0.3", 80),
+        True,
+        caused_by=caused_by,
+    )
+
+
+def test_a_node_call_is_the_child_of_the_request_that_caused_it_and_its_answer() -> None:
+    """r1 and r2 in flight on the loop: r1's read began the callback that wrote
+    call a, r2's the one that wrote b; r2's answer is written in the callback
+    b's response began, r1's in a's. Each call joins its own request."""
+    c = Correlator()
+    r1, r2 = loop_read(c, 10, 1), loop_read(c, 11, 2)
+    a, b = node_call(c, 12, r1), node_call(c, 13, r2, 5001)
+    assert c.awaits_client(a) and c.awaits_client(b)
+    c.answered(r2, 50, after=b)
+    assert (b.trace_id, b.parent_id) == (r2.trace_id, r2.span_id)
+    c.answered(r1, 50, after=a)
+    assert (a.trace_id, a.parent_id) == (r1.trace_id, r1.span_id)
+
+
+def test_a_node_call_made_in_a_requests_callback_for_another_is_not_its_child() -> None:
+    """r1's read began a callback whose promise jobs wrote a call for r2 (c2);
+    r1 answers after its own call (c1) returns: c2 is nobody's. And r2, answered
+    in c2's callback, did not cause c2: nobody's either."""
+    c = Correlator()
+    r1, r2 = loop_read(c, 10, 1), loop_read(c, 11, 2)
+    c1, c2 = node_call(c, 12, r1), node_call(c, 13, r1, 5001)
+    c.answered(r1, 50, after=c1)
+    c.answered(r2, 50, after=c2)
+    assert c1.parent_id == r1.span_id
+    assert c2.parent_id == 0 and not c.awaits_client(c2)
+    c.settle(c2)
+    assert c2.trace_id not in (r1.trace_id, r2.trace_id)
+
+
+def test_node_calls_of_a_request_that_ends_unanswered_stop_waiting() -> None:
+    c = Correlator()
+    r = loop_read(c, 10, 1)
+    out = node_call(c, 11, r)
+    c.ended(r)
+    assert out.parent_id == 0 and not c.awaits_client(out)

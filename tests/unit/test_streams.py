@@ -10,6 +10,7 @@ from typing import Any
 from records import traced
 
 from otel_ebpf.model import (
+    NODE_CALLBACK,
     ConnClose,
     ConnOpen,
     DataEvent,
@@ -357,6 +358,40 @@ def test_asyncio_calls_are_the_children_of_the_request_their_task_answers(
     for ts, (task, incoming) in enumerate(((1, requests[0]), (2, requests[1])), 40):
         answer = incoming.event(Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts)
         t.handle(answer._replace(task=task))
+    t.release_held()
+    t.close_all(100)
+    servers = {s.attributes["url.path"]: s for s in built if s.kind.name == "SERVER"}
+    clients = {s.attributes["url.path"]: s for s in built if s.kind.name == "CLIENT"}
+    for server_path, client_path in (("/in10", "/dep1"), ("/in11", "/dep2")):
+        server, client = servers[server_path], clients[client_path]
+        assert client.parent is not None and client.parent.span_id == server.context.span_id
+        assert client.context.trace_id == server.context.trace_id
+
+
+def test_node_calls_are_the_children_of_the_request_whose_read_and_answer_frame_them(
+    tmp_path: Path,
+) -> None:
+    """Process 5's loop (thread 50) reads two requests (sockets 1, 2); the callback
+    each read began writes a call (sockets 12, 11: bpf/node.bpf.c names the
+    callback and the socket whose read began it); each answer is written in the
+    callback its call's response began. Each call is its own request's child."""
+    t, built = traced(tmp_path)
+    requests = [Stream(t, 8080, sk=sk, role=Role.SERVER, pid=5, tid=50) for sk in (1, 2)]
+    for ts, incoming in enumerate(requests, 10):
+        t.handle(incoming.event(Direction.INGRESS, f"GET /in{ts} HTTP/1.1\r\n\r\n".encode(), ts))
+    calls = {}
+    for ts, cause in ((20, 2), (21, 1)):
+        out = calls[cause] = Stream(t, 9090, sk=10 + cause, pid=5, tid=50)
+        head = out.event(
+            Direction.EGRESS, f"GET /dep{cause} HTTP/1.1\r\nHost: y\r\n\r\n".encode(), ts
+        )
+        t.handle(head._replace(task=NODE_CALLBACK | ts, task_cause=cause))
+    for ts, cause in ((30, 1), (32, 2)):
+        calls[cause].send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts)
+        answer = requests[cause - 1].event(
+            Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts + 1
+        )
+        t.handle(answer._replace(task=NODE_CALLBACK | ts, task_cause=10 + cause))
     t.release_held()
     t.close_all(100)
     servers = {s.attributes["url.path"]: s for s in built if s.kind.name == "SERVER"}

@@ -1,0 +1,147 @@
+"""Which Node.js programs give callback context, and keeping uprobes on their runtime.
+
+Node serves many requests on one thread, in callbacks, so the thread rule gives
+it no context under concurrency; the uprobes of `bpf/node.bpf.c` on
+`node::InternalMakeCallback` (every call from Node's C++ into JavaScript: a
+socket's data, a timer, a promise's job queue ends inside it) delimit callbacks
+instead. The function is exported, by the `node` executable or by the
+`libnode.so` it links, so its address is in `.dynsym` even when stripped. One
+attach per file covers every process running it; each process is registered in
+the kernel, which then notes its threads' reads (the cause of the next
+callback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from otel_ebpf.receivers.asyncio_tasks import Uprobe
+from otel_ebpf.receivers.goroutines import detach_unused, held_path, live_pids
+from otel_ebpf.receivers.tls import mapped_paths
+
+log = logging.getLogger(__name__)
+
+FileId = tuple[int, int]  # (st_dev, st_ino)
+# node::InternalMakeCallback(Environment*, Local<Object>, Local<Object>, Local<Function>, ...)
+CALLBACK_SYMBOL = "_ZN4node20InternalMakeCallbackEPNS_11Environment"
+_LIBNODE = re.compile(r"/libnode\.so(\.\d+)*$")
+MAX_REFUSED = 4096
+
+
+def callback_address(path: str) -> int | None:
+    """Where `node::InternalMakeCallback` is in a file (None: not a Node runtime)."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if elf["e_machine"] != "EM_X86_64":
+                return None
+            dynsym = elf.get_section_by_name(".dynsym")
+            if not isinstance(dynsym, SymbolTableSection):
+                return None
+            for symbol in dynsym.iter_symbols():
+                if symbol.name.startswith(CALLBACK_SYMBOL) and symbol["st_value"]:
+                    return int(symbol["st_value"])
+    except (ELFError, OSError, ValueError, KeyError) as exc:
+        log.debug("symbols of %s not read: %s", path, exc)
+    return None
+
+
+def probes_at(address: int) -> list[Uprobe]:
+    # the return first: a callback whose entry is seen always has its return seen
+    return [
+        Uprobe(address, "node_callback_return", on_return=True),
+        Uprobe(address, "node_callback_enter"),
+    ]
+
+
+class NodeProbes:
+    """Keeps uprobes on every Node runtime file a traced process runs, and
+    registers its processes with the kernel."""
+
+    def __init__(
+        self,
+        attach: Callable[[str, list[Uprobe]], list[Uprobe]],  # -> those attached
+        detach: Callable[[str, list[Uprobe]], None],
+        register: Callable[[int], None],
+        selected: Callable[[int], bool] = lambda _pid: True,
+    ) -> None:
+        self._attach = attach
+        self._detach = detach
+        self._register = register
+        self._selected = selected
+        self._files: dict[FileId, tuple[int, list[Uprobe]]] = {}
+        self._refused: set[FileId] = set()
+        self._pids: dict[int, FileId] = {}
+        self.checked: set[int] = set()
+
+    @property
+    def processes(self) -> int:
+        return len(self._pids)
+
+    def check(self, pid: int) -> None:
+        """A process seen for the first time: register it if it runs Node."""
+        if pid in self.checked:
+            return
+        self.checked.add(pid)
+        if not self._selected(pid):
+            return
+        root = f"/proc/{pid}/root"
+        candidates = [f"/proc/{pid}/exe"] + [
+            root + p.removesuffix(" (deleted)") for p in mapped_paths(pid) if _LIBNODE.search(p)
+        ]
+        for path in candidates:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            file = (st.st_dev, st.st_ino)
+            if file in self._refused:
+                continue
+            if file in self._files or self._probe(pid, path, file):
+                self._register(pid)
+                self._pids[pid] = file
+                return
+
+    def _probe(self, pid: int, path: str, file: FileId) -> bool:
+        address = callback_address(path)
+        if address is None:
+            if len(self._refused) >= MAX_REFUSED:
+                self._refused.clear()
+            self._refused.add(file)
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        probes = probes_at(address)
+        attached = self._attach(held_path(fd), probes)
+        if len(attached) < len(probes):
+            self._detach(held_path(fd), attached)
+            os.close(fd)
+            self._refused.add(file)
+            log.warning("Node: uprobes on %s (pid %d) not attached: no callback context", path, pid)
+            return False
+        self._files[file] = (fd, probes)
+        log.info("Node: callback context for pid %d (%s)", pid, os.path.realpath(path))
+        return True
+
+    def exec(self, pid: int) -> None:
+        """The process runs a new program (the kernel forgot its registration)."""
+        self.checked.discard(pid)
+        self._pids.pop(pid, None)
+        self.check(pid)
+
+    def sweep(self) -> None:
+        """Forget exited processes; detach from files no process runs any more."""
+        live = set(live_pids())
+        self.checked.intersection_update(live)
+        for pid in [p for p in self._pids if p not in live]:
+            del self._pids[pid]
+        detach_unused(self._files, set(self._pids.values()), self._detach, "Node runtime")
