@@ -149,8 +149,6 @@ class AsyncioProbes:
         if pid in self.checked:
             return
         self.checked.add(pid)
-        if not self._selected(pid):
-            return
         paths = [p.removesuffix(" (deleted)") for p in mapped_paths(pid)]
         modules = [p for p in paths if _ASYNCIO.search(p)]
         if not modules:
@@ -158,6 +156,9 @@ class AsyncioProbes:
                 self._watched.add(pid)  # it may import asyncio later
             return
         self._watched.discard(pid)
+        # asked last: the answer makes the process known (named, in the telemetry)
+        if not self._selected(pid):
+            return
         for path in modules:
             file = self._probe(pid, path)
             if file is not None:

@@ -90,8 +90,6 @@ class NodeProbes:
         if pid in self.checked:
             return
         self.checked.add(pid)
-        if not self._selected(pid):
-            return
         root = f"/proc/{pid}/root"
         candidates = [f"/proc/{pid}/exe"] + [
             root + p.removesuffix(" (deleted)") for p in mapped_paths(pid) if _LIBNODE.search(p)
@@ -104,18 +102,25 @@ class NodeProbes:
             file = (st.st_dev, st.st_ino)
             if file in self._refused:
                 continue
-            if file in self._files or self._probe(pid, path, file):
-                self._register(pid)
-                self._pids[pid] = file
+            address = None if file in self._files else callback_address(path)
+            if file not in self._files and address is None:
+                self._refuse(file)
+                continue
+            # asked only of a Node process: the answer makes the process known
+            if not self._selected(pid):
                 return
+            if address is not None and not self._probe(pid, path, file, address):
+                return
+            self._register(pid)
+            self._pids[pid] = file
+            return
 
-    def _probe(self, pid: int, path: str, file: FileId) -> bool:
-        address = callback_address(path)
-        if address is None:
-            if len(self._refused) >= MAX_REFUSED:
-                self._refused.clear()
-            self._refused.add(file)
-            return False
+    def _refuse(self, file: FileId) -> None:
+        if len(self._refused) >= MAX_REFUSED:
+            self._refused.clear()
+        self._refused.add(file)
+
+    def _probe(self, pid: int, path: str, file: FileId, address: int) -> bool:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -125,7 +130,7 @@ class NodeProbes:
         if len(attached) < len(probes):
             self._detach(held_path(fd), attached)
             os.close(fd)
-            self._refused.add(file)
+            self._refuse(file)
             log.warning("Node: uprobes on %s (pid %d) not attached: no callback context", path, pid)
             return False
         self._files[file] = (fd, probes)
