@@ -1,9 +1,12 @@
 """The collector's footprint: start to healthy, resident memory idle and after load.
 
-Starts the collector three times (the median start is printed: launch to the
-health endpoint's 200, polled every 100 ms), reads its resident set idle, then
-after saturating nginx + wrk for a while (about a million requests here), and
-again once its periodic housekeeping has run.
+Starts the collector six times as installed, alternating a start that compiles
+its programs (an empty program cache) with one that loads those the last start
+kept, and prints the median of each (launch to the health endpoint's 200,
+polled every 100 ms) with the resident set idle after each kind. Then reads the
+resident set after saturating nginx + wrk for a while (about a million requests
+here), and again once its periodic housekeeping has run: as installed (the span
+budget on) and with a span for every request (`OTEL_EBPF_SPAN_BUDGET=0`).
 Run as root: `.venv/bin/python bench/footprint.py [--seconds 25]`.
 """
 
@@ -27,37 +30,74 @@ def _rss_mib(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / (1 << 20)
 
 
+DEFAULT_BUDGET = "0.05"  # OTEL_EBPF_SPAN_BUDGET as installed (the test harness sets 0)
+
+
+def _after_load(collector: CollectorProcess, url: str, seconds: int) -> tuple[int, float, float]:
+    """Requests made, resident MiB after them, and once the housekeeping ran."""
+    _, _, requests = wrk(url, seconds, 4)
+    time.sleep(2.0)
+    loaded = _rss_mib(collector.proc.pid)
+    time.sleep(SWEEP_INTERVAL_S + 2.0)
+    return requests, loaded, _rss_mib(collector.proc.pid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=25)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-footprint-"))
     nginx = Nginx(tmp / "nginx")
+    url = nginx.url("/index.html")
+    programs = tmp / "programs"
+    loads: dict[str, tuple[int, float, float]] = {}
     try:
         with null_sink() as port:
             exporters = {"otlp": {"endpoint": f"127.0.0.1:{port}", "insecure": True}}
-            starts = []
-            for n in range(3):
+            starts: dict[str, list[float]] = {"compiled": [], "cached": []}
+            idle: dict[str, float] = {}
+            for n in range(6):
+                kind = "cached" if n % 2 else "compiled"
+                cache = programs if n % 2 else tmp / f"empty-{n}"  # kept by the start before
                 began = time.monotonic()
-                collector = CollectorProcess(tmp / f"collector-{n}", exporters)  # healthy
-                starts.append(time.monotonic() - began)
-                if n < 2:
+                collector = CollectorProcess(  # healthy
+                    tmp / f"collector-{n}",
+                    exporters,
+                    extra_env={
+                        "OTEL_EBPF_PROGRAM_CACHE": str(cache),
+                        "OTEL_EBPF_SPAN_BUDGET": DEFAULT_BUDGET,
+                    },
+                )
+                starts[kind].append(time.monotonic() - began)
+                if n % 2 == 0:  # its programs are what the next start loads
+                    programs.mkdir(mode=0o700, exist_ok=True)
+                    for kept in cache.glob("program-*.json"):
+                        kept.replace(programs / kept.name)
+                time.sleep(2.0)
+                idle[kind] = _rss_mib(collector.proc.pid)
+                if n < 5:
                     collector.stop()
-            time.sleep(2.0)
-            idle = _rss_mib(collector.proc.pid)
-            _, _, requests = wrk(nginx.url("/index.html"), args.seconds, 4)
-            time.sleep(2.0)
-            loaded = _rss_mib(collector.proc.pid)
-            time.sleep(SWEEP_INTERVAL_S + 2.0)  # the collector's housekeeping ran
-            settled = _rss_mib(collector.proc.pid)
+            loads["default budget"] = _after_load(collector, url, args.seconds)
+            collector.stop()
+            collector = CollectorProcess(
+                tmp / "collector-every-span",
+                exporters,
+                extra_env={"OTEL_EBPF_PROGRAM_CACHE": str(programs)},  # budget 0
+            )
+            loads["a span per request"] = _after_load(collector, url, args.seconds)
             collector.stop()
     finally:
         nginx.stop()
-    print(f"start to healthy: median {statistics.median(starts):.2f} s of {len(starts)} starts")
-    print(
-        f"resident memory: idle {idle:.1f} MiB; after {requests} requests {loaded:.1f} MiB,"
-        f" {settled:.1f} MiB once its housekeeping ran"
-    )
+    for kind, times in starts.items():
+        print(
+            f"start to healthy, programs {kind}: median {statistics.median(times):.2f} s"
+            f" of {len(times)} starts; resident idle {idle[kind]:.1f} MiB"
+        )
+    for name, (requests, loaded, settled) in loads.items():
+        print(
+            f"resident memory, {name}: after {requests} saturating requests {loaded:.1f} MiB,"
+            f" {settled:.1f} MiB once its housekeeping ran"
+        )
     return 0
 
 

@@ -27,9 +27,6 @@
 #ifndef CAPTURE_BYTES
 #define CAPTURE_BYTES 1024 // power of two, set by the loader
 #endif
-#ifndef SELF_TGID
-#define SELF_TGID 0
-#endif
 #ifndef MAX_CONNS
 #define MAX_CONNS 65536
 #endif
@@ -223,6 +220,16 @@ struct sockopt_event {
 };
 
 BPF_HASH(active_io, u32, struct active_io, 16384);
+// The collector's own pid, set by user space once loaded: its own sockets are
+// not traced. A map, not a compiled-in constant, so one compiled program serves
+// every run (receivers/program_cache.py). Unset, it matches no process.
+BPF_ARRAY(self_tgid, u32, 1);
+static __always_inline u32 collector_tgid(void) {
+    int zero = 0;
+    u32 *pid = self_tgid.lookup(&zero);
+    return pid && *pid ? *pid : (u32)-1;
+}
+#define SELF_TGID collector_tgid()
 // What a socket's own calls said of it, by (tgid << 32 | fd): FACT_* bits.
 #define FACT_HANDSHAKEN 1 // accepted, or connect()ed: its window scale is fixed
 #define FACT_NODELAY_SET 2 // setsockopt(TCP_NODELAY) seen, its value in FACT_NODELAY_ON

@@ -176,11 +176,21 @@ class EbpfReceiverConfig(_Strict):
     python_asyncio: bool = True
     # Uprobes on Node's node::InternalMakeCallback for callback context (bpf/node.bpf.c).
     node_callbacks: bool = True
+    # Where compiled programs are kept, so a restart skips the compiler ("": compile
+    # every time). Owned by the collector's user, writable by it alone.
+    program_cache: str = "/var/cache/otel-ebpf"
 
     @field_validator("open_ports")
     @classmethod
     def _ports(cls, v: str) -> str:
         parse_ports(v)
+        return v
+
+    @field_validator("program_cache")
+    @classmethod
+    def _cache_directory(cls, v: str) -> str:
+        if v and not v.startswith("/"):
+            raise ValueError("must be an absolute path, or empty for no cache")
         return v
 
 
@@ -629,6 +639,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_GO_GOROUTINES", ("go_goroutines",), False),
     ("OTEL_EBPF_PYTHON_ASYNCIO", ("python_asyncio",), False),
     ("OTEL_EBPF_NODE_CALLBACKS", ("node_callbacks",), False),
+    ("OTEL_EBPF_PROGRAM_CACHE", ("program_cache",), False),
     ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
     ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),
     ("OTEL_EBPF_TARGET_PIDS", ("include", "pids"), True),

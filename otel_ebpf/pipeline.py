@@ -247,6 +247,7 @@ class Collector:
             or budget.threshold > 0
             or tie_in,
             serving_threads=tie_in,
+            program_cache=ebpf.program_cache,
         )
         self.budget = SpanBudgetKeeper(budget, self.receiver, self.telemetry)
         self.misconfigurations = Misconfigurations()

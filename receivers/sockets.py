@@ -43,6 +43,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
+from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 from otel_ebpf.receivers.spare_ring import SpareRecords
 
@@ -368,6 +369,11 @@ def program_source() -> str:
     return "".join(bpf.joinpath(name).read_text() for name in PROGRAM_FILES)
 
 
+def _own_pid(bpf: Any) -> None:
+    """The program leaves the collector's own sockets alone once told its pid."""
+    bpf["self_tgid"][ctypes.c_int(0)] = ctypes.c_uint(os.getpid())
+
+
 def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
     detach, name = probe
     try:
@@ -388,11 +394,13 @@ class SocketReceiver:
         dns_ports: Iterable[int] = (53,),
         count_http: bool = True,
         serving_threads: bool = False,
+        program_cache: str = "",
     ) -> None:
         """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline,
         and for the span budget, which decides at the requests it counts).
         `serving_threads`: keep which thread reads which HTTP/1 request (for the
-        CPU profiler's span tie-in; needs `count_http`)."""
+        CPU profiler's span tie-in; needs `count_http`). `program_cache`: the
+        directory compiled programs are kept in ("": compile at every start)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -402,6 +410,8 @@ class SocketReceiver:
         self._dns_ports = sorted({int(p) for p in dns_ports if 0 < int(p) < 65536})
         self._count_http = count_http
         self._serving_threads = serving_threads and count_http
+        self._program_cache = program_cache
+        self.compiled = False  # the programs were compiled at this start (not cached)
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
@@ -455,7 +465,6 @@ class SocketReceiver:
         )
         cflags = [
             f"-DCAPTURE_BYTES={self.capture_bytes}",
-            f"-DSELF_TGID={os.getpid()}",
             f"-DRINGBUF_PAGES={self._ring_pages}",
             f"-DMAX_CONNS={self._max_conns}",
             # UDP is captured for DNS only: its ports, compiled in (no lookup per datagram)
@@ -471,8 +480,11 @@ class SocketReceiver:
             cflags.append("-DNO_GOROUTINES")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
+        # The profiler's program shares a table with this one through bcc's
+        # in-process registry, which only a compile fills: no cache then.
+        cache = "" if self._serving_threads else self._program_cache
         try:
-            bpf = BPF(text=program_source(), cflags=cflags)
+            bpf, self.compiled = compile_or_load(program_source(), cflags, cache, _own_pid)
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
             raise ReceiverError(
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "

@@ -60,6 +60,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
     - {name: modules, mountPath: /lib/modules, readOnly: true}
     - {name: headers, mountPath: /usr/src, readOnly: true}
     - {name: tmp, mountPath: /tmp}
+    - {name: programs, mountPath: /var/cache/otel-ebpf}
 {{- end -}}
 
 {{- define "otel-ebpf.volumes" -}}
@@ -71,4 +72,12 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
   hostPath: {path: /usr/src}
 - name: tmp
   emptyDir: {}
+# compiled eBPF programs, kept so a restart skips the compiler: on the node for
+# the DaemonSet (its next pod skips the compile too), with the pod for a sidecar
+- name: programs
+{{- if eq .Values.mode "sidecar" }}
+  emptyDir: {}
+{{- else }}
+  hostPath: {path: /var/cache/otel-ebpf, type: DirectoryOrCreate}
+{{- end }}
 {{- end -}}
