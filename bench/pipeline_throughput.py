@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from common import null_sink
-from records import data_record, open_record
+from records import LOOPBACK, PID, data_record, open_record
 
 from otel_ebpf.config import load
 from otel_ebpf.model import Role
 from otel_ebpf.pipeline import Collector
-from otel_ebpf.receivers.sockets import decode
+from otel_ebpf.receivers.sockets import _CONN, _EV_CLOSE, _EV_OPEN, decode
 
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
@@ -61,6 +61,42 @@ def records(n: int) -> list[bytes]:
     return out
 
 
+def new_connection_records(n: int, shed: bool) -> list[bytes]:
+    """`n` requests each on a connection of its own (ab without keep-alive), both
+    ends: open, the request and its answer (unless the kernel `shed` them: then
+    the opens and closes are all user space sees), close."""
+    out = []
+    for i in range(n):
+        client, server, ts = 2 * i + 1, 2 * i + 2, 1_000_000 + i * 50_000
+        port = 10_000 + i % 50_000
+        for sk, role, local, remote in (
+            (client, Role.CLIENT, port, 8080),
+            (server, Role.SERVER, 8080, port),
+        ):
+            out.append(
+                _CONN.pack(
+                    *(_EV_OPEN, int(role), 2, PID, sk, ts, 0, 0, local, remote),
+                    *(LOOPBACK, LOOPBACK, 0, 0, 0, 0, 0, 0),
+                )
+            )
+        if not shed:
+            out.append(data_record(client, Role.CLIENT, True, ts + 1000, 0, REQUEST))
+            out.append(data_record(server, Role.SERVER, False, ts + 2000, 0, REQUEST))
+            out.append(data_record(server, Role.SERVER, True, ts + 3000, 0, RESPONSE))
+            out.append(data_record(client, Role.CLIENT, False, ts + 4000, 0, RESPONSE))
+        for sk, role, local, remote, sent, got in (
+            (server, Role.SERVER, 8080, port, len(RESPONSE), len(REQUEST)),
+            (client, Role.CLIENT, port, 8080, len(REQUEST), len(RESPONSE)),
+        ):
+            out.append(
+                _CONN.pack(
+                    *(_EV_CLOSE, int(role), 2, PID, sk, ts + 5000, sent, got, local, remote),
+                    *(LOOPBACK, LOOPBACK, ts, 0, 40, 0, 0, 1),  # opened, ..., ESTABLISHED
+                )
+            )
+    return out
+
+
 def collector(sink_port: int) -> Collector:
     """Spans over OTLP/gRPC, RED metrics over OTLP/gRPC every 10 s, no span budget."""
     os.environ.update(
@@ -76,8 +112,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--new-connections",
+        choices=["traced", "shed"],
+        help="each request on a connection of its own; `shed`: the kernel shed it",
+    )
     args = parser.parse_args()
-    raw = records(args.requests)
+    if args.new_connections:
+        raw = new_connection_records(args.requests, args.new_connections == "shed")
+    else:
+        raw = records(args.requests)
     with null_sink() as port:
         c = collector(port)
         handle = c._on_kernel_event
@@ -108,7 +152,8 @@ def main() -> int:
     )
     if profile:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
-    return 0 if built == exported == 2 * n else 1
+    spans = 0 if args.new_connections == "shed" else 2 * n
+    return 0 if built == exported == spans else 1
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from opentelemetry.metrics import Observation
 
+from otel_ebpf.aggregation import Series
 from otel_ebpf.metrics import Attributes, CollectorMetrics
 from otel_ebpf.model import ConnClose, ConnCounters, Endpoint, Role
 
@@ -51,8 +52,17 @@ class TcpTotals:
     bytes_rx: int = 0
 
     def add(self, other: TcpTotals) -> None:
-        for f in _FIELDS:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
+        # spelled out: a loop of getattr/setattr cost a close five times this
+        self.opened += other.opened
+        self.refused += other.refused
+        self.timeout += other.timeout
+        self.unreachable += other.unreachable
+        self.reset += other.reset
+        self.retransmits += other.retransmits
+        self.resets_in += other.resets_in
+        self.resets_out += other.resets_out
+        self.bytes_tx += other.bytes_tx
+        self.bytes_rx += other.bytes_rx
 
     def volume(self) -> float:
         events = self.opened + self.refused + self.timeout + self.unreachable + self.reset
@@ -60,7 +70,7 @@ class TcpTotals:
         return self.bytes_tx + self.bytes_rx + EVENT_WEIGHT * events
 
 
-_FIELDS = tuple(f.name for f in fields(TcpTotals))
+_NONE = TcpTotals()  # what a connection not seen before had reported: nothing
 
 # metric name -> (totals field, extra attributes) for each of its series
 _SERIES: dict[str, tuple[tuple[str, Attributes], ...]] = {
@@ -117,6 +127,7 @@ class TcpHealth:
         self._lock = threading.Lock()  # observations are read on the exporter's thread
         self._series: dict[PeerKey, TcpTotals] = {}  # top-N peers and overflow series
         self._attributes: dict[PeerKey, Attributes] = {}
+        self._attribute_items: dict[PeerKey, Series] = {}
         self._volume: dict[PeerKey, float] = {}  # candidates, bounded by 4 * top_n
         self._admitted: set[PeerKey] = set()
         self._reported: dict[tuple[int, int], _Reported] = {}  # (sk, generation)
@@ -182,22 +193,24 @@ class TcpHealth:
         else:
             return  # never reported live, and the kernel cannot say which end it is
         failure = ev.failure
-        delta = TcpTotals(opened=0 if prev or failure else 1)
+        before = prev.counters if prev else _NONE
+        # what it did since the last scan reported it: the kernel's counters only
+        # grow (resets saturate at 255); a failed connect moved no data
+        delta = TcpTotals(
+            opened=0 if prev or failure else 1,
+            retransmits=max(ev.retransmits - before.retransmits, 0),
+            resets_in=max(ev.resets_in - before.resets_in, 0),
+            resets_out=max(ev.resets_out - before.resets_out, 0),
+            bytes_tx=0 if failure else max(ev.bytes_egress - before.bytes_tx, 0),
+            bytes_rx=0 if failure else max(ev.bytes_ingress - before.bytes_rx, 0),
+        )
         if failure is not None:
             setattr(delta, failure, 1)
         elif ev.resets_in:
             delta.reset = 1  # it opened, then the peer aborted it
-        final = TcpTotals(
-            retransmits=ev.retransmits,
-            resets_in=ev.resets_in,
-            resets_out=ev.resets_out,
-            bytes_tx=0 if failure else ev.bytes_egress,
-            bytes_rx=0 if failure else ev.bytes_ingress,
-        )
-        _difference(delta, final, prev.counters if prev else TcpTotals())
         self._add(key, delta)
-        if failure is None:
-            attrs = tuple(self._series_attributes(key).items())
+        if failure is None and (ev.opened or ev.srtt_us):
+            attrs = self._measurement_attributes(key)
             if ev.opened:
                 self._m.tcp_duration.record((ev.ts - ev.opened) / 1e9, attrs)
             if ev.srtt_us:
@@ -251,6 +264,7 @@ class TcpHealth:
             for key in self._admitted - top:  # demoted: its totals go to the overflow
                 totals = self._series.pop(key, None)
                 self._attributes.pop(key, None)
+                self._attribute_items.pop(key, None)
                 if totals is not None:
                     self._series.setdefault(_overflow(key), TcpTotals()).add(totals)
         self._admitted = top
@@ -259,9 +273,14 @@ class TcpHealth:
 
     # -- output --------------------------------------------------------------------
 
-    def _series_attributes(self, key: PeerKey) -> Attributes:
-        """The attributes `key`'s measurements go to now: its own, or its overflow's."""
-        return self._attributes_of(key if key in self._admitted else _overflow(key))
+    def _measurement_attributes(self, key: PeerKey) -> Series:
+        """The attributes `key`'s measurements go to now (its own, or its overflow's),
+        as the histograms take them, made once per series."""
+        series = key if key in self._admitted else _overflow(key)
+        items = self._attribute_items.get(series)
+        if items is None:
+            items = self._attribute_items[series] = tuple(self._attributes_of(series).items())
+        return items
 
     def _attributes_of(self, series: PeerKey) -> Attributes:
         attrs = self._attributes.get(series)
@@ -295,5 +314,8 @@ def _overflow(key: PeerKey) -> PeerKey:
 def _difference(into: TcpTotals, now: TcpTotals, before: TcpTotals) -> None:
     """into += max(now - before, 0) per counter (the kernel's counters only grow;
     resets saturate at 255)."""
-    for f in ("retransmits", "resets_in", "resets_out", "bytes_tx", "bytes_rx"):
-        setattr(into, f, getattr(into, f) + max(getattr(now, f) - getattr(before, f), 0))
+    into.retransmits += max(now.retransmits - before.retransmits, 0)
+    into.resets_in += max(now.resets_in - before.resets_in, 0)
+    into.resets_out += max(now.resets_out - before.resets_out, 0)
+    into.bytes_tx += max(now.bytes_tx - before.bytes_tx, 0)
+    into.bytes_rx += max(now.bytes_rx - before.bytes_rx, 0)
