@@ -5,9 +5,9 @@ collector's start-up, and the compiler's pages in its memory. What a compile
 leaves is small: each function's instructions and each map's shape. This
 module saves them after a compile (`save`) and builds a `bcc.BPF` from them
 without compiling (`CachedBPF`): it creates the maps, writes their new
-descriptors into the instructions that name them, and loads the programs
-(the kernel verifies them again; nothing is trusted from the file but what
-the verifier accepts).
+descriptors into the instructions that name them, and loads the programs.
+The kernel verifies them again, but a verifier checks safety, not intent (a
+program that reads every process's memory is safe): hence the checks below.
 
 The cache is keyed by everything the compile read: the source, the flags, the
 running kernel (release and build), its headers and bcc's version; a file for
@@ -19,6 +19,7 @@ carry their own digest. Anything wrong: compile, as without a cache.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import ctypes
 import errno
@@ -328,8 +329,6 @@ def _cached_bpf_class() -> type:
             except BaseException:
                 self.cleanup()
                 raise
-            import atexit
-
             atexit.register(self.cleanup)
 
         def load_func(
@@ -420,12 +419,12 @@ def compile_or_load(
     cflags: list[str],
     directory: str,
     before_attach: Callable[[Any], None],
-) -> tuple[Any, bool]:
+) -> Any:
     """`bcc.BPF(text=text, cflags=cflags)`, from `directory`'s copy when there is a
     usable one, compiled (and stored there) when not; no cache if `directory` is
     empty. `before_attach` prepares the maps: for a compile, right after it
     (bcc attaches the tracepoint programs as it compiles), for a copy before
-    its programs are attached. Returns the BPF and whether it was compiled."""
+    its programs are attached."""
     from bcc import BPF
 
     key = cache_key(text, cflags) if directory else ""
@@ -439,7 +438,7 @@ def compile_or_load(
             try:
                 bpf = _cached_bpf_class()(image, before_attach)
                 log.info("eBPF programs loaded from %s (no compile)", directory)
-                return bpf, False
+                return bpf
             except Exception as exc:  # a kernel that refuses them: compile anew
                 log.warning("compiled programs in %s not loaded (%s): compiling", directory, exc)
                 forget(directory, key)
@@ -451,4 +450,4 @@ def compile_or_load(
             log.info("compiled eBPF programs kept in %s for the next start", directory)
         except (CacheError, OSError) as exc:
             log.warning("compiled programs not kept in %s: %s", directory, exc)
-    return bpf, True
+    return bpf

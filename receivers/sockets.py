@@ -411,7 +411,6 @@ class SocketReceiver:
         self._count_http = count_http
         self._serving_threads = serving_threads and count_http
         self._program_cache = program_cache
-        self.compiled = False  # the programs were compiled at this start (not cached)
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
@@ -484,7 +483,7 @@ class SocketReceiver:
         # in-process registry, which only a compile fills: no cache then.
         cache = "" if self._serving_threads else self._program_cache
         try:
-            bpf, self.compiled = compile_or_load(program_source(), cflags, cache, _own_pid)
+            bpf = compile_or_load(program_source(), cflags, cache, _own_pid)
         except Exception as exc:  # bcc raises bare Exception on compile/load errors
             raise ReceiverError(
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
