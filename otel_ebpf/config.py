@@ -36,6 +36,7 @@ from otel_ebpf.processors.redaction import DEFAULT_QUERY_KEYS
 from otel_ebpf.processors.routes import DEFAULT_ID_PATTERNS
 from otel_ebpf.processors.selection import parse_ports
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
+from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE
 
 
 class ConfigError(ValueError):
@@ -178,7 +179,7 @@ class EbpfReceiverConfig(_Strict):
     node_callbacks: bool = True
     # Where compiled programs are kept, so a restart skips the compiler ("": compile
     # every time). Owned by the collector's user, writable by it alone.
-    program_cache: str = "/var/cache/otel-ebpf"
+    program_cache: str = DEFAULT_PROGRAM_CACHE
 
     @field_validator("open_ports")
     @classmethod

@@ -16,6 +16,7 @@ import psutil
 
 from otel_ebpf.privileges import missing_capabilities
 from otel_ebpf.receivers.asyncio_tasks import probes_of
+from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE, directory_problem, kept
 from otel_ebpf.receivers.sockets import (
     OPTIONAL_PLAIN_SYSCALLS,
     REQUIRED_TRACEPOINTS,
@@ -269,6 +270,26 @@ def _program_load() -> Check:
     return Check(OK, "socket receiver", "compiled, loaded and attached")
 
 
+def _program_cache() -> Check:
+    """Where compiled programs are kept (the collector's default or the variable)."""
+    directory = os.environ.get("OTEL_EBPF_PROGRAM_CACHE", DEFAULT_PROGRAM_CACHE)
+    if not directory:
+        return Check(INFO, "program cache", "off (OTEL_EBPF_PROGRAM_CACHE=): every start compiles")
+    problem = directory_problem(directory)
+    if problem:
+        return Check(
+            WARN,
+            "program cache",
+            f"{problem}: every start compiles (a few seconds); give the collector a"
+            " directory of its own there, or set OTEL_EBPF_PROGRAM_CACHE",
+        )
+    if not Path(directory).exists():
+        return Check(OK, "program cache", f"{directory}: made at the first start, for restarts")
+    return Check(
+        OK, "program cache", f"{directory}: {kept(directory)} compiled programs kept for restarts"
+    )
+
+
 CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _privileges,
     lambda: Check(INFO, "kernel", f"{platform.system()} {platform.release()} {platform.machine()}"),
@@ -292,6 +313,7 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _kernel_headers,
     _bcc,
     _program_load,
+    _program_cache,
 ]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PROGRAM_CACHE = "/var/cache/otel-ebpf"
 FORMAT = 1
 KEEP_FILES = 8  # programs of other keys kept (other configurations, kernels)
 
@@ -247,6 +248,25 @@ def load(directory: str, key: str) -> dict[str, Any] | None:
 
 def forget(directory: str, key: str) -> None:
     _path(directory, key).unlink(missing_ok=True)
+
+
+def directory_problem(directory: str) -> str | None:
+    """Why programs could not be kept in `directory` (None: they can)."""
+    root = Path(directory)
+    if not root.exists():
+        parent = next((p for p in root.parents if p.exists()), Path("/"))
+        writable = os.access(parent, os.W_OK)
+        return None if writable else f"{parent} is not writable, so {root} cannot be made"
+    try:
+        _check_owned(root)
+    except CacheError as exc:
+        return str(exc)
+    return None if os.access(root, os.W_OK) else f"{root} is not writable"
+
+
+def kept(directory: str) -> int:
+    """How many compiled programs `directory` holds."""
+    return len(list(Path(directory).glob("program-*.json")))
 
 
 def _check_owned(path: Path, st: os.stat_result | None = None) -> None:

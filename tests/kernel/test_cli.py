@@ -26,6 +26,7 @@ def test_doctor_reports_every_capability() -> None:
         "OK    bcc",
         "OK    socket receiver",
         "OK    asyncio task context",  # Debian's python3.11, with python3.11-dbg
+        "OK    program cache",
     ):
         assert any(row.startswith(line) for row in out.splitlines()), f"missing {line!r} in:\n{out}"
     for name in (

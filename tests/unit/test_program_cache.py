@@ -12,6 +12,7 @@ import pytest
 from otel_ebpf.receivers.program_cache import (
     KEEP_FILES,
     CacheError,
+    directory_problem,
     link_maps,
     load,
     save,
@@ -116,3 +117,10 @@ def test_only_the_newest_programs_are_kept(tmp_path: Path) -> None:
         os.utime(tmp_path / f"program-{key[:32]}.json", (n, n))
     kept = sorted(p.name for p in tmp_path.glob("program-*.json"))
     assert kept == [f"program-{n:032x}.json" for n in range(3, KEEP_FILES + 3)]
+
+
+def test_doctor_names_a_directory_that_cannot_keep_programs(tmp_path: Path) -> None:
+    assert directory_problem(str(tmp_path / "new" / "cache")) is None  # made at first start
+    assert directory_problem(str(tmp_path)) is None
+    os.chmod(tmp_path, 0o775)
+    assert "writable by others" in (directory_problem(str(tmp_path)) or "")
