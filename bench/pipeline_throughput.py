@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from common import null_sink
-from records import LOOPBACK, PID, data_record, open_record
+from records import close_record, data_record, open_record
 
 from otel_ebpf.config import load
 from otel_ebpf.model import Role
 from otel_ebpf.pipeline import Collector
-from otel_ebpf.receivers.sockets import _CONN, _EV_CLOSE, _EV_OPEN, decode
+from otel_ebpf.receivers.sockets import decode
 
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
@@ -69,31 +69,24 @@ def new_connection_records(n: int, shed: bool) -> list[bytes]:
     for i in range(n):
         client, server, ts = 2 * i + 1, 2 * i + 2, 1_000_000 + i * 50_000
         port = 10_000 + i % 50_000
-        for sk, role, local, remote in (
-            (client, Role.CLIENT, port, 8080),
-            (server, Role.SERVER, 8080, port),
-        ):
-            out.append(
-                _CONN.pack(
-                    *(_EV_OPEN, int(role), 2, PID, sk, ts, 0, 0, local, remote),
-                    *(LOOPBACK, LOOPBACK, 0, 0, 0, 0, 0, 0),
-                )
-            )
+        out.append(open_record(client, Role.CLIENT, port, 8080, ts))
+        out.append(open_record(server, Role.SERVER, 8080, port, ts))
         if not shed:
             out.append(data_record(client, Role.CLIENT, True, ts + 1000, 0, REQUEST))
             out.append(data_record(server, Role.SERVER, False, ts + 2000, 0, REQUEST))
             out.append(data_record(server, Role.SERVER, True, ts + 3000, 0, RESPONSE))
             out.append(data_record(client, Role.CLIENT, False, ts + 4000, 0, RESPONSE))
-        for sk, role, local, remote, sent, got in (
-            (server, Role.SERVER, 8080, port, len(RESPONSE), len(REQUEST)),
-            (client, Role.CLIENT, port, 8080, len(REQUEST), len(RESPONSE)),
-        ):
-            out.append(
-                _CONN.pack(
-                    *(_EV_CLOSE, int(role), 2, PID, sk, ts + 5000, sent, got, local, remote),
-                    *(LOOPBACK, LOOPBACK, ts, 0, 40, 0, 0, 1),  # opened, ..., ESTABLISHED
-                )
+        end = ts + 5000
+        out.append(
+            close_record(
+                server, end, Role.SERVER, (8080, port), len(RESPONSE), len(REQUEST), ts, 40
             )
+        )
+        out.append(
+            close_record(
+                client, end, Role.CLIENT, (port, 8080), len(REQUEST), len(RESPONSE), ts, 40
+            )
+        )
     return out
 
 

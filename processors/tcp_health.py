@@ -52,7 +52,7 @@ class TcpTotals:
     bytes_rx: int = 0
 
     def add(self, other: TcpTotals) -> None:
-        # spelled out: a loop of getattr/setattr cost a close five times this
+        # spelled out: a getattr/setattr loop over the fields was most of a close
         self.opened += other.opened
         self.refused += other.refused
         self.timeout += other.timeout
@@ -193,17 +193,15 @@ class TcpHealth:
         else:
             return  # never reported live, and the kernel cannot say which end it is
         failure = ev.failure
-        before = prev.counters if prev else _NONE
-        # what it did since the last scan reported it: the kernel's counters only
-        # grow (resets saturate at 255); a failed connect moved no data
-        delta = TcpTotals(
-            opened=0 if prev or failure else 1,
-            retransmits=max(ev.retransmits - before.retransmits, 0),
-            resets_in=max(ev.resets_in - before.resets_in, 0),
-            resets_out=max(ev.resets_out - before.resets_out, 0),
-            bytes_tx=0 if failure else max(ev.bytes_egress - before.bytes_tx, 0),
-            bytes_rx=0 if failure else max(ev.bytes_ingress - before.bytes_rx, 0),
+        delta = TcpTotals(opened=0 if prev or failure else 1)
+        final = TcpTotals(
+            retransmits=ev.retransmits,
+            resets_in=ev.resets_in,
+            resets_out=ev.resets_out,
+            bytes_tx=0 if failure else ev.bytes_egress,
+            bytes_rx=0 if failure else ev.bytes_ingress,
         )
+        _difference(delta, final, prev.counters if prev else _NONE)
         if failure is not None:
             setattr(delta, failure, 1)
         elif ev.resets_in:

@@ -23,6 +23,7 @@ import atexit
 import base64
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -125,6 +126,7 @@ class _MapInfo(ctypes.Structure):
     ]
 
 
+@functools.cache
 def _libbcc() -> ctypes.CDLL:
     """libbcc with the signatures used here (a handle of our own: bcc's is shared)."""
     from bcc.libbcc import lib

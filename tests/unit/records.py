@@ -25,10 +25,20 @@ def open_record(sk: int, role: Role, local_port: int, remote_port: int, ts: int 
     )
 
 
-def close_record(sk: int, ts: int) -> bytes:
+def close_record(
+    sk: int,
+    ts: int,
+    role: Role = Role.UNKNOWN,
+    ports: tuple[int, int] = (0, 0),
+    sent: int = 0,
+    received: int = 0,
+    opened: int = 0,
+    srtt_us: int = 0,
+) -> bytes:
+    """A close from ESTABLISHED; `ports`: local, remote."""
     return _CONN.pack(
-        *(_EV_CLOSE, 0, 2, PID, sk, ts, 0, 0, 0, 0),
-        *(LOOPBACK, LOOPBACK, 0, 0, 0, 0, 0, 1),
+        *(_EV_CLOSE, int(role), 2, PID, sk, ts, sent, received, *ports),
+        *(LOOPBACK, LOOPBACK, opened, 0, srtt_us, 0, 0, 1),
     )
 
 
