@@ -1,7 +1,11 @@
 """redis-benchmark and pgbench with and without the collector, side by side; prints ratios.
 
-Alternates baseline and traced rounds (A B A B ...) and reports medians. The
-collector writes spans to a file (no export cost differences between rounds).
+Alternates rounds without the collector, with the collector's hooks counting
+only (the floor, `floor.py`) and with the collector (A F B A F B ...), and
+reports medians. Spans go to a file (no export cost differences between
+rounds); metrics to an OTLP sink, to check the database histogram counted every
+Redis command. `--budget 0.05` is the collector as installed (the span budget:
+Redis commands counted and shed in the kernel), `--budget 0` a span for each.
 Run as root: `make bench` (or `.venv/bin/python bench/db_overhead.py --rounds 3`).
 """
 
@@ -19,8 +23,10 @@ from pathlib import Path
 
 import psutil
 from common import drained, peak_rss_mib  # also puts tests/kernel on the path
+from floor import counting_probes
 
 from harness import CollectorProcess, Postgres, free_port, listening, wait_until
+from otlp_sink import GrpcSink
 
 Load = Callable[[], tuple[float, int]]  # -> (operations per second, operations)
 
@@ -68,22 +74,62 @@ def pgbench_load(pg: Postgres, seconds: int, rate: int | None = None) -> Load:
     return run
 
 
-def scenario(name: str, load: Load, tmp: Path, rounds: int) -> None:
-    base, traced, cpu_per_k, coverage, lost = [], [], [], [], []
+def db_operations(sink: GrpcSink, service: str) -> int:
+    """Operations in db.client.operation.duration for `service` (cumulative)."""
+    series = sink.metrics.series("db.client.operation.duration", **{"service.name": service})
+    return sum(int(point.value) for point in series.values())
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (every process, the kernel's too)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+def measured(load: Load) -> tuple[float, int, float]:
+    """(operations/s, operations, the machine's busy CPU seconds per operation)."""
+    before = busy_seconds()
+    rate, ops = load()
+    return rate, ops, (busy_seconds() - before) / ops
+
+
+def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client: str) -> None:
+    base, floor, traced, cpu_per_k, coverage, counted, lost = [], [], [], [], [], [], []
+    node_off, node_on = [], []
     rss = 0.0
     load()  # warm up
     for r in range(rounds):
-        base.append(load()[0])
+        rate, _, busy = measured(load)
+        base.append(rate)
+        node_off.append(busy)
+        with counting_probes():
+            floor.append(load()[0])
+        sink = GrpcSink()  # each collector's cumulative counts start at zero
         slug = re.sub(r"\W+", "-", name)
         out = tmp / f"spans-{slug}-{r}.jsonl"
-        collector = CollectorProcess(tmp / f"collector-{slug}-{r}", {"file": {"path": str(out)}})
+        collector = CollectorProcess(
+            tmp / f"collector-{slug}-{r}",
+            {
+                "file": {"path": str(out)},
+                "otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True},
+            },
+            traces=["file"],
+            metrics=["otlp"],
+            extra_env={
+                "OTEL_EBPF_SPAN_BUDGET": budget,
+                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            },
+        )
         proc = psutil.Process(collector.proc.pid)
         before, t0 = proc.cpu_times(), collector.telemetry()
-        rate, ops = load()
+        rate, ops, busy = measured(load)
+        node_on.append(busy)
         t1 = drained(collector)
         after = proc.cpu_times()
         rss = max(rss, peak_rss_mib(proc.pid))
-        collector.stop()
+        collector.stop()  # its last metrics go out as it stops
+        sink.stop()
+        counted.append(db_operations(sink, client) / ops)
         out.unlink(missing_ok=True)
         traced.append(rate)
         cpu = (after.user + after.system) - (before.user + before.system)
@@ -91,14 +137,21 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int) -> None:
         coverage.append((t1["spans_built"] - t0["spans_built"]) / ops)
         lost.append(t1["events_lost"] - t0["events_lost"])
     med = statistics.median
-    print(f"{name}: {rounds} rounds a side")
+    print(f"{name}: {rounds} rounds a side, span budget {budget} (0: a span for each)")
     print(
         f"  throughput  without {med(base):10.0f} ops/s   with {med(traced):10.0f} ops/s"
         f"   ratio {med(traced) / med(base):.3f}"
+        f"   (hooks counting only: {med(floor) / med(base):.3f})"
     )
     print(f"  collector CPU per 1000 operations: {med(cpu_per_k):.3f} s; peak RSS {rss:.0f} MiB")
     print(
-        f"  spans built per operation: {med(coverage):.3f} (1.0 when nothing is lost);"
+        f"  the machine's busy CPU per operation, while the load ran: without"
+        f" {med(node_off) * 1e6:.1f} us, with {med(node_on) * 1e6:.1f} us"
+        f" (x{med(node_on) / med(node_off):.2f})"
+    )
+    print(
+        f"  spans built per operation: {med(coverage):.3f}; operations in"
+        f" db.client.operation.duration per operation: {med(counted):.4f};"
         f" kernel events dropped: {med(lost):.0f}"
     )
 
@@ -108,6 +161,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--redis-requests", type=int, default=20000)
+    parser.add_argument("--budget", default="0.05", help="OTEL_EBPF_SPAN_BUDGET (0: none)")
+    parser.add_argument("--only", choices=("redis", "pgbench"), help="one of the two")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-db-"))
     port = free_port()
@@ -144,15 +199,25 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
-        scenario(
-            "redis-benchmark -c4 -t set,get",
-            redis_load(port, args.redis_requests),
-            tmp,
-            args.rounds,
-        )
-        scenario("pgbench -c2 (TPC-B-like)", pgbench_load(pg, args.seconds), tmp, args.rounds)
-        paced = pgbench_load(pg, args.seconds, rate=300)
-        scenario("pgbench -c2 -R 300 (paced, 2100 statements/s)", paced, tmp, args.rounds)
+        if args.only != "pgbench":
+            scenario(
+                "redis-benchmark -c4 -t set,get",
+                redis_load(port, args.redis_requests),
+                tmp,
+                args.rounds,
+                args.budget,
+                "redis-benchmark",
+            )
+        if args.only == "redis":
+            return 0
+        for name, load in (
+            ("pgbench -c2 (TPC-B-like)", pgbench_load(pg, args.seconds)),
+            (
+                "pgbench -c2 -R 300 (paced, 2100 statements/s)",
+                pgbench_load(pg, args.seconds, rate=300),
+            ),
+        ):
+            scenario(name, load, tmp, args.rounds, args.budget, "pgbench")
     finally:
         redis.terminate()
         pg.stop()

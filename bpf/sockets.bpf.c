@@ -671,7 +671,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 }
 
 
-// ---- RED of HTTP/1, counted here: exact at any rate --------------------------
+// ---- RED of HTTP/1 and Redis, counted here: exact at any rate ----------------
 // A request is noted when the call that carries it (a server's read, a client's
 // write) starts with a whole request line (and, for a client, its Host header),
 // and counted when the first call of its answer starts with its final status
@@ -682,6 +682,11 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 // while one is unanswered (pipelining), one not at a call's start. User space
 // reads the counts (names the route, the service) once per scan, whatever it
 // could or could not keep up with.
+// A Redis command is noted the same way when its call holds it alone (its
+// array's lengths end at or past the call's end) and counted, on the client's
+// side only (a database server's side gets no span or metric), when a reply
+// begins a call: by process, peer, command name and error code. A server's
+// side is noted too, so both ends of one command are shed alike.
 #define RED_METHOD 12
 #define RED_PATH 64
 #define RED_SERIES 8192
@@ -689,7 +694,19 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 // Bytes of a client's request searched for its Host header (clients send it first
 // or nearly: past this, the span counts it); within the event's data[].
 #define RED_HEADERS (4 * CAPTURE_BYTES - 8 < 256 ? 4 * CAPTURE_BYTES - 8 : 256)
-#define RED_BUCKETS 15 // HTTP_BUCKETS in otel_ebpf/metrics.py, and one past them
+// HTTP_BUCKETS in otel_ebpf/metrics.py and one past them (15), or for Redis
+// KERNEL_BUCKETS there (16): the database histogram's bounds and the service
+// graph's (HTTP's) together, so user space can sum the buckets into either.
+#define RED_BUCKETS 16
+#define RED_HTTP 0      // red_key.proto
+#define RED_REDIS 1
+#define REDIS_NAME 32   // bytes of a command's name kept (in key.path), its NUL among them
+#define REDIS_ERROR 32  // bytes of an error reply's code kept (in key.host)
+#define REDIS_STEPS 48  // bytes of argument headers walked to tell a call holds one command
+#define REDIS_OK 1      // key.status of an answered command (0: unanswered)
+#define REDIS_FAILED 2  // and of one answered with an error
+#define PARSE_HTTP 0    // the request parser a counting program has (count_and_send)
+#define PARSE_REDIS 1
 
 struct red_key {
     u32 tgid;
@@ -701,9 +718,13 @@ struct red_key {
     u8 family;                // a client's peer's
     u8 tls;                   // plaintext read through the OpenSSL uprobes (https)
     char path[RED_PATH];      // a server's: the target up to '?' or ' ', cut at RED_PATH bytes
+                              // (Redis: the command's name)
     char host[RED_HOST];      // a client's: its Host header ("" when it sent none)
+                              // (Redis: an error reply's code)
     u8 peer[16];              // a client's peer
     char comm[16];            // the process's name, for one that exits before it is read
+    u8 proto;                 // RED_HTTP, RED_REDIS
+    u8 pad[3];
 };
 
 struct red_value {
@@ -779,14 +800,27 @@ struct outlier_event {
     struct red_key key;
 };
 
+// Its span would say it failed: unanswered, a server's 5xx, a client's 4xx too, a
+// Redis error reply.
+static __always_inline u8 red_failed(struct red_key *key) {
+    u16 status = key->status;
+    if (key->proto == RED_REDIS)
+        return status != REDIS_OK;
+    return !status || status >= 500 || (key->role == ROLE_CLIENT && status >= 400);
+}
+
+// Counted here: every noted HTTP/1 request, a Redis command on its client's side.
+static __always_inline u8 red_counts(struct red_key *key) {
+    return key->proto == RED_HTTP || key->role == ROLE_CLIENT;
+}
+
 static __always_inline void keep_outlier(struct conn_state *cs, u64 skey, struct red_request *r,
                                          u64 end) {
     int zero = 0, one = 1;
     u32 *backlog = ring_backlog.lookup(&zero);
     if (backlog && *backlog)
         return; // the ring buffer is read down first
-    u16 status = r->key.status;
-    u8 failed = !status || status >= 500 || (cs->role == ROLE_CLIENT && status >= 400);
+    u8 failed = red_failed(&r->key);
     u64 *slow = span_budget.lookup(&one);
     u64 ns = end > r->start ? end - r->start : 0;
     if (!failed && !(slow && *slow && ns >= *slow))
@@ -808,8 +842,14 @@ static __always_inline void keep_outlier(struct conn_state *cs, u64 skey, struct
     events.ringbuf_submit(oe, BPF_RB_NO_WAKEUP);
 }
 
+// The i-th byte captured, 0 past them. The index is masked after a real load:
+// clang drops a mask it can prove redundant, and the verifier may not know what
+// clang knew (a position that went through the stack).
 static __always_inline u8 byte_at(struct data_event *ev, u32 i) {
-    return i < ev->captured ? ev->data[i & (CAPTURE_BYTES - 1)] : 0;
+    if (i >= ev->captured)
+        return 0;
+    volatile u32 at = i;
+    return ev->data[at & (CAPTURE_BYTES - 1)];
 }
 
 static __always_inline void red_count(struct red_key *key, u64 ns) {
@@ -831,7 +871,15 @@ static __always_inline void red_count(struct red_key *key, u64 ns) {
         }
     }
     const u64 ms = 1000000;
-    u32 b = ns <= 5 * ms ? 0 : ns <= 10 * ms ? 1 : ns <= 25 * ms ? 2 : ns <= 50 * ms ? 3
+    u32 b;
+    if (key->proto == RED_REDIS) // KERNEL_BUCKETS: HTTP_BUCKETS and DB_BUCKETS, both
+        b = ns <= 1 * ms ? 0 : ns <= 5 * ms ? 1 : ns <= 10 * ms ? 2 : ns <= 25 * ms ? 3
+          : ns <= 50 * ms ? 4 : ns <= 75 * ms ? 5 : ns <= 100 * ms ? 6 : ns <= 250 * ms ? 7
+          : ns <= 500 * ms ? 8 : ns <= 750 * ms ? 9 : ns <= 1000 * ms ? 10
+          : ns <= 2500 * ms ? 11 : ns <= 5000 * ms ? 12 : ns <= 7500 * ms ? 13
+          : ns <= 10000 * ms ? 14 : 15;
+    else
+        b = ns <= 5 * ms ? 0 : ns <= 10 * ms ? 1 : ns <= 25 * ms ? 2 : ns <= 50 * ms ? 3
           : ns <= 75 * ms ? 4 : ns <= 100 * ms ? 5 : ns <= 250 * ms ? 6 : ns <= 500 * ms ? 7
           : ns <= 750 * ms ? 8 : ns <= 1000 * ms ? 9 : ns <= 2500 * ms ? 10
           : ns <= 5000 * ms ? 11 : ns <= 7500 * ms ? 12 : ns <= 10000 * ms ? 13 : 14;
@@ -942,6 +990,144 @@ static __always_inline int red_host(struct data_event *ev, struct red_request *r
     return at + n <= ev->captured;
 }
 
+// A decimal of 1..7 digits at `at`, then CRLF: 1, *value and *next (past the
+// CRLF) set; else 0 (not one, or not all captured).
+static __always_inline int red_number(struct data_event *ev, u32 at, u32 *next, u64 *value) {
+    u64 n = 0;
+    u32 digits = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < 8; i++) {
+        u8 c = byte_at(ev, at + i);
+        if (c < '0' || c > '9')
+            break;
+        n = n * 10 + (c - '0');
+        digits++;
+    }
+    if (!digits || digits > 7)
+        return 0;
+    u32 end = at + digits;
+    if (byte_at(ev, end) != '\r' || byte_at(ev, end + 1) != '\n')
+        return 0;
+    *next = end + 2;
+    *value = n;
+    return 1;
+}
+
+// Where the walk over a Redis command's argument headers stands. Kept in map
+// memory, so the verifier sees each field as just a number: one state per step
+// to follow, not one per way the bytes before could have gone.
+struct redis_walk {
+    u64 len;     // the argument's length, as its digits come
+    u32 pos;     // the byte looked at
+    u32 item;    // the argument
+    u32 state;   // 0: its '$'; 1: its length's digits, to '\r'; 2: '\n'
+    u32 digits;
+};
+BPF_PERCPU_ARRAY(redis_walks, struct redis_walk, 1);
+
+// A Redis command as clients send it ("*<n>\r\n$<len>\r\n<name>\r\n..."), alone
+// in its call: 1, its name in key.path. 0: not a command. -1: one that is not
+// counted here (another follows it in this call, or its arguments' headers go
+// past what is looked at): its span counts it. The arguments are walked by one
+// loop over their headers' bytes, jumping over each payload by its length.
+static __always_inline int red_redis_command(struct data_event *ev, struct red_request *r) {
+    if (byte_at(ev, 0) != '*' || ev->cap_offset != ev->offset)
+        return 0;
+    u32 start = 0;
+    u64 items = 0;
+    if (!red_number(ev, 1, &start, &items) || !items || byte_at(ev, start) != '$')
+        return 0;
+    int zero = 0;
+    // volatile: every field read back from the map, never kept by clang in a register
+    volatile struct redis_walk *w = redis_walks.lookup(&zero);
+    if (!w)
+        return -1;
+    w->len = 0;
+    w->pos = start;
+    w->item = 0;
+    w->state = 0;
+    w->digits = 0;
+    u32 name_at = 0, name_len = 0;
+#pragma clang loop unroll(disable)
+    for (u32 step = 0; step < REDIS_STEPS; step++) {
+        if (w->item >= items || w->pos >= ev->len)
+            break;
+        u8 c = byte_at(ev, w->pos);
+        if (w->state == 0) { // '$'
+            if (c != '$')
+                return -1;
+            w->state = 1;
+            w->len = 0;
+            w->digits = 0;
+        } else if (w->state == 1) { // its length's digits, then '\r'
+            if (c == '\r' && w->digits) {
+                w->state = 2;
+            } else if (c >= '0' && c <= '9' && w->digits < 7) {
+                w->len = w->len * 10 + (c - '0');
+                w->digits++;
+            } else {
+                return -1;
+            }
+        } else { // '\n', then the payload and its CRLF
+            if (c != '\n')
+                return -1;
+            if (!w->item) {
+                name_at = w->pos + 1;
+                name_len = (u32)w->len;
+            }
+            w->pos += (u32)w->len + 2;
+            w->item++;
+            w->state = 0;
+        }
+        w->pos++;
+    }
+    if (w->item < items && w->pos < ev->len)
+        return -1; // more arguments than are walked
+    if (!name_len || name_len >= REDIS_NAME || byte_at(ev, name_at + name_len) != '\r')
+        return -1; // a name longer than is kept, or past what was captured
+    // name_len came through map memory: bounded where the verifier sees it (the
+    // copy's only way out is its length, clang knowing it is under REDIS_NAME)
+    volatile u32 kept = name_len;
+    u32 n = kept & (REDIS_NAME - 1);
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < REDIS_NAME - 1; i++) {
+        if (i >= n)
+            break;
+        u8 c = byte_at(ev, name_at + i);
+        if (c <= ' ' || c > '~')
+            return -1; // not a word (user space names it by its first one)
+        r->key.path[i] = c;
+    }
+    return w->pos >= ev->len ? 1 : -1;
+}
+
+// The first call of a command's reply: its type byte (a push, '>', answers
+// nothing), and for an error ('-', or '!' with its length) its code, the first
+// word, in key.host. 0: not a reply's start.
+static __always_inline int red_redis_reply(struct data_event *ev, struct red_request *r) {
+    u8 t = byte_at(ev, 0);
+    if (t == '-' || t == '!') {
+        u32 at = 1;
+        u64 len = 0;
+        if (t == '!' && !red_number(ev, 1, &at, &len))
+            return 0;
+#pragma clang loop unroll(disable)
+        for (u32 i = 0; i < REDIS_ERROR - 1; i++) {
+            u8 c = byte_at(ev, at + i);
+            if (c == ' ' || c == '\r' || !c)
+                break;
+            r->key.host[i] = c;
+        }
+        r->key.status = REDIS_FAILED;
+        return 1;
+    }
+    if (t != '+' && t != ':' && t != '$' && t != '*' && t != '_' && t != ',' && t != '#'
+        && t != '(' && t != '=' && t != '%' && t != '~' && t != '|')
+        return 0;
+    r->key.status = REDIS_OK;
+    return 1;
+}
+
 enum red_request_kind {
     RED_NONE = 0,    // no request starts here (a response, a body, not HTTP/1)
     RED_NOTED = 1,   // a request noted: counted when answered
@@ -950,7 +1136,7 @@ enum red_request_kind {
 };
 
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
-                                        struct data_event *ev) {
+                                        struct data_event *ev, const int parser) {
     if ((cs->tls && !ev->tls) || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
         return RED_NONE; // TLS: its plaintext only
     u8 client = cs->role == ROLE_CLIENT;
@@ -960,15 +1146,26 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         if (!r)
             return RED_NONE;
         __builtin_memset(r, 0, sizeof(*r));
-        if (!red_request_line(ev, r))
+        int redis = 0;
+        if (parser == PARSE_REDIS) {
+            redis = red_redis_command(ev, r);
+            if (!redis)
+                return RED_NONE;
+        } else if (!red_request_line(ev, r)) {
             return RED_NONE;
+        }
         struct red_request *open = red_requests.lookup(&skey);
         if (open && open->gen == cs->gen && open->start)
             return RED_BEHIND; // counted from its span
+        if (redis < 0)
+            return RED_UNNOTED;
+        r->key.proto = redis ? RED_REDIS : RED_HTTP;
         if (client) {
-            __builtin_memset(r->key.path, 0, RED_PATH);
-            if (!red_host(ev, r))
-                return RED_UNNOTED;
+            if (!redis) {
+                __builtin_memset(r->key.path, 0, RED_PATH);
+                if (!red_host(ev, r))
+                    return RED_UNNOTED;
+            }
             r->key.port = cs->peer_port;
             r->key.family = cs->family;
             __builtin_memcpy(r->key.peer, cs->peer, 16);
@@ -984,26 +1181,33 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         __builtin_memcpy(r->key.comm, ev->comm, sizeof(r->key.comm));
         if (red_requests.update(&skey, r))
             return RED_UNNOTED;
-        if (!client)
+        if (!client && !redis)
             serving_starts(r, skey);
         return RED_NOTED;
     }
     struct red_request *r = red_requests.lookup(&skey);
     if (!r || r->gen != cs->gen || !r->start)
         return RED_NONE; // nothing waits for an answer: the rest of one
-    // "HTTP/1.x NNN": the status line of its answer
-    if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
-        return RED_NONE;
-    u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
-               + (byte_at(ev, 11) - '0');
-    if (status < 100 || status > 999)
-        return RED_NONE;
-    if (status < 200 && status != 101)
-        return RED_NONE; // an interim answer (100 Continue): the final one follows
-    r->key.status = status;
-    red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
-    if (cs->shed)
-        keep_outlier(cs, skey, r, ev->ts);
+    if (r->key.proto == RED_REDIS) {
+        if (!red_redis_reply(ev, r))
+            return RED_NONE;
+    } else {
+        // "HTTP/1.x NNN": the status line of its answer
+        if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
+            return RED_NONE;
+        u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
+                   + (byte_at(ev, 11) - '0');
+        if (status < 100 || status > 999)
+            return RED_NONE;
+        if (status < 200 && status != 101)
+            return RED_NONE; // an interim answer (100 Continue): the final one follows
+        r->key.status = status;
+    }
+    if (red_counts(&r->key)) {
+        red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
+        if (cs->shed)
+            keep_outlier(cs, skey, r, ev->ts);
+    }
     if (!client)
         serving_ends(r, skey);
     r->start = 0;
@@ -1019,7 +1223,7 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
         return;
     if (r->start && cs && cs->role == ROLE_CLIENT && cs->resets_in && r->gen == cs->gen)
         return;
-    if (r->start && cs && r->gen == cs->gen) {
+    if (r->start && cs && r->gen == cs->gen && red_counts(&r->key)) {
         u64 now = bpf_ktime_get_ns();
         red_count(&r->key, now > r->start ? now - r->start : 0);
         if (cs->shed)
@@ -1030,7 +1234,7 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
     red_requests.delete(&skey);
 }
 
-BPF_PROG_ARRAY(red_progs, 1);
+BPF_PROG_ARRAY(red_progs, 2); // PARSE_HTTP, PARSE_REDIS (count_and_send)
 
 static __always_inline void send_data_event(struct data_event *ev) {
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
@@ -1118,8 +1322,11 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
 // Tail-called by the transfer probes (red_and_send) and the OpenSSL uprobes
 // (red_and_send_tls: a tail call stays within its kind of program) with their
 // event in `scratch`: the request parsing is verified on its own (inlined, its
-// loops were more than the verifier follows in one program).
-static __always_inline int count_and_send(void) {
+// loops were more than the verifier follows in one program). A call that
+// starts like a Redis command goes on to the *_redis program (index 1), which
+// parses commands where the other parses request lines: each parser's loops
+// are more than the verifier follows with the other's in one program.
+static __always_inline int count_and_send(const int parser) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
     if (!ev)
@@ -1129,7 +1336,7 @@ static __always_inline int count_and_send(void) {
         send_data_event(ev);
         return 0;
     }
-    int kind = red_exchange(cs, ev->sk, ev);
+    int kind = red_exchange(cs, ev->sk, ev, parser);
     if (kind == RED_NOTED) {
         ev->red_counted = 1;
         cs->shed = shed_request(cs, ev);
@@ -1151,12 +1358,34 @@ static __always_inline int count_and_send(void) {
     return 0;
 }
 
-int red_and_send(void *ctx) {
-    return count_and_send();
+// The call in `scratch` starts like a RESP array (a Redis command, or a reply).
+static __always_inline int starts_resp_array(void) {
+    int zero = 0;
+    struct data_event *ev = scratch.lookup(&zero);
+    return ev && ev->captured && ev->data[0] == '*';
 }
 
+int red_and_send(void *ctx) {
+    if (starts_resp_array())
+        red_progs.call(ctx, PARSE_REDIS); // returns only if it is not loaded
+    return count_and_send(PARSE_HTTP);
+}
+
+int red_and_send_redis(void *ctx) {
+    return count_and_send(PARSE_REDIS);
+}
+
+// red_and_send_tls's: a uprobe's kind of program (a tail call stays within its kind).
+BPF_PROG_ARRAY(red_tls_progs, 2);
+
 int red_and_send_tls(struct pt_regs *ctx) {
-    return count_and_send();
+    if (starts_resp_array())
+        red_tls_progs.call(ctx, PARSE_REDIS);
+    return count_and_send(PARSE_HTTP);
+}
+
+int red_and_send_tls_redis(struct pt_regs *ctx) {
+    return count_and_send(PARSE_REDIS);
 }
 
 // The event waiting in `scratch`: counted and sent by the tail-called program,

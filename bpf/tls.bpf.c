@@ -90,8 +90,6 @@ static __always_inline int tls_write_seen(struct ssl_call *call, u64 sk, u32 tgi
     return tls_data(tc, call, DIR_EGRESS, call->num, call->ts, tgid, tid);
 }
 
-// red_and_send_tls: a uprobe's kind of program (a tail call stays within its kind).
-BPF_PROG_ARRAY(red_tls_progs, 1);
 
 static __always_inline void send_tls_scratch(struct pt_regs *ctx) {
     red_tls_progs.call(ctx, 0); // counts and sends; returns only if it is not loaded

@@ -144,12 +144,22 @@ class ResourceAttributesConfig(_Strict):
 class SpanBudgetConfig(_Strict):
     """How many requests get a span (processors/budget.py): the collector's CPU
     kept under `cpu_per_1k_requests` of one core per 1,000 requests/s (never
-    below `min_cpu`) by shedding spans in the kernel, at request start; or a
+    below `min_cpu`, never above `max_cpu`) by shedding spans in the kernel, at request start; or a
     fixed `probability`. Metrics count every request either way."""
 
     cpu_per_1k_requests: float = Field(default=0.05, ge=0)  # 0: no budget, a span per request
     min_cpu: float = Field(default=0.1, gt=0, le=64)
+    # Never more, however busy the node: at 10,000 requests/s the rate's share is
+    # reached, and a node serving 100,000 does not give its collector 5 cores.
+    max_cpu: float = Field(default=0.5, gt=0, le=64)
     probability: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> SpanBudgetConfig:
+        if self.min_cpu > self.max_cpu:
+            raise ValueError(f"min_cpu {self.min_cpu} is above max_cpu {self.max_cpu}")
+        return self
+
     # A shed request this slow still gets a span, as a failed one does (0: never).
     keep_slower_than: Annotated[float, BeforeValidator(_duration_seconds), Field(ge=0)] = 1.0
 
@@ -655,6 +665,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_DB_QUERY_TEXT", ("protocols", "db_query_text"), False),
     ("OTEL_EBPF_SPAN_BUDGET", ("span_budget", "cpu_per_1k_requests"), False),
     ("OTEL_EBPF_SPAN_BUDGET_MIN_CPU", ("span_budget", "min_cpu"), False),
+    ("OTEL_EBPF_SPAN_BUDGET_MAX_CPU", ("span_budget", "max_cpu"), False),
     ("OTEL_EBPF_SPAN_PROBABILITY", ("span_budget", "probability"), False),
     ("OTEL_EBPF_SPAN_KEEP_SLOWER_THAN", ("span_budget", "keep_slower_than"), False),
     (

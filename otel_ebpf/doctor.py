@@ -259,15 +259,26 @@ def _fentry() -> Check:
         return Check(INFO, "fentry/fexit", "refused by this kernel (optional, not used)")
 
 
-def _program_load() -> Check:
+def _program_load() -> Iterator[Check]:
     receiver = SocketReceiver(lambda _e: None)
     try:
         receiver.start()
     except ReceiverError as exc:
-        return Check(FAIL, "socket receiver", str(exc))
+        yield Check(FAIL, "socket receiver", str(exc))
+        return
     finally:
         receiver.close()
-    return Check(OK, "socket receiver", "compiled, loaded and attached")
+    yield Check(OK, "socket receiver", "compiled, loaded and attached")
+    counted = ", ".join(receiver.counted_in_kernel) or "nothing"
+    if not receiver.not_counted_in_kernel:
+        yield Check(OK, "counted in the kernel", f"{counted} (exact RED, the span budget)")
+        return
+    refused = "; ".join(f"{what}: {why}" for what, why in receiver.not_counted_in_kernel.items())
+    yield Check(
+        WARN,
+        "counted in the kernel",
+        f"{counted}; not {refused} (those are counted from spans, every one captured)",
+    )
 
 
 def _program_cache() -> Check:

@@ -13,7 +13,8 @@ service (`PerServiceResources`), as spans have.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -42,6 +43,24 @@ log = logging.getLogger(__name__)
 # Advisory bucket boundaries from the semantic conventions (seconds).
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 DB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+# The kernel's buckets for Redis commands (bpf/sockets.bpf.c, red_count): the
+# bounds of both, so a database histogram and the service graph come from one count.
+KERNEL_BUCKETS = tuple(sorted({*HTTP_BUCKETS, *DB_BUCKETS}))
+
+
+def rebin(counts: Sequence[int], bounds: Sequence[float], into: Sequence[float]) -> tuple[int, ...]:
+    """Bucket counts over `bounds` (and one past them) summed into the coarser
+    `into`, whose every bound is one of `bounds`."""
+    out = [0] * (len(into) + 1)
+    j = 0
+    for i, n in enumerate(counts):
+        upper = bounds[i] if i < len(bounds) else math.inf
+        while j < len(into) and into[j] < upper:
+            j += 1
+        out[j] += n
+    return tuple(out)
+
+
 Attributes = dict[str, str | int | bool]
 
 

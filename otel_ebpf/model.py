@@ -80,9 +80,10 @@ class DataEvent(NamedTuple):
 
 
 class RedCount(NamedTuple):
-    """HTTP/1 requests counted in the kernel since the last read, for one process,
-    role, port, method, version, status, and a server's path or a client's Host
-    and peer; durations in nanoseconds."""
+    """Requests counted in the kernel since the last read, for one process, role,
+    port, method, version, status, and a server's path or a client's Host and
+    peer; durations in nanoseconds. HTTP/1 both ends; Redis a client's commands
+    (`method` the command's name, `error` an error reply's code)."""
 
     pid: int
     comm: bytes  # the kernel's task name, for a process that exits before it is read
@@ -93,13 +94,15 @@ class RedCount(NamedTuple):
     host: str  # a client's Host header ("" for a server)
     peer: str  # a client's peer address ("" for a server)
     version: str  # "1.1", "1.0", "" (not seen)
-    status: int  # 0: never answered (the connection closed first)
+    status: int  # 0: never answered (the connection closed first); Redis: 1 answered
     tls: bool  # read through the OpenSSL uprobes: https
+    protocol: str  # "http", "redis"
+    error: str  # Redis: an error reply's code ("ERR", "WRONGTYPE"), "" for none
     requests: int
     sum_ns: int
     min_ns: int
     max_ns: int
-    buckets: tuple[int, ...]  # per HTTP_BUCKETS bound, and one past them
+    buckets: tuple[int, ...]  # per HTTP_BUCKETS (Redis: KERNEL_BUCKETS) bound, and one past
 
 
 class DatagramEvent(NamedTuple):
@@ -218,8 +221,9 @@ class SocketBufferSet(NamedTuple):
 
 
 class OutlierExchange(NamedTuple):
-    """An HTTP/1 request the span budget shed that failed or was slow: what the
-    kernel kept of it (the head's first bytes, the status, two times) makes its span."""
+    """An HTTP/1 request or Redis command the span budget shed that failed or was
+    slow: what the kernel kept of it (the head's first bytes, the status, two
+    times) makes its span."""
 
     sk: int
     start_ts: int  # the call that carried the request
@@ -235,6 +239,8 @@ class OutlierExchange(NamedTuple):
     version: str  # "1.1", "1.0", ""
     status: int  # 0: never answered
     tls: bool
+    protocol: str  # "http", "redis"
+    error: str  # Redis: an error reply's code
 
 
 KernelEvent = (

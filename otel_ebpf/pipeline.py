@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -36,6 +37,7 @@ from otel_ebpf.model import (
     Exchange,
     OutlierExchange,
     ProcessExec,
+    RedCount,
     ResetSent,
     Role,
     SocketBufferSet,
@@ -202,6 +204,7 @@ class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.telemetry = SelfTelemetry()
+        self._faults_said: set[tuple[str, str]] = set()  # periodic work's, logged whole once
         self.health = HealthState(self.telemetry)
         self._stop = threading.Event()
         pipeline = config.traces
@@ -234,7 +237,9 @@ class Collector:
             profiling and profiling.span_tie_in and self._ebpf_enabled and pipeline.exporters
         )
         b = ebpf.span_budget
-        budget = SpanBudget(BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability))
+        budget = SpanBudget(
+            BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability, b.max_cpu)
+        )
         self.receiver = SocketReceiver(
             self._on_kernel_event,
             capture_bytes=ebpf.capture_bytes,
@@ -574,11 +579,9 @@ class Collector:
                 next_lost_check = now + 1.0
             if now >= next_tcp_scan:
                 if self.tcp_health is not None:
-                    self.tcp_health.scan(
-                        self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
-                    )
-                self._scan_backlogs()
-                self._count_kernel_red()
+                    self._guarded("reading TCP health", self._scan_tcp_health)
+                self._guarded("scanning listen backlogs", self._scan_backlogs)
+                self._guarded("reading the kernel's request counts", self._count_kernel_red)
                 next_tcp_scan = now + self._tcp_scan_interval
             if now >= next_sweep:
                 if self._ebpf_enabled:
@@ -601,6 +604,23 @@ class Collector:
             if not more:
                 self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
 
+    def _scan_tcp_health(self) -> None:
+        assert self.tcp_health is not None
+        self.tcp_health.scan(
+            self.receiver.live_connections(), self.tracker.ends, time.monotonic_ns()
+        )
+
+    def _guarded(self, what: str, work: Callable[[], None]) -> None:
+        """Periodic work: a fault is logged (with its traceback the first time for
+        each step and kind of fault) and the collector goes on."""
+        try:
+            work()
+        except Exception as exc:
+            fault = (what, type(exc).__name__)
+            first = fault not in self._faults_said
+            self._faults_said.add(fault)
+            log.error("%s failed: %s", what, fault_summary(exc), exc_info=first)
+
     def _start_profiling(self) -> None:
         """A profiler that cannot start (no perf events here) costs profiling only,
         unless profiles are all this collector was asked for."""
@@ -618,30 +638,37 @@ class Collector:
         self.receiver.own_port(port)
 
     def _count_kernel_red(self) -> None:
-        """HTTP/1 requests counted in the kernel since the last scan (those of
+        """HTTP/1 requests and Redis commands counted in the kernel since the last scan (those of
         processes and ports not selected for tracing left out, as their spans are).
         Without a metrics pipeline they are read and let go (the budget counts too)."""
         counts = self.receiver.take_red_counts()
         if self.recorder is None:
             return
-        for counted in counts:
-            # first, with its name: a client may have exited, all its requests shed
-            service = self._processes.get(counted.pid, counted.comm).service_name
-            if not self.tracker.traced(counted.pid, counted.port):
-                continue
-            if counted.role == Role.SERVER:
-                self.recorder.kernel_http_server(counted, service)
-            else:
-                peer = self.tracker.service_serving(Endpoint(counted.peer, counted.port))
-                self.recorder.kernel_http_client(counted, service, peer)
+        for counted in counts:  # each on its own: a fault loses that one alone
+            self._guarded("counting a kernel count", partial(self._record_kernel_red, counted))
         dropped = self.receiver.red_dropped()
         if dropped > self.telemetry.requests_not_counted:
             log.warning(
-                "%d HTTP/1 requests not counted in the kernel (its series map is full: "
-                "too many distinct paths between two reads)",
+                "%d HTTP/1 requests or Redis commands not counted in the kernel (its series "
+                "map is full: too many distinct paths between two reads)",
                 dropped - self.telemetry.requests_not_counted,
             )
             self.telemetry.requests_not_counted = dropped
+
+    def _record_kernel_red(self, counted: RedCount) -> None:
+        # first, with its name: a client may have exited, all its requests shed
+        service = self._processes.get(counted.pid, counted.comm).service_name
+        if not self.tracker.traced(counted.pid, counted.port):
+            return
+        assert self.recorder is not None
+        if counted.role == Role.SERVER:
+            self.recorder.kernel_http_server(counted, service)
+            return
+        peer = self.tracker.service_serving(Endpoint(counted.peer, counted.port))
+        if counted.protocol == "redis":
+            self.recorder.kernel_redis_client(counted, service, peer)
+        else:
+            self.recorder.kernel_http_client(counted, service, peer)
 
     def _scan_backlogs(self) -> None:
         for found in self.backlogs.scan(self._processes.known()):

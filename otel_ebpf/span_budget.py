@@ -38,7 +38,10 @@ class SpanBudgetKeeper:
             receiver.watch_backlog = self._watch_ring
         if budget.threshold:
             self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
-            log.info("span budget: a fixed %.4g of HTTP/1 requests get a span", budget.probability)
+            log.info(
+                "span budget: a fixed %.4g of HTTP/1 requests and Redis commands get a span",
+                budget.probability,
+            )
         self._mark = (time.process_time(), time.monotonic(), 0, 0)
 
     def tick(self) -> None:
@@ -48,8 +51,8 @@ class SpanBudgetKeeper:
         _, shed, uncounted, backlog = self._receiver.shed_counts()
         if uncounted > t.requests_shed_uncounted:
             log.warning(
-                "%d pipelined HTTP/1 requests behind a shed one were neither counted nor "
-                "traced (the kernel keeps one request per connection)",
+                "%d pipelined HTTP/1 requests or Redis commands behind a shed one were "
+                "neither counted nor traced (the kernel keeps one request per connection)",
                 uncounted - t.requests_shed_uncounted,
             )
         t.requests_shed, t.requests_shed_uncounted, t.requests_shed_backlog = (
@@ -74,7 +77,7 @@ class SpanBudgetKeeper:
 
     def _watch_ring(self, fill: float) -> None:
         """A ring buffer over half unread has the kernel shed every HTTP/1 request
-        at its start until it is down to a quarter: a burst is shed whole, never
+        and Redis command at its start until it is down to a quarter: a burst is shed whole, never
         cut mid-request by an overflow. Said once a minute at most."""
         behind = fill > RING_BEHIND or (self._behind and fill > RING_CAUGHT_UP)
         if behind == self._behind:
@@ -85,8 +88,9 @@ class SpanBudgetKeeper:
         if behind and now - self._backlog_said >= BACKLOG_SAID_EVERY_S:
             self._backlog_said = now
             log.info(
-                "ring buffer over half unread: new HTTP/1 requests get no span until "
-                "it is read down to a quarter (requests_shed_backlog; metrics count them)"
+                "ring buffer over half unread: new HTTP/1 requests and Redis commands get no "
+                "span until it is read down to a quarter (requests_shed_backlog; metrics "
+                "count them)"
             )
 
     def _new_threshold(self, why: str) -> None:
@@ -94,7 +98,8 @@ class SpanBudgetKeeper:
         halvings = self.budget.halvings
         self._telemetry.span_budget_one_in = 2**halvings
         log.info(
-            "span budget: %s of HTTP/1 requests get a span (%s; metrics still count every request)",
+            "span budget: %s of HTTP/1 requests and Redis commands get a span "
+            "(%s; metrics still count every one)",
             f"1 in {2**halvings}" if halvings else "all",
             why,
         )

@@ -1,7 +1,7 @@
 """The span budget: how many requests get a span, so the collector never costs
 the node more than its share.
 
-The kernel decides at each HTTP/1 request's start (`bpf/sockets.bpf.c`,
+The kernel decides at each HTTP/1 request's and Redis command's start (`bpf/sockets.bpf.c`,
 `shed_request`): a request whose 56-bit random value is at least the threshold
 is captured, and every other is shed there, before any of its bytes reach the
 ring buffer; its RED metrics are counted in the kernel either way. This is the
@@ -11,7 +11,7 @@ trace's randomness, so tail samplers and span metrics downstream can weigh it.
 
 `SpanBudget` sets the threshold from what the collector costs: its CPU time
 against a budget of `cpu_per_1k_requests` of one core per 1,000 requests a
-second (never below `min_cpu`), in powers of two of the capture probability
+second (never below `min_cpu`, never above `max_cpu`), in powers of two of the capture probability
 (1, 1/2, 1/4, ...) so adjusted counts stay whole numbers. Over budget it sheds
 more at once (as many halvings as the excess asks); well under it (below 40 %),
 it takes one step back, so it settles instead of swinging. Events lost are
@@ -56,6 +56,7 @@ class BudgetSettings(NamedTuple):
     cpu_per_1k_requests: float  # cores per 1,000 requests/s; 0: no budget, capture all
     min_cpu: float  # cores the collector may always use
     probability: float | None  # a fixed capture probability instead of a budget
+    max_cpu: float = math.inf  # cores it may never go past, however busy the node
 
 
 class SpanBudget:
@@ -86,7 +87,7 @@ class SpanBudget:
         s = self.settings
         self.cpu = cpu_seconds / wall_seconds
         rate = requests / wall_seconds
-        self.allowed = max(s.min_cpu, s.cpu_per_1k_requests * rate / 1000.0)
+        self.allowed = min(s.max_cpu, max(s.min_cpu, s.cpu_per_1k_requests * rate / 1000.0))
         before = self.halvings
         if self.cpu > self.allowed:
             steps = max(1, math.floor(math.log2(self.cpu / self.allowed)))

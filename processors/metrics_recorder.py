@@ -13,7 +13,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.aggregation import Series
-from otel_ebpf.metrics import CollectorMetrics
+from otel_ebpf.metrics import (
+    DB_BUCKETS,
+    HTTP_BUCKETS,
+    KERNEL_BUCKETS,
+    CollectorMetrics,
+    rebin,
+)
 from otel_ebpf.model import Endpoint, RedCount
 from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
@@ -54,13 +60,16 @@ _URLS = UrlRedactor()  # the path of a target, as spans take it
 PeerService = Callable[[Endpoint, Endpoint], str | None]
 
 
-def _counts(counted: RedCount) -> tuple[int, float, float, float, tuple[int, ...]]:
+def _counts(
+    counted: RedCount, buckets: tuple[int, ...] | None = None
+) -> tuple[int, float, float, float, tuple[int, ...]]:
+    """`counted` as record_counted takes it; `buckets` in place of its own."""
     return (
         counted.requests,
         counted.sum_ns / 1e9,
         counted.min_ns / 1e9,
         counted.max_ns / 1e9,
-        counted.buckets,
+        counted.buckets if buckets is None else buckets,
     )
 
 
@@ -95,7 +104,7 @@ class MetricsRecorder:
         weight: int = 1,
     ) -> None:
         """One eBPF span; `local`/`remote` are its connection's ends (None for DNS).
-        `red_in_kernel`: the kernel counts its request (kernel_http_server).
+        `red_in_kernel`: the kernel counts its request (kernel_http_server and the like).
         `weight`: the requests it stands for (the span budget kept 1 in `weight`),
         for what only spans measure: the graph's server side and verdicts."""
         attrs = span.attributes or {}  # read in place: no copy per span
@@ -117,7 +126,8 @@ class MetricsRecorder:
             elif not server and not red_in_kernel:
                 m.http_client.record(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
         elif "db.system.name" in attrs:
-            m.db_client.record(seconds, _pick(attrs, _DB_KEYS, service))
+            if not red_in_kernel:
+                m.db_client.record(seconds, _pick(attrs, _DB_KEYS, service))
         elif "dns.question.name" in attrs:
             m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
         if remote is not None and "dns.question.name" not in attrs:
@@ -153,6 +163,35 @@ class MetricsRecorder:
             attrs.append(("error.type", str(counted.status) if counted.status else "no_response"))
         counts = _counts(counted)
         self._m.http_client.record_counted(tuple(attrs), *counts)
+        self._kernel_edge(counted, service, peer, failed, counts)
+
+    def kernel_redis_client(self, counted: RedCount, service: str, peer: str | None) -> None:
+        """Redis commands the kernel counted, in the series their spans would join."""
+        attrs: dict[str, str | int] = {
+            "db.system.name": "redis",
+            "db.operation.name": counted.method,
+            "server.address": counted.peer,
+            "server.port": counted.port,
+        }
+        if counted.error:
+            attrs["db.response.status_code"] = attrs["error.type"] = counted.error
+        elif not counted.status:
+            attrs["error.type"] = "no_response"
+        # over KERNEL_BUCKETS: summed into the database histogram's and the graph's
+        db = _counts(counted, rebin(counted.buckets, KERNEL_BUCKETS, DB_BUCKETS))
+        self._m.db_client.record_counted(_pick(attrs, _DB_KEYS, service), *db)
+        graph = _counts(counted, rebin(counted.buckets, KERNEL_BUCKETS, HTTP_BUCKETS))
+        self._kernel_edge(counted, service, peer, "error.type" in attrs, graph)
+
+    def _kernel_edge(
+        self,
+        counted: RedCount,
+        service: str,
+        peer: str | None,
+        failed: bool,
+        counts: tuple[int, float, float, float, tuple[int, ...]],
+    ) -> None:
+        """The service graph's client side of requests the kernel counted."""
         edge: Series = (("client", service), ("server", peer or counted.peer))
         self._m.graph_requests.add(counted.requests, edge)
         if failed:

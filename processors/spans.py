@@ -419,6 +419,8 @@ class SpanBuilder:
         method, a server's path (to 64 bytes) or a client's Host, the status; it
         ends where its answer began. `otel_ebpf.span.partial` says so. A trace of
         its own: its peers' spans were shed, and its context was never parsed."""
+        if x.protocol == "redis":
+            return self._redis_outlier(x, resource)
         server = x.role == Role.SERVER
         method = known_method(x.method)
         attrs: dict[str, str | int | bool] = {
@@ -446,6 +448,28 @@ class SpanBuilder:
             status = Status(StatusCode.ERROR, "the connection ended before a response")
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
         return self._readable(method, None, resource, attrs, kind, status, x)  # a new trace
+
+    def _redis_outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
+        """A shed Redis command that failed or was slow: its name, its error's code
+        (the error's text, which may quote values, is not kept)."""
+        attrs: dict[str, str | int | bool] = {
+            "db.system.name": "redis",
+            "db.operation.name": x.method,
+            "server.address": x.peer,
+            "server.port": x.port,
+            "network.peer.address": x.peer,
+            "network.peer.port": x.port,
+            "network.transport": "tcp",
+            "otel_ebpf.span.partial": True,
+        }
+        status = Status(StatusCode.UNSET)
+        if x.error:
+            attrs["db.response.status_code"] = attrs["error.type"] = x.error
+            status = Status(StatusCode.ERROR)
+        elif not x.status:
+            attrs["error.type"] = "no_response"
+            status = Status(StatusCode.ERROR, "the connection ended before a reply")
+        return self._readable(x.method, None, resource, attrs, SpanKind.CLIENT, status, x)
 
 
 class _Times(Protocol):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_ebpf.memory import release_compiler_memory
+from otel_ebpf.metrics import HTTP_BUCKETS, KERNEL_BUCKETS
 from otel_ebpf.model import (
     TLS_STREAM,
     ConnClose,
@@ -127,22 +128,33 @@ def _text(raw: Any) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
 
 
-def _red_head(key: Any) -> tuple[int, bytes, Role, int, str, str, str, str, str, int, bool]:
+_RED_REDIS = 1  # struct red_key's proto
+_REDIS_FAILED = 2  # and its status for a Redis error reply
+
+
+def _red_head(
+    key: Any,
+) -> tuple[int, bytes, Role, int, str, str, str, str, str, int, bool, str, str]:
     """A kernel `struct red_key`'s fields, decoded (bcc's ctypes or a record's)."""
-    version = key.version.decode("latin-1")  # a char: '0', '1', or NUL (not seen)
     client = key.role == Role.CLIENT
+    peer = _address(bytes(key.peer), key.family) if client else ""
+    head = (key.tgid, bytes(key.comm), _ROLES[key.role], key.port)
+    if key.proto == _RED_REDIS:  # the command's name in path, an error's code in host
+        error = (_text(key.host) or "ERR") if key.status == _REDIS_FAILED else ""
+        name = _text(key.path).upper()
+        return (*head, name, "", "", peer, "", key.status, bool(key.tls), "redis", error)
+    version = key.version.decode("latin-1")  # a char: '0', '1', or NUL (not seen)
     return (
-        key.tgid,
-        bytes(key.comm),
-        _ROLES[key.role],
-        key.port,
+        *head,
         _text(key.method),
         _text(key.path),
         _text(key.host).strip() if client else "",
-        _address(bytes(key.peer), key.family) if client else "",
+        peer,
         f"1.{version}" if version in ("0", "1") else "",
         key.status,
         bool(key.tls),
+        "http",
+        "",
     )
 
 
@@ -162,6 +174,8 @@ class _RedKey(ctypes.Structure):
         ("host", ctypes.c_char * 64),
         ("peer", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
     ]
 
 
@@ -179,13 +193,15 @@ def _outlier(raw: bytes) -> OutlierExchange | None:
 
 
 def _red_count(key: Any, value: Any) -> RedCount:
+    bounds = KERNEL_BUCKETS if key.proto == _RED_REDIS else HTTP_BUCKETS
+    buckets = tuple(value.buckets)[: len(bounds) + 1]
     return RedCount(
         *_red_head(key),
         value.count,
         value.sum_ns,
         value.min_ns,
         value.max_ns,
-        tuple(value.buckets),
+        buckets,
     )
 
 
@@ -374,6 +390,43 @@ def _own_pid(bpf: Any) -> None:
     bpf["self_tgid"][ctypes.c_int(0)] = ctypes.c_uint(os.getpid())
 
 
+# Tail-called by the transfer probes and the OpenSSL uprobes (bpf/sockets.bpf.c,
+# count_and_send), a pair each: a tracepoint's kind of program, then a uprobe's
+# (a tail call stays within its kind), at this index of their tables.
+_COUNTERS = (
+    ("HTTP/1 requests", "red_and_send", 0),
+    ("Redis commands", "red_and_send_redis", 1),  # reached through the HTTP/1 pair
+)
+
+
+def _load_counters(bpf: Any) -> tuple[list[str], dict[str, str]]:
+    """The programs that count requests in the kernel and shed them for the span
+    budget: what they count, and why not the rest. One that the kernel refuses
+    leaves its requests to be counted from their spans (all of them captured),
+    and says so."""
+    from bcc import BPF
+
+    counted: list[str] = []
+    refused: dict[str, str] = {}
+    for what, name, index in _COUNTERS:
+        if refused:
+            refused[what] = "reached through the programs refused"
+            continue
+        tls_name = name.replace("red_and_send", "red_and_send_tls")
+        try:
+            for program, kind, table in (
+                (name, BPF.TRACEPOINT, "red_progs"),
+                (tls_name, BPF.KPROBE, "red_tls_progs"),
+            ):
+                counter = bpf.load_func(program, kind)
+                bpf[table][ctypes.c_int(index)] = ctypes.c_int(counter.fd)
+            counted.append(what)
+        except Exception as exc:  # bcc raises bare Exception on load errors
+            refused[what] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            log.warning("%s are not counted in the kernel (%s)", what, refused[what])
+    return counted, refused
+
+
 def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
     detach, name = probe
     try:
@@ -411,6 +464,9 @@ class SocketReceiver:
         self._count_http = count_http
         self._serving_threads = serving_threads and count_http
         self._program_cache = program_cache
+        # What the kernel counts (RED, the span budget), and why not for the rest.
+        self.counted_in_kernel: list[str] = []
+        self.not_counted_in_kernel: dict[str, str] = {}
         self._bpf: object | None = None
         self._quiet: object | None = None
         self._reader: RingBufferReader | None = None
@@ -450,7 +506,6 @@ class SocketReceiver:
                 "run `otel-ebpf doctor` for details"
             )
         try:
-            from bcc import BPF
             from bcc.libbcc import lib
         except ImportError as exc:
             raise ReceiverError(
@@ -489,16 +544,8 @@ class SocketReceiver:
                 f"loading the eBPF program failed ({str(exc).strip().splitlines()[-1]}); "
                 "run `otel-ebpf doctor`"
             ) from exc
-        if self._count_http:  # tail-called by the transfer probes and the OpenSSL uprobes
-            try:
-                for name, kind, table in (
-                    ("red_and_send", BPF.TRACEPOINT, "red_progs"),
-                    ("red_and_send_tls", BPF.KPROBE, "red_tls_progs"),
-                ):
-                    counter = bpf.load_func(name, kind)
-                    bpf[table][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
-            except Exception as exc:  # every HTTP/1 request is counted from its span then
-                log.warning("HTTP/1 requests are not counted in the kernel (%s)", exc)
+        if self._count_http:
+            self.counted_in_kernel, self.not_counted_in_kernel = _load_counters(bpf)
         try:
             bpf.attach_tracepoint(tp="tcp:tcp_send_reset", fn_name="on_tcp_send_reset")
         except Exception as exc:  # resets sent go uncounted; everything else works

@@ -25,10 +25,13 @@ def test_doctor_reports_every_capability() -> None:
         "OK    perf events",
         "OK    bcc",
         "OK    socket receiver",
+        "OK    counted in the kernel",
         "OK    asyncio task context",  # Debian's python3.11, with python3.11-dbg
         "OK    program cache",
     ):
         assert any(row.startswith(line) for row in out.splitlines()), f"missing {line!r} in:\n{out}"
+    (counted,) = [row for row in out.splitlines() if row.startswith("OK    counted in the kernel")]
+    assert "HTTP/1 requests, Redis commands" in counted  # every counting program loaded
     for name in (
         "uprobes",
         "kprobes",

@@ -4,16 +4,21 @@ trace in user space, kept ones say their threshold, and RED counts every one.
 nginx answers ab -k; both ends are traced (ab's client spans, nginx's server
 spans), so the kernel decides twice per request and the server end takes the
 client's random value where it can (the same request's spans are kept or shed
-together).
+together). Redis commands from redis-benchmark and redis-py the same way.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
+import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
+
+import redis as redis_py
 
 from harness import Chain, CollectorProcess, Nginx, PythonServer, ab, get_distinct, wait_until
 from otel_ebpf.processors.budget import RAND_BITS, threshold_for
@@ -103,7 +108,9 @@ def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
     collector = budget_collector(
         tmp_path, sink, OTEL_EBPF_SPAN_BUDGET="0.001", OTEL_EBPF_SPAN_BUDGET_MIN_CPU="0.01"
     )
-    shedding = re.compile(r"span budget: 1 in (\d+) of HTTP/1 requests get a span")
+    shedding = re.compile(
+        r"span budget: 1 in (\d+) of HTTP/1 requests and Redis commands get a span"
+    )
     sent = 0
     try:
         for _ in range(40):  # rounds of traffic until the controller acts (2-3 here)
@@ -215,3 +222,85 @@ def test_shed_requests_that_fail_or_are_slow_still_get_a_span(
     assert final_telemetry(collector)["spans_outliers"] >= 50 + 50 + 3
     # ab exited with nearly all its requests shed: its counts still carry its name
     assert red_requests(sink, "http.client.request.duration", "ab") == 550
+
+
+def db_operations(sink: GrpcSink, **attrs: str) -> Counter[str]:
+    """Commands counted in db.client.operation.duration, by name."""
+    counted: Counter[str] = Counter()
+    for series, point in sink.metrics.series("db.client.operation.duration", **attrs).items():
+        counted[str(dict(series)["db.operation.name"])] += int(point.value)
+    return counted
+
+
+def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
+    tmp_path: Path, redis: int
+) -> None:
+    """1 in 100 kept: redis-benchmark's commands are counted one by one in the
+    kernel (its 50 connections, and redis-server's ends, shed alike); errors
+    are counted by their code and each gets a span, shed or not; commands
+    pipelined in one write are all captured and counted from their spans."""
+    sink = GrpcSink()
+    collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_PROBABILITY="0.01")
+    n, errors, pipelines = 3_000, 25, 20
+    try:
+        subprocess.run(
+            ["redis-benchmark", "-p", str(redis), "-n", str(n), "-t", "set,get", "-q"],
+            check=True,
+            capture_output=True,
+        )
+        client = redis_py.Redis(port=redis)
+        client.delete("budget-list")
+        client.lpush("budget-list", "x")
+        for _ in range(errors):
+            with contextlib.suppress(redis_py.ResponseError):
+                client.incr("budget-list")  # WRONGTYPE
+        for i in range(pipelines):  # 10 commands in one write: counted from their spans
+            pipe = client.pipeline(transaction=False)
+            for j in range(10):
+                pipe.hset("budget-hash", f"f{j}", i)
+            pipe.execute()
+        client.close()
+        wait_until(
+            lambda: (
+                {
+                    op: db_operations(sink, **{"service.name": "redis-benchmark"})[op]
+                    for op in ("SET", "GET")
+                }
+                == {"SET": n, "GET": n}
+            ),
+            30,
+            f"{n} SET and {n} GET counted",
+        )
+        wait_until(
+            lambda: db_operations(sink, **{"error.type": "WRONGTYPE"})["INCRBY"] == errors,
+            30,
+            f"{errors} WRONGTYPE errors counted",
+        )
+        wait_until(
+            lambda: db_operations(sink)["HSET"] == 10 * pipelines,
+            30,
+            f"{10 * pipelines} pipelined HSET counted",
+        )
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    spans = list(sink.store.spans)
+    benchmark = [s for s in spans if s.service == "redis-benchmark"]
+    assert len(benchmark) <= 0.03 * 2 * n, len(benchmark)  # 60 +- 8 expected
+    failed = [s for s in spans if s.attributes.get("error.type") == "WRONGTYPE"]
+    assert len(failed) == errors  # kept ones whole, shed ones from the kernel's notes
+    partial = [s for s in failed if s.attributes.get("otel_ebpf.span.partial")]
+    assert partial, "no shed error got a span"
+    for span in partial:
+        assert span.name == "INCRBY" and span.status_code == 2
+        assert span.attributes["db.response.status_code"] == "WRONGTYPE"
+        assert span.attributes["server.port"] == redis
+    assert not sink.metrics.series(  # a database server's side: no span, no metric
+        "db.client.operation.duration", **{"service.name": "redis-server"}
+    )
+    pipelined = [s for s in spans if s.attributes.get("db.operation.name") == "HSET"]
+    assert len(pipelined) == 10 * pipelines  # never shed: the kernel saw it was a pipeline
+    assert telemetry["requests_shed"] >= 2 * n
+    assert telemetry["requests_shed_uncounted"] == 0
+    assert telemetry["events_lost"] == 0

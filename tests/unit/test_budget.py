@@ -84,6 +84,13 @@ def test_the_floor_lets_a_quiet_node_keep_every_span() -> None:
     assert b.threshold == 0
 
 
+def test_a_busy_node_does_not_raise_the_budget_past_its_cap() -> None:
+    b = SpanBudget(BudgetSettings(0.05, 0.1, None, max_cpu=0.5))
+    # 100,000 requests/s would allow 5 cores; the cap allows 0.5, and 1.2 are used
+    assert b.update(1.2, 1.0, 100_000)
+    assert b.allowed == 0.5 and b.halvings == 1
+
+
 def test_halvings_stop_at_one_in_4096() -> None:
     b = budget()
     for _ in range(10):
@@ -252,6 +259,38 @@ def test_a_shed_client_request_names_its_server_by_host() -> None:
     assert (attrs["server.address"], attrs["server.port"]) == ("shop.example", 9090)
     assert attrs["network.peer.address"] == "10.1.2.3"
     assert attrs["error.type"] == "no_response" and "url.path" not in attrs
+
+
+def test_a_shed_redis_error_becomes_a_partial_span_without_its_text() -> None:
+    key = sockets._RedKey(
+        tgid=4242,
+        port=6379,
+        status=2,  # an error reply
+        role=int(Role.CLIENT),
+        family=2,
+        path=b"incrby",
+        host=b"WRONGTYPE",
+        comm=b"app",
+        proto=1,
+    )
+    key.peer[:4] = [10, 1, 2, 3]
+    record = sockets._OUTLIER.pack(sockets._EV_OUTLIER, 0xABC, 1_000, 2_000_000) + bytes(key)
+    x = decode(record)
+    assert isinstance(x, OutlierExchange)
+    assert (x.protocol, x.method, x.error, x.host, x.path) == (
+        "redis",
+        "INCRBY",
+        "WRONGTYPE",
+        "",
+        "",
+    )
+    span = SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
+    attrs = span.attributes or {}
+    assert span.kind == SpanKind.CLIENT and span.name == "INCRBY"
+    assert attrs["db.system.name"] == "redis" and attrs["db.operation.name"] == "INCRBY"
+    assert attrs["db.response.status_code"] == attrs["error.type"] == "WRONGTYPE"
+    assert (attrs["server.address"], attrs["server.port"]) == ("10.1.2.3", 6379)
+    assert span.status.status_code == StatusCode.ERROR and attrs["otel_ebpf.span.partial"]
 
 
 def test_a_truncated_outlier_record_is_ignored() -> None:

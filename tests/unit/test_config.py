@@ -239,6 +239,8 @@ def test_a_bad_variable_is_named_in_the_error() -> None:
 def test_the_span_budget_from_variables_and_its_bad_values() -> None:
     default = load(env={}).ebpf.span_budget
     assert (default.cpu_per_1k_requests, default.min_cpu, default.probability) == (0.05, 0.1, None)
+    assert default.max_cpu == 0.5
+    assert load(env={"OTEL_EBPF_SPAN_BUDGET_MAX_CPU": "2"}).ebpf.span_budget.max_cpu == 2.0
     env = {"OTEL_EBPF_SPAN_BUDGET": "0", "OTEL_EBPF_SPAN_PROBABILITY": "0.25"}
     budget = load(env=env).ebpf.span_budget
     assert (budget.cpu_per_1k_requests, budget.probability) == (0.0, 0.25)
@@ -248,6 +250,9 @@ def test_the_span_budget_from_variables_and_its_bad_values() -> None:
         ("OTEL_EBPF_SPAN_PROBABILITY", "0"),
         ("OTEL_EBPF_SPAN_PROBABILITY", "1.5"),
         ("OTEL_EBPF_SPAN_BUDGET_MIN_CPU", "0"),
+        ("OTEL_EBPF_SPAN_BUDGET_MAX_CPU", "0"),
     ):
         with pytest.raises(ConfigError, match=name):
             load(env={name: bad})
+    with pytest.raises(ConfigError, match=r"min_cpu 1\.0 is above max_cpu 0\.5"):
+        load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "1"})

@@ -11,8 +11,23 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from metric_points import points
-from otel_ebpf.metrics import HTTP_BUCKETS, CollectorMetrics, split_by_service
-from otel_ebpf.model import Endpoint, HttpExchange, HttpHead, RedCount, Role
+from otel_ebpf.metrics import (
+    DB_BUCKETS,
+    HTTP_BUCKETS,
+    KERNEL_BUCKETS,
+    CollectorMetrics,
+    rebin,
+    split_by_service,
+)
+from otel_ebpf.model import (
+    Endpoint,
+    HttpExchange,
+    HttpHead,
+    RedCount,
+    RedisExchange,
+    RespValue,
+    Role,
+)
 from otel_ebpf.processes import ProcessInfo
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.metrics_recorder import MetricsRecorder
@@ -171,6 +186,8 @@ def kernel_counts(
         "1.1",
         status,
         tls,
+        "http",
+        "",
         requests,
         requests * 8_000_000,
         6_000_000,
@@ -287,3 +304,69 @@ def test_kernel_counts_of_https_say_so() -> None:
     recorder.kernel_http_server(kernel_counts("/a", 200, 3, tls=True), "shop")
     (point,) = points(reader, "http.server.request.duration")
     assert point.attributes["url.scheme"] == "https" and point.count == 3
+
+
+def redis_counts(name: str, error: str, requests: int, status: int = 1) -> RedCount:
+    buckets = [0] * (len(KERNEL_BUCKETS) + 1)
+    buckets[3] = requests  # (10 ms, 25 ms]
+    return RedCount(
+        7,
+        b"app",
+        Role.CLIENT,
+        8080,
+        name,
+        "",
+        "",
+        "10.0.0.1",
+        "",
+        status,
+        False,
+        "redis",
+        error,
+        requests,
+        requests * 20_000_000,
+        20_000_000,
+        20_000_000,
+        tuple(buckets),
+    )
+
+
+def redis_span(name: bytes, reply: RespValue | None, recorder: MetricsRecorder) -> None:
+    bulk = RespValue(ord("$"), name, (), 0, 0, 0)
+    command = RespValue(ord("*"), b"", (bulk,), 2, 1_000, 1_000)
+    c = conn(Role.CLIENT, "frontend")
+    span = SpanBuilder(epoch_offset=0).build(RedisExchange(command, reply, 1_000, 2_000_000), c)
+    assert span is not None
+    recorder.span(span, c.local, c.remote)
+
+
+def test_kernel_redis_counts_join_the_series_their_spans_would_have_made() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "cache"})
+    redis_span(b"get", RespValue(ord("$"), b"v", (), 0, 0, 0), recorder)
+    redis_span(b"incr", RespValue(ord("-"), b"WRONGTYPE Operation", (), 0, 0, 0), recorder)
+    redis_span(b"get", None, recorder)
+    recorder.kernel_redis_client(redis_counts("GET", "", 5), "frontend", "cache")
+    recorder.kernel_redis_client(redis_counts("INCR", "WRONGTYPE", 2), "frontend", "cache")
+    recorder.kernel_redis_client(redis_counts("GET", "", 3, status=0), "frontend", "cache")
+    got = {
+        tuple(sorted(p.attributes.items())): (p.count, tuple(p.bucket_counts))
+        for p in points(reader, "db.client.operation.duration")
+    }
+    assert len(got) == 3  # the spans' three series, no more
+    by_error = {dict(k).get("error.type"): v for k, v in got.items()}
+    assert by_error[None][0] == 6 and by_error["WRONGTYPE"][0] == 3
+    assert by_error["no_response"][0] == 4
+    # the kernel's 20 ms lands in DB_BUCKETS' (10 ms, 50 ms]; the span's 2 ms in (1, 5]
+    assert by_error[None][1] == (0, 1, 0, 5, 0, 0, 0, 0, 0, 0)
+    (graph,) = points(reader, "traces_service_graph_request_client_seconds")
+    assert graph.count == 13 and graph.bucket_counts[0] == 3 and graph.bucket_counts[2] == 10
+    (failed,) = points(reader, "traces_service_graph_request_failed_total")
+    assert failed.value == 2 + 3 + 2  # WRONGTYPE and unanswered, by span and by kernel
+
+
+def test_rebinned_counts_keep_every_measurement_in_its_interval() -> None:
+    counts = tuple(range(1, len(KERNEL_BUCKETS) + 2))
+    for into in (DB_BUCKETS, HTTP_BUCKETS):
+        out = rebin(counts, KERNEL_BUCKETS, into)
+        assert len(out) == len(into) + 1 and sum(out) == sum(counts)
+    assert rebin(counts, KERNEL_BUCKETS, DB_BUCKETS)[:4] == (1, 2, 3, 4 + 5)
