@@ -36,7 +36,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(MISSING_PRIVILEGES)
     from otel_ebpf.pipeline import Collector
     from otel_ebpf.receivers.sockets import ReceiverError
+    from otel_ebpf.scheduling import set_priority
 
+    set_priority(cfg.ebpf.nice)  # before any thread starts: each inherits it
     try:
         collector = Collector(cfg)
     except config_mod.ConfigError as exc:  # a setting that only the machine contradicts

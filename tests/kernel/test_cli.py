@@ -156,6 +156,17 @@ def test_health_is_200_with_counters_once_attached(collector: CollectorProcess) 
     )
 
 
+def test_the_collector_runs_below_the_programs_it_traces(collector: CollectorProcess) -> None:
+    """Every thread at nice 19 (OTEL_EBPF_NICE's default), the exporters' too."""
+    tasks = list(Path(f"/proc/{collector.proc.pid}/task").iterdir())
+    assert len(tasks) > 3  # the main thread and the export threads at least
+    for task in tasks:
+        stat = (task / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        assert int(fields[16]) == 19, f"thread {task.name}: nice {fields[16]}"
+    assert "scheduling priority: nice 19" in collector.log_path.read_text()
+
+
 def test_health_is_503_until_the_probes_are_attached(tmp_path: Path) -> None:
     """The endpoint answers while the program compiles (a second or more) and says 503."""
     port = free_port()

@@ -240,6 +240,9 @@ def test_the_span_budget_from_variables_and_its_bad_values() -> None:
     default = load(env={}).ebpf.span_budget
     assert (default.cpu_per_1k_requests, default.min_cpu, default.probability) == (0.05, 0.1, None)
     assert default.max_cpu == 0.5
+    assert load(env={}).ebpf.nice == 19 and load(env={"OTEL_EBPF_NICE": "0"}).ebpf.nice == 0
+    with pytest.raises(ConfigError, match="OTEL_EBPF_NICE"):
+        load(env={"OTEL_EBPF_NICE": "20"})
     assert load(env={"OTEL_EBPF_SPAN_BUDGET_MAX_CPU": "2"}).ebpf.span_budget.max_cpu == 2.0
     env = {"OTEL_EBPF_SPAN_BUDGET": "0", "OTEL_EBPF_SPAN_PROBABILITY": "0.25"}
     budget = load(env=env).ebpf.span_budget
