@@ -114,6 +114,9 @@ struct conn_state {
     u8 peer[16];
     u64 connect_cause; // a Node client's: the socket whose read began the callback
                        // that connected it (node.bpf.c; 0: none)
+    u32 pg_database;   // PostgreSQL: FNV-1a of its database's name (0: start-up not seen)
+    u8 pg;             // PG_* below: its calls go to the PostgreSQL parser (red_and_send_pg)
+    u8 pad_pg[3];
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -687,6 +690,10 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 // side only (a database server's side gets no span or metric), when a reply
 // begins a call: by process, peer, command name and error code. A server's
 // side is noted too, so both ends of one command are shed alike.
+// A PostgreSQL simple Query the same way when its call holds it alone, counted
+// when its answer begins: by its text's fingerprint and its connection's
+// database (red_pg_query), and its SQLSTATE when the answer's first call holds
+// an ErrorResponse.
 #define RED_METHOD 12
 #define RED_PATH 64
 #define RED_SERIES 8192
@@ -700,13 +707,27 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 #define RED_BUCKETS 16
 #define RED_HTTP 0      // red_key.proto
 #define RED_REDIS 1
+#define RED_PG 2
 #define REDIS_NAME 32   // bytes of a command's name kept (in key.path), its NUL among them
 #define REDIS_ERROR 32  // bytes of an error reply's code kept (in key.host)
 #define REDIS_STEPS 48  // bytes of argument headers walked to tell a call holds one command
-#define REDIS_OK 1      // key.status of an answered command (0: unanswered)
-#define REDIS_FAILED 2  // and of one answered with an error
+#define DB_OK 1         // key.status of an answered command or statement (0: unanswered)
+#define DB_FAILED 2     // and of one answered with an error
 #define PARSE_HTTP 0    // the request parser a counting program has (count_and_send)
 #define PARSE_REDIS 1
+#define PARSE_PG 2
+#define PG_TEXT 512     // bytes of a statement fingerprinted and kept (user space names it
+                        // from as many: processors/protocols/sql.py collection_of)
+#define PG_MESSAGES 8   // messages of an answer's first call looked through for an error
+#define PG_FIELDS 64    // bytes of an ErrorResponse searched for its SQLSTATE
+#define PG_SQLSTATE 5
+#define PG_STARTUP 256  // bytes of a start-up message's parameters walked for the database
+#define PG_NAME 64      // bytes of a database's name kept, its NUL among them
+#define PG_PROTOCOL_3 196608
+#define PG_SEEN 1       // conn_state.pg: a PostgreSQL connection
+#define PG_UNNAMED 2    // one whose database's name was not read: counted from its spans
+#define FNV32_DATABASE 0xa165ddb8 // FNV-1a of "database" and of "user" (tests check them)
+#define FNV32_USER 0x60785ef2
 
 struct red_key {
     u32 tgid;
@@ -718,12 +739,12 @@ struct red_key {
     u8 family;                // a client's peer's
     u8 tls;                   // plaintext read through the OpenSSL uprobes (https)
     char path[RED_PATH];      // a server's: the target up to '?' or ' ', cut at RED_PATH bytes
-                              // (Redis: the command's name)
+                              // (Redis: the command's name; PostgreSQL: struct pg_counted)
     char host[RED_HOST];      // a client's: its Host header ("" when it sent none)
-                              // (Redis: an error reply's code)
+                              // (Redis: an error reply's code; PostgreSQL: the SQLSTATE)
     u8 peer[16];              // a client's peer
     char comm[16];            // the process's name, for one that exits before it is read
-    u8 proto;                 // RED_HTTP, RED_REDIS
+    u8 proto;                 // RED_HTTP, RED_REDIS, RED_PG
     u8 pad[3];
 };
 
@@ -801,15 +822,15 @@ struct outlier_event {
 };
 
 // Its span would say it failed: unanswered, a server's 5xx, a client's 4xx too, a
-// Redis error reply.
+// database's error.
 static __always_inline u8 red_failed(struct red_key *key) {
     u16 status = key->status;
-    if (key->proto == RED_REDIS)
-        return status != REDIS_OK;
+    if (key->proto != RED_HTTP)
+        return status != DB_OK;
     return !status || status >= 500 || (key->role == ROLE_CLIENT && status >= 400);
 }
 
-// Counted here: every noted HTTP/1 request, a Redis command on its client's side.
+// Counted here: every noted HTTP/1 request, a database command on its client's side.
 static __always_inline u8 red_counts(struct red_key *key) {
     return key->proto == RED_HTTP || key->role == ROLE_CLIENT;
 }
@@ -872,7 +893,7 @@ static __always_inline void red_count(struct red_key *key, u64 ns) {
     }
     const u64 ms = 1000000;
     u32 b;
-    if (key->proto == RED_REDIS) // KERNEL_BUCKETS: HTTP_BUCKETS and DB_BUCKETS, both
+    if (key->proto != RED_HTTP) // KERNEL_BUCKETS: HTTP_BUCKETS and DB_BUCKETS, both
         b = ns <= 1 * ms ? 0 : ns <= 5 * ms ? 1 : ns <= 10 * ms ? 2 : ns <= 25 * ms ? 3
           : ns <= 50 * ms ? 4 : ns <= 75 * ms ? 5 : ns <= 100 * ms ? 6 : ns <= 250 * ms ? 7
           : ns <= 500 * ms ? 8 : ns <= 750 * ms ? 9 : ns <= 1000 * ms ? 10
@@ -1118,13 +1139,247 @@ static __always_inline int red_redis_reply(struct data_event *ev, struct red_req
                 break;
             r->key.host[i] = c;
         }
-        r->key.status = REDIS_FAILED;
+        r->key.status = DB_FAILED;
         return 1;
     }
     if (t != '+' && t != ':' && t != '$' && t != '*' && t != '_' && t != ',' && t != '#'
         && t != '(' && t != '=' && t != '%' && t != '~' && t != '|')
         return 0;
-    r->key.status = REDIS_OK;
+    r->key.status = DB_OK;
+    return 1;
+}
+
+// The databases connections named in their start-up messages, by their names'
+// FNV-1a (conn_state.pg_database): user space reads the names.
+struct pg_name {
+    char name[PG_NAME];
+};
+BPF_TABLE("lru_hash", u32, struct pg_name, pg_databases, 1024);
+// The first text seen of each fingerprint: user space names the operation and
+// table from it with the code its spans use, so a counted statement and a
+// traced one join one series. Literals are in it: read by user space, never sent.
+struct pg_text {
+    u32 len;
+    u32 pad;
+    char text[PG_TEXT];
+};
+BPF_TABLE("lru_hash", u64, struct pg_text, pg_statements, 4096);
+BPF_PERCPU_ARRAY(pg_text_scratch, struct pg_text, 1);
+// A client's statement in red_key.path.
+struct pg_counted {
+    u64 fingerprint;
+    u32 namespace;
+};
+// The walks over a statement's text, an answer's messages and a start-up
+// message's parameters, in map memory for the verifier's sake (as redis_walk).
+struct pg_walk {
+    u64 hash;
+    u32 pos;
+    u32 word;    // the text: 0 between words, 1 in a word, 2 in a number;
+                 // the answer: an ErrorResponse's body (0: none seen);
+                 // the start-up: the string walked is a value (else a key)
+    u32 quoted;  // the text: inside '...'; the answer: where the next field starts;
+                 // the start-up: where the string walked starts
+    u32 wanted;  // the start-up: the key before this value (1 user, 2 database)
+    u32 user_at, user_hash, database_at, database_hash;
+};
+BPF_PERCPU_ARRAY(pg_walks, struct pg_walk, 1);
+
+static __always_inline u32 be32_at(struct data_event *ev, u32 at) {
+    return ((u32)byte_at(ev, at) << 24) | ((u32)byte_at(ev, at + 1) << 16)
+         | ((u32)byte_at(ev, at + 2) << 8) | byte_at(ev, at + 3);
+}
+
+static __always_inline u8 word_byte(u8 c) {
+    return (u8)((c | 0x20) - 'a') < 26 || (u8)(c - '0') < 10 || c == '_' || c == '$' || c >= 0x80;
+}
+
+// A simple Query ('Q', its length, its text, a NUL) that is its call's whole: 1
+// (a client's: its fingerprint and database in key.path). 0: not one. -1: one not
+// counted here (its connection's database was not read: PG_UNNAMED). The fingerprint
+// is FNV-1a over the text's first PG_TEXT bytes with its literals left out
+// (numbers, '...' strings): one per statement, whatever values it carries.
+static __always_inline int red_pg_query(struct conn_state *cs, struct data_event *ev,
+                                        struct red_request *r, u8 client) {
+    if (byte_at(ev, 0) != 'Q' || ev->cap_offset != ev->offset || ev->captured < 6)
+        return 0;
+    u32 len = be32_at(ev, 1);
+    if (len < 5 || len + 1 != ev->len)
+        return 0;
+    if (ev->captured >= ev->len && byte_at(ev, ev->len - 1) != 0)
+        return 0;
+    if (!cs->pg)
+        cs->pg = PG_SEEN;
+    if (!client)
+        return 1;
+    if (cs->pg == PG_UNNAMED)
+        return -1;
+    int zero = 0;
+    volatile struct pg_walk *w = pg_walks.lookup(&zero);
+    if (!w)
+        return -1;
+    u32 end = ev->len - 1; // its NUL
+    if (end > ev->captured)
+        end = ev->captured;
+    if (end > 5 + PG_TEXT)
+        end = 5 + PG_TEXT;
+    w->hash = 0xcbf29ce484222325ULL;
+    w->pos = 5;
+    w->word = 0;
+    w->quoted = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PG_TEXT; i++) {
+        if (w->pos >= end)
+            break;
+        u8 c = ev->data[w->pos & (CAPTURE_BYTES - 1)]; // below `end`: captured
+        w->pos++;
+        if (w->quoted) {
+            if (c == '\'')
+                w->quoted = 0;
+            continue;
+        }
+        if (c == '\'') {
+            w->quoted = 1;
+            w->word = 0;
+            c = '?';
+        } else if (word_byte(c)) {
+            if (!w->word)
+                w->word = c >= '0' && c <= '9' ? 2 : 1;
+            if (w->word == 2)
+                continue;
+        } else {
+            w->word = 0;
+        }
+        w->hash = (w->hash ^ c) * 0x100000001b3ULL;
+    }
+    struct pg_counted counted = {.fingerprint = w->hash, .namespace = cs->pg_database};
+    __builtin_memcpy(r->key.path, &counted, sizeof(counted));
+    if (!pg_statements.lookup(&counted.fingerprint)) {
+        struct pg_text *t = pg_text_scratch.lookup(&zero);
+        if (t) {
+            t->len = end - 5;
+            bpf_probe_read_kernel(t->text, PG_TEXT, &ev->data[5]);
+            pg_statements.insert(&counted.fingerprint, t);
+        }
+    }
+    return 1;
+}
+
+// A start-up message (protocol 3.0) that is its call's whole: 1, and its
+// connection's database (the "database" parameter, else "user", as the server
+// reads them) named in conn_state and pg_databases; 0: not one.
+static __always_inline int red_pg_startup(struct conn_state *cs, struct data_event *ev) {
+    if (byte_at(ev, 0) || be32_at(ev, 0) != ev->len || be32_at(ev, 4) != PG_PROTOCOL_3)
+        return 0;
+    cs->pg = PG_UNNAMED; // until its name is read
+    int zero = 0;
+    volatile struct pg_walk *w = pg_walks.lookup(&zero);
+    if (!w)
+        return 1;
+    u32 end = ev->len < ev->captured ? ev->len : ev->captured;
+    w->hash = 0x811c9dc5;
+    w->pos = 8;
+    w->word = 0;
+    w->quoted = 8;
+    w->wanted = 0;
+    w->user_hash = 0;
+    w->database_hash = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PG_STARTUP; i++) {
+        u32 at = w->pos;
+        if (at >= end)
+            break;
+        u8 c = ev->data[at & (CAPTURE_BYTES - 1)]; // below `end`: captured
+        w->pos = at + 1;
+        if (c) {
+            w->hash = (u32)((w->hash ^ c) * 16777619);
+            continue;
+        }
+        if (at == w->quoted && !w->word)
+            break; // an empty key: the parameters' end
+        if (!w->word) {
+            w->wanted = w->hash == FNV32_DATABASE ? 2 : w->hash == FNV32_USER ? 1 : 0;
+        } else if (w->wanted == 2 && at - w->quoted < PG_NAME) {
+            w->database_at = w->quoted;
+            w->database_hash = w->hash;
+        } else if (w->wanted == 1 && at - w->quoted < PG_NAME) {
+            w->user_at = w->quoted;
+            w->user_hash = w->hash;
+        }
+        w->word = !w->word;
+        w->quoted = at + 1;
+        w->hash = 0x811c9dc5;
+    }
+    u32 hash = w->database_hash ? w->database_hash : w->user_hash;
+    u32 at = w->database_hash ? w->database_at : w->user_at;
+    if (!hash)
+        return 1; // not in what was walked, or too long a name: PG_UNNAMED
+    cs->pg_database = hash;
+    cs->pg = PG_SEEN;
+    if (!pg_databases.lookup(&hash)) {
+        struct pg_name name = {};
+        bpf_probe_read_kernel(name.name, PG_NAME - 1, &ev->data[at & (CAPTURE_BYTES - 1)]);
+        pg_databases.insert(&hash, &name); // user space reads it to its NUL
+    }
+    return 1;
+}
+
+static __always_inline u8 pg_backend_message(u8 t) {
+    return t == 'T' || t == 'D' || t == 'C' || t == 'E' || t == 'Z' || t == 'I' || t == 'N'
+        || t == 'S' || t == 'A' || t == 'G' || t == 'H' || t == 'W' || t == 'd' || t == 'c'
+        || t == '1' || t == '2' || t == '3' || t == 'n' || t == 's' || t == 't';
+}
+
+// The first call of a statement's answer: 0 if it does not start with a message
+// a server answers with. Its first messages are looked through for an
+// ErrorResponse, whose SQLSTATE goes in key.host (an error after the first call,
+// mid-rows, is not seen: user space, sent the call's head only, misses it too).
+static __always_inline int red_pg_reply(struct data_event *ev, struct red_request *r) {
+    if (!pg_backend_message(byte_at(ev, 0)))
+        return 0;
+    int zero = 0;
+    volatile struct pg_walk *w = pg_walks.lookup(&zero);
+    if (!w)
+        return 0;
+    w->pos = 0;
+    w->word = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PG_MESSAGES; i++) {
+        u32 at = w->pos;
+        if (at + 5 > ev->captured)
+            break;
+        u8 t = byte_at(ev, at);
+        u32 len = be32_at(ev, at + 1);
+        if (!pg_backend_message(t) || len < 4 || len > ev->len)
+            break;
+        if (t == 'E') {
+            w->word = at + 5;
+            break;
+        }
+        w->pos = at + 1 + len;
+    }
+    r->key.status = DB_OK;
+    if (!w->word)
+        return 1;
+    r->key.status = DB_FAILED;
+    // its fields: a code byte and a NUL-terminated text each; 'C' the SQLSTATE
+    w->quoted = w->word;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PG_FIELDS; i++) {
+        u32 at = w->word + i;
+        u8 c = byte_at(ev, at);
+        if (at == w->quoted) {
+            if (c == 'C') {
+                for (u32 j = 0; j < PG_SQLSTATE; j++)
+                    r->key.host[j] = byte_at(ev, at + 1 + j);
+                break;
+            }
+            if (!c)
+                break;
+        } else if (!c) {
+            w->quoted = at + 1;
+        }
+    }
     return 1;
 }
 
@@ -1146,22 +1401,28 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         if (!r)
             return RED_NONE;
         __builtin_memset(r, 0, sizeof(*r));
-        int redis = 0;
+        int db = 0; // a database's command: 1 noted here, -1 counted from its span
         if (parser == PARSE_REDIS) {
-            redis = red_redis_command(ev, r);
-            if (!redis)
+            db = red_redis_command(ev, r);
+            if (!db)
                 return RED_NONE;
+        } else if (parser == PARSE_PG) {
+            if (red_pg_startup(cs, ev))
+                return RED_UNNOTED; // captured: its spans name the database too
+            db = red_pg_query(cs, ev, r, client);
+            if (!db) // another message (extended protocol, COPY data): captured
+                return cs->pg ? RED_UNNOTED : RED_NONE;
         } else if (!red_request_line(ev, r)) {
             return RED_NONE;
         }
         struct red_request *open = red_requests.lookup(&skey);
         if (open && open->gen == cs->gen && open->start)
             return RED_BEHIND; // counted from its span
-        if (redis < 0)
+        if (db < 0)
             return RED_UNNOTED;
-        r->key.proto = redis ? RED_REDIS : RED_HTTP;
+        r->key.proto = parser == PARSE_REDIS ? RED_REDIS : parser == PARSE_PG ? RED_PG : RED_HTTP;
         if (client) {
-            if (!redis) {
+            if (!db) {
                 __builtin_memset(r->key.path, 0, RED_PATH);
                 if (!red_host(ev, r))
                     return RED_UNNOTED;
@@ -1181,16 +1442,21 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         __builtin_memcpy(r->key.comm, ev->comm, sizeof(r->key.comm));
         if (red_requests.update(&skey, r))
             return RED_UNNOTED;
-        if (!client && !redis)
+        if (!client && !db)
             serving_starts(r, skey);
         return RED_NOTED;
     }
     struct red_request *r = red_requests.lookup(&skey);
     if (!r || r->gen != cs->gen || !r->start)
         return RED_NONE; // nothing waits for an answer: the rest of one
-    if (r->key.proto == RED_REDIS) {
+    if (parser == PARSE_PG) { // its connection's calls all come here (cs->pg)
+        if (r->key.proto != RED_PG || !red_pg_reply(ev, r))
+            return RED_NONE;
+    } else if (r->key.proto == RED_REDIS) {
         if (!red_redis_reply(ev, r))
             return RED_NONE;
+    } else if (r->key.proto == RED_PG) {
+        return RED_NONE; // answered in the PostgreSQL program
     } else {
         // "HTTP/1.x NNN": the status line of its answer
         if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
@@ -1234,7 +1500,7 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
     red_requests.delete(&skey);
 }
 
-BPF_PROG_ARRAY(red_progs, 2); // PARSE_HTTP, PARSE_REDIS (count_and_send)
+BPF_PROG_ARRAY(red_progs, 3); // PARSE_HTTP, PARSE_REDIS, PARSE_PG (count_and_send)
 
 static __always_inline void send_data_event(struct data_event *ev) {
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
@@ -1319,14 +1585,17 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
     return 1;
 }
 
+BPF_PROG_ARRAY(red_tls_progs, 3); // red_and_send_tls's: a uprobe's kind of program
+
 // Tail-called by the transfer probes (red_and_send) and the OpenSSL uprobes
 // (red_and_send_tls: a tail call stays within its kind of program) with their
 // event in `scratch`: the request parsing is verified on its own (inlined, its
 // loops were more than the verifier follows in one program). A call that
-// starts like a Redis command goes on to the *_redis program (index 1), which
-// parses commands where the other parses request lines: each parser's loops
-// are more than the verifier follows with the other's in one program.
-static __always_inline int count_and_send(const int parser) {
+// starts like a Redis command goes on to the *_redis program (index 1), one
+// like a PostgreSQL Query, or any call of a connection that sent one, to the
+// *_pg program (index 2): each parser's loops are more than the verifier
+// follows with another's in one program.
+static __always_inline int count_and_send(void *ctx, const int parser, const int tls) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
     if (!ev)
@@ -1335,6 +1604,12 @@ static __always_inline int count_and_send(const int parser) {
     if (!cs) {
         send_data_event(ev);
         return 0;
+    }
+    if (parser == PARSE_HTTP && cs->pg) {
+        if (tls)
+            red_tls_progs.call(ctx, PARSE_PG);
+        else
+            red_progs.call(ctx, PARSE_PG); // returns only if it is not loaded
     }
     int kind = red_exchange(cs, ev->sk, ev, parser);
     if (kind == RED_NOTED) {
@@ -1358,34 +1633,51 @@ static __always_inline int count_and_send(const int parser) {
     return 0;
 }
 
-// The call in `scratch` starts like a RESP array (a Redis command, or a reply).
-static __always_inline int starts_resp_array(void) {
+// The parser the call in `scratch` goes to by its first bytes: a RESP array (a
+// Redis command, or a reply), a PostgreSQL Query or start-up message (its
+// length's first byte, 0, and protocol 3.0), else HTTP/1's.
+static __always_inline int parser_for_scratch(void) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
-    return ev && ev->captured && ev->data[0] == '*';
+    if (!ev || !ev->captured)
+        return PARSE_HTTP;
+    u8 first = ev->data[0];
+    if (first == '*')
+        return PARSE_REDIS;
+    if (first == 'Q'
+        || (!first && ev->captured >= 8 && !ev->data[4] && ev->data[5] == 3 && !ev->data[6]))
+        return PARSE_PG;
+    return PARSE_HTTP;
 }
 
 int red_and_send(void *ctx) {
-    if (starts_resp_array())
-        red_progs.call(ctx, PARSE_REDIS); // returns only if it is not loaded
-    return count_and_send(PARSE_HTTP);
+    int parser = parser_for_scratch();
+    if (parser != PARSE_HTTP)
+        red_progs.call(ctx, parser); // returns only if it is not loaded
+    return count_and_send(ctx, PARSE_HTTP, 0);
 }
 
 int red_and_send_redis(void *ctx) {
-    return count_and_send(PARSE_REDIS);
+    return count_and_send(ctx, PARSE_REDIS, 0);
 }
 
-// red_and_send_tls's: a uprobe's kind of program (a tail call stays within its kind).
-BPF_PROG_ARRAY(red_tls_progs, 2);
+int red_and_send_pg(void *ctx) {
+    return count_and_send(ctx, PARSE_PG, 0);
+}
 
 int red_and_send_tls(struct pt_regs *ctx) {
-    if (starts_resp_array())
-        red_tls_progs.call(ctx, PARSE_REDIS);
-    return count_and_send(PARSE_HTTP);
+    int parser = parser_for_scratch();
+    if (parser != PARSE_HTTP)
+        red_tls_progs.call(ctx, parser);
+    return count_and_send(ctx, PARSE_HTTP, 1);
 }
 
 int red_and_send_tls_redis(struct pt_regs *ctx) {
-    return count_and_send(PARSE_REDIS);
+    return count_and_send(ctx, PARSE_REDIS, 1);
+}
+
+int red_and_send_tls_pg(struct pt_regs *ctx) {
+    return count_and_send(ctx, PARSE_PG, 1);
 }
 
 // The event waiting in `scratch`: counted and sent by the tail-called program,

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # Advisory bucket boundaries from the semantic conventions (seconds).
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 DB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-# The kernel's buckets for Redis commands (bpf/sockets.bpf.c, red_count): the
+# The kernel's buckets for database commands (bpf/sockets.bpf.c, red_count): the
 # bounds of both, so a database histogram and the service graph come from one count.
 KERNEL_BUCKETS = tuple(sorted({*HTTP_BUCKETS, *DB_BUCKETS}))
 

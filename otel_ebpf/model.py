@@ -83,7 +83,9 @@ class RedCount(NamedTuple):
     """Requests counted in the kernel since the last read, for one process, role,
     port, method, version, status, and a server's path or a client's Host and
     peer; durations in nanoseconds. HTTP/1 both ends; Redis a client's commands
-    (`method` the command's name, `error` an error reply's code)."""
+    (`method` the command's name, `error` an error reply's code); PostgreSQL a
+    client's simple queries (`method` the operation, `path` the table, `host`
+    the database, `error` the SQLSTATE)."""
 
     pid: int
     comm: bytes  # the kernel's task name, for a process that exits before it is read
@@ -94,15 +96,15 @@ class RedCount(NamedTuple):
     host: str  # a client's Host header ("" for a server)
     peer: str  # a client's peer address ("" for a server)
     version: str  # "1.1", "1.0", "" (not seen)
-    status: int  # 0: never answered (the connection closed first); Redis: 1 answered
+    status: int  # 0: never answered (the connection closed first); databases: 1 answered
     tls: bool  # read through the OpenSSL uprobes: https
-    protocol: str  # "http", "redis"
-    error: str  # Redis: an error reply's code ("ERR", "WRONGTYPE"), "" for none
+    protocol: str  # "http", "redis", "postgresql"
+    error: str  # databases: the error's code ("WRONGTYPE", "42P01"), "" for none
     requests: int
     sum_ns: int
     min_ns: int
     max_ns: int
-    buckets: tuple[int, ...]  # per HTTP_BUCKETS (Redis: KERNEL_BUCKETS) bound, and one past
+    buckets: tuple[int, ...]  # per HTTP_BUCKETS (databases: KERNEL_BUCKETS) bound, and one past
 
 
 class DatagramEvent(NamedTuple):
@@ -221,9 +223,9 @@ class SocketBufferSet(NamedTuple):
 
 
 class OutlierExchange(NamedTuple):
-    """An HTTP/1 request or Redis command the span budget shed that failed or was
-    slow: what the kernel kept of it (the head's first bytes, the status, two
-    times) makes its span."""
+    """An HTTP/1 request or database command the span budget shed that failed or
+    was slow: what the kernel kept of it (the head's first bytes, the status, two
+    times) makes its span. Fields as RedCount's."""
 
     sk: int
     start_ts: int  # the call that carried the request
@@ -239,8 +241,8 @@ class OutlierExchange(NamedTuple):
     version: str  # "1.1", "1.0", ""
     status: int  # 0: never answered
     tls: bool
-    protocol: str  # "http", "redis"
-    error: str  # Redis: an error reply's code
+    protocol: str  # "http", "redis", "postgresql"
+    error: str  # databases: the error's code
 
 
 KernelEvent = (

@@ -638,8 +638,8 @@ class Collector:
         self.receiver.own_port(port)
 
     def _count_kernel_red(self) -> None:
-        """HTTP/1 requests and Redis commands counted in the kernel since the last scan (those of
-        processes and ports not selected for tracing left out, as their spans are).
+        """Requests and database commands counted in the kernel since the last scan (those
+        of processes and ports not selected for tracing left out, as their spans are).
         Without a metrics pipeline they are read and let go (the budget counts too)."""
         counts = self.receiver.take_red_counts()
         if self.recorder is None:
@@ -649,11 +649,19 @@ class Collector:
         dropped = self.receiver.red_dropped()
         if dropped > self.telemetry.requests_not_counted:
             log.warning(
-                "%d HTTP/1 requests or Redis commands not counted in the kernel (its series "
-                "map is full: too many distinct paths between two reads)",
+                "%d requests not counted in the kernel (its series map is full: too many "
+                "distinct paths or statements between two reads)",
                 dropped - self.telemetry.requests_not_counted,
             )
             self.telemetry.requests_not_counted = dropped
+        names = self.receiver.pg_names
+        if names is not None and names.unnamed > self.telemetry.statements_unnamed:
+            log.warning(
+                "%d PostgreSQL statements counted without their operation's name (the kernel "
+                "no longer kept their text: over 4,096 distinct statements between two reads)",
+                names.unnamed - self.telemetry.statements_unnamed,
+            )
+            self.telemetry.statements_unnamed = names.unnamed
 
     def _record_kernel_red(self, counted: RedCount) -> None:
         # first, with its name: a client may have exited, all its requests shed
@@ -665,8 +673,8 @@ class Collector:
             self.recorder.kernel_http_server(counted, service)
             return
         peer = self.tracker.service_serving(Endpoint(counted.peer, counted.port))
-        if counted.protocol == "redis":
-            self.recorder.kernel_redis_client(counted, service, peer)
+        if counted.protocol != "http":
+            self.recorder.kernel_db_client(counted, service, peer)
         else:
             self.recorder.kernel_http_client(counted, service, peer)
 

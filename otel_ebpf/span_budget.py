@@ -39,7 +39,8 @@ class SpanBudgetKeeper:
         if budget.threshold:
             self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
             log.info(
-                "span budget: a fixed %.4g of HTTP/1 requests and Redis commands get a span",
+                "span budget: a fixed %.4g of HTTP/1 requests, Redis commands and PostgreSQL "
+                "queries get a span",
                 budget.probability,
             )
         self._mark = (time.process_time(), time.monotonic(), 0, 0)
@@ -51,7 +52,7 @@ class SpanBudgetKeeper:
         _, shed, uncounted, backlog = self._receiver.shed_counts()
         if uncounted > t.requests_shed_uncounted:
             log.warning(
-                "%d pipelined HTTP/1 requests or Redis commands behind a shed one were "
+                "%d pipelined HTTP/1 requests or database commands behind a shed one were "
                 "neither counted nor traced (the kernel keeps one request per connection)",
                 uncounted - t.requests_shed_uncounted,
             )
@@ -77,8 +78,9 @@ class SpanBudgetKeeper:
 
     def _watch_ring(self, fill: float) -> None:
         """A ring buffer over half unread has the kernel shed every HTTP/1 request
-        and Redis command at its start until it is down to a quarter: a burst is shed whole, never
-        cut mid-request by an overflow. Said once a minute at most."""
+        and database command at its start until it is down to a quarter: a burst
+        is shed whole, never cut mid-request by an overflow. Said once a minute at
+        most."""
         behind = fill > RING_BEHIND or (self._behind and fill > RING_CAUGHT_UP)
         if behind == self._behind:
             return
@@ -88,7 +90,7 @@ class SpanBudgetKeeper:
         if behind and now - self._backlog_said >= BACKLOG_SAID_EVERY_S:
             self._backlog_said = now
             log.info(
-                "ring buffer over half unread: new HTTP/1 requests and Redis commands get no "
+                "ring buffer over half unread: new HTTP/1 requests and database commands get no "
                 "span until it is read down to a quarter (requests_shed_backlog; metrics "
                 "count them)"
             )
@@ -98,7 +100,7 @@ class SpanBudgetKeeper:
         halvings = self.budget.halvings
         self._telemetry.span_budget_one_in = 2**halvings
         log.info(
-            "span budget: %s of HTTP/1 requests and Redis commands get a span "
+            "span budget: %s of HTTP/1 requests, Redis commands and PostgreSQL queries get a span "
             "(%s; metrics still count every one)",
             f"1 in {2**halvings}" if halvings else "all",
             why,

@@ -16,7 +16,8 @@ class SelfTelemetry:
     events_received: int = 0
     events_lost: int = 0  # kernel ring buffer full
     events_retried: int = 0  # written to the spare ring buffer (the main one refused them)
-    requests_not_counted: int = 0  # HTTP/1 requests the kernel's RED map had no room for
+    requests_not_counted: int = 0  # requests the kernel's RED map had no room for
+    statements_unnamed: int = 0  # PostgreSQL statements counted whose text was gone (pg_names)
     requests_shed: int = 0  # HTTP/1 requests given no span by the span budget (still counted)
     requests_shed_uncounted: int = 0  # pipelined behind a shed one: neither counted nor traced
     requests_shed_backlog: int = 0  # given no span while the ring buffer was read down

@@ -1,7 +1,7 @@
 """The span budget: how many requests get a span, so the collector never costs
 the node more than its share.
 
-The kernel decides at each HTTP/1 request's and Redis command's start (`bpf/sockets.bpf.c`,
+The kernel decides at each HTTP/1 request's and database command's start (`bpf/sockets.bpf.c`,
 `shed_request`): a request whose 56-bit random value is at least the threshold
 is captured, and every other is shed there, before any of its bytes reach the
 ring buffer; its RED metrics are counted in the kernel either way. This is the

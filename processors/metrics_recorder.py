@@ -24,6 +24,7 @@ from otel_ebpf.model import Endpoint, RedCount
 from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
+from otel_ebpf.processors.spans import db_attributes
 
 _HTTP_SERVER_KEYS = (
     "http.request.method",
@@ -165,18 +166,10 @@ class MetricsRecorder:
         self._m.http_client.record_counted(tuple(attrs), *counts)
         self._kernel_edge(counted, service, peer, failed, counts)
 
-    def kernel_redis_client(self, counted: RedCount, service: str, peer: str | None) -> None:
-        """Redis commands the kernel counted, in the series their spans would join."""
-        attrs: dict[str, str | int] = {
-            "db.system.name": "redis",
-            "db.operation.name": counted.method,
-            "server.address": counted.peer,
-            "server.port": counted.port,
-        }
-        if counted.error:
-            attrs["db.response.status_code"] = attrs["error.type"] = counted.error
-        elif not counted.status:
-            attrs["error.type"] = "no_response"
+    def kernel_db_client(self, counted: RedCount, service: str, peer: str | None) -> None:
+        """Redis commands and PostgreSQL statements the kernel counted, in the series
+        their spans would join."""
+        attrs = db_attributes(counted)
         # over KERNEL_BUCKETS: summed into the database histogram's and the graph's
         db = _counts(counted, rebin(counted.buckets, KERNEL_BUCKETS, DB_BUCKETS))
         self._m.db_client.record_counted(_pick(attrs, _DB_KEYS, service), *db)

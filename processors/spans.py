@@ -27,6 +27,7 @@ from otel_ebpf.model import (
     HttpExchange,
     HttpHead,
     OutlierExchange,
+    RedCount,
     RedisExchange,
     Role,
     SqlExchange,
@@ -48,6 +49,25 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 def monotonic_to_epoch_offset() -> int:
     """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
     return time.time_ns() - time.monotonic_ns()
+
+
+def db_attributes(counted: RedCount | OutlierExchange) -> dict[str, str | int]:
+    """A database command the kernel noted, as its span says it: Redis's name, a
+    PostgreSQL statement's operation, table and database; the error's code."""
+    attrs: dict[str, str | int] = {"db.system.name": counted.protocol}
+    if counted.host:  # PostgreSQL: the database
+        attrs["db.namespace"] = counted.host
+    if counted.method:
+        attrs["db.operation.name"] = counted.method
+    if counted.path:  # PostgreSQL: the table
+        attrs["db.collection.name"] = counted.path
+    attrs["server.address"] = counted.peer
+    attrs["server.port"] = counted.port
+    if counted.error:
+        attrs["db.response.status_code"] = attrs["error.type"] = counted.error
+    elif not counted.status:
+        attrs["error.type"] = "no_response"
+    return attrs
 
 
 class SpanBuilder:
@@ -419,8 +439,8 @@ class SpanBuilder:
         method, a server's path (to 64 bytes) or a client's Host, the status; it
         ends where its answer began. `otel_ebpf.span.partial` says so. A trace of
         its own: its peers' spans were shed, and its context was never parsed."""
-        if x.protocol == "redis":
-            return self._redis_outlier(x, resource)
+        if x.protocol != "http":
+            return self._db_outlier(x, resource)
         server = x.role == Role.SERVER
         method = known_method(x.method)
         attrs: dict[str, str | int | bool] = {
@@ -449,14 +469,11 @@ class SpanBuilder:
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
         return self._readable(method, None, resource, attrs, kind, status, x)  # a new trace
 
-    def _redis_outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
-        """A shed Redis command that failed or was slow: its name, its error's code
-        (the error's text, which may quote values, is not kept)."""
+    def _db_outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
+        """A shed database command that failed or was slow: its name, its error's
+        code (the error's text, which may quote values, is not kept)."""
         attrs: dict[str, str | int | bool] = {
-            "db.system.name": "redis",
-            "db.operation.name": x.method,
-            "server.address": x.peer,
-            "server.port": x.port,
+            **db_attributes(x),
             "network.peer.address": x.peer,
             "network.peer.port": x.port,
             "network.transport": "tcp",
@@ -464,12 +481,11 @@ class SpanBuilder:
         }
         status = Status(StatusCode.UNSET)
         if x.error:
-            attrs["db.response.status_code"] = attrs["error.type"] = x.error
             status = Status(StatusCode.ERROR)
         elif not x.status:
-            attrs["error.type"] = "no_response"
-            status = Status(StatusCode.ERROR, "the connection ended before a reply")
-        return self._readable(x.method, None, resource, attrs, SpanKind.CLIENT, status, x)
+            status = Status(StatusCode.ERROR, "the connection ended before an answer")
+        name = f"{x.method} {x.path}" if x.path else x.method or x.protocol
+        return self._readable(name, None, resource, attrs, SpanKind.CLIENT, status, x)
 
 
 class _Times(Protocol):

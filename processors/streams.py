@@ -472,7 +472,7 @@ class ConnectionTracker:
         out: list[Exchange | RequestStarted] = []
         gap = ev.cap_offset - expected
         if gap > 0:
-            out += http.skip(is_request, gap, ev.ts)
+            out += (http.skip_shed if ev.after_shed else http.skip)(is_request, gap, ev.ts)
         end = ev.offset + ev.length
         if ev.payload:
             out += http.feed(is_request, ev.payload, ev.ts)

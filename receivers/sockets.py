@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
+from otel_ebpf.receivers.pg_names import PgNames
 from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 from otel_ebpf.receivers.spare_ring import SpareRecords
@@ -128,21 +130,42 @@ def _text(raw: Any) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
 
 
-_RED_REDIS = 1  # struct red_key's proto
-_REDIS_FAILED = 2  # and its status for a Redis error reply
+_RED_HTTP, _RED_REDIS = 0, 1  # struct red_key's proto
+_RED_PG = 2
+_DB_FAILED = 2  # and its status for a database's error
+_PG_COUNTED = struct.Struct("<QI")  # struct pg_counted: fingerprint, database id
 
 
 def _red_head(
-    key: Any,
+    key: Any, names: PgNames | None = None
 ) -> tuple[int, bytes, Role, int, str, str, str, str, str, int, bool, str, str]:
-    """A kernel `struct red_key`'s fields, decoded (bcc's ctypes or a record's)."""
+    """A kernel `struct red_key`'s fields, decoded (bcc's ctypes or a record's);
+    `names` names a PostgreSQL statement (else it goes unnamed)."""
     client = key.role == Role.CLIENT
     peer = _address(bytes(key.peer), key.family) if client else ""
     head = (key.tgid, bytes(key.comm), _ROLES[key.role], key.port)
+    failed = key.status == _DB_FAILED
     if key.proto == _RED_REDIS:  # the command's name in path, an error's code in host
-        error = (_text(key.host) or "ERR") if key.status == _REDIS_FAILED else ""
+        error = (_text(key.host) or "ERR") if failed else ""
         name = _text(key.path).upper()
         return (*head, name, "", "", peer, "", key.status, bool(key.tls), "redis", error)
+    if key.proto == _RED_PG:  # struct pg_counted in path (binary), a SQLSTATE in host
+        fingerprint, database = _PG_COUNTED.unpack_from(bytes(key), type(key).path.offset)
+        operation, table = names.statement(fingerprint) if names else ("", "")
+        namespace = names.database(database) if names else ""
+        error = (_text(key.host) or "XX000") if failed else ""
+        return (
+            *head,
+            operation,
+            table,
+            namespace,
+            peer,
+            "",
+            key.status,
+            bool(key.tls),
+            "postgresql",
+            error,
+        )
     version = key.version.decode("latin-1")  # a char: '0', '1', or NUL (not seen)
     return (
         *head,
@@ -182,21 +205,21 @@ class _RedKey(ctypes.Structure):
 _OUTLIER = struct.Struct("<B7xQQQ")
 
 
-def _outlier(raw: bytes) -> OutlierExchange | None:
+def _outlier(raw: bytes, names: PgNames | None) -> OutlierExchange | None:
     if len(raw) < _OUTLIER.size + ctypes.sizeof(_RedKey):
         return None
     _, sk, start, end = _OUTLIER.unpack_from(raw)
     key = _RedKey.from_buffer_copy(raw, _OUTLIER.size)
     if key.role not in (Role.CLIENT, Role.SERVER):
         return None
-    return OutlierExchange(sk, start, end, *_red_head(key))
+    return OutlierExchange(sk, start, end, *_red_head(key, names))
 
 
-def _red_count(key: Any, value: Any) -> RedCount:
-    bounds = KERNEL_BUCKETS if key.proto == _RED_REDIS else HTTP_BUCKETS
+def _red_count(key: Any, value: Any, names: PgNames | None = None) -> RedCount:
+    bounds = HTTP_BUCKETS if key.proto == _RED_HTTP else KERNEL_BUCKETS
     buckets = tuple(value.buckets)[: len(bounds) + 1]
     return RedCount(
-        *_red_head(key),
+        *_red_head(key, names),
         value.count,
         value.sum_ns,
         value.min_ns,
@@ -213,8 +236,9 @@ def _address(raw: bytes, family: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
-def decode(raw: bytes) -> KernelEvent | None:
-    """One ring buffer record -> typed event (None for an unknown kind)."""
+def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
+    """One ring buffer record -> typed event (None for an unknown kind); `names`
+    names the PostgreSQL statements the kernel counts."""
     kind = raw[0]
     if kind == _EV_DATA:
         (
@@ -349,7 +373,7 @@ def decode(raw: bytes) -> KernelEvent | None:
     if kind == _EV_SELF:
         return SelfConn(_CONN.unpack_from(raw)[4])
     if kind == _EV_OUTLIER:
-        return _outlier(raw)
+        return _outlier(raw, names)
     return None
 
 
@@ -392,10 +416,12 @@ def _own_pid(bpf: Any) -> None:
 
 # Tail-called by the transfer probes and the OpenSSL uprobes (bpf/sockets.bpf.c,
 # count_and_send), a pair each: a tracepoint's kind of program, then a uprobe's
-# (a tail call stays within its kind), at this index of their tables.
+# (a tail call stays within its kind), at this index of their tables. The
+# database ones are reached through the HTTP/1 pair.
 _COUNTERS = (
-    ("HTTP/1 requests", "red_and_send", 0),
-    ("Redis commands", "red_and_send_redis", 1),  # reached through the HTTP/1 pair
+    ("HTTP/1 requests", "red_and_send", "red_and_send_tls", 0),
+    ("Redis commands", "red_and_send_redis", "red_and_send_tls_redis", 1),
+    ("PostgreSQL queries", "red_and_send_pg", "red_and_send_tls_pg", 2),
 )
 
 
@@ -408,11 +434,10 @@ def _load_counters(bpf: Any) -> tuple[list[str], dict[str, str]]:
 
     counted: list[str] = []
     refused: dict[str, str] = {}
-    for what, name, index in _COUNTERS:
-        if refused:
+    for what, name, tls_name, index in _COUNTERS:
+        if _COUNTERS[0][0] in refused:
             refused[what] = "reached through the programs refused"
             continue
-        tls_name = name.replace("red_and_send", "red_and_send_tls")
         try:
             for program, kind, table in (
                 (name, BPF.TRACEPOINT, "red_progs"),
@@ -425,6 +450,23 @@ def _load_counters(bpf: Any) -> tuple[list[str], dict[str, str]]:
             refused[what] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             log.warning("%s are not counted in the kernel (%s)", what, refused[what])
     return counted, refused
+
+
+def _pg_text(table: Any, fingerprint: int) -> bytes | None:
+    """The text the kernel kept of a PostgreSQL statement's fingerprint."""
+    try:
+        kept = table[table.Key(fingerprint)]
+    except KeyError:
+        return None
+    return bytes(kept.text)[: kept.len]
+
+
+def _pg_database(table: Any, ident: int) -> bytes | None:
+    """The name of a PostgreSQL database the kernel read in a start-up message."""
+    try:
+        return bytes(table[table.Key(ident)].name)
+    except KeyError:
+        return None
 
 
 def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
@@ -476,6 +518,7 @@ class SocketReceiver:
         self._conn_fds: tuple[int, ...] = ()
         self._conn_key = ctypes.c_ulonglong()
         self._conn_leaf: Any = None
+        self.pg_names: PgNames | None = None
         self.events_received = 0
         # Told the unread share of the ring buffer as polls go (the span budget's).
         self.watch_backlog: Callable[[float], None] | None = None
@@ -571,6 +614,9 @@ class SocketReceiver:
             spare.open_ring_buffer(self._on_record)
         self._bpf = bpf
         self._quiet = bpf["quiet"]
+        self.pg_names = PgNames(
+            partial(_pg_text, bpf["pg_statements"]), partial(_pg_database, bpf["pg_databases"])
+        )
         release_compiler_memory()  # nothing is compiled after this
         log.info(
             "socket receiver attached to %d tracepoints (capture %d bytes, %s)",
@@ -581,7 +627,7 @@ class SocketReceiver:
 
     def _on_record(self, _ctx: object, data: int, size: int) -> None:
         self.events_received += 1
-        event = decode(ctypes.string_at(data, size))
+        event = decode(ctypes.string_at(data, size), self.pg_names)
         if event is not None:
             self._sink(event)
 
@@ -594,11 +640,11 @@ class SocketReceiver:
         if self._reader is None:
             self._bpf.ring_buffer_consume()  # type: ignore[attr-defined]
             return False
-        reader, spare = self._reader, self._spare_records
+        reader, spare, names = self._reader, self._spare_records, self.pg_names
         if self._spare is not None:  # records the main ring refused (rare): read first
             retried = self._spare.drain(DRAIN_BATCH)
             self.events_received += len(retried)
-            spare.add([e for e in map(decode, retried) if e is not None])
+            spare.add([e for e in (decode(raw, names) for raw in retried) if e is not None])
         records = reader.drain(DRAIN_BATCH)
         self.events_received += len(records)
         sink, watch = self._sink, self.watch_backlog
@@ -606,7 +652,7 @@ class SocketReceiver:
             if watch is not None:  # a batch takes a while to handle
                 watch(reader.unread())
             for raw in records[start : start + WATCH_EVERY]:
-                event = decode(raw)
+                event = decode(raw, names)
                 if event is not None:
                     if spare:
                         for earlier in spare.written_before(event):
@@ -650,7 +696,7 @@ class SocketReceiver:
         active_table = bpf["red_active"]  # type: ignore[index]
         active = active_table[0].value
         idle = bpf["red_b" if active == 0 else "red_a"]  # type: ignore[index]
-        counts = [_red_count(key, value) for key, value in idle.items()]
+        counts = [_red_count(key, value, self.pg_names) for key, value in idle.items()]
         idle.clear()
         active_table[0] = ctypes.c_uint(1 - active)
         return counts

@@ -112,6 +112,14 @@ class Framer:
         self.lost_in_gap = True
         return out
 
+    def skip_shed(self, n: int, ts: int) -> list[Frame]:
+        """`n` bytes of whole messages went unsent (the kernel shed their exchanges
+        at a message's start): framing holds."""
+        if self._kind < 0 and not self._buf and not self.lost:
+            self._position += n
+            return []
+        return self.skip(n, ts)
+
     def _frame_buffered(self, ts: int, out: list[Frame]) -> None:
         buf = self._buf
         while buf:
@@ -178,6 +186,10 @@ class FramedConnection(Generic[R]):
 
     def skip(self, is_request: bool, n: int, ts: int) -> list[R]:
         return self._run(is_request, ts, lambda framer: framer.skip(n, ts))
+
+    def skip_shed(self, is_request: bool, n: int, ts: int) -> list[R]:
+        """Whole exchanges the span budget shed: no request in flight is lost."""
+        return self._run(is_request, ts, lambda framer: framer.skip_shed(n, ts))
 
     def _run(self, is_request: bool, ts: int, step: Callable[[Framer], list[Frame]]) -> list[R]:
         if self.stopped:

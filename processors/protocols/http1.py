@@ -488,6 +488,8 @@ class Http1Connection:
         parser = self.requests if is_request else self.responses
         return self._handle(is_request, parser.skip(n, ts))
 
+    skip_shed = skip  # a shed request's bytes: its next request line resyncs
+
     def close(self, ts: int) -> list[HttpOutput]:
         """End of connection: finish what can be finished, report the rest."""
         done = self._handle(True, self.requests.eof(ts))

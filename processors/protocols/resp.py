@@ -222,6 +222,8 @@ class RespConnection:
         parser = self.requests if is_request else self.replies
         return self._handle(is_request, parser.skip(n, ts))
 
+    skip_shed = skip  # losing sync loses no command in flight
+
     def close(self, ts: int) -> list[RedisExchange]:
         done = [RedisExchange(c, None, c.start_ts, c.end_ts, t) for c, t in self._pending]
         self._pending.clear()

@@ -4,7 +4,8 @@ trace in user space, kept ones say their threshold, and RED counts every one.
 nginx answers ab -k; both ends are traced (ab's client spans, nginx's server
 spans), so the kernel decides twice per request and the server end takes the
 client's random value where it can (the same request's spans are kept or shed
-together). Redis commands from redis-benchmark and redis-py the same way.
+together). Redis commands from redis-benchmark and redis-py the same way, and
+PostgreSQL statements from pgbench and libpq's simple queries.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import redis as redis_py
 
-from harness import Chain, CollectorProcess, Nginx, PythonServer, ab, get_distinct, wait_until
+from harness import (
+    Chain,
+    CollectorProcess,
+    Nginx,
+    Postgres,
+    PythonServer,
+    ab,
+    get_distinct,
+    wait_until,
+)
 from otel_ebpf.processors.budget import RAND_BITS, threshold_for
 from otlp_sink import CLIENT, SERVER, GrpcSink, Span
 
@@ -109,7 +120,7 @@ def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
         tmp_path, sink, OTEL_EBPF_SPAN_BUDGET="0.001", OTEL_EBPF_SPAN_BUDGET_MIN_CPU="0.01"
     )
     shedding = re.compile(
-        r"span budget: 1 in (\d+) of HTTP/1 requests and Redis commands get a span"
+        r"span budget: 1 in (\d+) of HTTP/1 requests, Redis commands and PostgreSQL queries get a span"
     )
     sent = 0
     try:
@@ -224,12 +235,24 @@ def test_shed_requests_that_fail_or_are_slow_still_get_a_span(
     assert red_requests(sink, "http.client.request.duration", "ab") == 550
 
 
-def db_operations(sink: GrpcSink, **attrs: str) -> Counter[str]:
-    """Commands counted in db.client.operation.duration, by name."""
+def db_operations(sink: GrpcSink, *by: str, **attrs: str) -> Counter[str]:
+    """Commands counted in db.client.operation.duration, by name (and `by`'s attributes)."""
     counted: Counter[str] = Counter()
     for series, point in sink.metrics.series("db.client.operation.duration", **attrs).items():
-        counted[str(dict(series)["db.operation.name"])] += int(point.value)
+        names = dict(series)
+        key = " ".join(str(names[a]) for a in ("db.operation.name", *by) if a in names)
+        counted[key] += int(point.value)
     return counted
+
+
+def partial_errors(spans: list[Span], error: str, errors: int) -> list[Span]:
+    """Every failed command has a span (kept ones whole, shed ones from the
+    kernel's notes): the shed ones', which there must be."""
+    failed = [s for s in spans if s.attributes.get("error.type") == error]
+    assert len(failed) == errors
+    partial = [s for s in failed if s.attributes.get("otel_ebpf.span.partial")]
+    assert partial, "no shed error got a span"
+    return partial
 
 
 def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
@@ -288,11 +311,7 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
     spans = list(sink.store.spans)
     benchmark = [s for s in spans if s.service == "redis-benchmark"]
     assert len(benchmark) <= 0.03 * 2 * n, len(benchmark)  # 60 +- 8 expected
-    failed = [s for s in spans if s.attributes.get("error.type") == "WRONGTYPE"]
-    assert len(failed) == errors  # kept ones whole, shed ones from the kernel's notes
-    partial = [s for s in failed if s.attributes.get("otel_ebpf.span.partial")]
-    assert partial, "no shed error got a span"
-    for span in partial:
+    for span in partial_errors(spans, "WRONGTYPE", errors):
         assert span.name == "INCRBY" and span.status_code == 2
         assert span.attributes["db.response.status_code"] == "WRONGTYPE"
         assert span.attributes["server.port"] == redis
@@ -303,4 +322,88 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
     assert len(pipelined) == 10 * pipelines  # never shed: the kernel saw it was a pipeline
     assert telemetry["requests_shed"] >= 2 * n
     assert telemetry["requests_shed_uncounted"] == 0
+    assert telemetry["events_lost"] == 0
+
+
+def test_postgresql_queries_are_shed_in_the_kernel_and_counted_exactly(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """1 in 100 kept: pgbench's statements are counted one by one in the kernel, by
+    the operation, table and database their spans would carry (a connection's
+    first statements, before the collector has read which database it uses, are
+    captured); errors are counted by their SQLSTATE and each gets a span, shed
+    or not; the extended protocol's statements are all captured."""
+    bench = [str(Postgres.BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(postgres.port)]
+    bench += ["-U", "postgres"]
+    subprocess.run([*bench, "-i", "-s", "1", "-q", "postgres"], check=True, capture_output=True)
+    sink = GrpcSink()
+    collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_PROBABILITY="0.01")
+    clients, per_client, errors, prepared = 2, 300, 25, 20
+    txns = clients * per_client
+    try:
+        subprocess.run(
+            [*bench, "-c", str(clients), "-t", str(per_client), "-n", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            for i in range(prepared):  # the extended protocol: captured, counted from spans
+                conn.execute("SELECT abalance FROM pgbench_accounts WHERE aid = %s", (i + 1,))
+            for _ in range(errors):  # libpq's simple query: noted in the kernel
+                result = conn.pgconn.exec_(b"SELECT * FROM no_such_table")
+                assert result.error_field(ord("C")) == b"42P01"
+        run = {
+            "UPDATE pgbench_accounts": txns,
+            "UPDATE pgbench_tellers": txns,
+            "UPDATE pgbench_branches": txns,
+            "SELECT pgbench_accounts": txns,
+            "INSERT pgbench_history": txns,
+            "BEGIN": txns,
+            "END": txns,
+        }
+
+        def counted() -> dict[str, int]:
+            by_table = db_operations(
+                sink,
+                "db.collection.name",
+                **{"service.name": "pgbench", "db.namespace": "postgres"},
+            )
+            return {name: by_table[name] for name in run}
+
+        wait_until(lambda: counted() == run, 30, f"pgbench's {7 * txns} statements counted")
+        wait_until(
+            lambda: (
+                db_operations(sink, "db.collection.name", **{"error.type": "42P01"})[
+                    "SELECT no_such_table"
+                ]
+                == errors
+            ),
+            30,
+            f"{errors} 42P01 errors counted",
+        )
+        wait_until(
+            lambda: (
+                db_operations(sink, "db.collection.name")["SELECT pgbench_accounts"]
+                == txns + prepared
+            ),
+            30,
+            f"{prepared} prepared SELECT counted besides pgbench's",
+        )
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    spans = list(sink.store.spans)
+    benchmark = [s for s in spans if s.service == "pgbench"]
+    assert len(benchmark) <= 0.03 * 7 * txns, len(benchmark)  # 42 +- 7 expected
+    for span in partial_errors(spans, "42P01", errors):
+        assert span.name == "SELECT no_such_table" and span.status_code == 2
+        assert span.attributes["db.namespace"] == "postgres"
+        assert span.attributes["server.port"] == postgres.port
+    extended = [s for s in spans if s.attributes.get("db.query.text", "").endswith("$1")]
+    assert len(extended) == prepared  # never shed: not a simple query
+    assert not sink.metrics.series(  # a database server's side: no span, no metric
+        "db.client.operation.duration", **{"service.name": "postgres"}
+    )
+    assert telemetry["requests_shed"] >= 5 * txns
     assert telemetry["events_lost"] == 0

@@ -3,6 +3,7 @@ steps, and the event path given exchanges the kernel shed (gaps on purpose)."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.receivers import sockets
+from otel_ebpf.receivers.pg_names import PgNames, fnv1a_32
 from otel_ebpf.receivers.sockets import decode
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -302,7 +304,7 @@ def test_a_truncated_outlier_record_is_ignored() -> None:
 def test_any_outlier_record_decodes_and_builds_or_is_ignored(raw: bytes) -> None:
     """Whatever a record holds (the kernel copies a path and Host as they came),
     it becomes a span or nothing, never an exception."""
-    x = decode(bytes([sockets._EV_OUTLIER]) + raw[1:])
+    x = decode(bytes([sockets._EV_OUTLIER]) + raw[1:], pg_names())
     if x is not None:
         assert isinstance(x, OutlierExchange)
         SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
@@ -313,3 +315,115 @@ def test_lost_events_shed_twice_as_many_whatever_the_cpu() -> None:
     assert b.events_were_lost() and b.halvings == 1
     fixed = SpanBudget(BudgetSettings(0.05, 0.1, 0.5))
     assert not fixed.events_were_lost()  # a fixed share stays
+
+
+# -- PostgreSQL statements shed in the kernel --------------------------------------
+
+
+def pg_message(kind: bytes, body: bytes) -> bytes:
+    return kind + len(body + b"1234").to_bytes(4, "big") + body
+
+
+def drive_pg(t: ConnectionTracker, statements: list[tuple[bool, str, str | None]]) -> None:
+    """A client's simple queries (kept?, text, SQLSTATE of its error); those not kept
+    are shed as the kernel sheds them, from the Query to the next one."""
+    t.handle(decode(records.open_record(SK, Role.CLIENT, 40000, 5432)))  # type: ignore[arg-type]
+    offsets, gap, ts = [0, 0], [False, False], 2
+    for keep, text, error in statements:
+        query = pg_message(b"Q", text.encode() + b"\0")
+        if error:
+            answer = pg_message(b"E", b"SERROR\0C" + error.encode() + b"\0Mno\0\0")
+        else:
+            answer = pg_message(b"C", b"SELECT 1\0")
+        answer += pg_message(b"Z", b"I")
+        for egress, data in ((True, query), (False, answer)):
+            if keep:
+                event = records.data_record(
+                    SK, Role.CLIENT, egress, ts, offsets[egress], data,
+                    red_counted=egress, after_shed=gap[egress],
+                )  # fmt: skip
+                gap[egress] = False
+                t.handle(decode(event))  # type: ignore[arg-type]
+            else:
+                gap[egress] = True
+            offsets[egress] += len(data)
+            ts += 1
+    t.release_held()
+    t.handle(decode(records.close_record(SK, ts)))  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=20))
+def test_any_pattern_of_shed_statements_gives_exactly_the_kept_ones(
+    tmp_path: Path, pattern: list[tuple[bool, bool]]
+) -> None:
+    """A shed statement's bytes are a gap between whole messages: the kept ones
+    around it pair with their own answers (an error stays with its statement)."""
+    t, spans = records.traced(tmp_path)
+    statements = [
+        (keep, f"SELECT * FROM t{i}", "42P01" if failed else None)
+        for i, (keep, failed) in enumerate(pattern)
+    ]
+    drive_pg(t, statements)
+    got = [(s.name, (s.attributes or {}).get("error.type")) for s in spans if s is not None]
+    assert got == [(f"SELECT t{i}", e) for i, (k, _, e) in enumerate(statements) if k]
+    assert t._telemetry.parse_errors == 0 and t._telemetry.requests_unanswered == 0
+
+
+def pg_names() -> PgNames:
+    texts = {0xF1: b"SELECT * FROM no_such_table WHERE id = 7\0garbage"[:40]}
+    databases = {fnv1a_32(b"shop"): b"shop\0" + bytes(59)}
+    return PgNames(texts.get, databases.get)
+
+
+def test_a_shed_postgresql_error_is_named_from_what_the_kernel_kept() -> None:
+    key = sockets._RedKey(
+        tgid=4242,
+        port=5432,
+        status=2,  # an ErrorResponse
+        role=int(Role.CLIENT),
+        family=2,
+        host=b"42P01",
+        comm=b"app",
+        proto=2,
+    )
+    ctypes.memmove(
+        ctypes.addressof(key) + sockets._RedKey.path.offset,
+        sockets._PG_COUNTED.pack(0xF1, fnv1a_32(b"shop")),
+        sockets._PG_COUNTED.size,
+    )
+    key.peer[:4] = [10, 1, 2, 3]
+    record = sockets._OUTLIER.pack(sockets._EV_OUTLIER, 0xABC, 1_000, 2_000_000) + bytes(key)
+    x = decode(record, pg_names())
+    assert isinstance(x, OutlierExchange)
+    assert (x.protocol, x.method, x.path, x.host, x.error) == (
+        "postgresql",
+        "SELECT",
+        "no_such_table",
+        "shop",
+        "42P01",
+    )
+    span = SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
+    attrs = span.attributes or {}
+    assert span.name == "SELECT no_such_table" and span.kind == SpanKind.CLIENT
+    assert attrs["db.namespace"] == "shop" and attrs["db.collection.name"] == "no_such_table"
+    assert attrs["db.response.status_code"] == attrs["error.type"] == "42P01"
+    assert "db.query.text" not in attrs  # its literals never leave
+    unnamed = decode(record)  # no names at hand: counted all the same, unnamed
+    assert isinstance(unnamed, OutlierExchange) and unnamed.method == unnamed.host == ""
+
+
+def test_postgresql_names_the_kernel_no_longer_kept_are_counted() -> None:
+    names = pg_names()
+    assert names.statement(0xF1) == ("SELECT", "no_such_table")
+    assert names.statement(0xF2) == ("", "") and names.unnamed == 1
+    assert names.database(fnv1a_32(b"shop")) == "shop"
+    assert names.database(0) == "" and names.database(1) == ""
+
+
+def test_the_kernel_seeks_the_parameters_the_server_reads() -> None:
+    source = (Path(__file__).parents[2] / "bpf" / "sockets.bpf.c").read_text()
+    for name, define in ((b"database", "FNV32_DATABASE"), (b"user", "FNV32_USER")):
+        assert f"#define {define} {fnv1a_32(name):#x}" in source

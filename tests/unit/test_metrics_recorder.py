@@ -27,6 +27,7 @@ from otel_ebpf.model import (
     RedisExchange,
     RespValue,
     Role,
+    SqlExchange,
 )
 from otel_ebpf.processes import ProcessInfo
 from otel_ebpf.processors.connections import Connection
@@ -306,7 +307,15 @@ def test_kernel_counts_of_https_say_so() -> None:
     assert point.attributes["url.scheme"] == "https" and point.count == 3
 
 
-def redis_counts(name: str, error: str, requests: int, status: int = 1) -> RedCount:
+def db_counts(
+    name: str,
+    error: str,
+    requests: int,
+    status: int = 1,
+    protocol: str = "redis",
+    table: str = "",
+    database: str = "",
+) -> RedCount:
     buckets = [0] * (len(KERNEL_BUCKETS) + 1)
     buckets[3] = requests  # (10 ms, 25 ms]
     return RedCount(
@@ -315,13 +324,13 @@ def redis_counts(name: str, error: str, requests: int, status: int = 1) -> RedCo
         Role.CLIENT,
         8080,
         name,
-        "",
-        "",
+        table,
+        database,
         "10.0.0.1",
         "",
         status,
         False,
-        "redis",
+        protocol,
         error,
         requests,
         requests * 20_000_000,
@@ -345,9 +354,9 @@ def test_kernel_redis_counts_join_the_series_their_spans_would_have_made() -> No
     redis_span(b"get", RespValue(ord("$"), b"v", (), 0, 0, 0), recorder)
     redis_span(b"incr", RespValue(ord("-"), b"WRONGTYPE Operation", (), 0, 0, 0), recorder)
     redis_span(b"get", None, recorder)
-    recorder.kernel_redis_client(redis_counts("GET", "", 5), "frontend", "cache")
-    recorder.kernel_redis_client(redis_counts("INCR", "WRONGTYPE", 2), "frontend", "cache")
-    recorder.kernel_redis_client(redis_counts("GET", "", 3, status=0), "frontend", "cache")
+    recorder.kernel_db_client(db_counts("GET", "", 5), "frontend", "cache")
+    recorder.kernel_db_client(db_counts("INCR", "WRONGTYPE", 2), "frontend", "cache")
+    recorder.kernel_db_client(db_counts("GET", "", 3, status=0), "frontend", "cache")
     got = {
         tuple(sorted(p.attributes.items())): (p.count, tuple(p.bucket_counts))
         for p in points(reader, "db.client.operation.duration")
@@ -370,3 +379,36 @@ def test_rebinned_counts_keep_every_measurement_in_its_interval() -> None:
         out = rebin(counts, KERNEL_BUCKETS, into)
         assert len(out) == len(into) + 1 and sum(out) == sum(counts)
     assert rebin(counts, KERNEL_BUCKETS, DB_BUCKETS)[:4] == (1, 2, 3, 4 + 5)
+
+
+def test_kernel_postgresql_counts_join_the_series_their_spans_would_have_made() -> None:
+    recorder, reader = setup(peers={(CLIENT_END, SERVER_END): "db"})
+    c = conn(Role.CLIENT, "frontend")
+    builder = SpanBuilder(epoch_offset=0)
+    for query, error in (
+        ("UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 3;", None),
+        ("BEGIN;", None),
+        ("SELECT * FROM missing", "42P01"),
+    ):
+        x = SqlExchange("postgresql", query, "bench", 1_000, 2_000_000, True, error)
+        span = builder.build(x, c)
+        assert span is not None
+        recorder.span(span, c.local, c.remote)
+    pg = {"protocol": "postgresql", "database": "bench"}
+    recorder.kernel_db_client(
+        db_counts("UPDATE", "", 5, table="pgbench_accounts", **pg), "frontend", "db"
+    )
+    recorder.kernel_db_client(db_counts("BEGIN", "", 2, **pg), "frontend", "db")
+    recorder.kernel_db_client(
+        db_counts("SELECT", "42P01", 3, 2, table="missing", **pg), "frontend", "db"
+    )
+    got = {
+        tuple(sorted(p.attributes.items())): p.count
+        for p in points(reader, "db.client.operation.duration")
+    }
+    assert len(got) == 3  # the spans' three series, no more
+    by_operation = {dict(k)["db.operation.name"]: (dict(k), n) for k, n in got.items()}
+    assert by_operation["UPDATE"][1] == 6 and by_operation["BEGIN"][1] == 3
+    failed, n = by_operation["SELECT"]
+    assert n == 4 and failed["error.type"] == failed["db.response.status_code"] == "42P01"
+    assert failed["db.namespace"] == "bench" and failed["db.collection.name"] == "missing"
