@@ -115,8 +115,9 @@ struct conn_state {
     u64 connect_cause; // a Node client's: the socket whose read began the callback
                        // that connected it (node.bpf.c; 0: none)
     u32 pg_database;   // PostgreSQL: FNV-1a of its database's name (0: start-up not seen)
-    u8 pg;             // PG_* below: its calls go to the PostgreSQL parser (red_and_send_pg)
-    u8 pad_pg[3];
+    u8 pg_unnamed;     // PostgreSQL: its start-up was read, its database's name was not
+    u8 parser;         // the counting program its calls go to (PARSE_*, count_and_send),
+    u8 pad_pg[2];      // once one recognised a command (PARSE_HTTP: by their first bytes)
 };
 
 // A thread inside an OpenSSL call (tls.bpf.c's uprobes): the socket the call
@@ -724,8 +725,6 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 #define PG_STARTUP 256  // bytes of a start-up message's parameters walked for the database
 #define PG_NAME 64      // bytes of a database's name kept, its NUL among them
 #define PG_PROTOCOL_3 196608
-#define PG_SEEN 1       // conn_state.pg: a PostgreSQL connection
-#define PG_UNNAMED 2    // one whose database's name was not read: counted from its spans
 #define FNV32_DATABASE 0xa165ddb8 // FNV-1a of "database" and of "user" (tests check them)
 #define FNV32_USER 0x60785ef2
 
@@ -1196,7 +1195,7 @@ static __always_inline u8 word_byte(u8 c) {
 
 // A simple Query ('Q', its length, its text, a NUL) that is its call's whole: 1
 // (a client's: its fingerprint and database in key.path). 0: not one. -1: one not
-// counted here (its connection's database was not read: PG_UNNAMED). The fingerprint
+// counted here (its connection's database was not read: pg_unnamed). The fingerprint
 // is FNV-1a over the text's first PG_TEXT bytes with its literals left out
 // (numbers, '...' strings): one per statement, whatever values it carries.
 static __always_inline int red_pg_query(struct conn_state *cs, struct data_event *ev,
@@ -1208,11 +1207,10 @@ static __always_inline int red_pg_query(struct conn_state *cs, struct data_event
         return 0;
     if (ev->captured >= ev->len && byte_at(ev, ev->len - 1) != 0)
         return 0;
-    if (!cs->pg)
-        cs->pg = PG_SEEN;
+    cs->parser = PARSE_PG;
     if (!client)
         return 1;
-    if (cs->pg == PG_UNNAMED)
+    if (cs->pg_unnamed)
         return -1;
     int zero = 0;
     volatile struct pg_walk *w = pg_walks.lookup(&zero);
@@ -1271,7 +1269,8 @@ static __always_inline int red_pg_query(struct conn_state *cs, struct data_event
 static __always_inline int red_pg_startup(struct conn_state *cs, struct data_event *ev) {
     if (byte_at(ev, 0) || be32_at(ev, 0) != ev->len || be32_at(ev, 4) != PG_PROTOCOL_3)
         return 0;
-    cs->pg = PG_UNNAMED; // until its name is read
+    cs->pg_unnamed = 1; // until its name is read
+    cs->parser = PARSE_PG;
     int zero = 0;
     volatile struct pg_walk *w = pg_walks.lookup(&zero);
     if (!w)
@@ -1313,9 +1312,9 @@ static __always_inline int red_pg_startup(struct conn_state *cs, struct data_eve
     u32 hash = w->database_hash ? w->database_hash : w->user_hash;
     u32 at = w->database_hash ? w->database_at : w->user_at;
     if (!hash)
-        return 1; // not in what was walked, or too long a name: PG_UNNAMED
+        return 1; // not in what was walked, or too long a name
     cs->pg_database = hash;
-    cs->pg = PG_SEEN;
+    cs->pg_unnamed = 0;
     if (!pg_databases.lookup(&hash)) {
         struct pg_name name = {};
         bpf_probe_read_kernel(name.name, PG_NAME - 1, &ev->data[at & (CAPTURE_BYTES - 1)]);
@@ -1404,14 +1403,15 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         int db = 0; // a database's command: 1 noted here, -1 counted from its span
         if (parser == PARSE_REDIS) {
             db = red_redis_command(ev, r);
-            if (!db)
-                return RED_NONE;
+            if (!db) // an inline command, the rest of a long one: captured
+                return cs->parser == PARSE_REDIS ? RED_UNNOTED : RED_NONE;
+            cs->parser = PARSE_REDIS;
         } else if (parser == PARSE_PG) {
             if (red_pg_startup(cs, ev))
                 return RED_UNNOTED; // captured: its spans name the database too
             db = red_pg_query(cs, ev, r, client);
             if (!db) // another message (extended protocol, COPY data): captured
-                return cs->pg ? RED_UNNOTED : RED_NONE;
+                return cs->parser == PARSE_PG ? RED_UNNOTED : RED_NONE;
         } else if (!red_request_line(ev, r)) {
             return RED_NONE;
         }
@@ -1449,7 +1449,7 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
     struct red_request *r = red_requests.lookup(&skey);
     if (!r || r->gen != cs->gen || !r->start)
         return RED_NONE; // nothing waits for an answer: the rest of one
-    if (parser == PARSE_PG) { // its connection's calls all come here (cs->pg)
+    if (parser == PARSE_PG) { // its connection's calls all come here (cs->parser)
         if (r->key.proto != RED_PG || !red_pg_reply(ev, r))
             return RED_NONE;
     } else if (r->key.proto == RED_REDIS) {
@@ -1592,9 +1592,10 @@ BPF_PROG_ARRAY(red_tls_progs, 3); // red_and_send_tls's: a uprobe's kind of prog
 // event in `scratch`: the request parsing is verified on its own (inlined, its
 // loops were more than the verifier follows in one program). A call that
 // starts like a Redis command goes on to the *_redis program (index 1), one
-// like a PostgreSQL Query, or any call of a connection that sent one, to the
-// *_pg program (index 2): each parser's loops are more than the verifier
-// follows with another's in one program.
+// like a PostgreSQL Query or start-up to the *_pg program (index 2), and every
+// call of a connection where one of those recognised a command to it: each
+// parser's loops are more than the verifier follows with another's in one
+// program.
 static __always_inline int count_and_send(void *ctx, const int parser, const int tls) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
@@ -1605,11 +1606,12 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
         send_data_event(ev);
         return 0;
     }
-    if (parser == PARSE_HTTP && cs->pg) {
+    if (parser == PARSE_HTTP && cs->parser) { // a database's: every call to its parser
+        int to = cs->parser;
         if (tls)
-            red_tls_progs.call(ctx, PARSE_PG);
+            red_tls_progs.call(ctx, to);
         else
-            red_progs.call(ctx, PARSE_PG); // returns only if it is not loaded
+            red_progs.call(ctx, to); // returns only if it is not loaded
     }
     int kind = red_exchange(cs, ev->sk, ev, parser);
     if (kind == RED_NOTED) {

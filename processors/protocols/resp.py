@@ -87,6 +87,14 @@ class RespStreamParser:
         self._lose()
         return out
 
+    def skip_shed(self, n: int, ts: int) -> list[RespValue]:
+        """`n` bytes of whole commands or replies went unsent (the kernel shed their
+        exchanges at a command's start): parsing holds, as an inline command after
+        them could not find it again."""
+        if self.lost or self._stack or self._bulk_left or self._buf:
+            return self.skip(n, ts)
+        return []
+
     def _reset(self) -> None:
         self.lost = False
         self._buf.clear()
@@ -222,7 +230,9 @@ class RespConnection:
         parser = self.requests if is_request else self.replies
         return self._handle(is_request, parser.skip(n, ts))
 
-    skip_shed = skip  # losing sync loses no command in flight
+    def skip_shed(self, is_request: bool, n: int, ts: int) -> list[RespOutput]:
+        parser = self.requests if is_request else self.replies
+        return self._handle(is_request, parser.skip_shed(n, ts))
 
     def close(self, ts: int) -> list[RedisExchange]:
         done = [RedisExchange(c, None, c.start_ts, c.end_ts, t) for c, t in self._pending]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -245,6 +246,15 @@ def db_operations(sink: GrpcSink, *by: str, **attrs: str) -> Counter[str]:
     return counted
 
 
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "connection closed"
+        data += chunk
+    return data
+
+
 def partial_errors(spans: list[Span], error: str, errors: int) -> list[Span]:
     """Every failed command has a span (kept ones whole, shed ones from the
     kernel's notes): the shed ones', which there must be."""
@@ -261,10 +271,16 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
     """1 in 100 kept: redis-benchmark's commands are counted one by one in the
     kernel (its 50 connections, and redis-server's ends, shed alike); errors
     are counted by their code and each gets a span, shed or not; commands
-    pipelined in one write are all captured and counted from their spans."""
+    pipelined in one write, and inline ones after a shed one, are all captured
+    and counted from their spans."""
     sink = GrpcSink()
-    collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_PROBABILITY="0.01")
-    n, errors, pipelines = 3_000, 25, 20
+    collector = budget_collector(  # the port named, as the inline commands' bytes cannot
+        tmp_path,
+        sink,
+        OTEL_EBPF_SPAN_PROBABILITY="0.01",
+        OTEL_EBPF_PROTOCOL_PORTS=f"{redis}=redis",
+    )
+    n, errors, pipelines, inline = 3_000, 25, 20, 20
     try:
         subprocess.run(
             ["redis-benchmark", "-p", str(redis), "-n", str(n), "-t", "set,get", "-q"],
@@ -283,6 +299,12 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
                 pipe.hset("budget-hash", f"f{j}", i)
             pipe.execute()
         client.close()
+        with socket.create_connection(("127.0.0.1", redis)) as raw:
+            for _ in range(inline):
+                raw.sendall(b"*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n")  # noted: mostly shed
+                assert read_exactly(raw, 7) == b"$1\r\nx\r\n"
+                raw.sendall(b"PING\r\n")  # inline, after it: captured all the same
+                assert read_exactly(raw, 7) == b"+PONG\r\n"
         wait_until(
             lambda: (
                 {
@@ -303,6 +325,11 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
             lambda: db_operations(sink)["HSET"] == 10 * pipelines,
             30,
             f"{10 * pipelines} pipelined HSET counted",
+        )
+        wait_until(
+            lambda: (db_operations(sink)["ECHO"], db_operations(sink)["PING"]) == (inline, inline),
+            30,
+            f"{inline} ECHO and {inline} inline PING counted",
         )
     finally:
         assert collector.stop() == 0

@@ -122,6 +122,18 @@ def test_inline_commands_and_garbage() -> None:
     assert [x.name for x in ended(got)] == ["PING"]
 
 
+def test_an_inline_command_after_shed_ones_is_parsed() -> None:
+    """The kernel shed whole commands and their replies: parsing holds, where a
+    loss of sync would wait for a '*' the inline command never sends."""
+    conn = RespConnection()
+    out = conn.feed(True, cmd(b"GET", b"k"), 1) + conn.feed(False, b"$-1\r\n", 2)
+    conn.skip_shed(True, len(cmd(b"ECHO", b"x")), 3)
+    conn.skip_shed(False, len(b"$1\r\nx\r\n"), 4)
+    out += conn.feed(True, b"PING\r\n", 5) + conn.feed(False, b"+PONG\r\n", 6)
+    assert [x.name for x in ended(out)] == ["GET", "PING"]
+    assert conn.parse_errors == 0
+
+
 def test_unanswered_command_is_reported_at_close() -> None:
     assert summary(run([(True, cmd(b"BLPOP", b"q", b"0"))])) == [("BLPOP", None, None)]
 
