@@ -300,9 +300,25 @@ static __always_inline void count_retried(void) {
 // room to spare (one record in a run of hundreds of thousands, 32 MiB nearly
 // empty, and a second try at once failed too); counted as retried. Both full:
 // counted as lost.
+// What the programs wrote to `events` [0], as its producer position counts it (a
+// record's 8-byte header, the whole rounded up to 8), and its consumer position,
+// which user space writes after each read [1]; its size [2], written by user
+// space when the span budget is adaptive (0: not watched). bcc's programs cannot
+// ask the ring itself (bpf_ringbuf_query wants a map its rewriter does not give).
+BPF_ARRAY(ring_fill, u64, 3);
+
+static __always_inline void count_written(u32 size) {
+    int zero = 0;
+    u64 *written = ring_fill.lookup(&zero);
+    if (written)
+        __sync_fetch_and_add(written, (size + 8 + 7) & ~7);
+}
+
 static __always_inline void ring_output(void *data, u32 size) {
-    if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
+    if (events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0) {
+        count_written(size);
         return;
+    }
     if (spare_events.ringbuf_output(data, size, BPF_RB_NO_WAKEUP) == 0)
         count_retried();
     else
@@ -311,7 +327,9 @@ static __always_inline void ring_output(void *data, u32 size) {
 
 static __always_inline struct conn_event *reserve_conn_event(void) {
     struct conn_event *ce = events.ringbuf_reserve(sizeof(struct conn_event));
-    if (!ce) {
+    if (ce) {
+        count_written(sizeof(struct conn_event));
+    } else {
         ce = spare_events.ringbuf_reserve(sizeof(struct conn_event));
         if (ce)
             count_retried();
@@ -805,8 +823,8 @@ BPF_PERCPU_ARRAY(red_dropped, u64, 1); // exchanges not counted: the series map 
 // request's random value must reach for a span, [1] nanoseconds past which a shed
 // request still gets one (0: never), like a failed one.
 BPF_ARRAY(span_budget, u64, 2);
-// Set by user space while the ring buffer is over half read-behind (until it is
-// down to a quarter): every request is shed, so the ring never overflows mid-request.
+// Set while the ring buffer is over half unread (until it is down to a quarter):
+// every request is shed at its start, so the ring never overflows mid-request.
 BPF_ARRAY(ring_backlog, u32, 1);
 
 // A shed request that failed or was slow: its span is made from what the kernel
@@ -846,6 +864,8 @@ static __always_inline void keep_outlier(struct conn_state *cs, u64 skey, struct
     if (!failed && !(slow && *slow && ns >= *slow))
         return;
     struct outlier_event *oe = events.ringbuf_reserve(sizeof(struct outlier_event));
+    if (oe)
+        count_written(sizeof(struct outlier_event));
     if (!oe) {
         oe = spare_events.ringbuf_reserve(sizeof(struct outlier_event));
         if (!oe) {
@@ -1536,13 +1556,32 @@ static __always_inline void count_shed(int index) {
         __sync_fetch_and_add(n, 1);
 }
 
+// The ring buffer's fill at a request's start, from what was written and what
+// user space last said it read: the decision never waits for the reader to look
+// (busy with a batch, it used to learn of a burst after the ring had overflowed).
+static __always_inline u8 ring_behind(void) {
+    int zero = 0, one = 1, two = 2;
+    u64 *size = ring_fill.lookup(&two);
+    u32 *behind = ring_backlog.lookup(&zero);
+    if (!size || !*size || !behind)
+        return 0;
+    u64 *written = ring_fill.lookup(&zero);
+    u64 *read = ring_fill.lookup(&one);
+    if (!written || !read)
+        return 0;
+    u64 unread = *written > *read ? *written - *read : 0;
+    u32 now = unread > *size / (*behind ? 4 : 2);
+    if (now != *behind)
+        *behind = now;
+    return now;
+}
+
 // 1: shed the exchange `ev` starts (a noted request). Stamps its random value.
 static __always_inline u8 shed_request(struct conn_state *cs, struct data_event *ev) {
     int zero = 0;
     count_shed(0);
     u64 *threshold = span_budget.lookup(&zero);
-    u32 *backlog = ring_backlog.lookup(&zero);
-    u8 behind = backlog && *backlog;
+    u8 behind = ring_behind();
     u64 limit = threshold ? *threshold : 0;
     if (!limit && !behind)
         return 0;

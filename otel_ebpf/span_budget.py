@@ -13,7 +13,6 @@ from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
 
-RING_BEHIND, RING_CAUGHT_UP = 0.5, 0.25  # unread shares of the ring buffer
 BACKLOG_SAID_EVERY_S = 60.0
 
 
@@ -26,7 +25,6 @@ class SpanBudgetKeeper:
         self._telemetry = telemetry
         self._mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last tick
         self._lost = 0  # events lost at the last tick
-        self._behind = False  # the kernel sheds everything while the ring is read down
         self._backlog_said = -BACKLOG_SAID_EVERY_S
 
     def start(self, keep_slower_than: float) -> None:
@@ -35,7 +33,7 @@ class SpanBudgetKeeper:
         receiver.set_span_threshold(budget.threshold)
         receiver.keep_slower_than(keep_slower_than)
         if budget.adaptive:
-            receiver.watch_backlog = self._watch_ring
+            receiver.watch_ring()
         if budget.threshold:
             self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
             log.info(
@@ -50,6 +48,8 @@ class SpanBudgetKeeper:
         new threshold goes to the kernel and is said."""
         t = self._telemetry
         _, shed, uncounted, backlog = self._receiver.shed_counts()
+        if backlog > t.requests_shed_backlog:
+            self._say_backlog()
         if uncounted > t.requests_shed_uncounted:
             log.warning(
                 "%d pipelined HTTP/1 requests or database commands behind a shed one were "
@@ -76,18 +76,12 @@ class SpanBudgetKeeper:
                 f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
             )
 
-    def _watch_ring(self, fill: float) -> None:
-        """A ring buffer over half unread has the kernel shed every HTTP/1 request
-        and database command at its start until it is down to a quarter: a burst
-        is shed whole, never cut mid-request by an overflow. Said once a minute at
-        most."""
-        behind = fill > RING_BEHIND or (self._behind and fill > RING_CAUGHT_UP)
-        if behind == self._behind:
-            return
-        self._behind = behind
-        self._receiver.set_ring_backlog(behind)
+    def _say_backlog(self) -> None:
+        """A ring buffer over half unread has the kernel shed every request at its
+        start until it is down to a quarter: a burst is shed whole, never cut
+        mid-request by an overflow. Said once a minute at most."""
         now = time.monotonic()
-        if behind and now - self._backlog_said >= BACKLOG_SAID_EVERY_S:
+        if now - self._backlog_said >= BACKLOG_SAID_EVERY_S:
             self._backlog_said = now
             log.info(
                 "ring buffer over half unread: new HTTP/1 requests and database commands get no "

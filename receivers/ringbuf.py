@@ -54,11 +54,11 @@ class RingBufferReader:
         self._data_start = page  # in self._ring: the producer page comes first
         self._mask = data_size - 1
 
-    def unread(self) -> float:
-        """The share of the ring written and not yet consumed, now."""
+    def consumed(self) -> int:
+        """The consumer position: bytes read since the ring was made, headers and
+        padding counted (as the kernel's producer position counts them)."""
         cons: int = _u64.unpack_from(self._consumer, 0)[0]
-        prod: int = _u64.unpack_from(self._ring, 0)[0]
-        return (prod - cons) / (self._mask + 1)
+        return cons
 
     def drain(self, limit: int) -> list[bytes]:
         """Up to `limit` records, oldest first; stops at a record still being written."""

@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 TRACEFS = Path("/sys/kernel/tracing")
 DRAIN_BATCH = 4096  # records handed on per poll: the loop's other work runs between
-WATCH_EVERY = 256  # records handled between two looks at the ring buffer's backlog
 
 # Tracepoints the program attaches to; `doctor` checks the same list.
 REQUIRED_TRACEPOINTS = (
@@ -480,6 +479,8 @@ def _detach(probe: tuple[Callable[[Any], None], Any]) -> None:
 class SocketReceiver:
     """Owns the loaded program; `poll` delivers decoded events to `sink`."""
 
+    _ONE = ctypes.c_int(1)
+
     def __init__(
         self,
         sink: Callable[[KernelEvent], None],
@@ -520,8 +521,7 @@ class SocketReceiver:
         self._conn_leaf: Any = None
         self.pg_names: PgNames | None = None
         self.events_received = 0
-        # Told the unread share of the ring buffer as polls go (the span budget's).
-        self.watch_backlog: Callable[[float], None] | None = None
+        self._ring_fill: Any = None  # told how far reads got (watch_ring)
 
     def exec_service_name(self, pid: int) -> str | None:
         """OTEL_SERVICE_NAME as the process was exec'd with, kept by the kernel after
@@ -647,17 +647,16 @@ class SocketReceiver:
             spare.add([e for e in (decode(raw, names) for raw in retried) if e is not None])
         records = reader.drain(DRAIN_BATCH)
         self.events_received += len(records)
-        sink, watch = self._sink, self.watch_backlog
-        for start in range(0, len(records), WATCH_EVERY):
-            if watch is not None:  # a batch takes a while to handle
-                watch(reader.unread())
-            for raw in records[start : start + WATCH_EVERY]:
-                event = decode(raw, names)
-                if event is not None:
-                    if spare:
-                        for earlier in spare.written_before(event):
-                            sink(earlier)
-                    sink(event)
+        if self._ring_fill is not None and records:
+            self._ring_fill[self._ONE] = ctypes.c_ulonglong(reader.consumed())
+        sink = self._sink
+        for raw in records:
+            event = decode(raw, names)
+            if event is not None:
+                if spare:
+                    for earlier in spare.written_before(event):
+                        sink(earlier)
+                sink(event)
         more = len(records) == DRAIN_BATCH
         if spare and not more:
             for later in spare.take_all():
@@ -720,12 +719,14 @@ class SocketReceiver:
             table = self._bpf["span_budget"]  # type: ignore[index]
             table[ctypes.c_int(1)] = ctypes.c_ulonglong(int(seconds * 1e9))
 
-    def set_ring_backlog(self, behind: bool) -> None:
-        """While set, the kernel sheds every HTTP/1 request at its start (the ring
-        buffer is filling faster than it is read)."""
-        if self._bpf is not None:
-            table = self._bpf["ring_backlog"]  # type: ignore[index]
-            table[ctypes.c_int(0)] = ctypes.c_uint(int(behind))
+    def watch_ring(self) -> None:
+        """The kernel sheds every request at its start while the ring buffer is over
+        half unread, until it is down to a quarter (an adaptive budget's guard). It
+        knows what it wrote; each read says how far it got (the mapped reader only)."""
+        if self._bpf is not None and self._reader is not None:
+            self._ring_fill = self._bpf["ring_fill"]  # type: ignore[index]
+            size = self._bpf["events"].max_entries  # type: ignore[index]
+            self._ring_fill[ctypes.c_int(2)] = ctypes.c_ulonglong(size)
 
     def shed_counts(self) -> tuple[int, int, int, int]:
         """HTTP/1 requests noted in the kernel so far; shed by the span budget's

@@ -434,3 +434,34 @@ def test_postgresql_queries_are_shed_in_the_kernel_and_counted_exactly(
     )
     assert telemetry["requests_shed"] >= 5 * txns
     assert telemetry["events_lost"] == 0
+
+
+def test_a_burst_from_a_standing_start_loses_no_event(tmp_path: Path, postgres: Postgres) -> None:
+    """The budget starts by keeping every span; saturating pgbench fills the ring
+    buffer faster than the collector reads it. The kernel sheds every new
+    statement while the ring is over half unread (it knows what it wrote and
+    what was last read), so nothing overflows while the budget comes down."""
+    bench = [str(Postgres.BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(postgres.port)]
+    bench += ["-U", "postgres"]
+    subprocess.run([*bench, "-i", "-s", "1", "-q", "postgres"], check=True, capture_output=True)
+    sink = GrpcSink()
+    collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_BUDGET="0.05")
+    try:
+        done = subprocess.run(
+            [*bench, "-c", "2", "-j", "2", "-T", "4", "-n", "postgres"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        txns = int(re.search(r"transactions actually processed: (\d+)", done).group(1))  # type: ignore[union-attr]
+        wait_until(
+            lambda: sum(db_operations(sink, **{"service.name": "pgbench"}).values()) >= 7 * txns,
+            30,
+            f"pgbench's {7 * txns} statements counted",
+        )
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    assert telemetry["events_lost"] == 0, telemetry
+    assert telemetry["requests_shed"] + telemetry["requests_shed_backlog"] > 5 * txns
