@@ -576,6 +576,13 @@ class Collector:
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
+                step = self._spans.follow_wall_clock()
+                if step:
+                    log.warning(
+                        "the wall clock moved %+.1f ms against the monotonic clock: span times "
+                        "follow it from now on",
+                        step / 1e6,
+                    )
                 next_lost_check = now + 1.0
             if now >= next_tcp_scan:
                 if self.tcp_health is not None:

@@ -46,6 +46,9 @@ SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
+CLOCK_STEP_NS = 500_000  # the wall clock moved this far against the monotonic one: follow
+
+
 def monotonic_to_epoch_offset() -> int:
     """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
     return time.time_ns() - time.monotonic_ns()
@@ -83,6 +86,7 @@ class SpanBuilder:
         nodelay: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
+        self._follows_clock = epoch_offset is None
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
         self._urls = urls or UrlRedactor()
@@ -373,6 +377,20 @@ class SpanBuilder:
             attrs["error.type"] = error
             status = Status(StatusCode.ERROR, self._error_text(x.reply.text.decode("latin-1")))
         return self._client_span(operation, x, conn, attrs, status)
+
+    def follow_wall_clock(self) -> int:
+        """The wall clock stepped against the monotonic one (a clock set, a VM
+        resumed, a leap second): later spans take the new offset, so they stay on
+        the time apps' SDKs stamp theirs with (the merge matches by time).
+        Returns the step in nanoseconds (0: none past CLOCK_STEP_NS)."""
+        if not self._follows_clock:
+            return 0
+        offset = monotonic_to_epoch_offset()
+        step = offset - self._offset
+        if abs(step) < CLOCK_STEP_NS:
+            return 0
+        self._offset = offset
+        return step
 
     def _http(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
         req, resp = x.request, x.response
