@@ -1475,8 +1475,6 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
     } else if (r->key.proto == RED_REDIS) {
         if (!red_redis_reply(ev, r))
             return RED_NONE;
-    } else if (r->key.proto == RED_PG) {
-        return RED_NONE; // answered in the PostgreSQL program
     } else {
         // "HTTP/1.x NNN": the status line of its answer
         if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
@@ -1626,6 +1624,21 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
 
 BPF_PROG_ARRAY(red_tls_progs, 3); // red_and_send_tls's: a uprobe's kind of program
 
+// The parser a call goes to by its first bytes, on a connection none has taken
+// yet: a RESP array (a Redis command, or a reply), a PostgreSQL Query or start-up
+// message (its length's first byte, 0, and protocol 3.0), else HTTP/1's.
+static __always_inline int parser_by_first_bytes(struct data_event *ev) {
+    if (!ev->captured)
+        return PARSE_HTTP;
+    u8 first = ev->data[0];
+    if (first == '*')
+        return PARSE_REDIS;
+    if (first == 'Q'
+        || (!first && ev->captured >= 8 && !ev->data[4] && ev->data[5] == 3 && !ev->data[6]))
+        return PARSE_PG;
+    return PARSE_HTTP;
+}
+
 // Tail-called by the transfer probes (red_and_send) and the OpenSSL uprobes
 // (red_and_send_tls: a tail call stays within its kind of program) with their
 // event in `scratch`: the request parsing is verified on its own (inlined, its
@@ -1645,12 +1658,14 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
         send_data_event(ev);
         return 0;
     }
-    if (parser == PARSE_HTTP && cs->parser) { // a database's: every call to its parser
-        int to = cs->parser;
-        if (tls)
-            red_tls_progs.call(ctx, to);
-        else
-            red_progs.call(ctx, to); // returns only if it is not loaded
+    if (parser == PARSE_HTTP) { // the entry: a database's connection, or call, goes on
+        int to = cs->parser ? cs->parser : parser_by_first_bytes(ev);
+        if (to != PARSE_HTTP) {
+            if (tls)
+                red_tls_progs.call(ctx, to);
+            else
+                red_progs.call(ctx, to); // returns only if it is not loaded
+        }
     }
     int kind = red_exchange(cs, ev->sk, ev, parser);
     if (kind == RED_NOTED) {
@@ -1674,27 +1689,7 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
     return 0;
 }
 
-// The parser the call in `scratch` goes to by its first bytes: a RESP array (a
-// Redis command, or a reply), a PostgreSQL Query or start-up message (its
-// length's first byte, 0, and protocol 3.0), else HTTP/1's.
-static __always_inline int parser_for_scratch(void) {
-    int zero = 0;
-    struct data_event *ev = scratch.lookup(&zero);
-    if (!ev || !ev->captured)
-        return PARSE_HTTP;
-    u8 first = ev->data[0];
-    if (first == '*')
-        return PARSE_REDIS;
-    if (first == 'Q'
-        || (!first && ev->captured >= 8 && !ev->data[4] && ev->data[5] == 3 && !ev->data[6]))
-        return PARSE_PG;
-    return PARSE_HTTP;
-}
-
 int red_and_send(void *ctx) {
-    int parser = parser_for_scratch();
-    if (parser != PARSE_HTTP)
-        red_progs.call(ctx, parser); // returns only if it is not loaded
     return count_and_send(ctx, PARSE_HTTP, 0);
 }
 
@@ -1707,9 +1702,6 @@ int red_and_send_pg(void *ctx) {
 }
 
 int red_and_send_tls(struct pt_regs *ctx) {
-    int parser = parser_for_scratch();
-    if (parser != PARSE_HTTP)
-        red_tls_progs.call(ctx, parser);
     return count_and_send(ctx, PARSE_HTTP, 1);
 }
 

@@ -44,8 +44,6 @@ from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scru
 MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-
-
 CLOCK_STEP_NS = 500_000  # the wall clock moved this far against the monotonic one: follow
 
 

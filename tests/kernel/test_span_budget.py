@@ -352,6 +352,15 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
     assert telemetry["events_lost"] == 0
 
 
+def initialised_pgbench(postgres: Postgres) -> list[str]:
+    """pgbench's command line for `postgres`, its tables made (before any collector
+    starts: its own statements would count)."""
+    bench = [str(Postgres.BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(postgres.port)]
+    bench += ["-U", "postgres"]
+    subprocess.run([*bench, "-i", "-s", "1", "-q", "postgres"], check=True, capture_output=True)
+    return bench
+
+
 def test_postgresql_queries_are_shed_in_the_kernel_and_counted_exactly(
     tmp_path: Path, postgres: Postgres
 ) -> None:
@@ -360,9 +369,7 @@ def test_postgresql_queries_are_shed_in_the_kernel_and_counted_exactly(
     first statements, before the collector has read which database it uses, are
     captured); errors are counted by their SQLSTATE and each gets a span, shed
     or not; the extended protocol's statements are all captured."""
-    bench = [str(Postgres.BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(postgres.port)]
-    bench += ["-U", "postgres"]
-    subprocess.run([*bench, "-i", "-s", "1", "-q", "postgres"], check=True, capture_output=True)
+    bench = initialised_pgbench(postgres)
     sink = GrpcSink()
     collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_PROBABILITY="0.01")
     clients, per_client, errors, prepared = 2, 300, 25, 20
@@ -441,9 +448,7 @@ def test_a_burst_from_a_standing_start_loses_no_event(tmp_path: Path, postgres: 
     buffer faster than the collector reads it. The kernel sheds every new
     statement while the ring is over half unread (it knows what it wrote and
     what was last read), so nothing overflows while the budget comes down."""
-    bench = [str(Postgres.BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(postgres.port)]
-    bench += ["-U", "postgres"]
-    subprocess.run([*bench, "-i", "-s", "1", "-q", "postgres"], check=True, capture_output=True)
+    bench = initialised_pgbench(postgres)
     sink = GrpcSink()
     collector = budget_collector(tmp_path, sink, OTEL_EBPF_SPAN_BUDGET="0.05")
     try:
