@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from otel_ebpf.backlog import ListenOverflows
 from otel_ebpf.config import Config, ConfigError
 from otel_ebpf.containers import PodScope
+from otel_ebpf.export_room import QueueRoom
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
@@ -216,6 +217,7 @@ class Collector:
         self._queues = [
             getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
         ]
+        self._rooms = [QueueRoom(q) if q is not None else None for q in self._queues]
         ebpf = config.ebpf
         correlate = config.correlate
         self.merger = (
@@ -480,12 +482,8 @@ class Collector:
                 self.merger.sdk(spans, pid)
 
     def _export(self, span: ReadableSpan) -> None:
-        for processor, pending in zip(self._processors, self._queues, strict=True):
-            if (
-                pending is not None
-                and pending.maxlen is not None
-                and len(pending) >= pending.maxlen
-            ):
+        for processor, room in zip(self._processors, self._rooms, strict=True):
+            if room is not None and not room():
                 # Full: counted here and not handed over (the SDK would drop one
                 # too, and build a warning record per span to say so).
                 self.telemetry.spans_dropped += 1
@@ -572,6 +570,9 @@ class Collector:
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
+                self.telemetry.export_waited_ms = int(
+                    sum(r.waited_s for r in self._rooms if r is not None) * 1000
+                )
                 self._processes.refresh_pending()
                 if self.merger is not None:
                     self.merger.expire(now)

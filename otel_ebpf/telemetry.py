@@ -40,6 +40,7 @@ class SelfTelemetry:
     spans_export_failed: int = 0
     spans_dropped: int = 0  # export queue full
     spans_queued: int = 0  # waiting in the export queues now (a gauge)
+    export_waited_ms: int = 0  # the processing thread held by a full export queue (export_room)
     tls_libraries: int = 0  # libssl files with the OpenSSL uprobes attached
     tls_not_visible: int = 0  # executables seen doing TLS the probes cannot read
     go_processes: int = 0  # Go processes whose calls name their goroutine (bpf/go.bpf.c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -168,9 +169,10 @@ class MetricStore:
 
 
 class GrpcSink:
-    """OTLP/gRPC trace, metrics and profiles receiver; `keep=False` discards (benchmarks)."""
+    """OTLP/gRPC trace, metrics and profiles receiver; `keep=False` discards (benchmarks),
+    `delay_s` answers each trace export that late (a slow backend)."""
 
-    def __init__(self, port: int = 0, keep: bool = True) -> None:
+    def __init__(self, port: int = 0, keep: bool = True, delay_s: float = 0.0) -> None:
         self.store = SpanStore()
         self.metrics = MetricStore()
         self.profiles: list[Any] = []  # ExportProfilesServiceRequest, as received
@@ -180,6 +182,7 @@ class GrpcSink:
             def Export(self, request: Any, context: Any) -> Any:
                 if keep:
                     store.add(request)
+                time.sleep(delay_s)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):

@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import redis as redis_py
 
@@ -61,6 +62,43 @@ def test_redis_benchmark_span_count_per_command(
     assert sample.attributes["db.query.text"] == "SET ? ?"  # literals never exported
     assert sample.name == "SET" and sample.status_code == 0
     assert collector.telemetry()["events_lost"] == 0
+
+
+def test_a_burst_that_fills_the_export_queue_drops_no_span(tmp_path: Path, redis: int) -> None:
+    """8,000 spans in a second or two into a queue of 300, exported 100 at a time to
+    a backend that takes 50 ms for each: the collector waits for its exporter
+    (export_room) where it used to drop what it had built."""
+    slow = GrpcSink(keep=False, delay_s=0.05)
+    collector = CollectorProcess(
+        tmp_path,
+        {"otlp": {"endpoint": f"127.0.0.1:{slow.port}", "insecure": True}},
+        extra_env={
+            "OTEL_EBPF_AUTO_TARGET_EXE": "redis-benchmark",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "300",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100",
+        },
+    )
+    try:
+        n = 2000
+        subprocess.run(
+            ["redis-benchmark", "-p", str(redis), "-n", str(n), "-t", "set,get,lpush,lpop", "-q"],
+            check=True,
+            capture_output=True,
+        )
+        wait_until(lambda: collector.telemetry()["spans_built"] >= 4 * n, 60, "spans built")
+
+        def settled() -> bool:
+            t = collector.telemetry()
+            return t["spans_exported"] + t["spans_dropped"] >= t["spans_built"]
+
+        wait_until(settled, 30, "every span exported or dropped")
+        final = collector.telemetry()
+    finally:
+        collector.stop()
+        slow.stop()
+    assert final["export_waited_ms"] > 0, final  # the queue did fill
+    assert final["spans_dropped"] == 0, final
+    assert final["spans_exported"] == final["spans_built"], final
 
 
 def test_redis_py_pipelines_transactions_and_errors(
