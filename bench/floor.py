@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from otel_ebpf.receivers.sockets import OPENSSL_PROBES, REQUIRED_TRACEPOINTS, TRACEFS
+from otel_ebpf.receivers.sockets import OPENSSL_PROBES, TRACEFS, attached_tracepoints
 from otel_ebpf.receivers.tls import mapped_paths
 
 # One program for every tracepoint and one for every uprobe (the program types
@@ -31,7 +31,7 @@ def counting_probes(libssl: str | None = None) -> Iterator[None]:
     from bcc import BPF
 
     bpf = BPF(text=_PROGRAM)
-    for tp in (*REQUIRED_TRACEPOINTS, "tcp/tcp_probe"):
+    for tp in (*attached_tracepoints(), "tcp/tcp_probe"):
         if (TRACEFS / "events" / tp).is_dir():
             bpf.attach_tracepoint(tp=tp.replace("/", ":"), fn_name="count_tracepoint")
     for symbol, _, _ in OPENSSL_PROBES if libssl else ():

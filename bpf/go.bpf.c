@@ -33,7 +33,7 @@
 
 #include <uapi/linux/ptrace.h>
 
-#if defined(__x86_64__) && !defined(NO_GOROUTINES) // the loader's: bpf_task_pt_regs, BTF
+#if defined(__x86_64__) && !defined(NO_TASK_REGS) // the loader's: bpf_task_pt_regs, BTF
 #define GOROUTINES 1
 #endif
 

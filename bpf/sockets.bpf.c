@@ -542,9 +542,16 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
     return 0;
 }
 
-PLAIN_IO(read, buf)
 SEND_IO(write, buf, count)
+#if defined(__x86_64__) && !defined(NO_TASK_REGS) // the loader's: bpf_task_pt_regs, BTF
+#define RECEIVES_FROM_REGS 1
+#endif
+#ifndef RECEIVES_FROM_REGS // else read from the caller's registers (receive_io)
+PLAIN_IO(read, buf)
 PLAIN_IO(recvfrom, ubuf)
+IOVEC_IO(readv)
+MSGHDR_IO(recvmsg)
+#endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
     remember_io_to((u64)args->buff, 0, (u32)args->fd, BUF_PLAIN, (u64)args->addr,
@@ -569,13 +576,54 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendto) {
 // Resolvers send a name's A and AAAA queries with one sendmmsg.
 MMSG_IO(sendmmsg)
 MMSG_IO(recvmmsg)
-IOVEC_IO(readv)
 IOVEC_IO(writev)
-MSGHDR_IO(recvmsg)
 MSGHDR_IO(sendmsg)
 // Architectures with separate send/recv syscalls get them through the loader's
 // OPTIONAL_IO list (x86_64 routes both through sendto/recvfrom).
 OPTIONAL_IO
+
+// The receive a thread is in, as the transfer probes need it (buffer, fd).
+// With RECEIVES_FROM_REGS (amd64, BTF, bpf_task_pt_regs) read,
+// readv, recvfrom and recvmsg are not hooked: their arguments are still in the
+// registers the syscall saved, so no map entry is made and deleted around every
+// read on the node (about a third of the programs' time per database
+// statement). Other calls (recvmmsg, sends) have their active_io entry.
+#ifdef RECEIVES_FROM_REGS
+#define NR_READ 0
+#define NR_READV 19
+#define NR_RECVFROM 45
+#define NR_RECVMSG 47
+BPF_PERCPU_ARRAY(receive_args, struct active_io, 1);
+#endif
+
+static __always_inline struct active_io *receive_io(u32 tid) {
+#ifdef RECEIVES_FROM_REGS
+    // struct pt_regs is the syscall ABI's layout, the same in every kernel (no
+    // task_struct field is read: the headers compiled against may be older).
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct { u64 dx, si, di, orig_ax; } a = {}; // adjacent in struct pt_regs
+    // Kernel threads and io_uring's workers have zeroed registers: no buffer.
+    if (bpf_probe_read_kernel(&a, sizeof(a), &regs->dx) || !a.si)
+        return 0;
+    u32 kind = a.orig_ax == NR_READ || a.orig_ax == NR_RECVFROM ? BUF_PLAIN
+             : a.orig_ax == NR_READV                          ? BUF_IOVEC
+             : a.orig_ax == NR_RECVMSG                        ? BUF_MSGHDR
+                                                              : BUF_NONE;
+    if (kind != BUF_NONE) {
+        int zero = 0;
+        struct active_io *io = receive_args.lookup(&zero);
+        if (!io)
+            return 0;
+        __builtin_memset(io, 0, sizeof(*io));
+        io->buf = a.si;
+        io->iovcnt = kind == BUF_IOVEC ? a.dx : 0;
+        io->fd = (u32)a.di;
+        io->kind = kind;
+        return io;
+    }
+#endif
+    return active_io.lookup(&tid); // recvmmsg
+}
 
 // Clamp a length to the capture size in a way the verifier can see: the empty
 // asm stops clang from dropping the mask after proving the clamp.
@@ -647,7 +695,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     u32 tgid = id >> 32, tid = (u32)id;
     if (tgid == 0 || tgid == SELF_TGID)
         return 0;
-    struct active_io *io = active_io.lookup(&tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
     if (!io)
         return 0; // no syscall context: neither payload nor peer
     u64 hdr = transfer_msghdr(io);
@@ -1459,7 +1507,7 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         r->key.tgid = ev->pid;
         r->key.role = cs->role;
         r->key.tls = ev->tls;
-        __builtin_memcpy(r->key.comm, ev->comm, sizeof(r->key.comm));
+        process_comm(r->key.comm, ev->pid);
         if (red_requests.update(&skey, r))
             return RED_UNNOTED;
         if (!client && !db)
@@ -1520,7 +1568,24 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
 
 BPF_PROG_ARRAY(red_progs, 3); // PARSE_HTTP, PARSE_REDIS, PARSE_PG (count_and_send)
 
+// The process's name, and which goroutine, Node callback or asyncio task made
+// the call: looked up only for an event that goes out (a shed call's would be
+// thrown away), from what data_event_for left (a client's first send keeps its
+// connect's cause in task_cause, for a callback that names none).
+static __always_inline void task_context(struct data_event *ev) {
+    process_comm(ev->comm, ev->pid);
+    u64 connect_cause = ev->task_cause;
+    go_context(&ev->go, ev->pid, ev->role == ROLE_SERVER && ev->dir == DIR_INGRESS);
+    ev->task_cause = 0;
+    ev->task = node_callback_of(ev->tid, &ev->task_cause);
+    if (!ev->task)
+        ev->task = py_running_task(ev->tid);
+    else if (!ev->task_cause)
+        ev->task_cause = connect_cause;
+}
+
 static __always_inline void send_data_event(struct data_event *ev) {
+    task_context(ev);
     u32 size = offsetof(struct data_event, data) + bounded(ev->captured, CAPTURE_BYTES);
     ring_output(ev, size);
 }
@@ -1658,7 +1723,8 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
         send_data_event(ev);
         return 0;
     }
-    if (parser == PARSE_HTTP) { // the entry: a database's connection, or call, goes on
+    if (parser == PARSE_HTTP) { // the entry (OpenSSL's calls, and a connection's until
+                                // a parser took it): a database's call goes on
         int to = cs->parser ? cs->parser : parser_by_first_bytes(ev);
         if (to != PARSE_HTTP) {
             if (tls)
@@ -1753,16 +1819,10 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->rand = 0;
     ev->threshold = 0;
     ev->fd = 0;
-    go_context(&ev->go, tgid, cs->role == ROLE_SERVER && dir == DIR_INGRESS);
-    ev->task_cause = 0;
-    ev->task = node_callback_of(tid, &ev->task_cause);
-    if (!ev->task)
-        ev->task = py_running_task(tid);
-    else if (!ev->task_cause && dir == DIR_EGRESS && offset == 0)
-        // a client's first bytes, in the callback its connect's completion began:
-        // caused by what caused the connect
-        ev->task_cause = cs->connect_cause;
-    process_comm(ev->comm, tgid);
+    ev->task = 0;
+    // a client's first bytes, in the callback its connect's completion began, are
+    // caused by what caused the connect (task_context, when the event goes out)
+    ev->task_cause = dir == DIR_EGRESS && offset == 0 ? cs->connect_cause : 0;
     return ev;
 }
 
@@ -1830,7 +1890,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     int plaintext = 0;
     if (call) {
         call->sk = skey;
-        struct active_io *sio = active_io.lookup(&tid);
+        struct active_io *sio = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
         if (sio)
             call->fd = sio->fd;
         cs->tls = 1;
@@ -1839,7 +1899,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         if (dir == DIR_EGRESS && call->dir == DIR_EGRESS && !call->emitted)
             plaintext = tls_write_seen(call, skey, tgid, tid);
     }
-    struct active_io *io = active_io.lookup(&tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
     u64 send_wait = cs->send_wait_ns;
     if (dir == DIR_EGRESS && io)
         send_wait = account_send(cs, io, skey);
@@ -1857,6 +1917,15 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     u8 payload = io && io->kind != BUF_NONE;
     if (cs->shed && !payload) {
         cs->shed_gap |= 1 << (dir & 1); // shed: only a call with bytes may start the next request
+        return 0;
+    }
+    if (cs->shed && cs->parser != PARSE_HTTP && cs->role == ROLE_SERVER && dir == DIR_EGRESS) {
+        // A database server's answer to a shed command: only its client's side is
+        // counted, and no answer starts a request, so nothing in it is read.
+        struct red_request *r = red_requests.lookup(&skey);
+        if (r && r->gen == cs->gen)
+            r->start = 0; // answered: the connection's next command is noted
+        cs->shed_gap |= 1 << (dir & 1);
         return 0;
     }
     struct data_event *ev = data_event_for(cs, skey, dir, offset, (u32)ret, tgid, tid);
@@ -1888,7 +1957,9 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
     if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls)
-        red_progs.call(ctx, 0); // counts and sends; returns only if it is not loaded
+        // counts and sends; returns only if it is not loaded. A database's
+        // connection goes straight to its parser's program (count_and_send).
+        red_progs.call(ctx, cs->parser);
     send_data_event(ev);
     return 0;
 }

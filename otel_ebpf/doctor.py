@@ -23,7 +23,7 @@ from otel_ebpf.receivers.sockets import (
     TRACEFS,
     ReceiverError,
     SocketReceiver,
-    goroutine_context_missing,
+    task_registers_missing,
     tracepoint_exists,
 )
 from otel_ebpf.receivers.tls import host_libraries, other_tls_stack
@@ -112,7 +112,7 @@ def _btf() -> Check:
 
 
 def _goroutines() -> Check:
-    missing = goroutine_context_missing()
+    missing = task_registers_missing()
     if missing is None:
         return Check(OK, "Go goroutine context", "Go 1.18+ programs' goroutines are followed")
     return Check(WARN, "Go goroutine context", f"not here: {missing}")

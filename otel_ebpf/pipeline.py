@@ -67,7 +67,7 @@ from otel_ebpf.receivers.profiler import CpuProfiler
 from otel_ebpf.receivers.sockets import (
     ReceiverError,
     SocketReceiver,
-    goroutine_context_missing,
+    task_registers_missing,
 )
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_budget import SpanBudgetKeeper
@@ -296,7 +296,7 @@ class Collector:
             return selector.process_selected(pid, self._processes.get(pid).executable_name)
 
         self.goroutines: GoProbes | None = None
-        missing = goroutine_context_missing() if ebpf.go_goroutines else None
+        missing = task_registers_missing() if ebpf.go_goroutines else None
         if missing:
             log.info("Go: no goroutine context on this machine: %s", missing)
         elif ebpf.go_goroutines:

@@ -388,9 +388,11 @@ def tracepoint_has_field(name: str, field: str) -> bool:
     return f" {field};" in text
 
 
-def goroutine_context_missing() -> str | None:
-    """Why bpf/go.bpf.c cannot name goroutines on this machine (None: it can): it
-    reads Go's g register (amd64) through bpf_task_pt_regs (BTF, Linux 5.15)."""
+def task_registers_missing() -> str | None:
+    """Why the programs cannot read a task's saved user registers on this machine
+    (None: they can, through bpf_task_pt_regs: BTF, Linux 5.15, amd64). bpf/go.bpf.c
+    reads Go's g register from them, and the transfer probes the arguments of
+    read, readv, recvfrom and recvmsg, which then need no probes of their own."""
     if platform.machine() != "x86_64":
         return f"{platform.machine()} (amd64 only)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
@@ -399,6 +401,23 @@ def goroutine_context_missing() -> str | None:
     if found is None or (int(found.group(1)), int(found.group(2))) < (5, 15):
         return f"Linux {platform.release()} (5.15 or later)"
     return None
+
+
+# Receives whose arguments the transfer probes read from the caller's registers
+# where they can (bpf/sockets.bpf.c, receive_io): their syscalls are not probed.
+RECEIVES_FROM_REGISTERS = ("read", "readv", "recvfrom", "recvmsg")
+
+
+def attached_tracepoints() -> tuple[str, ...]:
+    """The tracepoints the socket program attaches on this machine."""
+    if task_registers_missing():
+        return REQUIRED_TRACEPOINTS
+    unhooked = {
+        f"syscalls/sys_{edge}_{name}"
+        for name in RECEIVES_FROM_REGISTERS
+        for edge in ("enter", "exit")
+    }
+    return tuple(tp for tp in REQUIRED_TRACEPOINTS if tp not in unhooked)
 
 
 def program_source() -> str:
@@ -573,8 +592,8 @@ class SocketReceiver:
         ]
         if self._serving_threads:
             cflags.append("-DPROFILE_TIE_IN")
-        if goroutine_context_missing():
-            cflags.append("-DNO_GOROUTINES")
+        if task_registers_missing():
+            cflags.append("-DNO_TASK_REGS")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         # The profiler's program shares a table with this one through bcc's
