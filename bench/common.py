@@ -52,6 +52,18 @@ def null_sink() -> Iterator[int]:
         end_process(sink)
 
 
+@contextlib.contextmanager
+def neighbour(cores: float) -> Iterator[None]:
+    """A nice-19 process burning `cores` of one CPU (neighbour.py) while the block runs."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "neighbour.py"), f"{cores:.4f}"]
+    )
+    try:
+        yield
+    finally:
+        end_process(proc)
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

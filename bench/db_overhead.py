@@ -1,8 +1,10 @@
 """redis-benchmark and pgbench with and without the collector, side by side; prints ratios.
 
 Alternates rounds without the collector, with the collector's hooks counting
-only (the floor, `floor.py`) and with the collector (A F B A F B ...), and
-reports medians. Spans go to a file (no export cost differences between
+only (the floor, `floor.py`), with the collector, and with a nice-19 process
+burning the CPU share the collector used in that round (`neighbour.py`: what
+any low-priority neighbour costs this load) (A F B N A F B N ...), and reports
+medians. Spans go to a file (no export cost differences between
 rounds); metrics to an OTLP sink, to check the database histogram counted every
 Redis command. `--budget 0.05` is the collector as installed (the span budget:
 Redis commands counted and shed in the kernel), `--budget 0` a span for each.
@@ -18,11 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from common import drained, peak_rss_mib  # also puts tests/kernel on the path
+from common import drained, neighbour, peak_rss_mib  # also puts tests/kernel on the path
 from floor import counting_probes
 
 from harness import CollectorProcess, Postgres, free_port, listening, wait_until
@@ -95,7 +98,7 @@ def measured(load: Load) -> tuple[float, int, float]:
 
 def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client: str) -> None:
     base, floor, traced, cpu_per_k, coverage, counted, lost = [], [], [], [], [], [], []
-    node_off, node_on = [], []
+    node_off, node_on, beside, cores = [], [], [], []
     rss = 0.0
     load()  # warm up
     for r in range(rounds):
@@ -121,8 +124,9 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client:
             },
         )
         proc = psutil.Process(collector.proc.pid)
-        before, t0 = proc.cpu_times(), collector.telemetry()
+        before, t0, wall = proc.cpu_times(), collector.telemetry(), time.perf_counter()
         rate, ops, busy = measured(load)
+        wall = time.perf_counter() - wall
         node_on.append(busy)
         t1 = drained(collector)
         after = proc.cpu_times()
@@ -136,6 +140,9 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client:
         cpu_per_k.append(cpu / ops * 1000)
         coverage.append((t1["spans_built"] - t0["spans_built"]) / ops)
         lost.append(t1["events_lost"] - t0["events_lost"])
+        cores.append(cpu / wall)
+        with neighbour(cores[-1]):  # the collector's CPU share, spent doing nothing
+            beside.append(load()[0])
     med = statistics.median
     print(f"{name}: {rounds} rounds a side, span budget {budget} (0: a span for each)")
     print(
@@ -144,6 +151,10 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client:
         f"   (hooks counting only: {med(floor) / med(base):.3f})"
     )
     print(f"  collector CPU per 1000 operations: {med(cpu_per_k):.3f} s; peak RSS {rss:.0f} MiB")
+    print(
+        f"  a nice-19 neighbour burning the collector's share ({med(cores):.2f} cores)"
+        f" instead: ratio {med(beside) / med(base):.3f}"
+    )
     print(
         f"  the machine's busy CPU per operation, while the load ran: without"
         f" {med(node_off) * 1e6:.1f} us, with {med(node_on) * 1e6:.1f} us"
