@@ -586,7 +586,7 @@ OPTIONAL_IO
 // With RECEIVES_FROM_REGS (amd64, BTF, bpf_task_pt_regs) read,
 // readv, recvfrom and recvmsg are not hooked: their arguments are still in the
 // registers the syscall saved, so no map entry is made and deleted around every
-// read on the node (about a third of the programs' time per database
+// read on the node (a quarter of the programs' time per database
 // statement). Other calls (recvmmsg, sends) have their active_io entry.
 #ifdef RECEIVES_FROM_REGS
 #define NR_READ 0
