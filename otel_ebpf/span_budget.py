@@ -70,7 +70,7 @@ class SpanBudgetKeeper:
         lost, self._lost = t.events_lost > self._lost, t.events_lost
         if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
-        elif self.budget.update(cpu - cpu0, wall - wall0, requests):
+        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0):
             self._new_threshold(
                 f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
                 f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"

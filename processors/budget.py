@@ -13,7 +13,9 @@ trace's randomness, so tail samplers and span metrics downstream can weigh it.
 against a budget of `cpu_per_1k_requests` of one core per 1,000 requests a
 second (never below `min_cpu`, never above `max_cpu`), in powers of two of the capture probability
 (1, 1/2, 1/4, ...) so adjusted counts stay whole numbers. Over budget it sheds
-more at once (as many halvings as the excess asks); well under it (below 40 %),
+more at once: as many halvings as the excess asks, or as bring what a span cost
+times the request rate within the budget, whichever is more (a collector that
+fell behind uses less CPU than its traffic asks for); well under it (below 40 %),
 it takes one step back, so it settles instead of swinging. Events lost are
 over budget whatever the CPU says. Between two of its steps a burst can fill
 the ring buffer (8 MiB in about a second): while it is over half unread the
@@ -80,8 +82,11 @@ class SpanBudget:
     def probability(self) -> float:
         return ((1 << 56) - self.threshold) / (1 << 56)
 
-    def update(self, cpu_seconds: float, wall_seconds: float, requests: int) -> bool:
-        """One interval's cost and traffic; True when the threshold changed."""
+    def update(
+        self, cpu_seconds: float, wall_seconds: float, requests: int, spans: int = 0
+    ) -> bool:
+        """One interval's cost and traffic (`spans` built in it); True when the
+        threshold changed."""
         if not self.adaptive or wall_seconds <= 0:
             return False
         s = self.settings
@@ -91,6 +96,13 @@ class SpanBudget:
         before = self.halvings
         if self.cpu > self.allowed:
             steps = max(1, math.floor(math.log2(self.cpu / self.allowed)))
+            if spans > 0 and requests > 0:
+                # The CPU used understates the demand when the collector is behind
+                # (a ring read down, every request shed meanwhile): the share that
+                # fits is the budget over what a span costs at this request rate.
+                fits = self.allowed / (cpu_seconds / spans * rate)
+                if fits < 1.0:
+                    steps = max(steps, math.floor(math.log2(1.0 / fits)) - self.halvings)
             self.halvings = min(self.halvings + steps, MAX_HALVINGS)
         elif self.cpu < _STEP_BACK * self.allowed and self.halvings:
             self.halvings -= 1

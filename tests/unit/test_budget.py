@@ -69,6 +69,26 @@ def test_over_budget_it_sheds_as_many_halvings_as_the_excess_asks() -> None:
     assert b.halvings == 4
 
 
+def test_a_collector_behind_its_traffic_sheds_what_its_spans_cost_at_once() -> None:
+    b = SpanBudget(BudgetSettings(0.05, 0.1, None, max_cpu=0.5))
+    # A span for every request: 1.2 cores (all it got) built 4,800 spans, 250 us
+    # each, while 218,000 requests came; the 0.5-core cap fits 1 in 109 of them.
+    assert b.update(1.2, 1.0, 218_000, spans=4800)
+    assert b.halvings == 6  # 1 in 64 at once; the CPU's excess alone asked for 1 in 2
+    assert b.update(0.85, 1.0, 218_000, spans=3400)  # still over: one more
+    assert b.halvings == 7
+    assert not b.update(0.42, 1.0, 218_000, spans=1700)  # within it: stays
+    assert b.halvings == 7
+
+
+def test_a_collector_that_keeps_up_sheds_by_its_excess() -> None:
+    b = budget()
+    # 2,000 requests/s allow 0.1 cores; 0.9 used for 2,000 spans: 9x over either
+    # way, three halvings (8x), as without the spans' count
+    assert b.update(0.9, 1.0, 2000, spans=2000)
+    assert b.halvings == 3
+
+
 def test_well_under_budget_it_steps_back_one_halving_at_a_time() -> None:
     b = budget()
     b.update(0.9, 1.0, 2000)
