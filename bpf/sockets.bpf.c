@@ -1886,20 +1886,19 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     cs->pid = tgid;
     if (dir == DIR_INGRESS)
         node_read(tgid, tid, skey);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
     struct ssl_call *call = ssl_calls.lookup(&tid);
     int plaintext = 0;
     if (call) {
         call->sk = skey;
-        struct active_io *sio = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
-        if (sio)
-            call->fd = sio->fd;
+        if (io)
+            call->fd = io->fd;
         cs->tls = 1;
         // Sent now, not at SSL_write's return: the peer may answer before the
         // writer runs again, and the request must reach user space first.
         if (dir == DIR_EGRESS && call->dir == DIR_EGRESS && !call->emitted)
             plaintext = tls_write_seen(call, skey, tgid, tid);
     }
-    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
     u64 send_wait = cs->send_wait_ns;
     if (dir == DIR_EGRESS && io)
         send_wait = account_send(cs, io, skey);
