@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import psutil
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -526,16 +527,23 @@ class Collector:
             metrics = self.config.service.pipelines.get("metrics")
             profiles = self.config.service.pipelines.get("profiles")
             to_profiles = ", ".join(profiles.exporters) if profiles and self.profiling else ""
+            since_start = time.time() - psutil.Process().create_time()
             if self._ebpf_enabled:
                 log.info(
-                    "collector ready: tracing HTTP/1.x, HTTP/2 and gRPC, Redis, PostgreSQL, "
-                    "MySQL and DNS; spans to %s; metrics to %s; CPU profiles to %s",
+                    "collector ready %.1f s after start: tracing HTTP/1.x, HTTP/2 and gRPC, "
+                    "Redis, PostgreSQL, MySQL and DNS; spans to %s; metrics to %s; "
+                    "CPU profiles to %s",
+                    since_start,
                     ", ".join(self.config.traces.exporters) or "nowhere",
                     ", ".join(metrics.exporters) if metrics and metrics.exporters else "nowhere",
                     to_profiles or "nowhere",
                 )
             else:
-                log.info("collector ready: CPU profiles to %s", to_profiles or "nowhere")
+                log.info(
+                    "collector ready %.1f s after start: CPU profiles to %s",
+                    since_start,
+                    to_profiles or "nowhere",
+                )
             if on_ready is not None:
                 on_ready()
             self._loop()

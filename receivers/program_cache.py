@@ -32,6 +32,7 @@ import platform
 import stat
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,7 @@ def compile_or_load(
     from bcc import BPF
 
     key = cache_key(text, cflags) if directory else ""
+    started = time.monotonic()
     if directory:
         try:
             image = load(directory, key)
@@ -459,13 +461,20 @@ def compile_or_load(
         if image is not None:
             try:
                 bpf = _cached_bpf_class()(image, before_attach)
-                log.info("eBPF programs loaded from %s (no compile)", directory)
+                log.info(
+                    "eBPF programs loaded from %s in %.1f s (no compile)",
+                    directory,
+                    time.monotonic() - started,
+                )
                 return bpf
             except Exception as exc:  # a kernel that refuses them: compile anew
                 log.warning("compiled programs in %s not loaded (%s): compiling", directory, exc)
                 forget(directory, key)
+    # the wait people see at a node's first start, or after an upgrade
+    log.info("compiling and loading the eBPF programs (a few seconds)")
     bpf = BPF(text=text, cflags=cflags)
     before_attach(bpf)
+    log.info("eBPF programs compiled and loaded in %.1f s", time.monotonic() - started)
     if directory:
         try:
             save(directory, key, image_of(bpf))

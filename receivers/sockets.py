@@ -557,6 +557,7 @@ class SocketReceiver:
 
     def start(self) -> None:
         """Compile, load and attach; raises ReceiverError with a readable reason."""
+        started = time.monotonic()
         if not (TRACEFS / "events").is_dir():
             raise ReceiverError(
                 f"tracefs is not mounted at {TRACEFS} (mount -t tracefs nodev {TRACEFS})"
@@ -638,8 +639,9 @@ class SocketReceiver:
         )
         release_compiler_memory()  # nothing is compiled after this
         log.info(
-            "socket receiver attached to %d tracepoints (capture %d bytes, %s)",
+            "socket receiver attached to %d tracepoints in %.1f s (capture %d bytes, %s)",
             len(REQUIRED_TRACEPOINTS),
+            time.monotonic() - started,
             self.capture_bytes,
             platform.release(),
         )
