@@ -95,10 +95,11 @@ if [ ! -e "$stamp" ]; then
 else
   say "virtual environment up to date"
 fi
-# The real Jaeger v2 the correlation tests query, and Helm for the deploy/ checks,
-# built from the Go module proxy.
+# The real Jaeger v2 the correlation tests query, Helm for the deploy/ checks and
+# the OpenTelemetry Collector of the gateway tests, built from the Go module proxy.
 if [ "${OTEL_EBPF_SKIP_JAEGER:-0}" != 1 ]; then
   bash "$ROOT/scripts/build-jaeger.sh"
   bash "$ROOT/scripts/build-helm.sh"
+  bash "$ROOT/scripts/build-otelcol.sh"
 fi
 say "ready: $VENV/bin/otel-ebpf"

@@ -122,3 +122,17 @@ def test_the_schema_check_catches_a_broken_manifest(tmp_path: Path) -> None:
     broken.write_text(text.replace("hostPID: true", "hostPid: true"))  # a misspelt field
     with pytest.raises(AssertionError, match="hostPid"):
         validate(broken)
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "deploy" / "examples").glob("gateway-*.yaml")), ids=lambda p: p.stem
+)
+def test_collector_configs_validate(config: Path) -> None:
+    """The OpenTelemetry Collector configs of deploy/examples/ are ones the Collector
+    accepts, with their defaults (tests/kernel/test_gateway.py runs them)."""
+    found = sorted((ROOT / ".cache" / "otelcol").glob("otelcol-v*"))
+    assert found, "the Collector is built by scripts/setup.sh (scripts/build-otelcol.sh)"
+    out = subprocess.run(
+        [str(found[-1]), "validate", "--config", str(config)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

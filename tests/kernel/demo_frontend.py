@@ -1,7 +1,8 @@
 """The demo's frontend: Flask with the OpenTelemetry SDK (Flask and requests
 instrumentations) exporting OTLP to the collector. Each /order calls the backend
 with requests (instrumented) and the downstream's /leaf with urllib, which no
-instrumentation covers: work the SDK does not see.
+instrumentation covers: work the SDK does not see. /order?fail=1 calls the
+backend's /fail instead and answers with its status (500).
 
 `demo_frontend.py PORT BACKEND_PORT DOWNSTREAM_PORT`; DEMO_UNINSTRUMENTED=1 runs
 the same app without any SDK.
@@ -12,7 +13,7 @@ import sys
 import urllib.request
 
 import requests
-from flask import Flask
+from flask import Flask, request
 
 PORT, BACKEND, DOWNSTREAM = (int(a) for a in sys.argv[1:4])
 app = Flask(__name__)
@@ -35,11 +36,12 @@ if os.environ.get("DEMO_UNINSTRUMENTED") != "1":
 
 
 @app.route("/order")
-def order() -> str:
-    body = session.get(f"http://127.0.0.1:{BACKEND}/chain", timeout=10).text
+def order() -> tuple[str, int]:
+    path = "/fail" if request.args.get("fail") else "/chain"
+    backend = session.get(f"http://127.0.0.1:{BACKEND}{path}", timeout=10)
     with urllib.request.urlopen(f"http://127.0.0.1:{DOWNSTREAM}/leaf", timeout=10) as r:
         r.read()
-    return body
+    return backend.text, backend.status_code
 
 
 if __name__ == "__main__":

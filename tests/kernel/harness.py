@@ -74,9 +74,9 @@ def end_process(
         proc.wait()
 
 
-def health(port: int) -> tuple[int, dict[str, Any]]:
+def health(port: int, host: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=2) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -97,19 +97,24 @@ class CollectorProcess:
         traces: list[str] | None = None,
         profiles: list[str] | None = None,
         profiling: dict[str, Any] | None = None,
+        netns: str = "",
+        host: str = "127.0.0.1",
     ) -> None:
-        """`profiles`: exporters of a profiles pipeline (`profiling`: its receiver's settings)."""
+        """`profiles`: exporters of a profiles pipeline (`profiling`: its receiver's
+        settings). `netns`: run inside that network namespace (of `ip netns`),
+        its health check and OTLP receivers listening on `host`, an address there."""
+        self.host = host
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
         otlp = {
             "protocols": {
-                "grpc": {"endpoint": f"127.0.0.1:{self.otlp_grpc_port}"},
-                "http": {"endpoint": f"127.0.0.1:{self.otlp_http_port}"},
+                "grpc": {"endpoint": f"{host}:{self.otlp_grpc_port}"},
+                "http": {"endpoint": f"{host}:{self.otlp_http_port}"},
             }
         }
         config = document(
             exporters,
-            health={"endpoint": f"127.0.0.1:{self.health_port}"},
+            health={"endpoint": f"{host}:{self.health_port}"},
             batch={"timeout": "200ms"},
             otlp=otlp if otlp_in else None,
             metrics=metrics,
@@ -129,15 +134,17 @@ class CollectorProcess:
         # (the span budget's own tests do).
         env = {**os.environ, "OTEL_EBPF_SPAN_BUDGET": "0", **(extra_env or {})}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        # nsenter, not `ip netns exec`: that one remounts /sys, hiding tracefs
+        in_netns = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
         self.proc = subprocess.Popen(
-            [OTEL_EBPF, "run", "--config", str(self.config_path)],
+            [*in_netns, OTEL_EBPF, "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
         )
         try:
             wait_until(
-                lambda: health(self.health_port)[0] == 200 or self.proc.poll() is not None,
+                lambda: health(self.health_port, host)[0] == 200 or self.proc.poll() is not None,
                 60,
                 "collector health 200",
             )
@@ -148,7 +155,7 @@ class CollectorProcess:
             raise AssertionError(f"collector exited at start:\n{self.log_path.read_text()}")
 
     def telemetry(self) -> dict[str, int]:
-        return health(self.health_port)[1].get("telemetry", {})
+        return health(self.health_port, self.host)[1].get("telemetry", {})
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -369,6 +376,47 @@ class Jaeger:
 
     def stop(self) -> None:
         end_process(self.proc, timeout=3)  # in-memory storage: nothing to flush
+        self.log.close()
+
+
+class Otelcol:
+    """The OpenTelemetry Collector built by scripts/build-otelcol.sh, running a config
+    of deploy/examples/ as shipped: its endpoints come from the environment
+    (`env`; the health check's is set here)."""
+
+    def __init__(self, root: Path, config: Path, env: dict[str, str]) -> None:
+        binaries = sorted((HERE.parent.parent / ".cache" / "otelcol").glob("otelcol-v*"))
+        assert binaries, "the Collector is built by scripts/setup.sh (scripts/build-otelcol.sh)"
+        self.health = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / "otelcol.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            # its own telemetry's port (8888) would be shared by every test instance
+            [
+                str(binaries[-1]),
+                "--config",
+                str(config),
+                "--set",
+                "service.telemetry.metrics.level=none",
+            ],
+            env={**os.environ, "GATEWAY_HEALTH_ENDPOINT": f"127.0.0.1:{self.health}", **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: self._healthy() or self.proc.poll() is not None, 60, "Collector up")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the Collector exited at start:\n{self.log_path.read_text()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        end_process(self.proc, timeout=10)
         self.log.close()
 
 
@@ -698,6 +746,7 @@ class NetnsHosts:
     10.77.0.2 (server side); loss and blackholes are made with nftables in them."""
 
     def __init__(self, prefix: str = "oe") -> None:
+        self.prefix = prefix
         self.client_ns, self.server_ns = f"{prefix}-a", f"{prefix}-b"
         self.client_ip, self.server_ip = "10.77.0.1", "10.77.0.2"
         self.close()  # leftovers of an interrupted run
@@ -717,6 +766,21 @@ class NetnsHosts:
 
     def run(self, ns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def uplink(self, ns: str, subnet: int) -> tuple[str, str]:
+        """A veth pair from the host into `ns` on 10.78.{subnet}.0/24, so that its
+        processes and the host's reach each other: (the host's address, the ns's)."""
+        host_end, ns_end = f"{self.prefix}-u{subnet}", f"{self.prefix}-d{subnet}"
+        host_ip, ns_ip = f"10.78.{subnet}.1", f"10.78.{subnet}.2"
+        for command in (
+            f"ip link add {host_end} type veth peer name {ns_end} netns {ns}",
+            f"ip addr add {host_ip}/24 dev {host_end}",
+            f"ip -n {ns} addr add {ns_ip}/24 dev {ns_end}",
+            f"ip link set {host_end} up",
+            f"ip -n {ns} link set {ns_end} up",
+        ):
+            subprocess.run(command.split(), check=True, capture_output=True)
+        return host_ip, ns_ip
 
     def nft(self, ns: str, rules: str) -> None:
         """Load an nftables ruleset into a namespace (replacing the test table)."""

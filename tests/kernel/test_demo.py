@@ -12,19 +12,16 @@ server span.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from harness import HERE, CollectorProcess, Jaeger, PythonServer, free_port, listening, wait_until
+from demo import Frontend, check_tree, load, warm_up
+from demo import loadgen as copy_loadgen
+from harness import CollectorProcess, Jaeger, PythonServer
 
 SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 100, 8
 
@@ -39,120 +36,7 @@ def demo_jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
 
 @pytest.fixture(scope="module")
 def loadgen(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("bin") / "demo-loadgen"
-    shutil.copy(shutil.which("ab") or "/usr/bin/ab", path)
-    return str(path)
-
-
-class Frontend:
-    def __init__(
-        self,
-        service: str,
-        backend: int,
-        downstream: int,
-        collector: CollectorProcess,
-        instrumented: bool,
-    ) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.otlp_grpc_port}",
-            "OTEL_BSP_SCHEDULE_DELAY": "5000",  # the SDK default: its spans arrive late
-            "DEMO_UNINSTRUMENTED": "0" if instrumented else "1",
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "demo_frontend.py"),
-                str(self.port),
-                str(backend),
-                str(downstream),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: listening(self.port), 30, "frontend listening")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def load(loadgen: str, port: int, n: int, concurrency: int) -> None:
-    out = subprocess.run(
-        [loadgen, "-q", "-n", str(n), "-c", str(concurrency), f"http://127.0.0.1:{port}/order"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert (
-        f"Complete requests:      {n}" in out.stdout and "Failed requests:        0" in out.stdout
-    )
-
-
-def check_tree(trace: dict[str, Any], frontend: str, sdk: bool) -> str | None:
-    """None when the trace is one complete, correct tree; else what is wrong."""
-    services = {pid: p["serviceName"] for pid, p in trace["processes"].items()}
-    spans = {s["spanID"]: s for s in trace["spans"]}
-
-    def kind(s: dict[str, Any]) -> str:
-        return next((t["value"] for t in s["tags"] if t["key"] == "span.kind"), "?")
-
-    shape = sorted((services[s["processID"]], kind(s)) for s in spans.values())
-    expected = sorted(
-        [
-            (frontend, "server"),
-            (frontend, "client"),  # requests -> backend (the SDK's own span when instrumented)
-            (frontend, "client"),  # urllib -> downstream (always seen by the network only)
-            ("backend", "server"),
-            ("backend", "client"),  # -> downstream
-            ("backend", "client"),  # -> redis-server (PING over RESP)
-            ("downstream", "server"),  # called by the backend
-            ("downstream", "server"),  # called by the frontend
-        ]
-    )
-    if shape != expected:
-        return f"shape {shape}"
-    roots = [s for s in spans.values() if not s["references"]]
-    if len(roots) != 1 or (services[roots[0]["processID"]], kind(roots[0])) != (frontend, "server"):
-        return "root is not the frontend's server span"
-    if sdk and not any(
-        t["key"] == "otel.scope.name" and "flask" in t["value"] for t in roots[0]["tags"]
-    ):
-        return "root is not the SDK's span"
-    for span in spans.values():
-        for ref in span["references"]:
-            parent = spans.get(ref["spanID"])
-            if parent is None:
-                return "orphan"
-            if not (
-                parent["startTime"] <= span["startTime"]
-                and span["startTime"] + span["duration"] <= parent["startTime"] + parent["duration"]
-            ):
-                return f"{services[span['processID']]} {kind(span)} outside its parent's time"
-    parent_of = {
-        s["spanID"]: spans[s["references"][0]["spanID"]] for s in spans.values() if s["references"]
-    }
-    want = {
-        ("backend", "server"): {(frontend, "client")},
-        ("backend", "client"): {("backend", "server")},
-        ("downstream", "server"): {("backend", "client"), (frontend, "client")},
-        (frontend, "client"): {(frontend, "server")},
-    }
-    downstream_parents = set()
-    for span in spans.values():
-        key = (services[span["processID"]], kind(span))
-        if key in want:
-            parent = parent_of.get(span["spanID"])
-            if parent is None or (services[parent["processID"]], kind(parent)) not in want[key]:
-                return f"{key} under the wrong parent"
-            if key == ("downstream", "server"):
-                downstream_parents.add(services[parent["processID"]])
-    if downstream_parents != {"backend", frontend}:
-        return "the two downstream calls are not under their two callers"
-    return None
+    return copy_loadgen(tmp_path_factory.mktemp("bin"))
 
 
 def run_phase(
@@ -190,18 +74,8 @@ def test_demo_one_tree_per_request(
     service = "frontend" if instrumented else "frontend-plain"
     frontend = Frontend(service, backend.port, downstream.port, collector, instrumented)
     try:
-        if instrumented:  # the collector learns the frontend reports through it: warm-up
-            # requests until one of its eBPF spans has been merged into its SDK's
-            for attempt in range(4):
-                load(loadgen, frontend.port, 5, 1)
-                try:
-                    wait_until(
-                        lambda: collector.telemetry()["spans_merged_away"] > 0, 15, "a merge"
-                    )
-                    break
-                except AssertionError:
-                    if attempt == 3:
-                        raise
+        if instrumented:  # the collector learns the frontend reports through it
+            warm_up(loadgen, frontend, collector)
         seq_found, seq_wrong = run_phase(jaeger, service, frontend.port, loadgen, SEQUENTIAL, 1)
         con_found, con_wrong = run_phase(
             jaeger, service, frontend.port, loadgen, CONCURRENT, CONCURRENCY
