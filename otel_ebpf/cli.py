@@ -1,4 +1,4 @@
-"""Command line: `otel-ebpf run | profile | doctor | version`."""
+"""Command line: `otel-ebpf run | top | profile | doctor | version`."""
 
 from __future__ import annotations
 
@@ -125,6 +125,25 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from otel_ebpf.top import SORTS, TopError, run
+
+    if args.sort not in SORTS:
+        return _fail(f"--sort: one of {', '.join(SORTS)}", 2)
+    if not 0.2 <= args.interval <= 60:
+        return _fail("--interval: from 0.2 to 60 seconds", 2)
+    if not args.verbose:  # the screen is the output; the probes' log would tear it
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        return run(
+            args.endpoint, args.once, args.json, args.sort, args.filter, args.interval, args.wait
+        )
+    except TopError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_doctor(_args: argparse.Namespace) -> int:
     from otel_ebpf.doctor import FAIL, report, run_checks
 
@@ -149,6 +168,30 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the collector")
     run.add_argument("--config", help="collector-style YAML (default: embedded, console output)")
     run.set_defaults(func=cmd_run)
+    top = sub.add_parser(
+        "top",
+        help="live view of this node: services, edges, slowest requests",
+        description="Reads the running collector's health endpoint (GET /live); starts "
+        "its own probes, exporting nothing, when none answers.",
+    )
+    top.add_argument(
+        "--endpoint",
+        default=os.environ.get("OTEL_EBPF_HEALTH_ENDPOINT", "127.0.0.1:13133"),
+        help="the collector's health_check endpoint (default 127.0.0.1:13133)",
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument("--json", action="store_true", help="snapshots as JSON, one per line")
+    top.add_argument("--sort", default="rate", help="rate (default), errors, p99 or name")
+    top.add_argument("--filter", default="", help="only services and edges naming this")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        help="with --once, when nobody was watching: seconds to watch first (default 5)",
+    )
+    top.add_argument("--verbose", action="store_true", help="keep the probes' log")
+    top.set_defaults(func=cmd_top)
     prof = sub.add_parser("profile", help="sample one process's CPU: top functions, pprof, SVG")
     prof.add_argument("--pid", type=int, required=True, help="the process to sample")
     prof.add_argument("--seconds", type=float, default=10.0, help="how long (default 10)")

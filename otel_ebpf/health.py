@@ -1,6 +1,7 @@
 """Health endpoint like the collector's health_check extension: 200 once ready, 503 before.
 
 The body is JSON with the self-telemetry counters, handy for people and benchmarks.
+GET /live is the node's last seconds for `otel-ebpf top` (otel_ebpf/live.py).
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ import threading
 from http.server import BaseHTTPRequestHandler
 
 from otel_ebpf.http_server import QuietHTTPServer
+from otel_ebpf.live import LiveView
 from otel_ebpf.telemetry import SelfTelemetry
 
 
 class HealthState:
-    def __init__(self, telemetry: SelfTelemetry) -> None:
+    def __init__(self, telemetry: SelfTelemetry, live: LiveView | None = None) -> None:
         self.telemetry = telemetry
+        self.live = live
         self.ready = False
         self.status = "starting"
 
-    def response(self) -> tuple[int, bytes]:
+    def response(self, path: str = "/") -> tuple[int, bytes]:
+        if path.split("?", 1)[0] == "/live":
+            if self.live is None:
+                return 404, b'{"error": "no live view"}'
+            body = {**self.live.snapshot(), "telemetry": self.telemetry.snapshot()}
+            return 200, json.dumps(body).encode()
         body = {"status": self.status, "telemetry": self.telemetry.snapshot()}
         return (200 if self.ready else 503), json.dumps(body).encode()
 
@@ -31,7 +39,7 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                code, body = state.response()
+                code, body = state.response(self.path)
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -15,6 +15,7 @@ import psutil
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind
 
 from otel_ebpf.backlog import ListenOverflows
 from otel_ebpf.config import Config, ConfigError
@@ -23,6 +24,7 @@ from otel_ebpf.export_room import QueueRoom
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
+from otel_ebpf.live import LiveView
 from otel_ebpf.memory import trim_heap
 from otel_ebpf.metrics import (
     CollectorMetrics,
@@ -207,7 +209,8 @@ class Collector:
         self.config = config
         self.telemetry = SelfTelemetry()
         self._faults_said: set[tuple[str, str]] = set()  # periodic work's, logged whole once
-        self.health = HealthState(self.telemetry)
+        self.live = LiveView()
+        self.health = HealthState(self.telemetry, self.live)
         self._stop = threading.Event()
         pipeline = config.traces
         self._exporters = [
@@ -274,7 +277,7 @@ class Collector:
             command_args=ebpf.resource_attributes.command_args.enabled,
             exec_service_name=self.receiver.exec_service_name,
         )
-        scope = _pod_scope(config)
+        scope = self._scope = _pod_scope(config)
         selector = _selector(config, scope)
         self.tracker = ConnectionTracker(
             self._on_exchange,
@@ -393,11 +396,26 @@ class Collector:
                     self.node.exec(event.pid)
                 return
             self.tracker.handle(event)  # guards its own parsers and span building
-            if kind is ConnClose and self.tcp_health is not None:
-                self.tcp_health.closed(event)
+            if kind is ConnClose:
+                self._closed(event)
         except Exception as exc:
             self.telemetry.parse_errors += 1
             log.debug("%s not handled: %s", kind.__name__, fault_summary(exc))
+
+    def _in_scope(self, pid: int) -> bool:
+        return self._scope is None or self._scope(pid)
+
+    def _closed(self, ev: ConnClose) -> None:
+        if self.tcp_health is not None:
+            self.tcp_health.closed(ev)
+        if ev.connect_failed and ev.remote is not None and self._in_scope(ev.pid):
+            server = (self._peer_name(ev.local, ev.remote) if ev.local else None) or (
+                ev.remote.address
+            )
+            client = self._processes.get(ev.pid).service_name
+            if client.startswith("unknown_service:"):  # gone before its close was read
+                client = "unknown_service"  # (curl refused): one row, not one per pid
+            self.live.connect_failed(client, server)
 
     def _on_outlier(self, x: OutlierExchange) -> None:
         """A request the budget shed that failed or was slow: a span from the kernel's
@@ -408,10 +426,24 @@ class Collector:
         span = self._spans.outlier(x, process.resource)
         self.telemetry.spans_built += 1
         self.telemetry.spans_outliers += 1
+        self.live.span(span, process.service_name, None, weight=0)
         if self.merger is None:
             self._export(span)
         else:
             self.merger.ebpf(span, None, x.pid)
+
+    def _live(
+        self, span: ReadableSpan, local: Endpoint | None, remote: Endpoint | None, weight: int
+    ) -> None:
+        """`otel-ebpf top`'s view: a client span's edge names its server as the
+        service graph does."""
+        if not self.live.watched():
+            return
+        resource = span.resource.attributes if span.resource else {}
+        peer = None
+        if span.kind != SpanKind.SERVER and remote is not None:
+            peer = (self._peer_name(local, remote) if local else None) or remote.address
+        self.live.span(span, str(resource.get("service.name", "unknown")), peer, weight)
 
     def _peer_name(self, local: Endpoint, remote: Endpoint) -> str | None:
         """The service at the other end: a process on this node, else a pod or
@@ -458,6 +490,7 @@ class Collector:
                 else 1
             )
             self.recorder.span(span, conn.local, conn.remote, red_in_kernel, weight)
+        self._live(span, conn.local, conn.remote, weight if self.recorder is not None else 1)
         if self.merger is None:
             self._export(span)
             return

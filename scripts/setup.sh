@@ -17,11 +17,12 @@ fi
 # Debian packages: bcc and its Python binding, kernel headers, and the real
 # servers and clients the tests and benchmarks drive (gcc: the profiling tests build a C program;
 # binutils: c++filt, which makes profiles' C++ and Rust names readable;
-# python3.11-dbg: the symbols of Debian's stripped _asyncio, for asyncio task context).
+# python3.11-dbg: the symbols of Debian's stripped _asyncio, for asyncio task context;
+# tmux: the terminal `otel-ebpf top` is tested in).
 PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 nginx-light apache2-utils wrk curl
           redis-server postgresql-15 mariadb-server mariadb-client dnsmasq-base bind9-dnsutils
           nghttp2-server nftables ca-certificates openssl util-linux iproute2 python3-venv
-          gcc libc6-dev binutils python3.11-dbg)
+          gcc libc6-dev binutils python3.11-dbg tmux)
 # Node.js for the profiling test's JIT program: the machine's own, else Debian's
 command -v node >/dev/null || PACKAGES+=(nodejs)
 missing=()

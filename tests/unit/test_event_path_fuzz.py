@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from captured import load
+from otel_ebpf.live import LiveView
 from otel_ebpf.metrics import CollectorMetrics
 from otel_ebpf.model import DataEvent, Declined, Direction, Exchange, HttpExchange, Role
 from otel_ebpf.otlp_encoding import TraceEncoder
@@ -110,13 +111,18 @@ def pipeline(tmp_path: Path) -> tuple[ConnectionTracker, Faults, list[Any]]:
         lambda _local, _remote: None,
     )
 
+    live = LiveView()
+    live.snapshot()  # someone runs `otel-ebpf top`: the live view is fed too
+
     def sink(x: Exchange, conn: Connection) -> None:
         span = builder.build(x, conn)
         if span is not None:
             rc = x.token
             counted = isinstance(rc, RequestContext) and rc.red_in_kernel
             recorder.span(span, conn.local, conn.remote, counted)
+            live.span(span, "svc", "peer" if conn.remote else None)
             encoded.append(ExportTraceServiceRequest.FromString(encoder.encode([span])))
+        live.snapshot()
 
     tracker = ConnectionTracker(
         sink, ProcessRegistry(proc=str(tmp_path)), Selector(), SelfTelemetry()
