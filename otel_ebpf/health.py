@@ -6,6 +6,7 @@ GET /live is the node's last seconds for `otel-ebpf top` (otel_ebpf/live.py).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler
@@ -22,10 +23,14 @@ class HealthState:
         self.ready = False
         self.status = "starting"
 
-    def response(self, path: str = "/") -> tuple[int, bytes]:
+    def response(self, path: str = "/", client: str = "127.0.0.1") -> tuple[int, bytes]:
         if path.split("?", 1)[0] == "/live":
             if self.live is None:
                 return 404, b'{"error": "no live view"}'
+            if not ipaddress.ip_address(client.removeprefix("::ffff:")).is_loopback:
+                # names, peers and paths: for this node's own eyes (the chart
+                # opens this port on the pod IP for the kubelet's probes)
+                return 403, b'{"error": "the live view answers loopback clients only"}'
             body = {**self.live.snapshot(), "telemetry": self.telemetry.snapshot()}
             return 200, json.dumps(body).encode()
         body = {"status": self.status, "telemetry": self.telemetry.snapshot()}
@@ -39,7 +44,7 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                code, body = state.response(self.path)
+                code, body = state.response(self.path, self.client_address[0])
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

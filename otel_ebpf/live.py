@@ -23,6 +23,8 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_ebpf.processors.routes import RouteTemplates
+
 WINDOW_S = 10  # rates and quantiles over the last 10 s
 SLOWEST_S = 60  # the slowest requests of the last minute
 SLOWEST_N = 10
@@ -192,9 +194,13 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+_PATHS = RouteTemplates()  # ids and tokens in paths become {id}, as in metrics
+
+
 def _request(name: str, attrs: Any) -> str:
-    """What was asked: the span's name, with the path where it has none."""
-    target = attrs.get("http.route") or attrs.get("url.path")
+    """What was asked: the span's name, with its path templated where it has none."""
+    path = attrs.get("url.path")
+    target = attrs.get("http.route") or (_PATHS.template(str(path)) if path else None)
     if target and str(target) not in name:
         return f"{name} {target}"[:80]
     return name[:80]

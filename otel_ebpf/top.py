@@ -58,8 +58,13 @@ class CollectorSource:
         return body
 
     def answers(self) -> bool:
+        """Whether a collector answers there (a collector that refuses is an error:
+        starting probes beside it would double the kernel's work)."""
         try:
             self.fetch()
+        except urllib.error.HTTPError as exc:
+            why = "no live view (an older otel-ebpf?)" if exc.code == 404 else exc.reason
+            raise TopError(f"the collector at {self.endpoint} answered {exc.code}: {why}") from exc
         except (OSError, ValueError):
             return False
         return True

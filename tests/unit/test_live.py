@@ -10,7 +10,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from rich.console import Console
 
+from otel_ebpf.health import HealthState
 from otel_ebpf.live import KEEP_WATCHING_S, MAX_KEYS, SLOWEST_N, WINDOW_S, LiveView
+from otel_ebpf.telemetry import SelfTelemetry
 from otel_ebpf.top import render
 
 
@@ -175,3 +177,17 @@ def test_nobody_watching_costs_a_time_check_and_keeps_nothing() -> None:
     assert not live.watched()
     live.span(span(5), "shop", None)
     assert live.snapshot()["services"] == []  # what it kept was let go
+
+
+def test_paths_among_the_slowest_are_templated() -> None:
+    live = watched(Clock())
+    live.span(span(5, **{"url.path": "/users/12345/reset/9f8e7d6c5b4a39281726"}), "shop", None)
+    assert only(live.snapshot()["slowest"])["name"] == "GET /users/{id}/reset/{id}"
+
+
+def test_the_live_view_answers_loopback_clients_only() -> None:
+    state = HealthState(SelfTelemetry(), LiveView())
+    assert state.response("/live", "127.0.0.1")[0] == 200
+    assert state.response("/live", "::1")[0] == 200
+    assert state.response("/live", "10.0.0.7")[0] == 403
+    assert state.response("/", "10.0.0.7")[0] == 503  # the health check answers anyone
