@@ -408,14 +408,15 @@ class Collector:
     def _closed(self, ev: ConnClose) -> None:
         if self.tcp_health is not None:
             self.tcp_health.closed(ev)
-        if ev.connect_failed and ev.remote is not None and self._in_scope(ev.pid):
-            server = (self._peer_name(ev.local, ev.remote) if ev.local else None) or (
-                ev.remote.address
-            )
-            client = self._processes.get(ev.pid).service_name
-            if client.startswith("unknown_service:"):  # gone before its close was read
-                client = "unknown_service"  # (curl refused): one row, not one per pid
-            self.live.connect_failed(client, server)
+        if not (ev.connect_failed and ev.remote is not None and self.live.watched()):
+            return
+        if not self._in_scope(ev.pid):
+            return
+        server = (self._peer_name(ev.local, ev.remote) if ev.local else None) or ev.remote.address
+        client = self._processes.get(ev.pid).service_name
+        if client.startswith("unknown_service:"):  # gone before its close was read
+            client = "unknown_service"  # (curl refused): one row, not one per pid
+        self.live.connect_failed(client, server)
 
     def _on_outlier(self, x: OutlierExchange) -> None:
         """A request the budget shed that failed or was slow: a span from the kernel's

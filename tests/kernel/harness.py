@@ -420,6 +420,26 @@ class Otelcol:
         self.log.close()
 
 
+GATEWAY_CONFIG = HERE.parent.parent / "deploy" / "examples" / "gateway-collector.yaml"
+
+
+def gateway_collector(root: Path, jaeger: Jaeger, otlp_port: int, prometheus: int = 0) -> Otelcol:
+    """A gateway (deploy/examples/gateway-collector.yaml) on 127.0.0.1 exporting to
+    `jaeger`: every error trace kept, half of the rest; span metrics every 2 s."""
+    return Otelcol(
+        root,
+        GATEWAY_CONFIG,
+        {
+            "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{otlp_port}",
+            "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prometheus or free_port()}",
+            "GATEWAY_SAMPLING_PERCENTAGE": "50",
+            "GATEWAY_METRICS_FLUSH_INTERVAL": "2s",
+            "TRACES_OTLP_ENDPOINT": f"127.0.0.1:{jaeger.otlp}",
+        },
+    )
+
+
 def _concurrently(client: Callable[[int], None], connections: int) -> None:
     workers = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
     for w in workers:

@@ -41,11 +41,11 @@ from harness import (
     PythonServer,
     end_process,
     free_port,
+    gateway_collector,
     wait_until,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-GATEWAY_CONFIG = REPO / "deploy" / "examples" / "gateway-collector.yaml"
 LOADBALANCER_CONFIG = REPO / "deploy" / "examples" / "gateway-loadbalancer.yaml"
 OK, FAILING = 40, 20
 RED_COUNT = "http_server_request_duration_seconds_count"  # otel-ebpf's, counted in the kernel
@@ -79,18 +79,7 @@ def test_node_collector_through_a_collector_gateway(
 ) -> None:
     jaeger = gateway_jaeger
     prometheus, gateway_in = free_port(), free_port()
-    gateway = Otelcol(
-        tmp_path / "gateway",
-        GATEWAY_CONFIG,
-        {
-            "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{gateway_in}",
-            "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prometheus}",
-            "GATEWAY_SAMPLING_PERCENTAGE": "50",
-            "GATEWAY_METRICS_FLUSH_INTERVAL": "2s",
-            "TRACES_OTLP_ENDPOINT": f"127.0.0.1:{jaeger.otlp}",
-        },
-    )
+    gateway = gateway_collector(tmp_path / "gateway", jaeger, gateway_in, prometheus)
     downstream = PythonServer("downstream")
     backend = PythonServer(
         "backend", script="py_proxy_server.py", args=(str(downstream.port), str(redis))
@@ -178,23 +167,6 @@ def failed(trace: dict[str, Any]) -> bool:
     )
 
 
-def gateway(root: Path, jaeger: Jaeger, otlp_port: int, prometheus: int = 0) -> Otelcol:
-    """A gateway replica on 127.0.0.1 exporting to `jaeger`, keeping every error
-    trace and half of the rest."""
-    return Otelcol(
-        root,
-        GATEWAY_CONFIG,
-        {
-            "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{otlp_port}",
-            "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prometheus or free_port()}",
-            "GATEWAY_SAMPLING_PERCENTAGE": "50",
-            "GATEWAY_METRICS_FLUSH_INTERVAL": "2s",
-            "TRACES_OTLP_ENDPOINT": f"127.0.0.1:{jaeger.otlp}",
-        },
-    )
-
-
 @pytest.fixture
 def hosts() -> Iterator[NetnsHosts]:
     h = NetnsHosts("gw")
@@ -269,7 +241,8 @@ def test_sidecars_on_two_nodes_through_load_balanced_gateways(
     started: list[Any] = list(jaegers)
     try:
         started += [
-            gateway(tmp_path / f"gateway-{i}", jaegers[i], replica_ports[i]) for i in range(2)
+            gateway_collector(tmp_path / f"gateway-{i}", jaegers[i], replica_ports[i])
+            for i in range(2)
         ]
         replicas = "[" + ", ".join(f"127.0.0.1:{p}" for p in replica_ports) + "]"
         sidecars = []

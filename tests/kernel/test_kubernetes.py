@@ -24,10 +24,12 @@ import pytest
 from harness import (
     HERE,
     CollectorProcess,
+    Jaeger,
     NetnsHosts,
     end_process,
     file_resource_spans,
     free_port,
+    gateway_collector,
     listening,
     wait_until,
 )
@@ -49,6 +51,15 @@ WEB_CID = WEB["status"]["containerStatuses"][0]["containerID"].rpartition("/")[2
 DB_CID = DB["status"]["containerStatuses"][0]["containerID"].rpartition("/")[2]
 DOCKER_CID = "d" * 64
 CGROUPS = Path("/sys/fs/cgroup")
+# the web pod's container: containerd, systemd cgroup driver, cgroup v2
+WEB_CGROUP = (
+    CGROUPS
+    / "unified"
+    / "kubepods.slice"
+    / "kubepods-burstable.slice"
+    / f"kubepods-burstable-pod{WEB['metadata']['uid'].replace('-', '_')}.slice"
+    / f"cri-containerd-{WEB_CID}.scope"
+)
 
 
 class StubApiServer:
@@ -137,15 +148,7 @@ def test_container_and_pod_identity_from_cgroups_and_the_api(
 ) -> None:
     web_uid, db_uid = WEB["metadata"]["uid"], DB["metadata"]["uid"]
     servers = {
-        # containerd, systemd cgroup driver, cgroup v2
-        "web": ServerInCgroup(
-            CGROUPS
-            / "unified"
-            / "kubepods.slice"
-            / "kubepods-burstable.slice"
-            / f"kubepods-burstable-pod{web_uid.replace('-', '_')}.slice"
-            / f"cri-containerd-{WEB_CID}.scope"
-        ),
+        "web": ServerInCgroup(WEB_CGROUP),
         # CRI-O, cgroupfs driver, cgroup v1
         "db": ServerInCgroup(
             CGROUPS / "pids" / "kubepods" / "besteffort" / f"pod{db_uid}" / f"crio-{DB_CID}"
@@ -189,6 +192,40 @@ def test_container_and_pod_identity_from_cgroups_and_the_api(
     assert any(
         r.startswith("/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1") for r in stub_api.requests
     )
+
+
+def test_pod_identity_arrives_through_a_collector_gateway(
+    tmp_path: Path, stub_api: StubApiServer
+) -> None:
+    """The same pod's server span, exported over OTLP to the gateway of
+    deploy/examples/ and found in Jaeger: its resource attributes intact."""
+    web_uid = WEB["metadata"]["uid"]
+    web = ServerInCgroup(WEB_CGROUP)
+    jaeger = Jaeger(tmp_path / "jaeger")
+    gateway_in = free_port()
+    gateway = gateway_collector(tmp_path / "gateway", jaeger, gateway_in)
+    collector = CollectorProcess(
+        tmp_path / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{gateway_in}", "insecure": True}},
+        extra_env={"OTEL_EBPF_KUBE_API": stub_api.url, "OTEL_EBPF_KUBE_NODE_NAME": "node-1"},
+    )
+    try:
+        start_us = time.time_ns() // 1000
+        url = f"http://127.0.0.1:{web.port}/status/500"  # an error: tail sampling keeps it
+        subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True)
+        found = jaeger.search("shop-web", start_us, 1, limit=10)
+        trace = jaeger.trace(found[0]["traceID"])
+    finally:
+        collector.stop()
+        gateway.stop()
+        jaeger.stop()
+        web.stop()
+    process = next(p for p in trace["processes"].values() if p["serviceName"] == "shop-web")
+    tags = {t["key"]: t["value"] for t in process["tags"]}
+    assert tags["container.id"] == WEB_CID and tags["k8s.pod.uid"] == web_uid, tags
+    assert tags["k8s.pod.name"] == "web-7d4b9c8f6d-x2x9q" and tags["k8s.namespace.name"] == "shop"
+    assert tags["k8s.deployment.name"] == "web" and tags["k8s.node.name"] == "node-1"
+    assert tags["container.image.name"] == "registry.example/shop/web"
 
 
 def test_sidecar_mode_traces_its_own_pod_and_not_the_neighbours(tmp_path: Path) -> None:
