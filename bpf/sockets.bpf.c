@@ -1619,6 +1619,19 @@ static __always_inline void count_shed(int index) {
         __sync_fetch_and_add(n, 1);
 }
 
+// Which processes had requests shed uncounted (shed_counts[2]), by tgid: user
+// space names them when it says so. Only on that rare path.
+BPF_TABLE("lru_hash", u32, u64, uncounted_processes, 256);
+
+static __always_inline void count_uncounted(u32 tgid) {
+    count_shed(2);
+    u64 none = 0;
+    uncounted_processes.insert(&tgid, &none); // kept if there
+    u64 *n = uncounted_processes.lookup(&tgid);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
 // The ring buffer's fill at a request's start, from what was written and what
 // user space last said it read: the decision never waits for the reader to look
 // (busy with a batch, it used to learn of a burst after the ring had overflowed).
@@ -1740,7 +1753,7 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
     } else if (kind == RED_UNNOTED) {
         cs->shed = 0; // its span counts it: captured
     } else if (kind == RED_BEHIND && cs->shed) {
-        count_shed(2); // pipelined behind a shed one: neither count nor span has it
+        count_uncounted(ev->pid); // pipelined behind a shed one: neither count nor span has it
     }
     u8 bit = 1 << (ev->dir & 1);
     if (cs->shed) {

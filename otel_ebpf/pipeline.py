@@ -260,7 +260,9 @@ class Collector:
             serving_threads=tie_in,
             program_cache=ebpf.program_cache,
         )
-        self.budget = SpanBudgetKeeper(budget, self.receiver, self.telemetry)
+        self.budget = SpanBudgetKeeper(
+            budget, self.receiver, self.telemetry, lambda pid: self._processes.get(pid).service_name
+        )
         self.misconfigurations = Misconfigurations()
         self.backlogs = ListenOverflows()
         self._spans = SpanBuilder(

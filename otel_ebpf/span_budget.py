@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from otel_ebpf.processors.budget import SpanBudget, adjusted_count
 from otel_ebpf.receivers.sockets import SocketReceiver
@@ -18,11 +19,17 @@ BACKLOG_SAID_EVERY_S = 60.0
 
 class SpanBudgetKeeper:
     def __init__(
-        self, budget: SpanBudget, receiver: SocketReceiver, telemetry: SelfTelemetry
+        self,
+        budget: SpanBudget,
+        receiver: SocketReceiver,
+        telemetry: SelfTelemetry,
+        service_of_pid: Callable[[int], str],
     ) -> None:
         self.budget = budget
         self._receiver = receiver
         self._telemetry = telemetry
+        self._service_of_pid = service_of_pid
+        self._uncounted_said: dict[int, int] = {}  # by process: as last said
         self._mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last tick
         self._lost = 0  # events lost at the last tick
         self._backlog_said = -BACKLOG_SAID_EVERY_S
@@ -53,8 +60,9 @@ class SpanBudgetKeeper:
         if uncounted > t.requests_shed_uncounted:
             log.warning(
                 "%d pipelined HTTP/1 requests or database commands behind a shed one were "
-                "neither counted nor traced (the kernel keeps one request per connection)",
+                "neither counted nor traced (the kernel keeps one request per connection): %s",
                 uncounted - t.requests_shed_uncounted,
+                self._uncounted_by_process(),
             )
         t.requests_shed, t.requests_shed_uncounted, t.requests_shed_backlog = (
             shed,
@@ -75,6 +83,16 @@ class SpanBudgetKeeper:
                 f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
                 f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
             )
+
+    def _uncounted_by_process(self) -> str:
+        """Whose requests went uncounted since last said: "service (pid N): n, ..."."""
+        now = self._receiver.uncounted_processes()
+        said, self._uncounted_said = self._uncounted_said, now
+        grown = sorted(
+            ((n - said.get(pid, 0), pid) for pid, n in now.items() if n > said.get(pid, 0)),
+            reverse=True,
+        )
+        return ", ".join(f"{self._service_of_pid(pid)} (pid {pid}): {n}" for n, pid in grown)
 
     def _say_backlog(self) -> None:
         """A ring buffer over half unread has the kernel shed every request at its

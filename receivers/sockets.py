@@ -759,6 +759,14 @@ class SocketReceiver:
         noted, shed, uncounted, backlog = (int(table.sum(table.Key(i)).value) for i in range(4))
         return noted, shed, uncounted, backlog
 
+    def uncounted_processes(self) -> dict[int, int]:
+        """Requests shed uncounted so far, by process id (the kernel keeps the
+        last 256 processes that had any)."""
+        if self._bpf is None:
+            return {}
+        table = self._bpf["uncounted_processes"]  # type: ignore[index]
+        return {int(k.value): int(v.value) for k, v in table.items()}
+
     def red_dropped(self) -> int:
         """Requests the kernel could not count: its series map was full."""
         if self._bpf is None:

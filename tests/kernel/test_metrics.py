@@ -174,9 +174,25 @@ def test_route_templates_keep_cardinality_under_the_cap(
     assert len(got) <= 100 + 1  # max_per_service (default 100) plus the overflow series
 
 
-def test_refused_connects_and_resets_are_counted_on_the_right_side(
-    collector: CollectorProcess, grpc_sink: GrpcSink
-) -> None:
+def test_refused_connects_and_resets_are_counted_on_the_right_side(tmp_path: Path) -> None:
+    """A collector of its own: the session's has seen hundreds of peers by now, and
+    a newcomer among many in ten seconds is counted in its service's overflow
+    series (peer `_other`), not under its port."""
+    sink = GrpcSink()
+    collector = CollectorProcess(
+        tmp_path / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}},
+        metrics=["otlp"],
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"},
+    )
+    try:
+        refuse_and_reset(sink)
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+
+
+def refuse_and_reset(sink: GrpcSink) -> None:
     closed = free_port()
     for _ in range(3):
         with pytest.raises(ConnectionRefusedError):
@@ -197,7 +213,7 @@ def test_refused_connects_and_resets_are_counted_on_the_right_side(
     server.close()
 
     def total(name: str, **attrs: object) -> int:
-        return int(sum(p.value for p in grpc_sink.metrics.series(name, **attrs).values()))
+        return int(sum(p.value for p in sink.metrics.series(name, **attrs).values()))
 
     failure = {"server.port": closed, "otel_ebpf.tcp.failure": "refused"}
     wait_until(lambda: total("otel_ebpf.tcp.connections.failed", **failure) == 3, 30, "refused")
