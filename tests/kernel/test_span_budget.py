@@ -322,7 +322,9 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
             check=True,
             capture_output=True,
         )
-        client = redis_py.Redis(port=redis)
+        # no CLIENT SETINFO: redis-py 8.2 and later send its two at connect before
+        # reading either answer, and one of them would be uncounted (said below)
+        client = redis_py.Redis(port=redis, driver_info=None)
         client.delete("budget-list")
         client.lpush("budget-list", "x")
         for _ in range(errors):
