@@ -88,11 +88,10 @@ class SpanBudgetKeeper:
         """Whose requests went uncounted since last said: "service (pid N): n, ..."."""
         now = self._receiver.uncounted_processes()
         said, self._uncounted_said = self._uncounted_said, now
-        grown = sorted(
-            ((n - said.get(pid, 0), pid) for pid, n in now.items() if n > said.get(pid, 0)),
-            reverse=True,
+        grown = sorted(  # the most first
+            (-(n - said.get(pid, 0)), pid) for pid, n in now.items() if n > said.get(pid, 0)
         )
-        return ", ".join(f"{self._service_of_pid(pid)} (pid {pid}): {n}" for n, pid in grown)
+        return ", ".join(f"{self._service_of_pid(pid)} (pid {pid}): {-n}" for n, pid in grown)
 
     def _say_backlog(self) -> None:
         """A ring buffer over half unread has the kernel shed every request at its

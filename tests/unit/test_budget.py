@@ -447,3 +447,45 @@ def test_the_kernel_seeks_the_parameters_the_server_reads() -> None:
     source = (Path(__file__).parents[2] / "bpf" / "sockets.bpf.c").read_text()
     for name, define in ((b"database", "FNV32_DATABASE"), (b"user", "FNV32_USER")):
         assert f"#define {define} {fnv1a_32(name):#x}" in source
+
+
+class _Receiver:
+    """What the keeper reads of the kernel: its shed counters and whose requests
+    went uncounted (pid -> total)."""
+
+    def __init__(self) -> None:
+        self.uncounted: dict[int, int] = {}
+
+    def shed_counts(self) -> tuple[int, int, int, int]:
+        return 0, 0, sum(self.uncounted.values()), 0
+
+    def uncounted_processes(self) -> dict[int, int]:
+        return dict(self.uncounted)
+
+
+def test_uncounted_requests_are_said_with_the_processes_that_sent_them_since_last_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otel_ebpf.span_budget import SpanBudgetKeeper
+    from otel_ebpf.telemetry import SelfTelemetry
+
+    receiver, telemetry = _Receiver(), SelfTelemetry()
+    names = {10: "redis-py-app", 20: "curl"}
+    keeper = SpanBudgetKeeper(
+        SpanBudget(BudgetSettings(0.0, 0.0, 1.0, 0.0)),
+        receiver,  # type: ignore[arg-type]
+        telemetry,
+        lambda pid: names.get(pid, f"unknown_service:{pid}"),
+    )
+    caplog.set_level("WARNING", logger="otel_ebpf.span_budget")
+    receiver.uncounted = {10: 2, 20: 5}
+    keeper.tick()
+    receiver.uncounted = {10: 3, 20: 5, 30: 1}
+    keeper.tick()
+    keeper.tick()  # nothing new: nothing said
+    said = [r.getMessage().split("per connection): ")[1] for r in caplog.records]
+    assert said == [
+        "curl (pid 20): 5, redis-py-app (pid 10): 2",
+        "redis-py-app (pid 10): 1, unknown_service:30 (pid 30): 1",
+    ]
+    assert telemetry.requests_shed_uncounted == 9
