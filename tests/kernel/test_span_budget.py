@@ -47,15 +47,19 @@ def final_telemetry(collector: CollectorProcess) -> dict[str, int]:
     return ast.literal_eval(line[line.index("{") :])  # type: ignore[no-any-return]
 
 
-def uncounted_processes(collector: CollectorProcess) -> dict[tuple[str, int], int]:
+def uncounted_processes(
+    collector: CollectorProcess, telemetry: dict[str, int]
+) -> dict[tuple[str, int], int]:
     """Requests shed uncounted, by (service, pid), as the collector's warnings name
-    them: the kernel counts the whole node's, this test's and any other process's."""
+    them (the kernel counts the whole node's, this test's and any other process's):
+    every one the kernel counted is named."""
     named: Counter[tuple[str, int]] = Counter()
     for line in collector.log_path.read_text().splitlines():
         if "neither counted nor traced" in line:
             said = line.split("per connection): ", 1)[1]
             for service, pid, n in re.findall(r"([^,]+?) \(pid (\d+)\): (\d+)", said):
                 named[(service.strip(), int(pid))] += int(n)
+    assert sum(named.values()) == telemetry["requests_shed_uncounted"], named
     return dict(named)
 
 
@@ -63,9 +67,8 @@ def assert_none_uncounted(
     collector: CollectorProcess, telemetry: dict[str, int], *ours: str
 ) -> None:
     """None of the test's processes (these services, and this one) had a request
-    shed uncounted; each one the kernel counted is named."""
-    named = uncounted_processes(collector)
-    assert sum(named.values()) == telemetry["requests_shed_uncounted"], named
+    shed uncounted."""
+    named = uncounted_processes(collector, telemetry)
     mine = [(s, pid) for s, pid in named if s in ours or pid == os.getpid()]
     assert not mine, named
 
@@ -392,8 +395,7 @@ def test_redis_commands_are_shed_in_the_kernel_and_counted_exactly(
     assert telemetry["requests_shed"] >= 2 * n
     # a second DBSIZE behind a shed one is neither counted nor traced, and said
     # with this process's name; nothing of redis-benchmark's, one at a time, is
-    named = uncounted_processes(collector)
-    assert sum(named.values()) == telemetry["requests_shed_uncounted"], named
+    named = uncounted_processes(collector, telemetry)
     mine = sum(count for (_, pid), count in named.items() if pid == os.getpid())
     assert 0 < mine == 2 * pairs - db_operations(sink)["DBSIZE"], named
     server = sum(c for (s, _), c in named.items() if s in ("redis-server", "redis-check-rdb"))

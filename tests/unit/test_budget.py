@@ -32,6 +32,7 @@ from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.receivers import sockets
 from otel_ebpf.receivers.pg_names import PgNames, fnv1a_32
 from otel_ebpf.receivers.sockets import decode
+from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry
 
 SK = 0xFFFF_8880_0000_2000
@@ -466,9 +467,6 @@ class _Receiver:
 def test_uncounted_requests_are_said_with_the_processes_that_sent_them_since_last_said(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from otel_ebpf.span_budget import SpanBudgetKeeper
-    from otel_ebpf.telemetry import SelfTelemetry
-
     receiver, telemetry = _Receiver(), SelfTelemetry()
     names = {10: "redis-py-app", 20: "curl"}
     keeper = SpanBudgetKeeper(
