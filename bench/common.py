@@ -100,13 +100,21 @@ def wrk(
     return rps, float(value) * _UNITS[unit], total
 
 
-def wrk_arguments(description: str | None) -> argparse.Namespace:
-    """--rounds, --seconds and --connections of the benches that drive wrk."""
+def wrk_arguments(description: str | None, span_budget: bool = False) -> argparse.Namespace:
+    """--rounds, --seconds and --connections of the benches that drive wrk (and
+    --span-budget, for those that run one collector setting throughout)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--only", default="", help="comma-separated scenario names to run")
+    if span_budget:
+        parser.add_argument(
+            "--span-budget",
+            default="0",
+            help="the collector's OTEL_EBPF_SPAN_BUDGET (0: every request a span; "
+            "0.05: as installed)",
+        )
     return parser.parse_args()
 
 

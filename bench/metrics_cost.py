@@ -7,7 +7,8 @@ connections, `connections` sends `Connection: close` so every request is a new
 TCP connection. Both modes export OTLP/gRPC to a sink process that discards;
 "metrics only" has no traces pipeline (spans are built for the RED metrics,
 never exported). Rounds alternate none / metrics / metrics+spans; medians.
-Run as root: `.venv/bin/python bench/metrics_cost.py [--rounds 2 --seconds 8]`.
+Run as root: `.venv/bin/python bench/metrics_cost.py [--rounds 2 --seconds 8]
+[--only requests|connections] [--span-budget 0.05]`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from harness import CollectorProcess, Nginx
 MODES = ("metrics", "metrics+spans")
 
 
-def collector(tmp: Path, mode: str, sink_port: int) -> CollectorProcess:
+def collector(tmp: Path, mode: str, sink_port: int, budget: str) -> CollectorProcess:
     otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
     return CollectorProcess(
         tmp,
         {"otlp": otlp},
-        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "5000"},
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "5000", "OTEL_EBPF_SPAN_BUDGET": budget},
         metrics=["otlp"],
         traces=["otlp"] if mode == "metrics+spans" else [],
     )
@@ -56,7 +57,7 @@ def scenario(load: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, sink_
     for r in range(args.rounds):
         rate["none"].append(wrk(url, args.seconds, args.connections, script, headers)[0])
         for mode in MODES:
-            c = collector(tmp / f"collector-{load}-{mode}-{r}", mode, sink_port)
+            c = collector(tmp / f"collector-{load}-{mode}-{r}", mode, sink_port, args.span_budget)
             proc = psutil.Process(c.proc.pid)
             t0, before = c.telemetry(), proc.cpu_times()
             rps, _, total = wrk(url, args.seconds, args.connections, script, headers)
@@ -69,7 +70,10 @@ def scenario(load: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, sink_
             lost[mode] += t1["events_lost"] - t0["events_lost"]
     med = statistics.median
     unit = "connections" if load == "connections" else "requests"
-    print(f"{load}: nginx + wrk -c{args.connections} paced, {args.rounds} rounds x {args.seconds}s")
+    print(
+        f"{load}: nginx + wrk -c{args.connections} paced, {args.rounds} rounds x {args.seconds}s,"
+        f" span budget {args.span_budget} (0: every request a span)"
+    )
     print(f"  no collector     {med(rate['none']):8.0f} {unit}/s")
     for mode in MODES:
         ratio = med(rate[mode]) / med(rate["none"])
@@ -83,14 +87,15 @@ def scenario(load: str, nginx: Nginx, tmp: Path, args: argparse.Namespace, sink_
 
 
 def main() -> int:
-    args = wrk_arguments(__doc__)
+    args = wrk_arguments(__doc__, span_budget=True)
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-metrics-"))
     (tmp / "paced.lua").write_text(PACED_LUA)
     nginx = Nginx(tmp / "nginx")
     try:
         with null_sink() as sink_port:
-            scenario("requests", nginx, tmp, args, sink_port)
-            scenario("connections", nginx, tmp, args, sink_port)
+            for load in ("requests", "connections"):
+                if not args.only or load in args.only.split(","):
+                    scenario(load, nginx, tmp, args, sink_port)
     finally:
         nginx.stop()
     return 0

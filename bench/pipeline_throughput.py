@@ -3,13 +3,17 @@
 Replays the records the kernel writes for keep-alive HTTP/1.1 requests seen from
 both sides (wrk's CLIENT span and nginx's SERVER span per request) through the
 collector's own wiring, `Collector` as `otel-ebpf` builds it, minus the probes:
-decode, tracker, parser, correlator, span builder, RED metrics, the export
-queue and its OTLP/gRPC exporter to a discarding sink in another process.
+decode, tracker, parser, correlator, span builder, metrics, the export
+queue and its OTLP/gRPC exporter to a discarding sink in another process. The
+kernel counted each request's RED, as it does plain HTTP/1's in production;
+`--red-in-user-space` measures RED from each span instead, as for protocols the
+kernel does not count.
 Prints CPU microseconds per request: the processing thread's, and the whole
 process's (export and metric threads included). `--profile` adds where the
 processing thread's time goes. No root needed.
 
     .venv/bin/python bench/pipeline_throughput.py [--requests N] [--profile]
+        [--red-in-user-space] [--new-connections traced|shed]
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ RESPONSE = (
 CONNECTIONS = 4  # as the nginx bench's wrk
 
 
-def records(n: int) -> list[bytes]:
+def records(n: int, counted: bool) -> list[bytes]:
     """`n` requests over CONNECTIONS keep-alive connections, each seen from the
-    client (sk 2c+1) and the server (sk 2c+2), 10 us apart."""
+    client (sk 2c+1) and the server (sk 2c+2), 10 us apart; `counted`: the
+    kernel counted each request's RED, as it does plain HTTP/1's."""
     out = []
     for c in range(CONNECTIONS):
         port = 50000 + c
@@ -53,15 +58,17 @@ def records(n: int) -> list[bytes]:
         c = i % CONNECTIONS
         client, server, ts = 2 * c + 1, 2 * c + 2, 1_000_000 + i * 10_000
         q, r = sent[c], answered[c]
-        out.append(data_record(client, Role.CLIENT, True, ts, q, REQUEST))
-        out.append(data_record(server, Role.SERVER, False, ts + 1000, q, REQUEST))
+        out.append(data_record(client, Role.CLIENT, True, ts, q, REQUEST, red_counted=counted))
+        out.append(
+            data_record(server, Role.SERVER, False, ts + 1000, q, REQUEST, red_counted=counted)
+        )
         out.append(data_record(server, Role.SERVER, True, ts + 2000, r, RESPONSE))
         out.append(data_record(client, Role.CLIENT, False, ts + 3000, r, RESPONSE))
         sent[c], answered[c] = q + len(REQUEST), r + len(RESPONSE)
     return out
 
 
-def new_connection_records(n: int, shed: bool) -> list[bytes]:
+def new_connection_records(n: int, shed: bool, counted: bool) -> list[bytes]:
     """`n` requests each on a connection of its own (ab without keep-alive), both
     ends: open, the request and its answer (unless the kernel `shed` them: then
     the opens and closes are all user space sees), close."""
@@ -72,8 +79,11 @@ def new_connection_records(n: int, shed: bool) -> list[bytes]:
         out.append(open_record(client, Role.CLIENT, port, 8080, ts))
         out.append(open_record(server, Role.SERVER, 8080, port, ts))
         if not shed:
-            out.append(data_record(client, Role.CLIENT, True, ts + 1000, 0, REQUEST))
-            out.append(data_record(server, Role.SERVER, False, ts + 2000, 0, REQUEST))
+            for sk, role, egress, at in (
+                (client, Role.CLIENT, True, 1000),
+                (server, Role.SERVER, False, 2000),
+            ):
+                out.append(data_record(sk, role, egress, ts + at, 0, REQUEST, red_counted=counted))
             out.append(data_record(server, Role.SERVER, True, ts + 3000, 0, RESPONSE))
             out.append(data_record(client, Role.CLIENT, False, ts + 4000, 0, RESPONSE))
         end = ts + 5000
@@ -106,15 +116,22 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--red-in-user-space",
+        action="store_true",
+        help="RED measured from each span, as for protocols the kernel does not count",
+    )
+    parser.add_argument(
         "--new-connections",
         choices=["traced", "shed"],
         help="each request on a connection of its own; `shed`: the kernel shed it",
     )
     args = parser.parse_args()
     if args.new_connections:
-        raw = new_connection_records(args.requests, args.new_connections == "shed")
+        raw = new_connection_records(
+            args.requests, args.new_connections == "shed", not args.red_in_user_space
+        )
     else:
-        raw = records(args.requests)
+        raw = records(args.requests, not args.red_in_user_space)
     with null_sink() as port:
         c = collector(port)
         handle = c._on_kernel_event
@@ -144,6 +161,7 @@ def main() -> int:
         f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us"
     )
     if profile:
+        profile.dump_stats("/tmp/pipeline.prof")
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     spans = 0 if args.new_connections == "shed" else 2 * n
     return 0 if built == exported == spans else 1
