@@ -12,7 +12,7 @@ Prints CPU microseconds per request: the processing thread's, and the whole
 process's (export and metric threads included). `--profile` adds where the
 processing thread's time goes. No root needed.
 
-    .venv/bin/python bench/pipeline_throughput.py [--requests N] [--profile]
+    .venv/bin/python bench/pipeline_throughput.py [--requests N] [--profile [--profile-out F]]
         [--red-in-user-space] [--new-connections traced|shed]
 """
 
@@ -115,6 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-out", help="also write the profile here (pstats)")
     parser.add_argument(
         "--red-in-user-space",
         action="store_true",
@@ -161,7 +162,8 @@ def main() -> int:
         f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us"
     )
     if profile:
-        profile.dump_stats("/tmp/pipeline.prof")
+        if args.profile_out:
+            profile.dump_stats(args.profile_out)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     spans = 0 if args.new_connections == "shed" else 2 * n
     return 0 if built == exported == spans else 1

@@ -397,35 +397,19 @@ class SpanBuilder:
         attrs: dict[str, str | int] = {
             "http.request.method": req.method,
             "url.path": path,
-            "url.scheme": "https" if conn.tls else "http",
-            "network.protocol.name": "http",
             "network.protocol.version": req.version,
-            "network.transport": "tcp",
-            "network.type": "ipv6" if conn.ipv6 else "ipv4",
+            **_connection_attributes(conn, server),
         }
         if query is not None:
             attrs["url.query"] = query
         host = host_of(req.headers.get("host", ""))
-        local, remote = conn.local, conn.remote
+        remote = conn.remote
         if host:
             addr, port = host_port(host)
             attrs["server.address"] = addr
             if port is not None:
                 attrs["server.port"] = port
-        if remote is not None:
-            attrs["network.peer.address"] = remote.address
-            attrs["network.peer.port"] = remote.port
-        if server:
-            if local is not None:
-                attrs.setdefault("server.address", local.address)
-                attrs.setdefault("server.port", local.port)
-            if remote is not None:
-                attrs["client.address"] = remote.address
-                attrs["client.port"] = remote.port
-        else:
-            if remote is not None:
-                attrs.setdefault("server.address", remote.address)
-                attrs.setdefault("server.port", remote.port)
+        if not server:
             authority = host or (f"{remote.address}:{remote.port}" if remote else "")
             origin = origin or f"{'https' if conn.tls else 'http'}://{authority}"
             attrs["url.full"] = (
@@ -509,6 +493,33 @@ class _Times(Protocol):
     def start_ts(self) -> int: ...
     @property
     def end_ts(self) -> int: ...
+
+
+def _connection_attributes(conn: Connection, server: bool) -> dict[str, str | int]:
+    """An HTTP span's attributes that its connection's ends decide (a Host header
+    may still name the server), made once per connection."""
+    local, remote = conn.local, conn.remote
+    made = conn.http_attributes
+    if made is not None and made[0] is local and made[1] is remote:
+        return made[2]
+    attrs: dict[str, str | int] = {
+        "url.scheme": "https" if conn.tls else "http",
+        "network.protocol.name": "http",
+        "network.transport": "tcp",
+        "network.type": "ipv6" if conn.ipv6 else "ipv4",
+    }
+    server_end = local if server else remote
+    if server_end is not None:
+        attrs["server.address"] = server_end.address
+        attrs["server.port"] = server_end.port
+    if remote is not None:
+        attrs["network.peer.address"] = remote.address
+        attrs["network.peer.port"] = remote.port
+        if server:
+            attrs["client.address"] = remote.address
+            attrs["client.port"] = remote.port
+    conn.http_attributes = (local, remote, attrs)
+    return attrs
 
 
 def _http_status(attrs: dict[str, Any], code: int, server: bool) -> Status:

@@ -45,6 +45,16 @@ def known_method(method: str) -> str:
     return method if method in _METHOD_NAMES else "_OTHER"
 
 
+_METHOD_TEXT = {m: m.decode() for m in METHODS}
+_STATUS_CODES = {b"%03d" % code: code for code in range(1000)}  # 3DIGIT, as a table
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+
+def _version(token: bytes) -> str:
+    """ "1.1" from b"HTTP/1.1" (whatever follows "HTTP/", for the rare others)."""
+    return _VERSIONS.get(token) or token[5:].decode("ascii", "replace")
+
+
 _RESPONSE_PREFIX = b"HTTP/1."
 MAX_EARLY = 4  # answers kept for requests not seen yet
 
@@ -90,6 +100,81 @@ def looks_like_request(data: bytes) -> bool:
 
 def looks_like_response(data: bytes) -> bool:
     return data.startswith(_RESPONSE_PREFIX)
+
+
+class _HeadFields(NamedTuple):
+    """What a head's bytes say, whoever sent them and whenever."""
+
+    method: str
+    target: str
+    status: int
+    version: str
+    headers: dict[str, str]  # shared by every record of the same head: never changed
+    content_length: int | None
+    chunked: bool
+
+
+# Heads seen lately, parsed: the same head crosses a node twice (client and
+# server) and a keep-alive client repeats its own. Bounded in entries and in
+# the size of each; raw heads stay in this process's memory only.
+_PARSED: dict[tuple[bool, bytes], _HeadFields | ParseError] = {}
+_PARSED_MAX = 512
+_PARSED_HEAD_MAX = 1024
+
+
+def _head_fields(head: bytes, is_request: bool) -> _HeadFields | ParseError:
+    key = (is_request, head)
+    fields = _PARSED.get(key)
+    if fields is None:
+        fields = _parse_fields(head, is_request)
+        if len(head) <= _PARSED_HEAD_MAX:
+            if len(_PARSED) >= _PARSED_MAX:
+                del _PARSED[next(iter(_PARSED))]  # the oldest
+            _PARSED[key] = fields
+    return fields
+
+
+def _parse_fields(head: bytes, is_request: bool) -> _HeadFields | ParseError:
+    """RFC 9112 sections 3-5: the start line and the kept header fields."""
+    lines = head.split(b"\r\n")
+    start = lines[0]
+    method = target = ""
+    status = 0
+    if is_request:
+        parts = start.split(b" ")
+        known = _METHOD_TEXT.get(parts[0]) if len(parts) == 3 else None
+        if known is None or not parts[2].startswith(b"HTTP/1."):
+            return ParseError("malformed request line")
+        method = known
+        target = parts[1].decode("latin-1")
+        version = _version(parts[2])
+    else:
+        parts = start.split(b" ", 2)
+        code = _STATUS_CODES.get(parts[1]) if len(parts) >= 2 else None
+        if code is None:
+            return ParseError("malformed status line")
+        version = _version(parts[0])
+        status = code
+    headers: dict[str, str] = {}
+    content_length: int | None = None
+    chunked = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1] in b" \t" or name[0] in b" \t":
+            return ParseError("malformed header line")
+        key = _KEPT.get(name.lower())
+        if key is None:
+            continue
+        text = value.strip().decode("latin-1")
+        if key == "content-length":
+            length = decimal(text)
+            if length is None or content_length not in (None, length):
+                return ParseError("invalid Content-Length")
+            content_length = length
+        elif key == "transfer-encoding":
+            chunked = text.lower().rsplit(",", 1)[-1].strip() == "chunked"
+        headers[key] = text if key not in headers else headers[key] + ", " + text
+    return _HeadFields(method, target, status, version, headers, content_length, chunked)
 
 
 class Http1StreamParser:
@@ -259,17 +344,26 @@ class Http1StreamParser:
         k = min(len(buf), len(_RESPONSE_PREFIX))
         return buf[:k] == _RESPONSE_PREFIX[:k]
 
+    def _not_http(self) -> ParseError:
+        return ParseError("not an HTTP/1 " + ("request" if self.is_request else "response"))
+
     def _feed_head(self, data: bytes, pos: int, ts: int, out: list[ParserEvent]) -> int:
         buf = self._buf
         before = len(buf)
         if not before:
             self._start_ts = ts
             self._start_offset = self._base + pos
+            end = data.find(b"\r\n\r\n", pos)
+            if end >= 0:  # the usual case: a whole head in one call, parsed in place
+                if not self._starts_message(data[pos:end]):
+                    out.append(self._not_http())
+                    self._lose()
+                    return len(data)
+                self._begin_message(data[pos:end], ts, out, truncated=False)
+                return end + 4
         buf += data[pos:]
         if not self._prefix_ok():
-            out.append(
-                ParseError("not an HTTP/1 " + ("request" if self.is_request else "response"))
-            )
+            out.append(self._not_http())
             self._lose()
             return len(data)
         end = buf.find(b"\r\n\r\n", max(before - 3, 0))
@@ -334,55 +428,21 @@ class Http1StreamParser:
     def _parse_head(
         self, head: bytes, truncated: bool
     ) -> tuple[HttpHead, tuple[str, int]] | ParseError:
-        lines = head.split(b"\r\n")
-        start = lines[0]
-        method = target = ""
-        status = 0
-        if self.is_request:
-            parts = start.split(b" ")
-            if len(parts) != 3 or parts[0] not in METHODS or not parts[2].startswith(b"HTTP/1."):
-                return ParseError("malformed request line")
-            method = parts[0].decode("ascii")
-            target = parts[1].decode("latin-1")
-            version = parts[2][5:].decode("ascii", "replace")
-        else:
-            parts = start.split(b" ", 2)
-            code = decimal(parts[1]) if len(parts) >= 2 and len(parts[1]) == 3 else None
-            if code is None:
-                return ParseError("malformed status line")
-            version = parts[0][5:].decode("ascii", "replace")
-            status = code
-        headers: dict[str, str] = {}
-        content_length: int | None = None
-        chunked = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1] in b" \t" or name[0] in b" \t":
-                return ParseError("malformed header line")
-            key = _KEPT.get(name.lower())
-            if key is None:
-                continue
-            text = value.strip().decode("latin-1")
-            if key == "content-length":
-                length = decimal(text)
-                if length is None or content_length not in (None, length):
-                    return ParseError("invalid Content-Length")
-                content_length = length
-            elif key == "transfer-encoding":
-                chunked = text.lower().rsplit(",", 1)[-1].strip() == "chunked"
-            headers[key] = text if key not in headers else headers[key] + ", " + text
+        fields = _head_fields(head, self.is_request)
+        if isinstance(fields, ParseError):
+            return fields
         record = HttpHead(
             self.is_request,
-            method,
-            target,
-            status,
-            version,
-            headers,
+            fields.method,
+            fields.target,
+            fields.status,
+            fields.version,
+            fields.headers,
             self._start_ts,
             truncated,
             self._start_offset,
         )
-        return record, self._framing(status, content_length, chunked)
+        return record, self._framing(fields.status, fields.content_length, fields.chunked)
 
     def _framing(self, status: int, content_length: int | None, chunked: bool) -> tuple[str, int]:
         """RFC 9112 section 6.3: how this message's body is delimited."""

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captured import load
-from otel_ebpf.model import HttpExchange
+from otel_ebpf.model import HttpExchange, HttpHead, ParseError
+from otel_ebpf.processors.protocols import http1
 from otel_ebpf.processors.protocols.http1 import Http1Connection, Http1StreamParser
 from splitting import ended, feed_random, replay, resplit, split
 
@@ -326,3 +327,34 @@ def test_random_splits_of_a_recorded_session_give_the_same_exchanges(cuts: list[
     assert _recorded(replay(Http1Connection(), resplit(chunks, cuts))) == _recorded(
         replay(Http1Connection(), chunks)
     )
+
+
+def _heads(data: bytes, pieces: int, ts: int = 7) -> list[HttpHead | ParseError]:
+    """The heads (and errors) a fresh request parser makes of `data` fed in `pieces` calls."""
+    parser = Http1StreamParser(True)
+    step = -(-len(data) // pieces)
+    out = [e for i in range(0, len(data), step) for e in parser.feed(data[i : i + step], ts)]
+    return [e for e in out if isinstance(e, HttpHead | ParseError)]
+
+
+def test_a_head_parsed_once_is_the_same_head_again_whole_or_split() -> None:
+    """Heads seen lately are parsed once (a node sees each twice); each record
+    still has its own time and offset, and split heads parse as whole ones."""
+    head = b"GET /a?b=1 HTTP/1.1\r\nHost: x:81\r\nContent-Length: 2\r\n\r\nok"
+    first, later, split_in_three = _heads(head, 1), _heads(head, 1, ts=9), _heads(head, 3)
+    assert [h._replace(start_ts=7) for h in later] == first
+    assert isinstance(later[0], HttpHead) and later[0].start_ts == 9
+    assert isinstance(first[0], HttpHead) and first[0].headers == {
+        "host": "x:81",
+        "content-length": "2",
+    }
+    assert split_in_three == first
+    assert _heads(b"GETX / HTTP/1.1\r\n\r\n", 1) == [ParseError("not an HTTP/1 request")]
+
+
+def test_parsed_heads_kept_are_bounded() -> None:
+    for i in range(http1._PARSED_MAX + 50):
+        _heads(b"GET /%d HTTP/1.1\r\n\r\n" % i, 1)
+    _heads(b"GET / HTTP/1.1\r\nUser-Agent: " + b"a" * 2000 + b"\r\n\r\n", 1)
+    assert len(http1._PARSED) <= http1._PARSED_MAX
+    assert all(len(head) <= http1._PARSED_HEAD_MAX for _, head in http1._PARSED)
