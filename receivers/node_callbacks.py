@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable
 
 from elftools.common.exceptions import ELFError
@@ -31,24 +32,35 @@ log = logging.getLogger(__name__)
 FileId = tuple[int, int]  # (st_dev, st_ino)
 # node::InternalMakeCallback(Environment*, Local<Object>, Local<Object>, Local<Function>, ...)
 CALLBACK_SYMBOL = "_ZN4node20InternalMakeCallbackEPNS_11Environment"
+_CALLBACK_NAME = CALLBACK_SYMBOL.encode()
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, shndx, value, size
 _LIBNODE = re.compile(r"/libnode\.so(\.\d+)*$")
 MAX_REFUSED = 4096
 
 
 def callback_address(path: str) -> int | None:
-    """Where `node::InternalMakeCallback` is in a file (None: not a Node runtime)."""
+    """Where `node::InternalMakeCallback` is in a file (None: not a Node runtime).
+    Read from the raw symbol table: walking it symbol by symbol in Python took
+    0.2 s for postgres, on the event path, for every program first seen."""
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             if elf["e_machine"] != "EM_X86_64":
                 return None
             dynsym = elf.get_section_by_name(".dynsym")
-            if not isinstance(dynsym, SymbolTableSection):
+            if not isinstance(dynsym, SymbolTableSection) or dynsym["sh_entsize"] != _SYM.size:
                 return None
-            for symbol in dynsym.iter_symbols():
-                if symbol.name.startswith(CALLBACK_SYMBOL) and symbol["st_value"]:
-                    return int(symbol["st_value"])
-    except (ELFError, OSError, ValueError, KeyError) as exc:
+            names = dynsym.stringtable.data()
+            starts, at = set(), names.find(_CALLBACK_NAME)
+            while at >= 0:  # every name beginning with it (a name may end another)
+                starts.add(at)
+                at = names.find(_CALLBACK_NAME, at + 1)
+            if not starts:
+                return None
+            for name, _, _, _, value, _ in _SYM.iter_unpack(dynsym.data()):
+                if name in starts and value:
+                    return int(value)
+    except (ELFError, OSError, ValueError, KeyError, struct.error) as exc:
         log.debug("symbols of %s not read: %s", path, exc)
     return None
 
