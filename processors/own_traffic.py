@@ -83,7 +83,12 @@ class OwnTraffic:
         return False
 
     def seen_using(self, sk: int, ends: Ends | None) -> None:
-        """The kernel saw us move bytes on `sk` (its ends if known, else /proc tells)."""
+        """The kernel saw us move bytes on `sk` (its ends if known, else /proc tells:
+        unless it is known as ours since its open, as every connection to our
+        health endpoint is, where reading /proc/net/tcp on a busy node costs
+        more than the probe it answers)."""
+        if ends is None and sk in self._sockets:
+            return
         self._sockets[sk] = ends
         if ends:
             self._peers.add((ends[1], ends[0]))

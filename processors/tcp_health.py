@@ -193,15 +193,16 @@ class TcpHealth:
         else:
             return  # never reported live, and the kernel cannot say which end it is
         failure = ev.failure
-        delta = TcpTotals(opened=0 if prev or failure else 1)
-        final = TcpTotals(
-            retransmits=ev.retransmits,
-            resets_in=ev.resets_in,
-            resets_out=ev.resets_out,
-            bytes_tx=0 if failure else ev.bytes_egress,
-            bytes_rx=0 if failure else ev.bytes_ingress,
+        before = prev.counters if prev else _NONE
+        # what it did since last reported (_difference, spelled out: one close each)
+        delta = TcpTotals(
+            opened=0 if prev or failure else 1,
+            retransmits=max(ev.retransmits - before.retransmits, 0),
+            resets_in=max(ev.resets_in - before.resets_in, 0),
+            resets_out=max(ev.resets_out - before.resets_out, 0),
+            bytes_tx=0 if failure else max(ev.bytes_egress - before.bytes_tx, 0),
+            bytes_rx=0 if failure else max(ev.bytes_ingress - before.bytes_rx, 0),
         )
-        _difference(delta, final, prev.counters if prev else _NONE)
         if failure is not None:
             setattr(delta, failure, 1)
         elif ev.resets_in:

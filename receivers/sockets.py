@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -227,7 +228,10 @@ def _red_count(key: Any, value: Any, names: PgNames | None = None) -> RedCount:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(raw: bytes, family: int) -> str:
+    """An address as text; remembered, as a node's peers are few and every
+    connection's open and close name two."""
     if family == _AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     if raw[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped IPv6

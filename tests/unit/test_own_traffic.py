@@ -1,0 +1,37 @@
+"""The collector's own connections: known without reading /proc where it can be."""
+
+from __future__ import annotations
+
+import pytest
+
+from otel_ebpf.model import ConnOpen, Endpoint, Role
+from otel_ebpf.processors.own_traffic import OwnTraffic
+
+
+@pytest.fixture
+def own(monkeypatch: pytest.MonkeyPatch) -> tuple[OwnTraffic, list[int]]:
+    """OwnTraffic whose /proc scans are counted, not made."""
+    traffic, scans = OwnTraffic(), []
+    monkeypatch.setattr(traffic, "mark_current", lambda: scans.append(1))
+    return traffic, scans
+
+
+def test_a_health_check_known_from_its_open_reads_no_proc(
+    own: tuple[OwnTraffic, list[int]],
+) -> None:
+    traffic, scans = own
+    traffic.add_listener(13133)
+    local, remote = Endpoint("127.0.0.1", 13133), Endpoint("127.0.0.1", 40000)
+    assert traffic.opened(ConnOpen(7, 1, Role.SERVER, 1234, local, remote, False))
+    traffic.seen_using(7, None)  # the kernel then sees us read it
+    assert scans == [] and 7 in traffic
+    assert traffic.is_peer(remote, local, fresh=True)
+
+
+def test_a_socket_older_than_the_probes_is_looked_up(own: tuple[OwnTraffic, list[int]]) -> None:
+    traffic, scans = own
+    traffic.seen_using(8, None)
+    assert scans == [1] and 8 in traffic
+    ends = (Endpoint("127.0.0.1", 5000), Endpoint("127.0.0.1", 4317))
+    traffic.seen_using(9, ends)  # its ends known: nothing to read
+    assert scans == [1] and traffic.is_peer(ends[1], ends[0], fresh=True)
