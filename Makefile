@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench doctor clean
+.PHONY: setup run test lint bench doctor constraints clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,13 @@ bench: setup
 	$(PY) bench/uprobe_cost.py
 	$(PY) bench/metrics_cost.py
 	$(PY) bench/nginx_overhead.py
+
+# The newest versions pyproject.toml allows, pinned in constraints.txt (setup
+# installs those): run `make test` before committing the new pins.
+constraints: setup
+	$(PY) -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	{ head -n 2 constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

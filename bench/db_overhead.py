@@ -4,10 +4,12 @@ Alternates rounds without the collector, with the collector's hooks counting
 only (the floor, `floor.py`), with the collector, and with a nice-19 process
 burning the CPU share the collector used in that round (`neighbour.py`: what
 any low-priority neighbour costs this load) (A F B N A F B N ...), and reports
-medians. Spans go to a file (no export cost differences between
-rounds); metrics to an OTLP sink, to check the database histogram counted every
-Redis command. `--budget 0.05` is the collector as installed (the span budget:
-Redis commands counted and shed in the kernel), `--budget 0` a span for each.
+medians. Spans go over OTLP/gRPC to a discarding sink in a process of its own,
+as they would to a backend (a file cost the collector more: OTLP/JSON is
+written through protobuf's pure-Python JSON printer); metrics to an OTLP sink,
+to check the database histogram counted every command. `--budget 0.05` is the
+collector as installed (the span budget: Redis commands counted and shed in the
+kernel), `--budget 0` a span for each.
 Run as root: `make bench` (or `.venv/bin/python bench/db_overhead.py --rounds 3`).
 """
 
@@ -25,7 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from common import drained, neighbour, peak_rss_mib  # also puts tests/kernel on the path
+from common import (  # also puts tests/kernel on the path
+    drained,
+    neighbour,
+    null_sink,
+    peak_rss_mib,
+)
 from floor import counting_probes
 
 from harness import CollectorProcess, Postgres, free_port, listening, wait_until
@@ -96,7 +103,9 @@ def measured(load: Load) -> tuple[float, int, float]:
     return rate, ops, (busy_seconds() - before) / ops
 
 
-def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client: str) -> None:
+def scenario(
+    name: str, load: Load, tmp: Path, rounds: int, budget: str, client: str, spans_port: int
+) -> None:
     base, floor, traced, cpu_per_k, coverage, counted, lost = [], [], [], [], [], [], []
     node_off, node_on, beside, cores = [], [], [], []
     rss = 0.0
@@ -109,14 +118,13 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client:
             floor.append(load()[0])
         sink = GrpcSink()  # each collector's cumulative counts start at zero
         slug = re.sub(r"\W+", "-", name)
-        out = tmp / f"spans-{slug}-{r}.jsonl"
         collector = CollectorProcess(
             tmp / f"collector-{slug}-{r}",
             {
-                "file": {"path": str(out)},
                 "otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True},
+                "otlp/spans": {"endpoint": f"127.0.0.1:{spans_port}", "insecure": True},
             },
-            traces=["file"],
+            traces=["otlp/spans"],
             metrics=["otlp"],
             extra_env={
                 "OTEL_EBPF_SPAN_BUDGET": budget,
@@ -134,7 +142,6 @@ def scenario(name: str, load: Load, tmp: Path, rounds: int, budget: str, client:
         collector.stop()  # its last metrics go out as it stops
         sink.stop()
         counted.append(db_operations(sink, client) / ops)
-        out.unlink(missing_ok=True)
         traced.append(rate)
         cpu = (after.user + after.system) - (before.user + before.system)
         cpu_per_k.append(cpu / ops * 1000)
@@ -193,42 +200,44 @@ def main() -> int:
     )
     pg = Postgres(tmp / "pg")
     try:
-        wait_until(lambda: listening(port), 10, "redis listening")
-        subprocess.run(
-            [
-                str(Postgres.BIN / "pgbench"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(pg.port),
-                "-U",
-                "postgres",
-                "-i",
-                "-q",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        if args.only != "pgbench":
-            scenario(
-                "redis-benchmark -c4 -t set,get",
-                redis_load(port, args.redis_requests),
-                tmp,
-                args.rounds,
-                args.budget,
-                "redis-benchmark",
+        with null_sink() as spans_port:
+            wait_until(lambda: listening(port), 10, "redis listening")
+            subprocess.run(
+                [
+                    str(Postgres.BIN / "pgbench"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(pg.port),
+                    "-U",
+                    "postgres",
+                    "-i",
+                    "-q",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
             )
-        if args.only == "redis":
-            return 0
-        for name, load in (
-            ("pgbench -c2 (TPC-B-like)", pgbench_load(pg, args.seconds)),
-            (
-                "pgbench -c2 -R 300 (paced, 2100 statements/s)",
-                pgbench_load(pg, args.seconds, rate=300),
-            ),
-        ):
-            scenario(name, load, tmp, args.rounds, args.budget, "pgbench")
+            if args.only != "pgbench":
+                scenario(
+                    "redis-benchmark -c4 -t set,get",
+                    redis_load(port, args.redis_requests),
+                    tmp,
+                    args.rounds,
+                    args.budget,
+                    "redis-benchmark",
+                    spans_port,
+                )
+            if args.only == "redis":
+                return 0
+            for name, load in (
+                ("pgbench -c2 (TPC-B-like)", pgbench_load(pg, args.seconds)),
+                (
+                    "pgbench -c2 -R 300 (paced, 2100 statements/s)",
+                    pgbench_load(pg, args.seconds, rate=300),
+                ),
+            ):
+                scenario(name, load, tmp, args.rounds, args.budget, "pgbench", spans_port)
     finally:
         redis.terminate()
         pg.stop()

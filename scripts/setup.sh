@@ -86,11 +86,12 @@ ln -sfn "$BCC_DIR" "$SITE/_otel_ebpf_bcc/bcc"
 echo "$SITE/_otel_ebpf_bcc" > "$SITE/otel_ebpf_bcc.pth"
 "$VENV/bin/python" -c 'import bcc' || { say "bcc is not importable from $VENV" >&2; exit 1; }
 
-stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+# Pinned by constraints.txt: the versions the suite last passed with.
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
-  say "installing otel-ebpf with test extras into $VENV"
+  say "installing otel-ebpf with test extras into $VENV (versions of constraints.txt)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 else
