@@ -79,11 +79,12 @@ def new_connection_records(n: int, shed: bool, counted: bool) -> list[bytes]:
         out.append(open_record(client, Role.CLIENT, port, 8080, ts))
         out.append(open_record(server, Role.SERVER, 8080, port, ts))
         if not shed:
-            for sk, role, egress, at in (
-                (client, Role.CLIENT, True, 1000),
-                (server, Role.SERVER, False, 2000),
-            ):
-                out.append(data_record(sk, role, egress, ts + at, 0, REQUEST, red_counted=counted))
+            out.append(
+                data_record(client, Role.CLIENT, True, ts + 1000, 0, REQUEST, red_counted=counted)
+            )
+            out.append(
+                data_record(server, Role.SERVER, False, ts + 2000, 0, REQUEST, red_counted=counted)
+            )
             out.append(data_record(server, Role.SERVER, True, ts + 3000, 0, RESPONSE))
             out.append(data_record(client, Role.CLIENT, False, ts + 4000, 0, RESPONSE))
         end = ts + 5000

@@ -51,7 +51,7 @@ _VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 def _version(token: bytes) -> str:
-    """ "1.1" from b"HTTP/1.1" (whatever follows "HTTP/", for the rare others)."""
+    """What follows "HTTP/" in a start line: "1.1" for b"HTTP/1.1"."""
     return _VERSIONS.get(token) or token[5:].decode("ascii", "replace")
 
 
@@ -354,12 +354,13 @@ class Http1StreamParser:
             self._start_ts = ts
             self._start_offset = self._base + pos
             end = data.find(b"\r\n\r\n", pos)
-            if end >= 0:  # the usual case: a whole head in one call, parsed in place
-                if not self._starts_message(data[pos:end]):
+            if end >= 0:  # the usual case: a whole head in one call, not buffered
+                head = data[pos:end]
+                if not self._starts_message(head):
                     out.append(self._not_http())
                     self._lose()
                     return len(data)
-                self._begin_message(data[pos:end], ts, out, truncated=False)
+                self._begin_message(head, ts, out, truncated=False)
                 return end + 4
         buf += data[pos:]
         if not self._prefix_ok():
