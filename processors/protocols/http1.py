@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import NamedTuple
 
 from otel_ebpf.model import (
@@ -116,14 +117,15 @@ class _HeadFields(NamedTuple):
 
 # Heads seen lately, parsed: the same head crosses a node twice (client and
 # server) and a keep-alive client repeats its own. Bounded in entries and in
-# the size of each; raw heads stay in this process's memory only.
-_PARSED: dict[tuple[bool, bytes], _HeadFields | ParseError] = {}
+# the size of each head; kept by a digest of its bytes, so the credentials a
+# head may carry (Authorization, Cookie) are not held past their parse.
+_PARSED: dict[bytes, _HeadFields | ParseError] = {}
 _PARSED_MAX = 512
 _PARSED_HEAD_MAX = 1024
 
 
 def _head_fields(head: bytes, is_request: bool) -> _HeadFields | ParseError:
-    key = (is_request, head)
+    key = blake2b(head, digest_size=16, person=b"req" if is_request else b"resp").digest()
     fields = _PARSED.get(key)
     if fields is None:
         fields = _parse_fields(head, is_request)

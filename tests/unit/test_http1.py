@@ -352,9 +352,12 @@ def test_a_head_parsed_once_is_the_same_head_again_whole_or_split() -> None:
     assert _heads(b"GETX / HTTP/1.1\r\n\r\n", 1) == [ParseError("not an HTTP/1 request")]
 
 
-def test_parsed_heads_kept_are_bounded() -> None:
+def test_parsed_heads_kept_are_bounded_and_hold_no_header_bytes() -> None:
     for i in range(http1._PARSED_MAX + 50):
         _heads(b"GET /%d HTTP/1.1\r\n\r\n" % i, 1)
+    assert len(http1._PARSED) == http1._PARSED_MAX
+    oldest = next(iter(http1._PARSED))
     _heads(b"GET / HTTP/1.1\r\nUser-Agent: " + b"a" * 2000 + b"\r\n\r\n", 1)
-    assert len(http1._PARSED) <= http1._PARSED_MAX
-    assert all(len(head) <= http1._PARSED_HEAD_MAX for _, head in http1._PARSED)
+    assert next(iter(http1._PARSED)) == oldest  # too large to keep: nothing moved
+    _heads(b"GET / HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n", 1)
+    assert all(b"s3cret" not in key for key in http1._PARSED)
