@@ -39,11 +39,11 @@ class Connection:
         "fd",
         "gen",
         "held",
-        "http_attributes",
         "in_flight",
         "ipv6",
         "last_done",
         "local",
+        "network_attributes",
         "pid",
         "process",
         "proto",
@@ -106,9 +106,9 @@ class Connection:
         self.last_done: object = None  # a client's: its last finished request's context
         # The kernel counts the next request that starts (its read began with it).
         self.red_next = False
-        # Its HTTP spans' attributes that only its ends decide, and the ends they
+        # Its spans' attributes that only its ends decide, and the ends they
         # were made for (spans.py): made once, not per span.
-        self.http_attributes: (
+        self.network_attributes: (
             tuple[Endpoint | None, Endpoint | None, dict[str, str | int]] | None
         ) = None
 

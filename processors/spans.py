@@ -315,18 +315,7 @@ class SpanBuilder:
     ) -> ReadableSpan:
         """A span with the connection's network attributes (server.* is the far end
         for clients, this end for servers)."""
-        attrs.setdefault("network.transport", "tcp")
-        attrs["network.type"] = "ipv6" if conn.ipv6 else "ipv4"
-        server_end = conn.local if kind == SpanKind.SERVER else conn.remote
-        if server_end is not None:
-            attrs["server.address"] = server_end.address
-            attrs["server.port"] = server_end.port
-        if conn.remote is not None:
-            attrs["network.peer.address"] = conn.remote.address
-            attrs["network.peer.port"] = conn.remote.port
-            if kind == SpanKind.SERVER:
-                attrs["client.address"] = conn.remote.address
-                attrs["client.port"] = conn.remote.port
+        attrs = {**_network_attributes(conn, kind == SpanKind.SERVER), **attrs}  # DNS: udp
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
         return self._readable(name, x.token, conn.process.resource, attrs, kind, status, x)
@@ -397,8 +386,10 @@ class SpanBuilder:
         attrs: dict[str, str | int] = {
             "http.request.method": req.method,
             "url.path": path,
+            "url.scheme": "https" if conn.tls else "http",
+            "network.protocol.name": "http",
             "network.protocol.version": req.version,
-            **_connection_attributes(conn, server),
+            **_network_attributes(conn, server),
         }
         if query is not None:
             attrs["url.query"] = query
@@ -495,16 +486,15 @@ class _Times(Protocol):
     def end_ts(self) -> int: ...
 
 
-def _connection_attributes(conn: Connection, server: bool) -> dict[str, str | int]:
-    """An HTTP span's attributes that its connection's ends decide (a Host header
-    may still name the server), made once per connection."""
+def _network_attributes(conn: Connection, server: bool) -> dict[str, str | int]:
+    """What a connection's ends say of its spans: network.*, server.* (the far end
+    for clients, this end for servers; an HTTP Host header may still name it) and
+    a server's client.*. Made once per connection, not per span."""
     local, remote = conn.local, conn.remote
-    made = conn.http_attributes
+    made = conn.network_attributes
     if made is not None and made[0] is local and made[1] is remote:
         return made[2]
     attrs: dict[str, str | int] = {
-        "url.scheme": "https" if conn.tls else "http",
-        "network.protocol.name": "http",
         "network.transport": "tcp",
         "network.type": "ipv6" if conn.ipv6 else "ipv4",
     }
@@ -518,7 +508,7 @@ def _connection_attributes(conn: Connection, server: bool) -> dict[str, str | in
         if server:
             attrs["client.address"] = remote.address
             attrs["client.port"] = remote.port
-    conn.http_attributes = (local, remote, attrs)
+    conn.network_attributes = (local, remote, attrs)
     return attrs
 
 

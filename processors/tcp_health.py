@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry.metrics import Observation
 
@@ -70,7 +71,23 @@ class TcpTotals:
         return self.bytes_tx + self.bytes_rx + EVENT_WEIGHT * events
 
 
-_NONE = TcpTotals()  # what a connection not seen before had reported: nothing
+class _Counters(Protocol):
+    """The kernel's counters of one connection, live (ConnCounters) or final (ConnClose)."""
+
+    @property
+    def bytes_egress(self) -> int: ...
+    @property
+    def bytes_ingress(self) -> int: ...
+    @property
+    def retransmits(self) -> int: ...
+    @property
+    def resets_in(self) -> int: ...
+    @property
+    def resets_out(self) -> int: ...
+
+
+# what a connection not seen before had reported: nothing
+_NONE = ConnCounters(0, 0, 0, Role.UNKNOWN, 0, 0, 0, 0, 0)
 
 # metric name -> (totals field, extra attributes) for each of its series
 _SERIES: dict[str, tuple[tuple[str, Attributes], ...]] = {
@@ -97,7 +114,7 @@ class _Reported:
 
     __slots__ = ("counters", "key", "seen")
 
-    def __init__(self, key: PeerKey, counters: TcpTotals) -> None:
+    def __init__(self, key: PeerKey, counters: _Counters) -> None:
         self.key = key
         self.counters = counters
         self.seen = 0
@@ -161,19 +178,12 @@ class TcpHealth:
                 if remote is None or role == Role.UNKNOWN:
                     continue
                 key = peer_key(self._service_of_pid(c.pid), role, local, remote)
-                prev = self._reported[ident] = _Reported(key, TcpTotals())
-                delta = TcpTotals(opened=1)
+                prev = self._reported[ident] = _Reported(key, _NONE)
+                delta = _growth(_NONE, c)
+                delta.opened = 1
             else:
-                delta = TcpTotals()
-            now = TcpTotals(
-                retransmits=c.retransmits,
-                resets_in=c.resets_in,
-                resets_out=c.resets_out,
-                bytes_tx=c.bytes_egress,
-                bytes_rx=c.bytes_ingress,
-            )
-            _difference(delta, now, prev.counters)
-            prev.counters, prev.seen = now, self._scans
+                delta = _growth(prev.counters, c)
+            prev.counters, prev.seen = c, self._scans
             self._add(prev.key, delta)
         # A connection missing from two scans in a row closed without a close event
         # reaching us (ring buffer full); one missing scan is a close still queued.
@@ -193,20 +203,14 @@ class TcpHealth:
         else:
             return  # never reported live, and the kernel cannot say which end it is
         failure = ev.failure
-        before = prev.counters if prev else _NONE
-        # what it did since last reported (_difference, spelled out: one close each)
-        delta = TcpTotals(
-            opened=0 if prev or failure else 1,
-            retransmits=max(ev.retransmits - before.retransmits, 0),
-            resets_in=max(ev.resets_in - before.resets_in, 0),
-            resets_out=max(ev.resets_out - before.resets_out, 0),
-            bytes_tx=0 if failure else max(ev.bytes_egress - before.bytes_tx, 0),
-            bytes_rx=0 if failure else max(ev.bytes_ingress - before.bytes_rx, 0),
-        )
+        delta = _growth(prev.counters if prev else _NONE, ev)
         if failure is not None:
+            delta.bytes_tx = delta.bytes_rx = 0  # a connect that failed moved nothing
             setattr(delta, failure, 1)
-        elif ev.resets_in:
-            delta.reset = 1  # it opened, then the peer aborted it
+        else:
+            delta.opened = 0 if prev else 1  # a live scan counted it already
+            if ev.resets_in:
+                delta.reset = 1  # it opened, then the peer aborted it
         self._add(key, delta)
         if failure is None and (ev.opened or ev.srtt_us):
             attrs = self._measurement_attributes(key)
@@ -310,11 +314,13 @@ def _overflow(key: PeerKey) -> PeerKey:
     return (key[0], OVERFLOW_PEER, 0, key[3])
 
 
-def _difference(into: TcpTotals, now: TcpTotals, before: TcpTotals) -> None:
-    """into += max(now - before, 0) per counter (the kernel's counters only grow;
-    resets saturate at 255)."""
-    into.retransmits += max(now.retransmits - before.retransmits, 0)
-    into.resets_in += max(now.resets_in - before.resets_in, 0)
-    into.resets_out += max(now.resets_out - before.resets_out, 0)
-    into.bytes_tx += max(now.bytes_tx - before.bytes_tx, 0)
-    into.bytes_rx += max(now.bytes_rx - before.bytes_rx, 0)
+def _growth(before: _Counters, now: _Counters) -> TcpTotals:
+    """What a connection did between two of the kernel's reports of it (its
+    counters only grow; resets saturate at 255)."""
+    return TcpTotals(
+        retransmits=max(now.retransmits - before.retransmits, 0),
+        resets_in=max(now.resets_in - before.resets_in, 0),
+        resets_out=max(now.resets_out - before.resets_out, 0),
+        bytes_tx=max(now.bytes_egress - before.bytes_egress, 0),
+        bytes_rx=max(now.bytes_ingress - before.bytes_ingress, 0),
+    )

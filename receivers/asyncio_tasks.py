@@ -26,9 +26,13 @@ from typing import NamedTuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
 
-from otel_ebpf.processors.profiling.elf import debug_file_candidates, read_info
+from otel_ebpf.processors.profiling.elf import (
+    STT_FUNC,
+    debug_file_candidates,
+    named_symbols,
+    read_info,
+)
 from otel_ebpf.receivers.goroutines import detach_unused, held_path, live_pids
 from otel_ebpf.receivers.tls import mapped_paths
 
@@ -105,19 +109,17 @@ def probes_of(path: str, root: str = "") -> tuple[list[Uprobe], str]:
 def function_addresses(path: str, names: tuple[str, ...]) -> dict[str, int]:
     """Addresses of the named functions in a file's `.symtab` (static functions
     are there only), as far as they are found."""
-    found: dict[str, int] = {}
+    wanted = tuple(n.encode() for n in names)
     try:
         with open(path, "rb") as f:
-            symtab = ELFFile(f).get_section_by_name(".symtab")
-            if not isinstance(symtab, SymbolTableSection):
-                return found
-            for symbol in symtab.iter_symbols():
-                info = symbol["st_info"]
-                if symbol.name in names and info["type"] == "STT_FUNC" and symbol["st_value"]:
-                    found[symbol.name] = symbol["st_value"]
+            return {  # the last of a name, as pyelftools' walk kept it
+                name.decode(): value
+                for name, kind, value in named_symbols(ELFFile(f), ".symtab", wanted)
+                if kind == STT_FUNC
+            }
     except (ELFError, OSError, ValueError, KeyError) as exc:
         log.debug("symbols of %s not read: %s", path, exc)
-    return found
+    return {}
 
 
 class AsyncioProbes:
