@@ -14,7 +14,10 @@ run:
 doctor: setup
 	$(VENV)/bin/otel-ebpf doctor
 
+# The unit tests run twice: on the compiled event path, as everything else
+# does, and as Python, what runs where setup could not compile it.
 test: setup
+	OTEL_EBPF_NATIVE=0 $(PY) -m pytest -q tests/unit
 	$(PY) -m pytest -q tests
 
 lint: setup
@@ -43,4 +46,4 @@ constraints: setup
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache otel_ebpf/_native

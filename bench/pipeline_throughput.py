@@ -10,7 +10,8 @@ kernel counted each request's RED, as it does plain HTTP/1's in production;
 kernel does not count.
 Prints CPU microseconds per request: the processing thread's, and the whole
 process's (export and metric threads included). `--profile` adds where the
-processing thread's time goes. No root needed.
+processing thread's time goes. No root needed. `OTEL_EBPF_NATIVE=0` measures
+the event path as Python where setup compiled it.
 
     .venv/bin/python bench/pipeline_throughput.py [--requests N] [--profile [--profile-out F]]
         [--red-in-user-space] [--new-connections traced|shed]
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"
 from common import null_sink
 from records import close_record, data_record, open_record
 
+from otel_ebpf import native
 from otel_ebpf.config import load
 from otel_ebpf.model import Role
 from otel_ebpf.pipeline import Collector
@@ -160,7 +162,8 @@ def main() -> int:
     print(
         f"pipeline: {n} requests ({len(raw)} records), {built} spans built, "
         f"{exported} exported in {wall:.2f} s; CPU per request: processing thread "
-        f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us"
+        f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us; event path "
+        f"{native.status()}"
     )
     if profile:
         if args.profile_out:

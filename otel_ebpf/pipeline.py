@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from otel_ebpf import native
 from otel_ebpf.backlog import ListenOverflows
 from otel_ebpf.config import Config, ConfigError
 from otel_ebpf.containers import PodScope
@@ -568,11 +569,12 @@ class Collector:
                 log.info(
                     "collector ready %.1f s after start: tracing HTTP/1.x, HTTP/2 and gRPC, "
                     "Redis, PostgreSQL, MySQL and DNS; spans to %s; metrics to %s; "
-                    "CPU profiles to %s",
+                    "CPU profiles to %s; event path %s",
                     since_start,
                     ", ".join(self.config.traces.exporters) or "nowhere",
                     ", ".join(metrics.exporters) if metrics and metrics.exporters else "nowhere",
                     to_profiles or "nowhere",
+                    native.status(),
                 )
             else:
                 log.info(

@@ -96,6 +96,8 @@ class ConnectionTracker:
         read_retransmits: Callable[[int, int], int | None] | None = None,
     ) -> None:
         self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
+        # Also told of every exception the event path caught (tests, tools).
+        self.on_fault: Callable[[Exception], None] | None = None
         self._processes = processes
         self._selector = selector
         self._telemetry = telemetry
@@ -218,6 +220,8 @@ class ConnectionTracker:
         """Stop parsing the connection whose event raised: its parser's state is
         no longer to be trusted. Counted, and said once (debug): the bytes are
         someone else's, a log line per event would be theirs to flood."""
+        if self.on_fault is not None:
+            self.on_fault(exc)
         entry = self._dns.pop((pid, sk), None)
         conn = self._conns.get(sk) or (entry[0] if entry else None)
         if not isinstance(exc, Declined):

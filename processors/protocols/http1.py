@@ -551,7 +551,9 @@ class Http1Connection:
         parser = self.requests if is_request else self.responses
         return self._handle(is_request, parser.skip(n, ts))
 
-    skip_shed = skip  # a shed request's bytes: its next request line resyncs
+    def skip_shed(self, is_request: bool, n: int, ts: int) -> list[HttpOutput]:
+        """A shed request's bytes: its next request line resyncs."""
+        return self.skip(is_request, n, ts)
 
     def close(self, ts: int) -> list[HttpOutput]:
         """End of connection: finish what can be finished, report the rest."""

@@ -91,14 +91,11 @@ class Faults:
 
     def __init__(self, tracker: ConnectionTracker) -> None:
         self.caught: list[BaseException] = []
-        guard = tracker._fault
+        tracker.on_fault = self.record
 
-        def record(exc: Exception, sk: int, pid: int = 0) -> None:
-            if not isinstance(exc, Declined):
-                self.caught.append(exc)
-            guard(exc, sk, pid)
-
-        tracker._fault = record  # type: ignore[method-assign]
+    def record(self, exc: Exception) -> None:
+        if not isinstance(exc, Declined):
+            self.caught.append(exc)
 
 
 def pipeline(tmp_path: Path) -> tuple[ConnectionTracker, Faults, list[Any]]:
