@@ -23,13 +23,13 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-# What every request goes through: parsing, tracking, delivery, the span, its
-# metrics and its encoding. (processors/correlate.py is left out: compiled, its
-# module fails to initialise with mypy 2.4.)
+# What every request goes through: parsing, tracking, its trace context,
+# delivery, the span, its metrics and its encoding.
 HOT_PATH = (
     "otel_ebpf.aggregation",
     "otel_ebpf.otlp_encoding",
     "otel_ebpf.processors.connections",
+    "otel_ebpf.processors.correlate",
     "otel_ebpf.processors.delivery",
     "otel_ebpf.processors.metrics_recorder",
     "otel_ebpf.processors.phases",
@@ -74,6 +74,24 @@ def interpreter_tag() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
+def read_manifest(directory: Path = NATIVE_DIR) -> dict[str, object] | None:
+    """What a build says of itself (None: no build there)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def stale(manifest: dict[str, object], digest: str | None = None) -> str:
+    """Why a build cannot stand for the sources present ("" when it can)."""
+    if manifest.get("interpreter") != interpreter_tag():
+        return f"built for {manifest.get('interpreter')}"
+    if manifest.get("digest") != (digest or source_digest()):
+        return "built from other sources: run setup again to rebuild"
+    return ""
+
+
 class NativeFinder(importlib.abc.MetaPathFinder):
     """Loads a hot module from its compiled build when that build is fresh."""
 
@@ -87,13 +105,8 @@ class NativeFinder(importlib.abc.MetaPathFinder):
 
     def fresh(self) -> bool:
         if self._fresh is None:
-            self._fresh = False
-            if self._manifest.get("interpreter") != interpreter_tag():
-                self.reason = f"built for {self._manifest.get('interpreter')}"
-            elif self._manifest.get("digest") != source_digest():
-                self.reason = "built from other sources: run setup again to rebuild"
-            else:
-                self._fresh = True
+            self.reason = stale(self._manifest)
+            self._fresh = not self.reason
         return self._fresh
 
     def find_spec(
@@ -125,9 +138,8 @@ def install(directory: Path = NATIVE_DIR) -> None:
     if os.environ.get("OTEL_EBPF_NATIVE", "1") == "0":
         _why_not = "OTEL_EBPF_NATIVE=0"
         return
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+    manifest = read_manifest(directory)
+    if manifest is None:
         _why_not = f"not built ({directory} holds no build: setup builds it)"
         return
     _finder = NativeFinder(directory, manifest)

@@ -113,15 +113,6 @@ class NetCounters(NamedTuple):
     window_small: int
 
 
-class ClientEnd(NamedTuple):
-    """What a client request leaves for its server's read to join: its span, its trace."""
-
-    span_id: int
-    cell: TraceCell
-    start_ts: int
-    held: bool
-
-
 class TraceCell:
     """A trace id that may not be known yet, shared by the requests of one trace."""
 
@@ -141,6 +132,15 @@ class TraceCell:
         if cell is not self:
             self.forward = cell  # short paths for the next lookup
         return cell
+
+
+class ClientEnd(NamedTuple):
+    """What a client request leaves for its server's read to join: its span, its trace."""
+
+    span_id: int
+    cell: TraceCell
+    start_ts: int
+    held: bool
 
 
 class RequestContext:

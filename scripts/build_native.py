@@ -95,6 +95,9 @@ def build(digest: str) -> int:
             return 1
         finally:
             os.chdir(previous)
+        if native.source_digest() != digest:  # edited meanwhile: the build is of neither
+            say("sources changed while compiling: run setup again; the event path runs as Python")
+            return 1
         suffix = native.interpreter_tag()
         fresh = native.NATIVE_DIR.with_name("_native.new")
         shutil.rmtree(fresh, ignore_errors=True)
@@ -122,14 +125,8 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="build even when up to date")
     args = parser.parse_args()
     digest = native.source_digest()
-    try:
-        manifest = json.loads((native.NATIVE_DIR / native.MANIFEST).read_text())
-    except (OSError, ValueError):
-        manifest = {}
-    current = manifest.get("digest") == digest and manifest.get("interpreter") == (
-        native.interpreter_tag()
-    )
-    if current and not args.force:
+    manifest = native.read_manifest()
+    if manifest is not None and not native.stale(manifest, digest) and not args.force:
         say("compiled event path up to date")
         return 0
     say(
