@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -36,8 +35,7 @@ def _finder(tmp_path: Path, **manifest: object) -> native.NativeFinder:
         "modules": {"otel_ebpf.processors.reorder": built.name},
         **manifest,
     }
-    (tmp_path / native.MANIFEST).write_text(json.dumps(fields))
-    return native.NativeFinder(tmp_path, json.loads((tmp_path / native.MANIFEST).read_text()))
+    return native.NativeFinder(tmp_path, fields)
 
 
 def test_a_build_from_these_sources_is_found(tmp_path: Path) -> None:
