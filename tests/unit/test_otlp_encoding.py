@@ -95,8 +95,27 @@ def _sorted(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(spans(), max_size=6))
 def test_same_request_as_the_sdk_encoder(batch: list[ReadableSpan]) -> None:
-    ours = ExportTraceServiceRequest.FromString(TraceEncoder().encode(batch))
-    assert _sorted(ours) == _sorted(encode_spans(batch))
+    encoder = TraceEncoder()
+    for _ in range(2):  # the second time from what the first kept
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(batch))
+        assert _sorted(ours) == _sorted(encode_spans(batch))
+
+
+def test_past_its_bound_the_cache_starts_over_and_encodes_the_same() -> None:
+    encoder = TraceEncoder()
+    context = SpanContext(1, 2, False)
+    for start in range(0, 20_000, 2_000):  # 20,000 distinct values and keys, 16,384 kept
+        batch = [
+            ReadableSpan(
+                name="s",
+                context=context,
+                resource=RESOURCES[0],
+                attributes={"n": n, f"k{n % 1500}": str(n), "method": "GET", "t": n / 7},
+            )
+            for n in range(start, start + 2_000)
+        ]
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(batch))
+        assert ours == encode_spans(batch)
 
 
 def test_cached_attributes_keep_types_apart() -> None:
