@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not can_trace():
         return _fail(MISSING_PRIVILEGES)
     from otel_ebpf.pipeline import Collector
-    from otel_ebpf.receivers.sockets import ReceiverError
+    from otel_ebpf.receivers.base_types import ReceiverError
     from otel_ebpf.scheduling import set_priority
 
     set_priority(cfg.ebpf.nice)  # before any thread starts: each inherits it
@@ -74,7 +74,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return _fail(MISSING_PRIVILEGES)
     from otel_ebpf.processors.profiling import flamegraph, pprof
     from otel_ebpf.profiling import profile_process, top_functions
-    from otel_ebpf.receivers.sockets import ReceiverError
+    from otel_ebpf.receivers.base_types import ReceiverError
 
     print(
         f"sampling process {args.pid} at {args.frequency} Hz for {args.seconds:g} s ...",

@@ -18,12 +18,12 @@ import psutil
 from otel_ebpf import native
 from otel_ebpf.privileges import missing_capabilities
 from otel_ebpf.receivers.asyncio_tasks import probes_of
+from otel_ebpf.receivers.base_types import ReceiverError
 from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE, directory_problem, kept
 from otel_ebpf.receivers.sockets import (
     OPTIONAL_PLAIN_SYSCALLS,
     REQUIRED_TRACEPOINTS,
     TRACEFS,
-    ReceiverError,
     SocketReceiver,
     task_registers_missing,
     tracepoint_exists,

@@ -23,20 +23,29 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-# What every request goes through: parsing, tracking, its trace context,
-# delivery, the span, its metrics and its encoding.
+# What every request goes through: the ring buffer's drain and decode, the
+# pipeline's dispatch, parsing, tracking, its trace context, delivery, the span,
+# its metrics, its merge with SDK spans, and its encoding.
 HOT_PATH = (
     "otel_ebpf.aggregation",
+    "otel_ebpf.export_room",
+    "otel_ebpf.live",
     "otel_ebpf.otlp_encoding",
+    "otel_ebpf.pipeline",
     "otel_ebpf.processors.connections",
     "otel_ebpf.processors.correlate",
     "otel_ebpf.processors.delivery",
+    "otel_ebpf.processors.merge",
     "otel_ebpf.processors.metrics_recorder",
     "otel_ebpf.processors.phases",
     "otel_ebpf.processors.protocols.http1",
+    "otel_ebpf.processors.protocols.numbers",
+    "otel_ebpf.processors.redaction",
     "otel_ebpf.processors.reorder",
     "otel_ebpf.processors.spans",
     "otel_ebpf.processors.streams",
+    "otel_ebpf.receivers.ringbuf",
+    "otel_ebpf.receivers.sockets",
 )
 # The shared library the compiled modules' stubs import (mypyc's group).
 GROUP = "otel_ebpf._native.hot"

@@ -63,16 +63,13 @@ from otel_ebpf.processors.tcp_health import TcpHealth
 from otel_ebpf.profile_exporters import build_profile_exporter
 from otel_ebpf.profiling import READ_INTERVAL_S, ProfilingService, SpanTies
 from otel_ebpf.receivers.asyncio_tasks import AsyncioProbes
+from otel_ebpf.receivers.base_types import ReceiverError
 from otel_ebpf.receivers.goroutines import GoProbes
 from otel_ebpf.receivers.node_callbacks import NodeProbes
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
-from otel_ebpf.receivers.sockets import (
-    ReceiverError,
-    SocketReceiver,
-    task_registers_missing,
-)
+from otel_ebpf.receivers.sockets import SocketReceiver, task_registers_missing
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary

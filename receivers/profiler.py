@@ -16,7 +16,7 @@ from typing import Any
 
 from otel_ebpf.memory import release_compiler_memory
 from otel_ebpf.model import StackCount
-from otel_ebpf.receivers.sockets import ReceiverError
+from otel_ebpf.receivers.base_types import ReceiverError
 
 log = logging.getLogger(__name__)
 

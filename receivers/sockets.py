@@ -46,6 +46,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
+from otel_ebpf.receivers.base_types import ReceiverError, RedKey
 from otel_ebpf.receivers.pg_names import PgNames
 from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
@@ -122,10 +123,6 @@ _DIRECTIONS = tuple(Direction)
 _ROLES = tuple(Role)
 
 
-class ReceiverError(RuntimeError):
-    """The receiver cannot start; the message says why in one sentence."""
-
-
 def _text(raw: Any) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
 
@@ -181,35 +178,14 @@ def _red_head(
     )
 
 
-class _RedKey(ctypes.Structure):
-    """`struct red_key` as a record carries it."""
-
-    _fields_ = [
-        ("tgid", ctypes.c_uint32),
-        ("port", ctypes.c_uint16),
-        ("status", ctypes.c_uint16),
-        ("method", ctypes.c_char * 12),
-        ("version", ctypes.c_char),
-        ("role", ctypes.c_uint8),
-        ("family", ctypes.c_uint8),
-        ("tls", ctypes.c_uint8),
-        ("path", ctypes.c_char * 64),
-        ("host", ctypes.c_char * 64),
-        ("peer", ctypes.c_uint8 * 16),
-        ("comm", ctypes.c_char * 16),
-        ("proto", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 3),
-    ]
-
-
 _OUTLIER = struct.Struct("<B7xQQQ")
 
 
 def _outlier(raw: bytes, names: PgNames | None) -> OutlierExchange | None:
-    if len(raw) < _OUTLIER.size + ctypes.sizeof(_RedKey):
+    if len(raw) < _OUTLIER.size + ctypes.sizeof(RedKey):
         return None
     _, sk, start, end = _OUTLIER.unpack_from(raw)
-    key = _RedKey.from_buffer_copy(raw, _OUTLIER.size)
+    key = RedKey.from_buffer_copy(raw, _OUTLIER.size)
     if key.role not in (Role.CLIENT, Role.SERVER):
         return None
     return OutlierExchange(sk, start, end, *_red_head(key, names))

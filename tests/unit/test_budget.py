@@ -30,6 +30,7 @@ from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.spans import SpanBuilder
 from otel_ebpf.processors.streams import ConnectionTracker
 from otel_ebpf.receivers import sockets
+from otel_ebpf.receivers.base_types import RedKey
 from otel_ebpf.receivers.pg_names import PgNames, fnv1a_32
 from otel_ebpf.receivers.sockets import decode
 from otel_ebpf.span_budget import SpanBudgetKeeper
@@ -237,7 +238,7 @@ def test_any_pattern_of_shed_exchanges_gives_exactly_the_kept_ones(
 
 
 def outlier_record(role: Role, status: int, method: bytes = b"POST") -> bytes:
-    key = sockets._RedKey(
+    key = RedKey(
         tgid=4242,
         port=8080,
         status=status,
@@ -285,7 +286,7 @@ def test_a_shed_client_request_names_its_server_by_host() -> None:
 
 
 def test_a_shed_redis_error_becomes_a_partial_span_without_its_text() -> None:
-    key = sockets._RedKey(
+    key = RedKey(
         tgid=4242,
         port=6379,
         status=2,  # an error reply
@@ -400,7 +401,7 @@ def pg_names() -> PgNames:
 
 
 def test_a_shed_postgresql_error_is_named_from_what_the_kernel_kept() -> None:
-    key = sockets._RedKey(
+    key = RedKey(
         tgid=4242,
         port=5432,
         status=2,  # an ErrorResponse
@@ -411,7 +412,7 @@ def test_a_shed_postgresql_error_is_named_from_what_the_kernel_kept() -> None:
         proto=2,
     )
     ctypes.memmove(
-        ctypes.addressof(key) + sockets._RedKey.path.offset,
+        ctypes.addressof(key) + RedKey.path.offset,
         sockets._PG_COUNTED.pack(0xF1, fnv1a_32(b"shop")),
         sockets._PG_COUNTED.size,
     )
