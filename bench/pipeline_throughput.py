@@ -45,20 +45,27 @@ RESPONSE = (
 CONNECTIONS = 4  # as the nginx bench's wrk
 
 
+def sockets(i: int) -> tuple[int, int]:
+    """Connection i's client and server socket, aligned as the kernel's are (an
+    odd one is a TLS connection's plaintext stream, read through OpenSSL)."""
+    return 0x10000 + 16 * i, 0x10008 + 16 * i
+
+
 def records(n: int, counted: bool) -> list[bytes]:
     """`n` requests over CONNECTIONS keep-alive connections, each seen from the
-    client (sk 2c+1) and the server (sk 2c+2), 10 us apart; `counted`: the
-    kernel counted each request's RED, as it does plain HTTP/1's."""
+    client and the server, 10 us apart; `counted`: the kernel counted each
+    request's RED, as it does plain HTTP/1's."""
     out = []
     for c in range(CONNECTIONS):
         port = 50000 + c
-        out.append(open_record(2 * c + 1, Role.CLIENT, port, 8080))
-        out.append(open_record(2 * c + 2, Role.SERVER, 8080, port))
+        client, server = sockets(c)
+        out.append(open_record(client, Role.CLIENT, port, 8080))
+        out.append(open_record(server, Role.SERVER, 8080, port))
     sent = [0] * CONNECTIONS
     answered = [0] * CONNECTIONS
     for i in range(n):
         c = i % CONNECTIONS
-        client, server, ts = 2 * c + 1, 2 * c + 2, 1_000_000 + i * 10_000
+        (client, server), ts = sockets(c), 1_000_000 + i * 10_000
         q, r = sent[c], answered[c]
         out.append(data_record(client, Role.CLIENT, True, ts, q, REQUEST, red_counted=counted))
         out.append(
@@ -76,7 +83,7 @@ def new_connection_records(n: int, shed: bool, counted: bool) -> list[bytes]:
     the opens and closes are all user space sees), close."""
     out = []
     for i in range(n):
-        client, server, ts = 2 * i + 1, 2 * i + 2, 1_000_000 + i * 50_000
+        (client, server), ts = sockets(i), 1_000_000 + i * 50_000
         port = 10_000 + i % 50_000
         out.append(open_record(client, Role.CLIENT, port, 8080, ts))
         out.append(open_record(server, Role.SERVER, 8080, port, ts))
@@ -158,6 +165,8 @@ def main() -> int:
         built, exported = c.telemetry.spans_built, c.telemetry.spans_exported
         for processor in c._processors:
             processor.shutdown()
+        if c.metrics is not None:  # its last export while the sink still listens
+            c.metrics.shutdown(5.0)
     n = args.requests
     print(
         f"pipeline: {n} requests ({len(raw)} records), {built} spans built, "
