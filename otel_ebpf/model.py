@@ -318,8 +318,9 @@ class HttpExchange(NamedTuple):
 class RequestStarted:
     """A parser read a request's start: in its output, in stream order, before
     anything that ends that request. The tracker gives it its context (thread,
-    trace) in `context`; the parser's exchange carries this record as its token,
-    and leaves the tracker with the context in its place."""
+    trace) in `context`; the parser's exchange carries that context as its token
+    where the tracker gave it before the exchange ended, else this record, which
+    the tracker swaps for the context as the exchange leaves it."""
 
     __slots__ = ("context", "head")
 

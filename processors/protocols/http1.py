@@ -647,6 +647,9 @@ class _Pending:
         self.early = False  # the answer came before the request
 
     def exchange(self, response: HttpHead | None, body: int, end_ts: int) -> HttpExchange:
+        token = self.token
+        if isinstance(token, RequestStarted) and token.context is not None:
+            token = token.context  # given by the tracker already: no copy to swap it in
         return HttpExchange(
             self.head,
             self.body,
@@ -654,6 +657,6 @@ class _Pending:
             body,
             self.head.start_ts,
             end_ts,
-            self.token,
+            token,
             self.end_ts if self.ended else 0,
         )
