@@ -82,7 +82,8 @@ class Delivery:
             rc = x.token
             if isinstance(rc, RequestContext) and rc.net is not None and rc.net_start:
                 later = conn.retransmits - rc.net_start.retransmits
-                rc.net = rc.net._replace(retransmits=max(rc.net.retransmits, later))
+                if later > rc.net.retransmits:  # rarely: a copy only then
+                    rc.net = rc.net._replace(retransmits=later)
             self._deliver(x, conn)
         if sk in self._awaiting_server:
             self._release_clients(sk)

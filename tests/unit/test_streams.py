@@ -442,3 +442,26 @@ def test_a_go_call_written_by_another_goroutine_is_the_child_of_the_request_it_s
     server_1, client_1, server_2, client_2 = sorted(built, key=lambda s: s.start_time)
     assert client_1.parent is not None and client_1.parent.span_id == server_1.context.span_id
     assert client_2.parent is None and server_2.context.trace_id != client_2.context.trace_id
+
+
+def test_retransmits_after_a_servers_answer_reach_its_span_only_when_they_grew(
+    tmp_path: Path,
+) -> None:
+    """An answer waits for its connection to move on: the segments its bytes
+    needed again since the request began are the span's (and none is added
+    when the count did not grow)."""
+    t, out = tracker(tmp_path)
+    s = Stream(t, 8080, sk=9, role=Role.SERVER)
+
+    def call(d: Direction, data: bytes, ts: int, retransmits: int) -> None:
+        t.handle(s.event(d, data, ts)._replace(retransmits=retransmits))
+
+    get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    call(Direction.INGRESS, get, 1, 2)
+    call(Direction.EGRESS, ok, 2, 2)
+    call(Direction.INGRESS, get, 3, 5)  # moved on: 3 more since the first began
+    call(Direction.EGRESS, ok, 4, 5)
+    call(Direction.INGRESS, get, 5, 5)  # none more since the second began
+    first, second = (x.token.net.retransmits for x, _ in out[:2])
+    assert (first, second) == (3, 0)
