@@ -313,7 +313,7 @@ def _event_path() -> Check:
     return Check(
         WARN,
         "event path",
-        f"{state}: about 1.6x the CPU per traced request; setup compiles it"
+        f"{state}: about 2x the CPU per traced request; setup compiles it"
         " (gcc, the Python headers, mypy)",
     )
 

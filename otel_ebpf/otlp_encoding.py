@@ -25,7 +25,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 log = logging.getLogger(__name__)
 
 _MAX_CACHED_ATTRIBUTES = 16384  # distinct (key, value) pairs kept; cleared when full
-_MAX_CACHED_KEYS = 1024
+_MAX_CACHED_KEYS = 1024  # distinct attribute keys kept; all forgotten when full
 _MAX_CACHED_RESOURCES = 4096
 _UINT64 = (1 << 64) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -150,9 +150,9 @@ def _by_identity(
 
 
 class _KeyCache:
-    """One attribute key's encodings: its KeyValue field minus the value, and
-    whole fields per value seen (strings and integers repeat: method, status,
-    peer, port). A float (a duration) is its key's prefix and eight bytes."""
+    """One attribute key's encodings: whole fields per string, integer and
+    boolean value seen (they repeat: method, status, peer, port), and the
+    field's start for a float (a duration), which the value's eight bytes end."""
 
     __slots__ = ("bools", "float_prefix", "ints", "strings")
 
@@ -193,12 +193,10 @@ class TraceEncoder:
             out.append(_field(b"\x0a", b"".join(body)))
         return b"".join(out)
 
-    def _key(self, key: str) -> _KeyCache:
-        entry = self._keys.get(key)
-        if entry is None:
-            if len(self._keys) >= _MAX_CACHED_KEYS:
-                self._forget()
-            entry = self._keys[key] = _KeyCache(key)
+    def _new_key(self, key: str) -> _KeyCache:
+        if len(self._keys) >= _MAX_CACHED_KEYS:
+            self._forget()
+        entry = self._keys[key] = _KeyCache(key)
         return entry
 
     def _forget(self) -> None:
@@ -226,7 +224,7 @@ class TraceEncoder:
                 continue
             entry = keys.get(key)
             if entry is None:
-                entry = self._key(key)
+                entry = self._new_key(key)
                 keys = self._keys  # a new table if that one was full
             if cls is float:
                 out.append(entry.float_prefix + _pack_double(value))

@@ -99,7 +99,7 @@ else
   say "virtual environment up to date"
 fi
 # The event path compiled with mypyc (otel_ebpf/native.py); rebuilt when any
-# source changed. Without it the collector runs as Python, at about 1.6x the CPU.
+# source changed. Without it the collector runs as Python, at about 2x the CPU.
 "$VENV/bin/python" "$ROOT/scripts/build_native.py" \
   || say "the collector will run its event path as Python (see above)" >&2
 # The real Jaeger v2 the correlation tests query, Helm for the deploy/ checks and
