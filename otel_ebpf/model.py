@@ -9,7 +9,11 @@ NamedTuples: cheap to build on the hot path, immutable, typed.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
+
+# What a request's owner attaches to it when it begins (its trace context),
+# opaque here. Named, as compiled a NamedTuple field typed `object` fails at import.
+Token: TypeAlias = object
 
 
 class Direction(enum.IntEnum):
@@ -307,7 +311,7 @@ class HttpExchange(NamedTuple):
     response_body_bytes: int
     start_ts: int  # first request byte, as the traced process saw it
     end_ts: int  # last response byte (or last request byte without a response)
-    token: object = None  # what the connection's owner attached when the request began
+    token: Token = None  # what the connection's owner attached when the request began
     request_end_ts: int = 0  # last request byte (0: not known)
 
     @property
@@ -326,7 +330,7 @@ class RequestStarted:
 
     def __init__(self, head: HttpHead | RequestHead) -> None:
         self.head = head
-        self.context: object = None
+        self.context: Token = None
 
 
 class RequestHead(NamedTuple):
@@ -359,7 +363,7 @@ class DnsExchange(NamedTuple):
     end_ts: int
     transport: str  # "udp" or "tcp"
     timed_out: bool = False
-    token: object = None
+    token: Token = None
 
     @property
     def answered(self) -> bool:
@@ -384,7 +388,7 @@ class Http2Exchange(NamedTuple):
     end_ts: int
     reset: bool  # ended by RST_STREAM
     ended: bool  # the server finished the stream (END_STREAM or RST_STREAM)
-    token: object = None
+    token: Token = None
 
     @property
     def answered(self) -> bool:
@@ -411,7 +415,7 @@ class RedisExchange(NamedTuple):
     reply: RespValue | None
     start_ts: int
     end_ts: int
-    token: object = None  # what the connection's owner attached when the command began
+    token: Token = None  # what the connection's owner attached when the command began
 
     @property
     def answered(self) -> bool:
@@ -442,7 +446,7 @@ class SqlExchange(NamedTuple):
     error_code: str | None = None  # SQLSTATE / MySQL error number
     error_message: str | None = None
     prepared: bool = False  # executed from a prepared statement (text came from its prepare)
-    token: object = None
+    token: Token = None
 
 
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import psutil
 
@@ -20,8 +21,22 @@ from otel_ebpf.model import ConnOpen, Endpoint, Role
 Ends = tuple[Endpoint, Endpoint]  # (local, remote)
 
 
+def connections_of(pid: int) -> list[Ends]:
+    """A process's TCP connections now, from /proc (none when it cannot be read)."""
+    try:
+        return [
+            (Endpoint(c.laddr.ip, c.laddr.port), Endpoint(c.raddr.ip, c.raddr.port))
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.laddr and c.raddr
+        ]
+    except (psutil.Error, OSError):
+        return []
+
+
 class OwnTraffic:
-    def __init__(self) -> None:
+    def __init__(self, connections: Callable[[int], list[Ends]] = connections_of) -> None:
+        """`connections`: where our connections are read from (/proc; tests count)."""
+        self._connections = connections
         self._pid = os.getpid()
         self._sockets: dict[int, Ends | None] = {}  # ours, with their ends when known
         self._peers: set[Ends] = set()  # (local, remote) of connections talking to us
@@ -115,11 +130,5 @@ class OwnTraffic:
 
     def mark_current(self) -> None:
         """Our connections now, from /proc: mark the peer of every one."""
-        try:
-            for c in psutil.Process(self._pid).net_connections(kind="tcp"):
-                if c.laddr and c.raddr:
-                    local = Endpoint(c.laddr.ip, c.laddr.port)
-                    remote = Endpoint(c.raddr.ip, c.raddr.port)
-                    self._peers.add((remote, local))
-        except (psutil.Error, OSError):
-            pass
+        for local, remote in self._connections(self._pid):
+            self._peers.add((remote, local))

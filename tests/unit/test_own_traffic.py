@@ -9,11 +9,10 @@ from otel_ebpf.processors.own_traffic import OwnTraffic
 
 
 @pytest.fixture
-def own(monkeypatch: pytest.MonkeyPatch) -> tuple[OwnTraffic, list[int]]:
+def own() -> tuple[OwnTraffic, list[int]]:
     """OwnTraffic whose /proc scans are counted, not made."""
-    traffic, scans = OwnTraffic(), []
-    monkeypatch.setattr(traffic, "mark_current", lambda: scans.append(1))
-    return traffic, scans
+    scans: list[int] = []
+    return OwnTraffic(lambda pid: scans.append(1) or []), scans
 
 
 def test_a_health_check_known_from_its_open_reads_no_proc(
