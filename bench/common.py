@@ -100,14 +100,24 @@ def wrk(
     return rps, float(value) * _UNITS[unit], total
 
 
-def wrk_arguments(description: str | None, span_budget: bool = False) -> argparse.Namespace:
+def wrk_arguments(
+    description: str | None, span_budget: bool = False, programs_alone: bool = False
+) -> argparse.Namespace:
     """--rounds, --seconds and --connections of the benches that drive wrk (and
-    --span-budget, for those that run one collector setting throughout)."""
+    --span-budget, for those that run one collector setting throughout;
+    --programs-alone, for those that can add the collector's programs without
+    its user space as a side)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--only", default="", help="comma-separated scenario names to run")
+    if programs_alone:
+        parser.add_argument(
+            "--programs-alone",
+            action="store_true",
+            help="add a side: the collector's own programs attached, its process stopped",
+        )
     if span_budget:
         parser.add_argument(
             "--span-budget",

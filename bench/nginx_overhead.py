@@ -11,13 +11,17 @@ on the machine hits all sides alike; medians are reported. The collector
 exports its spans over OTLP/gRPC to a discarding sink process and serves its
 metrics for Prometheus, scraped after each round: nginx's requests counted in
 `http.server.request.duration` against those wrk completed (spans may be shed
-or lost; RED may not). Run as root: `make bench` (or
+or lost; RED may not). `--programs-alone` adds a side with the collector's
+own programs attached and its process stopped: how much of its p99 is the
+kernel side. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -52,6 +56,8 @@ def scenario(
     url = nginx.https_url("/index.html") if https else nginx.url("/index.html")
     base_rps, base_p99, on_rps, on_p99, cpu_per_k = [], [], [], [], []
     floor_rps, floor_p99 = [], []
+    alone_rps: list[float] = []
+    alone_p99: list[float] = []
     lost = rss = 0.0
     requests_traced = spans = kernel_lost = dropped = red_counted = shed = 0
     wrk(url, 2, args.connections, script)  # warm up
@@ -64,6 +70,13 @@ def scenario(
             rps, p99, _ = wrk(url, args.seconds, args.connections, script)
         floor_rps.append(rps)
         floor_p99.append(p99)
+
+        if args.programs_alone:
+            rps, p99 = programs_alone(
+                tmp / f"alone-{name}-{r}", url, args, script, sink_port, budget
+            )
+            alone_rps.append(rps)
+            alone_p99.append(p99)
 
         otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
         prometheus_port = free_port()
@@ -120,6 +133,12 @@ def scenario(
         f"      ratio {p99_on / p99_off:.3f}"
         f"   (hooks counting only: {med(floor_p99) * 1e3 / p99_off:.3f})"
     )
+    if alone_rps:
+        print(
+            f"  the collector's programs, its process stopped: throughput ratio"
+            f" {med(alone_rps) / med(base_rps):.3f}, p99 ratio"
+            f" {med(alone_p99) * 1e3 / p99_off:.3f}"
+        )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
     print(
@@ -134,6 +153,33 @@ def scenario(
     )
 
 
+def programs_alone(
+    tmp: Path,
+    url: str,
+    args: argparse.Namespace,
+    script: Path | None,
+    sink_port: int,
+    budget: str,
+) -> tuple[float, float]:
+    """wrk's (requests/s, p99) with the collector's own programs attached and
+    counting, its process stopped (SIGSTOP) once ready: what its kernel side
+    costs the traced server without its user space running. Records it would
+    read pile up until the ring buffer is full, then each write fails early, so
+    with a span per request this side costs the kernel less than the collector's."""
+    collector = CollectorProcess(
+        tmp,
+        {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}},
+        extra_env={"OTEL_EBPF_SPAN_BUDGET": budget},
+    )
+    os.kill(collector.proc.pid, signal.SIGSTOP)
+    try:
+        rps, p99, _ = wrk(url, args.seconds, args.connections, script)
+    finally:
+        os.kill(collector.proc.pid, signal.SIGCONT)
+        collector.stop()
+    return rps, p99
+
+
 def red_requests(port: int, service: str) -> int:
     """`http.server.request.duration` counts of `service`, from a Prometheus scrape."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -146,7 +192,7 @@ def red_requests(port: int, service: str) -> int:
 
 
 def main() -> int:
-    args = wrk_arguments(__doc__)
+    args = wrk_arguments(__doc__, programs_alone=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
     paced = tmp / "paced.lua"
