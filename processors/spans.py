@@ -44,6 +44,10 @@ from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scru
 MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+# Statuses without a description, shared by every span that has one (a Status
+# does not change once made; building one is an interpreted call per span).
+_UNSET = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
 CLOCK_STEP_NS = 500_000  # the wall clock moved this far against the monotonic one: follow
 
 
@@ -120,7 +124,7 @@ class SpanBuilder:
             "network.protocol.name": "http",
             "network.protocol.version": "2",
         }
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         if x.grpc_status is not None:
             code = x.grpc_status
             name = GRPC_STATUS[code] if 0 <= code < len(GRPC_STATUS) else str(code)
@@ -146,7 +150,7 @@ class SpanBuilder:
             "otel_ebpf.dns.question.type": q.qtype,
             "network.transport": x.transport,
         }
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         if r is None:
             attrs["error.type"] = "timeout" if x.timed_out else "no_response"
             status = Status(StatusCode.ERROR, "no answer" + (" (timed out)" if x.timed_out else ""))
@@ -271,7 +275,7 @@ class SpanBuilder:
             attrs["db.query.text"] = (
                 x.query[:MAX_QUERY_TEXT] if self._raw_db_query_text else sanitize(x.query, dialect)
             )
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         if not x.answered:
             status = self._unanswered(attrs, conn, "a result")
         elif x.error_code is not None:
@@ -355,7 +359,7 @@ class SpanBuilder:
             # literals never leave: "SET ? ?" (bounded)
             "db.query.text": " ".join([operation] + ["?"] * min(args, MAX_QUERY_ARGS)),
         }
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         error = x.error
         if x.reply is None:
             status = self._unanswered(attrs, conn, "a reply")
@@ -470,9 +474,9 @@ class SpanBuilder:
             "network.transport": "tcp",
             "otel_ebpf.span.partial": True,
         }
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         if x.error:
-            status = Status(StatusCode.ERROR)
+            status = _ERROR
         elif not x.status:
             status = Status(StatusCode.ERROR, "the connection ended before an answer")
         name = f"{x.method} {x.path}" if x.path else x.method or x.protocol
@@ -517,8 +521,8 @@ def _http_status(attrs: dict[str, Any], code: int, server: bool) -> Status:
     attrs["http.response.status_code"] = code
     if code >= 500 or (code >= 400 and not server):
         attrs["error.type"] = str(code)
-        return Status(StatusCode.ERROR)
-    return Status(StatusCode.UNSET)
+        return _ERROR
+    return _UNSET
 
 
 _GRPC_SERVER_ERRORS = frozenset(
