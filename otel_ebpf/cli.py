@@ -36,9 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(MISSING_PRIVILEGES)
     from otel_ebpf.pipeline import Collector
     from otel_ebpf.receivers.base_types import ReceiverError
-    from otel_ebpf.scheduling import set_priority
+    from otel_ebpf.scheduling import parse_cpu_list, pin, set_priority
 
-    set_priority(cfg.ebpf.nice)  # before any thread starts: each inherits it
+    if cfg.ebpf.cpus.strip():  # before any thread starts: each inherits both
+        try:
+            pin(parse_cpu_list(cfg.ebpf.cpus))
+        except ValueError as exc:  # a CPU this machine or its cpuset does not give us
+            return _fail(f"config error: receivers.ebpf.cpus (OTEL_EBPF_CPUS): {exc}", 2)
+    set_priority(cfg.ebpf.nice)
     try:
         collector = Collector(cfg)
     except config_mod.ConfigError as exc:  # a setting that only the machine contradicts

@@ -37,6 +37,7 @@ from otel_ebpf.processors.routes import DEFAULT_ID_PATTERNS
 from otel_ebpf.processors.selection import parse_ports
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE
+from otel_ebpf.scheduling import parse_cpu_list
 
 
 class ConfigError(ValueError):
@@ -196,11 +197,21 @@ class EbpfReceiverConfig(_Strict):
     # was not enough). On a saturated node it then gets little CPU: the kernel
     # keeps counting and sheds spans while its ring buffer is read down.
     nice: int = Field(default=19, ge=-20, le=19)
+    # The CPUs the collector runs on, every thread ("0-1,3"; "": wherever the
+    # kernel puts it): a node's housekeeping CPUs, off those its services need.
+    cpus: str = ""
 
     @field_validator("open_ports")
     @classmethod
     def _ports(cls, v: str) -> str:
         parse_ports(v)
+        return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: str) -> str:
+        if v.strip():
+            parse_cpu_list(v)
         return v
 
     @field_validator("program_cache")
@@ -658,6 +669,7 @@ _EBPF_VARIABLES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("OTEL_EBPF_NODE_CALLBACKS", ("node_callbacks",), False),
     ("OTEL_EBPF_PROGRAM_CACHE", ("program_cache",), False),
     ("OTEL_EBPF_NICE", ("nice",), False),
+    ("OTEL_EBPF_CPUS", ("cpus",), False),
     ("OTEL_EBPF_AUTO_TARGET_EXE", ("include", "executables"), True),
     ("OTEL_EBPF_EXCLUDE_EXE", ("exclude", "executables"), True),
     ("OTEL_EBPF_TARGET_PIDS", ("include", "pids"), True),

@@ -1,4 +1,4 @@
-"""The collector's scheduling priority: below the programs it traces."""
+"""The collector's scheduling: below the programs it traces, on the CPUs it is given."""
 
 from __future__ import annotations
 
@@ -23,3 +23,54 @@ def set_priority(nice: int) -> None:
         log.warning("scheduling priority not set to nice %d: %s", nice, exc.strerror)
         return
     log.info("scheduling priority: nice %d (the traced programs preempt the collector)", nice)
+
+
+def parse_cpu_list(spec: str) -> frozenset[int]:
+    """'0-1,3' -> {0, 1, 3} (the kernel's CPU list format, as taskset -c and
+    cpusets write it); ValueError if malformed."""
+    cpus: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if sep else int(low)
+        except ValueError:
+            raise ValueError(f"bad CPU list {spec!r}: {part!r} is not a CPU or a range") from None
+        if not 0 <= first <= last < 4096:
+            raise ValueError(f"bad CPU list {spec!r}: {part!r} is not a CPU or a range")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError(f"bad CPU list {spec!r}: no CPU named")
+    return frozenset(cpus)
+
+
+def pin(cpus: frozenset[int]) -> None:
+    """Every thread of this process to `cpus` (threads started later inherit it).
+    ValueError when one of them is not a CPU this process may use (its cpuset)."""
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(cpus - allowed)
+    if outside:
+        raise ValueError(
+            f"{format_cpu_list(outside)}: not among the CPUs this process may use "
+            f"({format_cpu_list(sorted(allowed))})"
+        )
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # this thread
+    for tid in threads:
+        os.sched_setaffinity(tid, cpus)
+    log.info("CPU affinity: the collector runs on CPUs %s", format_cpu_list(sorted(cpus)))
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 3] -> '0-1,3'."""
+    parts: list[str] = []
+    start = previous = cpus[0]
+    for cpu in [*cpus[1:], -1]:
+        if cpu != previous + 1:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            start = cpu
+        previous = cpu
+    return ",".join(parts)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 import shutil
 import subprocess
 from pathlib import Path
 
 from harness import OTEL_EBPF, CollectorProcess, free_port, health, wait_until
+from otel_ebpf.scheduling import format_cpu_list
 
 
 def test_doctor_reports_every_capability() -> None:
@@ -169,6 +171,42 @@ def test_the_collector_runs_below_the_programs_it_traces(collector: CollectorPro
         checked += 1
     assert checked > 3  # the main thread and the export threads at least
     assert "scheduling priority: nice 19" in collector.log_path.read_text()
+
+
+def test_the_collector_runs_on_the_cpus_it_is_given(tmp_path: Path) -> None:
+    """OTEL_EBPF_CPUS: every thread on those CPUs, the exporters' too; a CPU the
+    process may not use is a one-line config error before anything starts."""
+    last = max(os.sched_getaffinity(0))
+    collector = CollectorProcess(
+        tmp_path / "pinned", {"debug": {}}, extra_env={"OTEL_EBPF_CPUS": str(last)}
+    )
+    try:
+        checked = 0
+        for task in Path(f"/proc/{collector.proc.pid}/task").iterdir():
+            try:
+                status = (task / "status").read_text()
+            except FileNotFoundError:  # a short-lived thread ended since the listing
+                continue
+            allowed = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list:"))
+            assert allowed.split()[1] == str(last), f"thread {task.name}: {allowed}"
+            checked += 1
+        assert checked >= 2  # the main thread and those it started
+        assert f"CPU affinity: the collector runs on CPUs {last}" in collector.log_path.read_text()
+    finally:
+        collector.stop()
+    config = tmp_path / "config.yaml"
+    config.write_text("exporters: {debug: {}}\n" + PIPELINE)
+    result = subprocess.run(
+        [OTEL_EBPF, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OTEL_EBPF_CPUS": "4095"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "otel-ebpf: config error: receivers.ebpf.cpus (OTEL_EBPF_CPUS): 4095: not among the"
+        f" CPUs this process may use ({format_cpu_list(sorted(os.sched_getaffinity(0)))})"
+    )
 
 
 def test_health_is_503_until_the_probes_are_attached(tmp_path: Path) -> None:
