@@ -131,7 +131,7 @@ def main() -> int:
         return 0
     say(
         f"compiling the event path with mypyc ({len(native.HOT_PATH)} modules;"
-        " about 50 s on 2 cores)"
+        " about a minute on 2 cores)"
     )
     return build(digest)
 
