@@ -60,7 +60,10 @@ def pin(cpus: frozenset[int]) -> None:
     except OSError:
         threads = [0]  # this thread
     for tid in threads:
-        os.sched_setaffinity(tid, cpus)
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # a thread that ended since the listing
+            continue
     log.info("CPU affinity: the collector runs on CPUs %s", format_cpu_list(sorted(cpus)))
 
 
