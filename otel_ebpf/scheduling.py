@@ -13,16 +13,20 @@ def set_priority(nice: int) -> None:
     new thread takes its creator's). A refusal (a raise without CAP_SYS_NICE)
     is said and the collector runs as it is."""
     try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]  # this thread
-    try:
-        for tid in threads:
+        for tid in _threads():
             os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError as exc:
         log.warning("scheduling priority not set to nice %d: %s", nice, exc.strerror)
         return
     log.info("scheduling priority: nice %d (the traced programs preempt the collector)", nice)
+
+
+def _threads() -> list[int]:
+    """This process's threads (Linux keeps priority and affinity per thread)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]  # this thread
 
 
 def parse_cpu_list(spec: str) -> frozenset[int]:
@@ -55,11 +59,7 @@ def pin(cpus: frozenset[int]) -> None:
             f"{format_cpu_list(outside)}: not among the CPUs this process may use "
             f"({format_cpu_list(sorted(allowed))})"
         )
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]  # this thread
-    for tid in threads:
+    for tid in _threads():
         try:
             os.sched_setaffinity(tid, cpus)
         except ProcessLookupError:  # a thread that ended since the listing

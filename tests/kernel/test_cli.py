@@ -158,18 +158,25 @@ def test_health_is_200_with_counters_once_attached(collector: CollectorProcess) 
     )
 
 
+def thread_files(pid: int, name: str) -> dict[str, str]:
+    """/proc/PID/task/TID/`name` of each of a process's threads, by TID; a
+    short-lived thread that ended since the listing is left out."""
+    texts = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            texts[task.name] = (task / name).read_text()
+        except FileNotFoundError:
+            continue
+    return texts
+
+
 def test_the_collector_runs_below_the_programs_it_traces(collector: CollectorProcess) -> None:
     """Every thread at nice 19 (OTEL_EBPF_NICE's default), the exporters' too."""
-    checked = 0
-    for task in Path(f"/proc/{collector.proc.pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except FileNotFoundError:  # a short-lived thread ended since the listing
-            continue
+    stats = thread_files(collector.proc.pid, "stat")
+    for tid, stat in stats.items():
         fields = stat[stat.rindex(")") + 2 :].split()
-        assert int(fields[16]) == 19, f"thread {task.name}: nice {fields[16]}"
-        checked += 1
-    assert checked > 3  # the main thread and the export threads at least
+        assert int(fields[16]) == 19, f"thread {tid}: nice {fields[16]}"
+    assert len(stats) > 3  # the main thread and the export threads at least
     assert "scheduling priority: nice 19" in collector.log_path.read_text()
 
 
@@ -181,16 +188,11 @@ def test_the_collector_runs_on_the_cpus_it_is_given(tmp_path: Path) -> None:
         tmp_path / "pinned", {"debug": {}}, extra_env={"OTEL_EBPF_CPUS": str(last)}
     )
     try:
-        checked = 0
-        for task in Path(f"/proc/{collector.proc.pid}/task").iterdir():
-            try:
-                status = (task / "status").read_text()
-            except FileNotFoundError:  # a short-lived thread ended since the listing
-                continue
+        statuses = thread_files(collector.proc.pid, "status")
+        for tid, status in statuses.items():
             allowed = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list:"))
-            assert allowed.split()[1] == str(last), f"thread {task.name}: {allowed}"
-            checked += 1
-        assert checked >= 2  # the main thread and those it started
+            assert allowed.split()[1] == str(last), f"thread {tid}: {allowed}"
+        assert len(statuses) >= 2  # the main thread and those it started
         assert f"CPU affinity: the collector runs on CPUs {last}" in collector.log_path.read_text()
     finally:
         collector.stop()
