@@ -159,12 +159,12 @@ def main() -> int:
         if profile:
             profile.disable()
         thread = time.thread_time() - thread0
-        for processor in c._processors:
-            processor.force_flush()
+        for batcher in c._batchers:
+            batcher.force_flush()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         built, exported = c.telemetry.spans_built, c.telemetry.spans_exported
-        for processor in c._processors:
-            processor.shutdown()
+        for batcher in c._batchers:
+            batcher.shutdown(5.0)
         if c.metrics is not None:  # its last export while the sink still listens
             c.metrics.shutdown(5.0)
     n = args.requests

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -258,11 +259,59 @@ class OtlpReceiverConfig(_Strict):
 
 
 class BatchConfig(_Strict):
-    """Maps to the SDK's BatchSpanProcessor; unset values come from OTEL_BSP_*."""
+    """The span export queue (span_batches); unset values come from OTEL_BSP_*."""
 
     send_batch_size: int | None = Field(None, gt=0)
     timeout: Duration | None = None
     max_queue_size: int | None = Field(None, gt=0)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How spans wait for their exporter, as the SDK's BatchSpanProcessor has it
+    (and its defaults)."""
+
+    max_queue_size: int = 2048
+    schedule_delay_s: float = 5.0
+    max_export_batch_size: int = 512
+
+
+def span_batching(config: Config, env: dict[str, str]) -> BatchSettings:
+    """The batch processor's settings where the traces pipeline lists one, else
+    OTEL_BSP_SCHEDULE_DELAY (ms), OTEL_BSP_MAX_QUEUE_SIZE and
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE, else the defaults. A value that is not a
+    positive whole number is a ConfigError naming where it came from (the SDK
+    logged a traceback and went on with its default)."""
+    batch = config.processors.get("batch") if "batch" in config.traces.processors else None
+    assert batch is None or isinstance(batch, BatchConfig)
+    default = BatchSettings()
+
+    def from_env(variable: str, fallback: int) -> int:
+        text = env.get(variable, "").strip()
+        if not text:
+            return fallback
+        value = decimal(text)
+        if not value:
+            raise ConfigError(f"{variable}: expected a positive whole number, got {text!r}")
+        return value
+
+    if batch is not None and batch.timeout is not None:  # a Duration: above zero
+        delay_s = batch.timeout
+    else:
+        delay_s = from_env("OTEL_BSP_SCHEDULE_DELAY", int(default.schedule_delay_s * 1000)) / 1000
+    queue = (batch.max_queue_size if batch else None) or from_env(
+        "OTEL_BSP_MAX_QUEUE_SIZE", default.max_queue_size
+    )
+    size = (batch.send_batch_size if batch else None) or from_env(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default.max_export_batch_size
+    )
+    if size > queue:
+        raise ConfigError(
+            f"the export batch size ({size}) is larger than the export queue ({queue}): "
+            "set processors.batch.send_batch_size or OTEL_BSP_MAX_EXPORT_BATCH_SIZE lower, "
+            "or the queue (max_queue_size, OTEL_BSP_MAX_QUEUE_SIZE) higher"
+        )
+    return BatchSettings(queue, delay_s, size)
 
 
 class CorrelateConfig(_Strict):
@@ -848,4 +897,5 @@ def _load(doc: dict[str, Any], env: dict[str, str]) -> Config:
         update={"receivers": receivers, "processors": processors, "exporters": exporters}
     )
     _check_endpoint_variables(config, env)
+    span_batching(config, env)  # its variables too fail now, not once spans flow
     return config

@@ -15,17 +15,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 WAIT_S = 0.5  # longest a full queue holds the processing thread
 POLL_S = 0.001
 
 
 class QueueRoom:
-    """Whether the next span fits in `pending` (a BatchSpanProcessor's queue)."""
+    """Whether the next span fits in `pending` (a SpanBatcher's queue)."""
 
     def __init__(
         self,
-        pending: deque[object],
+        pending: deque[Any],
         wait_s: float = WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,

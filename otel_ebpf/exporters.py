@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -36,6 +36,7 @@ from otel_ebpf.config import (
     FileExporterConfig,
     OtlpExporterConfig,
 )
+from otel_ebpf.model import FinishedSpan
 from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -43,7 +44,13 @@ log = logging.getLogger(__name__)
 _TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
-def _line(span: ReadableSpan, verbosity: str) -> str:
+def sdk_view(spans: Sequence[FinishedSpan]) -> Sequence[ReadableSpan]:
+    """Spans as the SDK's exporters take them: a BuiltSpan has every field their
+    readers use (tests hold the SDK's encoder to the same output as ours)."""
+    return cast(Sequence[ReadableSpan], spans)
+
+
+def _line(span: FinishedSpan, verbosity: str) -> str:
     a = span.attributes or {}
     start = datetime.datetime.fromtimestamp((span.start_time or 0) / 1e9, datetime.UTC)
     ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
@@ -78,7 +85,7 @@ class ConsoleLineExporter(SpanExporter):
         self._out = out or sys.stdout
         self._lock = threading.Lock()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
         text = "".join(_line(s, self._verbosity) + "\n" for s in spans)
         with self._lock:
             self._out.write(text)
@@ -105,7 +112,7 @@ def _hex_ids(node: Any) -> Any:
     return node
 
 
-def otlp_json(spans: Sequence[ReadableSpan]) -> str:
+def otlp_json(spans: Sequence[FinishedSpan]) -> str:
     """An ExportTraceServiceRequest in the OTLP/JSON encoding, one line."""
     request = ExportTraceServiceRequest.FromString(TraceEncoder().encode(spans))
     body = MessageToDict(request, use_integers_for_enums=True)
@@ -119,7 +126,7 @@ class JsonLinesFileExporter(SpanExporter):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open
         self._lock = threading.Lock()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
         line = otlp_json(spans) + "\n"
         with self._lock:
             self._file.write(line)
@@ -155,10 +162,10 @@ class GrpcSpanExporter(SdkGrpcExporter):
         if self.fast_path:
             self._client = _PreEncodedTraceStub(self._channel)  # type: ignore[assignment]
 
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
+    def _translate_data(self, data: Sequence[FinishedSpan]) -> Any:
         if self.fast_path:
             return self._encoder.encode(data)
-        return super()._translate_data(data)
+        return super()._translate_data(sdk_view(data))
 
 
 class HttpSpanExporter(SdkHttpExporter):
@@ -172,9 +179,9 @@ class HttpSpanExporter(SdkHttpExporter):
         if not self.fast_path:
             log.info("this opentelemetry-exporter-otlp encodes spans itself (slower)")
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
         if not self.fast_path or self._shutdown:
-            return super().export(spans)
+            return super().export(sdk_view(spans))
         body = self._encoder.encode(spans)
         limit = getattr(self, "_max_request_size", 0)
         if limit > 0 and len(body) > limit:
@@ -201,13 +208,13 @@ class CountingExporter(SpanExporter):
         self._in_flight = 0
         self._abandoned = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
         with self._lock:
             if self._abandoned:
                 return SpanExportResult.FAILURE  # counted by abandon()'s caller
             self._in_flight = len(spans)
         try:
-            result = self.inner.export(spans)
+            result = self.inner.export(sdk_view(spans))
         except Exception:  # an exporter bug must not kill the export thread
             result = SpanExportResult.FAILURE
         with self._lock:

@@ -23,6 +23,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_ebpf.model import BuiltSpan
 from otel_ebpf.processors.routes import RouteTemplates
 
 WINDOW_S = 10  # rates and quantiles over the last 10 s
@@ -70,7 +71,7 @@ class LiveView:
             cell = cells[key] = _empty()
         return cell
 
-    def span(self, span: Any, service: str, peer: str | None, weight: int = 1) -> None:
+    def span(self, span: BuiltSpan, service: str, peer: str | None, weight: int = 1) -> None:
         """A finished eBPF span of `service`; `peer`: who is at the other end (a
         client span's server), None for a server span or when unknown. Weight 0:
         a request already counted (the budget's outliers): only among the slowest."""

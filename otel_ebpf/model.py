@@ -2,14 +2,19 @@
 
 kernel events (receivers) -> HttpHead/HttpEnd (parsers) -> an `Exchange` per
 request (HttpExchange, Http2Exchange, RedisExchange, SqlExchange, DnsExchange)
--> ReadableSpan (OpenTelemetry SDK, built by processors.spans).
+-> a `BuiltSpan` (processors.spans), read like the SDK's ReadableSpan.
 NamedTuples: cheap to build on the hot path, immutable, typed.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status
 
 # What a request's owner attaches to it when it begins (its trace context),
 # opaque here. Named, as compiled a NamedTuple field typed `object` fails at import.
@@ -452,6 +457,55 @@ class SqlExchange(NamedTuple):
 # One L7 record per request, whatever the protocol; each has `answered` and `token`.
 Exchange = HttpExchange | Http2Exchange | RedisExchange | SqlExchange | DnsExchange
 SqlOutput = SqlExchange | RequestStarted  # what the SQL parsers give for bytes fed
+
+
+# --- spans (processors.spans -> metrics, merge, export) -----------------------
+
+
+class BuiltSpan:
+    """A span the collector built from an exchange. It offers what the SDK's
+    ReadableSpan offers its readers (metrics, merge, exporters, the SDK's own
+    encoder), as plain fields: compiled, it is made in a fraction of a
+    ReadableSpan's time, and read without an interpreted property call per field.
+    Read-only by convention, as a finished span is."""
+
+    # What an exchange's span never has.
+    events: tuple[Any, ...] = ()
+    links: tuple[Any, ...] = ()
+    dropped_attributes: int = 0
+    dropped_events: int = 0
+    dropped_links: int = 0
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        resource: Resource,
+        attributes: dict[str, Any],
+        kind: SpanKind,
+        status: Status,
+        start_time: int,
+        end_time: int,
+        instrumentation_scope: InstrumentationScope,
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.resource = resource
+        self.attributes = attributes
+        self.kind = kind
+        self.status = status
+        self.start_time = start_time
+        self.end_time = end_time
+        self.instrumentation_scope = instrumentation_scope
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+
+# A finished span, the collector's own or an app's SDK's (received over OTLP).
+FinishedSpan: TypeAlias = BuiltSpan | ReadableSpan
 
 
 # --- CPU profiles (bpf/profile.bpf.c -> receivers.profiler -> processors.profiling) ---

@@ -49,6 +49,7 @@ HOT_PATH = (
     "otel_ebpf.processors.streams",
     "otel_ebpf.receivers.ringbuf",
     "otel_ebpf.receivers.sockets",
+    "otel_ebpf.span_batches",
 )
 # The shared library the compiled modules' stubs import (mypyc's group).
 GROUP = "otel_ebpf._native.hot"

@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from otel_ebpf.model import FinishedSpan
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class TraceEncoder:
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes]] = {}
 
-    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+    def encode(self, spans: Sequence[FinishedSpan]) -> bytes:
         # Grouped by the encoded resource and scope: equal resources held by
         # different objects (an SDK batch's, ours) share one group, as in the SDK.
         groups: dict[bytes, dict[bytes, list[bytes]]] = {}
@@ -239,7 +240,7 @@ class TraceEncoder:
             out.append(encoded)
         return out
 
-    def _span(self, span: ReadableSpan) -> bytes:
+    def _span(self, span: FinishedSpan) -> bytes:
         context = span.context
         assert context is not None
         parts = [

@@ -14,12 +14,11 @@ from typing import Any
 import psutil
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_ebpf import native
 from otel_ebpf.backlog import ListenOverflows
-from otel_ebpf.config import Config, ConfigError
+from otel_ebpf.config import Config, ConfigError, span_batching
 from otel_ebpf.containers import PodScope
 from otel_ebpf.export_room import QueueRoom
 from otel_ebpf.exporters import CountingExporter, build_exporter
@@ -35,11 +34,13 @@ from otel_ebpf.metrics import (
     scan_interval_s,
 )
 from otel_ebpf.model import (
+    BuiltSpan,
     ConnClose,
     ConnOpen,
     DataEvent,
     Endpoint,
     Exchange,
+    FinishedSpan,
     OutlierExchange,
     ProcessExec,
     RedCount,
@@ -71,6 +72,7 @@ from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
 from otel_ebpf.receivers.sockets import SocketReceiver, task_registers_missing
 from otel_ebpf.receivers.tls import OpenSslProbes
+from otel_ebpf.span_batches import SpanBatcher
 from otel_ebpf.span_budget import SpanBudgetKeeper
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
@@ -131,19 +133,6 @@ def _pod_scope(config: Config) -> PodScope | None:
         return PodScope(ebpf.sidecar.network_namespace, ebpf.sidecar.cgroup)
     except OSError as exc:
         raise ConfigError(f"receivers.ebpf.sidecar.network_namespace: {exc}") from None
-
-
-def _batch_processor(exporter: CountingExporter, config: Config) -> BatchSpanProcessor:
-    batch = config.processors.get("batch")
-    kwargs: dict[str, Any] = {}
-    if batch is not None and "batch" in config.traces.processors:
-        if batch.send_batch_size is not None:
-            kwargs["max_export_batch_size"] = batch.send_batch_size
-        if batch.timeout is not None:
-            kwargs["schedule_delay_millis"] = batch.timeout * 1000
-        if batch.max_queue_size is not None:
-            kwargs["max_queue_size"] = batch.max_queue_size
-    return BatchSpanProcessor(exporter, **kwargs)
 
 
 def _metric_readers(config: Config) -> list[MetricReader]:
@@ -215,11 +204,9 @@ class Collector:
             CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry)
             for name in pipeline.exporters
         ]
-        self._processors = [_batch_processor(e, config) for e in self._exporters]
-        self._queues = [
-            getattr(getattr(p, "_batch_processor", None), "_queue", None) for p in self._processors
-        ]
-        self._rooms = [QueueRoom(q) if q is not None else None for q in self._queues]
+        batching = span_batching(config, dict(os.environ))
+        self._batchers = [SpanBatcher(e, batching) for e in self._exporters]
+        self._rooms = [QueueRoom(b.queue) for b in self._batchers]
         ebpf = config.ebpf
         correlate = config.correlate
         self.merger = (
@@ -434,7 +421,7 @@ class Collector:
             self.merger.ebpf(span, None, x.pid)
 
     def _live(
-        self, span: ReadableSpan, local: Endpoint | None, remote: Endpoint | None, weight: int
+        self, span: BuiltSpan, local: Endpoint | None, remote: Endpoint | None, weight: int
     ) -> None:
         """`otel-ebpf top`'s view: a client span's edge names its server as the
         service graph does."""
@@ -516,14 +503,12 @@ class Collector:
                 pid = self.tracker.pid_of_peer(peer) if peer is not None else None
                 self.merger.sdk(spans, pid)
 
-    def _export(self, span: ReadableSpan) -> None:
-        for processor, room in zip(self._processors, self._rooms, strict=True):
-            if room is not None and not room():
-                # Full: counted here and not handed over (the SDK would drop one
-                # too, and build a warning record per span to say so).
+    def _export(self, span: FinishedSpan) -> None:
+        for batcher, room in zip(self._batchers, self._rooms, strict=True):
+            if room():
+                batcher.add(span)
+            else:  # full after a wait: counted here, not handed over
                 self.telemetry.spans_dropped += 1
-                continue
-            processor.on_end(span)
 
     def stop(self) -> None:
         self._stop.set()
@@ -612,10 +597,8 @@ class Collector:
                     self.telemetry.node_processes = self.node.processes
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
-                self.telemetry.spans_queued = sum(len(q) for q in self._queues if q is not None)
-                self.telemetry.export_waited_ms = int(
-                    sum(r.waited_s for r in self._rooms if r is not None) * 1000
-                )
+                self.telemetry.spans_queued = sum(len(b.queue) for b in self._batchers)
+                self.telemetry.export_waited_ms = int(sum(r.waited_s for r in self._rooms) * 1000)
                 self._processes.refresh_pending()
                 if self.merger is not None:
                     self.merger.expire(now)
@@ -786,12 +769,7 @@ class Collector:
         """The last export of queued spans and measured metrics, all exporters at
         once, within FLUSH_TIMEOUT_S: a dead backend must not hold the exit past a
         pod's grace period. What could not be sent is counted as dropped and said."""
-        timeout_ms = int(FLUSH_TIMEOUT_S * 1000)
-        steps: list[Any] = [
-            # the SDK processor's own shutdown takes no timeout: its batch processor's does
-            partial(p._batch_processor.shutdown, timeout_millis=timeout_ms)
-            for p in self._processors
-        ]
+        steps: list[Any] = [partial(b.shutdown, FLUSH_TIMEOUT_S) for b in self._batchers]
         if self.metrics is not None:
             steps.append(partial(self.metrics.shutdown, FLUSH_TIMEOUT_S))
         threads = [threading.Thread(target=step, name="flush", daemon=True) for step in steps]
@@ -802,7 +780,7 @@ class Collector:
             thread.join(max(deadline - time.monotonic(), 0))
         # Queues first, then the batches under way: a batch taken from a queue in
         # between is under way by then, or refused by its abandoned exporter.
-        unsent = sum(len(q) for q in self._queues if q is not None)
+        unsent = sum(len(b.queue) for b in self._batchers)
         unsent += sum(e.abandon() for e in self._exporters)
         if unsent or any(t.is_alive() for t in threads):
             self.telemetry.spans_dropped += unsent

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind
 
+from otel_ebpf.model import FinishedSpan
 from otel_ebpf.processors.correlate import RequestContext
 
-Export = Callable[[ReadableSpan], None]
+Export = Callable[[FinishedSpan], None]
 
 # Network facts an SDK span rarely has and the kernel always does.
 NETWORK_FACTS = (
@@ -50,7 +51,7 @@ SLACK_NS = 2_000_000  # clocks of app and kernel differ by the call overheads
 
 
 def with_ids(
-    span: ReadableSpan, trace_id: int, parent_id: int | None, extra: dict[str, Any] | None = None
+    span: FinishedSpan, trace_id: int, parent_id: int | None, extra: dict[str, Any] | None = None
 ) -> ReadableSpan:
     """A copy of `span` moved into another trace and/or under another parent."""
     ctx = span.get_span_context()
@@ -82,7 +83,7 @@ def with_ids(
     )
 
 
-def _facts(span: ReadableSpan) -> dict[str, Any]:
+def _facts(span: FinishedSpan) -> dict[str, Any]:
     attrs = span.attributes or {}
     return {k: attrs[k] for k in NETWORK_FACTS if k in attrs}
 
@@ -90,8 +91,8 @@ def _facts(span: ReadableSpan) -> dict[str, Any]:
 @dataclass
 class _HeldTrace:
     deadline: float
-    spans: list[tuple[ReadableSpan, int]] = field(default_factory=list)  # (span, pid)
-    root: ReadableSpan | None = None  # the eBPF SERVER span that may be a duplicate
+    spans: list[tuple[FinishedSpan, int]] = field(default_factory=list)  # (span, pid)
+    root: FinishedSpan | None = None  # the eBPF SERVER span that may be a duplicate
     root_pid: int = 0
 
 
@@ -113,7 +114,7 @@ class Merger:
         self._held: dict[int, _HeldTrace] = {}
         self._resolved: OrderedDict[int, _Resolution] = OrderedDict()
         self._facts: OrderedDict[int, dict[str, Any]] = OrderedDict()  # SDK span id -> facts
-        self._recent_sdk: OrderedDict[int, tuple[float, ReadableSpan, int]] = OrderedDict()
+        self._recent_sdk: OrderedDict[int, tuple[float, FinishedSpan, int]] = OrderedDict()
         self.duplicates_dropped = 0
         self.traces_merged = 0
 
@@ -122,7 +123,7 @@ class Merger:
     def is_sdk_process(self, pid: int) -> bool:
         return pid in self.sdk_pids
 
-    def ebpf(self, span: ReadableSpan, rc: RequestContext | None, pid: int) -> None:
+    def ebpf(self, span: FinishedSpan, rc: RequestContext | None, pid: int) -> None:
         ctx = span.get_span_context()
         assert ctx is not None
         if rc is not None and rc.duplicates_sdk and pid in self.sdk_pids:
@@ -156,7 +157,7 @@ class Merger:
 
     # -- from the apps' SDKs ------------------------------------------------------
 
-    def sdk(self, spans: list[ReadableSpan], pid: int | None) -> None:
+    def sdk(self, spans: Sequence[FinishedSpan], pid: int | None) -> None:
         """A batch received over OTLP, from process `pid` when known."""
         if pid is not None:
             self.sdk_pids.add(pid)
@@ -199,7 +200,7 @@ class Merger:
             self._facts.popitem(last=False)
 
     @staticmethod
-    def _same_request(ebpf: ReadableSpan, sdk: ReadableSpan) -> bool:
+    def _same_request(ebpf: FinishedSpan, sdk: FinishedSpan) -> bool:
         """Same method, path and client socket where the SDK says them (stable or
         older semantic conventions), and the SDK span inside the network's view."""
         e, s = ebpf.attributes or {}, sdk.attributes or {}
@@ -216,7 +217,7 @@ class Merger:
             (sdk.end_time or 0) <= (ebpf.end_time or 0) + SLACK_NS
         )
 
-    def _match_held(self, sdk: ReadableSpan, pid: int) -> tuple[int, _HeldTrace] | None:
+    def _match_held(self, sdk: FinishedSpan, pid: int) -> tuple[int, _HeldTrace] | None:
         best: tuple[int, _HeldTrace] | None = None
         best_gap = 0
         for trace_id, held in self._held.items():
@@ -228,7 +229,7 @@ class Merger:
                 best, best_gap = (trace_id, held), gap
         return best
 
-    def _find_recent_sdk(self, root: ReadableSpan, pid: int) -> tuple[ReadableSpan, int] | None:
+    def _find_recent_sdk(self, root: FinishedSpan, pid: int) -> tuple[FinishedSpan, int] | None:
         for key, (_, sdk, sdk_pid) in self._recent_sdk.items():
             if sdk_pid == pid and self._same_request(root, sdk):
                 del self._recent_sdk[key]
@@ -239,8 +240,8 @@ class Merger:
         self,
         trace_id: int,
         held: _HeldTrace,
-        match: tuple[ReadableSpan, int],
-        batch: list[ReadableSpan] | None = None,
+        match: tuple[FinishedSpan, int],
+        batch: Sequence[FinishedSpan] | None = None,
     ) -> None:
         sdk, pid = match
         sdk_ctx = sdk.get_span_context()
@@ -264,7 +265,7 @@ class Merger:
         for span, _ in held.spans:
             self._emit_rewritten(span, resolution)
 
-    def _emit_rewritten(self, span: ReadableSpan, r: _Resolution) -> None:
+    def _emit_rewritten(self, span: FinishedSpan, r: _Resolution) -> None:
         ctx = span.get_span_context()
         assert ctx is not None
         if ctx.span_id == r.replaced_span:
@@ -280,7 +281,7 @@ class Merger:
             self._export(with_ids(span, r.trace_id, None))
 
     @staticmethod
-    def _innermost(span: ReadableSpan, r: _Resolution) -> int:
+    def _innermost(span: FinishedSpan, r: _Resolution) -> int:
         """The SDK span of the process that most tightly contains `span` in time;
         the SDK server span (first) when no other strictly does."""
         start, end = span.start_time or 0, span.end_time or 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.aggregation import Series
@@ -20,7 +19,7 @@ from otel_ebpf.metrics import (
     CollectorMetrics,
     rebin,
 )
-from otel_ebpf.model import Endpoint, RedCount
+from otel_ebpf.model import Endpoint, FinishedSpan, RedCount
 from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
@@ -98,7 +97,7 @@ class MetricsRecorder:
 
     def span(
         self,
-        span: ReadableSpan,
+        span: FinishedSpan,
         local: Endpoint | None,
         remote: Endpoint | None,
         red_in_kernel: bool = False,
@@ -203,7 +202,7 @@ class MetricsRecorder:
 
     def _graph(
         self,
-        span: ReadableSpan,
+        span: FinishedSpan,
         local: Endpoint | None,
         remote: Endpoint,
         service: str,

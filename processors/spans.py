@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import (
+    BuiltSpan,
     DnsExchange,
     Exchange,
     Http2Exchange,
@@ -99,7 +99,7 @@ class SpanBuilder:
         self._peers: OrderedDict[int, PeerSplit] = OrderedDict()
         self._downstream: OrderedDict[int, int] = OrderedDict()
 
-    def build(self, x: Exchange, conn: Connection) -> ReadableSpan | None:
+    def build(self, x: Exchange, conn: Connection) -> BuiltSpan | None:
         """The span for one exchange; None where none is due (a database server's side)."""
         if isinstance(x, HttpExchange):
             return self._http(x, conn)
@@ -113,7 +113,7 @@ class SpanBuilder:
             return self._dns(x, conn)
         return self._sql(x, conn)
 
-    def _grpc(self, x: Http2Exchange, conn: Connection) -> ReadableSpan:
+    def _grpc(self, x: Http2Exchange, conn: Connection) -> BuiltSpan:
         """RPC conventions as stabilised after semconv 1.37 (rpc.system.name,
         fully-qualified rpc.method, string rpc.response.status_code)."""
         server = conn.role == Role.SERVER
@@ -142,7 +142,7 @@ class SpanBuilder:
             name, x, conn, attrs, status, SpanKind.SERVER if server else SpanKind.CLIENT
         )
 
-    def _dns(self, x: DnsExchange, conn: Connection) -> ReadableSpan:
+    def _dns(self, x: DnsExchange, conn: Connection) -> BuiltSpan:
         """A lookup: dns.* registry attributes; rcode and type under otel_ebpf.dns.*."""
         q, r = x.query, x.response
         attrs: dict[str, str | int | list[str]] = {
@@ -259,7 +259,7 @@ class SpanBuilder:
         )
         return context, parent
 
-    def _sql(self, x: SqlExchange, conn: Connection) -> ReadableSpan:
+    def _sql(self, x: SqlExchange, conn: Connection) -> BuiltSpan:
         """Database client span: stable DB conventions, text sanitised unless asked."""
         operation = operation_of(x.query)
         collection = collection_of(x.query, operation)
@@ -305,7 +305,7 @@ class SpanBuilder:
         conn: Connection,
         attrs: dict[str, str | int],
         status: Status,
-    ) -> ReadableSpan:
+    ) -> BuiltSpan:
         return self._span(name, x, conn, attrs, status, SpanKind.CLIENT)
 
     def _span(
@@ -316,7 +316,7 @@ class SpanBuilder:
         attrs: dict[str, str | int],
         status: Status,
         kind: SpanKind,
-    ) -> ReadableSpan:
+    ) -> BuiltSpan:
         """A span with the connection's network attributes (server.* is the far end
         for clients, this end for servers)."""
         attrs = {**_network_attributes(conn, kind == SpanKind.SERVER), **attrs}  # DNS: udp
@@ -333,23 +333,23 @@ class SpanBuilder:
         kind: SpanKind,
         status: Status,
         times: _Times,
-    ) -> ReadableSpan:
+    ) -> BuiltSpan:
         """The span itself: ids from the request's context, times on the wall clock."""
         context, parent = self._ids(token)
-        return ReadableSpan(
-            name=name,
-            context=context,
-            parent=parent,
-            resource=resource,
-            attributes=attrs,
-            kind=kind,
-            status=status,
-            start_time=times.start_ts + self._offset,
-            end_time=max(times.end_ts, times.start_ts) + self._offset,
-            instrumentation_scope=SCOPE,
+        return BuiltSpan(
+            name,
+            context,
+            parent,
+            resource,
+            attrs,
+            kind,
+            status,
+            times.start_ts + self._offset,
+            max(times.end_ts, times.start_ts) + self._offset,
+            SCOPE,
         )
 
-    def _redis(self, x: RedisExchange, conn: Connection) -> ReadableSpan:
+    def _redis(self, x: RedisExchange, conn: Connection) -> BuiltSpan:
         """Database client span, stable DB semantic conventions (db.system.name etc.)."""
         operation = x.name
         args = max(x.command.length - 1, 0)
@@ -383,7 +383,7 @@ class SpanBuilder:
         self._offset = offset
         return step
 
-    def _http(self, x: HttpExchange, conn: Connection) -> ReadableSpan:
+    def _http(self, x: HttpExchange, conn: Connection) -> BuiltSpan:
         req, resp = x.request, x.response
         server = conn.role == Role.SERVER
         path, query, origin = self._urls.split(req.target)
@@ -429,7 +429,7 @@ class SpanBuilder:
         assert conn.process is not None
         return self._readable(req.method, x.token, conn.process.resource, attrs, kind, status, x)
 
-    def outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
+    def outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
         """A shed request that failed or was slow, from what the kernel kept: the
         method, a server's path (to 64 bytes) or a client's Host, the status; it
         ends where its answer began. `otel_ebpf.span.partial` says so. A trace of
@@ -464,7 +464,7 @@ class SpanBuilder:
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
         return self._readable(method, None, resource, attrs, kind, status, x)  # a new trace
 
-    def _db_outlier(self, x: OutlierExchange, resource: Resource) -> ReadableSpan:
+    def _db_outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
         """A shed database command that failed or was slow: its name, its error's
         code (the error's text, which may quote values, is not kept)."""
         attrs: dict[str, str | int | bool] = {

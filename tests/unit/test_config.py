@@ -259,3 +259,35 @@ def test_the_span_budget_from_variables_and_its_bad_values() -> None:
             load(env={name: bad})
     with pytest.raises(ConfigError, match=r"min_cpu 1\.0 is above max_cpu 0\.5"):
         load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "1"})
+
+
+def test_span_batching_from_the_yaml_then_otel_bsp_then_the_defaults(tmp_path: Path) -> None:
+    bsp = {
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "300",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100",
+    }
+    assert config.span_batching(load(env={}), {}) == config.BatchSettings(2048, 5.0, 512)
+    assert config.span_batching(load(env=bsp), bsp) == config.BatchSettings(300, 0.25, 100)
+    env = {**bsp, "JAEGER": "http://j:4317"}
+    # the file's batch processor: its timeout and batch size; the queue from the variable
+    assert config.span_batching(load(write(tmp_path, VALID), env), env) == config.BatchSettings(
+        300, 0.2, 256
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE: expected a positive"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "0"}, "OTEL_BSP_SCHEDULE_DELAY: expected a positive"),
+        ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "-5"}, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: expected"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, "the export batch size (512) is larger than the"),
+    ],
+)
+def test_bad_span_batching_fails_at_load_naming_its_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(env=env)
+    assert str(err.value).startswith(message)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 from rich.console import Console
 
 from otel_ebpf.health import HealthState
 from otel_ebpf.live import KEEP_WATCHING_S, MAX_KEYS, SLOWEST_N, WINDOW_S, LiveView
+from otel_ebpf.model import BuiltSpan
+from otel_ebpf.processors.spans import SCOPE
 from otel_ebpf.telemetry import SelfTelemetry
 from otel_ebpf.top import render
 
@@ -30,16 +31,19 @@ def span(
     failed: bool = False,
     end_s: float = 1000.0,
     **attributes: Any,
-) -> ReadableSpan:
+) -> BuiltSpan:
     end = int(end_s * 1e9)
-    return ReadableSpan(
-        name="GET",
-        kind=kind,
-        start_time=end - int(ms * 1e6),
-        end_time=end,
-        attributes={"url.path": "/orders", **attributes},
-        status=Status(StatusCode.ERROR if failed else StatusCode.UNSET),
-        resource=Resource.create({}),
+    return BuiltSpan(
+        "GET",
+        INVALID_SPAN_CONTEXT,
+        None,
+        Resource.create({}),
+        {"url.path": "/orders", **attributes},
+        kind,
+        Status(StatusCode.ERROR if failed else StatusCode.UNSET),
+        end - int(ms * 1e6),
+        end,
+        SCOPE,
     )
 
 

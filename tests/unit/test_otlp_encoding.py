@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceState
 
+from otel_ebpf.exporters import sdk_view
+from otel_ebpf.model import BuiltSpan, FinishedSpan
 from otel_ebpf.otlp_encoding import TraceEncoder
 
 RESOURCES = [
@@ -99,6 +101,35 @@ def test_same_request_as_the_sdk_encoder(batch: list[ReadableSpan]) -> None:
     for _ in range(2):  # the second time from what the first kept
         ours = ExportTraceServiceRequest.FromString(encoder.encode(batch))
         assert _sorted(ours) == _sorted(encode_spans(batch))
+
+
+@st.composite
+def built_spans(draw: Any) -> BuiltSpan:
+    """The collector's own span record, with what an exchange's span can hold."""
+    s = draw(spans())
+    return BuiltSpan(
+        s.name,
+        s.context,
+        s.parent,
+        s.resource,
+        dict(s.attributes),
+        s.kind,
+        s.status,
+        s.start_time,
+        s.end_time,
+        s.instrumentation_scope or SCOPES[0],
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(built_spans() | spans(), max_size=6))
+def test_the_collectors_own_spans_encode_as_the_sdk_encodes_them(
+    batch: list[FinishedSpan],
+) -> None:
+    """Ours and the SDK's encoder both read a BuiltSpan as a ReadableSpan (the
+    second one is what an SDK whose internals moved falls back to)."""
+    ours = ExportTraceServiceRequest.FromString(TraceEncoder().encode(batch))
+    assert _sorted(ours) == _sorted(encode_spans(sdk_view(batch)))
 
 
 def test_past_its_bound_the_cache_starts_over_and_encodes_the_same() -> None:
