@@ -3,7 +3,9 @@
 kernel events (receivers) -> HttpHead/HttpEnd (parsers) -> an `Exchange` per
 request (HttpExchange, Http2Exchange, RedisExchange, SqlExchange, DnsExchange)
 -> a `BuiltSpan` (processors.spans), read like the SDK's ReadableSpan.
-NamedTuples: cheap to build on the hot path, immutable, typed.
+NamedTuples, immutable and typed; the ones made several times a request are
+plain classes (compiled, a fraction of a NamedTuple's constructor), read-only
+by convention (DataEvent and HttpHead give a changed copy with `replace()`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, NamedTuple, TypeAlias
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status
+from opentelemetry.trace import SpanKind, Status, TraceFlags, TraceState
 
 # What a request's owner attaches to it when it begins (its trace context),
 # opaque here. Named, as compiled a NamedTuple field typed `object` fails at import.
@@ -57,35 +59,106 @@ class GoroutineLink(NamedTuple):
 NODE_CALLBACK = 1 << 63  # a DataEvent.task naming a Node callback (bpf/node.bpf.c)
 
 
-class DataEvent(NamedTuple):
-    """Bytes moved by one send/recv-family call on a TCP socket."""
+_DATA_EVENT_FIELDS = (
+    "sk",
+    "gen",
+    "direction",
+    "role",
+    "pid",
+    "tid",
+    "fd",
+    "ts",
+    "offset",
+    "length",
+    "cap_offset",
+    "payload",
+    "comm",
+    "retransmits",
+    "srtt_us",
+    "send_wait_ns",
+    "window_small",
+    "red_counted",
+    "after_shed",
+    "rand",
+    "threshold",
+    "goroutine",
+    "task",
+    "task_cause",
+)
 
-    sk: int  # kernel socket address: the connection's identity while it lives
-    gen: int  # the kernel's generation of that address (changes when it is reused)
-    direction: Direction
-    role: Role
-    pid: int
-    tid: int
-    fd: int  # 0 where the syscall is not known (sendfile, splice)
-    ts: int  # CLOCK_MONOTONIC nanoseconds
-    offset: int  # stream offset of the call's first byte in this direction
-    length: int  # bytes the call moved
-    cap_offset: int  # stream offset of payload[0]
-    payload: bytes  # the first bytes, bounded by the capture size
-    comm: bytes  # the kernel's 16-byte task name, NUL-padded
-    retransmits: int = 0  # the connection's retransmitted segments so far
-    srtt_us: int = 0  # its smoothed RTT at the last segment received (0: not known)
-    send_wait_ns: int = 0  # its sends' wait for send-buffer room, before this call
-    window_small: int = 0  # its segments seen while a receive window was nearly shut
-    red_counted: bool = False  # the kernel counts the HTTP/1 request at its first byte (RedCount)
-    after_shed: bool = False  # calls before it in its direction were shed (span budget): a gap
-    rand: int = 0  # red_counted: the request's 56-bit random value (span budget)
-    threshold: int = 0  # what it was kept against (0: no budget; see processors.budget)
-    goroutine: GoroutineLink | None = None  # a probed Go process's (None: any other)
-    # The asyncio task whose step made the call, or (NODE_CALLBACK set) the Node
-    # callback that did, and the socket whose read began that callback (0: none).
-    task: int = 0
-    task_cause: int = 0
+
+class DataEvent:
+    """Bytes moved by one send/recv-family call on a TCP socket. A plain class,
+    not a NamedTuple: four come per request, and compiled a class of 25 fields
+    is made in a fraction of a tuple's time (a NamedTuple's constructor is
+    interpreted)."""
+
+    def __init__(
+        self,
+        sk: int,  # kernel socket address: the connection's identity while it lives
+        gen: int,  # the kernel's generation of that address (changes when it is reused)
+        direction: Direction,
+        role: Role,
+        pid: int,
+        tid: int,
+        fd: int,  # 0 where the syscall is not known (sendfile, splice)
+        ts: int,  # CLOCK_MONOTONIC nanoseconds
+        offset: int,  # stream offset of the call's first byte in this direction
+        length: int,  # bytes the call moved
+        cap_offset: int,  # stream offset of payload[0]
+        payload: bytes,  # the first bytes, bounded by the capture size
+        comm: bytes,  # the kernel's 16-byte task name, NUL-padded
+        retransmits: int = 0,  # the connection's retransmitted segments so far
+        srtt_us: int = 0,  # its smoothed RTT at the last segment received (0: not known)
+        send_wait_ns: int = 0,  # its sends' wait for send-buffer room, before this call
+        window_small: int = 0,  # its segments seen while a receive window was nearly shut
+        red_counted: bool = False,  # the kernel counts the HTTP/1 request at its first byte
+        after_shed: bool = False,  # calls before it in its direction were shed: a gap
+        rand: int = 0,  # red_counted: the request's 56-bit random value (span budget)
+        threshold: int = 0,  # what it was kept against (0: no budget; processors.budget)
+        goroutine: GoroutineLink | None = None,  # a probed Go process's (None: any other)
+        # The asyncio task whose step made the call, or (NODE_CALLBACK set) the Node
+        # callback that did, and the socket whose read began that callback (0: none).
+        task: int = 0,
+        task_cause: int = 0,
+    ) -> None:
+        self.sk = sk
+        self.gen = gen
+        self.direction = direction
+        self.role = role
+        self.pid = pid
+        self.tid = tid
+        self.fd = fd
+        self.ts = ts
+        self.offset = offset
+        self.length = length
+        self.cap_offset = cap_offset
+        self.payload = payload
+        self.comm = comm
+        self.retransmits = retransmits
+        self.srtt_us = srtt_us
+        self.send_wait_ns = send_wait_ns
+        self.window_small = window_small
+        self.red_counted = red_counted
+        self.after_shed = after_shed
+        self.rand = rand
+        self.threshold = threshold
+        self.goroutine = goroutine
+        self.task = task
+        self.task_cause = task_cause
+
+    def replace(self, **changes: Any) -> DataEvent:
+        """A copy with `changes` (tests and tools: the event path never needs one)."""
+        fields: dict[str, Any] = {name: getattr(self, name) for name in _DATA_EVENT_FIELDS}
+        fields.update(changes)
+        return DataEvent(**fields)
+
+    def __repr__(self) -> str:
+        return (
+            f"DataEvent(sk={self.sk:#x}, gen={self.gen}, {self.direction.name} {self.role.name}, "
+            f"pid={self.pid}, tid={self.tid}, ts={self.ts}, offset={self.offset}, "
+            f"length={self.length}, payload={self.payload[:32]!r})"
+        )
 
 
 class RedCount(NamedTuple):
@@ -270,26 +343,89 @@ KernelEvent = (
 # --- HTTP/1 parser output (processors.protocols.http1) -------------------------
 
 
-class HttpHead(NamedTuple):
-    """A request line or status line with its kept headers."""
+class HttpHead:
+    """A request line or status line with its kept headers. Plain classes, this
+    and HttpEnd, not NamedTuples: two of each per exchange, and compiled a class
+    is made in a fraction of a NamedTuple's (interpreted) constructor's time."""
 
-    is_request: bool
-    method: str  # requests only
-    target: str  # requests only
-    status: int  # responses only
-    version: str  # "1.1", "1.0"
-    headers: dict[str, str]  # allow-listed, lower-case names
-    start_ts: int  # time of the call that carried the first byte
-    truncated: bool  # header block not fully captured
-    stream_offset: int = 0  # position of the first byte in this direction's stream
+    def __init__(
+        self,
+        is_request: bool,
+        method: str,  # requests only
+        target: str,  # requests only
+        status: int,  # responses only
+        version: str,  # "1.1", "1.0"
+        headers: dict[str, str],  # allow-listed, lower-case names
+        start_ts: int,  # time of the call that carried the first byte
+        truncated: bool,  # header block not fully captured
+        stream_offset: int = 0,  # position of the first byte in this direction's stream
+    ) -> None:
+        self.is_request = is_request
+        self.method = method
+        self.target = target
+        self.status = status
+        self.version = version
+        self.headers = headers
+        self.start_ts = start_ts
+        self.truncated = truncated
+        self.stream_offset = stream_offset
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.is_request,
+            self.method,
+            self.target,
+            self.status,
+            self.version,
+            self.headers,
+            self.start_ts,
+            self.truncated,
+            self.stream_offset,
+        )
+
+    def replace(self, **changes: Any) -> HttpHead:
+        """A copy with `changes` (tests and tools)."""
+        fields: dict[str, Any] = dict(zip(_HTTP_HEAD_FIELDS, self._fields(), strict=True))
+        fields.update(changes)
+        return HttpHead(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpHead) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "HttpHead" + repr(self._fields())
 
 
-class HttpEnd(NamedTuple):
+_HTTP_HEAD_FIELDS = (
+    "is_request",
+    "method",
+    "target",
+    "status",
+    "version",
+    "headers",
+    "start_ts",
+    "truncated",
+    "stream_offset",
+)
+
+
+class HttpEnd:
     """The last byte of a message (or where the parser lost it)."""
 
-    end_ts: int
-    body_bytes: int
-    complete: bool  # False: ended by lost sync or by the connection closing early
+    def __init__(self, end_ts: int, body_bytes: int, complete: bool) -> None:
+        self.end_ts = end_ts
+        self.body_bytes = body_bytes
+        self.complete = complete  # False: ended by lost sync or by the connection closing early
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpEnd) and (self.end_ts, self.body_bytes, self.complete) == (
+            other.end_ts,
+            other.body_bytes,
+            other.complete,
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpEnd({self.end_ts}, {self.body_bytes}, {self.complete})"
 
 
 class Declined(Exception):
@@ -462,6 +598,28 @@ SqlOutput = SqlExchange | RequestStarted  # what the SQL parsers give for bytes 
 # --- spans (processors.spans -> metrics, merge, export) -----------------------
 
 
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class SpanIds:
+    """A built span's context, or its parent's: what the SDK's SpanContext offers
+    its readers, as plain fields (the SDK's is an interpreted constructor and a
+    property call per read). Every span the collector builds is sampled."""
+
+    def __init__(
+        self, trace_id: int, span_id: int, is_remote: bool, trace_state: TraceState | None = None
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.is_remote = is_remote
+        self.trace_state = trace_state
+        self.trace_flags = SAMPLED
+
+    @property
+    def is_valid(self) -> bool:
+        return self.trace_id != 0 and self.span_id != 0
+
+
 class BuiltSpan:
     """A span the collector built from an exchange. It offers what the SDK's
     ReadableSpan offers its readers (metrics, merge, exporters, the SDK's own
@@ -479,8 +637,8 @@ class BuiltSpan:
     def __init__(
         self,
         name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
+        context: SpanIds,
+        parent: SpanIds | None,
         resource: Resource,
         attributes: dict[str, Any],
         kind: SpanKind,
@@ -500,7 +658,7 @@ class BuiltSpan:
         self.end_time = end_time
         self.instrumentation_scope = instrumentation_scope
 
-    def get_span_context(self) -> SpanContext:
+    def get_span_context(self) -> SpanIds:
         return self.context
 
 

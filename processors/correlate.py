@@ -53,7 +53,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from otel_ebpf.model import Endpoint, GoroutineLink, Role
 from otel_ebpf.processors.propagation import WireContext, extract
@@ -89,28 +89,64 @@ MAX_UNSETTLED_NS = 1_000_000_000  # a span waits this long at most for its trace
 MAX_TASK_CALLS = 64  # calls one task made that wait for its answer; past it, the oldest go
 
 
-class RequestNet(NamedTuple):
+# Plain classes, not NamedTuples: made per request, and compiled a class is made
+# in a fraction of a NamedTuple's (interpreted) constructor's time.
+
+
+class RequestNet:
     """TCP facts of one request's connection while the request was in flight."""
 
-    retransmits: int
-    bytes_sent: int
-    bytes_received: int
-    srtt_us: int  # 0: not known
-    new_connection: bool  # the first request of a connection the collector saw open
-    reset: bool  # the connection was reset before the request finished
-    send_wait_ns: int = 0  # its sends waited this long for room in the send buffer
-    window_small: int = 0  # segments seen while a receive window was nearly shut
+    def __init__(
+        self,
+        retransmits: int,
+        bytes_sent: int,
+        bytes_received: int,
+        srtt_us: int,  # 0: not known
+        new_connection: bool,  # the first request of a connection the collector saw open
+        reset: bool,  # the connection was reset before the request finished
+        send_wait_ns: int = 0,  # its sends waited this long for room in the send buffer
+        window_small: int = 0,  # segments seen while a receive window was nearly shut
+    ) -> None:
+        self.retransmits = retransmits
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+        self.srtt_us = srtt_us
+        self.new_connection = new_connection
+        self.reset = reset
+        self.send_wait_ns = send_wait_ns
+        self.window_small = window_small
+
+    def with_retransmits(self, retransmits: int) -> RequestNet:
+        return RequestNet(
+            retransmits,
+            self.bytes_sent,
+            self.bytes_received,
+            self.srtt_us,
+            self.new_connection,
+            self.reset,
+            self.send_wait_ns,
+            self.window_small,
+        )
 
 
-class NetCounters(NamedTuple):
+class NetCounters:
     """A connection's counters when a request began."""
 
-    retransmits: int
-    sent: int
-    received: int
-    new_connection: bool
-    send_wait_ns: int
-    window_small: int
+    def __init__(
+        self,
+        retransmits: int,
+        sent: int,
+        received: int,
+        new_connection: bool,
+        send_wait_ns: int,
+        window_small: int,
+    ) -> None:
+        self.retransmits = retransmits
+        self.sent = sent
+        self.received = received
+        self.new_connection = new_connection
+        self.send_wait_ns = send_wait_ns
+        self.window_small = window_small
 
 
 class TraceCell:
@@ -134,13 +170,14 @@ class TraceCell:
         return cell
 
 
-class ClientEnd(NamedTuple):
+class ClientEnd:
     """What a client request leaves for its server's read to join: its span, its trace."""
 
-    span_id: int
-    cell: TraceCell
-    start_ts: int
-    held: bool
+    def __init__(self, span_id: int, cell: TraceCell, start_ts: int, held: bool) -> None:
+        self.span_id = span_id
+        self.cell = cell
+        self.start_ts = start_ts
+        self.held = held
 
 
 class RequestContext:

@@ -83,7 +83,7 @@ class Delivery:
             if isinstance(rc, RequestContext) and rc.net is not None and rc.net_start:
                 later = conn.retransmits - rc.net_start.retransmits
                 if later > rc.net.retransmits:  # rarely: a copy only then
-                    rc.net = rc.net._replace(retransmits=later)
+                    rc.net = rc.net.with_retransmits(later)
             self._deliver(x, conn)
         if sk in self._awaiting_server:
             self._release_clients(sk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.aggregation import Series
@@ -58,6 +59,7 @@ _URLS = UrlRedactor()  # the path of a target, as spans take it
 # The service at the other end of a connection (this end, other end), when it
 # is a process on this node.
 PeerService = Callable[[Endpoint, Endpoint], str | None]
+MAX_RESOURCES = 4096  # service names kept by resource; all forgotten when full
 
 
 def _counts(
@@ -92,6 +94,9 @@ class MetricsRecorder:
         self._m = metrics
         self._routes = routes
         self._peer_service = peer_service
+        # service.name per resource object (reading it is three interpreted calls);
+        # the resource is kept beside its name, so its id cannot be reused meanwhile.
+        self._services: dict[int, tuple[Resource, str]] = {}
 
     # -- spans: RED and the service graph ----------------------------------------
 
@@ -108,8 +113,7 @@ class MetricsRecorder:
         `weight`: the requests it stands for (the span budget kept 1 in `weight`),
         for what only spans measure: the graph's server side and verdicts."""
         attrs = span.attributes or {}  # read in place: no copy per span
-        resource = span.resource.attributes if span.resource else {}
-        service = str(resource.get("service.name", "unknown"))
+        service = self._service(span.resource)
         seconds = max((span.end_time or 0) - (span.start_time or 0), 0) / 1e9
         server = span.kind == SpanKind.SERVER
         m = self._m
@@ -132,6 +136,18 @@ class MetricsRecorder:
             m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
         if remote is not None and "dns.question.name" not in attrs:
             self._graph(span, local, remote, service, seconds, server, red_in_kernel, weight)
+
+    def _service(self, resource: Resource | None) -> str:
+        if resource is None:
+            return "unknown"
+        known = self._services.get(id(resource))
+        if known is not None and known[0] is resource:
+            return known[1]
+        if len(self._services) >= MAX_RESOURCES:
+            self._services.clear()
+        name = str(resource.attributes.get("service.name", "unknown"))
+        self._services[id(resource)] = (resource, name)
+        return name
 
     def kernel_http_server(self, counted: RedCount, service: str) -> None:
         """HTTP/1 server requests the kernel counted: the attributes a span's

@@ -24,8 +24,6 @@ less one round trip, and said to be an estimate.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 # A small request that took this long to arrive whole, in two or more segments,
 # waited for an acknowledgement: Linux delays ACKs 40 ms to 200 ms, others up to
 # 500 ms; Nagle holds a sender's second small write until that ACK comes.
@@ -43,41 +41,78 @@ FLOW_CONTROL = "flow_control"
 STALL = "delayed_ack_stall"
 
 
-class Timing(NamedTuple):
+# Plain classes, not NamedTuples: two of each are made per request, and compiled
+# a class is made in a fraction of a NamedTuple's (interpreted) constructor's time.
+
+
+class Timing:
     """What one side measured of one request (nanoseconds)."""
 
-    server_side: bool
-    start: int
-    request_end: int
-    response_start: int | None
-    end: int
-    request_bytes: int = 0
-    send_wait: int = 0  # this side's sends waited for buffer room, during the request
-    window_small: int = 0  # segments seen with a receive window nearly shut
-    rtt: int = 0  # smoothed round-trip time (0: not known)
-    downstream: int = 0  # server: time in its own outgoing calls (their client spans)
+    def __init__(
+        self,
+        server_side: bool,
+        start: int,
+        request_end: int,
+        response_start: int | None,
+        end: int,
+        request_bytes: int = 0,
+        send_wait: int = 0,  # this side's sends waited for buffer room, during the request
+        window_small: int = 0,  # segments seen with a receive window nearly shut
+        rtt: int = 0,  # smoothed round-trip time (0: not known)
+        downstream: int = 0,  # server: time in its own outgoing calls (their client spans)
+    ) -> None:
+        self.server_side = server_side
+        self.start = start
+        self.request_end = request_end
+        self.response_start = response_start
+        self.end = end
+        self.request_bytes = request_bytes
+        self.send_wait = send_wait
+        self.window_small = window_small
+        self.rtt = rtt
+        self.downstream = downstream
 
 
-class PeerSplit(NamedTuple):
+class PeerSplit:
     """The server side's verdict on a request, for the client span of the same call."""
 
-    handling: int  # the server's whole share: its own time and its downstream calls
-    stall: str | None
-    stall_ns: int
-    window_small: int
+    def __init__(
+        self,
+        handling: int,  # the server's whole share: its own time and its downstream calls
+        stall: str | None,
+        stall_ns: int,
+        window_small: int,
+    ) -> None:
+        self.handling = handling
+        self.stall = stall
+        self.stall_ns = stall_ns
+        self.window_small = window_small
 
 
-class Split(NamedTuple):
-    request: int  # first to last request byte
-    wait: int  # last request byte to first response byte (or to the end)
-    response: int  # first to last response byte
-    server: int
-    network: int
-    downstream: int
-    stall: str | None
-    stall_ns: int
-    estimated: bool  # a client's split without its server's span: from the RTT
-    verdict: str
+class Split:
+    def __init__(
+        self,
+        request: int,  # first to last request byte
+        wait: int,  # last request byte to first response byte (or to the end)
+        response: int,  # first to last response byte
+        server: int,
+        network: int,
+        downstream: int,
+        stall: str | None,
+        stall_ns: int,
+        estimated: bool,  # a client's split without its server's span: from the RTT
+        verdict: str,
+    ) -> None:
+        self.request = request
+        self.wait = wait
+        self.response = response
+        self.server = server
+        self.network = network
+        self.downstream = downstream
+        self.stall = stall
+        self.stall_ns = stall_ns
+        self.estimated = estimated
+        self.verdict = verdict
 
 
 def split(t: Timing, peer: PeerSplit | None = None) -> Split:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_ebpf import SCHEMA_URL, __version__
 from otel_ebpf.model import (
@@ -30,6 +30,7 @@ from otel_ebpf.model import (
     RedCount,
     RedisExchange,
     Role,
+    SpanIds,
     SqlExchange,
 )
 from otel_ebpf.processors.budget import RAND_BITS, sampling_state
@@ -43,7 +44,6 @@ from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scru
 
 MAX_QUERY_ARGS = 16
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 # Statuses without a description, shared by every span that has one (a Status
 # does not change once made; building one is an interpreted call per span).
 _UNSET = Status(StatusCode.UNSET)
@@ -239,7 +239,7 @@ class SpanBuilder:
                     attrs["otel_ebpf.tcp.nodelay"] = nodelay
         attrs["otel_ebpf.verdict"] = result.verdict
 
-    def _ids(self, token: object) -> tuple[SpanContext, SpanContext | None]:
+    def _ids(self, token: object) -> tuple[SpanIds, SpanIds | None]:
         rc = token
         if isinstance(rc, RequestContext) and rc.resolved:
             trace_id, span_id, parent_id = rc.trace_id, rc.span_id, rc.parent_id
@@ -249,15 +249,8 @@ class SpanBuilder:
         state = None
         if isinstance(rc, RequestContext) and rc.threshold and trace_id & RAND_BITS == rc.rand:
             state = sampling_state(rc.threshold)  # kept by the trace's own randomness
-        context = SpanContext(
-            trace_id, span_id, is_remote=False, trace_flags=_SAMPLED, trace_state=state
-        )
-        parent = (
-            SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED)
-            if parent_id
-            else None
-        )
-        return context, parent
+        parent = SpanIds(trace_id, parent_id, True) if parent_id else None
+        return SpanIds(trace_id, span_id, False, state), parent
 
     def _sql(self, x: SqlExchange, conn: Connection) -> BuiltSpan:
         """Database client span: stable DB conventions, text sanitised unless asked."""

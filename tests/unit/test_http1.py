@@ -342,7 +342,7 @@ def test_a_head_parsed_once_is_the_same_head_again_whole_or_split() -> None:
     still has its own time and offset, and split heads parse as whole ones."""
     head = b"GET /a?b=1 HTTP/1.1\r\nHost: x:81\r\nContent-Length: 2\r\n\r\nok"
     first, later, split_in_three = _heads(head, 1), _heads(head, 1, ts=9), _heads(head, 3)
-    assert [h._replace(start_ts=7) for h in later] == first
+    assert [h.replace(start_ts=7) for h in later] == first
     assert isinstance(later[0], HttpHead) and later[0].start_ts == 9
     assert isinstance(first[0], HttpHead) and first[0].headers == {
         "host": "x:81",

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from rich.console import Console
 
 from otel_ebpf.health import HealthState
 from otel_ebpf.live import KEEP_WATCHING_S, MAX_KEYS, SLOWEST_N, WINDOW_S, LiveView
-from otel_ebpf.model import BuiltSpan
+from otel_ebpf.model import BuiltSpan, SpanIds
 from otel_ebpf.processors.spans import SCOPE
 from otel_ebpf.telemetry import SelfTelemetry
 from otel_ebpf.top import render
@@ -35,7 +35,7 @@ def span(
     end = int(end_s * 1e9)
     return BuiltSpan(
         "GET",
-        INVALID_SPAN_CONTEXT,
+        SpanIds(1, 2, False),
         None,
         Resource.create({}),
         {"url.path": "/orders", **attributes},

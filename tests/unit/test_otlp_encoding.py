@@ -14,7 +14,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceState
 
 from otel_ebpf.exporters import sdk_view
-from otel_ebpf.model import BuiltSpan, FinishedSpan
+from otel_ebpf.model import BuiltSpan, FinishedSpan, SpanIds
 from otel_ebpf.otlp_encoding import TraceEncoder
 
 RESOURCES = [
@@ -107,10 +107,11 @@ def test_same_request_as_the_sdk_encoder(batch: list[ReadableSpan]) -> None:
 def built_spans(draw: Any) -> BuiltSpan:
     """The collector's own span record, with what an exchange's span can hold."""
     s = draw(spans())
+    ctx, parent = s.context, s.parent
     return BuiltSpan(
         s.name,
-        s.context,
-        s.parent,
+        SpanIds(ctx.trace_id, ctx.span_id, False, ctx.trace_state or None),
+        SpanIds(ctx.trace_id, parent.span_id, parent.is_remote) if parent else None,
         s.resource,
         dict(s.attributes),
         s.kind,

@@ -113,7 +113,7 @@ class Side:
         self.pos[d] += len(data)
         pid = 10 + self.sk
         ev = DataEvent(self.sk, 1, d, self.role, pid, pid, 3, ts, off, len(data), off, data, b"app")
-        self.t.handle(ev._replace(srtt_us=40, send_wait_ns=send_wait))
+        self.t.handle(ev.replace(srtt_us=40, send_wait_ns=send_wait))
 
 
 def test_a_delayed_ack_stall_on_recorded_events(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Sequence
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status
+from opentelemetry.trace import SpanKind, Status
 
 from otel_ebpf.config import BatchSettings
-from otel_ebpf.model import BuiltSpan, FinishedSpan
+from otel_ebpf.model import BuiltSpan, FinishedSpan, SpanIds
 from otel_ebpf.processors.spans import SCOPE
 from otel_ebpf.span_batches import SpanBatcher
 
@@ -20,7 +20,7 @@ WAIT_S = 10.0  # only ever reached when the behaviour is broken
 def span(n: int) -> BuiltSpan:
     return BuiltSpan(
         f"s{n}",
-        INVALID_SPAN_CONTEXT,
+        SpanIds(1, 2, False),
         None,
         Resource({}),
         {},

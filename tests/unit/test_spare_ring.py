@@ -10,7 +10,7 @@ import pytest
 from records import data_record, open_record
 
 from fake_ring import FakeRing
-from otel_ebpf.model import DataEvent, HttpExchange, Role, SelfConn
+from otel_ebpf.model import DataEvent, Direction, HttpExchange, Role, SelfConn
 from otel_ebpf.processes import ProcessRegistry
 from otel_ebpf.processors.selection import Selector
 from otel_ebpf.processors.streams import ConnectionTracker
@@ -93,7 +93,7 @@ def test_a_spare_record_newer_than_a_full_batch_waits_for_the_next_poll(
 
 def test_spare_records_come_out_by_the_time_they_were_written() -> None:
     def data(ts: int) -> DataEvent:
-        return DataEvent(SK, 1, 0, Role.CLIENT, 1, 1, 3, ts, 0, 1, 0, b"x", b"app")
+        return DataEvent(SK, 1, Direction.EGRESS, Role.CLIENT, 1, 1, 3, ts, 0, 1, 0, b"x", b"app")
 
     spare = SpareRecords()
     spare.add([data(30), SelfConn(9), data(10)])

@@ -308,11 +308,11 @@ def test_the_request_the_kernel_counted_is_marked_and_only_that_one(tmp_path: Pa
     t, out = tracker(tmp_path)
     s = Stream(t, 8080, role=Role.SERVER)
     In, Out = Direction.INGRESS, Direction.EGRESS
-    s.t.handle(s.event(In, b"GET /a HTTP/1.1\r\nHost: x\r\n", 1)._replace(red_counted=True))
+    s.t.handle(s.event(In, b"GET /a HTTP/1.1\r\nHost: x\r\n", 1).replace(red_counted=True))
     s.send(In, b"X-Long: header\r\n\r\n", 2)  # the head ends here
     s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3)
     pipelined = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n"
-    s.t.handle(s.event(In, pipelined, 4)._replace(red_counted=True))
+    s.t.handle(s.event(In, pipelined, 4).replace(red_counted=True))
     s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2, 5)
     s.send(In, b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n", 6)
     s.send(Out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 7)
@@ -363,11 +363,11 @@ def test_asyncio_calls_are_the_children_of_the_request_their_task_answers(
         head = out.event(
             Direction.EGRESS, f"GET /dep{task} HTTP/1.1\r\nHost: y\r\n\r\n".encode(), ts
         )
-        t.handle(head._replace(task=task))
+        t.handle(head.replace(task=task))
         out.send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts + 10)
     for ts, (task, incoming) in enumerate(((1, requests[0]), (2, requests[1])), 40):
         answer = incoming.event(Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts)
-        t.handle(answer._replace(task=task))
+        t.handle(answer.replace(task=task))
     t.release_held()
     t.close_all(100)
     servers = {s.attributes["url.path"]: s for s in built if s.kind.name == "SERVER"}
@@ -395,13 +395,13 @@ def test_node_calls_are_the_children_of_the_request_whose_read_and_answer_frame_
         head = out.event(
             Direction.EGRESS, f"GET /dep{cause} HTTP/1.1\r\nHost: y\r\n\r\n".encode(), ts
         )
-        t.handle(head._replace(task=NODE_CALLBACK | ts, task_cause=cause))
+        t.handle(head.replace(task=NODE_CALLBACK | ts, task_cause=cause))
     for ts, cause in ((30, 1), (32, 2)):
         calls[cause].send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts)
         answer = requests[cause - 1].event(
             Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", ts + 1
         )
-        t.handle(answer._replace(task=NODE_CALLBACK | ts, task_cause=10 + cause))
+        t.handle(answer.replace(task=NODE_CALLBACK | ts, task_cause=10 + cause))
     t.release_held()
     t.close_all(100)
     servers = {s.attributes["url.path"]: s for s in built if s.kind.name == "SERVER"}
@@ -424,18 +424,18 @@ def test_a_go_call_written_by_another_goroutine_is_the_child_of_the_request_it_s
     incoming = Stream(t, 8080, sk=1, role=Role.SERVER, pid=5, tid=50)
     for sk, link in ((2, GoroutineLink(g, 21)), (3, None)):
         t.handle(
-            incoming.event(Direction.INGRESS, b"GET /in HTTP/1.1\r\n\r\n", 10 * sk)._replace(
+            incoming.event(Direction.INGRESS, b"GET /in HTTP/1.1\r\n\r\n", 10 * sk).replace(
                 goroutine=GoroutineLink(g, 0)
             )
         )
         out = Stream(t, 9090, sk=10 + sk, pid=5, tid=51)
         head = out.event(Direction.EGRESS, b"GET /dep HTTP/1.1\r\nHost: y\r\n\r\n", 10 * sk + 1)
-        t.handle(head._replace(goroutine=link, ts=10 * sk + 1))
+        t.handle(head.replace(goroutine=link, ts=10 * sk + 1))
         out.send(Direction.INGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 10 * sk + 2)
         t.handle(
             incoming.event(
                 Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 10 * sk + 3
-            )._replace(goroutine=GoroutineLink(g, 0))
+            ).replace(goroutine=GoroutineLink(g, 0))
         )
     t.release_held()
     t.close_all(100)
@@ -454,7 +454,7 @@ def test_retransmits_after_a_servers_answer_reach_its_span_only_when_they_grew(
     s = Stream(t, 8080, sk=9, role=Role.SERVER)
 
     def call(d: Direction, data: bytes, ts: int, retransmits: int) -> None:
-        t.handle(s.event(d, data, ts)._replace(retransmits=retransmits))
+        t.handle(s.event(d, data, ts).replace(retransmits=retransmits))
 
     get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
