@@ -315,9 +315,9 @@ class SpanBuilder:
         attrs = {**_network_attributes(conn, kind == SpanKind.SERVER), **attrs}  # DNS: udp
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
-        return self._readable(name, x.token, conn.process.resource, attrs, kind, status, x)
+        return self._built(name, x.token, conn.process.resource, attrs, kind, status, x)
 
-    def _readable(
+    def _built(
         self,
         name: str,
         token: object,
@@ -420,7 +420,7 @@ class SpanBuilder:
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
-        return self._readable(req.method, x.token, conn.process.resource, attrs, kind, status, x)
+        return self._built(req.method, x.token, conn.process.resource, attrs, kind, status, x)
 
     def outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
         """A shed request that failed or was slow, from what the kernel kept: the
@@ -455,7 +455,7 @@ class SpanBuilder:
             attrs["error.type"] = "no_response"
             status = Status(StatusCode.ERROR, "the connection ended before a response")
         kind = SpanKind.SERVER if server else SpanKind.CLIENT
-        return self._readable(method, None, resource, attrs, kind, status, x)  # a new trace
+        return self._built(method, None, resource, attrs, kind, status, x)  # a new trace
 
     def _db_outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
         """A shed database command that failed or was slow: its name, its error's
@@ -473,7 +473,7 @@ class SpanBuilder:
         elif not x.status:
             status = Status(StatusCode.ERROR, "the connection ended before an answer")
         name = f"{x.method} {x.path}" if x.path else x.method or x.protocol
-        return self._readable(name, None, resource, attrs, SpanKind.CLIENT, status, x)
+        return self._built(name, None, resource, attrs, SpanKind.CLIENT, status, x)
 
 
 class _Times(Protocol):
