@@ -49,7 +49,7 @@ from otel_ebpf.model import (
     SocketBufferSet,
 )
 from otel_ebpf.processes import ProcessRegistry
-from otel_ebpf.processors.budget import BudgetSettings, SpanBudget, adjusted_count
+from otel_ebpf.processors.budget import SpanBudget, adjusted_count
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.correlate import RequestContext
 from otel_ebpf.processors.merge import Merger
@@ -73,7 +73,7 @@ from otel_ebpf.receivers.profiler import CpuProfiler
 from otel_ebpf.receivers.sockets import SocketReceiver, task_registers_missing
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_batches import SpanBatcher
-from otel_ebpf.span_budget import SpanBudgetKeeper
+from otel_ebpf.span_budget import SpanBudgetKeeper, budget_settings
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ class Collector:
         tie_in = bool(
             profiling and profiling.span_tie_in and self._ebpf_enabled and pipeline.exporters
         )
-        b = ebpf.span_budget
-        budget = SpanBudget(
-            BudgetSettings(b.cpu_per_1k_requests, b.min_cpu, b.probability, b.max_cpu)
-        )
+        budget = SpanBudget(budget_settings(ebpf.span_budget, spans_leave=bool(self._exporters)))
         self.receiver = SocketReceiver(
             self._on_kernel_event,
             capture_bytes=ebpf.capture_bytes,
@@ -246,7 +243,11 @@ class Collector:
             program_cache=ebpf.program_cache,
         )
         self.budget = SpanBudgetKeeper(
-            budget, self.receiver, self.telemetry, lambda pid: self._processes.get(pid).service_name
+            budget,
+            self.receiver,
+            self.telemetry,
+            lambda pid: self._processes.get(pid).service_name,
+            spans_leave=bool(self._exporters),
         )
         self.misconfigurations = Misconfigurations()
         self.backlogs = ListenOverflows()

@@ -8,13 +8,35 @@ import logging
 import time
 from collections.abc import Callable
 
-from otel_ebpf.processors.budget import SpanBudget, adjusted_count
+from otel_ebpf.config import SpanBudgetConfig
+from otel_ebpf.processors.budget import BudgetSettings, SpanBudget, adjusted_count
 from otel_ebpf.receivers.sockets import SocketReceiver
 from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
 
 BACKLOG_SAID_EVERY_S = 60.0
+# Without a span exporter, the defaults (each unless set): spans then only feed
+# what the kernel cannot count, so they get a tenth of a span pipeline's share.
+# A request seen at its client and its server counts twice: 10 µs for both ends.
+METRICS_ONLY_CPU_PER_1K_REQUESTS = 0.005
+METRICS_ONLY_MIN_CPU = 0.02
+
+
+def budget_settings(config: SpanBudgetConfig, spans_leave: bool) -> BudgetSettings:
+    """The budget's settings as configured; when no span leaves the collector,
+    the metrics-only defaults for those not set. Its RED metrics, the service
+    graph's client side and TCP health count every request in the kernel either
+    way; the spans built are read only for the graph's server side, the
+    server/network split and the verdicts, each weighted by what it stands for."""
+    cpu, floor = config.cpu_per_1k_requests, config.min_cpu
+    if not spans_leave:
+        given = config.model_fields_set
+        if "cpu_per_1k_requests" not in given:
+            cpu = METRICS_ONLY_CPU_PER_1K_REQUESTS
+        if "min_cpu" not in given:
+            floor = METRICS_ONLY_MIN_CPU  # below any max_cpu: the 0.1 default is too
+    return BudgetSettings(cpu, floor, config.probability, config.max_cpu)
 
 
 class SpanBudgetKeeper:
@@ -24,8 +46,16 @@ class SpanBudgetKeeper:
         receiver: SocketReceiver,
         telemetry: SelfTelemetry,
         service_of_pid: Callable[[int], str],
+        spans_leave: bool = True,
     ) -> None:
         self.budget = budget
+        self._spans_leave = spans_leave
+        # what a kept request gets, as the log says it
+        self._kept = (
+            "get a span"
+            if spans_leave
+            else "are read for the service graph's server side and the server/network split"
+        )
         self._receiver = receiver
         self._telemetry = telemetry
         self._service_of_pid = service_of_pid
@@ -41,12 +71,23 @@ class SpanBudgetKeeper:
         receiver.keep_slower_than(keep_slower_than)
         if budget.adaptive:
             receiver.watch_ring()
+            if not self._spans_leave:
+                s = budget.settings
+                log.info(
+                    "metrics only (no span exporter): requests %s within %.2g cores per 1,000 "
+                    "requests/s (at least %.2g, OTEL_EBPF_SPAN_BUDGET*); RED metrics count "
+                    "every one in the kernel",
+                    self._kept,
+                    s.cpu_per_1k_requests,
+                    s.min_cpu,
+                )
         if budget.threshold:
             self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
             log.info(
                 "span budget: a fixed %.4g of HTTP/1 requests, Redis commands and PostgreSQL "
-                "queries get a span",
+                "queries %s",
                 budget.probability,
+                self._kept,
             )
         self._mark = (time.process_time(), time.monotonic(), 0, 0)
 
@@ -111,8 +152,9 @@ class SpanBudgetKeeper:
         halvings = self.budget.halvings
         self._telemetry.span_budget_one_in = 2**halvings
         log.info(
-            "span budget: %s of HTTP/1 requests, Redis commands and PostgreSQL queries get a span "
+            "span budget: %s of HTTP/1 requests, Redis commands and PostgreSQL queries %s "
             "(%s; metrics still count every one)",
             f"1 in {2**halvings}" if halvings else "all",
+            self._kept,
             why,
         )

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ class CollectorProcess:
         self,
         tmp: Path,
         exporters: dict[str, Any],
-        extra_env: dict[str, str] | None = None,
+        extra_env: Mapping[str, str | None] | None = None,
         otlp_in: bool = False,
         metrics: list[str] | None = None,
         traces: list[str] | None = None,
@@ -131,8 +131,9 @@ class CollectorProcess:
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
         self.log_path = tmp / "collector.log"
         # Tests count spans: every request gets one unless a test sets a budget
-        # (the span budget's own tests do).
-        env = {**os.environ, "OTEL_EBPF_SPAN_BUDGET": "0", **(extra_env or {})}
+        # (the span budget's own tests do). None in extra_env unsets a variable.
+        given = {**os.environ, "OTEL_EBPF_SPAN_BUDGET": "0", **(extra_env or {})}
+        env = {name: value for name, value in given.items() if value is not None}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         # nsenter, not `ip netns exec`: that one remounts /sys, hiding tracefs
         in_netns = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []

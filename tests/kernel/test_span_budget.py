@@ -131,6 +131,12 @@ def test_a_fixed_probability_keeps_that_share_of_spans_and_counts_every_request(
             assert server.parent_span_id in by_id
             assert by_id[server.parent_span_id].trace_id == server.trace_id
     assert telemetry["requests_shed"] >= 2 * n - 2 * 1300
+    graph = sink.metrics.series(
+        "traces_service_graph_request_server_seconds", client="ab", server="nginx"
+    )
+    weighed = sum(int(p.value) for p in graph.values())
+    # the graph's server side, from spans alone: each kept one stands for 4
+    assert weighed == 4 * len(servers), (weighed, len(servers))
     (shed,) = sink.metrics.series("otel_ebpf.collector.spans", state="shed").values()
     assert int(shed.value) == telemetry["requests_shed"]  # in the self-telemetry metrics too
     assert telemetry["parse_errors"] == 0
@@ -179,6 +185,54 @@ def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
     assert telemetry["requests_shed"] > 0
     kept = len(spans_of(sink, "nginx", SERVER))
     assert kept < sent
+    assert telemetry["parse_errors"] == 0
+
+
+def test_without_a_span_exporter_the_budget_is_a_tenth_and_metrics_still_count_all(
+    tmp_path: Path, nginx: Nginx
+) -> None:
+    """Metrics only (no traces pipeline), the budget as installed: spans feed only
+    the graph's server side and the split, so 0.005 cores per 1,000 requests/s
+    (at least 0.02) sheds where a span pipeline's 0.05 (at least 0.1) would keep
+    all. RED stays exact."""
+    sink = GrpcSink()
+    collector = CollectorProcess(
+        tmp_path / "collector",
+        {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "insecure": True}},
+        metrics=["otlp"],
+        traces=[],
+        extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EBPF_SPAN_BUDGET": None},
+    )
+    shedding = re.compile(
+        r"span budget: 1 in (\d+) of HTTP/1 requests, Redis commands and PostgreSQL queries "
+        r"are read for the service graph's server side"
+    )
+    sent = 0
+    try:
+        assert "metrics only (no span exporter)" in collector.log_path.read_text()
+        for _ in range(40):  # rounds of traffic until the controller acts (1-2 here)
+            if shedding.search(collector.log_path.read_text()):
+                break
+            ab(nginx.url(PATH), 2_000, 4)
+            sent += 2_000
+        assert shedding.search(collector.log_path.read_text()), "the budget never shed"
+        ab(nginx.url(PATH), 8_000, 4)  # now mostly shed
+        sent += 8_000
+        wait_until(
+            lambda: (
+                red_requests(sink, "http.server.request.duration", "nginx") == sent
+                and red_requests(sink, "http.client.request.duration", "ab") == sent
+            ),
+            30,
+            f"{sent} requests counted on both ends",
+        )
+    finally:
+        assert collector.stop() == 0
+        sink.stop()
+    telemetry = final_telemetry(collector)
+    assert telemetry["requests_shed"] > 0
+    assert telemetry["spans_built"] < 2 * sent  # both ends: a span each when nothing is shed
+    assert telemetry["spans_exported"] == 0
     assert telemetry["parse_errors"] == 0
 
 

@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_ebpf.config import load
 from otel_ebpf.model import Exchange, OutlierExchange, Role
 from otel_ebpf.otlp_encoding import TraceEncoder
 from otel_ebpf.processes import ProcessRegistry
@@ -33,7 +34,12 @@ from otel_ebpf.receivers import sockets
 from otel_ebpf.receivers.base_types import RedKey
 from otel_ebpf.receivers.pg_names import PgNames, fnv1a_32
 from otel_ebpf.receivers.sockets import decode
-from otel_ebpf.span_budget import SpanBudgetKeeper
+from otel_ebpf.span_budget import (
+    METRICS_ONLY_CPU_PER_1K_REQUESTS,
+    METRICS_ONLY_MIN_CPU,
+    SpanBudgetKeeper,
+    budget_settings,
+)
 from otel_ebpf.telemetry import SelfTelemetry
 
 SK = 0xFFFF_8880_0000_2000
@@ -128,6 +134,24 @@ def test_a_fixed_probability_or_no_budget_never_moves() -> None:
     assert not fixed.update(5.0, 1.0, 10)
     off = SpanBudget(BudgetSettings(0.0, 0.1, None))
     assert not off.adaptive and not off.update(5.0, 1.0, 10) and off.threshold == 0
+
+
+def test_without_a_span_exporter_the_unset_settings_take_the_metrics_only_defaults() -> None:
+    installed = load(env={}).ebpf.span_budget
+    assert budget_settings(installed, spans_leave=True) == BudgetSettings(0.05, 0.1, None, 0.5)
+    assert budget_settings(installed, spans_leave=False) == BudgetSettings(
+        METRICS_ONLY_CPU_PER_1K_REQUESTS, METRICS_ONLY_MIN_CPU, None, 0.5
+    )
+    # what is set stays as set: a span per request, a floor, a probability
+    every = load(env={"OTEL_EBPF_SPAN_BUDGET": "0"}).ebpf.span_budget
+    assert budget_settings(every, spans_leave=False).cpu_per_1k_requests == 0.0
+    assert not SpanBudget(budget_settings(every, spans_leave=False)).adaptive
+    floor = load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "0.3"}).ebpf.span_budget
+    assert budget_settings(floor, spans_leave=False) == BudgetSettings(
+        METRICS_ONLY_CPU_PER_1K_REQUESTS, 0.3, None, 0.5
+    )
+    fixed = load(env={"OTEL_EBPF_SPAN_PROBABILITY": "0.5"}).ebpf.span_budget
+    assert SpanBudget(budget_settings(fixed, spans_leave=False)).probability == 0.5
 
 
 # -- the event path with exchanges shed in the kernel ---------------------------
