@@ -33,6 +33,7 @@ from records import close_record, data_record, open_record
 
 from otel_ebpf import native
 from otel_ebpf.config import load
+from otel_ebpf.memory import settle_heap
 from otel_ebpf.model import Role
 from otel_ebpf.pipeline import Collector
 from otel_ebpf.receivers.sockets import decode
@@ -145,6 +146,7 @@ def main() -> int:
         raw = records(args.requests, not args.red_in_user_space)
     with null_sink() as port:
         c = collector(port)
+        settle_heap()  # as the collector does once ready
         handle = c._on_kernel_event
         profile = cProfile.Profile() if args.profile else None
         cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()

@@ -25,7 +25,7 @@ from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
 from otel_ebpf.live import LiveView
-from otel_ebpf.memory import trim_heap
+from otel_ebpf.memory import settle_heap, trim_heap
 from otel_ebpf.metrics import (
     CollectorMetrics,
     PerServiceResources,
@@ -567,6 +567,7 @@ class Collector:
                 )
             if on_ready is not None:
                 on_ready()
+            settle_heap()
             self._loop()
         finally:
             self._shutdown()
