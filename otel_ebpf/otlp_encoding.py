@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, Status
 
 from otel_ebpf.model import FinishedSpan
 
@@ -37,6 +38,9 @@ _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
 _SMALL_VARINTS = [bytes([n]) for n in range(128)]
+# Span.kind's field by the member's identity: an enum's `.value` and hash are
+# interpreted calls on this Python, two a span.
+_KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[kind.value + 1] for kind in SpanKind}
 
 
 def _varint(n: int) -> bytes:
@@ -119,6 +123,14 @@ def _resource_fields(resource: Resource) -> bytes:
     return encoded
 
 
+def _status_field(status: Status) -> bytes:
+    """Span.status (always present, as the SDK writes it)."""
+    body = _string(b"\x12", status.description) if status.description else b""
+    if status.status_code.value:
+        body += b"\x18" + _SMALL_VARINTS[status.status_code.value]
+    return _field(b"\x7a", body)
+
+
 def _scope_fields(scope: InstrumentationScope | None) -> bytes:
     """ScopeSpans' scope and schema_url fields (an empty scope where there is none)."""
     if scope is None:
@@ -177,6 +189,8 @@ class TraceEncoder:
         self._cached_values = 0
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes]] = {}
+        # most spans share a few Status objects (unset, error): encoded once each
+        self._statuses: dict[int, tuple[Any, bytes]] = {}
 
     def encode(self, spans: Sequence[FinishedSpan]) -> bytes:
         # Grouped by the encoded resource and scope: equal resources held by
@@ -216,10 +230,13 @@ class TraceEncoder:
     def _span_attributes(self, attributes: Mapping[str, Any] | None) -> list[bytes]:
         if not attributes:
             return []
+        # A dict (ours) is walked without a call per item; an SDK span's
+        # BoundedAttributes is copied into one first.
+        given: dict[str, Any] = attributes if isinstance(attributes, dict) else dict(attributes)
         keys = self._keys
         out = []
-        for key, value in attributes.items():
-            cls = value.__class__
+        for key, value in given.items():
+            cls = type(value)
             if not (cls is str or cls is int or cls is float or cls is bool):
                 out.append(_attribute_field(_SPAN_ATTRIBUTE, key, value))
                 continue
@@ -258,7 +275,7 @@ class TraceEncoder:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
         if span.name:
             parts.append(_string(b"\x2a", span.name))
-        parts += (b"\x30", _SMALL_VARINTS[span.kind.value + 1])  # the proto's enum is the API's + 1
+        parts.append(_KIND_FIELDS[id(span.kind)])  # the proto's enum is the API's + 1
         if span.start_time:
             parts += (b"\x39", _pack_fixed64(span.start_time))
         if span.end_time:
@@ -290,13 +307,7 @@ class TraceEncoder:
             parts.append(_field(b"\x6a", body))
         if span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
-        status = span.status
-        body = b""
-        if status.description:
-            body += _string(b"\x12", status.description)
-        if status.status_code.value:
-            body += b"\x18" + _SMALL_VARINTS[status.status_code.value]
-        parts.append(_field(b"\x7a", body))
+        parts.append(_by_identity(self._statuses, span.status, _status_field))
         parts += (b"\x85\x01", _pack_fixed32(_flags(parent)))
         return _field(b"\x12", b"".join(parts))  # ScopeSpans.spans
 
