@@ -85,6 +85,9 @@ SWEEP_INTERVAL_S = 30.0
 # traced thread ~1.4 us); they are drained this often. 8 MiB of ring buffer
 # hold ~5,000 records per 10 ms even at full 1 KiB captures.
 DRAIN_INTERVAL_S = 0.01
+# The span budget's first look, then once a second: a collector started on a
+# busy node captures every request until it first weighs its CPU.
+FIRST_BUDGET_LOOK_S = 0.25
 
 
 def _collector_resource_attributes() -> dict[str, str]:
@@ -575,7 +578,9 @@ class Collector:
     def _loop(self) -> None:
         next_progress = time.monotonic() + PROGRESS_INTERVAL_S
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-        next_lost_check = time.monotonic() + 1.0
+        next_lost_check = time.monotonic() + FIRST_BUDGET_LOOK_S
+        if self._ebpf_enabled:  # weighed from here: start-up's own CPU is not the traffic's
+            self.budget.restart_clock()
         next_tcp_scan = time.monotonic() + self._tcp_scan_interval
         while not self._stop.is_set():
             more = False
@@ -743,6 +748,8 @@ class Collector:
         self.receiver.drain()
         self.telemetry.events_received = self.receiver.events_received
         self.telemetry.events_lost = self.receiver.events_lost()
+        if self._ebpf_enabled:
+            self.budget.count_shed()
         self.tracker.release_held()
         self.tracker.close_all(time.monotonic_ns())
         for _ in range(2):  # both of the kernel's count maps

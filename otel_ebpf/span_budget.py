@@ -89,11 +89,37 @@ class SpanBudgetKeeper:
                 budget.probability,
                 self._kept,
             )
-        self._mark = (time.process_time(), time.monotonic(), 0, 0)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """The next tick weighs the CPU and traffic from now."""
+        t = self._telemetry
+        shed = t.requests_shed + t.requests_shed_backlog
+        self._mark = (time.process_time(), time.monotonic(), t.spans_built, shed)
 
     def tick(self) -> None:
         """Once a second: the collector's CPU against what its traffic allows; a
         new threshold goes to the kernel and is said."""
+        t = self._telemetry
+        shed = self.count_shed()
+        cpu, wall = time.process_time(), time.monotonic()
+        cpu0, wall0, built0, shed0 = self._mark
+        self._mark = (cpu, wall, t.spans_built, shed)
+        # every request a span was built for, and every one shed in its stead
+        requests = t.spans_built - built0 + shed - shed0
+        lost, self._lost = t.events_lost > self._lost, t.events_lost
+        if lost and self.budget.events_were_lost():
+            self._new_threshold("events were lost: the ring buffer overflowed")
+        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0):
+            self._new_threshold(
+                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
+                f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
+            )
+
+    def count_shed(self) -> int:
+        """The kernel's shed counts into self-telemetry (each tick, and at stop:
+        none goes unsaid); what grew since last read is said. Returns all shed,
+        by the threshold or a backlog."""
         t = self._telemetry
         _, shed, uncounted, backlog = self._receiver.shed_counts()
         if backlog > t.requests_shed_backlog:
@@ -110,20 +136,7 @@ class SpanBudgetKeeper:
             uncounted,
             backlog,
         )
-        shed += backlog
-        cpu, wall = time.process_time(), time.monotonic()
-        cpu0, wall0, built0, shed0 = self._mark
-        self._mark = (cpu, wall, t.spans_built, shed)
-        # every request a span was built for, and every one shed in its stead
-        requests = t.spans_built - built0 + shed - shed0
-        lost, self._lost = t.events_lost > self._lost, t.events_lost
-        if lost and self.budget.events_were_lost():
-            self._new_threshold("events were lost: the ring buffer overflowed")
-        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0):
-            self._new_threshold(
-                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
-                f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
-            )
+        return shed + backlog
 
     def _uncounted_by_process(self) -> str:
         """Whose requests went uncounted since last said: "service (pid N): n, ..."."""

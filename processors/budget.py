@@ -13,10 +13,12 @@ trace's randomness, so tail samplers and span metrics downstream can weigh it.
 against a budget of `cpu_per_1k_requests` of one core per 1,000 requests a
 second (never below `min_cpu`, never above `max_cpu`), in powers of two of the capture probability
 (1, 1/2, 1/4, ...) so adjusted counts stay whole numbers. Over budget it sheds
-more at once: as many halvings as the excess asks, or as bring what a span cost
-times the request rate within the budget, whichever is more (a collector that
-fell behind uses less CPU than its traffic asks for); well under it (below 40 %),
-it takes one step back, so it settles instead of swinging. Events lost are
+more at once: the fewest halvings that would bring its CPU within the budget, or
+what a span cost times the request rate, whichever is more (a collector that
+fell behind uses less CPU than its traffic asks for). Halving the spans halves
+only their part of the CPU, so that is the least it takes, and the CPU it leaves
+is over half the budget: no step back follows. Well under it (below 40 %), it
+takes one step back, so it settles instead of swinging. Events lost are
 over budget whatever the CPU says. Between two of its steps a burst can fill
 the ring buffer (8 MiB in about a second): while it is over half unread the
 kernel sheds every request at its start (`otel_ebpf/span_budget.py`).
@@ -95,14 +97,14 @@ class SpanBudget:
         self.allowed = min(s.max_cpu, max(s.min_cpu, s.cpu_per_1k_requests * rate / 1000.0))
         before = self.halvings
         if self.cpu > self.allowed:
-            steps = max(1, math.floor(math.log2(self.cpu / self.allowed)))
+            steps = max(1, math.ceil(math.log2(self.cpu / self.allowed)))
             if spans > 0 and requests > 0:
                 # The CPU used understates the demand when the collector is behind
                 # (a ring read down, every request shed meanwhile): the share that
                 # fits is the budget over what a span costs at this request rate.
                 fits = self.allowed / (cpu_seconds / spans * rate)
                 if fits < 1.0:
-                    steps = max(steps, math.floor(math.log2(1.0 / fits)) - self.halvings)
+                    steps = max(steps, math.ceil(math.log2(1.0 / fits)) - self.halvings)
             self.halvings = min(self.halvings + steps, MAX_HALVINGS)
         elif self.cpu < _STEP_BACK * self.allowed and self.halvings:
             self.halvings -= 1

@@ -69,12 +69,24 @@ def budget(per_1k: float = 0.05, min_cpu: float = 0.1) -> SpanBudget:
 
 def test_over_budget_it_sheds_as_many_halvings_as_the_excess_asks() -> None:
     b = budget()
-    # 2,000 requests/s allow 0.1 cores; 0.9 used: 9x over, three halvings (8x)
+    # 2,000 requests/s allow 0.1 cores; 0.9 used: 9x over, four halvings (16x):
+    # three (8x) would leave it over even if all its CPU were spans
     assert b.update(0.9, 1.0, 2000)
-    assert b.halvings == 3
-    assert b.threshold == threshold_for(1 / 8)
-    assert b.update(0.25, 1.0, 2000)  # still over: one more
     assert b.halvings == 4
+    assert b.threshold == threshold_for(1 / 16)
+    assert b.update(0.12, 1.0, 2000)  # what spans do not cost kept it over: one more
+    assert b.halvings == 5
+
+
+def test_a_collector_whose_cpu_is_all_spans_settles_in_one_step() -> None:
+    for used in (0.11, 0.2, 0.35, 0.9, 1.6, 3.0):
+        b = budget()  # 0.1 cores allowed at 2,000 requests/s
+        assert b.update(used, 1.0, 2000, spans=2000)
+        # its CPU halves with its spans: within the budget, and not so far under
+        # it that a step back follows
+        left = used * b.probability
+        assert 0.04 < left <= 0.1
+        assert not b.update(left, 1.0, 2000, spans=round(2000 * b.probability))
 
 
 def test_a_collector_behind_its_traffic_sheds_what_its_spans_cost_at_once() -> None:
@@ -82,9 +94,7 @@ def test_a_collector_behind_its_traffic_sheds_what_its_spans_cost_at_once() -> N
     # A span for every request: 1.2 cores (all it got) built 4,800 spans, 250 us
     # each, while 218,000 requests came; the 0.5-core cap fits 1 in 109 of them.
     assert b.update(1.2, 1.0, 218_000, spans=4800)
-    assert b.halvings == 6  # 1 in 64 at once; the CPU's excess alone asked for 1 in 2
-    assert b.update(0.85, 1.0, 218_000, spans=3400)  # still over: one more
-    assert b.halvings == 7
+    assert b.halvings == 7  # 1 in 128 at once; the CPU's excess alone asked for 1 in 4
     assert not b.update(0.42, 1.0, 218_000, spans=1700)  # within it: stays
     assert b.halvings == 7
 
@@ -92,9 +102,9 @@ def test_a_collector_behind_its_traffic_sheds_what_its_spans_cost_at_once() -> N
 def test_a_collector_that_keeps_up_sheds_by_its_excess() -> None:
     b = budget()
     # 2,000 requests/s allow 0.1 cores; 0.9 used for 2,000 spans: 9x over either
-    # way, three halvings (8x), as without the spans' count
+    # way, four halvings (16x), as without the spans' count
     assert b.update(0.9, 1.0, 2000, spans=2000)
-    assert b.halvings == 3
+    assert b.halvings == 4
 
 
 def test_well_under_budget_it_steps_back_one_halving_at_a_time() -> None:
@@ -102,7 +112,7 @@ def test_well_under_budget_it_steps_back_one_halving_at_a_time() -> None:
     b.update(0.9, 1.0, 2000)
     assert not b.update(0.07, 1.0, 2000)  # within the budget, above 40 % of it: stays
     assert b.update(0.03, 1.0, 2000)
-    assert b.halvings == 2
+    assert b.halvings == 3
     for _ in range(5):
         b.update(0.0, 1.0, 0)
     assert b.halvings == 0 and b.threshold == 0
@@ -118,7 +128,7 @@ def test_a_busy_node_does_not_raise_the_budget_past_its_cap() -> None:
     b = SpanBudget(BudgetSettings(0.05, 0.1, None, max_cpu=0.5))
     # 100,000 requests/s would allow 5 cores; the cap allows 0.5, and 1.2 are used
     assert b.update(1.2, 1.0, 100_000)
-    assert b.allowed == 0.5 and b.halvings == 1
+    assert b.allowed == 0.5 and b.halvings == 2
 
 
 def test_halvings_stop_at_one_in_4096() -> None:
