@@ -62,6 +62,7 @@ class SpanBudgetKeeper:
         self._uncounted_said: dict[int, int] = {}  # by process: as last said
         self._mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last tick
         self._lost = 0  # events lost at the last tick
+        self._backlog = 0  # requests shed for a backlog at the last tick
         self._backlog_said = -BACKLOG_SAID_EVERY_S
 
     def start(self, keep_slower_than: float) -> None:
@@ -107,12 +108,15 @@ class SpanBudgetKeeper:
         self._mark = (cpu, wall, t.spans_built, shed)
         # every request a span was built for, and every one shed in its stead
         requests = t.spans_built - built0 + shed - shed0
+        behind = t.requests_shed_backlog > self._backlog
+        self._backlog = t.requests_shed_backlog
         lost, self._lost = t.events_lost > self._lost, t.events_lost
         if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
-        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0):
+        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0, behind):
             self._new_threshold(
-                f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
+                ("the ring buffer fell behind; " if behind else "")
+                + f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "
                 f"allowed at {requests / max(wall - wall0, 1e-9):.0f} requests/s"
             )
 

@@ -85,9 +85,15 @@ class SpanBudget:
         return ((1 << 56) - self.threshold) / (1 << 56)
 
     def update(
-        self, cpu_seconds: float, wall_seconds: float, requests: int, spans: int = 0
+        self,
+        cpu_seconds: float,
+        wall_seconds: float,
+        requests: int,
+        spans: int = 0,
+        behind: bool = False,
     ) -> bool:
-        """One interval's cost and traffic (`spans` built in it); True when the
+        """One interval's cost and traffic (`spans` built in it; `behind`: the
+        kernel shed requests because the ring buffer was unread); True when the
         threshold changed."""
         if not self.adaptive or wall_seconds <= 0:
             return False
@@ -96,8 +102,10 @@ class SpanBudget:
         rate = requests / wall_seconds
         self.allowed = min(s.max_cpu, max(s.min_cpu, s.cpu_per_1k_requests * rate / 1000.0))
         before = self.halvings
-        if self.cpu > self.allowed:
-            steps = max(1, math.ceil(math.log2(self.cpu / self.allowed)))
+        # A collector starved of CPU (nice 19 on a busy node) can stay under its
+        # budget while the ring buffer fills: behind is over budget too.
+        if self.cpu > self.allowed or behind:
+            steps = max(1, math.ceil(math.log2(max(self.cpu / self.allowed, 1.0))))
             if spans > 0 and requests > 0:
                 # The CPU used understates the demand when the collector is behind
                 # (a ring read down, every request shed meanwhile): the share that

@@ -99,6 +99,18 @@ def test_a_collector_behind_its_traffic_sheds_what_its_spans_cost_at_once() -> N
     assert b.halvings == 7
 
 
+def test_a_collector_starved_under_its_budget_while_the_ring_fills_still_sheds() -> None:
+    b = budget()  # 0.1 cores allowed at 2,000 requests/s
+    # nice 19 on a busy node: 0.05 cores got 100 spans while 2,000 requests came
+    # and the kernel shed for a backlog; what the spans cost fits 1 in 10
+    assert b.update(0.05, 1.0, 2000, spans=100, behind=True)
+    assert b.halvings == 4
+    assert not budget().update(0.05, 1.0, 2000, spans=100)  # not behind: within it
+    c = budget()
+    assert c.update(0.01, 1.0, 2000, behind=True)  # no span to weigh: one step
+    assert c.halvings == 1
+
+
 def test_a_collector_that_keeps_up_sheds_by_its_excess() -> None:
     b = budget()
     # 2,000 requests/s allow 0.1 cores; 0.9 used for 2,000 spans: 9x over either
