@@ -60,9 +60,13 @@ class SpanBudgetKeeper:
         self._telemetry = telemetry
         self._service_of_pid = service_of_pid
         self._uncounted_said: dict[int, int] = {}  # by process: as last said
-        self._mark = (0.0, 0.0, 0, 0)  # cpu, wall, spans built, shed: at the last tick
+        self._mark = (
+            0.0,
+            0.0,
+            0,
+            0,
+        )  # cpu, wall, spans built, shed: at the last tick (first: the loop start)
         self._lost = 0  # events lost at the last tick
-        self._backlog = 0  # requests shed for a backlog at the last tick
         self._backlog_said = -BACKLOG_SAID_EVERY_S
 
     def start(self, keep_slower_than: float) -> None:
@@ -90,7 +94,6 @@ class SpanBudgetKeeper:
                 budget.probability,
                 self._kept,
             )
-        self.restart_clock()
 
     def restart_clock(self) -> None:
         """The next tick weighs the CPU and traffic from now."""
@@ -102,14 +105,14 @@ class SpanBudgetKeeper:
         """Once a second: the collector's CPU against what its traffic allows; a
         new threshold goes to the kernel and is said."""
         t = self._telemetry
+        backlog0 = t.requests_shed_backlog
         shed = self.count_shed()
         cpu, wall = time.process_time(), time.monotonic()
         cpu0, wall0, built0, shed0 = self._mark
         self._mark = (cpu, wall, t.spans_built, shed)
         # every request a span was built for, and every one shed in its stead
         requests = t.spans_built - built0 + shed - shed0
-        behind = t.requests_shed_backlog > self._backlog
-        self._backlog = t.requests_shed_backlog
+        behind = t.requests_shed_backlog > backlog0
         lost, self._lost = t.events_lost > self._lost, t.events_lost
         if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
