@@ -70,6 +70,7 @@ from otel_ebpf.receivers.node_callbacks import NodeProbes
 from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
+from otel_ebpf.receivers.ringbuf import DRAIN_INTERVAL_S, next_drain_wait
 from otel_ebpf.receivers.sockets import SocketReceiver, task_registers_missing
 from otel_ebpf.receivers.tls import OpenSslProbes
 from otel_ebpf.span_batches import SpanBatcher
@@ -81,10 +82,6 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 60.0
 FLUSH_TIMEOUT_S = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S = 30.0
-# The kernel writes records without waking the collector (a wakeup costs the
-# traced thread ~1.4 us); they are drained this often. 8 MiB of ring buffer
-# hold ~5,000 records per 10 ms even at full 1 KiB captures.
-DRAIN_INTERVAL_S = 0.01
 # The span budget's first look, then once a second: a collector started on a
 # busy node captures every request until it first weighs its CPU.
 FIRST_BUDGET_LOOK_S = 0.25
@@ -582,12 +579,20 @@ class Collector:
         if self._ebpf_enabled:  # weighed from here: start-up's own CPU is not the traffic's
             self.budget.restart_clock()
         next_tcp_scan = time.monotonic() + self._tcp_scan_interval
+        wait_s = DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1
+        last_poll = time.monotonic()
         while not self._stop.is_set():
             more = False
             if self._ebpf_enabled:
+                read_before = self.receiver.events_received
                 more = self.receiver.poll()
                 if not more:  # calls held for an earlier one go on once all is read
                     self.tracker.release_held()
+                polled = time.monotonic()
+                wait_s = next_drain_wait(
+                    wait_s, self.receiver.events_received - read_before, polled - last_poll
+                )
+                last_poll = polled
             self._drain_otlp()
             self.telemetry.events_received = self.receiver.events_received
             now = time.monotonic()
@@ -643,7 +648,7 @@ class Collector:
                 log.info("progress: %s", self.telemetry.snapshot())
                 next_progress = now + PROGRESS_INTERVAL_S
             if not more:
-                self._stop.wait(DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1)
+                self._stop.wait(wait_s)
 
     def _scan_tcp_health(self) -> None:
         assert self.tcp_health is not None
