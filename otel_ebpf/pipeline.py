@@ -584,18 +584,16 @@ class Collector:
         while not self._stop.is_set():
             more = False
             if self._ebpf_enabled:
-                read_before = self.receiver.events_received
                 more = self.receiver.poll()
                 if not more:  # calls held for an earlier one go on once all is read
                     self.tracker.release_held()
-                polled = time.monotonic()
-                wait_s = next_drain_wait(
-                    wait_s, self.receiver.events_received - read_before, polled - last_poll
-                )
-                last_poll = polled
             self._drain_otlp()
-            self.telemetry.events_received = self.receiver.events_received
-            now = time.monotonic()
+            received, now = self.receiver.events_received, time.monotonic()
+            if self._ebpf_enabled:  # the telemetry holds the count before this drain
+                read = received - self.telemetry.events_received
+                wait_s = next_drain_wait(wait_s, read, now - last_poll)
+                last_poll = now
+            self.telemetry.events_received = received
             if now >= next_lost_check:
                 if self._ebpf_enabled:
                     self._check_lost()

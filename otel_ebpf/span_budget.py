@@ -60,12 +60,8 @@ class SpanBudgetKeeper:
         self._telemetry = telemetry
         self._service_of_pid = service_of_pid
         self._uncounted_said: dict[int, int] = {}  # by process: as last said
-        self._mark = (
-            0.0,
-            0.0,
-            0,
-            0,
-        )  # cpu, wall, spans built, shed: at the last tick (first: the loop start)
+        # cpu, wall, spans built, shed: at the last tick (the first: the loop's start)
+        self._mark = (0.0, 0.0, 0, 0)
         self._lost = 0  # events lost at the last tick
         self._backlog_said = -BACKLOG_SAID_EVERY_S
 
