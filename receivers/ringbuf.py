@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import mmap
 import platform
-import struct
+from typing import Final
 
-_BUSY = 1 << 31  # reserved, not yet submitted: the drain stops there
-_DISCARD = 1 << 30  # reserved and dropped by the program: skipped
-_HEADER = 8
+_BUSY: Final = 1 << 31  # reserved, not yet submitted: the drain stops there
+_DISCARD: Final = 1 << 30  # reserved and dropped by the program: skipped
+_HEADER: Final = 8
 MAX_RECORD = 64 << 10  # longer than any record the programs write (under 17 KiB)
-_u32 = struct.Struct("<I")
-_u64 = struct.Struct("<Q")
 
 # CPUs whose loads are not reordered with other loads (total store order).
 ORDERED_LOADS = platform.machine().lower() in ("x86_64", "amd64")
@@ -72,32 +70,39 @@ class RingBufferReader:
         )
         self._data_start = page  # in self._ring: the producer page comes first
         self._mask = data_size - 1
+        # Positions and headers are read, and the consumer position written, as
+        # native words through typed views: an index is one load, where a
+        # struct call per record cost more than the copy of the record itself.
+        self._consumer_position = memoryview(self._consumer).cast("Q")
+        self._ring_words = memoryview(self._ring).cast("I")
+        self._producer_position = memoryview(self._ring).cast("Q")
 
     def consumed(self) -> int:
         """The consumer position: bytes read since the ring was made, headers and
         padding counted (as the kernel's producer position counts them)."""
-        cons: int = _u64.unpack_from(self._consumer, 0)[0]
+        cons: int = self._consumer_position[0]
         return cons
 
     def drain(self, limit: int) -> list[bytes]:
         """Up to `limit` records, oldest first; stops at a record still being written."""
-        ring, start, mask = self._ring, self._data_start, self._mask
-        unpack_u32 = _u32.unpack_from
-        (cons,) = _u64.unpack_from(self._consumer, 0)
-        (prod,) = _u64.unpack_from(ring, 0)
+        ring, words, start, mask = self._ring, self._ring_words, self._data_start, self._mask
+        cons: int = self._consumer_position[0]
+        prod: int = self._producer_position[0]
         out: list[bytes] = []
         while cons < prod and len(out) < limit:
             at = start + (cons & mask)
-            (length,) = unpack_u32(ring, at)
+            length: int = words[at >> 2]  # records are 8-byte aligned
             if length & _BUSY:
                 break
             size = length & ~(_BUSY | _DISCARD)
             if not length & _DISCARD:
                 out.append(ring[at + _HEADER : at + _HEADER + size])
             cons += (size + _HEADER + 7) & ~7
-        _u64.pack_into(self._consumer, 0, cons)  # the kernel may reuse that space now
+        self._consumer_position[0] = cons  # the kernel may reuse that space now
         return out
 
     def close(self) -> None:
+        for view in (self._consumer_position, self._ring_words, self._producer_position):
+            view.release()  # a mapping with views on it cannot be closed
         self._consumer.close()
         self._ring.close()

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from otel_ebpf.memory import release_compiler_memory
 from otel_ebpf.metrics import HTTP_BUCKETS, KERNEL_BUCKETS
@@ -104,9 +104,15 @@ OPENSSL_PROBES = (
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
-_EV_DATA, _EV_OPEN, _EV_CLOSE, _EV_SELF, _EV_DGRAM, _EV_RESET, _EV_SOCKOPT = 1, 2, 3, 4, 5, 6, 7
-_EV_OUTLIER = 8
-_EV_EXEC = 9
+_EV_DATA: Final = 1
+_EV_OPEN: Final = 2
+_EV_CLOSE: Final = 3
+_EV_SELF: Final = 4
+_EV_DGRAM: Final = 5
+_EV_RESET: Final = 6
+_EV_SOCKOPT: Final = 7
+_EV_OUTLIER: Final = 8
+_EV_EXEC: Final = 9
 _EXEC = struct.Struct("<B3xI")
 _SOCKOPT = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
@@ -116,11 +122,14 @@ PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tl
 # peer, TCP counters, tls, send wait, small-window segments, budget, goroutine,
 # task (asyncio's, or a Node callback) and its cause
 _DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQQQ")
+# The same header as an EV_DATA record is read: its kind and the datagram peer skipped.
+_unpack_data: Final = struct.Struct("<xBBBIIIQQQQQII16s20xIIBBBxIIQQQQQQ").unpack_from
+_DATA_START: Final = _DATA_HEADER.size
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
 _AF_INET = 2
-_DIRECTIONS = tuple(Direction)
-_ROLES = tuple(Role)
+_DIRECTIONS: Final = tuple(Direction)
+_ROLES: Final = tuple(Role)
 
 
 def _text(raw: Any) -> str:
@@ -221,7 +230,6 @@ def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
     kind = raw[0]
     if kind == _EV_DATA:
         (
-            _,
             d,
             role,
             has_payload,
@@ -236,9 +244,6 @@ def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
             length,
             captured,
             comm,
-            _,
-            _,
-            _,
             retransmits,
             srtt_us,
             tls,
@@ -252,9 +257,8 @@ def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
             go_until,
             task,
             task_cause,
-        ) = _DATA_HEADER.unpack_from(raw)
-        start = _DATA_HEADER.size
-        payload = raw[start : start + captured] if has_payload else b""
+        ) = _unpack_data(raw)
+        payload = raw[_DATA_START : _DATA_START + captured] if has_payload else b""
         goroutine = GoroutineLink(go_owner, go_until) if go_owner else None
         return DataEvent(
             sk | TLS_STREAM if tls else sk,
