@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from otel_ebpf.memory import YOUNG_COLLECTION_EVERY, settle_heap
+from otel_ebpf.memory import HEAP_TOP_PAD, YOUNG_COLLECTION_EVERY, keep_heap_top, settle_heap
 
 
 class _Node:
@@ -31,3 +31,7 @@ def test_once_settled_start_up_is_frozen_and_a_later_cycle_is_still_collected() 
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+def test_the_c_heaps_keep_their_top_pad() -> None:
+    assert keep_heap_top(HEAP_TOP_PAD)  # glibc accepts it (these machines' C library)
