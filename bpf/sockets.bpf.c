@@ -171,7 +171,9 @@ struct data_event {
     u8 after_shed;    // calls before this one in its direction were shed (span budget)
     u8 pad2;
     u32 send_wait_us; // the connection's send_wait_ns before this call began
-    u32 window_small; // keeps data[] 8-byte aligned (user space decodes a 176-byte header)
+    u32 window_small;
+    u32 retrans_stamp; // retransmits_total + 1 when `retrans` was read (0: not read)
+    u32 pad3;          // keeps data[] 8-byte aligned (user space decodes the same header)
     u64 rand;         // red_counted: the request's 56-bit random value (span budget)
     u64 threshold;    // and the threshold it was kept against (0: no budget)
     struct go_context go; // a Go process's: the goroutine it moves bytes for (go.bpf.c)
@@ -251,6 +253,11 @@ static __always_inline void add_fact(u64 key, u8 fact) {
 BPF_TABLE("lru_hash", u64, struct peer, connected, 16384);
 // LRU: a close we never saw (socket opened before us, lost event) cannot leak entries.
 BPF_TABLE("lru_hash", u64, struct conn_state, conns, MAX_CONNS);
+// Retransmits counted on every tracked connection since the programs loaded.
+// User space maps it: while it still reads what an event's retrans_stamp says,
+// that event's `retrans` is its connection's count now, and no syscall is needed
+// to learn it (one a request otherwise: a server's answer is held for it).
+BPF_F_TABLE("array", u32, u64, retransmits_total, 1, BPF_F_MMAPABLE);
 // Connections the kernel has closed, until their address is reused: the owner can
 // still read what arrived before the close (an answer after a FIN or a RST), and
 // those bytes belong to the closed connection, not to a new one at that address.
@@ -720,6 +727,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     ev->dir = dir;
     ev->tls = 0;
     ev->retrans = 0;
+    ev->retrans_stamp = 0;
     ev->srtt_us = 0;
     ev->role = ROLE_CLIENT;
     ev->pid = tgid;
@@ -1813,7 +1821,12 @@ static __always_inline struct data_event *data_event_for(struct conn_state *cs, 
     ev->kind = EV_DATA;
     ev->dir = dir;
     ev->role = cs->role;
-    ev->retrans = cs->retrans;
+    // The total before the connection's count: a retransmit between the two
+    // reads leaves the stamp behind, so user space asks the map (never the
+    // other way round, a stale count under a current stamp).
+    u64 *total = retransmits_total.lookup(&zero);
+    ev->retrans_stamp = total ? (u32)(*(volatile u64 *)total + 1) : 0;
+    ev->retrans = *(volatile u32 *)&cs->retrans;
     ev->send_wait_us = (u32)(cs->send_wait_ns / 1000);
     ev->window_small = cs->window_small;
     ev->srtt_us = cs->srtt_us;
@@ -2180,8 +2193,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     u64 skey = (u64)args->skaddr;
     struct conn_state *cs = conns.lookup(&skey);
-    if (cs)
-        __sync_fetch_and_add(&cs->retrans, 1);
+    if (!cs)
+        return 0;
+    __sync_fetch_and_add(&cs->retrans, 1);
+    int zero = 0;
+    u64 *total = retransmits_total.lookup(&zero);
+    if (total) // after the connection's count (data_event_for reads them the other way)
+        __sync_fetch_and_add(total, 1);
     return 0;
 }
 

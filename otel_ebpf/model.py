@@ -84,6 +84,7 @@ _DATA_EVENT_FIELDS = (
     "goroutine",
     "task",
     "task_cause",
+    "retransmit_stamp",
 )
 
 
@@ -121,6 +122,9 @@ class DataEvent:
         # callback that did, and the socket whose read began that callback (0: none).
         task: int = 0,
         task_cause: int = 0,
+        # The kernel's count of all retransmits (+1) when `retransmits` was read:
+        # while it reads the same, `retransmits` is current (0: not known).
+        retransmit_stamp: int = 0,
     ) -> None:
         self.sk = sk
         self.gen = gen
@@ -146,6 +150,7 @@ class DataEvent:
         self.goroutine = goroutine
         self.task = task
         self.task_cause = task_cause
+        self.retransmit_stamp = retransmit_stamp
 
     def replace(self, **changes: Any) -> DataEvent:
         """A copy with `changes` (tests and tools: the event path never needs one)."""

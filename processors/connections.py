@@ -54,6 +54,7 @@ class Connection:
         "remote",
         "requests",
         "reset",
+        "retransmit_stamp",
         "retransmits",
         "role",
         "seen_from_start",
@@ -95,6 +96,7 @@ class Connection:
         self.closed_at = 0  # when the kernel closed it, while it lingers for a late read
         self.reset = False  # it ended with a RST (sent or received)
         self.retransmits = 0  # the kernel's counters as of its last event
+        self.retransmit_stamp = 0  # that event's (DataEvent.retransmit_stamp)
         self.srtt_us = 0
         self.send_wait_ns = 0
         self.window_small = 0

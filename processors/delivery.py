@@ -31,7 +31,7 @@ class Delivery:
         sink: ExchangeSink,
         correlator: Correlator,
         server_of: Callable[[Connection], Connection | None],
-        read_retransmits: Callable[[int, int], int | None],
+        read_retransmits: Callable[[int, int, int, int], int | None],
         fault: Callable[[Exception, int], None],
     ) -> None:
         self._sink = sink
@@ -179,9 +179,12 @@ class Delivery:
             self._sink(x, conn)
 
     def _kernel_retransmits(self, conn: Connection) -> int | None:
-        """The connection's retransmits now, from the kernel's map (its socket's:
-        a TLS stream's plaintext rides on it)."""
-        return self._read_retransmits(base_socket(conn.sk), conn.gen)
+        """The connection's retransmits now, from the kernel (its socket's: a TLS
+        stream's plaintext rides on it); the count of its last event while no
+        retransmit happened anywhere since."""
+        return self._read_retransmits(
+            base_socket(conn.sk), conn.gen, conn.retransmits, conn.retransmit_stamp
+        )
 
     def _release_clients(self, server_sk: int) -> None:
         for x, conn, _ in self._awaiting_server.pop(server_sk, []):

@@ -93,7 +93,7 @@ class ConnectionTracker:
         protocol_ports: dict[int, str] | None = None,
         dns_timeout_s: float = 5.0,
         on_unseen_tls: Callable[[int], None] | None = None,
-        read_retransmits: Callable[[int, int], int | None] | None = None,
+        read_retransmits: Callable[[int, int, int, int], int | None] | None = None,
     ) -> None:
         self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
         # Also told of every exception the event path caught (tests, tools).
@@ -131,7 +131,7 @@ class ConnectionTracker:
             sink,
             self.correlator,
             self._server_of,
-            read_retransmits or (lambda _sk, _gen: None),
+            read_retransmits or (lambda _sk, _gen, _known, _stamp: None),
             self._fault,
         )
         self._reorder = Reorder(
@@ -458,6 +458,7 @@ class ConnectionTracker:
         if expected is None:
             expected = ev.cap_offset
         conn.retransmits, conn.srtt_us = ev.retransmits, ev.srtt_us
+        conn.retransmit_stamp = ev.retransmit_stamp
         conn.fd = conn.fd or ev.fd
         conn.send_wait_ns, conn.window_small = ev.send_wait_ns, ev.window_small
         if d == Direction.EGRESS:

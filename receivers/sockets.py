@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import mmap
 import os
 import platform
 import re
@@ -119,11 +120,11 @@ _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
 _SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
 # The program's files, in the order they are compiled as one unit.
 PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tls.bpf.c")
-# peer, TCP counters, tls, send wait, small-window segments, budget, goroutine,
-# task (asyncio's, or a Node callback) and its cause
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIIQQQQQQ")
+# peer, TCP counters, tls, send wait, small-window segments, retransmit stamp,
+# budget, goroutine, task (asyncio's, or a Node callback) and its cause
+_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIII4xQQQQQQ")
 # The same header as an EV_DATA record is read: its kind and the datagram peer skipped.
-_unpack_data: Final = struct.Struct("<xBBBIIIQQQQQII16s20xIIBBBxIIQQQQQQ").unpack_from
+_unpack_data: Final = struct.Struct("<xBBBIIIQQQQQII16s20xIIBBBxIII4xQQQQQQ").unpack_from
 _DATA_START: Final = _DATA_HEADER.size
 _CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
 _TCP_SYN_SENT = 2
@@ -251,6 +252,7 @@ def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
             after_shed,
             send_wait_us,
             window_small,
+            retransmit_stamp,
             rand,
             threshold,
             go_owner,
@@ -285,6 +287,7 @@ def decode(raw: bytes, names: PgNames | None = None) -> KernelEvent | None:
             goroutine,
             task,
             task_cause,
+            retransmit_stamp,
         )
     if kind == _EV_EXEC:
         return ProcessExec(_EXEC.unpack_from(raw)[1])
@@ -522,6 +525,9 @@ class SocketReceiver:
         self._conn_fds: tuple[int, ...] = ()
         self._conn_key = ctypes.c_ulonglong()
         self._conn_leaf: Any = None
+        # bpf's retransmits_total, mapped (x86-64: see ringbuf.ORDERED_LOADS)
+        self._retransmits_total: mmap.mmap | None = None
+        self._retransmits_now: memoryview | None = None
         self.pg_names: PgNames | None = None
         self.events_received = 0
         self._ring_fill: Any = None  # told how far reads got (watch_ring)
@@ -605,6 +611,14 @@ class SocketReceiver:
         self._lookup = ctypes.PyDLL(lib._name).bpf_lookup_elem
         self._lookup.restype = ctypes.c_int
         self._lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        if ORDERED_LOADS:
+            try:
+                self._retransmits_total = mmap.mmap(
+                    bpf["retransmits_total"].map_fd, mmap.PAGESIZE, prot=mmap.PROT_READ
+                )
+                self._retransmits_now = memoryview(self._retransmits_total).cast("Q")
+            except (OSError, ValueError) as exc:  # asked of the map per exchange instead
+                log.debug("retransmit total not mapped: %s", exc)
         events, spare = bpf["events"], bpf["spare_events"]
         if ORDERED_LOADS:
             try:
@@ -800,11 +814,17 @@ class SocketReceiver:
             return bool(facts & _FACT_NODELAY_ON)
         return False if facts & _FACT_FRESH else None
 
-    def retransmits_of(self, sk: int, gen: int) -> int | None:
+    def retransmits_of(self, sk: int, gen: int, known: int = 0, stamp: int = 0) -> int | None:
         """A connection's retransmitted segments now (None: unknown, or reused);
-        called per exchange, so into reused buffers."""
+        called per exchange, so into reused buffers. `known` is the count its
+        last event carried with `stamp`: while the kernel's total of every
+        connection's retransmits still matches the stamp, that count is current
+        and no syscall is made."""
         if self._bpf is None or self._lookup is None:
             return None
+        now = self._retransmits_now
+        if stamp and now is not None and (now[0] + 1) & 0xFFFFFFFF == stamp:
+            return known
         key, leaf, lookup = self._conn_key, self._conn_leaf, self._lookup
         key.value = sk
         for fd in self._conn_fds:
@@ -926,4 +946,8 @@ class SocketReceiver:
                 if reader is not None:
                     reader.close()
             self._reader = self._spare = None
+            if self._retransmits_now is not None and self._retransmits_total is not None:
+                self._retransmits_now.release()
+                self._retransmits_total.close()
+            self._retransmits_now = self._retransmits_total = None
             bpf.cleanup()  # the rest: ring buffer, maps

@@ -57,6 +57,7 @@ def data_record(
     goroutine: tuple[int, int] = (0, 0),
     task: int = 0,
     task_cause: int = 0,
+    retransmit_stamp: int = 0,
 ) -> bytes:
     """One send (egress) or receive of `data` at stream `offset`, its first
     `capture` bytes kept."""
@@ -64,7 +65,8 @@ def data_record(
     header = _DATA_HEADER.pack(
         *(_EV_DATA, int(not egress), int(role), 1, PID, PID, 5, sk, 1, ts, offset, offset),
         *(len(data), len(payload), b"app\0", 0, 0, bytes(16), 0, 0, 0, int(red_counted)),
-        *(int(after_shed), 0, 0, rand, threshold, *goroutine, task, task_cause),
+        *(int(after_shed), 0, 0, retransmit_stamp, rand, threshold, *goroutine, task),
+        task_cause,
     )
     return header + payload
 

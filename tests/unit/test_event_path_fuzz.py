@@ -264,3 +264,11 @@ def test_the_records_decode_to_the_events_the_kernel_sends() -> None:
         100,
     )
     assert event.length == len(data) and event.payload == data[:CAPTURE]
+
+
+def test_a_records_retransmit_stamp_is_decoded() -> None:
+    """The stamp tells user space whether the count beside it is still current."""
+    raw = records.data_record(SK, Role.SERVER, True, 7, 0, b"x", retransmit_stamp=0xFFFFFFFF)
+    event = decode(raw)
+    assert isinstance(event, DataEvent) and event.retransmit_stamp == 0xFFFFFFFF
+    assert event.replace(ts=8).retransmit_stamp == 0xFFFFFFFF
