@@ -355,14 +355,15 @@ class Collector:
         kind = type(event)
         try:
             if kind is DataEvent or kind is ConnOpen:
-                if event.pid not in self._tls_checked:
-                    self.tls.check(event.pid)  # a process new to us may map a libssl not probed
-                if event.pid not in self._go_checked and self.goroutines is not None:
-                    self.goroutines.check(event.pid)  # or run a Go program not probed
-                if event.pid not in self._asyncio_checked and self.asyncio is not None:
-                    self.asyncio.check(event.pid)  # or map an _asyncio not probed
-                if event.pid not in self._node_checked and self.node is not None:
-                    self.node.check(event.pid)  # or run a Node not probed
+                pid: int = event.pid
+                if pid not in self._tls_checked:
+                    self.tls.check(pid)  # a process new to us may map a libssl not probed
+                if pid not in self._go_checked and self.goroutines is not None:
+                    self.goroutines.check(pid)  # or run a Go program not probed
+                if pid not in self._asyncio_checked and self.asyncio is not None:
+                    self.asyncio.check(pid)  # or map an _asyncio not probed
+                if pid not in self._node_checked and self.node is not None:
+                    self.node.check(pid)  # or run a Node not probed
             elif kind is ResetSent:
                 self._on_reset(event)
                 return

@@ -669,12 +669,14 @@ class SocketReceiver:
         if self._ring_fill is not None and records:
             self._ring_fill[self._ONE] = ctypes.c_ulonglong(reader.consumed())
         sink = self._sink
+        interleave = bool(spare)  # asked once: records are many, spare ones rare
         for raw in records:
             event = decode(raw, names)
             if event is not None:
-                if spare:
+                if interleave:
                     for earlier in spare.written_before(event):
                         sink(earlier)
+                    interleave = bool(spare)
                 sink(event)
         more = len(records) == DRAIN_BATCH
         if spare and not more:
