@@ -48,6 +48,7 @@ from otel_ebpf.model import (
 )
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
 from otel_ebpf.receivers.base_types import ReceiverError, RedKey
+from otel_ebpf.receivers.map_batches import MapBatches
 from otel_ebpf.receivers.pg_names import PgNames
 from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
@@ -212,6 +213,29 @@ def _red_count(key: Any, value: Any, names: PgNames | None = None) -> RedCount:
         value.max_ns,
         buckets,
     )
+
+
+def _conn_counters(entries: Iterable[tuple[Any, Any]]) -> list[ConnCounters]:
+    """The connection table's entries as TCP health reads them (own and
+    undecided connections left out)."""
+    out = []
+    for key, cs in entries:
+        if cs.self or not cs.role:
+            continue
+        out.append(
+            ConnCounters(
+                key.value if hasattr(key, "value") else int(key),
+                cs.gen,
+                cs.pid,
+                _ROLES[cs.role],
+                cs.bytes[0],
+                cs.bytes[1],
+                cs.retrans,
+                cs.resets_in,
+                cs.resets_out,
+            )
+        )
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -525,6 +549,7 @@ class SocketReceiver:
         self._conn_fds: tuple[int, ...] = ()
         self._conn_key = ctypes.c_ulonglong()
         self._conn_leaf: Any = None
+        self._conn_batches: MapBatches | None = None  # the TCP health scan's reader
         # bpf's retransmits_total, mapped (x86-64: see ringbuf.ORDERED_LOADS)
         self._retransmits_total: mmap.mmap | None = None
         self._retransmits_now: memoryview | None = None
@@ -606,6 +631,7 @@ class SocketReceiver:
         conns = bpf["conns"]
         self._conn_fds = (conns.map_fd, bpf["closed_conns"].map_fd)
         self._conn_leaf = conns.Leaf()  # both maps hold struct conn_state
+        self._conn_batches = MapBatches(lib._name, conns.map_fd, conns.Key, conns.Leaf)
         # A lookup is a ~1 us syscall: made holding the GIL (bcc's ctypes call lets
         # it go, and taking it back waits out the export thread's switch interval).
         self._lookup = ctypes.PyDLL(lib._name).bpf_lookup_elem
@@ -777,31 +803,12 @@ class SocketReceiver:
     def live_connections(self) -> list[ConnCounters]:
         """Every connection in the kernel's map with its counters (the collector's own
         left out), read in batches where the kernel supports it."""
-        if self._bpf is None:
+        if self._bpf is None or self._conn_batches is None:
             return []
-        table = self._bpf["conns"]  # type: ignore[index]
         try:
-            items = list(table.items_lookup_batch())
-        except Exception:  # batch lookups need Linux 5.6; one lookup per entry otherwise
-            items = list(table.items())
-        out = []
-        for key, cs in items:
-            if cs.self or not cs.role:
-                continue
-            out.append(
-                ConnCounters(
-                    key.value if hasattr(key, "value") else int(key),
-                    cs.gen,
-                    cs.pid,
-                    _ROLES[cs.role],
-                    cs.bytes[0],
-                    cs.bytes[1],
-                    cs.retrans,
-                    cs.resets_in,
-                    cs.resets_out,
-                )
-            )
-        return out
+            return _conn_counters(self._conn_batches.entries())
+        except OSError:  # batch lookups need Linux 5.6; one lookup per entry otherwise
+            return _conn_counters(self._bpf["conns"].items())  # type: ignore[index]
 
     def tcp_nodelay(self, pid: int, fd: int) -> bool | None:
         """Whether the socket at pid's fd has Nagle off, as its setsockopt calls said;
