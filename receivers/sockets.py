@@ -688,8 +688,9 @@ class SocketReceiver:
         reader, spare, names = self._reader, self._spare_records, self.pg_names
         if self._spare is not None:  # records the main ring refused (rare): read first
             retried = self._spare.drain(DRAIN_BATCH)
-            self.events_received += len(retried)
-            spare.add([e for e in (decode(raw, names) for raw in retried) if e is not None])
+            if retried:
+                self.events_received += len(retried)
+                spare.add([e for e in (decode(raw, names) for raw in retried) if e is not None])
         records = reader.drain(DRAIN_BATCH)
         self.events_received += len(records)
         if self._ring_fill is not None and records:
