@@ -207,6 +207,8 @@ class Collector:
         batching = span_batching(config, dict(os.environ))
         self._batchers = [SpanBatcher(e, batching) for e in self._exporters]
         self._rooms = [QueueRoom(b.queue) for b in self._batchers]
+        # each batcher with its room, paired once: a span's hand-off walks a list
+        self._outlets = list(zip(self._batchers, self._rooms, strict=True))
         ebpf = config.ebpf
         correlate = config.correlate
         self.merger = (
@@ -506,7 +508,7 @@ class Collector:
                 self.merger.sdk(spans, pid)
 
     def _export(self, span: FinishedSpan) -> None:
-        for batcher, room in zip(self._batchers, self._rooms, strict=True):
+        for batcher, room in self._outlets:
             if room():
                 batcher.add(span)
             else:  # full after a wait: counted here, not handed over
