@@ -173,7 +173,7 @@ def main() -> int:
     print(
         f"pipeline: {n} requests ({len(raw)} records), {built} spans built, "
         f"{exported} exported in {wall:.2f} s; CPU per request: processing thread "
-        f"{thread / n * 1e6:.0f} us, whole process {cpu / n * 1e6:.0f} us; event path "
+        f"{thread / n * 1e6:.1f} us, whole process {cpu / n * 1e6:.1f} us; event path "
         f"{native.status()}"
     )
     if profile:
