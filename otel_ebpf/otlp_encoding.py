@@ -210,9 +210,10 @@ class TraceEncoder:
             resource_size = len(resource)
             for scope, encoded in scopes.items():
                 scope_size = len(scope) + sum(map(len, encoded))
-                out += (b"\x12", _varint(scope_size), scope)  # ScopeSpans
+                length = _varint(scope_size)
+                out += (b"\x12", length, scope)  # ScopeSpans: tag, length, scope, spans
                 out += encoded
-                resource_size += 1 + len(_varint(scope_size)) + scope_size
+                resource_size += 1 + len(length) + scope_size
             out[resource_at + 1] = _varint(resource_size)
         return b"".join(out)
 
