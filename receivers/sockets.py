@@ -637,7 +637,8 @@ class SocketReceiver:
         self._lookup = ctypes.PyDLL(lib._name).bpf_lookup_elem
         self._lookup.restype = ctypes.c_int
         self._lookup.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        if ORDERED_LOADS:
+        events, spare = bpf["events"], bpf["spare_events"]
+        if ORDERED_LOADS:  # maps read as memory: loads must stay in order
             try:
                 self._retransmits_total = mmap.mmap(
                     bpf["retransmits_total"].map_fd, mmap.PAGESIZE, prot=mmap.PROT_READ
@@ -645,8 +646,6 @@ class SocketReceiver:
                 self._retransmits_now = memoryview(self._retransmits_total).cast("Q")
             except (OSError, ValueError) as exc:  # asked of the map per exchange instead
                 log.debug("retransmit total not mapped: %s", exc)
-        events, spare = bpf["events"], bpf["spare_events"]
-        if ORDERED_LOADS:
             try:
                 self._reader = RingBufferReader(events.map_fd, events.max_entries)
                 self._spare = RingBufferReader(spare.map_fd, spare.max_entries)
@@ -824,7 +823,7 @@ class SocketReceiver:
             return bool(facts & _FACT_NODELAY_ON)
         return False if facts & _FACT_FRESH else None
 
-    def retransmits_of(self, sk: int, gen: int, known: int = 0, stamp: int = 0) -> int | None:
+    def retransmits_of(self, sk: int, gen: int, known: int, stamp: int) -> int | None:
         """A connection's retransmitted segments now (None: unknown, or reused);
         called per exchange, so into reused buffers. `known` is the count its
         last event carried with `stamp`: while the kernel's total of every
