@@ -28,6 +28,12 @@ BPF_HASH(counts_a, struct sample_key, u64, MAX_SAMPLE_KEYS);
 BPF_HASH(counts_b, struct sample_key, u64, MAX_SAMPLE_KEYS);
 BPF_STACK_TRACE(stacks_a, MAX_STACKS);
 BPF_STACK_TRACE(stacks_b, MAX_STACKS);
+// A stack map hashes a stack to one bucket and does not chain: a stack whose
+// bucket another one holds is refused (-EEXIST), and a hot stack would lose all
+// its samples to a cold one for the whole interval. It goes to its side's spill
+// map instead, and its id is then MAX_STACKS + its id there.
+BPF_STACK_TRACE(spill_a, SPILL_STACKS);
+BPF_STACK_TRACE(spill_b, SPILL_STACKS);
 BPF_ARRAY(active, u32, 1);
 // [0] samples taken, [1] samples with no room to count, [2] stacks not stored
 BPF_PERCPU_ARRAY(tallies, u64, 3);
@@ -44,6 +50,14 @@ static __always_inline void tally(int index) {
     u64 *n = tallies.lookup(&index);
     if (n)
         *n += 1; // per CPU: no other writer
+}
+
+static __always_inline int stack_id(void *ctx, u32 which, u64 flags) {
+    int id = which ? stacks_b.get_stackid(ctx, flags) : stacks_a.get_stackid(ctx, flags);
+    if (id != -EEXIST)
+        return id;
+    id = which ? spill_b.get_stackid(ctx, flags) : spill_a.get_stackid(ctx, flags);
+    return id < 0 ? id : MAX_STACKS + id;
 }
 
 static __always_inline void count(u32 which, struct sample_key *key) {
@@ -104,9 +118,8 @@ TRACEPOINT_PROBE(sched, sched_switch) {
         u32 *active_map = active.lookup(&zero);
         u32 which = active_map ? *active_map : 0;
         struct blocked s = {.ts = now, .pid = pid, .side = which};
-        s.user_stack = which ? stacks_b.get_stackid(args, BPF_F_USER_STACK)
-                             : stacks_a.get_stackid(args, BPF_F_USER_STACK);
-        s.kernel_stack = which ? stacks_b.get_stackid(args, 0) : stacks_a.get_stackid(args, 0);
+        s.user_stack = stack_id(args, which, BPF_F_USER_STACK);
+        s.kernel_stack = stack_id(args, which, 0);
         if ((s.user_stack < 0 && s.user_stack != -EFAULT)
             || (s.kernel_stack < 0 && s.kernel_stack != -EFAULT))
             tally(2); // counted as a sample's would be: its time will show no stack
@@ -149,9 +162,8 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     int zero = 0;
     u32 *active_map = active.lookup(&zero);
     u32 which = active_map ? *active_map : 0;
-    key.user_stack = which ? stacks_b.get_stackid(ctx, BPF_F_USER_STACK)
-                           : stacks_a.get_stackid(ctx, BPF_F_USER_STACK);
-    key.kernel_stack = which ? stacks_b.get_stackid(ctx, 0) : stacks_a.get_stackid(ctx, 0);
+    key.user_stack = stack_id(ctx, which, BPF_F_USER_STACK);
+    key.kernel_stack = stack_id(ctx, which, 0);
     // -EFAULT: no such stack (a kernel thread's user one, a user-mode sample's
     // kernel one); anything else: the map had no room
     if ((key.user_stack < 0 && key.user_stack != -EFAULT)

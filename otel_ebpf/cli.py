@@ -110,6 +110,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
             print(f"{100 * share:6.2f} %  {function}  [{module}]")
     if window.samples_lost:
         print(f"{window.samples_lost} samples not counted (no room)", file=sys.stderr)
+    if window.stacks_lost:
+        print(
+            f"{window.stacks_lost} samples' stacks not kept (the stack maps had no room)",
+            file=sys.stderr,
+        )
     try:
         if args.pprof:
             with open(args.pprof, "wb") as f:

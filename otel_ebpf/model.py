@@ -716,3 +716,4 @@ class ProfileWindow(NamedTuple):
     resources: dict[int, dict[str, object]]  # pid -> the resource attributes its spans carry
     samples_lost: int  # not counted (no room) in this window
     off_cpu: bool = False  # off-CPU time was measured too
+    stacks_lost: int = 0  # counted, but with no room in the stack maps for their stack

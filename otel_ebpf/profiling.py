@@ -211,10 +211,10 @@ def profile_process(
                 break
             time.sleep(min(0.1, max(0.0, seconds - (now - begin))))
         window = assembler.flush()
-        lost = profiler.samples_lost
+        lost, stacks_lost = profiler.samples_lost, profiler.stacks_lost
     finally:
         profiler.stop()
-    return window._replace(samples_lost=lost)
+    return window._replace(samples_lost=lost, stacks_lost=stacks_lost)
 
 
 class ProfilingService:

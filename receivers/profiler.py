@@ -43,7 +43,8 @@ def _pow2_at_least(n: int) -> int:
 
 def stack_slots(frequency: int, interval_s: float, cpus: int) -> int:
     """Room for every sample of an interval to have a stack of its own (each a
-    kilobyte of locked memory), at least 2,048 and at most 32,768 per map."""
+    kilobyte of locked memory), at least 2,048 and at most 32,768 per map; the
+    spill map beside it has a quarter of that (at least 64)."""
     return min(32768, max(2048, _pow2_at_least(int(frequency * interval_s * cpus))))
 
 
@@ -57,10 +58,12 @@ class CpuProfiler:
         pid: int | None = None,
         tie_in: bool = False,
         off_cpu: bool = False,
+        stacks: int | None = None,
     ) -> None:
         """`pid`: sample that process only (else every process but the collector).
         `tie_in`: read the socket receiver's `serving` map (it must be loaded first).
-        `off_cpu`: also measure blocked time (sched:sched_switch, every context switch)."""
+        `off_cpu`: also measure blocked time (sched:sched_switch, every context switch).
+        `stacks`: room in each stack map, a power of two (default: `stack_slots`)."""
         if not 1 <= frequency <= MAX_FREQUENCY:
             raise ValueError(f"frequency must be 1..{MAX_FREQUENCY} Hz")
         self.frequency = frequency
@@ -68,7 +71,7 @@ class CpuProfiler:
         self._pid = pid
         self._tie_in = tie_in
         self.off_cpu = off_cpu
-        self._stacks = stack_slots(frequency, interval_s, os.cpu_count() or 1)
+        self._stacks = stacks or stack_slots(frequency, interval_s, os.cpu_count() or 1)
         self._bpf: Any = None
 
     def start(self) -> None:
@@ -82,6 +85,7 @@ class CpuProfiler:
         cflags = [
             f"-DSELF_TGID={os.getpid()}",
             f"-DMAX_STACKS={self._stacks}",
+            f"-DSPILL_STACKS={max(64, self._stacks // 4)}",
             f"-DMAX_SAMPLE_KEYS={2 * self._stacks}",
         ]
         if self._pid is not None:
@@ -134,7 +138,8 @@ class CpuProfiler:
         active[zero] = ctypes.c_uint(1 - which)
         time.sleep(_SETTLE_S)
         side = "b" if which else "a"
-        counts, stacks = bpf[f"counts_{side}"], bpf[f"stacks_{side}"]
+        counts = bpf[f"counts_{side}"]
+        stacks, spill = bpf[f"stacks_{side}"], bpf[f"spill_{side}"]
         taken = list(counts.items_lookup_and_delete_batch())
         blocked = (
             list(bpf[f"off_ns_{side}"].items_lookup_and_delete_batch()) if self.off_cpu else []
@@ -147,7 +152,10 @@ class CpuProfiler:
             found = walked.get(stack_id)
             if found is None:
                 try:
-                    found = tuple(stacks.walk(stack_id))
+                    if stack_id < self._stacks:
+                        found = tuple(stacks.walk(stack_id))
+                    else:  # refused by its bucket's holder in the stack map
+                        found = tuple(spill.walk(stack_id - self._stacks))
                 except KeyError:  # stored after the last read's clear: lost
                     found = ()
                 walked[stack_id] = found
@@ -167,16 +175,17 @@ class CpuProfiler:
 
         out = [record(key, _number(value)) for key, value in taken]
         out += (record(key, 0, _number(value)) for key, value in blocked)
-        self._clear_stacks(stacks, which)
+        self._clear_stacks(stacks, spill, which)
         return out
 
-    def _clear_stacks(self, stacks: Any, which: int) -> None:
-        """Empty a stack map for its next turn, but for the stacks of threads still
-        blocked since it was active (their time is added to them when they run),
-        and of those that ran again since the read above (their time waits in the
-        side's off-CPU map for its next read)."""
+    def _clear_stacks(self, stacks: Any, spill: Any, which: int) -> None:
+        """Empty a side's stack maps for their next turn, but for the stacks of
+        threads still blocked since it was active (their time is added to them
+        when they run), and of those that ran again since the read above (their
+        time waits in the side's off-CPU map for its next read)."""
         if not self.off_cpu:
             stacks.clear()
+            spill.clear()
             return
         keep: set[int] = set()
         for _tid, b in self._bpf["off_since"].items_lookup_batch():
@@ -184,9 +193,10 @@ class CpuProfiler:
                 keep.update((b.user_stack, b.kernel_stack))
         for key in self._bpf["off_ns_b" if which else "off_ns_a"]:
             keep.update((key.user_stack, key.kernel_stack))
-        for key in list(stacks.keys()):
-            if key.value not in keep:
-                del stacks[key]
+        for table, base in ((stacks, 0), (spill, self._stacks)):
+            for key in list(table.keys()):
+                if base + key.value not in keep:
+                    del table[key]
 
     def tally(self, index: int) -> int:
         bpf = self._bpf

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +33,7 @@ from harness import (
     wait_until,
 )
 from otel_ebpf.processors.profiling import pprof
+from otel_ebpf.receivers.profiler import CpuProfiler
 from otlp_sink import GrpcSink
 
 pytestmark = pytest.mark.kernel
@@ -210,6 +212,25 @@ def test_profile_refuses_a_missing_process() -> None:
         text=True,
     )
     assert run.returncode == 2 and "no process 999999999" in run.stderr
+
+
+def test_stacks_refused_by_a_taken_bucket_are_kept_in_the_spill_map(tmp_path: Path) -> None:
+    """A stack map hashes each stack to one bucket and does not chain. With room
+    for 8 stacks, node's dozens of distinct ones are mostly refused there: more
+    than 8 distinct user stacks read back can only have come from the spill map."""
+    argv, _ = program("node", tmp_path)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    profiler = CpuProfiler(frequency=499, interval_s=1.0, pid=proc.pid, stacks=8)
+    try:
+        profiler.start()
+        time.sleep(2)
+        counts = profiler.read()
+        lost = profiler.stacks_lost  # refused by both maps
+    finally:
+        profiler.stop()
+        end_process(proc)
+    user_stacks = {c.user for c in counts if c.user}
+    assert len(user_stacks) > 8, (len(user_stacks), lost)
 
 
 class PyroscopeStub:
