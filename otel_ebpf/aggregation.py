@@ -109,6 +109,11 @@ class Counter(_Instrument):
         with self._lock:
             self._cell(series)[0] += amount
 
+    def add_held(self, amount: int, series: Series) -> None:
+        """`add` with the instruments' lock held by the caller (one acquisition
+        for several measurements)."""
+        self._cell(series)[0] += amount
+
     def empty(self) -> Cell:
         return [0]
 
@@ -143,14 +148,18 @@ class Histogram(_Instrument):
         """`count`: the measurement stands for that many (a sampled request's
         adjusted count)."""
         with self._lock:
-            cell = self._cell(series)
-            cell[_COUNT] += count
-            cell[_SUM] += value * count
-            if value < cell[_MIN]:
-                cell[_MIN] = value
-            if value > cell[_MAX]:
-                cell[_MAX] = value
-            cell[_BUCKETS + bisect_left(self.bounds, value)] += count
+            self.record_held(value, series, count)
+
+    def record_held(self, value: float, series: Series, count: int = 1) -> None:
+        """`record` with the instruments' lock held by the caller."""
+        cell = self._cell(series)
+        cell[_COUNT] += count
+        cell[_SUM] += value * count
+        if value < cell[_MIN]:
+            cell[_MIN] = value
+        if value > cell[_MAX]:
+            cell[_MAX] = value
+        cell[_BUCKETS + bisect_left(self.bounds, value)] += count
 
     def record_counted(
         self,
@@ -216,7 +225,7 @@ class Aggregates:
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         self._resource = resource
         self._scope = scope
-        self._lock = threading.Lock()  # instruments' cells
+        self.lock = threading.Lock()  # instruments' cells
         self._collecting = threading.Lock()  # readers' views (a scrape and a push may overlap)
         self._instruments: list[_Instrument] = []
         self._views: list[_ReaderView] = []
@@ -225,12 +234,12 @@ class Aggregates:
     def histogram(
         self, name: str, unit: str, description: str, bounds: Sequence[float]
     ) -> Histogram:
-        instrument = Histogram(self._lock, name, unit, description, bounds)
+        instrument = Histogram(self.lock, name, unit, description, bounds)
         self._instruments.append(instrument)
         return instrument
 
     def counter(self, name: str, unit: str, description: str) -> Counter:
-        instrument = Counter(self._lock, name, unit, description)
+        instrument = Counter(self.lock, name, unit, description)
         self._instruments.append(instrument)
         return instrument
 
@@ -256,7 +265,7 @@ class Aggregates:
 
     def _metrics_for(self, view: _ReaderView) -> list[Metric]:
         with self._collecting:
-            with self._lock:
+            with self.lock:
                 taken = [(i, i.take()) for i in self._instruments]
             # What was taken was measured in (previous take, now].
             since, now = self._last_take, time_ns()

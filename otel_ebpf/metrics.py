@@ -173,6 +173,8 @@ class CollectorMetrics:
             resource, InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
         )
         self._telemetry = telemetry
+        # the instruments' one lock: held once for all of a span's measurements
+        self.lock = aggregates.lock
 
         def hist(name: str, description: str, buckets: tuple[float, ...]) -> Histogram:
             return aggregates.histogram(name, "s", description, buckets)

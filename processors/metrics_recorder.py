@@ -8,6 +8,7 @@ ones; routes go through `RouteTemplates`. (TCP health: processors.tcp_health.)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import SpanKind, StatusCode
@@ -55,6 +56,10 @@ _RPC_KEYS = ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error
 _DNS_KEYS = ("dns.question.name", "error.type")
 
 _URLS = UrlRedactor()  # the path of a target, as spans take it
+_SERVER: Final = SpanKind.SERVER  # read once: an enum member is a class attribute lookup
+_ERROR: Final = StatusCode.ERROR
+# the graph's split of a client's time: part, the span attribute that measured it
+_SPLIT_PARTS: Final = (("server", "otel_ebpf.time.server"), ("network", "otel_ebpf.time.network"))
 
 # The service at the other end of a connection (this end, other end), when it
 # is a process on this node.
@@ -115,27 +120,32 @@ class MetricsRecorder:
         attrs = span.attributes or {}  # read in place: no copy per span
         service = self._service(span.resource)
         seconds = max((span.end_time or 0) - (span.start_time or 0), 0) / 1e9
-        server = span.kind == SpanKind.SERVER
+        server = span.kind == _SERVER
         m = self._m
-        if "rpc.system.name" in attrs:
-            (m.rpc_server if server else m.rpc_client).record(
-                seconds, _pick(attrs, _RPC_KEYS, service)
-            )
-        elif "http.request.method" in attrs:
-            if server and not red_in_kernel:
-                route = self._routes.route(service, str(attrs.get("url.path", "/")))
-                m.http_server.record(
-                    seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
-                )
-            elif not server and not red_in_kernel:
-                m.http_client.record(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
-        elif "db.system.name" in attrs:
-            if not red_in_kernel:
-                m.db_client.record(seconds, _pick(attrs, _DB_KEYS, service))
-        elif "dns.question.name" in attrs:
-            m.dns_lookup.record(seconds, _pick(attrs, _DNS_KEYS, service))
+        route = edge = None
+        if server and not red_in_kernel and "http.request.method" in attrs:
+            route = self._routes.route(service, str(attrs.get("url.path", "/")))
         if remote is not None and "dns.question.name" not in attrs:
-            self._graph(span, local, remote, service, seconds, server, red_in_kernel, weight)
+            edge = self._edge(local, remote, service, server)
+        with m.lock:  # once for all of this span's measurements
+            if "rpc.system.name" in attrs:
+                (m.rpc_server if server else m.rpc_client).record_held(
+                    seconds, _pick(attrs, _RPC_KEYS, service)
+                )
+            elif "http.request.method" in attrs:
+                if route is not None:
+                    m.http_server.record_held(
+                        seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
+                    )
+                elif not server and not red_in_kernel:
+                    m.http_client.record_held(seconds, _pick(attrs, _HTTP_CLIENT_KEYS, service))
+            elif "db.system.name" in attrs:
+                if not red_in_kernel:
+                    m.db_client.record_held(seconds, _pick(attrs, _DB_KEYS, service))
+            elif "dns.question.name" in attrs:
+                m.dns_lookup.record_held(seconds, _pick(attrs, _DNS_KEYS, service))
+            if edge is not None:
+                self._graph(span, edge, seconds, server, red_in_kernel, weight)
 
     def _service(self, resource: Resource | None) -> str:
         if resource is None:
@@ -216,39 +226,40 @@ class MetricsRecorder:
             attrs.append(("http.response.status_code", counted.status))
         return attrs
 
+    def _edge(self, local: Endpoint | None, remote: Endpoint, service: str, server: bool) -> Series:
+        """Edges name both services: the peer process's when it is on this node,
+        else the peer's address (never a raw IP for a known process)."""
+        other = (self._peer_service(local, remote) if local else None) or remote.address
+        client, server_name = (other, service) if server else (service, other)
+        return (("client", client), ("server", server_name))
+
     def _graph(
         self,
         span: FinishedSpan,
-        local: Endpoint | None,
-        remote: Endpoint,
-        service: str,
+        edge: Series,
         seconds: float,
         server: bool,
         red_in_kernel: bool,
         weight: int = 1,
     ) -> None:
-        """Edges name both services: the peer process's when it is on this node,
-        else the peer's address (never a raw IP for a known process). A request the
-        kernel counted is counted on its edge by kernel_http_client."""
-        other = (self._peer_service(local, remote) if local else None) or remote.address
-        client, server_name = (other, service) if server else (service, other)
-        edge: Series = (("client", client), ("server", server_name))
+        """The span's measurements on its edge, the instruments' lock held. A
+        request the kernel counted is counted on its edge by kernel_http_client."""
         attrs = span.attributes or {}
-        failed = span.status.status_code == StatusCode.ERROR
+        m = self._m
         if server:
-            self._m.graph_server.record(seconds, edge, weight)
+            m.graph_server.record_held(seconds, edge, weight)
             return
         # The client's view counts the request (it sees failures the server never does).
         if not red_in_kernel:
-            self._m.graph_requests.add(1, edge)
-            if failed:
-                self._m.graph_failed.add(1, edge)
-            self._m.graph_client.record(seconds, edge)
+            m.graph_requests.add_held(1, edge)
+            if span.status.status_code == _ERROR:
+                m.graph_failed.add_held(1, edge)
+            m.graph_client.record_held(seconds, edge)
         verdict = attrs.get("otel_ebpf.verdict")
         if verdict is None:
             return
-        for part in ("server", "network"):
-            value = attrs.get(f"otel_ebpf.time.{part}")
+        for part, key in _SPLIT_PARTS:
+            value = attrs.get(key)
             if isinstance(value, float):
-                self._m.graph_split.record(value, (*edge, ("otel_ebpf.time.part", part)), weight)
-        self._m.graph_verdicts.add(weight, (*edge, ("otel_ebpf.verdict", str(verdict))))
+                m.graph_split.record_held(value, (*edge, ("otel_ebpf.time.part", part)), weight)
+        m.graph_verdicts.add_held(weight, (*edge, ("otel_ebpf.verdict", str(verdict))))
