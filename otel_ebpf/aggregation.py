@@ -107,7 +107,7 @@ class Counter(_Instrument):
 
     def add(self, amount: int, series: Series) -> None:
         with self._lock:
-            self._cell(series)[0] += amount
+            self.add_held(amount, series)
 
     def add_held(self, amount: int, series: Series) -> None:
         """`add` with the instruments' lock held by the caller (one acquisition

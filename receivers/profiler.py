@@ -66,6 +66,9 @@ class CpuProfiler:
         `stacks`: room in each stack map, a power of two (default: `stack_slots`)."""
         if not 1 <= frequency <= MAX_FREQUENCY:
             raise ValueError(f"frequency must be 1..{MAX_FREQUENCY} Hz")
+        if stacks is not None and (stacks <= 0 or stacks & (stacks - 1)):
+            # the kernel rounds a stack map up to one: ids past `stacks` would read as spilled
+            raise ValueError(f"room for {stacks} stacks is not a power of two")
         self.frequency = frequency
         self.period_ns = 1_000_000_000 // frequency
         self._pid = pid

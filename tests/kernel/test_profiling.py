@@ -217,20 +217,23 @@ def test_profile_refuses_a_missing_process() -> None:
 def test_stacks_refused_by_a_taken_bucket_are_kept_in_the_spill_map(tmp_path: Path) -> None:
     """A stack map hashes each stack to one bucket and does not chain. With room
     for 8 stacks, node's dozens of distinct ones are mostly refused there: more
-    than 8 distinct user stacks read back can only have come from the spill map."""
+    than 8 distinct user stacks in one read can only have come from the spill map."""
     argv, _ = program("node", tmp_path)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, cwd=tmp_path)
     profiler = CpuProfiler(frequency=499, interval_s=1.0, pid=proc.pid, stacks=8)
+    distinct: list[int] = []
     try:
         profiler.start()
-        time.sleep(2)
-        counts = profiler.read()
+        for _ in range(5):  # a busy machine may give node too little CPU in one
+            time.sleep(1)
+            distinct.append(len({c.user for c in profiler.read() if c.user}))
+            if distinct[-1] > 8:
+                break
         lost = profiler.stacks_lost  # refused by both maps
     finally:
         profiler.stop()
         end_process(proc)
-    user_stacks = {c.user for c in counts if c.user}
-    assert len(user_stacks) > 8, (len(user_stacks), lost)
+    assert distinct[-1] > 8, (distinct, lost)
 
 
 class PyroscopeStub:

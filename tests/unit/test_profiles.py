@@ -40,6 +40,7 @@ from otel_ebpf.processors.profiling.symbolize import (
 from otel_ebpf.profile_exporters import PprofDirectoryExporter, pyroscope_name
 from otel_ebpf.profiling import ProfileAssembler, SpanTies, top_functions
 from otel_ebpf.receivers.otlp_body import Rejected
+from otel_ebpf.receivers.profiler import CpuProfiler, stack_slots
 
 MAPS = """\
 55d0c0000000-55d0c0001000 r--p 00000000 fe:00 123 /usr/bin/app
@@ -477,3 +478,13 @@ def test_console_line_names_the_busiest_and_the_blocking(caplog: pytest.LogCaptu
     with caplog.at_level("INFO"):
         assert LogProfileExporter("debug").export(blocked_only._replace(off_cpu=True))
     assert "0 samples in 1 processes; top: -; 2.0 s blocked, in: nap 100.0%" in caplog.text
+
+
+def test_stack_map_room_is_a_power_of_two() -> None:
+    """The kernel rounds a stack map up to one: an id past the room asked for
+    would read as a spilled stack's."""
+    assert stack_slots(499, 0.5, 2) == 2048  # the floor
+    assert stack_slots(99, 10.0, 64) == 32768  # the ceiling
+    CpuProfiler(stacks=8)
+    with pytest.raises(ValueError, match="power of two"):
+        CpuProfiler(stacks=100)
