@@ -123,7 +123,8 @@ class MetricsRecorder:
         server = span.kind == _SERVER
         m = self._m
         route = edge = None
-        if server and not red_in_kernel and "http.request.method" in attrs:
+        http = "http.request.method" in attrs and "rpc.system.name" not in attrs
+        if http and server and not red_in_kernel:  # an RPC's path is no route
             route = self._routes.route(service, str(attrs.get("url.path", "/")))
         if remote is not None and "dns.question.name" not in attrs:
             edge = self._edge(local, remote, service, server)
@@ -132,7 +133,7 @@ class MetricsRecorder:
                 (m.rpc_server if server else m.rpc_client).record_held(
                     seconds, _pick(attrs, _RPC_KEYS, service)
                 )
-            elif "http.request.method" in attrs:
+            elif http:
                 if route is not None:
                     m.http_server.record_held(
                         seconds, (*_pick(attrs, _HTTP_SERVER_KEYS, service), ("http.route", route))
