@@ -78,7 +78,7 @@ def keep_heap_top(pad: int = HEAP_TOP_PAD, blocks_below: int = HEAP_BLOCKS_BELOW
         mallopt = ctypes.CDLL(None).mallopt
         return bool(mallopt(M_TOP_PAD, pad)) and bool(mallopt(M_MMAP_THRESHOLD, blocks_below))
     except (OSError, AttributeError) as exc:
-        log.debug("heap top pad not set: %s", exc)
+        log.debug("heap top pad and mapping threshold not set: %s", exc)
         return False
 
 

@@ -123,13 +123,15 @@ class MetricsRecorder:
         server = span.kind == _SERVER
         m = self._m
         route = edge = None
-        http = "http.request.method" in attrs and "rpc.system.name" not in attrs
-        if http and server and not red_in_kernel:  # an RPC's path is no route
+        rpc = "rpc.system.name" in attrs
+        http = not rpc and "http.request.method" in attrs  # an RPC's path is no route
+        dns = "dns.question.name" in attrs
+        if http and server and not red_in_kernel:
             route = self._routes.route(service, str(attrs.get("url.path", "/")))
-        if remote is not None and "dns.question.name" not in attrs:
+        if remote is not None and not dns:
             edge = self._edge(local, remote, service, server)
         with m.lock:  # once for all of this span's measurements
-            if "rpc.system.name" in attrs:
+            if rpc:
                 (m.rpc_server if server else m.rpc_client).record_held(
                     seconds, _pick(attrs, _RPC_KEYS, service)
                 )
@@ -143,7 +145,7 @@ class MetricsRecorder:
             elif "db.system.name" in attrs:
                 if not red_in_kernel:
                     m.db_client.record_held(seconds, _pick(attrs, _DB_KEYS, service))
-            elif "dns.question.name" in attrs:
+            elif dns:
                 m.dns_lookup.record_held(seconds, _pick(attrs, _DNS_KEYS, service))
             if edge is not None:
                 self._graph(span, edge, seconds, server, red_in_kernel, weight)
