@@ -218,6 +218,7 @@ class Collector:
         self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
             queue.SimpleQueue()
         )
+        self._unknown_sdk_logged = float("-inf")  # when an unknown SDK process was last logged
         pipelines = config.service.pipelines
         # a profiles-only collector loads no socket probes
         self._ebpf_enabled = "ebpf" in pipeline.receivers and (
@@ -505,6 +506,9 @@ class Collector:
                     self._export(span)
             else:
                 pid = self.tracker.pid_of_peer(peer) if peer is not None else None
+                if pid is None and time.monotonic() >= self._unknown_sdk_logged + 60:
+                    self._unknown_sdk_logged = time.monotonic()
+                    log.info("OTLP spans from %s, a process not known yet: not merged", peer)
                 self.merger.sdk(spans, pid)
 
     def _export(self, span: FinishedSpan) -> None:

@@ -22,6 +22,7 @@ Runs on the pipeline's single processing thread.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from otel_ebpf.model import FinishedSpan
 from otel_ebpf.processors.correlate import RequestContext
 
 Export = Callable[[FinishedSpan], None]
+log = logging.getLogger(__name__)
 
 # Network facts an SDK span rarely has and the kernel always does.
 NETWORK_FACTS = (
@@ -159,8 +161,9 @@ class Merger:
 
     def sdk(self, spans: Sequence[FinishedSpan], pid: int | None) -> None:
         """A batch received over OTLP, from process `pid` when known."""
-        if pid is not None:
+        if pid is not None and pid not in self.sdk_pids:
             self.sdk_pids.add(pid)
+            log.info("process %d exports SDK spans through this collector: merging", pid)
         now = time.monotonic()
         for span in spans:
             ctx = span.get_span_context()

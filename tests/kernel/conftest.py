@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness import (
+    STARTED,
     CollectorProcess,
     Jaeger,
     MariaDB,
@@ -41,11 +42,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A failing test's report ends with what the collector said and counted: CI
     keeps the report, not the collector's log file."""
     report = yield
+    if not (report.failed and call.when == "call"):
+        return report
     collector = getattr(item, "funcargs", {}).get("collector")
-    if report.failed and call.when == "call" and isinstance(collector, CollectorProcess):
-        lines = collector.log_path.read_text(errors="replace").splitlines()[-COLLECTOR_LOG_LINES:]
-        report.sections.append(("collector log (tail)", "\n".join(lines)))
-        report.sections.append(("collector telemetry", repr(collector.telemetry())))
+    own = [c for c in STARTED if c is not collector and c.test.startswith(f"{item.nodeid} ")]
+    for c in ([collector] if isinstance(collector, CollectorProcess) else []) + own:
+        lines = c.log_path.read_text(errors="replace").splitlines()[-COLLECTOR_LOG_LINES:]
+        report.sections.append((f"collector log (tail): {c.log_path}", "\n".join(lines)))
+        if c.proc.poll() is None:
+            report.sections.append(("collector telemetry", repr(c.telemetry())))
     return report
 
 

@@ -28,10 +28,20 @@ HERE = Path(__file__).parent
 GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, never one this process handed out before: the
+    kernel may give a just-closed port again (about 1 in 10,000 calls here), and two
+    servers told the same port make one fail to listen, far from the cause."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(
@@ -84,6 +94,9 @@ def health(port: int, host: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
+STARTED: list[CollectorProcess] = []  # every collector a test started, for failure reports
+
+
 class CollectorProcess:
     """`otel-ebpf run --config ...` as users run it, in its own process."""
 
@@ -130,6 +143,8 @@ class CollectorProcess:
         self.config_path = tmp / "collector.yaml"
         self.config_path.write_text(json.dumps(config))  # JSON is YAML
         self.log_path = tmp / "collector.log"
+        self.test = os.environ.get("PYTEST_CURRENT_TEST", "")  # whose failure shows our log
+        STARTED.append(self)
         # Tests count spans: every request gets one unless a test sets a budget
         # (the span budget's own tests do). None in extra_env unsets a variable.
         given = {**os.environ, "OTEL_EBPF_SPAN_BUDGET": "0", **(extra_env or {})}
@@ -154,6 +169,9 @@ class CollectorProcess:
             raise
         if self.proc.poll() is not None:
             raise AssertionError(f"collector exited at start:\n{self.log_path.read_text()}")
+        if otlp_in and "OTLP receiver not started" in self.log_path.read_text():
+            self.stop()  # the apps' spans would go elsewhere: every merge test would time out
+            raise AssertionError(f"OTLP receiver not started:\n{self.log_path.read_text()}")
 
     def telemetry(self) -> dict[str, int]:
         return health(self.health_port, self.host)[1].get("telemetry", {})
