@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from hashlib import blake2b
 from typing import NamedTuple
 
 from otel_ebpf.model import (
@@ -115,31 +114,28 @@ class _HeadFields(NamedTuple):
     chunked: bool
 
 
-# Heads seen lately, parsed: the same head crosses a node twice (client and
-# server) and a keep-alive client repeats its own. Bounded in entries and in
-# the size of each head; kept by a digest of its bytes, so the credentials a
-# head may carry (Authorization, Cookie) are not held past their parse.
-_PARSED: dict[bytes, _HeadFields | ParseError] = {}
-_PARSED_MAX = 512
+# Heads seen lately, parsed, requests' and responses' apart: the same head
+# crosses a node twice (client and server) and a keep-alive client repeats its
+# own. Bounded in entries and in the size of each head; kept by the head's
+# hash() (SipHash, keyed afresh in each process: a peer cannot aim a head at
+# another's entry), so the credentials a head may carry (Authorization, Cookie)
+# are not held past their parse. A blake2b digest cost 0.3 µs a head more.
+_PARSED_REQUESTS: dict[int, _HeadFields | ParseError] = {}
+_PARSED_RESPONSES: dict[int, _HeadFields | ParseError] = {}
+_PARSED_MAX = 512  # each
 _PARSED_HEAD_MAX = 1024
 
 
-# The cache's digests start from copies of these: a constructor's keywords cost more.
-_REQUEST_DIGEST = blake2b(digest_size=16, person=b"req")
-_RESPONSE_DIGEST = blake2b(digest_size=16, person=b"resp")
-
-
 def _head_fields(head: bytes, is_request: bool) -> _HeadFields | ParseError:
-    digest = (_REQUEST_DIGEST if is_request else _RESPONSE_DIGEST).copy()
-    digest.update(head)
-    key = digest.digest()
-    fields = _PARSED.get(key)
+    parsed = _PARSED_REQUESTS if is_request else _PARSED_RESPONSES
+    key = hash(head)
+    fields = parsed.get(key)
     if fields is None:
         fields = _parse_fields(head, is_request)
         if len(head) <= _PARSED_HEAD_MAX:
-            if len(_PARSED) >= _PARSED_MAX:
-                del _PARSED[next(iter(_PARSED))]  # the oldest
-            _PARSED[key] = fields
+            if len(parsed) >= _PARSED_MAX:
+                del parsed[next(iter(parsed))]  # the oldest
+            parsed[key] = fields
     return fields
 
 

@@ -353,11 +353,19 @@ def test_a_head_parsed_once_is_the_same_head_again_whole_or_split() -> None:
 
 
 def test_parsed_heads_kept_are_bounded_and_hold_no_header_bytes() -> None:
+    parsed = http1._PARSED_REQUESTS
     for i in range(http1._PARSED_MAX + 50):
         _heads(b"GET /%d HTTP/1.1\r\n\r\n" % i, 1)
-    assert len(http1._PARSED) == http1._PARSED_MAX
-    oldest = next(iter(http1._PARSED))
+    assert len(parsed) == http1._PARSED_MAX
+    oldest = next(iter(parsed))
     _heads(b"GET / HTTP/1.1\r\nUser-Agent: " + b"a" * 2000 + b"\r\n\r\n", 1)
-    assert next(iter(http1._PARSED)) == oldest  # too large to keep: nothing moved
+    assert next(iter(parsed)) == oldest  # too large to keep: nothing moved
     _heads(b"GET / HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n", 1)
-    assert all(b"s3cret" not in key for key in http1._PARSED)
+    assert all(type(key) is int for key in parsed)  # a hash: no header bytes kept
+
+
+def test_a_head_kept_as_a_request_is_parsed_afresh_as_a_response() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0"
+    assert isinstance(http1._head_fields(head, True), ParseError)
+    fields = http1._head_fields(head, False)
+    assert not isinstance(fields, ParseError) and fields.status == 200
