@@ -43,6 +43,7 @@ from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, op
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
 
 MAX_QUERY_ARGS = 16
+MAX_HOSTS = 1024  # Host headers whose parts are kept; all forgotten when full
 SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 # Statuses without a description, shared by every span that has one (a Status
 # does not change once made; building one is an interpreted call per span).
@@ -98,6 +99,8 @@ class SpanBuilder:
         # the time a server spent in its own calls, by its span's id.
         self._peers: OrderedDict[int, PeerSplit] = OrderedDict()
         self._downstream: OrderedDict[int, int] = OrderedDict()
+        # Host headers seen -> (host, address, port): a connection sends the same one
+        self._hosts: dict[str, tuple[str, str, int | None]] = {}
 
     def build(self, x: Exchange, conn: Connection) -> BuiltSpan | None:
         """The span for one exchange; None where none is due (a database server's side)."""
@@ -390,10 +393,9 @@ class SpanBuilder:
         }
         if query is not None:
             attrs["url.query"] = query
-        host = host_of(req.headers.get("host", ""))
+        host, addr, port = self._host(req.headers.get("host", ""))
         remote = conn.remote
         if host:
-            addr, port = host_port(host)
             attrs["server.address"] = addr
             if port is not None:
                 attrs["server.port"] = port
@@ -421,6 +423,17 @@ class SpanBuilder:
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
         return self._built(req.method, x.token, conn.process.resource, attrs, kind, status, x)
+
+    def _host(self, header: str) -> tuple[str, str, int | None]:
+        """A Host header's host[:port] (no userinfo), its address and its port."""
+        named = self._hosts.get(header)
+        if named is None:
+            host = host_of(header)
+            named = (host, *host_port(host)) if host else ("", "", None)
+            if len(self._hosts) >= MAX_HOSTS:
+                self._hosts.clear()
+            self._hosts[header] = named
+        return named
 
     def outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
         """A shed request that failed or was slow, from what the kernel kept: the

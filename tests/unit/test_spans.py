@@ -21,6 +21,7 @@ from otel_ebpf.model import (
     SqlExchange,
 )
 from otel_ebpf.processes import ProcessInfo, ProcessRegistry, _service_name_from_environ
+from otel_ebpf.processors import spans
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.processors.spans import SpanBuilder
 
@@ -213,3 +214,18 @@ def test_dns_timeout_span() -> None:
     attrs = dict(span.attributes or {})
     assert attrs["error.type"] == "timeout" and attrs["network.transport"] == "udp"
     assert attrs["dns.question.name"] == "svc.example"
+
+
+def test_host_headers_kept_parsed_are_bounded_and_each_named_rightly() -> None:
+    """Each Host header is parsed once and kept (a connection repeats its own),
+    at most MAX_HOSTS of them; a header seen again after the table was
+    forgotten is parsed afresh, alike."""
+    builder = SpanBuilder(0)
+    for i in range(spans.MAX_HOSTS + 10):
+        request = head(headers={"host": f"user@h{i}:{1000 + i}"})
+        built = builder.build(HttpExchange(request, 0, None, 0, 1_000, 5_000), conn(Role.CLIENT))
+        assert built is not None
+        attributes = built.attributes or {}
+        assert (attributes["server.address"], attributes["server.port"]) == (f"h{i}", 1000 + i)
+        assert attributes["url.full"] == f"http://h{i}:{1000 + i}/a/b?x=1"  # no userinfo
+    assert len(builder._hosts) <= spans.MAX_HOSTS
