@@ -167,7 +167,9 @@ def _delayed_ack_stall(request_ns: int, request_bytes: int, rtt_ns: int) -> bool
 
 def _verdict(server: int, network: int, downstream: int, stall_ns: int, window_small: int) -> str:
     """The part that took most of the time, the network's named by its cause."""
-    largest = max(server, network, downstream)
+    largest = server if server >= network else network  # max() of three: a generic call
+    if downstream > largest:
+        largest = downstream
     if largest == network and network > 0:
         if stall_ns * 2 >= network:
             return STALL
