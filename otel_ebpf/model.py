@@ -448,21 +448,69 @@ class ParseError(NamedTuple):
 ParserEvent = HttpHead | HttpEnd | ParseError
 
 
-class HttpExchange(NamedTuple):
-    """One request with its final response (response fields None if none came)."""
+class HttpExchange:
+    """One request with its final response (response fields None if none came).
+    A plain class, as HttpHead is: one per exchange and side, and a NamedTuple's
+    constructor is interpreted. `_replace` as the other exchanges have it."""
 
-    request: HttpHead
-    request_body_bytes: int
-    response: HttpHead | None
-    response_body_bytes: int
-    start_ts: int  # first request byte, as the traced process saw it
-    end_ts: int  # last response byte (or last request byte without a response)
-    token: Token = None  # what the connection's owner attached when the request began
-    request_end_ts: int = 0  # last request byte (0: not known)
+    def __init__(
+        self,
+        request: HttpHead,
+        request_body_bytes: int,
+        response: HttpHead | None,
+        response_body_bytes: int,
+        start_ts: int,  # first request byte, as the traced process saw it
+        end_ts: int,  # last response byte (or last request byte without a response)
+        token: Token = None,  # what the connection's owner attached when the request began
+        request_end_ts: int = 0,  # last request byte (0: not known)
+    ) -> None:
+        self.request = request
+        self.request_body_bytes = request_body_bytes
+        self.response = response
+        self.response_body_bytes = response_body_bytes
+        self.start_ts = start_ts
+        self.end_ts = end_ts
+        self.token = token
+        self.request_end_ts = request_end_ts
 
     @property
     def answered(self) -> bool:
         return self.response is not None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.request,
+            self.request_body_bytes,
+            self.response,
+            self.response_body_bytes,
+            self.start_ts,
+            self.end_ts,
+            self.token,
+            self.request_end_ts,
+        )
+
+    def _replace(self, **changes: Any) -> HttpExchange:
+        fields: dict[str, Any] = dict(zip(_HTTP_EXCHANGE_FIELDS, self._fields(), strict=True))
+        fields.update(changes)
+        return HttpExchange(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HttpExchange) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "HttpExchange" + repr(self._fields())
+
+
+_HTTP_EXCHANGE_FIELDS = (
+    "request",
+    "request_body_bytes",
+    "response",
+    "response_body_bytes",
+    "start_ts",
+    "end_ts",
+    "token",
+    "request_end_ts",
+)
 
 
 class RequestStarted:
