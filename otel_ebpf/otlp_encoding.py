@@ -37,6 +37,8 @@ _FLAGS_IS_REMOTE = 0x200  # ... and it is remote
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_double = struct.Struct("<d").pack
+# Span.start_time_unix_nano (7) and end_time_unix_nano (8), both fixed64: one call
+_pack_times = struct.Struct("<BQBQ").pack
 _SMALL_VARINTS = [bytes([n]) for n in range(128)]
 # Span.kind's field by the member's identity: an enum's `.value` and hash are
 # interpreted calls on this Python, two a span.
@@ -209,10 +211,14 @@ class TraceEncoder:
             out += (b"\x0a", b"", resource)  # ResourceSpans: tag, length, resource
             resource_size = len(resource)
             for scope, encoded in scopes.items():
-                scope_size = len(scope) + sum(map(len, encoded))
-                length = _varint(scope_size)
-                out += (b"\x12", length, scope)  # ScopeSpans: tag, length, scope, spans
-                out += encoded
+                scope_at = len(out)
+                out += (b"\x12", b"", scope)  # ScopeSpans: tag, length, scope, spans
+                scope_size = len(scope)
+                for body in encoded:  # each span's tag and length apart: no copy of it
+                    span_length = _varint(len(body))
+                    out += (b"\x12", span_length, body)
+                    scope_size += 1 + len(span_length) + len(body)
+                length = out[scope_at + 1] = _varint(scope_size)
                 resource_size += 1 + len(length) + scope_size
             out[resource_at + 1] = _varint(resource_size)
         return b"".join(out)
@@ -285,10 +291,13 @@ class TraceEncoder:
         if span.name:
             parts.append(_string(b"\x2a", span.name))
         parts.append(_KIND_FIELDS[id(span.kind)])  # the proto's enum is the API's + 1
-        if span.start_time:
-            parts += (b"\x39", _pack_fixed64(span.start_time))
-        if span.end_time:
-            parts += (b"\x41", _pack_fixed64(span.end_time))
+        start, end = span.start_time, span.end_time
+        if start and end:
+            parts.append(_pack_times(0x39, start, 0x41, end))
+        elif start:
+            parts += (b"\x39", _pack_fixed64(start))
+        elif end:
+            parts += (b"\x41", _pack_fixed64(end))
         parts += self._span_attributes(span.attributes)
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
@@ -317,8 +326,13 @@ class TraceEncoder:
         if span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
         parts.append(_by_identity(self._statuses, span.status, _status_field))
-        parts += (b"\x85\x01", _pack_fixed32(_flags(parent)))
-        return _field(b"\x12", b"".join(parts))  # ScopeSpans.spans
+        parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
+        return b"".join(parts)  # ScopeSpans.spans' body: encode() writes its tag and length
+
+
+# Span.flags (16, fixed32) as a span ends them: whether its parent is remote
+_LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 
 
 def _flags(parent: Any) -> int:
