@@ -593,23 +593,53 @@ class Http2Exchange(NamedTuple):
         return self.headers.get("content-type", "").startswith("application/grpc")
 
 
-class RespValue(NamedTuple):
-    kind: int  # the RESP type byte, e.g. ord("*")
-    text: bytes  # preview of a scalar (error text, status, bulk prefix)
-    items: tuple[RespValue, ...]  # first elements of an aggregate
-    length: int  # elements in an aggregate (-1 for null)
-    start_ts: int
-    end_ts: int
+class RespValue:
+    """One RESP value: a scalar's preview, or an aggregate with its first items.
+    Plain compiled classes, this and RedisExchange, as HttpHead: several values
+    a command, and a NamedTuple's constructor is interpreted."""
+
+    def __init__(
+        self,
+        kind: int,  # the RESP type byte, e.g. ord("*")
+        text: bytes,  # preview of a scalar (error text, status, bulk prefix)
+        items: tuple[RespValue, ...],  # first elements of an aggregate
+        length: int,  # elements in an aggregate (-1 for null)
+        start_ts: int,
+        end_ts: int,
+    ) -> None:
+        self.kind = kind
+        self.text = text
+        self.items = items
+        self.length = length
+        self.start_ts = start_ts
+        self.end_ts = end_ts
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.kind, self.text, self.items, self.length, self.start_ts, self.end_ts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RespValue) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "RespValue" + repr(self._fields())
 
 
-class RedisExchange(NamedTuple):
+class RedisExchange:
     """One command and its reply (None when the connection ended first)."""
 
-    command: RespValue
-    reply: RespValue | None
-    start_ts: int
-    end_ts: int
-    token: Token = None  # what the connection's owner attached when the command began
+    def __init__(
+        self,
+        command: RespValue,
+        reply: RespValue | None,
+        start_ts: int,
+        end_ts: int,
+        token: Token = None,  # what the connection's owner attached when the command began
+    ) -> None:
+        self.command = command
+        self.reply = reply
+        self.start_ts = start_ts
+        self.end_ts = end_ts
+        self.token = token
 
     @property
     def answered(self) -> bool:
@@ -626,6 +656,23 @@ class RedisExchange(NamedTuple):
         if self.reply is None or self.reply.kind not in (ord("-"), ord("!")):
             return None
         return self.reply.text.split(b" ", 1)[0].decode("latin-1") or "ERR"
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.command, self.reply, self.start_ts, self.end_ts, self.token)
+
+    def _replace(self, **changes: Any) -> RedisExchange:
+        fields: dict[str, Any] = dict(zip(_REDIS_EXCHANGE_FIELDS, self._fields(), strict=True))
+        fields.update(changes)
+        return RedisExchange(**fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RedisExchange) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "RedisExchange" + repr(self._fields())
+
+
+_REDIS_EXCHANGE_FIELDS = ("command", "reply", "start_ts", "end_ts", "token")
 
 
 class SqlExchange(NamedTuple):
