@@ -25,7 +25,8 @@ from types import ModuleType
 
 # What every request goes through: the ring buffer's drain and decode, the
 # pipeline's dispatch, parsing, tracking, its trace context, delivery, the span,
-# its metrics, its merge with SDK spans, and its encoding.
+# its metrics, its merge with SDK spans, and its encoding; the Redis parser too
+# (commands come as fast as HTTP requests, several values each).
 HOT_PATH = (
     "otel_ebpf.aggregation",
     "otel_ebpf.export_room",
@@ -43,6 +44,7 @@ HOT_PATH = (
     "otel_ebpf.processors.phases",
     "otel_ebpf.processors.protocols.http1",
     "otel_ebpf.processors.protocols.numbers",
+    "otel_ebpf.processors.protocols.resp",
     "otel_ebpf.processors.redaction",
     "otel_ebpf.processors.reorder",
     "otel_ebpf.processors.spans",
