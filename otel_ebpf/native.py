@@ -25,8 +25,9 @@ from types import ModuleType
 
 # What every request goes through: the ring buffer's drain and decode, the
 # pipeline's dispatch, parsing, tracking, its trace context, delivery, the span,
-# its metrics, its merge with SDK spans, and its encoding; the Redis parser too
-# (commands come as fast as HTTP requests, several values each).
+# its metrics, its merge with SDK spans, and its encoding; every protocol's
+# parser (a database's commands come as fast as HTTP requests; DNS and HTTP/2
+# because their framers share the compiled base class).
 HOT_PATH = (
     "otel_ebpf.aggregation",
     "otel_ebpf.export_room",
@@ -42,8 +43,13 @@ HOT_PATH = (
     "otel_ebpf.processors.misconfig",
     "otel_ebpf.processors.own_traffic",
     "otel_ebpf.processors.phases",
+    "otel_ebpf.processors.protocols.dns",
+    "otel_ebpf.processors.protocols.framing",
     "otel_ebpf.processors.protocols.http1",
+    "otel_ebpf.processors.protocols.http2",
+    "otel_ebpf.processors.protocols.mysql",
     "otel_ebpf.processors.protocols.numbers",
+    "otel_ebpf.processors.protocols.postgres",
     "otel_ebpf.processors.protocols.resp",
     "otel_ebpf.processors.redaction",
     "otel_ebpf.processors.reorder",
