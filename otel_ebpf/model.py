@@ -11,7 +11,7 @@ by convention (DataEvent and HttpHead give a changed copy with `replace()`).
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -88,6 +88,17 @@ _DATA_EVENT_FIELDS = (
 )
 
 
+_Record = TypeVar("_Record")
+
+
+def _copy_with(record: _Record, names: tuple[str, ...], changes: dict[str, Any]) -> _Record:
+    """A new record of `record`'s class, its `names` fields copied and `changes`
+    applied: `replace` of the compiled records (tests, tools, a rare end)."""
+    fields = {name: getattr(record, name) for name in names}
+    fields.update(changes)
+    return type(record)(**fields)
+
+
 class DataEvent:
     """Bytes moved by one send/recv-family call on a TCP socket. A plain class,
     not a NamedTuple: four come per request, and compiled a class of 25 fields
@@ -154,9 +165,7 @@ class DataEvent:
 
     def replace(self, **changes: Any) -> DataEvent:
         """A copy with `changes` (tests and tools: the event path never needs one)."""
-        fields: dict[str, Any] = {name: getattr(self, name) for name in _DATA_EVENT_FIELDS}
-        fields.update(changes)
-        return DataEvent(**fields)
+        return _copy_with(self, _DATA_EVENT_FIELDS, changes)
 
     def __repr__(self) -> str:
         return (
@@ -390,9 +399,7 @@ class HttpHead:
 
     def replace(self, **changes: Any) -> HttpHead:
         """A copy with `changes` (tests and tools)."""
-        fields: dict[str, Any] = dict(zip(_HTTP_HEAD_FIELDS, self._fields(), strict=True))
-        fields.update(changes)
-        return HttpHead(**fields)
+        return _copy_with(self, _HTTP_HEAD_FIELDS, changes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HttpHead) and self._fields() == other._fields()
@@ -490,9 +497,7 @@ class HttpExchange:
         )
 
     def _replace(self, **changes: Any) -> HttpExchange:
-        fields: dict[str, Any] = dict(zip(_HTTP_EXCHANGE_FIELDS, self._fields(), strict=True))
-        fields.update(changes)
-        return HttpExchange(**fields)
+        return _copy_with(self, _HTTP_EXCHANGE_FIELDS, changes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HttpExchange) and self._fields() == other._fields()
@@ -661,9 +666,7 @@ class RedisExchange:
         return (self.command, self.reply, self.start_ts, self.end_ts, self.token)
 
     def _replace(self, **changes: Any) -> RedisExchange:
-        fields: dict[str, Any] = dict(zip(_REDIS_EXCHANGE_FIELDS, self._fields(), strict=True))
-        fields.update(changes)
-        return RedisExchange(**fields)
+        return _copy_with(self, _REDIS_EXCHANGE_FIELDS, changes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RedisExchange) and self._fields() == other._fields()

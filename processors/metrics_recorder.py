@@ -58,9 +58,7 @@ _DNS_KEYS = ("dns.question.name", "error.type")
 _URLS = UrlRedactor()  # the path of a target, as spans take it
 _SERVER: Final = SpanKind.SERVER  # read once: an enum member is a class attribute lookup
 _ERROR: Final = StatusCode.ERROR
-# the graph's split of a client's time: part, the span attribute that measured it
-_SERVER_TIME: Final = "otel_ebpf.time.server"  # the split's parts, on the graph's edges
-_NETWORK_TIME: Final = "otel_ebpf.time.network"
+_SplitParts = tuple[tuple[Series, str], ...]  # (series, the span attribute that measured it)
 MAX_EDGE_SERIES = 4096  # (edge, verdict) pairs whose series are kept; all forgotten when full
 
 # The service at the other end of a connection (this end, other end), when it
@@ -104,9 +102,9 @@ class MetricsRecorder:
         # service.name per resource object (reading it is three interpreted calls);
         # the resource is kept beside its name, so its id cannot be reused meanwhile.
         self._services: dict[int, tuple[Resource, str]] = {}
-        # an edge's series of the split's parts and of each verdict: made once, not
-        # a tuple built and hashed per measurement
-        self._edge_series: dict[tuple[Series, str], tuple[Series, Series, Series]] = {}
+        # an edge's series for a verdict, and for each part of the split with the
+        # span attribute that measured it: made once, not per measurement
+        self._edge_series: dict[tuple[Series, str], tuple[Series, _SplitParts]] = {}
 
     # -- spans: RED and the service graph ----------------------------------------
 
@@ -266,22 +264,26 @@ class MetricsRecorder:
         verdict = attrs.get("otel_ebpf.verdict")
         if verdict is None:
             return
-        verdict_series, server_series, network_series = self._split_series(edge, str(verdict))
-        for series, key in ((server_series, _SERVER_TIME), (network_series, _NETWORK_TIME)):
+        verdict_series, parts = self._split_series(edge, str(verdict))
+        for series, key in parts:
             value = attrs.get(key)
             if isinstance(value, float):
                 m.graph_split.record_held(value, series, weight)
         m.graph_verdicts.add_held(weight, verdict_series)
 
-    def _split_series(self, edge: Series, verdict: str) -> tuple[Series, Series, Series]:
-        """The edge's series for a verdict and for the split's server and network parts."""
+    def _split_series(self, edge: Series, verdict: str) -> tuple[Series, _SplitParts]:
+        """The edge's series for a verdict, and for the split's server and network
+        parts, each with the span attribute that measured it."""
         made = self._edge_series.get((edge, verdict))
         if made is None:
             if len(self._edge_series) >= MAX_EDGE_SERIES:
                 self._edge_series.clear()
+            parts = tuple(
+                ((*edge, ("otel_ebpf.time.part", part)), f"otel_ebpf.time.{part}")
+                for part in ("server", "network")
+            )
             made = self._edge_series[(edge, verdict)] = (
                 (*edge, ("otel_ebpf.verdict", verdict)),
-                (*edge, ("otel_ebpf.time.part", "server")),
-                (*edge, ("otel_ebpf.time.part", "network")),
+                parts,
             )
         return made

@@ -457,7 +457,7 @@ class SpanBuilder:
             attrs["url.path"] = self._urls.split(x.path or "/")[0]
             attrs["server.port"] = x.port
         else:
-            address, port = host_port(host_of(x.host)) if x.host else ("", None)
+            _, address, port = self._host(x.host)
             attrs["server.address"] = address or x.peer
             attrs["server.port"] = port if port is not None else x.port
             attrs["network.peer.address"] = x.peer

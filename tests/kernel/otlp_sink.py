@@ -169,8 +169,9 @@ class MetricStore:
 
 
 class GrpcSink:
-    """OTLP/gRPC trace, metrics and profiles receiver; `keep=False` discards (a backend that only answers),
-    `delay_s` answers each trace export that late (a slow backend)."""
+    """OTLP/gRPC trace, metrics and profiles receiver; `keep=False` discards (a
+    backend that only answers), `delay_s` answers each trace export that late (a
+    slow backend)."""
 
     def __init__(self, port: int = 0, keep: bool = True, delay_s: float = 0.0) -> None:
         self.store = SpanStore()
