@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/event_loop_overhead.py
 	$(PY) bench/uprobe_cost.py
 	$(PY) bench/metrics_cost.py
+	$(PY) bench/collector_threads.py
 	$(PY) bench/nginx_overhead.py
 
 # The newest versions pyproject.toml allows, pinned in constraints.txt (setup

@@ -73,6 +73,7 @@ from otel_ebpf.receivers.profiler import CpuProfiler
 from otel_ebpf.receivers.ringbuf import DRAIN_INTERVAL_S, next_drain_wait
 from otel_ebpf.receivers.sockets import SocketReceiver, task_registers_missing
 from otel_ebpf.receivers.tls import OpenSslProbes
+from otel_ebpf.scheduling import name_threads
 from otel_ebpf.span_batches import SpanBatcher
 from otel_ebpf.span_budget import SpanBudgetKeeper, budget_settings
 from otel_ebpf.telemetry import SelfTelemetry, fault_summary
@@ -617,6 +618,7 @@ class Collector:
                 self.telemetry.spans_queued = sum(len(b.queue) for b in self._batchers)
                 self.telemetry.export_waited_ms = int(sum(r.waited_s for r in self._rooms) * 1000)
                 self._processes.refresh_pending()
+                name_threads()  # those started since: exporters', receivers' workers
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
+
+_named: set[int] = set()  # native thread ids given their names
+
+
+def name_threads() -> None:
+    """Each thread's name where the kernel shows it (`top -H`, `ps -L`,
+    /proc/PID/task/TID/comm), so a thread's CPU is told apart: span-export,
+    otlp-grpc_0, health... (Python names them only for itself). Threads named
+    already are skipped; the first 15 bytes of a name are kept, as the kernel
+    keeps them. The main thread keeps the program's name."""
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if thread is main or tid is None or tid in _named:
+            continue
+        _named.add(tid)
+        try:
+            with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
+                comm.write(thread.name.encode("utf-8", "replace")[:15])
+        except OSError:  # ended since the listing
+            continue
 
 
 def set_priority(nice: int) -> None:

@@ -98,7 +98,9 @@ class OwnProbes:
         self._collector = Collector(config)
         self._failure: BaseException | None = None
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="collector", daemon=True
+        )
         self._thread.start()
         while not ready.wait(0.1):
             if not self._thread.is_alive():

@@ -1,11 +1,15 @@
-"""The collector's CPUs: the kernel's CPU list format, read strictly."""
+"""The collector's CPUs: the kernel's CPU list format, read strictly; its
+threads' names, where the kernel shows them."""
 
 from __future__ import annotations
+
+import threading
+from pathlib import Path
 
 import pytest
 
 from otel_ebpf.config import ConfigError, load
-from otel_ebpf.scheduling import format_cpu_list, parse_cpu_list
+from otel_ebpf.scheduling import format_cpu_list, name_threads, parse_cpu_list
 
 
 def test_a_cpu_list_names_cpus_and_ranges() -> None:
@@ -25,3 +29,24 @@ def test_cpus_from_the_variable_and_a_bad_one_named() -> None:
     assert load(env={"OTEL_EBPF_CPUS": "1,3"}).ebpf.cpus == "1,3"
     with pytest.raises(ConfigError, match=r"OTEL_EBPF_CPUS='1-x'.*bad CPU list"):
         load(env={"OTEL_EBPF_CPUS": "1-x"})
+
+
+def test_threads_take_their_names_where_the_kernel_shows_them() -> None:
+    stop = threading.Event()
+    started = [
+        threading.Thread(target=stop.wait, name=name, daemon=True)
+        for name in ("span-export", "a-name-longer-than-the-kernel-keeps")
+    ]
+    for thread in started:
+        thread.start()
+    try:
+        name_threads()
+        shown = [
+            Path(f"/proc/self/task/{thread.native_id}/comm").read_text().rstrip("\n")
+            for thread in started
+        ]
+        assert shown == ["span-export", "a-name-longer-t"]
+        main = threading.main_thread().native_id
+        assert Path(f"/proc/self/task/{main}/comm").read_text() != "MainThread\n"
+    finally:
+        stop.set()
