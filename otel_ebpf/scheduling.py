@@ -8,19 +8,20 @@ import threading
 
 log = logging.getLogger(__name__)
 
-_named: set[int] = set()  # native thread ids given their names
+_named: set[int] = set()  # native ids of the live threads given their names
 
 
 def name_threads() -> None:
     """Each thread's name where the kernel shows it (`top -H`, `ps -L`,
     /proc/PID/task/TID/comm), so a thread's CPU is told apart: span-export,
-    otlp-grpc_0, health... (Python names them only for itself). Threads named
-    already are skipped; the first 15 bytes of a name are kept, as the kernel
-    keeps them. The main thread keeps the program's name."""
+    otlp-grpc_0, health... (Python names them only for itself). A thread is
+    named once; the first 15 bytes of its name are kept, as the kernel keeps
+    them. The main thread keeps the program's name."""
     main = threading.main_thread()
-    for thread in threading.enumerate():
-        tid = thread.native_id
-        if thread is main or tid is None or tid in _named:
+    live = {thread.native_id: thread for thread in threading.enumerate() if thread is not main}
+    _named.intersection_update(live)  # ended threads' ids go (a new thread may reuse one)
+    for tid, thread in live.items():
+        if tid is None or tid in _named:
             continue
         _named.add(tid)
         try:

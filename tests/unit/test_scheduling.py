@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_ebpf import scheduling
 from otel_ebpf.config import ConfigError, load
 from otel_ebpf.scheduling import format_cpu_list, name_threads, parse_cpu_list
 
@@ -50,3 +51,13 @@ def test_threads_take_their_names_where_the_kernel_shows_them() -> None:
         assert Path(f"/proc/self/task/{main}/comm").read_text() != "MainThread\n"
     finally:
         stop.set()
+
+
+def test_an_ended_threads_id_is_forgotten_so_the_record_stays_bounded() -> None:
+    """Threads come and go (a request's thread in an HTTP server): only the
+    live ones are remembered as named."""
+    ended = threading.Thread(target=lambda: None, name="short-lived")
+    ended.start()
+    ended.join()
+    name_threads()
+    assert ended.native_id not in scheduling._named
