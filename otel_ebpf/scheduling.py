@@ -8,7 +8,9 @@ import threading
 
 log = logging.getLogger(__name__)
 
-_named: set[int] = set()  # native ids of the live threads given their names
+# The live threads given their names, by native id: the thread itself is kept
+# too, as an ended thread's id is soon another's (pid_max can be 32,768).
+_named: dict[int, threading.Thread] = {}
 
 
 def name_threads() -> None:
@@ -18,12 +20,13 @@ def name_threads() -> None:
     named once; the first 15 bytes of its name are kept, as the kernel keeps
     them. The main thread keeps the program's name."""
     main = threading.main_thread()
-    live = {thread.native_id: thread for thread in threading.enumerate() if thread is not main}
-    _named.intersection_update(live)  # ended threads' ids go (a new thread may reuse one)
+    live = {t.native_id: t for t in threading.enumerate() if t is not main and t.native_id}
+    for tid in [tid for tid in _named if tid not in live]:  # ended: forgotten
+        del _named[tid]
     for tid, thread in live.items():
-        if tid is None or tid in _named:
+        if _named.get(tid) is thread:
             continue
-        _named.add(tid)
+        _named[tid] = thread
         try:
             with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
                 comm.write(thread.name.encode("utf-8", "replace")[:15])

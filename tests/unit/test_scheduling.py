@@ -53,11 +53,30 @@ def test_threads_take_their_names_where_the_kernel_shows_them() -> None:
         stop.set()
 
 
-def test_an_ended_threads_id_is_forgotten_so_the_record_stays_bounded() -> None:
+def test_an_ended_thread_is_forgotten_so_the_record_stays_bounded() -> None:
     """Threads come and go (a request's thread in an HTTP server): only the
     live ones are remembered as named."""
-    ended = threading.Thread(target=lambda: None, name="short-lived")
-    ended.start()
-    ended.join()
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="short-lived")
+    thread.start()
     name_threads()
-    assert ended.native_id not in scheduling._named
+    assert scheduling._named[thread.native_id] is thread
+    release.set()
+    thread.join()
+    name_threads()
+    assert scheduling._named.get(thread.native_id) is not thread
+
+
+def test_a_thread_on_an_ended_threads_id_is_named_too() -> None:
+    """Thread ids come round again (pid_max may be 32,768)."""
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="second-owner")
+    thread.start()
+    try:
+        scheduling._named[thread.native_id] = threading.Thread()  # the id's first owner
+        name_threads()
+        comm = Path(f"/proc/self/task/{thread.native_id}/comm").read_text()
+        assert comm == "second-owner\n"
+    finally:
+        release.set()
+        thread.join()
