@@ -201,7 +201,13 @@ class Http2Connection(FramedConnection[H2Output]):
             body = f.body
             if flags & PADDED:
                 pad = body[0] if body else 0
-                body = body[1 : len(body) - pad] if len(f.body) == f.length else body[1:]
+                if len(f.body) != f.length:  # cut by the capture: the padding is past it
+                    body = body[1:]
+                elif pad < len(body):
+                    body = body[1 : len(body) - pad]
+                else:  # padding as long as the payload or longer: malformed (RFC 9113 6.2)
+                    self._untrust(is_request)
+                    return
             if flags & PRIORITY_FLAG:
                 body = body[5:]
             whole = len(f.body) == f.length

@@ -127,6 +127,18 @@ def test_header_block_cut_by_the_capture_untrusts_that_direction() -> None:
     assert len(out) < 6  # streams after the cut are counted, not guessed
 
 
+@pytest.mark.parametrize("pad", [6, 7, 255])
+def test_padding_as_long_as_the_headers_payload_untrusts_that_direction(pad: int) -> None:
+    """RFC 9113 6.2: a connection error. As Python the slice read from the
+    wrong end of the payload; compiled, it raised SystemError."""
+    conn = Http2Connection()
+    conn.feed(True, PREFACE, 0)
+    payload = bytes([pad]) + b"\x82\x84\x87\x41\x00"  # 6 bytes, the pad length first
+    headers = len(payload).to_bytes(3, "big") + b"\x01\x0c" + (1).to_bytes(4, "big")
+    assert conn.feed(True, headers + payload, 1) == []  # PADDED | END_HEADERS
+    assert conn.untrusted[True] and conn.parse_errors == 1
+
+
 def test_joined_mid_connection_is_declined() -> None:
     conn = Http2Connection()
     later = [d for r, d in load("grpc.bin") if r][2]  # a client call after the preface
