@@ -9,19 +9,25 @@ round starts a collector, warms it for 3 s, then reads every thread's CPU time
 after the measured load; the collector names its threads where the kernel shows
 them (span-export, otlp-grpc_0...), and its main thread is the processing
 thread. Prints the medians per thread, in µs a request.
-Run as root: `.venv/bin/python bench/collector_threads.py [--rounds 3 --seconds 10]`.
+Run as root: `.venv/bin/python bench/collector_threads.py [--rounds 3 --seconds 10]
+[--only spans|spans+metrics]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import PACED_LUA, drained, null_sink, wrk  # also puts tests/kernel on the path
+from common import (  # also puts tests/kernel on the path
+    PACED_LUA,
+    drained,
+    null_sink,
+    wrk,
+    wrk_arguments,
+)
 
 from harness import CollectorProcess, Nginx
 
@@ -49,7 +55,7 @@ def _threads(pid: int) -> dict[str, tuple[float, float, float]]:
 
 
 def _round(
-    tmp: Path, setting: str, port: int, url: str, script: Path, seconds: int
+    tmp: Path, setting: str, port: int, url: str, script: Path, seconds: int, connections: int
 ) -> tuple[int, dict[str, tuple[float, float, float]]]:
     """Requests made, and each thread's (on CPU, user, system) over them."""
     collector = CollectorProcess(
@@ -59,9 +65,9 @@ def _round(
         metrics=["otlp"] if setting == "spans+metrics" else None,
     )
     try:
-        wrk(url, 3, 4, script)  # connections known, caches warm, threads named
+        wrk(url, 3, connections, script)  # connections known, caches warm, threads named
         before = _threads(collector.proc.pid)
-        _, _, requests = wrk(url, seconds, 4, script)
+        _, _, requests = wrk(url, seconds, connections, script)
         drained(collector)
         after = _threads(collector.proc.pid)
     finally:
@@ -75,10 +81,8 @@ def _round(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
-    args = parser.parse_args()
+    args = wrk_arguments(__doc__)
+    settings = [s for s in SETTINGS if not args.only or s in args.only.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-threads-"))
     script = tmp / "paced.lua"
     script.write_text(PACED_LUA)
@@ -86,15 +90,17 @@ def main() -> int:
     url = nginx.url("/index.html")
     # setting -> thread -> per round (on CPU, user, system) in µs a request
     per_request: dict[str, dict[str, list[tuple[float, ...]]]] = {
-        s: defaultdict(list) for s in SETTINGS
+        s: defaultdict(list) for s in settings
     }
-    totals: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    totals: dict[str, list[float]] = {s: [] for s in settings}
     try:
         with null_sink() as port:
             for n in range(args.rounds):
-                for setting in SETTINGS:
+                for setting in settings:
                     where = tmp / f"{setting}-{n}"
-                    requests, spent = _round(where, setting, port, url, script, args.seconds)
+                    requests, spent = _round(
+                        where, setting, port, url, script, args.seconds, args.connections
+                    )
                     for name, used in spent.items():
                         per_request[setting][name].append(tuple(v * 1e6 / requests for v in used))
                     totals[setting].append(sum(u[0] for u in spent.values()) * 1e6 / requests)
@@ -102,10 +108,11 @@ def main() -> int:
     finally:
         nginx.stop()
     print(
-        f"collector CPU per request by thread, nginx + wrk -c4 paced, a span per request, "
+        f"collector CPU per request by thread, nginx + wrk -c{args.connections} paced, "
+        f"a span per request, "
         f"{args.rounds} rounds x {args.seconds}s, medians (µs a request: on CPU, user, system)"
     )
-    for setting in SETTINGS:
+    for setting in settings:
         print(f"  {setting}: {statistics.median(totals[setting]):.1f} in all")
         rows = sorted(
             per_request[setting].items(), key=lambda kv: -statistics.median(r[0] for r in kv[1])
