@@ -12,7 +12,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from otel_ebpf.receivers.sockets import OPENSSL_PROBES, TRACEFS, attached_tracepoints
+from otel_ebpf.receivers.openssl_probes import openssl_probes
+from otel_ebpf.receivers.sockets import TRACEFS, attached_tracepoints
 from otel_ebpf.receivers.tls import mapped_paths
 
 # One program for every tracepoint and one for every uprobe (the program types
@@ -34,10 +35,10 @@ def counting_probes(libssl: str | None = None) -> Iterator[None]:
     for tp in (*attached_tracepoints(), "tcp/tcp_probe"):
         if (TRACEFS / "events" / tp).is_dir():
             bpf.attach_tracepoint(tp=tp.replace("/", ":"), fn_name="count_tracepoint")
-    for symbol, _, _ in OPENSSL_PROBES if libssl else ():
+    for probe in openssl_probes(libssl) if libssl else ():  # where the collector's sit
         with contextlib.suppress(Exception):  # an older libssl lacks the _ex calls
-            bpf.attach_uprobe(name=libssl, sym=symbol, fn_name="count_uprobe")
-            bpf.attach_uretprobe(name=libssl, sym=symbol, fn_name="count_uprobe")
+            bpf.attach_uprobe(name=libssl, fn_name="count_uprobe", **probe.where())
+            bpf.attach_uretprobe(name=libssl, fn_name="count_uprobe", **probe.where())
     try:
         yield
     finally:

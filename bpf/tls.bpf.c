@@ -2,7 +2,9 @@
 // OpenSSL plaintext through uprobes; loaded with sockets.bpf.c (appended to it:
 // it shares its maps, event layout and ring buffer).
 //
-//   SSL_write/SSL_read(_ex) entry   remember the SSL * and the plaintext buffer
+//   SSL_write/SSL_read(_ex) entry   remember the SSL * and the plaintext buffer (probed
+//                                   on the internal functions they call where
+//                                   receivers/openssl_probes.py finds them)
 //   socket tracepoints inside it    name the socket (sockets.bpf.c, ssl_calls),
 //                                   and mark it TLS so its ciphertext is never sent;
 //                                   a write's plaintext is sent at its first transfer
@@ -156,7 +158,8 @@ int ssl_write_enter(struct pt_regs *ctx) {
 int ssl_read_enter(struct pt_regs *ctx) {
     return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), (u32)PT_REGS_PARM3(ctx), 0, DIR_INGRESS);
 }
-// int SSL_write_ex(SSL *, const void *buf, size_t num, size_t *written); SSL_read_ex alike
+// int SSL_write_ex(SSL *, const void *buf, size_t num, size_t *written); SSL_read_ex alike,
+// and ssl_write_internal and ssl_read_internal, which they and SSL_write/SSL_read call
 int ssl_write_ex_enter(struct pt_regs *ctx) {
     return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx),
                      DIR_EGRESS);

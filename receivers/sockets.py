@@ -49,6 +49,7 @@ from otel_ebpf.model import (
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
 from otel_ebpf.receivers.base_types import ReceiverError, RedKey
 from otel_ebpf.receivers.map_batches import MapBatches
+from otel_ebpf.receivers.openssl_probes import OpenSslProbe, openssl_probes
 from otel_ebpf.receivers.pg_names import PgNames
 from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
@@ -96,13 +97,6 @@ REQUIRED_TRACEPOINTS = (
     "tcp/tcp_send_reset",
 )
 # OpenSSL functions probed (tls.bpf.c): symbol, entry program, return program.
-OPENSSL_PROBES = (
-    ("SSL_do_handshake", "ssl_handshake_enter", "ssl_exit_plain"),
-    ("SSL_write", "ssl_write_enter", "ssl_exit_plain"),
-    ("SSL_read", "ssl_read_enter", "ssl_exit_plain"),
-    ("SSL_write_ex", "ssl_write_ex_enter", "ssl_exit_ex"),
-    ("SSL_read_ex", "ssl_read_ex_enter", "ssl_exit_ex"),
-)
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 
@@ -556,6 +550,7 @@ class SocketReceiver:
         self.pg_names: PgNames | None = None
         self.events_received = 0
         self._ring_fill: Any = None  # told how far reads got (watch_ring)
+        self._openssl: dict[str, list[OpenSslProbe]] = {}  # path -> the probes attached
 
     def exec_service_name(self, pid: int) -> str | None:
         """OTEL_SERVICE_NAME as the process was exec'd with, kept by the kernel after
@@ -843,29 +838,44 @@ class SocketReceiver:
 
     def attach_openssl(self, path: str) -> int:
         """Uprobes on one libssl file (every process mapping it, now and later, is
-        covered: uprobes live on the file). Returns the functions attached."""
+        covered: uprobes live on the file), where the kernel emulates the probed
+        instruction if the file's code shows where (openssl_probes.py). Returns
+        the exported functions covered."""
         if self._bpf is None:
             return 0
         bpf: Any = self._bpf
-        attached = 0
-        for symbol, enter, exit_ in OPENSSL_PROBES:
+        attached = []
+        for probe in openssl_probes(path):
             try:
-                bpf.attach_uprobe(name=path, sym=symbol, fn_name=enter)
-                bpf.attach_uretprobe(name=path, sym=symbol, fn_name=exit_)
+                bpf.attach_uprobe(name=path, fn_name=probe.enter, **probe.where())
+                bpf.attach_uretprobe(name=path, fn_name=probe.exit, **probe.where())
             except Exception as exc:  # an older libssl lacks the _ex calls
-                log.debug("%s: %s not probed (%s)", path, symbol, exc)
+                log.debug("%s: %s not probed (%s)", path, "/".join(probe.covers), exc)
+                self._detach_openssl_probe(path, probe)
                 continue
-            attached += 1
-        return attached
+            attached.append(probe)
+        self._openssl[path] = attached
+        log.debug(
+            "%s: OpenSSL probes %s",
+            path,
+            ", ".join(
+                f"{'/'.join(p.covers)} at {'its entry' if p.address is None else hex(p.address)}"
+                for p in attached
+            ),
+        )
+        return sum(len(p.covers) for p in attached)
 
     def detach_openssl(self, path: str) -> None:
         if self._bpf is None:
             return
+        for probe in self._openssl.pop(path, []):
+            self._detach_openssl_probe(path, probe)
+
+    def _detach_openssl_probe(self, path: str, probe: OpenSslProbe) -> None:
         bpf: Any = self._bpf
-        for symbol, _, _ in OPENSSL_PROBES:
-            for detach in (bpf.detach_uprobe, bpf.detach_uretprobe):
-                with contextlib.suppress(Exception):  # never attached (or the file is gone)
-                    detach(name=path, sym=symbol)
+        for detach in (bpf.detach_uprobe, bpf.detach_uretprobe):
+            with contextlib.suppress(Exception):  # never attached (or the file is gone)
+                detach(name=path, **probe.where())
 
     def attach_go(self, path: str, probes: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """Uprobes (bpf/go.bpf.c) on one Go executable at its functions' addresses.
