@@ -1,6 +1,6 @@
 """HTTPS through the OpenSSL uprobes: nginx, curl, ab, Python's ssl module, a client
-with its own copy of libssl started after the collector, OpenSSL 1.1 from a wheel,
-and a Go client whose TLS the collector must say it cannot read."""
+with its own copy of libssl started after the collector, OpenSSL 1.1 and 3.x from
+wheels, and a Go client whose TLS the collector must say it cannot read."""
 
 from __future__ import annotations
 
@@ -170,18 +170,22 @@ def test_postgresql_over_tls_through_the_same_parser(
     assert all(s.service == "psql" and s.attributes["db.namespace"] == "postgres" for s in spans)
 
 
-# psycopg2-binary 2.9.5's wheel bundles OpenSSL 1.1.1 (Debian 12 ships only 3.x).
-# The client shows itself with a plain connection, then waits for a line on
-# stdin (the collector probing its libssl) before it speaks TLS.
-OPENSSL_1_1_CLIENT = textwrap.dedent(
+# Database drivers' wheels bundle their own OpenSSL: psycopg2-binary 2.9.5's
+# 1.1.1 (Debian 12 ships only 3.x), probed on the internal read and write
+# functions as the system's 3.0 is; psycopg-binary 3.3's 3.x, whose writes keep
+# the exported entries (ssl_write_internal takes a flags argument since 3.3)
+# while its reads are probed on the internal function. The client shows itself
+# with a plain connection, then waits for a line on stdin (the collector probing
+# its libssl) before it speaks TLS.
+WHEEL_OPENSSL_CLIENT = textwrap.dedent(
     """
-    import socket, sys, psycopg2
-    dsn, port = sys.argv[1], int(sys.argv[2])
-    maps = open("/proc/self/maps").read()
-    assert "psycopg2_binary.libs/libssl-" in maps and ".so.1.1" in maps, "no OpenSSL 1.1"
-    socket.create_connection(("127.0.0.1", port)).close()
+    import importlib, socket, sys
+    driver, library, dsn, port = sys.argv[1:5]
+    db = importlib.import_module(driver)
+    assert library in open("/proc/self/maps").read(), f"no {library}"
+    socket.create_connection(("127.0.0.1", int(port))).close()
     sys.stdin.readline()
-    conn = psycopg2.connect(dsn + " sslmode=require")
+    conn = db.connect(dsn + " sslmode=require")
     conn.autocommit = True
     cur = conn.cursor()
     cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -192,22 +196,30 @@ OPENSSL_1_1_CLIENT = textwrap.dedent(
 )
 
 
-def test_openssl_1_1_bundled_by_a_python_wheel(
-    collector: CollectorProcess, grpc_sink: GrpcSink, tmp_path: Path
+@pytest.mark.parametrize(
+    ("driver", "library"),
+    [
+        ("psycopg2", "psycopg2_binary.libs/libssl-3a880ada.so.1.1"),
+        ("psycopg", "psycopg_binary.libs/libssl-6a9b88ec.so.3"),
+    ],
+)
+def test_openssl_bundled_by_a_python_wheel(
+    collector: CollectorProcess, grpc_sink: GrpcSink, tmp_path: Path, driver: str, library: str
 ) -> None:
     pg = Postgres(tmp_path / "pg", tls=True)
+    service = f"py-{driver}-tls"
     try:
         since = time.time_ns()
         client = subprocess.Popen(
-            [sys.executable, "-c", OPENSSL_1_1_CLIENT, pg.dsn, str(pg.port)],
+            [sys.executable, "-c", WHEEL_OPENSSL_CLIENT, driver, library, pg.dsn, str(pg.port)],
             stdin=subprocess.PIPE,
-            env={**os.environ, "OTEL_SERVICE_NAME": "py-openssl-1.1"},
+            env={**os.environ, "OTEL_SERVICE_NAME": service},
         )
         assert client.stdin is not None
         wait_until(
-            lambda: "libssl-3a880ada.so.1.1" in collector.log_path.read_text(),
+            lambda: Path(library).name in collector.log_path.read_text(),
             30,
-            "the collector probing the wheel's libssl 1.1",
+            f"the collector probing {library}",
         )
         client.stdin.write(b"go\n")
         client.stdin.close()
@@ -217,7 +229,7 @@ def test_openssl_1_1_bundled_by_a_python_wheel(
         pg.stop()
     texts = sorted(s.attributes["db.query.text"] for s in spans)
     assert texts == ["SELECT ?", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"]
-    assert all(s.service == "py-openssl-1.1" for s in spans)
+    assert all(s.service == service for s in spans)
 
 
 def test_a_client_in_another_mount_namespace_started_after_the_collector(

@@ -7,6 +7,8 @@ import ssl
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from otel_ebpf.receivers.openssl_probes import (
     ENTRY_PROBES,
@@ -78,3 +80,22 @@ def test_the_systems_libssl_is_probed_on_pushes_for_every_read_and_write() -> No
                     break
             else:
                 raise AssertionError(f"{probe.address:#x} is in no loaded segment")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cut=st.integers(0, 1 << 20), flips=st.lists(st.tuples(st.integers(0), st.integers(0, 255))))
+def test_a_cut_or_corrupted_library_gives_probes_never_an_exception(
+    tmp_path: Path, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    code = bytearray(Path(host_libraries()[0]).read_bytes()[:cut])
+    for at, value in flips:
+        if code:
+            code[at % len(code)] = value
+    copy = tmp_path / "libssl.so.3"
+    copy.write_bytes(code)
+    probes = openssl_probes(str(copy))
+    assert sorted(name for p in probes for name in p.covers) == sorted(
+        s for s, _, _ in ENTRY_PROBES
+    )
