@@ -168,6 +168,12 @@ int ssl_read_ex_enter(struct pt_regs *ctx) {
     return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx),
                      DIR_INGRESS);
 }
+// since OpenSSL 3.3: int ssl_write_internal(SSL *, const void *buf, size_t num, uint64_t flags,
+// size_t *written)
+int ssl_write_ex2_enter(struct pt_regs *ctx) {
+    return ssl_enter(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM5(ctx),
+                     DIR_EGRESS);
+}
 int ssl_handshake_enter(struct pt_regs *ctx) {
     return ssl_enter(PT_REGS_PARM1(ctx), 0, 0, 0, DIR_NONE);
 }

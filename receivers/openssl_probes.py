@@ -6,13 +6,13 @@ branch, a call) 0.6-0.7 us (bench/uprobe_cost.py). OpenSSL 3.0's `SSL_read`
 and `SSL_write` begin with `sub $0x18,%rsp`, stepped out of line, and an HTTPS
 request makes about five such calls. Both, and their `_ex` forms, call one
 internal function each (`ssl_read_internal`, `ssl_write_internal`: `(SSL *,
-buf, size_t num, size_t *done)`, the `_ex` forms' signature) that begins with
-a push: the probes sit there when that can be shown from the file's code, and
-at the exported entries otherwise (another build, another version, a library
-that inlined them), as before. The internal function is found as the one
-target that the first calls of the exported pair share; a uprobe at a
-function's entry (or just past its `endbr64`) also keeps the stack as the
-return probe needs it.
+buf, size_t num, size_t *done)`, the `_ex` forms' signature, with a flags
+argument before `done` for writes since 3.3) that begins with a push: the
+probes sit there when that can be shown from the file's code, and at the
+exported entries otherwise (another build, a library that inlined them), as
+before. The internal function is found as the one target that the first calls
+of an exported pair share; a uprobe at a function's entry (or just past its
+`endbr64`) also keeps the stack as the return probe needs it.
 """
 
 from __future__ import annotations
@@ -47,14 +47,17 @@ ENTRY_PROBES = (
     ("SSL_write_ex", "ssl_write_ex_enter", "ssl_exit_ex"),
     ("SSL_read_ex", "ssl_read_ex_enter", "ssl_exit_ex"),
 )
-# The exported pairs that share an internal function with the `_ex` signature.
+# The internal functions, each shown by the first call of an exported pair,
+# with the program that reads its arguments: (SSL *, buf, size_t num, size_t
+# *done), and since OpenSSL 3.3 (SSL_write_ex2) a flags argument before the
+# written count.
 _INTERNAL = (
     (("SSL_read", "SSL_read_ex"), "ssl_read_ex_enter"),
     (("SSL_write", "SSL_write_ex"), "ssl_write_ex_enter"),
+    (("SSL_write", "SSL_write_ex2"), "ssl_write_ex2_enter"),
 )
-# OpenSSL 3.3 gave ssl_write_internal a flags argument before `written`
-# (SSL_write_ex2): its writes keep the exported entries.
-_WRITE_FLAGS_SYMBOL = b"SSL_write_ex2"
+_FLAGS_SINCE_3_3 = "SSL_write_ex2"
+_EXPORTED = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", _FLAGS_SINCE_3_3)
 _SCAN_BYTES = 64  # of an exported function, for its first call
 _ENDBR64 = b"\xf3\x0f\x1e\xfa"
 
@@ -68,29 +71,22 @@ def emulated_entry(code: bytes) -> int | None:
     return at if push and 0x50 <= push[0] <= 0x57 else None
 
 
-def call_targets(code: bytes, address: int) -> list[int]:
-    """Targets of every `call rel32` byte pattern in `code` (at `address`), in order.
-    A byte scan, not a decoder: a target counts only where both functions of a
-    pair agree on it, which a misread byte does not."""
-    targets = []
-    at = code.find(b"\xe8")
-    while 0 <= at <= len(code) - 5:
-        offset = int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
-        targets.append(address + at + 5 + offset)
-        at = code.find(b"\xe8", at + 1)
-    return targets
-
-
-def shared_first_call(a: list[int], b: list[int], text: range) -> int | None:
-    """The first target within `text` of each list, when it is the same one."""
-    first_a = next((t for t in a if t in text), None)
-    first_b = next((t for t in b if t in text), None)
-    return first_a if first_a is not None and first_a == first_b else None
+def first_branch(code: bytes, address: int, text: range) -> int | None:
+    """The first target in `text` of a `call rel32` or `jmp rel32` byte pattern in
+    `code` (at `address`). A byte scan, not a decoder: a target counts only
+    where two functions agree on it, which a misread byte does not."""
+    for at, byte in enumerate(code[: len(code) - 4]):
+        if byte in (0xE8, 0xE9):
+            target = address + at + 5 + int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
+            if target in text:
+                return target
+    return None
 
 
 def openssl_probes(path: str) -> list[OpenSslProbe]:
     """The probes for one libssl file: on the internal read and write functions
-    where they can be shown, at the exported entries otherwise."""
+    where they can be shown, at the exported entries otherwise (a call through
+    both is reported once, by the outer: bpf/tls.bpf.c counts the depth)."""
     entries = [OpenSslProbe((s,), None, enter, exit_) for s, enter, exit_ in ENTRY_PROBES]
     try:
         with open(path, "rb") as f:
@@ -110,32 +106,35 @@ def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:
     if text is None:
         return []
     text_range = range(text["sh_addr"], text["sh_addr"] + text["sh_size"])
-    wanted = tuple(name.encode() for pair, _ in _INTERNAL for name in pair)
     found = {
         name.decode(): value
-        for name, _, value in named_symbols(elf, ".dynsym", (*wanted, _WRITE_FLAGS_SYMBOL))
+        for name, _, value in named_symbols(elf, ".dynsym", tuple(n.encode() for n in _EXPORTED))
     }
     loads = [
         Load(seg["p_offset"], seg["p_vaddr"], seg["p_filesz"])
         for seg in elf.iter_segments()
         if seg["p_type"] == "PT_LOAD"
     ]
+    first = {
+        name: first_branch(_code(f, loads, address, _SCAN_BYTES), address, text_range)
+        for name, address in found.items()
+    }
+    flags = _FLAGS_SINCE_3_3 in found
     probes = []
-    for (exported, ex_form), enter in _INTERNAL:
-        if enter == "ssl_write_ex_enter" and _WRITE_FLAGS_SYMBOL.decode() in found:
+    for pair, enter in _INTERNAL:
+        if pair[0].startswith("SSL_write") and (_FLAGS_SINCE_3_3 in pair) != flags:
             continue
-        if exported not in found or ex_form not in found:
-            continue
-        target = shared_first_call(
-            call_targets(_code(f, loads, found[exported], _SCAN_BYTES), found[exported]),
-            call_targets(_code(f, loads, found[ex_form], _SCAN_BYTES), found[ex_form]),
-            text_range,
-        )
-        if target is None:
+        target = first.get(pair[0])
+        if target is None or first.get(pair[1]) != target:
             continue
         offset = emulated_entry(_code(f, loads, target, 8))
-        if offset is not None:
-            probes.append(OpenSslProbe((exported, ex_form), target + offset, enter, "ssl_exit_ex"))
+        if offset is None:
+            continue
+        # and the exported functions that go through one of the pair (SSL_write_ex
+        # jumps to SSL_write_ex2 since 3.3)
+        through = {target, *(found[name] for name in pair)}
+        covers = [name for name in _EXPORTED if name in pair or first.get(name) in through]
+        probes.append(OpenSslProbe(tuple(covers), target + offset, enter, "ssl_exit_ex"))
     return probes
 
 

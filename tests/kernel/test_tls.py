@@ -171,10 +171,10 @@ def test_postgresql_over_tls_through_the_same_parser(
 
 
 # Database drivers' wheels bundle their own OpenSSL: psycopg2-binary 2.9.5's
-# 1.1.1 (Debian 12 ships only 3.x), probed on the internal read and write
-# functions as the system's 3.0 is; psycopg-binary 3.3's 3.x, whose writes keep
-# the exported entries (ssl_write_internal takes a flags argument since 3.3)
-# while its reads are probed on the internal function. The client shows itself
+# 1.1.1 (Debian 12 ships only 3.x) and psycopg-binary 3.3's 3.x (whose
+# ssl_write_internal takes a flags argument before the written count), both
+# probed on the internal read and write functions as the system's 3.0 is. The
+# client shows itself
 # with a plain connection, then waits for a line on stdin (the collector probing
 # its libssl) before it speaks TLS.
 WHEEL_OPENSSL_CLIENT = textwrap.dedent(
