@@ -19,6 +19,7 @@ from otel_ebpf import native
 from otel_ebpf.privileges import missing_capabilities
 from otel_ebpf.receivers.asyncio_tasks import probes_of
 from otel_ebpf.receivers.base_types import ReceiverError
+from otel_ebpf.receivers.openssl_probes import openssl_probes, placement
 from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE, directory_problem, kept
 from otel_ebpf.receivers.sockets import (
     OPTIONAL_PLAIN_SYSCALLS,
@@ -171,7 +172,8 @@ def _tls() -> Iterator[Check]:
     yield Check(
         OK if libraries else WARN,
         "TLS: OpenSSL",
-        ", ".join(libraries) or "no libssl.so in the host's library directories",
+        "; ".join(f"{path} ({placement(openssl_probes(path))})" for path in libraries)
+        or "no libssl.so in the host's library directories",
     )
     pids = sorted({c.pid for c in psutil.net_connections(kind="tcp") if c.pid})
     for pid in pids:

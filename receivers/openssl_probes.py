@@ -34,6 +34,11 @@ class OpenSslProbe(NamedTuple):
     enter: str  # programs in bpf/tls.bpf.c
     exit: str
 
+    def traps(self) -> bool:
+        """A read or write probe at its exported entry (SSL_do_handshake's, once a
+        connection, stays at its entry, which begins with a push in the builds seen)."""
+        return self.address is None and self.enter != "ssl_handshake_enter"
+
     def where(self) -> dict[str, int | str]:
         """bcc's arguments for where it sits: its address, or its symbol's."""
         return {"sym": self.covers[0]} if self.address is None else {"addr": self.address}
@@ -96,6 +101,17 @@ def openssl_probes(path: str) -> list[OpenSslProbe]:
         return entries
     covered = {name for probe in internal for name in probe.covers}
     return internal + [p for p in entries if p.covers[0] not in covered]
+
+
+def placement(probes: list[OpenSslProbe]) -> str:
+    """Where the read and write probes sit, for a log line and `doctor`."""
+    at_entries = [p.covers[0] for p in probes if p.traps()]
+    if not at_entries:
+        return "reads and writes probed on instructions the kernel emulates"
+    return (
+        f"{', '.join(at_entries)} probed at the exported entry: each call may trap"
+        " (an instruction the kernel steps out of line, ~25 us on a virtual machine)"
+    )
 
 
 def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:

@@ -49,7 +49,7 @@ from otel_ebpf.model import (
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
 from otel_ebpf.receivers.base_types import ReceiverError, RedKey
 from otel_ebpf.receivers.map_batches import MapBatches
-from otel_ebpf.receivers.openssl_probes import OpenSslProbe, openssl_probes
+from otel_ebpf.receivers.openssl_probes import OpenSslProbe, openssl_probes, placement
 from otel_ebpf.receivers.pg_names import PgNames
 from otel_ebpf.receivers.program_cache import compile_or_load
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
@@ -855,13 +855,8 @@ class SocketReceiver:
                 continue
             attached.append(probe)
         self._openssl[path] = attached
-        log.debug(
-            "%s: OpenSSL probes %s",
-            path,
-            ", ".join(
-                f"{'/'.join(p.covers)} at {'its entry' if p.address is None else hex(p.address)}"
-                for p in attached
-            ),
+        (log.info if any(p.traps() for p in attached) else log.debug)(
+            "%s: %s", path, placement(attached)
         )
         return sum(len(p.covers) for p in attached)
 

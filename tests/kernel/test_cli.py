@@ -34,6 +34,8 @@ def test_doctor_reports_every_capability() -> None:
         assert any(row.startswith(line) for row in out.splitlines()), f"missing {line!r} in:\n{out}"
     (counted,) = [row for row in out.splitlines() if row.startswith("OK    counted in the kernel")]
     assert "HTTP/1 requests, Redis commands" in counted  # every counting program loaded
+    (tls,) = [row for row in out.splitlines() if row.startswith("OK    TLS: OpenSSL")]
+    assert "libssl.so.3 (reads and writes probed on instructions the kernel emulates)" in tls
     for name in (
         "uprobes",
         "kprobes",

@@ -15,6 +15,7 @@ from otel_ebpf.receivers.openssl_probes import (
     emulated_entry,
     first_branch,
     openssl_probes,
+    placement,
 )
 from otel_ebpf.receivers.tls import host_libraries
 
@@ -50,8 +51,12 @@ def test_the_first_call_or_jump_into_text_is_read_relative_to_the_next_instructi
 
 
 def test_a_file_that_is_not_a_library_gets_the_exported_entries(tmp_path: Path) -> None:
-    entries = [(p.covers, p.address, p.enter, p.exit) for p in openssl_probes(__file__)]
+    probes = openssl_probes(__file__)
+    entries = [(p.covers, p.address, p.enter, p.exit) for p in probes]
     assert entries == [((s,), None, enter, exit_) for s, enter, exit_ in ENTRY_PROBES]
+    assert placement(probes).startswith(
+        "SSL_write, SSL_read, SSL_write_ex, SSL_read_ex probed at the exported entry: each call"
+    )  # said at info level, and by doctor
     assert len(openssl_probes(str(tmp_path / "gone.so"))) == len(ENTRY_PROBES)
 
 
@@ -59,6 +64,7 @@ def test_the_systems_libssl_is_probed_on_pushes_for_every_read_and_write() -> No
     assert ssl.OPENSSL_VERSION.startswith("OpenSSL 3.0")  # Debian 12's, which the benches run
     path = host_libraries()[0]
     probes = openssl_probes(path)
+    assert placement(probes) == "reads and writes probed on instructions the kernel emulates"
     covered = sorted(name for p in probes for name in p.covers)
     assert covered == sorted(s for s, _, _ in ENTRY_PROBES)  # every call seen, once
     internal = {p.covers: p for p in probes if p.address is not None}
