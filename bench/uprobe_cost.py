@@ -3,24 +3,35 @@ the kernel steps out of line) or on the stack check's JBE (a branch the kernel
 emulates), where receivers/goroutines.py puts the collector's. CPU time of
 200,000 calls with a program that does nothing attached, per call.
 
-Run as root: `.venv/bin/python bench/uprobe_cost.py`.
+Then the same for OpenSSL over nginx and wrk (HTTPS, paced): counting uprobes
+at the exported `SSL_read`/`SSL_write` entries (a `sub` stepped out of line)
+against where receivers/openssl_probes.py puts the collector's (the internal
+functions' first push, emulated), and none; alternating rounds, medians of the
+machine's busy CPU per request and of wrk's p99.
+
+Run as root: `.venv/bin/python bench/uprobe_cost.py [--rounds 3 --seconds 8]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts tests/kernel on the path)
+import psutil
 from bcc import BPF
+from common import PACED_LUA, wrk  # also puts tests/kernel on the path
 from elftools.elf.elffile import ELFFile
 
-from harness import build_go
+from harness import Nginx, build_go
 from otel_ebpf.processors.profiling.gopclntab import go_functions
 from otel_ebpf.receivers.goroutines import PROLOGUE_BYTES, stack_check_branch
+from otel_ebpf.receivers.openssl_probes import ENTRY_PROBES, OpenSslProbe, openssl_probes
+from otel_ebpf.receivers.tls import host_libraries
 
 CALLS = 200_000
 
@@ -34,7 +45,7 @@ def cpu_per_call(binary: Path) -> float:
     return spent / CALLS * 1e6
 
 
-def main() -> int:
+def go_function() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-uprobe-"))
     binary = build_go(Path(__file__).parent / "uprobe_loop" / "main.go", tmp / "uprobe_loop")
     with open(binary, "rb") as f:
@@ -55,6 +66,81 @@ def main() -> int:
         runs = [cpu_per_call(binary) for _ in range(3)]
         bpf.cleanup()
         print(f"uprobe at the {where}: {min(runs):.2f}-{max(runs):.2f} us per call")
+
+
+_COUNTING = """
+BPF_ARRAY(hits, u64, 1);
+int count_hit(struct pt_regs *ctx) {
+    u32 k = 0;
+    u64 *n = hits.lookup(&k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+"""
+
+
+def busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + t.irq + t.softirq
+
+
+def https_round(
+    url: str, seconds: int, script: Path, library: str, probes: list[OpenSslProbe]
+) -> tuple[float, float, float]:
+    """(busy CPU per request in us, p99 in ms, probe hits per request) of one wrk run."""
+    bpf = BPF(text=_COUNTING)  # (a BPF object with no table read yet is falsy: len 0)
+    try:
+        for probe in probes:
+            bpf.attach_uprobe(name=library, fn_name="count_hit", **probe.where())
+            bpf.attach_uretprobe(name=library, fn_name="count_hit", **probe.where())
+        before = busy_seconds()
+        _, p99, total = wrk(url, seconds, 4, script)
+        busy = busy_seconds() - before
+        hits = bpf["hits"][0].value
+    finally:
+        bpf.cleanup()
+    return busy / total * 1e6, p99 * 1e3, hits / total
+
+
+def openssl(rounds: int, seconds: int) -> None:
+    library = host_libraries()[0]
+    sides = {
+        "no probes": [],
+        "at the exported entries": [
+            OpenSslProbe((symbol,), None, "count_hit", "count_hit") for symbol, _, _ in ENTRY_PROBES
+        ],
+        "where the collector puts them": openssl_probes(library),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-openssl-"))
+    script = tmp / "paced.lua"
+    script.write_text(PACED_LUA)
+    nginx = Nginx(tmp / "nginx")
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+    try:
+        url = nginx.https_url("/index.html")
+        wrk(url, 2, 4, script)  # warm up
+        for r in range(rounds):
+            for name in list(sides) if r % 2 == 0 else reversed(sides):
+                results[name].append(https_round(url, seconds, script, library, sides[name]))
+    finally:
+        nginx.stop()
+    print(f"OpenSSL ({library}), nginx + wrk over HTTPS paced, {rounds} rounds x {seconds}s:")
+    med = statistics.median
+    for name, runs in results.items():
+        print(
+            f"  {name:30s} busy CPU {med(r[0] for r in runs):6.1f} us a request,"
+            f" p99 {med(r[1] for r in runs):.3f} ms, {med(r[2] for r in runs):.1f} hits a request"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    go_function()
+    openssl(args.rounds, args.seconds)
     return 0
 
 
