@@ -1,7 +1,7 @@
 """Where the OpenSSL uprobes sit in one libssl file: on instructions the kernel emulates.
 
 A uprobe on an instruction the kernel must step out of line (a debug trap) cost
-24-28 us a hit on this project's machines; on one it emulates (a push, a
+15-28 us a hit on this project's machines; on one it emulates (a push, a
 branch, a call) 0.6-0.7 us (bench/uprobe_cost.py). OpenSSL 3.0's `SSL_read`
 and `SSL_write` begin with `sub $0x18,%rsp`, stepped out of line, and an HTTPS
 request makes about five such calls. Both, and their `_ex` forms, call one
@@ -35,8 +35,9 @@ class OpenSslProbe(NamedTuple):
     exit: str
 
     def traps(self) -> bool:
-        """A read or write probe at its exported entry (SSL_do_handshake's, once a
-        connection, stays at its entry, which begins with a push in the builds seen)."""
+        """A read or write probe left at its exported entry. (SSL_do_handshake's
+        always is: it runs once a connection, and begins with a push in the
+        builds seen.)"""
         return self.address is None and self.enter != "ssl_handshake_enter"
 
     def where(self) -> dict[str, int | str]:
@@ -53,13 +54,14 @@ ENTRY_PROBES = (
     ("SSL_read_ex", "ssl_read_ex_enter", "ssl_exit_ex"),
 )
 # The internal functions, each shown by the first call of an exported pair,
-# with the program that reads its arguments: (SSL *, buf, size_t num, size_t
-# *done), and since OpenSSL 3.3 (SSL_write_ex2) a flags argument before the
-# written count.
+# with the program that reads its arguments (SSL *, buf, size_t num, size_t
+# *done) and the libraries it is for: any (None), before OpenSSL 3.3 (False),
+# or since (True), when SSL_write_ex2 came and a flags argument before the
+# written count with it.
 _INTERNAL = (
-    (("SSL_read", "SSL_read_ex"), "ssl_read_ex_enter"),
-    (("SSL_write", "SSL_write_ex"), "ssl_write_ex_enter"),
-    (("SSL_write", "SSL_write_ex2"), "ssl_write_ex2_enter"),
+    (("SSL_read", "SSL_read_ex"), "ssl_read_ex_enter", None),
+    (("SSL_write", "SSL_write_ex"), "ssl_write_ex_enter", False),
+    (("SSL_write", "SSL_write_ex2"), "ssl_write_ex2_enter", True),
 )
 _FLAGS_SINCE_3_3 = "SSL_write_ex2"
 _EXPORTED = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", _FLAGS_SINCE_3_3)
@@ -106,6 +108,8 @@ def openssl_probes(path: str) -> list[OpenSslProbe]:
 def placement(probes: list[OpenSslProbe]) -> str:
     """Where the read and write probes sit, for a log line and `doctor`."""
     at_entries = [p.covers[0] for p in probes if p.traps()]
+    if not any(p.enter != "ssl_handshake_enter" for p in probes):
+        return "no read or write function probed"
     if not at_entries:
         return "reads and writes probed on instructions the kernel emulates"
     return (
@@ -135,10 +139,10 @@ def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:
         name: first_branch(_code(f, loads, address, _SCAN_BYTES), address, text_range)
         for name, address in found.items()
     }
-    flags = _FLAGS_SINCE_3_3 in found
+    since_3_3 = _FLAGS_SINCE_3_3 in found
     probes = []
-    for pair, enter in _INTERNAL:
-        if pair[0].startswith("SSL_write") and (_FLAGS_SINCE_3_3 in pair) != flags:
+    for pair, enter, version in _INTERNAL:
+        if version is not None and version != since_3_3:
             continue
         target = first.get(pair[0])
         if target is None or first.get(pair[1]) != target:

@@ -96,7 +96,6 @@ REQUIRED_TRACEPOINTS = (
     "tcp/tcp_receive_reset",
     "tcp/tcp_send_reset",
 )
-# OpenSSL functions probed (tls.bpf.c): symbol, entry program, return program.
 # send/recv exist as syscalls on some architectures only (not on x86_64).
 OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
 

@@ -57,6 +57,8 @@ def test_a_file_that_is_not_a_library_gets_the_exported_entries(tmp_path: Path) 
     assert placement(probes).startswith(
         "SSL_write, SSL_read, SSL_write_ex, SSL_read_ex probed at the exported entry: each call"
     )  # said at info level, and by doctor
+    assert placement(probes[:1]) == "no read or write function probed"  # SSL_do_handshake's only
+    assert placement([]) == "no read or write function probed"
     assert len(openssl_probes(str(tmp_path / "gone.so"))) == len(ENTRY_PROBES)
 
 
