@@ -64,6 +64,12 @@ def neighbour(cores: float) -> Iterator[None]:
         end_process(proc)
 
 
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (every process, the kernel's too)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

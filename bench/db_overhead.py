@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 from common import (  # also puts tests/kernel on the path
+    busy_seconds,
     drained,
     neighbour,
     null_sink,
@@ -88,12 +89,6 @@ def db_operations(sink: GrpcSink, service: str) -> int:
     """Operations in db.client.operation.duration for `service` (cumulative)."""
     series = sink.metrics.series("db.client.operation.duration", **{"service.name": service})
     return sum(int(point.value) for point in series.values())
-
-
-def busy_seconds() -> float:
-    """CPU time the whole machine has spent busy (every process, the kernel's too)."""
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
 def measured(load: Load) -> tuple[float, int, float]:

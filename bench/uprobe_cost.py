@@ -9,7 +9,8 @@ against where receivers/openssl_probes.py puts the collector's (the internal
 functions' first push, emulated), and none; alternating rounds, medians of the
 machine's busy CPU per request and of wrk's p99.
 
-Run as root: `.venv/bin/python bench/uprobe_cost.py [--rounds 3 --seconds 8]`.
+Run as root: `.venv/bin/python bench/uprobe_cost.py --rounds 3` (`--only go` or
+`--only openssl` for one of the two; `--seconds`, `--connections` for wrk's).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 from bcc import BPF
-from common import PACED_LUA, wrk  # also puts tests/kernel on the path
+from common import PACED_LUA, busy_seconds, wrk, wrk_arguments  # puts tests/kernel on the path
 from elftools.elf.elffile import ELFFile
 
 from harness import Nginx, build_go
@@ -80,13 +80,8 @@ int count_hit(struct pt_regs *ctx) {
 """
 
 
-def busy_seconds() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.system + t.irq + t.softirq
-
-
 def https_round(
-    url: str, seconds: int, script: Path, library: str, probes: list[OpenSslProbe]
+    url: str, args: argparse.Namespace, script: Path, library: str, probes: list[OpenSslProbe]
 ) -> tuple[float, float, float]:
     """(busy CPU per request in us, p99 in ms, probe hits per request) of one wrk run."""
     bpf = BPF(text=_COUNTING)  # (a BPF object with no table read yet is falsy: len 0)
@@ -95,7 +90,7 @@ def https_round(
             bpf.attach_uprobe(name=library, fn_name="count_hit", **probe.where())
             bpf.attach_uretprobe(name=library, fn_name="count_hit", **probe.where())
         before = busy_seconds()
-        _, p99, total = wrk(url, seconds, 4, script)
+        _, p99, total = wrk(url, args.seconds, args.connections, script)
         busy = busy_seconds() - before
         hits = bpf["hits"][0].value
     finally:
@@ -103,7 +98,7 @@ def https_round(
     return busy / total * 1e6, p99 * 1e3, hits / total
 
 
-def openssl(rounds: int, seconds: int) -> None:
+def openssl(args: argparse.Namespace) -> None:
     library = host_libraries()[0]
     sides = {
         "no probes": [],
@@ -119,13 +114,16 @@ def openssl(rounds: int, seconds: int) -> None:
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
     try:
         url = nginx.https_url("/index.html")
-        wrk(url, 2, 4, script)  # warm up
-        for r in range(rounds):
+        wrk(url, 2, args.connections, script)  # warm up
+        for r in range(args.rounds):
             for name in list(sides) if r % 2 == 0 else reversed(sides):
-                results[name].append(https_round(url, seconds, script, library, sides[name]))
+                results[name].append(https_round(url, args, script, library, sides[name]))
     finally:
         nginx.stop()
-    print(f"OpenSSL ({library}), nginx + wrk over HTTPS paced, {rounds} rounds x {seconds}s:")
+    print(
+        f"OpenSSL ({library}), nginx + wrk -c{args.connections} over HTTPS paced,"
+        f" {args.rounds} rounds x {args.seconds}s:"
+    )
     med = statistics.median
     for name, runs in results.items():
         print(
@@ -135,12 +133,12 @@ def openssl(rounds: int, seconds: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8)
-    args = parser.parse_args()
-    go_function()
-    openssl(args.rounds, args.seconds)
+    args = wrk_arguments(__doc__)
+    chosen = args.only.split(",") if args.only else ["go", "openssl"]
+    if "go" in chosen:
+        go_function()
+    if "openssl" in chosen:
+        openssl(args)
     return 0
 
 
