@@ -151,14 +151,15 @@ class SpanBudgetConfig(_Strict):
 
     cpu_per_1k_requests: float = Field(default=0.05, ge=0)  # 0: no budget, a span per request
     min_cpu: float = Field(default=0.1, gt=0, le=64)
-    # Never more, however busy the node: at 10,000 requests/s the rate's share is
-    # reached, and a node serving 100,000 does not give its collector 5 cores.
-    max_cpu: float = Field(default=0.5, gt=0, le=64)
+    # Never more, however busy the node: a node serving 100,000 requests/s does
+    # not give its collector 5 cores. Unset: a tenth of the node's CPUs, at most
+    # half a core (otel_ebpf/span_budget.py).
+    max_cpu: float | None = Field(default=None, gt=0, le=64)
     probability: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _min_within_max(self) -> SpanBudgetConfig:
-        if self.min_cpu > self.max_cpu:
+        if self.max_cpu is not None and self.min_cpu > self.max_cpu:
             raise ValueError(f"min_cpu {self.min_cpu} is above max_cpu {self.max_cpu}")
         return self
 

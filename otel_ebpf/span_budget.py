@@ -5,6 +5,7 @@ this carries the decisions out and says them)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -21,22 +22,39 @@ BACKLOG_SAID_EVERY_S = 60.0
 # A request seen at its client and its server counts twice: 10 µs for both ends.
 METRICS_ONLY_CPU_PER_1K_REQUESTS = 0.005
 METRICS_ONLY_MIN_CPU = 0.02
+# The cap unless set: a tenth of the node's CPUs, at most half a core. A small
+# node at saturation has no idle core to lend: on two CPUs, half a core cost
+# HTTPS-saturated nginx a third of its throughput (bench/nginx_overhead.py).
+NODE_SHARE = 0.1
+MAX_CPU = 0.5
 
 
-def budget_settings(config: SpanBudgetConfig, spans_leave: bool) -> BudgetSettings:
+def default_max_cpu(cpus: int) -> float:
+    """The cap on a node of `cpus` CPUs when none is set."""
+    return min(MAX_CPU, NODE_SHARE * cpus)
+
+
+def budget_settings(
+    config: SpanBudgetConfig, spans_leave: bool, cpus: int | None = None
+) -> BudgetSettings:
     """The budget's settings as configured; when no span leaves the collector,
-    the metrics-only defaults for those not set. Its RED metrics, the service
-    graph's client side and TCP health count every request in the kernel either
-    way; the spans built are read only for the graph's server side, the
-    server/network split and the verdicts, each weighted by what it stands for."""
+    the metrics-only defaults for those not set; without a cap, the node's
+    (`cpus`: the node's CPUs, os.cpu_count() unless given), never below the
+    floor. Its RED metrics, the service graph's client side and TCP health
+    count every request in the kernel either way; the spans built are read only
+    for the graph's server side, the server/network split and the verdicts,
+    each weighted by what it stands for."""
     cpu, floor = config.cpu_per_1k_requests, config.min_cpu
     if not spans_leave:
         given = config.model_fields_set
         if "cpu_per_1k_requests" not in given:
             cpu = METRICS_ONLY_CPU_PER_1K_REQUESTS
         if "min_cpu" not in given:
-            floor = METRICS_ONLY_MIN_CPU  # below any max_cpu: the 0.1 default is too
-    return BudgetSettings(cpu, floor, config.probability, config.max_cpu)
+            floor = METRICS_ONLY_MIN_CPU  # below any cap: the 0.1 default is too
+    cap = config.max_cpu
+    if cap is None:
+        cap = max(floor, default_max_cpu(cpus or os.cpu_count() or 1))
+    return BudgetSettings(cpu, floor, config.probability, cap)
 
 
 class SpanBudgetKeeper:
@@ -72,16 +90,16 @@ class SpanBudgetKeeper:
         receiver.keep_slower_than(keep_slower_than)
         if budget.adaptive:
             receiver.watch_ring()
-            if not self._spans_leave:
-                s = budget.settings
-                log.info(
-                    "metrics only (no span exporter): requests %s within %.2g cores per 1,000 "
-                    "requests/s (at least %.2g, OTEL_EBPF_SPAN_BUDGET*); RED metrics count "
-                    "every one in the kernel",
-                    self._kept,
-                    s.cpu_per_1k_requests,
-                    s.min_cpu,
-                )
+            s = budget.settings
+            log.info(
+                "%srequests %s within %.2g cores per 1,000 requests/s (at least %.2g, at "
+                "most %.2g, OTEL_EBPF_SPAN_BUDGET*); RED metrics count every one in the kernel",
+                "" if self._spans_leave else "metrics only (no span exporter): ",
+                self._kept,
+                s.cpu_per_1k_requests,
+                s.min_cpu,
+                s.max_cpu,
+            )
         if budget.threshold:
             self._telemetry.span_budget_one_in = adjusted_count(budget.threshold)
             log.info(

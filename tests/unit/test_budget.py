@@ -4,6 +4,7 @@ steps, and the event path given exchanges the kernel shed (gaps on purpose)."""
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from otel_ebpf.span_budget import (
     METRICS_ONLY_MIN_CPU,
     SpanBudgetKeeper,
     budget_settings,
+    default_max_cpu,
 )
 from otel_ebpf.telemetry import SelfTelemetry
 
@@ -160,8 +162,8 @@ def test_a_fixed_probability_or_no_budget_never_moves() -> None:
 
 def test_without_a_span_exporter_the_unset_settings_take_the_metrics_only_defaults() -> None:
     installed = load(env={}).ebpf.span_budget
-    assert budget_settings(installed, spans_leave=True) == BudgetSettings(0.05, 0.1, None, 0.5)
-    assert budget_settings(installed, spans_leave=False) == BudgetSettings(
+    assert budget_settings(installed, True, cpus=8) == BudgetSettings(0.05, 0.1, None, 0.5)
+    assert budget_settings(installed, spans_leave=False, cpus=8) == BudgetSettings(
         METRICS_ONLY_CPU_PER_1K_REQUESTS, METRICS_ONLY_MIN_CPU, None, 0.5
     )
     # what is set stays as set: a span per request, a floor, a probability
@@ -169,11 +171,30 @@ def test_without_a_span_exporter_the_unset_settings_take_the_metrics_only_defaul
     assert budget_settings(every, spans_leave=False).cpu_per_1k_requests == 0.0
     assert not SpanBudget(budget_settings(every, spans_leave=False)).adaptive
     floor = load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "0.3"}).ebpf.span_budget
-    assert budget_settings(floor, spans_leave=False) == BudgetSettings(
+    assert budget_settings(floor, spans_leave=False, cpus=8) == BudgetSettings(
         METRICS_ONLY_CPU_PER_1K_REQUESTS, 0.3, None, 0.5
     )
     fixed = load(env={"OTEL_EBPF_SPAN_PROBABILITY": "0.5"}).ebpf.span_budget
     assert SpanBudget(budget_settings(fixed, spans_leave=False)).probability == 0.5
+
+
+def test_the_cap_unless_set_is_a_tenth_of_the_node_never_below_the_floor() -> None:
+    installed = load(env={}).ebpf.span_budget
+    caps = [budget_settings(installed, True, cpus=n).max_cpu for n in (1, 2, 4, 5, 64)]
+    assert caps == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    # metrics only: its floor is lower, the node's share the same
+    assert budget_settings(installed, False, cpus=2).max_cpu == pytest.approx(0.2)
+    # a floor above the node's share wins (it was asked for); a cap set stays
+    floor = load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "0.3"}).ebpf.span_budget
+    assert budget_settings(floor, True, cpus=2).max_cpu == 0.3
+    capped = load(env={"OTEL_EBPF_SPAN_BUDGET_MAX_CPU": "2"}).ebpf.span_budget
+    assert budget_settings(capped, True, cpus=2).max_cpu == 2.0
+    # on this node, os.cpu_count()'s
+    assert budget_settings(installed, True).max_cpu == default_max_cpu(os.cpu_count() or 1)
+    # and the budget keeps to it at any rate
+    b = SpanBudget(budget_settings(installed, True, cpus=2))
+    b.update(cpu_seconds=0.4, wall_seconds=1.0, requests=100_000, spans=10_000)
+    assert b.allowed == pytest.approx(0.2) and b.halvings >= 1
 
 
 # -- the event path with exchanges shed in the kernel ---------------------------
@@ -509,6 +530,35 @@ class _Receiver:
 
     def uncounted_processes(self) -> dict[int, int]:
         return dict(self.uncounted)
+
+    def set_span_threshold(self, threshold: int) -> None:
+        self.threshold = threshold
+
+    def keep_slower_than(self, seconds: float) -> None:
+        pass
+
+    def watch_ring(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spans_leave", [True, False])
+def test_the_start_log_says_the_budget_and_its_cap(
+    caplog: pytest.LogCaptureFixture, spans_leave: bool
+) -> None:
+    settings = budget_settings(load(env={}).ebpf.span_budget, spans_leave, cpus=2)
+    keeper = SpanBudgetKeeper(
+        SpanBudget(settings),
+        _Receiver(),  # type: ignore[arg-type]
+        SelfTelemetry(),
+        str,
+        spans_leave,
+    )
+    caplog.set_level("INFO", logger="otel_ebpf.span_budget")
+    keeper.start(1.0)
+    (said,) = [r.getMessage() for r in caplog.records]
+    floor = "0.1" if spans_leave else "0.02"
+    assert f"(at least {floor}, at most 0.2, OTEL_EBPF_SPAN_BUDGET*)" in said
+    assert said.startswith("requests get a span" if spans_leave else "metrics only")
 
 
 def test_uncounted_requests_are_said_with_the_processes_that_sent_them_since_last_said(

@@ -239,7 +239,7 @@ def test_a_bad_variable_is_named_in_the_error() -> None:
 def test_the_span_budget_from_variables_and_its_bad_values() -> None:
     default = load(env={}).ebpf.span_budget
     assert (default.cpu_per_1k_requests, default.min_cpu, default.probability) == (0.05, 0.1, None)
-    assert default.max_cpu == 0.5
+    assert default.max_cpu is None  # the node's share (span_budget.default_max_cpu)
     assert load(env={}).ebpf.nice == 19 and load(env={"OTEL_EBPF_NICE": "0"}).ebpf.nice == 0
     with pytest.raises(ConfigError, match="OTEL_EBPF_NICE"):
         load(env={"OTEL_EBPF_NICE": "20"})
@@ -258,7 +258,7 @@ def test_the_span_budget_from_variables_and_its_bad_values() -> None:
         with pytest.raises(ConfigError, match=name):
             load(env={name: bad})
     with pytest.raises(ConfigError, match=r"min_cpu 1\.0 is above max_cpu 0\.5"):
-        load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "1"})
+        load(env={"OTEL_EBPF_SPAN_BUDGET_MIN_CPU": "1", "OTEL_EBPF_SPAN_BUDGET_MAX_CPU": "0.5"})
 
 
 def test_span_batching_from_the_yaml_then_otel_bsp_then_the_defaults(tmp_path: Path) -> None:
