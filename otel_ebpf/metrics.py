@@ -302,6 +302,14 @@ class CollectorMetrics:
             ),
             (
                 meter.create_observable_gauge,
+                "otel_ebpf.collector.cpu",
+                self._cpu,
+                "{cpu}",
+                "Cores the collector used over the span budget's last second (state=used) "
+                "and what the budget allowed it (state=allowed; 0: no adaptive budget)",
+            ),
+            (
+                meter.create_observable_gauge,
                 "otel_ebpf.collector.connections",
                 self._connections,
                 "{connection}",
@@ -352,6 +360,13 @@ class CollectorMetrics:
 
     def _queued(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self._telemetry.spans_queued)]
+
+    def _cpu(self, _options: CallbackOptions) -> list[Observation]:
+        t = self._telemetry
+        return [
+            Observation(t.collector_cpu_millicores / 1000, {"state": "used"}),
+            Observation(t.span_budget_allowed_millicores / 1000, {"state": "allowed"}),
+        ]
 
     def _connections(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.tracked_connections)]

@@ -127,10 +127,16 @@ class SpanBudgetKeeper:
         # every request a span was built for, and every one shed in its stead
         requests = t.spans_built - built0 + shed - shed0
         behind = t.requests_shed_backlog > backlog0
+        if wall > wall0:
+            t.collector_cpu_millicores = round(1000 * (cpu - cpu0) / (wall - wall0))
         lost, self._lost = t.events_lost > self._lost, t.events_lost
         if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
-        elif self.budget.update(cpu - cpu0, wall - wall0, requests, t.spans_built - built0, behind):
+            return
+        built = t.spans_built - built0
+        moved = self.budget.update(cpu - cpu0, wall - wall0, requests, built, behind)
+        t.span_budget_allowed_millicores = round(1000 * self.budget.allowed)
+        if moved:
             self._new_threshold(
                 ("the ring buffer fell behind; " if behind else "")
                 + f"collector CPU {self.budget.cpu:.2f} of the {self.budget.allowed:.2f} cores "

@@ -22,6 +22,10 @@ class SelfTelemetry:
     requests_shed_uncounted: int = 0  # pipelined behind a shed one: neither counted nor traced
     requests_shed_backlog: int = 0  # given no span while the ring buffer was read down
     span_budget_one_in: int = 1  # HTTP/1 requests get a span 1 in this many now (a gauge)
+    # The collector's CPU over the budget's last second, and what the budget allowed
+    # (thousandths of a core, gauges; allowed 0: no adaptive budget)
+    collector_cpu_millicores: int = 0
+    span_budget_allowed_millicores: int = 0
     connections_tracked: int = 0
     connections_evicted: int = 0  # table full: oldest dropped
     connections_excluded: int = 0  # not selected, or the collector's own traffic

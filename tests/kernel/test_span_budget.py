@@ -183,6 +183,10 @@ def test_over_its_budget_the_collector_sheds_spans_and_metrics_still_count_all(
         sink.stop()
     telemetry = final_telemetry(collector)
     assert telemetry["requests_shed"] > 0
+    # the collector's CPU and its allowance, in the self-telemetry metrics too
+    (allowed,) = sink.metrics.series("otel_ebpf.collector.cpu", state="allowed").values()
+    assert allowed.value >= 0.01  # the floor set, at least
+    assert len(sink.metrics.series("otel_ebpf.collector.cpu", state="used")) == 1
     kept = len(spans_of(sink, "nginx", SERVER))
     assert kept < sent
     assert telemetry["parse_errors"] == 0

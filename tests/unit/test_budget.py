@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -559,6 +560,27 @@ def test_the_start_log_says_the_budget_and_its_cap(
     floor = "0.1" if spans_leave else "0.02"
     assert f"(at least {floor}, at most 0.2, OTEL_EBPF_SPAN_BUDGET*)" in said
     assert said.startswith("requests get a span" if spans_leave else "metrics only")
+
+
+def test_each_tick_says_the_collectors_cpu_and_what_the_budget_allows() -> None:
+    telemetry = SelfTelemetry()
+    keeper = SpanBudgetKeeper(
+        SpanBudget(BudgetSettings(0.05, 0.1, None, 0.2)),
+        _Receiver(),  # type: ignore[arg-type]
+        telemetry,
+        str,
+    )
+    keeper.restart_clock()
+    busy_until = time.thread_time() + 0.05
+    while time.thread_time() < busy_until:  # CPU the tick must see
+        pass
+    keeper.tick()
+    assert telemetry.collector_cpu_millicores > 0
+    assert telemetry.span_budget_allowed_millicores == 100  # no traffic: the floor
+    off = SelfTelemetry()
+    no_budget = SpanBudget(BudgetSettings(0.0, 0.1, None))
+    SpanBudgetKeeper(no_budget, _Receiver(), off, str).tick()  # type: ignore[arg-type]
+    assert off.span_budget_allowed_millicores == 0  # no adaptive budget
 
 
 def test_uncounted_requests_are_said_with_the_processes_that_sent_them_since_last_said(
