@@ -124,8 +124,8 @@ class SpanBudgetKeeper:
         cpu, wall = time.process_time(), time.monotonic()
         cpu0, wall0, built0, shed0 = self._mark
         self._mark = (cpu, wall, t.spans_built, shed)
-        # every request a span was built for, and every one shed in its stead
-        requests = t.spans_built - built0 + shed - shed0
+        built = t.spans_built - built0
+        requests = built + shed - shed0  # each given a span, and each shed in its stead
         behind = t.requests_shed_backlog > backlog0
         if wall > wall0:
             t.collector_cpu_millicores = round(1000 * (cpu - cpu0) / (wall - wall0))
@@ -133,7 +133,6 @@ class SpanBudgetKeeper:
         if lost and self.budget.events_were_lost():
             self._new_threshold("events were lost: the ring buffer overflowed")
             return
-        built = t.spans_built - built0
         moved = self.budget.update(cpu - cpu0, wall - wall0, requests, built, behind)
         t.span_budget_allowed_millicores = round(1000 * self.budget.allowed)
         if moved:
