@@ -26,11 +26,12 @@ from pathlib import Path
 from bcc import BPF
 from common import PACED_LUA, busy_seconds, wrk, wrk_arguments  # puts tests/kernel on the path
 from elftools.elf.elffile import ELFFile
+from floor import COUNTING_PROGRAM, count_at
 
 from harness import Nginx, build_go
 from otel_ebpf.processors.profiling.gopclntab import go_functions
 from otel_ebpf.receivers.goroutines import PROLOGUE_BYTES, stack_check_branch
-from otel_ebpf.receivers.openssl_probes import ENTRY_PROBES, OpenSslProbe, openssl_probes
+from otel_ebpf.receivers.openssl_probes import OpenSslProbe, exported_entries, openssl_probes
 from otel_ebpf.receivers.tls import host_libraries
 
 CALLS = 200_000
@@ -68,31 +69,17 @@ def go_function() -> None:
         print(f"uprobe at the {where}: {min(runs):.2f}-{max(runs):.2f} us per call")
 
 
-_COUNTING = """
-BPF_ARRAY(hits, u64, 1);
-int count_hit(struct pt_regs *ctx) {
-    u32 k = 0;
-    u64 *n = hits.lookup(&k);
-    if (n)
-        __sync_fetch_and_add(n, 1);
-    return 0;
-}
-"""
-
-
 def https_round(
     url: str, args: argparse.Namespace, script: Path, library: str, probes: list[OpenSslProbe]
 ) -> tuple[float, float, float]:
     """(busy CPU per request in us, p99 in ms, probe hits per request) of one wrk run."""
-    bpf = BPF(text=_COUNTING)  # (a BPF object with no table read yet is falsy: len 0)
+    bpf = BPF(text=COUNTING_PROGRAM)  # (a BPF object with no table read yet is falsy: len 0)
     try:
-        for probe in probes:
-            bpf.attach_uprobe(name=library, fn_name="count_hit", **probe.where())
-            bpf.attach_uretprobe(name=library, fn_name="count_hit", **probe.where())
+        count_at(bpf, library, probes)
         before = busy_seconds()
         _, p99, total = wrk(url, args.seconds, args.connections, script)
         busy = busy_seconds() - before
-        hits = bpf["hits"][0].value
+        hits = bpf["hits"].sum(0).value
     finally:
         bpf.cleanup()
     return busy / total * 1e6, p99 * 1e3, hits / total
@@ -102,9 +89,7 @@ def openssl(args: argparse.Namespace) -> None:
     library = host_libraries()[0]
     sides = {
         "no probes": [],
-        "at the exported entries": [
-            OpenSslProbe((symbol,), None, "count_hit", "count_hit") for symbol, _, _ in ENTRY_PROBES
-        ],
+        "at the exported entries": exported_entries(),
         "where the collector puts them": openssl_probes(library),
     }
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-openssl-"))

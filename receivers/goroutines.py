@@ -27,6 +27,7 @@ from typing import BinaryIO, TypeVar
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from otel_ebpf.processors.profiling.elf import code_at, load_segments
 from otel_ebpf.processors.profiling.gopclntab import go_functions
 
 log = logging.getLogger(__name__)
@@ -127,18 +128,14 @@ def probes_of(f: BinaryIO, at_branch: bool = True) -> tuple[str | None, list[Pro
         if table is None or text is None or table["sh_size"] > MAX_TABLE_BYTES:
             return version, [], "no readable .gopclntab"
         wanted = {symbol: program for symbol, program, _ in GO_PROBES}
-        loads = [
-            (seg["p_vaddr"], seg["p_offset"], seg["p_filesz"])
-            for seg in elf.iter_segments()
-            if seg["p_type"] == "PT_LOAD"
-        ]
+        loads = load_segments(elf)
         found: dict[str, int] = {}
         for start, _, name in go_functions(table.data(), text["sh_addr"]):
             if name not in wanted:
                 continue
             # the function itself, not its ABI0 wrapper (same name in .gopclntab,
             # no stack check: it sets R14 and jumps to the function)
-            branch = _branch_at(f, loads, start)
+            branch = stack_check_branch(code_at(f, loads, start, PROLOGUE_BYTES))
             if branch is not None:
                 found[name] = start + branch if at_branch else start
             else:
@@ -149,15 +146,6 @@ def probes_of(f: BinaryIO, at_branch: bool = True) -> tuple[str | None, list[Pro
     if missing:
         return version, [], f"{', '.join(missing)} not found"
     return version, [(found[s], p) for s, p, _ in GO_PROBES if s in found], ""
-
-
-def _branch_at(f: BinaryIO, loads: list[tuple[int, int, int]], vaddr: int) -> int | None:
-    """The stack check's branch in the function at `vaddr` (None: probe its entry)."""
-    for start, offset, size in loads:
-        if start <= vaddr < start + size:
-            f.seek(offset + vaddr - start)
-            return stack_check_branch(f.read(PROLOGUE_BYTES))
-    return None
 
 
 class GoProbes:

@@ -23,7 +23,7 @@ from typing import BinaryIO, NamedTuple
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from otel_ebpf.processors.profiling.elf import Load, named_symbols
+from otel_ebpf.processors.profiling.elf import code_at, load_segments, named_symbols
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,17 @@ class OpenSslProbe(NamedTuple):
         """A read or write probe left at its exported entry. (SSL_do_handshake's
         always is: it runs once a connection, and begins with a push in the
         builds seen.)"""
-        return self.address is None and self.enter != "ssl_handshake_enter"
+        return self.address is None and self.enter != _HANDSHAKE
 
     def where(self) -> dict[str, int | str]:
         """bcc's arguments for where it sits: its address, or its symbol's."""
         return {"sym": self.covers[0]} if self.address is None else {"addr": self.address}
 
 
+_HANDSHAKE = "ssl_handshake_enter"
 # The exported entries: (symbol, entry program, return program).
 ENTRY_PROBES = (
-    ("SSL_do_handshake", "ssl_handshake_enter", "ssl_exit_plain"),
+    ("SSL_do_handshake", _HANDSHAKE, "ssl_exit_plain"),
     ("SSL_write", "ssl_write_enter", "ssl_exit_plain"),
     ("SSL_read", "ssl_read_enter", "ssl_exit_plain"),
     ("SSL_write_ex", "ssl_write_ex_enter", "ssl_exit_ex"),
@@ -94,7 +95,7 @@ def openssl_probes(path: str) -> list[OpenSslProbe]:
     """The probes for one libssl file: on the internal read and write functions
     where they can be shown, at the exported entries otherwise (a call through
     both is reported once, by the outer: bpf/tls.bpf.c counts the depth)."""
-    entries = [OpenSslProbe((s,), None, enter, exit_) for s, enter, exit_ in ENTRY_PROBES]
+    entries = exported_entries()
     try:
         with open(path, "rb") as f:
             internal = _internal_probes(f)
@@ -105,10 +106,15 @@ def openssl_probes(path: str) -> list[OpenSslProbe]:
     return internal + [p for p in entries if p.covers[0] not in covered]
 
 
+def exported_entries() -> list[OpenSslProbe]:
+    """Every probe at its exported entry (as before the internal functions were found)."""
+    return [OpenSslProbe((s,), None, enter, exit_) for s, enter, exit_ in ENTRY_PROBES]
+
+
 def placement(probes: list[OpenSslProbe]) -> str:
     """Where the read and write probes sit, for a log line and `doctor`."""
     at_entries = [p.covers[0] for p in probes if p.traps()]
-    if not any(p.enter != "ssl_handshake_enter" for p in probes):
+    if not any(p.enter != _HANDSHAKE for p in probes):
         return "no read or write function probed"
     if not at_entries:
         return "reads and writes probed on instructions the kernel emulates"
@@ -130,13 +136,9 @@ def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:
         name.decode(): value
         for name, _, value in named_symbols(elf, ".dynsym", tuple(n.encode() for n in _EXPORTED))
     }
-    loads = [
-        Load(seg["p_offset"], seg["p_vaddr"], seg["p_filesz"])
-        for seg in elf.iter_segments()
-        if seg["p_type"] == "PT_LOAD"
-    ]
+    loads = load_segments(elf)
     first = {
-        name: first_branch(_code(f, loads, address, _SCAN_BYTES), address, text_range)
+        name: first_branch(code_at(f, loads, address, _SCAN_BYTES), address, text_range)
         for name, address in found.items()
     }
     since_3_3 = _FLAGS_SINCE_3_3 in found
@@ -147,7 +149,7 @@ def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:
         target = first.get(pair[0])
         if target is None or first.get(pair[1]) != target:
             continue
-        offset = emulated_entry(_code(f, loads, target, 8))
+        offset = emulated_entry(code_at(f, loads, target, 8))
         if offset is None:
             continue
         # and the exported functions that go through one of the pair (SSL_write_ex
@@ -156,11 +158,3 @@ def _internal_probes(f: BinaryIO) -> list[OpenSslProbe]:
         covers = [name for name in _EXPORTED if name in pair or first.get(name) in through]
         probes.append(OpenSslProbe(tuple(covers), target + offset, enter, "ssl_exit_ex"))
     return probes
-
-
-def _code(f: BinaryIO, loads: list[Load], vaddr: int, size: int) -> bytes:
-    for load in loads:
-        if load.vaddr <= vaddr < load.vaddr + load.size:
-            f.seek(load.offset + vaddr - load.vaddr)
-            return f.read(min(size, load.vaddr + load.size - vaddr))
-    return b""

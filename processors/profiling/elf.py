@@ -83,11 +83,7 @@ def read_info(f: BinaryIO) -> ElfInfo | None:
         link = elf.get_section_by_name(".gnu_debuglink")
         if link is not None:
             debuglink = link.data().split(b"\0", 1)[0].decode(errors="replace")
-        loads = tuple(
-            Load(seg["p_offset"], seg["p_vaddr"], seg["p_filesz"])
-            for seg in elf.iter_segments()
-            if seg["p_type"] == "PT_LOAD"
-        )
+        loads = load_segments(elf)
         has_symtab = elf.get_section_by_name(".symtab") is not None
         return ElfInfo(build_id, debuglink, loads, has_symtab)
     except (ELFError, OSError, ValueError, KeyError, struct.error, UnicodeError) as exc:
@@ -201,6 +197,24 @@ def _unpack64(data: bytes, strings: bytes, out: list[tuple[int, int, str]]) -> N
         out.append((value, size, strings[st_name:end].decode(errors="replace")))
         if len(out) >= MAX_SYMBOLS:
             return
+
+
+def load_segments(elf: ELFFile) -> tuple[Load, ...]:
+    """The file's PT_LOAD segments: where its addresses' bytes are in the file."""
+    return tuple(
+        Load(seg["p_offset"], seg["p_vaddr"], seg["p_filesz"])
+        for seg in elf.iter_segments()
+        if seg["p_type"] == "PT_LOAD"
+    )
+
+
+def code_at(f: BinaryIO, loads: tuple[Load, ...], vaddr: int, size: int) -> bytes:
+    """Up to `size` bytes at link-time address `vaddr` (b"": not in the file)."""
+    for load in loads:
+        if load.vaddr <= vaddr < load.vaddr + load.size:
+            f.seek(load.offset + vaddr - load.vaddr)
+            return f.read(min(size, load.vaddr + load.size - vaddr))
+    return b""
 
 
 def file_offset_to_vaddr(loads: tuple[Load, ...], offset: int) -> int | None:
