@@ -749,6 +749,7 @@ class BuiltSpan:
         start_time: int,
         end_time: int,
         instrumentation_scope: InstrumentationScope,
+        shared_attributes: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.context = context
@@ -760,6 +761,10 @@ class BuiltSpan:
         self.start_time = start_time
         self.end_time = end_time
         self.instrumentation_scope = instrumentation_scope
+        # `attributes` begins with exactly these entries, in this order, and this
+        # object is shared by the spans of one connection's repeated request head
+        # (never changed once shared): the OTLP encoder encodes it once for all.
+        self.shared_attributes = shared_attributes
 
     def get_span_context(self) -> SpanIds:
         return self.context

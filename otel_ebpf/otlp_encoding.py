@@ -5,8 +5,10 @@ hashes every span's resource (a JSON dump) to group them: 45-60 µs a span on
 these machines, the largest single cost of the collector. Here each resource
 and scope is encoded once and kept; every attribute a span carries is encoded
 once per distinct (key, value) and reused (method, status, peer, route repeat
-from request to request), a float as its key's encoding and eight bytes; a span
-is then mostly a join of cached bytes.
+from request to request), a float as its key's encoding and eight bytes; the
+attributes spans share (a connection's repeated request head: BuiltSpan's
+`shared_attributes`) are one block, encoded once; a span is then mostly a join
+of cached bytes.
 The output parses to the same `ExportTraceServiceRequest` as the SDK's
 (tests compare the two).
 """
@@ -22,13 +24,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status
 
-from otel_ebpf.model import FinishedSpan
+from otel_ebpf.model import BuiltSpan, FinishedSpan
 
 log = logging.getLogger(__name__)
 
 _MAX_CACHED_ATTRIBUTES = 16384  # distinct (key, value) pairs kept; cleared when full
 _MAX_CACHED_KEYS = 1024  # distinct attribute keys kept; all forgotten when full
 _MAX_CACHED_RESOURCES = 4096
+_MAX_SHARED_BLOCKS = 1024  # BuiltSpan.shared_attributes encoded; cleared when full
 _UINT64 = (1 << 64) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags: the parent's remoteness is known ...
@@ -149,7 +152,10 @@ _T = TypeVar("_T")
 
 
 def _by_identity(
-    table: dict[int, tuple[Any, bytes]], obj: _T, encode: Callable[[_T], bytes]
+    table: dict[int, tuple[Any, bytes]],
+    obj: _T,
+    encode: Callable[[_T], bytes],
+    limit: int = _MAX_CACHED_RESOURCES,
 ) -> bytes:
     """`encode(obj)`, kept per object. Keyed by id() (Resource's own hash is a JSON
     dump); the object is kept beside its bytes, so its id cannot be reused while
@@ -157,7 +163,7 @@ def _by_identity(
     cached = table.get(id(obj))
     if cached is not None and cached[0] is obj:
         return cached[1]
-    if len(table) >= _MAX_CACHED_RESOURCES:
+    if len(table) >= limit:
         table.clear()
     encoded = encode(obj)
     table[id(obj)] = (obj, encoded)
@@ -193,6 +199,7 @@ class TraceEncoder:
         self._scopes: dict[int, tuple[Any, bytes]] = {}
         # most spans share a few Status objects (unset, error): encoded once each
         self._statuses: dict[int, tuple[Any, bytes]] = {}
+        self._shared: dict[int, tuple[Any, bytes]] = {}
 
     def encode(self, spans: Sequence[FinishedSpan]) -> bytes:
         # Grouped by the encoded resource and scope: equal resources held by
@@ -242,7 +249,11 @@ class TraceEncoder:
         table[value] = encoded
         self._cached_values += 1
 
-    def _span_attributes(self, attributes: Mapping[str, Any] | None) -> list[bytes]:
+    def _shared_block(self, shared: dict[str, Any]) -> bytes:
+        return b"".join(self._span_attributes(shared))
+
+    def _span_attributes(self, attributes: Mapping[str, Any] | None, skip: int = 0) -> list[bytes]:
+        """Each attribute's KeyValue field, but the first `skip`."""
         if not attributes:
             return []
         # A dict (ours) is walked without a call per item; an SDK span's
@@ -251,6 +262,9 @@ class TraceEncoder:
         keys = self._keys
         out = []
         for key, value in given.items():
+            if skip:
+                skip -= 1
+                continue
             cls = type(value)
             if not (cls is str or cls is int or cls is float or cls is bool):
                 out.append(_attribute_field(_SPAN_ATTRIBUTE, key, value))
@@ -298,7 +312,12 @@ class TraceEncoder:
             parts += (b"\x39", _pack_fixed64(start))
         elif end:
             parts += (b"\x41", _pack_fixed64(end))
-        parts += self._span_attributes(span.attributes)
+        shared = span.shared_attributes if isinstance(span, BuiltSpan) else None
+        if shared:  # the leading attributes, shared by spans: encoded once
+            parts.append(_by_identity(self._shared, shared, self._shared_block, _MAX_SHARED_BLOCKS))
+            parts += self._span_attributes(span.attributes, len(shared))
+        else:
+            parts += self._span_attributes(span.attributes)
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
         for event in span.events:

@@ -329,8 +329,10 @@ class SpanBuilder:
         kind: SpanKind,
         status: Status,
         times: _Times,
+        shared: dict[str, Any] | None = None,
     ) -> BuiltSpan:
-        """The span itself: ids from the request's context, times on the wall clock."""
+        """The span itself: ids from the request's context, times on the wall clock;
+        `shared`: the leading entries of `attrs`, shared with other spans."""
         context, parent = self._ids(token)
         return BuiltSpan(
             name,
@@ -343,6 +345,7 @@ class SpanBuilder:
             times.start_ts + self._offset,
             max(times.end_ts, times.start_ts) + self._offset,
             SCOPE,
+            shared,
         )
 
     def _redis(self, x: RedisExchange, conn: Connection) -> BuiltSpan:
@@ -382,14 +385,57 @@ class SpanBuilder:
     def _http(self, x: HttpExchange, conn: Connection) -> BuiltSpan:
         req, resp = x.request, x.response
         server = conn.role == Role.SERVER
+        base, repeated = self._http_base(req, conn, server)
+        attrs: dict[str, Any] = base.copy()  # its entries first: see BuiltSpan
+        if x.request_body_bytes:
+            attrs["http.request.body.size"] = x.request_body_bytes
+        if resp is not None:
+            if x.response_body_bytes:
+                attrs["http.response.body.size"] = x.response_body_bytes
+            status = _http_status(attrs, resp.status, server)
+        else:
+            status = self._unanswered(attrs, conn, "a response")
+        kind = SpanKind.SERVER if server else SpanKind.CLIENT
+        self._network_facts(attrs, x.token, kind, x, conn)
+        assert conn.process is not None
+        return self._built(
+            req.method,
+            x.token,
+            conn.process.resource,
+            attrs,
+            kind,
+            status,
+            x,
+            base if repeated else None,  # shared once its head repeats
+        )
+
+    def _http_base(
+        self, req: HttpHead, conn: Connection, server: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """What a request head and its connection say of an HTTP span, and whether
+        it was made for an earlier span. Kept per connection for its last head: a
+        keep-alive client repeats its own, and the same head bytes share one
+        parse, whose header dict tells them (http1._head_fields). Their spans
+        share it, and the encoder encodes it once. Nothing a response or the
+        network decides goes here."""
+        network = _network_attributes(conn, server)
+        made = conn.http_span_base
+        if (
+            made is not None
+            and made[0] is req.headers
+            and made[1] is network
+            and made[2] == server
+            and made[3] == req.truncated
+        ):
+            return made[4], True
         path, query, origin = self._urls.split(req.target)
-        attrs: dict[str, str | int] = {
+        attrs: dict[str, Any] = {
             "http.request.method": req.method,
             "url.path": path,
             "url.scheme": "https" if conn.tls else "http",
             "network.protocol.name": "http",
             "network.protocol.version": req.version,
-            **_network_attributes(conn, server),
+            **network,
         }
         if query is not None:
             attrs["url.query"] = query
@@ -409,20 +455,10 @@ class SpanBuilder:
             )
         if "user-agent" in req.headers:
             attrs["user_agent.original"] = req.headers["user-agent"]
-        if x.request_body_bytes:
-            attrs["http.request.body.size"] = x.request_body_bytes
-        if resp is not None:
-            if x.response_body_bytes:
-                attrs["http.response.body.size"] = x.response_body_bytes
-            status = _http_status(attrs, resp.status, server)
-        else:
-            status = self._unanswered(attrs, conn, "a response")
         if req.truncated:
-            attrs["otel_ebpf.http.headers_truncated"] = True  # type: ignore[assignment]
-        kind = SpanKind.SERVER if server else SpanKind.CLIENT
-        self._network_facts(attrs, x.token, kind, x, conn)
-        assert conn.process is not None
-        return self._built(req.method, x.token, conn.process.resource, attrs, kind, status, x)
+            attrs["otel_ebpf.http.headers_truncated"] = True
+        conn.http_span_base = (req.headers, network, server, req.truncated, attrs)
+        return attrs, False
 
     def _host(self, header: str) -> tuple[str, str, int | None]:
         """A Host header's host[:port] (no userinfo), its address and its port."""

@@ -133,6 +133,67 @@ def test_the_collectors_own_spans_encode_as_the_sdk_encodes_them(
     assert _sorted(ours) == _sorted(encode_spans(sdk_view(batch)))
 
 
+@settings(max_examples=200, deadline=None)
+@given(built_spans(), st.lists(attributes, min_size=1, max_size=4), st.integers(0, 3))
+def test_attributes_spans_share_encode_as_their_own(
+    span: BuiltSpan, own: list[dict[str, Any]], lead: int
+) -> None:
+    """Spans whose leading attributes are one shared dict (a repeated head's)
+    encode as if each held its own copy, the shared block kept between batches."""
+    shared = dict(list(span.attributes.items())[:lead])
+    batch: list[FinishedSpan] = []
+    for extra in own:
+        attributes = dict(shared)
+        attributes.update((k, v) for k, v in extra.items() if k not in shared)
+        batch.append(
+            BuiltSpan(
+                span.name,
+                span.context,
+                span.parent,
+                span.resource,
+                attributes,
+                span.kind,
+                span.status,
+                span.start_time,
+                span.end_time,
+                span.instrumentation_scope,
+                shared,
+            )
+        )
+    encoder = TraceEncoder()
+    for _ in range(2):
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(batch))
+        assert _sorted(ours) == _sorted(encode_spans(sdk_view(batch)))
+
+
+def test_past_their_bound_shared_blocks_start_over_and_encode_the_same() -> None:
+    encoder = TraceEncoder()
+    resource, scope = RESOURCES[0], SCOPES[0]
+    assert scope is not None
+    batch: list[FinishedSpan] = []
+    for n in range(1_100):  # more shared blocks than kept (1,024)
+        shared = {"server.port": n, "url.path": f"/{n}"}
+        batch.append(
+            BuiltSpan(
+                "GET",
+                SpanIds(1, n + 1, False),
+                None,
+                resource,
+                {**shared, "http.response.status_code": 200},
+                SpanKind.SERVER,
+                Status(),
+                1,
+                2,
+                scope,
+                shared,
+            )
+        )
+    for start in (0, 500, 1_000):
+        part = batch[start : start + 200]
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(part))
+        assert _sorted(ours) == _sorted(encode_spans(sdk_view(part)))
+
+
 def test_past_its_bound_the_cache_starts_over_and_encodes_the_same() -> None:
     encoder = TraceEncoder()
     context = SpanContext(1, 2, False)

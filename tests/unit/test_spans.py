@@ -107,6 +107,36 @@ def test_client_span_has_url_full() -> None:
     assert span.attributes["network.peer.port"] == 8080
 
 
+def test_a_repeated_head_shares_its_attributes_and_no_response_or_network_fact() -> None:
+    """A keep-alive connection's spans of one head share what the head and the
+    connection decide (encoded once), as their first attributes; the rest is each
+    span's own; another head, or the same head on another connection, is not
+    shared until it repeats there."""
+    builder = SpanBuilder(epoch_offset=0)
+    server = conn(Role.SERVER)
+    headers = {"host": "shop.example:8080", "user-agent": "ua/1"}  # one parse of one head
+    x = HttpExchange(head(headers=headers), 0, head(is_request=False, status=200), 12, 1, 5)
+    first = builder.build(x, server)
+    second = builder.build(x._replace(response=head(is_request=False, status=503)), server)
+    assert first.shared_attributes is None  # not yet seen twice
+    shared = second.shared_attributes
+    assert shared is not None
+    assert list(second.attributes)[: len(shared)] == list(shared)
+    assert {k: second.attributes[k] for k in shared} == shared
+    assert "http.response.status_code" not in shared and "error.type" not in shared
+    assert second.attributes["http.response.status_code"] == 503
+    assert first.attributes["http.response.status_code"] == 200  # not changed by the second
+    assert {k: v for k, v in first.attributes.items() if k not in shared} == {
+        "http.response.status_code": 200,
+        "http.response.body.size": 12,
+    }
+    third = builder.build(x, server)
+    assert third.shared_attributes is shared  # the same object: encoded once
+    other_head = HttpExchange(head(headers=dict(headers)), 0, None, 0, 1, 5)
+    assert builder.build(other_head, server).shared_attributes is None
+    assert builder.build(x, conn(Role.SERVER)).shared_attributes is None  # another connection
+
+
 def test_the_plaintext_stream_of_a_tls_connection_is_https() -> None:
     tls = conn(Role.CLIENT)
     tls.sk |= TLS_STREAM  # what the OpenSSL uprobes' events are keyed by
