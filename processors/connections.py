@@ -114,11 +114,13 @@ class Connection:
         self.network_attributes: (
             tuple[Endpoint | None, Endpoint | None, dict[str, str | int]] | None
         ) = None
-        # Its last HTTP request head's span attributes, with what they were made
-        # from (the head's parsed headers, the network attributes, the role and
-        # whether the head was cut): its keep-alive requests repeat their head,
-        # and their spans share these (spans.py).
-        self.http_span_base: tuple[object, object, bool, bool, dict[str, Any]] | None = None
+        # Its last HTTP request head's span attributes, after what they were made
+        # from (the head's parsed headers, target, method, version and whether it
+        # was cut; the network attributes; the role): its keep-alive requests
+        # repeat their head, and their spans share these (spans.py).
+        self.http_span_base: (
+            tuple[object, str, str, str, bool, object, bool, dict[str, Any]] | None
+        ) = None
 
     @property
     def tls(self) -> bool:

@@ -415,19 +415,22 @@ class SpanBuilder:
         """What a request head and its connection say of an HTTP span, and whether
         it was made for an earlier span. Kept per connection for its last head: a
         keep-alive client repeats its own, and the same head bytes share one
-        parse, whose header dict tells them (http1._head_fields). Their spans
-        share it, and the encoder encodes it once. Nothing a response or the
-        network decides goes here."""
+        parse and its header dict (http1._head_fields), so a dict seen again is
+        a head seen again. Their spans share it, and the encoder encodes it once.
+        Nothing a response or the network decides goes here."""
         network = _network_attributes(conn, server)
         made = conn.http_span_base
         if (
             made is not None
             and made[0] is req.headers
-            and made[1] is network
-            and made[2] == server
-            and made[3] == req.truncated
+            and made[1] == req.target
+            and made[2] == req.method
+            and made[3] == req.version
+            and made[4] == req.truncated
+            and made[5] is network
+            and made[6] == server
         ):
-            return made[4], True
+            return made[7], True
         path, query, origin = self._urls.split(req.target)
         attrs: dict[str, Any] = {
             "http.request.method": req.method,
@@ -457,7 +460,16 @@ class SpanBuilder:
             attrs["user_agent.original"] = req.headers["user-agent"]
         if req.truncated:
             attrs["otel_ebpf.http.headers_truncated"] = True
-        conn.http_span_base = (req.headers, network, server, req.truncated, attrs)
+        conn.http_span_base = (
+            req.headers,
+            req.target,
+            req.method,
+            req.version,
+            req.truncated,
+            network,
+            server,
+            attrs,
+        )
         return attrs, False
 
     def _host(self, header: str) -> tuple[str, str, int | None]:

@@ -134,6 +134,8 @@ def test_a_repeated_head_shares_its_attributes_and_no_response_or_network_fact()
     assert third.shared_attributes is shared  # the same object: encoded once
     other_head = HttpExchange(head(headers=dict(headers)), 0, None, 0, 1, 5)
     assert builder.build(other_head, server).shared_attributes is None
+    other_path = HttpExchange(head(headers=headers, target="/c"), 0, None, 0, 1, 5)
+    assert builder.build(other_path, server).attributes["url.path"] == "/c"
     assert builder.build(x, conn(Role.SERVER)).shared_attributes is None  # another connection
 
 
