@@ -248,3 +248,11 @@ class HttpSink:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+if __name__ == "__main__":  # a slow backend in a process of its own: PORT DELAY_S
+    import sys
+
+    sink = GrpcSink(int(sys.argv[1]), keep=False, delay_s=float(sys.argv[2]))  # kept: served
+    while True:
+        time.sleep(3600)
