@@ -17,7 +17,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from time import time_ns
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.sdk.metrics._internal.instrument import _Counter, _Histogram
 from opentelemetry.sdk.metrics.export import (
@@ -45,8 +45,8 @@ _COUNT, _SUM, _MIN, _MAX, _BUCKETS = 0, 1, 2, 3, 4
 
 # Series per instrument, as the metrics SDK specification's default cardinality
 # limit: past it, measurements go to one overflow series, counted, not dropped.
-MAX_SERIES = 2000
-OVERFLOW: Series = (("otel.metric.overflow", True),)
+MAX_SERIES: Final = 2000
+OVERFLOW: Final[Series] = (("otel.metric.overflow", True),)
 
 
 class _Instrument:

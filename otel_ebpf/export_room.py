@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-WAIT_S = 0.5  # longest a full queue holds the processing thread
-POLL_S = 0.001
+WAIT_S: Final = 0.5  # longest a full queue holds the processing thread
+POLL_S: Final = 0.001
 
 
 class QueueRoom:

@@ -19,19 +19,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_ebpf.model import BuiltSpan
 from otel_ebpf.processors.routes import RouteTemplates
 
-WINDOW_S = 10  # rates and quantiles over the last 10 s
-SLOWEST_S = 60  # the slowest requests of the last minute
-SLOWEST_N = 10
-MAX_KEYS = 500  # services and edges per second; the rest are not shown
-MAX_SAMPLES = 100  # durations kept per key and second, for quantiles
-KEEP_WATCHING_S = 600.0
+WINDOW_S: Final = 10  # rates and quantiles over the last 10 s
+SLOWEST_S: Final = 60  # the slowest requests of the last minute
+SLOWEST_N: Final = 10
+MAX_KEYS: Final = 500  # services and edges per second; the rest are not shown
+MAX_SAMPLES: Final = 100  # durations kept per key and second, for quantiles
+KEEP_WATCHING_S: Final = 600.0
 
 # A cell: [requests, errors, server s, network s, retransmits, resets, failed
 # connects, durations (list)]; requests and errors weighted.
@@ -195,7 +195,7 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-_PATHS = RouteTemplates()  # ids and tokens in paths become {id}, as in metrics
+_PATHS: Final = RouteTemplates()  # ids and tokens in paths become {id}, as in metrics
 
 
 def _request(name: str, attrs: Any) -> str:

@@ -11,7 +11,7 @@ by convention (DataEvent and HttpHead give a changed copy with `replace()`).
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -56,10 +56,10 @@ class GoroutineLink(NamedTuple):
     until: int  # when the link was made (0: the goroutine is its own owner)
 
 
-NODE_CALLBACK = 1 << 63  # a DataEvent.task naming a Node callback (bpf/node.bpf.c)
+NODE_CALLBACK: Final = 1 << 63  # a DataEvent.task naming a Node callback (bpf/node.bpf.c)
 
 
-_DATA_EVENT_FIELDS = (
+_DATA_EVENT_FIELDS: Final = (
     "sk",
     "gen",
     "direction",
@@ -221,12 +221,14 @@ class DatagramEvent(NamedTuple):
 
 # The plaintext stream of a TLS connection (OpenSSL uprobes) is keyed by its
 # socket address with this bit set: a struct sock is never at an odd address.
-TLS_STREAM = 1
+TLS_STREAM: Final = 1
 
 
 def base_socket(sk: int) -> int:
-    """The socket a (possibly plaintext-stream) key belongs to."""
-    return sk & ~TLS_STREAM
+    """The socket a (possibly plaintext-stream) key belongs to. A socket's own key
+    is returned as it is: a kernel address is a boxed int, and masking it would
+    make a new one for every event."""
+    return sk & ~TLS_STREAM if sk & TLS_STREAM else sk
 
 
 class ConnOpen(NamedTuple):
@@ -408,7 +410,7 @@ class HttpHead:
         return "HttpHead" + repr(self._fields())
 
 
-_HTTP_HEAD_FIELDS = (
+_HTTP_HEAD_FIELDS: Final = (
     "is_request",
     "method",
     "target",
@@ -506,7 +508,7 @@ class HttpExchange:
         return "HttpExchange" + repr(self._fields())
 
 
-_HTTP_EXCHANGE_FIELDS = (
+_HTTP_EXCHANGE_FIELDS: Final = (
     "request",
     "request_body_bytes",
     "response",
@@ -675,7 +677,7 @@ class RedisExchange:
         return "RedisExchange" + repr(self._fields())
 
 
-_REDIS_EXCHANGE_FIELDS = ("command", "reply", "start_ts", "end_ts", "token")
+_REDIS_EXCHANGE_FIELDS: Final = ("command", "reply", "start_ts", "end_ts", "token")
 
 
 class SqlExchange(NamedTuple):
@@ -701,7 +703,7 @@ SqlOutput = SqlExchange | RequestStarted  # what the SQL parsers give for bytes 
 # --- spans (processors.spans -> metrics, merge, export) -----------------------
 
 
-SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 
 
 class SpanIds:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status
 
@@ -28,24 +29,24 @@ from otel_ebpf.model import BuiltSpan, FinishedSpan
 
 log = logging.getLogger(__name__)
 
-_MAX_CACHED_ATTRIBUTES = 16384  # distinct (key, value) pairs kept; cleared when full
-_MAX_CACHED_KEYS = 1024  # distinct attribute keys kept; all forgotten when full
-_MAX_CACHED_RESOURCES = 4096
-_MAX_SHARED_BLOCKS = 1024  # BuiltSpan.shared_attributes encoded; cleared when full
-_UINT64 = (1 << 64) - 1
+_MAX_CACHED_ATTRIBUTES: Final = 16384  # distinct (key, value) pairs kept; cleared when full
+_MAX_CACHED_KEYS: Final = 1024  # distinct attribute keys kept; all forgotten when full
+_MAX_CACHED_RESOURCES: Final = 4096
+_MAX_SHARED_BLOCKS: Final = 1024  # BuiltSpan.shared_attributes encoded; cleared when full
+_UINT64: Final = (1 << 64) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags: the parent's remoteness is known ...
-_FLAGS_IS_REMOTE = 0x200  # ... and it is remote
+_FLAGS_HAS_IS_REMOTE: Final = 0x100  # SpanFlags: the parent's remoteness is known ...
+_FLAGS_IS_REMOTE: Final = 0x200  # ... and it is remote
 
-_pack_fixed64 = struct.Struct("<Q").pack
-_pack_fixed32 = struct.Struct("<I").pack
-_pack_double = struct.Struct("<d").pack
+_pack_fixed64: Final = struct.Struct("<Q").pack
+_pack_fixed32: Final = struct.Struct("<I").pack
+_pack_double: Final = struct.Struct("<d").pack
 # Span.start_time_unix_nano (7) and end_time_unix_nano (8), both fixed64: one call
-_pack_times = struct.Struct("<BQBQ").pack
-_SMALL_VARINTS = [bytes([n]) for n in range(128)]
+_pack_times: Final = struct.Struct("<BQBQ").pack
+_SMALL_VARINTS: Final = [bytes([n]) for n in range(128)]
 # Span.kind's field by the member's identity: an enum's `.value` and hash are
 # interpreted calls on this Python, two a span.
-_KIND_FIELDS = {id(kind): b"\x30" + _SMALL_VARINTS[kind.value + 1] for kind in SpanKind}
+_KIND_FIELDS: Final = {id(kind): b"\x30" + _SMALL_VARINTS[kind.value + 1] for kind in SpanKind}
 
 
 def _varint(n: int) -> bytes:
@@ -72,8 +73,8 @@ def _string(tag: bytes, text: str) -> bytes:
 _ANY_STRING, _ANY_BOOL, _ANY_INT, _ANY_DOUBLE = b"\x0a", b"\x10", b"\x18", b"\x21"
 _ANY_ARRAY, _ANY_KVLIST, _ANY_BYTES = b"\x2a", b"\x32", b"\x3a"
 _KV_KEY, _KV_VALUE = b"\x0a", b"\x12"
-_LIST_VALUES = b"\x0a"  # ArrayValue.values and KeyValueList.values
-_SPAN_ATTRIBUTE = b"\x4a"  # Span.attributes (9)
+_LIST_VALUES: Final = b"\x0a"  # ArrayValue.values and KeyValueList.values
+_SPAN_ATTRIBUTE: Final = b"\x4a"  # Span.attributes (9)
 
 
 def _any_value(value: Any) -> bytes:
@@ -287,71 +288,110 @@ class TraceEncoder:
         return out
 
     def _span(self, span: FinishedSpan) -> bytes:
-        context = span.context
-        assert context is not None
-        parts = [
-            b"\x0a\x10",
-            context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(
-                _string(b"\x1a", ",".join(f"{k}={v}" for k, v in context.trace_state.items()))
+        """ScopeSpans.spans' body (encode() writes its tag and length)."""
+        if isinstance(span, BuiltSpan):  # ours: its fields read as compiled, not by name
+            context, parent = span.context, span.parent
+            parts = _span_head(
+                context.trace_id,
+                context.span_id,
+                context.trace_state,
+                None if parent is None else parent.span_id,
+                span.name,
+                span.kind,
+                span.start_time,
+                span.end_time,
             )
-        parent = span.parent
-        if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        if span.name:
-            parts.append(_string(b"\x2a", span.name))
-        parts.append(_KIND_FIELDS[id(span.kind)])  # the proto's enum is the API's + 1
-        start, end = span.start_time, span.end_time
-        if start and end:
-            parts.append(_pack_times(0x39, start, 0x41, end))
-        elif start:
-            parts += (b"\x39", _pack_fixed64(start))
-        elif end:
-            parts += (b"\x41", _pack_fixed64(end))
-        shared = span.shared_attributes if isinstance(span, BuiltSpan) else None
-        if shared:  # the leading attributes, shared by spans: encoded once
-            parts.append(_by_identity(self._shared, shared, self._shared_block, _MAX_SHARED_BLOCKS))
-            parts += self._span_attributes(span.attributes, len(shared))
+            shared = span.shared_attributes
+            if shared:  # the leading attributes, shared by spans: encoded once
+                parts.append(
+                    _by_identity(self._shared, shared, self._shared_block, _MAX_SHARED_BLOCKS)
+                )
+                parts += self._span_attributes(span.attributes, len(shared))
+            else:
+                parts += self._span_attributes(span.attributes)
+            remote = parent is not None and parent.is_remote  # no events, links or drops
         else:
-            parts += self._span_attributes(span.attributes)
-        if span.dropped_attributes:
-            parts += (b"\x50", _varint(span.dropped_attributes))
-        for event in span.events:
-            body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
-            if event.name:
-                body += _string(b"\x12", event.name)
-            body += _attribute_fields(b"\x1a", event.attributes)
-            if event.dropped_attributes:
-                body += b"\x20" + _varint(event.dropped_attributes)
-            parts.append(_field(b"\x5a", body))
-        if span.dropped_events:
-            parts += (b"\x60", _varint(span.dropped_events))
-        for link in span.links:
-            body = (
-                b"\x0a\x10"
-                + link.context.trace_id.to_bytes(16, "big")
-                + b"\x12\x08"
-                + link.context.span_id.to_bytes(8, "big")
-                + _attribute_fields(b"\x22", link.attributes)
+            sdk_context, sdk_parent = span.context, span.parent
+            assert sdk_context is not None
+            parts = _span_head(
+                sdk_context.trace_id,
+                sdk_context.span_id,
+                sdk_context.trace_state,
+                None if sdk_parent is None else sdk_parent.span_id,
+                span.name,
+                span.kind,
+                span.start_time,
+                span.end_time,
             )
-            if link.dropped_attributes:
-                body += b"\x28" + _varint(link.dropped_attributes)
-            body += b"\x35" + _pack_fixed32(_flags(link.context))
-            parts.append(_field(b"\x6a", body))
-        if span.dropped_links:
-            parts += (b"\x70", _varint(span.dropped_links))
+            parts += self._span_attributes(span.attributes)
+            _span_extras(span, parts)
+            remote = sdk_parent is not None and sdk_parent.is_remote
         parts.append(_by_identity(self._statuses, span.status, _status_field))
-        parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
-        return b"".join(parts)  # ScopeSpans.spans' body: encode() writes its tag and length
+        parts.append(_REMOTE_PARENT if remote else _LOCAL_PARENT)
+        return b"".join(parts)
+
+
+def _span_head(
+    trace_id: int,
+    span_id: int,
+    trace_state: Mapping[str, str] | None,
+    parent_span_id: int | None,
+    name: str,
+    kind: SpanKind,
+    start: int | None,
+    end: int | None,
+) -> list[bytes]:
+    """A span's ids, name, kind and times."""
+    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+    if trace_state:
+        parts.append(_string(b"\x1a", ",".join(f"{k}={v}" for k, v in trace_state.items())))
+    if parent_span_id is not None:
+        parts += (b"\x22\x08", parent_span_id.to_bytes(8, "big"))
+    if name:
+        parts.append(_string(b"\x2a", name))
+    parts.append(_KIND_FIELDS[id(kind)])  # the proto's enum is the API's + 1
+    if start and end:
+        parts.append(_pack_times(0x39, start, 0x41, end))
+    elif start:
+        parts += (b"\x39", _pack_fixed64(start))
+    elif end:
+        parts += (b"\x41", _pack_fixed64(end))
+    return parts
+
+
+def _span_extras(span: ReadableSpan, parts: list[bytes]) -> None:
+    """What only an SDK's span may have: dropped counts, events, links."""
+    if span.dropped_attributes:
+        parts += (b"\x50", _varint(span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
+        if event.name:
+            body += _string(b"\x12", event.name)
+        body += _attribute_fields(b"\x1a", event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_field(b"\x5a", body))
+    if span.dropped_events:
+        parts += (b"\x60", _varint(span.dropped_events))
+    for link in span.links:
+        body = (
+            b"\x0a\x10"
+            + link.context.trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + link.context.span_id.to_bytes(8, "big")
+            + _attribute_fields(b"\x22", link.attributes)
+        )
+        if link.dropped_attributes:
+            body += b"\x28" + _varint(link.dropped_attributes)
+        body += b"\x35" + _pack_fixed32(_flags(link.context))
+        parts.append(_field(b"\x6a", body))
+    if span.dropped_links:
+        parts += (b"\x70", _varint(span.dropped_links))
 
 
 # Span.flags (16, fixed32) as a span ends them: whether its parent is remote
-_LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE)
-_REMOTE_PARENT = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
+_LOCAL_PARENT: Final = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE)
+_REMOTE_PARENT: Final = b"\x85\x01" + _pack_fixed32(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 
 
 def _flags(parent: Any) -> int:

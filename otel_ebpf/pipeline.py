@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import psutil
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -80,12 +80,12 @@ from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 60.0
-FLUSH_TIMEOUT_S = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
-SWEEP_INTERVAL_S = 30.0
+PROGRESS_INTERVAL_S: Final = 60.0
+FLUSH_TIMEOUT_S: Final = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
+SWEEP_INTERVAL_S: Final = 30.0
 # The span budget's first look, then once a second: a collector started on a
 # busy node captures every request until it first weighs its CPU.
-FIRST_BUDGET_LOOK_S = 0.25
+FIRST_BUDGET_LOOK_S: Final = 0.25
 
 
 def _collector_resource_attributes() -> dict[str, str]:
@@ -286,7 +286,6 @@ class Collector:
             read_retransmits=self.receiver.retransmits_of,
         )
         self.tls = OpenSslProbes(self.receiver.attach_openssl, self.receiver.detach_openssl)
-        self._tls_checked = self.tls.checked  # one set lookup per event, not a call
 
         def selected(pid: int) -> bool:
             return selector.process_selected(pid, self._processes.get(pid).executable_name)
@@ -302,13 +301,11 @@ class Collector:
                 self.receiver.register_go,
                 selected,
             )
-        self._go_checked = self.goroutines.checked if self.goroutines else set()
         self.asyncio: AsyncioProbes | None = None
         if ebpf.python_asyncio:
             self.asyncio = AsyncioProbes(
                 self.receiver.attach_uprobes, self.receiver.detach_uprobes, selected
             )
-        self._asyncio_checked = self.asyncio.checked if self.asyncio else set()
         self.node: NodeProbes | None = None
         if ebpf.node_callbacks:
             self.node = NodeProbes(
@@ -317,7 +314,15 @@ class Collector:
                 self.receiver.register_node,
                 selected,
             )
-        self._node_checked = self.node.checked if self.node else set()
+        # Each runtime's probes look at a process new to them once (its `checked`).
+        self._runtime_probes: list[tuple[set[int], Callable[[int], object]]] = [
+            (probes.checked, probes.check)
+            for probes in (self.tls, self.goroutines, self.asyncio, self.node)
+            if probes is not None
+        ]
+        # Pids every one of them has looked at: one set lookup per event, not four.
+        # Emptied where a receiver may forget one (its sweep, an exec), to ask again.
+        self._runtimes_checked: set[int] = set()
         self.metrics: CollectorMetrics | None = None
         self.recorder: MetricsRecorder | None = None
         self.tcp_health: TcpHealth | None = None
@@ -358,16 +363,14 @@ class Collector:
         No exception goes back into the ring buffer's callback: counted, said at debug."""
         kind = type(event)
         try:
-            if kind is DataEvent or kind is ConnOpen:
-                pid: int = event.pid
-                if pid not in self._tls_checked:
-                    self.tls.check(pid)  # a process new to us may map a libssl not probed
-                if pid not in self._go_checked and self.goroutines is not None:
-                    self.goroutines.check(pid)  # or run a Go program not probed
-                if pid not in self._asyncio_checked and self.asyncio is not None:
-                    self.asyncio.check(pid)  # or map an _asyncio not probed
-                if pid not in self._node_checked and self.node is not None:
-                    self.node.check(pid)  # or run a Node not probed
+            if kind is DataEvent:  # most events: no other kind looked up
+                if event.pid not in self._runtimes_checked:
+                    self._check_runtimes(event.pid)
+                self.tracker.handle(event)
+                return
+            if kind is ConnOpen:
+                if event.pid not in self._runtimes_checked:
+                    self._check_runtimes(event.pid)
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -380,7 +383,8 @@ class Collector:
             elif kind is ProcessExec:  # a new program: its name, runtime and libraries
                 self._processes.forget(event.pid)
                 self.tracker.correlator.forget_process(event.pid)
-                self._tls_checked.discard(event.pid)
+                self.tls.checked.discard(event.pid)
+                self._runtimes_checked.discard(event.pid)
                 if self.goroutines is not None:
                     self.goroutines.exec(event.pid)
                 if self.asyncio is not None:
@@ -394,6 +398,17 @@ class Collector:
         except Exception as exc:
             self.telemetry.parse_errors += 1
             log.debug("%s not handled: %s", kind.__name__, fault_summary(exc))
+
+    def _check_runtimes(self, pid: int) -> None:
+        """A process new to us may map a libssl or an _asyncio not probed, or run a
+        Go program or a Node not probed."""
+        looked_at = True
+        for checked, check in self._runtime_probes:
+            if pid not in checked:
+                check(pid)
+                looked_at = looked_at and pid in checked  # else asked again next event
+        if looked_at:
+            self._runtimes_checked.add(pid)
 
     def _in_scope(self, pid: int) -> bool:
         return self._scope is None or self._scope(pid)
@@ -475,20 +490,17 @@ class Collector:
         if span is None:
             return
         self.telemetry.spans_built += 1
+        token = exchange.token  # once: an exchange of any protocol is read by name
+        rc = token if isinstance(token, RequestContext) else None
+        weight = 1
         if self.recorder is not None:
-            rc = exchange.token
-            red_in_kernel = isinstance(rc, RequestContext) and rc.red_in_kernel
-            weight = (
-                adjusted_count(rc.threshold)
-                if isinstance(rc, RequestContext) and rc.threshold
-                else 1
-            )
+            weight = adjusted_count(rc.threshold) if rc is not None and rc.threshold else 1
+            red_in_kernel = rc is not None and rc.red_in_kernel
             self.recorder.span(span, conn.local, conn.remote, red_in_kernel, weight)
-        self._live(span, conn.local, conn.remote, weight if self.recorder is not None else 1)
+        self._live(span, conn.local, conn.remote, weight)
         if self.merger is None:
             self._export(span)
             return
-        rc = exchange.token if isinstance(exchange.token, RequestContext) else None
         self.merger.ebpf(span, rc, conn.pid)
 
     def _on_otlp_spans(self, spans: list[ReadableSpan], peer: Endpoint | None) -> None:
@@ -646,6 +658,7 @@ class Collector:
                         self.asyncio.sweep()
                     if self.node is not None:
                         self.node.sweep()
+                    self._runtimes_checked.clear()  # the sweeps forgot some: ask again
                 for pid in self._processes.forget_exited():
                     self.tracker.correlator.forget_process(pid)
                 self.tracker.correlator.expire(time.monotonic_ns())

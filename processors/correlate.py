@@ -53,7 +53,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from otel_ebpf.model import Endpoint, GoroutineLink, Role
 from otel_ebpf.processors.propagation import WireContext, extract
@@ -61,7 +61,7 @@ from otel_ebpf.processors.propagation import WireContext, extract
 StreamKey = tuple[Endpoint, Endpoint, int]
 _K = TypeVar("_K")
 # Thread keys from here up name a goroutine of a probed Go process, not a thread.
-GOROUTINE_KEYS = 1 << 96
+GOROUTINE_KEYS: Final = 1 << 96
 
 
 def goroutine_key(pid: int, owner: int) -> int:
@@ -82,11 +82,11 @@ class RequestStart(Protocol):
 
 # A client's send tracepoint fires after the data is queued to the peer, so the
 # server may record its read a little earlier than the client records its send.
-MATCH_SLACK_NS = 50_000_000
-MATCH_WINDOW_NS = 60_000_000_000
-MAX_AGE_NS = 300_000_000_000  # server requests never finished (dropped) expire
-MAX_UNSETTLED_NS = 1_000_000_000  # a span waits this long at most for its trace
-MAX_TASK_CALLS = 64  # calls one task made that wait for its answer; past it, the oldest go
+MATCH_SLACK_NS: Final = 50_000_000
+MATCH_WINDOW_NS: Final = 60_000_000_000
+MAX_AGE_NS: Final = 300_000_000_000  # server requests never finished (dropped) expire
+MAX_UNSETTLED_NS: Final = 1_000_000_000  # a span waits this long at most for its trace
+MAX_TASK_CALLS: Final = 64  # calls one task made that wait for its answer; past it, the oldest go
 
 
 # Plain classes, not NamedTuples: made per request, and compiled a class is made

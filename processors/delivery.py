@@ -10,6 +10,7 @@ correlator to join them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from otel_ebpf.model import Exchange, Role, base_socket
 from otel_ebpf.processors.connections import Connection
@@ -19,10 +20,10 @@ ExchangeSink = Callable[[Exchange, Connection], None]
 
 # A server's answer can be retransmitted after its last write: its span waits for
 # the connection's next event (the ACK's effects show there) or this long.
-ACK_HOLD_NS = 1_000_000_000
+ACK_HOLD_NS: Final = 1_000_000_000
 # A client's exchange waits this long for its (quiet) server's.
-SERVER_WAIT_NS = 1_000_000_000
-MAX_WAITING = 16  # exchanges per connection in either wait; past it, the oldest go
+SERVER_WAIT_NS: Final = 1_000_000_000
+MAX_WAITING: Final = 16  # exchanges per connection in either wait; past it, the oldest go
 
 
 class Delivery:

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind
@@ -39,7 +39,7 @@ Export = Callable[[FinishedSpan], None]
 log = logging.getLogger(__name__)
 
 # Network facts an SDK span rarely has and the kernel always does.
-NETWORK_FACTS = (
+NETWORK_FACTS: Final = (
     "network.peer.address",
     "network.peer.port",
     "client.address",
@@ -49,7 +49,7 @@ NETWORK_FACTS = (
     "http.request.body.size",
     "http.response.body.size",
 )
-SLACK_NS = 2_000_000  # clocks of app and kernel differ by the call overheads
+SLACK_NS: Final = 2_000_000  # clocks of app and kernel differ by the call overheads
 
 
 def with_ids(

@@ -27,14 +27,14 @@ from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port
 from otel_ebpf.processors.routes import RouteTemplates
 from otel_ebpf.processors.spans import db_attributes
 
-_HTTP_SERVER_KEYS = (
+_HTTP_SERVER_KEYS: Final = (
     "http.request.method",
     "http.response.status_code",
     "url.scheme",
     "network.protocol.version",
     "error.type",
 )
-_HTTP_CLIENT_KEYS = (
+_HTTP_CLIENT_KEYS: Final = (
     "http.request.method",
     "http.response.status_code",
     "server.address",
@@ -42,7 +42,7 @@ _HTTP_CLIENT_KEYS = (
     "network.protocol.version",
     "error.type",
 )
-_DB_KEYS = (
+_DB_KEYS: Final = (
     "db.system.name",
     "db.namespace",
     "db.operation.name",
@@ -52,19 +52,20 @@ _DB_KEYS = (
     "server.port",
     "error.type",
 )
-_RPC_KEYS = ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type")
-_DNS_KEYS = ("dns.question.name", "error.type")
+_RPC_KEYS: Final = ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type")
+_DNS_KEYS: Final = ("dns.question.name", "error.type")
 
-_URLS = UrlRedactor()  # the path of a target, as spans take it
+_URLS: Final = UrlRedactor()  # the path of a target, as spans take it
 _SERVER: Final = SpanKind.SERVER  # read once: an enum member is a class attribute lookup
 _ERROR: Final = StatusCode.ERROR
 _SplitParts = tuple[tuple[Series, str], ...]  # (series, the span attribute that measured it)
-MAX_EDGE_SERIES = 4096  # (edge, verdict) pairs whose series are kept; all forgotten when full
+# (edge, verdict) pairs whose series are kept; all forgotten when full
+MAX_EDGE_SERIES: Final = 4096
 
 # The service at the other end of a connection (this end, other end), when it
 # is a process on this node.
 PeerService = Callable[[Endpoint, Endpoint], str | None]
-MAX_RESOURCES = 4096  # service names kept by resource; all forgotten when full
+MAX_RESOURCES: Final = 4096  # service names kept by resource; all forgotten when full
 
 
 def _counts(

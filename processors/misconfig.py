@@ -17,16 +17,17 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from typing import Final
 
 from otel_ebpf.model import SocketBufferSet
 
 log = logging.getLogger(__name__)
 
-_TCP_LISTEN = "0A"
-MAX_REPORTED = 4096
+_TCP_LISTEN: Final = "0A"
+MAX_REPORTED: Final = 4096
 # A process that sets the option on every accepted socket would cost a read of its
 # namespace's TCP table per connection: look again at most this often.
-RECHECK_NS = 10_000_000_000
+RECHECK_NS: Final = 10_000_000_000
 
 
 class Misconfigurations:

@@ -24,21 +24,23 @@ less one round trip, and said to be an estimate.
 
 from __future__ import annotations
 
+from typing import Final
+
 # A small request that took this long to arrive whole, in two or more segments,
 # waited for an acknowledgement: Linux delays ACKs 40 ms to 200 ms, others up to
 # 500 ms; Nagle holds a sender's second small write until that ACK comes.
-STALL_MIN_NS = 35_000_000
-STALL_MAX_NS = 550_000_000
-STALL_MAX_BYTES = 16384
+STALL_MIN_NS: Final = 35_000_000
+STALL_MAX_NS: Final = 550_000_000
+STALL_MAX_BYTES: Final = 16384
 # One round trip this long or more explains such a gap without any stall.
-STALL_RTT_FACTOR = 4
+STALL_RTT_FACTOR: Final = 4
 
 # Summary names (`otel_ebpf.verdict`), as the README documents them.
-SERVER = "server"
-NETWORK = "network"
-DOWNSTREAM = "downstream"
-FLOW_CONTROL = "flow_control"
-STALL = "delayed_ack_stall"
+SERVER: Final = "server"
+NETWORK: Final = "network"
+DOWNSTREAM: Final = "downstream"
+FLOW_CONTROL: Final = "flow_control"
+STALL: Final = "delayed_ack_stall"
 
 
 # Plain classes, not NamedTuples: two of each are made per request, and compiled

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 from urllib.parse import unquote_plus
 
 from otel_ebpf.processors.protocols.numbers import decimal
 
-REDACTED = "REDACTED"
+REDACTED: Final = "REDACTED"
 # The HTTP conventions' list: always redacted.
-CONVENTION_QUERY_KEYS = ("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature")
+CONVENTION_QUERY_KEYS: Final = ("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature")
 # Added by default (receivers.ebpf.redaction.query_keys replaces this list).
-DEFAULT_QUERY_KEYS = (
+DEFAULT_QUERY_KEYS: Final = (
     "password",
     "passwd",
     "pwd",
@@ -42,7 +43,7 @@ DEFAULT_QUERY_KEYS = (
     "X-Amz-Credential",
     "X-Amz-Security-Token",
 )
-MAX_MESSAGE = 256  # characters of an error text kept
+MAX_MESSAGE: Final = 256  # characters of an error text kept
 
 
 def without_userinfo(authority: str) -> str:
@@ -114,7 +115,7 @@ class UrlRedactor:
 # Quoted parts of an error text carry the offending value ("invalid input syntax
 # for type integer: \"...\"", "ERR unknown subcommand '...'"); so may numbers.
 # An unterminated quote (a cut capture) runs to the end.
-_MESSAGE_DATA = re.compile(r"'[^']*'?|\"[^\"]*\"?|`[^`]*`?|\d+")
+_MESSAGE_DATA: Final = re.compile(r"'[^']*'?|\"[^\"]*\"?|`[^`]*`?|\d+")
 
 
 def scrub_message(text: str | None) -> str | None:
@@ -124,7 +125,7 @@ def scrub_message(text: str | None) -> str | None:
     return _MESSAGE_DATA.sub("?", text[: MAX_MESSAGE * 4])[:MAX_MESSAGE]
 
 
-_SECRET_FLAGS = frozenset(
+_SECRET_FLAGS: Final = frozenset(
     {
         "password",
         "passwd",
@@ -143,7 +144,7 @@ _SECRET_FLAGS = frozenset(
     }
 )
 # Short flags that take a password, by program: `redis-cli -a PW`, `mysql -pPW`.
-_SHORT_SECRET_FLAGS = {
+_SHORT_SECRET_FLAGS: Final = {
     "redis-cli": "-a",
     "mysql": "-p",
     "mariadb": "-p",
@@ -153,8 +154,8 @@ _SHORT_SECRET_FLAGS = {
     "mariadb-admin": "-p",
     "sshpass": "-p",
 }
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
-_KEY_VALUE = re.compile(
+_URL_USERINFO: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
+_KEY_VALUE: Final = re.compile(
     r"(?i)\b(password|passwd|pwd|secret|token|api_?key|access_token|client_secret)"
     r"(\s*[=:]\s*)('[^']*'?|\"[^\"]*\"?|[^\s&;]+)"
 )

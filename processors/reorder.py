@@ -10,12 +10,13 @@ ring buffer ends; then what waits goes on, gaps and all.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from otel_ebpf.model import DataEvent
 from otel_ebpf.processors.connections import Connection
 from otel_ebpf.telemetry import SelfTelemetry
 
-REORDER_LIMIT = 16
+REORDER_LIMIT: Final = 16
 
 
 class Reorder:

@@ -12,7 +12,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -42,14 +42,16 @@ from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
 from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
 
-MAX_QUERY_ARGS = 16
-MAX_HOSTS = 1024  # Host headers whose parts are kept; all forgotten when full
-SCOPE = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
+MAX_QUERY_ARGS: Final = 16
+MAX_HOSTS: Final = 1024  # Host headers whose parts are kept; all forgotten when full
+SCOPE: Final = InstrumentationScope("otel-ebpf", __version__, SCHEMA_URL)
 # Statuses without a description, shared by every span that has one (a Status
 # does not change once made; building one is an interpreted call per span).
-_UNSET = Status(StatusCode.UNSET)
-_ERROR = Status(StatusCode.ERROR)
-CLOCK_STEP_NS = 500_000  # the wall clock moved this far against the monotonic one: follow
+_UNSET: Final = Status(StatusCode.UNSET)
+_ERROR: Final = Status(StatusCode.ERROR)
+_SERVER: Final = SpanKind.SERVER  # read once: an enum member is a class attribute lookup
+_CLIENT: Final = SpanKind.CLIENT
+CLOCK_STEP_NS: Final = 500_000  # the wall clock moved this far against the monotonic one: follow
 
 
 def monotonic_to_epoch_offset() -> int:
@@ -141,9 +143,7 @@ class SpanBuilder:
         else:  # no trailers: the connection ended first
             status = self._unanswered(attrs, conn, "a gRPC status")
         name = method or "grpc"
-        return self._span(
-            name, x, conn, attrs, status, SpanKind.SERVER if server else SpanKind.CLIENT
-        )
+        return self._span(name, x, conn, attrs, status, _SERVER if server else _CLIENT)
 
     def _dns(self, x: DnsExchange, conn: Connection) -> BuiltSpan:
         """A lookup: dns.* registry attributes; rcode and type under otel_ebpf.dns.*."""
@@ -196,7 +196,7 @@ class SpanBuilder:
             attrs["otel_ebpf.tcp.send_wait"] = net.send_wait_ns / 1e9
         if net.window_small:
             attrs["otel_ebpf.tcp.window_small"] = net.window_small
-        server_side = kind == SpanKind.SERVER
+        server_side = kind is _SERVER
         request_end, response_start = _message_bounds(x)
         timing = Timing(
             server_side,
@@ -302,7 +302,7 @@ class SpanBuilder:
         attrs: dict[str, str | int],
         status: Status,
     ) -> BuiltSpan:
-        return self._span(name, x, conn, attrs, status, SpanKind.CLIENT)
+        return self._span(name, x, conn, attrs, status, _CLIENT)
 
     def _span(
         self,
@@ -315,7 +315,7 @@ class SpanBuilder:
     ) -> BuiltSpan:
         """A span with the connection's network attributes (server.* is the far end
         for clients, this end for servers)."""
-        attrs = {**_network_attributes(conn, kind == SpanKind.SERVER), **attrs}  # DNS: udp
+        attrs = {**_network_attributes(conn, kind is _SERVER), **attrs}  # DNS: udp
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
         return self._built(name, x.token, conn.process.resource, attrs, kind, status, x)
@@ -395,7 +395,7 @@ class SpanBuilder:
             status = _http_status(attrs, resp.status, server)
         else:
             status = self._unanswered(attrs, conn, "a response")
-        kind = SpanKind.SERVER if server else SpanKind.CLIENT
+        kind = _SERVER if server else _CLIENT
         self._network_facts(attrs, x.token, kind, x, conn)
         assert conn.process is not None
         return self._built(
@@ -515,7 +515,7 @@ class SpanBuilder:
         else:
             attrs["error.type"] = "no_response"
             status = Status(StatusCode.ERROR, "the connection ended before a response")
-        kind = SpanKind.SERVER if server else SpanKind.CLIENT
+        kind = _SERVER if server else _CLIENT
         return self._built(method, None, resource, attrs, kind, status, x)  # a new trace
 
     def _db_outlier(self, x: OutlierExchange, resource: Resource) -> BuiltSpan:
@@ -534,7 +534,7 @@ class SpanBuilder:
         elif not x.status:
             status = Status(StatusCode.ERROR, "the connection ended before an answer")
         name = f"{x.method} {x.path}" if x.path else x.method or x.protocol
-        return self._built(name, None, resource, attrs, SpanKind.CLIENT, status, x)
+        return self._built(name, None, resource, attrs, _CLIENT, status, x)
 
 
 class _Times(Protocol):
@@ -579,7 +579,7 @@ def _http_status(attrs: dict[str, Any], code: int, server: bool) -> Status:
     return _UNSET
 
 
-_GRPC_SERVER_ERRORS = frozenset(
+_GRPC_SERVER_ERRORS: Final = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from otel_ebpf.model import (
     NODE_CALLBACK,
@@ -59,15 +59,16 @@ from otel_ebpf.telemetry import SelfTelemetry, fault_summary
 log = logging.getLogger(__name__)
 
 QuietSetter = Callable[[int, int, Direction, int], None]
-UNDECIDED_LIMIT = 8  # calls without a recognisable message before an old connection is ignored
+# calls without a recognisable message before an old connection is ignored
+UNDECIDED_LIMIT: Final = 8
 
 
 # A connection closed with a request unanswered stays open to the bytes its owner
 # reads after the close (an answer that came with the FIN or before a RST) this long.
-LINGER_NS = 1_000_000_000
+LINGER_NS: Final = 1_000_000_000
 
-QUIET_FOREVER = (1 << 64) - 1
-TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
+QUIET_FOREVER: Final = (1 << 64) - 1
+TLS_HANDSHAKE: Final = b"\x16\x03"  # a TLS record of type handshake, versions 3.x
 
 
 def _thread_of(ev: DataEvent) -> int:
@@ -645,22 +646,24 @@ class ConnectionTracker:
         for x in out:
             if isinstance(x, RequestStarted):
                 continue
-            if isinstance(x.token, RequestStarted):
-                x = x._replace(token=x.token.context)
+            token = x.token  # once: an exchange of any protocol is read by name
+            if isinstance(token, RequestStarted):
+                x = x._replace(token=token.context)
             exchanges.append(x)
         conn.exchanges += len(exchanges)
         # the thread whose write completed a server's answers
         answer_by = conn.writer_tid if conn.role == Role.SERVER and conn.writer_tid else None
         after = self._response_read_by(conn.writer_cause) if answer_by is not None else None
         for x in exchanges:
-            if isinstance(x.token, RequestContext):
+            rc = x.token
+            if isinstance(rc, RequestContext):
                 if answer_by is not None:
-                    self.correlator.answered(x.token, answer_by, conn.writer_task, conn.sk, after)
+                    self.correlator.answered(rc, answer_by, conn.writer_task, conn.sk, after)
                 elif conn.role == Role.CLIENT:
-                    conn.last_done = x.token
-                self._net_facts(x.token, conn)
-                self.correlator.ended(x.token)
-                conn.in_flight.pop(x.token, None)
+                    conn.last_done = rc
+                self._net_facts(rc, conn)
+                self.correlator.ended(rc)
+                conn.in_flight.pop(rc, None)
             self._delivery.send(x, conn)
         if exchanges:
             self._delivery.answered(conn)

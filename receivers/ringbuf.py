@@ -27,20 +27,20 @@ from typing import Final
 _BUSY: Final = 1 << 31  # reserved, not yet submitted: the drain stops there
 _DISCARD: Final = 1 << 30  # reserved and dropped by the program: skipped
 _HEADER: Final = 8
-MAX_RECORD = 64 << 10  # longer than any record the programs write (under 17 KiB)
+MAX_RECORD: Final = 64 << 10  # longer than any record the programs write (under 17 KiB)
 
 # CPUs whose loads are not reordered with other loads (total store order).
-ORDERED_LOADS = platform.machine().lower() in ("x86_64", "amd64")
+ORDERED_LOADS: Final = platform.machine().lower() in ("x86_64", "amd64")
 
 # The kernel writes records without waking the collector (a wakeup costs the
 # traced thread ~1.4 us); they are drained this often. 8 MiB of ring buffer
 # hold ~5,000 records per 10 ms even at full 1 KiB captures.
-DRAIN_INTERVAL_S = 0.01
+DRAIN_INTERVAL_S: Final = 0.01
 # A quiet node's drains stretch to this: each wakeup costs the collector ~40 us
 # however little it finds. The kernel sheds at half the ring unread, ~3,500
 # full records, so even from here a burst of 80,000 records/s is read in time.
-QUIET_DRAIN_INTERVAL_S = 0.04
-QUIET_RECORDS_PER_S = 2000  # below this the drains stretch; at or above, every 10 ms
+QUIET_DRAIN_INTERVAL_S: Final = 0.04
+QUIET_RECORDS_PER_S: Final = 2000  # below this the drains stretch; at or above, every 10 ms
 
 
 def next_drain_wait(wait_s: float, records: int, since_last_s: float) -> float:

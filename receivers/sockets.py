@@ -57,11 +57,11 @@ from otel_ebpf.receivers.spare_ring import SpareRecords
 
 log = logging.getLogger(__name__)
 
-TRACEFS = Path("/sys/kernel/tracing")
+TRACEFS: Final = Path("/sys/kernel/tracing")
 DRAIN_BATCH = 4096  # records handed on per poll: the loop's other work runs between
 
 # Tracepoints the program attaches to; `doctor` checks the same list.
-REQUIRED_TRACEPOINTS = (
+REQUIRED_TRACEPOINTS: Final = (
     "sock/sock_send_length",
     "sock/sock_recv_length",
     "sock/inet_sock_set_state",
@@ -97,7 +97,7 @@ REQUIRED_TRACEPOINTS = (
     "tcp/tcp_send_reset",
 )
 # send/recv exist as syscalls on some architectures only (not on x86_64).
-OPTIONAL_PLAIN_SYSCALLS = (("send", "buff"), ("recv", "ubuf"))
+OPTIONAL_PLAIN_SYSCALLS: Final = (("send", "buff"), ("recv", "ubuf"))
 
 _EV_DATA: Final = 1
 _EV_OPEN: Final = 2
@@ -108,21 +108,26 @@ _EV_RESET: Final = 6
 _EV_SOCKOPT: Final = 7
 _EV_OUTLIER: Final = 8
 _EV_EXEC: Final = 9
-_EXEC = struct.Struct("<B3xI")
-_SOCKOPT = struct.Struct("<B3xIIiqQ16s")
+_EXEC: Final = struct.Struct("<B3xI")
+_SOCKOPT: Final = struct.Struct("<B3xIIiqQ16s")
 _FACT_NODELAY_SET, _FACT_NODELAY_ON, _FACT_FRESH = 2, 4, 8  # socket_facts bits
-_SOCKET_OPTIONS = {7: "SO_SNDBUF", 8: "SO_RCVBUF", 32: "SO_SNDBUFFORCE", 33: "SO_RCVBUFFORCE"}
+_SOCKET_OPTIONS: Final = {
+    7: "SO_SNDBUF",
+    8: "SO_RCVBUF",
+    32: "SO_SNDBUFFORCE",
+    33: "SO_RCVBUFFORCE",
+}
 # The program's files, in the order they are compiled as one unit.
-PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tls.bpf.c")
+PROGRAM_FILES: Final = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tls.bpf.c")
 # peer, TCP counters, tls, send wait, small-window segments, retransmit stamp,
 # budget, goroutine, task (asyncio's, or a Node callback) and its cause
-_DATA_HEADER = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIII4xQQQQQQ")
+_DATA_HEADER: Final = struct.Struct("<BBBBIIIQQQQQII16sHH16sIIBBBxIII4xQQQQQQ")
 # The same header as an EV_DATA record is read: its kind and the datagram peer skipped.
 _unpack_data: Final = struct.Struct("<xBBBIIIQQQQQII16s20xIIBBBxIII4xQQQQQQ").unpack_from
 _DATA_START: Final = _DATA_HEADER.size
-_CONN = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
-_TCP_SYN_SENT = 2
-_AF_INET = 2
+_CONN: Final = struct.Struct("<BBHIQQQQHH16s16s4xQIIBBB5x")
+_TCP_SYN_SENT: Final = 2
+_AF_INET: Final = 2
 _DIRECTIONS: Final = tuple(Direction)
 _ROLES: Final = tuple(Role)
 
@@ -132,9 +137,9 @@ def _text(raw: Any) -> str:
 
 
 _RED_HTTP, _RED_REDIS = 0, 1  # struct red_key's proto
-_RED_PG = 2
-_DB_FAILED = 2  # and its status for a database's error
-_PG_COUNTED = struct.Struct("<QI")  # struct pg_counted: fingerprint, database id
+_RED_PG: Final = 2
+_DB_FAILED: Final = 2  # and its status for a database's error
+_PG_COUNTED: Final = struct.Struct("<QI")  # struct pg_counted: fingerprint, database id
 
 
 def _red_head(
@@ -182,7 +187,7 @@ def _red_head(
     )
 
 
-_OUTLIER = struct.Struct("<B7xQQQ")
+_OUTLIER: Final = struct.Struct("<B7xQQQ")
 
 
 def _outlier(raw: bytes, names: PgNames | None) -> OutlierExchange | None:
@@ -409,7 +414,7 @@ def task_registers_missing() -> str | None:
 
 # Receives whose arguments the transfer probes read from the caller's registers
 # where they can (bpf/sockets.bpf.c, receive_io): their syscalls are not probed.
-RECEIVES_FROM_REGISTERS = ("read", "readv", "recvfrom", "recvmsg")
+RECEIVES_FROM_REGISTERS: Final = ("read", "readv", "recvfrom", "recvmsg")
 
 
 def attached_tracepoints() -> tuple[str, ...]:
@@ -440,7 +445,7 @@ def _own_pid(bpf: Any) -> None:
 # count_and_send), a pair each: a tracepoint's kind of program, then a uprobe's
 # (a tail call stays within its kind), at this index of their tables. The
 # database ones are reached through the HTTP/1 pair.
-_COUNTERS = (
+_COUNTERS: Final = (
     ("HTTP/1 requests", "red_and_send", "red_and_send_tls", 0),
     ("Redis commands", "red_and_send_redis", "red_and_send_tls_redis", 1),
     ("PostgreSQL queries", "red_and_send_pg", "red_and_send_tls_pg", 2),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import dns.exception
 import dns.message
@@ -23,9 +23,9 @@ import dns.rdatatype
 from otel_ebpf.model import DnsExchange, DnsMessage, RequestHead, RequestStarted
 from otel_ebpf.processors.protocols.framing import Frame, FramedConnection, Framer
 
-MAX_PENDING = 4096
-MAX_ANSWERS = 16
-_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+MAX_PENDING: Final = 4096
+MAX_ANSWERS: Final = 16
+_ADDRESS_TYPES: Final = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
 def parse(data: bytes) -> DnsMessage | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from otel_ebpf.model import (
     HttpEnd,
@@ -32,12 +32,12 @@ from otel_ebpf.processors.protocols.numbers import decimal, hexadecimal
 
 HttpOutput = HttpExchange | RequestStarted
 
-METHODS = frozenset(
+METHODS: Final = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH "
     b"PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK SEARCH REPORT PURGE".split()
 )
-_METHOD_NAMES = frozenset(m.decode() for m in METHODS)
-_MAX_METHOD_LEN = max(len(m) for m in METHODS)
+_METHOD_NAMES: Final = frozenset(m.decode() for m in METHODS)
+_MAX_METHOD_LEN: Final = max(len(m) for m in METHODS)
 
 
 def known_method(method: str) -> str:
@@ -45,9 +45,9 @@ def known_method(method: str) -> str:
     return method if method in _METHOD_NAMES else "_OTHER"
 
 
-_METHOD_TEXT = {m: m.decode() for m in METHODS}
-_STATUS_CODES = {b"%03d" % code: code for code in range(1000)}  # 3DIGIT, as a table
-_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_METHOD_TEXT: Final = {m: m.decode() for m in METHODS}
+_STATUS_CODES: Final = {b"%03d" % code: code for code in range(1000)}  # 3DIGIT, as a table
+_VERSIONS: Final = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 def _version(token: bytes) -> str:
@@ -55,12 +55,12 @@ def _version(token: bytes) -> str:
     return _VERSIONS.get(token) or token[5:].decode("ascii", "replace")
 
 
-_RESPONSE_PREFIX = b"HTTP/1."
-MAX_EARLY = 4  # answers kept for requests not seen yet
+_RESPONSE_PREFIX: Final = b"HTTP/1."
+MAX_EARLY: Final = 4  # answers kept for requests not seen yet
 
 # Headers kept on records: framing, span attributes and trace context. Nothing
 # else leaves the parser, so credentials (Authorization, Cookie) never do.
-KEPT_HEADERS = frozenset(
+KEPT_HEADERS: Final = frozenset(
     {
         "host",
         "user-agent",
@@ -75,7 +75,7 @@ KEPT_HEADERS = frozenset(
 )
 
 
-_KEPT = {name.encode(): name for name in KEPT_HEADERS}  # lower-case bytes -> str
+_KEPT: Final = {name.encode(): name for name in KEPT_HEADERS}  # lower-case bytes -> str
 
 
 class _State(enum.Enum):
@@ -89,7 +89,7 @@ class _State(enum.Enum):
     OPAQUE = "opaque"  # upgraded or tunnelled: not HTTP/1 any more
 
 
-_CHUNK_LINE_MAX = 1024
+_CHUNK_LINE_MAX: Final = 1024
 
 
 def looks_like_request(data: bytes) -> bool:
@@ -120,10 +120,10 @@ class _HeadFields(NamedTuple):
 # hash() (SipHash, keyed afresh in each process: a peer cannot aim a head at
 # another's entry), so the credentials a head may carry (Authorization, Cookie)
 # are not held past their parse. A blake2b digest cost 0.3 µs a head more.
-_PARSED_REQUESTS: dict[int, _HeadFields | ParseError] = {}
-_PARSED_RESPONSES: dict[int, _HeadFields | ParseError] = {}
-_PARSED_MAX = 512  # each
-_PARSED_HEAD_MAX = 1024
+_PARSED_REQUESTS: Final[dict[int, _HeadFields | ParseError]] = {}
+_PARSED_RESPONSES: Final[dict[int, _HeadFields | ParseError]] = {}
+_PARSED_MAX: Final = 512  # each
+_PARSED_HEAD_MAX: Final = 1024
 
 
 def _head_fields(head: bytes, is_request: bool) -> _HeadFields | ParseError:

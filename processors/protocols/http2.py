@@ -23,6 +23,7 @@ arrives; the exchange is reported when the request's END_STREAM is seen too.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Final
 
 import hpack
 
@@ -38,24 +39,24 @@ from otel_ebpf.processors.protocols.numbers import decimal
 
 H2Output = Http2Exchange | RequestStarted
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
-SETTINGS_HEADER_TABLE_SIZE = 0x1
+SETTINGS_HEADER_TABLE_SIZE: Final = 0x1
 # HPACK dynamic tables we keep, per direction: the default is 4 KiB and clients
 # rarely announce more than 64 KiB; a connection announcing more is declined
 # (the table is ours to hold, for as long as the connection lives).
-MAX_HPACK_TABLE = 64 << 10
-_PREFACE_KIND = -2
-MAX_FRAME = 1 << 24
-MAX_BLOCK = 64 * 1024  # header block bytes kept (and decoded) per stream
-MAX_STREAMS = 1024
-MAX_EARLY = 16  # responses kept for requests not seen yet
-_KEPT = frozenset({"content-type", "user-agent", "grpc-status", "grpc-message"}) | (
+MAX_HPACK_TABLE: Final = 64 << 10
+_PREFACE_KIND: Final = -2
+MAX_FRAME: Final = 1 << 24
+MAX_BLOCK: Final = 64 * 1024  # header block bytes kept (and decoded) per stream
+MAX_STREAMS: Final = 1024
+MAX_EARLY: Final = 16  # responses kept for requests not seen yet
+_KEPT: Final = frozenset({"content-type", "user-agent", "grpc-status", "grpc-message"}) | (
     TRACE_CONTEXT_HEADERS
 )
-GRPC_STATUS = (
+GRPC_STATUS: Final = (
     "OK",
     "CANCELLED",
     "UNKNOWN",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from typing import Final
 
 from otel_ebpf.model import RequestHead, RequestStarted, SqlExchange, SqlOutput
 from otel_ebpf.processors.protocols.framing import (
@@ -26,26 +27,26 @@ from otel_ebpf.processors.protocols.framing import (
     NotThisProtocol,
 )
 
-KEEP_CLIENT = 8192  # bytes kept of a command (the statement text)
-KEEP_SERVER = 512  # bytes kept of a response packet (OK/ERR/column count/terminators)
-MAX_STATEMENTS = 256
-FULL_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
+KEEP_CLIENT: Final = 8192  # bytes kept of a command (the statement text)
+KEEP_SERVER: Final = 512  # bytes kept of a response packet (OK/ERR/column count/terminators)
+MAX_STATEMENTS: Final = 256
+FULL_PACKET: Final = 0xFFFFFF  # a payload this long continues in the next packet
 
-COM_QUIT = 0x01
-COM_INIT_DB = 0x02
-COM_QUERY = 0x03
-COM_STMT_PREPARE = 0x16
-COM_STMT_EXECUTE = 0x17
-COM_STMT_SEND_LONG_DATA = 0x18
-COM_STMT_CLOSE = 0x19
-_NO_RESPONSE = frozenset({COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE})
+COM_QUIT: Final = 0x01
+COM_INIT_DB: Final = 0x02
+COM_QUERY: Final = 0x03
+COM_STMT_PREPARE: Final = 0x16
+COM_STMT_EXECUTE: Final = 0x17
+COM_STMT_SEND_LONG_DATA: Final = 0x18
+COM_STMT_CLOSE: Final = 0x19
+_NO_RESPONSE: Final = frozenset({COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE})
 
-CLIENT_CONNECT_WITH_DB = 0x8
-CLIENT_COMPRESS = 0x20
-CLIENT_PROTOCOL_41 = 0x200
-CLIENT_SSL = 0x800
-CLIENT_DEPRECATE_EOF = 0x01000000
-SERVER_MORE_RESULTS_EXISTS = 0x0008
+CLIENT_CONNECT_WITH_DB: Final = 0x8
+CLIENT_COMPRESS: Final = 0x20
+CLIENT_PROTOCOL_41: Final = 0x200
+CLIENT_SSL: Final = 0x800
+CLIENT_DEPRECATE_EOF: Final = 0x01000000
+SERVER_MORE_RESULTS_EXISTS: Final = 0x0008
 
 OK, EOF, ERR, LOCAL_INFILE = 0x00, 0xFE, 0xFF, 0xFB
 

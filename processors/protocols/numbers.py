@@ -7,8 +7,10 @@ Every number read from someone else's bytes goes through here.
 
 from __future__ import annotations
 
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-MAX_DIGITS = 19  # below 2**63: no length field of ours is larger
+from typing import Final
+
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+MAX_DIGITS: Final = 19  # below 2**63: no length field of ours is larger
 
 
 def decimal(text: str | bytes) -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
+from typing import Final
 
 from otel_ebpf.model import RequestHead, RequestStarted, SqlExchange, SqlOutput
 from otel_ebpf.processors.protocols.framing import (
@@ -25,20 +26,20 @@ from otel_ebpf.processors.protocols.framing import (
     NotThisProtocol,
 )
 
-KEEP = 8192  # body bytes kept of messages whose content we read
-MAX_MESSAGE = 1 << 30
-MAX_STATEMENTS = 256  # prepared statements remembered per connection
-MAX_PENDING = 1024
+KEEP: Final = 8192  # body bytes kept of messages whose content we read
+MAX_MESSAGE: Final = 1 << 30
+MAX_STATEMENTS: Final = 256  # prepared statements remembered per connection
+MAX_PENDING: Final = 1024
 
-PROTOCOL_3 = 196608
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
-_STARTUP_CODES = frozenset({PROTOCOL_3, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST})
+PROTOCOL_3: Final = 196608
+SSL_REQUEST: Final = 80877103
+GSSENC_REQUEST: Final = 80877104
+CANCEL_REQUEST: Final = 80877102
+_STARTUP_CODES: Final = frozenset({PROTOCOL_3, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST})
 
-_FRONTEND_TYPES = frozenset(b"QPBDEHSCXdcfFp")
-_BACKEND_TYPES = frozenset(b"RSKZTDCEIN123nstGHWdcAvV")
-_READ_BODY = frozenset(b"\0QPBECZ") | {0x100}  # bodies we read (0: start-up, SSL answer)
+_FRONTEND_TYPES: Final = frozenset(b"QPBDEHSCXdcfFp")
+_BACKEND_TYPES: Final = frozenset(b"RSKZTDCEIN123nstGHWdcAvV")
+_READ_BODY: Final = frozenset(b"\0QPBECZ") | {0x100}  # bodies we read (0: start-up, SSL answer)
 
 
 def looks_like_startup(data: bytes) -> bool:
@@ -49,7 +50,7 @@ def looks_like_startup(data: bytes) -> bool:
     return code in _STARTUP_CODES and 8 <= length <= 10_000
 
 
-SSL_ANSWER = 0x100  # pseudo type of the backend's one-byte answer to SSLRequest
+SSL_ANSWER: Final = 0x100  # pseudo type of the backend's one-byte answer to SSLRequest
 
 
 class _PgFramer(Framer):

@@ -11,24 +11,25 @@ so a subscriber's stream of messages never becomes a span per message.
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 from otel_ebpf.model import RedisExchange, RequestHead, RequestStarted, RespValue
 
 RespOutput = RedisExchange | RequestStarted
 
-PREVIEW = 64  # bytes kept of a scalar
-KEPT_ITEMS = 3  # elements kept of an aggregate (command name, key, one more)
-MAX_LINE = 4096
-MAX_DEPTH = 16
+PREVIEW: Final = 64  # bytes kept of a scalar
+KEPT_ITEMS: Final = 3  # elements kept of an aggregate (command name, key, one more)
+MAX_LINE: Final = 4096
+MAX_DEPTH: Final = 16
 
-_LINE_TYPES = frozenset(b"+-:_,#(")  # value on the type line
-_BULK_TYPES = frozenset(b"$!=")  # length-prefixed payload
-_ARRAY_TYPES = frozenset(b"*~>")  # element count
-_MAP_TYPES = frozenset(b"%|")  # pair count
-_ANY_TYPE = _LINE_TYPES | _BULK_TYPES | _ARRAY_TYPES | _MAP_TYPES
-_COMMAND_START = frozenset(b"*")
-_PUBSUB_DELIVERIES = frozenset({b"message", b"pmessage", b"smessage"})
-_SUBSCRIBE = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
+_LINE_TYPES: Final = frozenset(b"+-:_,#(")  # value on the type line
+_BULK_TYPES: Final = frozenset(b"$!=")  # length-prefixed payload
+_ARRAY_TYPES: Final = frozenset(b"*~>")  # element count
+_MAP_TYPES: Final = frozenset(b"%|")  # pair count
+_ANY_TYPE: Final = _LINE_TYPES | _BULK_TYPES | _ARRAY_TYPES | _MAP_TYPES
+_COMMAND_START: Final = frozenset(b"*")
+_PUBSUB_DELIVERIES: Final = frozenset({b"message", b"pmessage", b"smessage"})
+_SUBSCRIBE: Final = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
 
 
 def looks_like_resp_command(data: bytes) -> bool:
