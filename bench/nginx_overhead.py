@@ -133,6 +133,12 @@ def scenario(
         f"      ratio {p99_on / p99_off:.3f}"
         f"   (hooks counting only: {med(floor_p99) * 1e3 / p99_off:.3f})"
     )
+    # Each round's three sides, so a ratio can be read against the rounds' spread.
+    by_round = ", ".join(
+        f"{off * 1e3:.3f}/{hooks * 1e3:.3f}/{on * 1e3:.3f}"
+        for off, hooks, on in zip(base_p99, floor_p99, on_p99, strict=True)
+    )
+    print(f"  p99 by round, ms (without / hooks counting only / with): {by_round}")
     if alone_rps:
         print(
             f"  the collector's programs, its process stopped: throughput ratio"
