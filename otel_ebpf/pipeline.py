@@ -364,13 +364,11 @@ class Collector:
         kind = type(event)
         try:
             if kind is DataEvent:  # most events: no other kind looked up
-                if event.pid not in self._runtimes_checked:
-                    self._check_runtimes(event.pid)
+                self._check_runtimes(event.pid)
                 self.tracker.handle(event)
                 return
             if kind is ConnOpen:
-                if event.pid not in self._runtimes_checked:
-                    self._check_runtimes(event.pid)
+                self._check_runtimes(event.pid)
             elif kind is ResetSent:
                 self._on_reset(event)
                 return
@@ -402,6 +400,8 @@ class Collector:
     def _check_runtimes(self, pid: int) -> None:
         """A process new to us may map a libssl or an _asyncio not probed, or run a
         Go program or a Node not probed."""
+        if pid in self._runtimes_checked:
+            return
         looked_at = True
         for checked, check in self._runtime_probes:
             if pid not in checked:
