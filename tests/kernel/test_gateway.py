@@ -321,11 +321,13 @@ def test_sidecars_on_two_nodes_through_load_balanced_gateways(
         time.sleep(3)  # a late or split trace would show by now
         where = {trace_id: located(trace_id) for trace_id, _ in made}
     finally:
+        exits = []  # every process is stopped before any exit is judged: none outlives the test
         for process in reversed(started):
             if isinstance(process, CollectorProcess):
-                assert process.stop() == 0
+                exits.append(process.stop())
             else:
                 process.stop()
+        assert exits == [0] * len(exits), exits
     split = [
         t for t, places in where.items() if len(places) > 1 or not all(whole(p[1]) for p in places)
     ]
