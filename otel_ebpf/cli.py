@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from otel_ebpf import SEMCONV_VERSION, __version__
@@ -37,6 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from otel_ebpf.pipeline import Collector
     from otel_ebpf.receivers.base_types import ReceiverError
     from otel_ebpf.scheduling import parse_cpu_list, pin, set_priority
+    from otel_ebpf.shutdown import ShutdownGuard
 
     if cfg.ebpf.cpus.strip():  # before any thread starts: each inherits both
         try:
@@ -51,14 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # health port taken, file exporter path unwritable
         return _fail(f"cannot start: {exc}")
 
-    def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("otel_ebpf").info(
-            "%s: flushing and detaching", signal.Signals(signum).name
-        )
-        collector.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    ShutdownGuard(collector.stop, lambda: collector.stopping_at).install()
     try:
         collector.run()
     except ReceiverError as exc:

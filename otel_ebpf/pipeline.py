@@ -67,7 +67,7 @@ from otel_ebpf.receivers.asyncio_tasks import AsyncioProbes
 from otel_ebpf.receivers.base_types import ReceiverError
 from otel_ebpf.receivers.goroutines import GoProbes
 from otel_ebpf.receivers.node_callbacks import NodeProbes
-from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, OtlpReceiver
+from otel_ebpf.receivers.otlp import DEFAULT_MAX_GRPC_MESSAGE, Busy, OtlpReceiver
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY
 from otel_ebpf.receivers.profiler import CpuProfiler
 from otel_ebpf.receivers.ringbuf import DRAIN_INTERVAL_S, next_drain_wait
@@ -83,6 +83,10 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S: Final = 60.0
 FLUSH_TIMEOUT_S: Final = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S: Final = 30.0
+# Spans from apps' SDKs waiting for the processing thread, past which further
+# requests are answered "retry later" (OTLP's UNAVAILABLE / 503): 16 of the SDK's
+# default batches, some 16 MiB of spans, while the processing thread is behind.
+OTLP_WAITING_LIMIT: Final = 8192
 # The span budget's first look, then once a second: a collector started on a
 # busy node captures every request until it first weighs its CPU.
 FIRST_BUDGET_LOOK_S: Final = 0.25
@@ -200,6 +204,7 @@ class Collector:
         self.live = LiveView()
         self.health = HealthState(self.telemetry, self.live)
         self._stop = threading.Event()
+        self.stopping_at = "the event loop"  # the shutdown step under way, for its guard
         pipeline = config.traces
         self._exporters = [
             CountingExporter(build_exporter(name, config.exporters[name]), self.telemetry)
@@ -219,6 +224,9 @@ class Collector:
         self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
             queue.SimpleQueue()
         )
+        self._otlp_waiting = 0  # spans in _otlp_batches
+        self._otlp_waiting_lock = threading.Lock()
+        self._otlp_busy_logged = float("-inf")
         self._unknown_sdk_logged = float("-inf")  # when an unknown SDK process was last logged
         pipelines = config.service.pipelines
         # a profiles-only collector loads no socket probes
@@ -504,8 +512,28 @@ class Collector:
         self.merger.ebpf(span, rc, conn.pid)
 
     def _on_otlp_spans(self, spans: list[ReadableSpan], peer: Endpoint | None) -> None:
-        """Spans from apps' SDKs (receiver threads): queued for the processing thread."""
+        """Spans from apps' SDKs (receiver threads): queued for the processing thread,
+        or refused with Busy (the sender retries) while too many wait already."""
+        with self._otlp_waiting_lock:
+            if self._otlp_waiting >= OTLP_WAITING_LIMIT:
+                raise Busy(f"{self._otlp_waiting} spans wait to be processed: retry later")
+            self._otlp_waiting += len(spans)
         self._otlp_batches.put((spans, peer))
+
+    def _count_otlp_refusals(self) -> None:
+        assert self.otlp is not None
+        busy = self.otlp.requests_busy
+        if busy > self.telemetry.otlp_requests_busy and (
+            time.monotonic() >= self._otlp_busy_logged + 60
+        ):
+            self._otlp_busy_logged = time.monotonic()
+            log.warning(
+                "OTLP receiver: apps send spans faster than the pipeline takes them; %d "
+                "requests in all answered 'retry later' (their SDKs send them again)",
+                busy,
+            )
+        self.telemetry.otlp_requests_busy = busy
+        self.telemetry.otlp_requests_refused = self.otlp.requests_rejected
 
     def _drain_otlp(self) -> None:
         while True:
@@ -513,6 +541,8 @@ class Collector:
                 spans, peer = self._otlp_batches.get_nowait()
             except queue.Empty:
                 return
+            with self._otlp_waiting_lock:
+                self._otlp_waiting -= len(spans)
             self.telemetry.spans_received_otlp += len(spans)
             if self.merger is None:
                 for span in spans:
@@ -628,6 +658,8 @@ class Collector:
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(b.queue) for b in self._batchers)
+                if self.otlp is not None:
+                    self._count_otlp_refusals()
                 self.telemetry.export_waited_ms = int(sum(r.waited_s for r in self._rooms) * 1000)
                 self._processes.refresh_pending()
                 name_threads()  # those started since: exporters', receivers' workers
@@ -768,6 +800,7 @@ class Collector:
 
     def _shutdown(self) -> None:
         self.health.ready, self.health.status = False, "stopping"
+        self.stopping_at = "reading the last events"
         if self.profiling is not None:
             self.profiling.stop_sampling()
         self.receiver.drain()
@@ -775,6 +808,7 @@ class Collector:
         self.telemetry.events_lost = self.receiver.events_lost()
         if self._ebpf_enabled:
             self.budget.count_shed()
+        self.stopping_at = "ending the open exchanges"
         self.tracker.release_held()
         self.tracker.close_all(time.monotonic_ns())
         for _ in range(2):  # both of the kernel's count maps
@@ -782,22 +816,30 @@ class Collector:
         # Detaching takes the kernel about 2 s: done while the last export goes out.
         detach = threading.Thread(target=self.receiver.close, name="detach", daemon=True)
         detach.start()
+        self.stopping_at = "stopping the OTLP receiver and the Kubernetes watch"
         if self.otlp is not None:
             self.otlp.stop()
         if self._kube is not None:
             self._kube.stop()
+        self.stopping_at = "the final export"
         self._drain_otlp()
         if self.merger is not None:
             self.merger.expire(everything=True)  # held spans leave as they are
         self._flush()
         # Never exit while bcc is detaching (the process would abort in libbcc);
         # it ends with the kernel's work, about 2 s here, whatever the backends do.
+        self.stopping_at = "detaching the kernel programs"
         detach.join()
+        self.stopping_at = "the last CPU profile"
         if self.profiling is not None:  # its last window went out beside the spans
             self.profiling.finish(FLUSH_TIMEOUT_S)
+        self.stopping_at = "stopping the health endpoint"
+        if self.otlp is not None:
+            self._count_otlp_refusals()
         if self._health_server is not None:
             self._health_server.stop()
         log.info("stopped: %s", self.telemetry.snapshot())
+        self.stopping_at = "the interpreter's exit (threads ending, bcc freeing its modules)"
 
     def _flush(self) -> None:
         """The last export of queued spans and measured metrics, all exporters at

@@ -39,6 +39,8 @@ class SelfTelemetry:
     spans_built: int = 0
     spans_outliers: int = 0  # of those, requests the budget shed kept for failing or being slow
     spans_received_otlp: int = 0  # from apps' SDKs, forwarded
+    otlp_requests_refused: int = 0  # not OTLP, malformed or too large: a 4xx / INVALID_ARGUMENT
+    otlp_requests_busy: int = 0  # answered "retry later": too many apps' spans were waiting
     spans_merged_away: int = 0  # eBPF duplicates of SDK spans, dropped into them
     spans_exported: int = 0
     spans_export_failed: int = 0

@@ -46,6 +46,13 @@ class InvalidRequest(ValueError):
     """A well-formed protobuf whose content OTLP does not allow (ids, enum values)."""
 
 
+class Busy(Exception):
+    """The pipeline has no room for more spans now. OTLP's retryable refusal
+    (UNAVAILABLE over gRPC, 503 with Retry-After over HTTP): the app's SDK keeps
+    the spans and sends them again, and the collector does not grow without bound
+    while its processing thread is behind."""
+
+
 def _value(v: AnyValue) -> Any:
     kind = v.WhichOneof("value")
     if kind == "array_value":
@@ -163,22 +170,27 @@ class OtlpReceiver:
         self.http_port = 0
         self.spans_received = 0
         self.requests_rejected = 0
+        self.requests_busy = 0  # refused for want of room: the sender retries
         self._lock = threading.Lock()
 
     def _accept(
         self, request: trace_service_pb2.ExportTraceServiceRequest, peer: Endpoint | None
     ) -> None:
-        """Raises InvalidRequest (nothing of the request is kept)."""
+        """Raises InvalidRequest or Busy (nothing of the request is kept)."""
         spans = spans_from_request(request)
-        with self._lock:
-            self.spans_received += len(spans)
         if spans:
             self._sink(spans, peer)
+        with self._lock:
+            self.spans_received += len(spans)
 
     def _rejected(self, reason: str) -> None:
         with self._lock:
             self.requests_rejected += 1
         log.debug("OTLP request rejected: %s", reason)
+
+    def _busy(self) -> None:
+        with self._lock:
+            self.requests_busy += 1
 
     def start(self) -> None:
         """Bind both endpoints; raises OSError (port taken) with the address in it."""
@@ -192,6 +204,8 @@ class OtlpReceiver:
             try:
                 message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
                 self._accept(message, grpc_peer(context.peer()))
+            except Busy as exc:
+                code, reason = grpc.StatusCode.UNAVAILABLE, str(exc)
             except (DecodeError, InvalidRequest) as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 reason = str(exc) if isinstance(exc, InvalidRequest) else "malformed protobuf"
@@ -199,7 +213,10 @@ class OtlpReceiver:
                 code, reason = grpc.StatusCode.INTERNAL, f"internal error: {fault_summary(exc)}"
             else:
                 return EXPORT_RESPONSE
-            self._rejected(reason)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._busy()
+            else:
+                self._rejected(reason)
             context.abort(code, reason)  # raises: it ends the call
             return b""  # not reached
 
@@ -235,7 +252,9 @@ class OtlpReceiver:
                     code, message = self._handle()
                 except Exception as exc:  # a bug of ours: still an answer, never a traceback
                     code, message = 500, f"internal error: {fault_summary(exc)}"
-                if code != 200:
+                if code == 503:
+                    receiver._busy()
+                elif code != 200:
                     receiver._rejected(message)
                 body = EXPORT_RESPONSE if code == 200 else message.encode()
                 self.send_response(code)
@@ -243,6 +262,8 @@ class OtlpReceiver:
                     "Content-Type", "application/x-protobuf" if code == 200 else "text/plain"
                 )
                 self.send_header("Content-Length", str(len(body)))
+                if code == 503:
+                    self.send_header("Retry-After", "1")
                 if self.close_connection:  # the body was not read: the stream is out of step
                     self.send_header("Connection", "close")
                 self.end_headers()
@@ -267,6 +288,8 @@ class OtlpReceiver:
                     receiver._accept(request, Endpoint(_plain(host), int(port)))
                 except Rejected as exc:
                     return exc.status, exc.reason
+                except Busy as exc:
+                    return 503, str(exc)
                 except DecodeError as exc:
                     return 400, f"cannot decode request: {exc}"
                 except InvalidRequest as exc:
@@ -284,7 +307,10 @@ class OtlpReceiver:
 
     def stop(self) -> None:
         if self._grpc is not None:
-            self._grpc.stop(grace=1).wait()
+            # Calls under way get 1 s, then are cancelled; a handler that still does
+            # not return must not hold the exit (the shutdown guard would end it).
+            if not self._grpc.stop(grace=1).wait(5):
+                log.warning("OTLP/gRPC receiver: a call still under way 5 s after stop")
             self._grpc = None
         if self._http is not None:
             self._http.shutdown()

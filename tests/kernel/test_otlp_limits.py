@@ -107,6 +107,10 @@ def test_hostile_http_requests_get_answers_and_cost_no_memory(
     ]
     for raw_head, body, expected in cases:
         assert post(port, raw_head, body) == expected, raw_head
+    # each refusal counted where an SRE looks (self-telemetry, once a second)
+    wait_until(
+        lambda: collector.telemetry()["otlp_requests_refused"] >= len(cases), 10, "the count"
+    )
     grown = rss.memory_info().rss - before
     assert grown < 128 * MiB, f"collector grew by {grown / MiB:.0f} MiB"
     assert post(port, head(str(len(good))), good) == 200

@@ -1,16 +1,23 @@
-"""OTLP protobuf -> ReadableSpan conversion keeps what the SDK sent (pure logic)."""
+"""OTLP protobuf -> ReadableSpan conversion keeps what the SDK sent; a pipeline
+without room is a retryable refusal (real gRPC and HTTP on loopback)."""
 
 from __future__ import annotations
 
+from http.client import HTTPConnection
+
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_ebpf.receivers.otlp import InvalidRequest, spans_from_request
+from otel_ebpf.receivers.otlp import Busy, InvalidRequest, OtlpReceiver, spans_from_request
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 def sdk_spans():  # type: ignore[no-untyped-def]
@@ -68,3 +75,44 @@ def test_content_otlp_does_not_allow_refuses_the_request() -> None:
         mutate(request.resource_spans[0].scope_spans[0].spans[0])
         with pytest.raises(InvalidRequest):
             spans_from_request(request)
+
+
+def test_a_pipeline_without_room_answers_retry_later_and_the_sdk_sends_again() -> None:
+    """Real gRPC and HTTP: a Busy sink is OTLP's retryable refusal (UNAVAILABLE;
+    503 with Retry-After), nothing of the request is counted, and the SDK's own
+    exporter, refused once, sends the spans again."""
+    refusals = [2]  # the next requests the pipeline has no room for
+    taken: list[int] = []
+
+    def sink(spans: list[ReadableSpan], _peer: object) -> None:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise Busy("8192 spans wait to be processed: retry later")
+        taken.append(len(spans))
+
+    receiver = OtlpReceiver(sink, "127.0.0.1:0", "127.0.0.1:0")
+    receiver.start()
+    try:
+        body = encode_spans(sdk_spans()).SerializeToString()
+        channel = grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}")
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(EXPORT)(body, timeout=10)
+        channel.close()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "retry later" in (refused.value.details() or "")
+        http = HTTPConnection("127.0.0.1", receiver.http_port, timeout=10)
+        http.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        answer = http.getresponse()
+        answer.read()
+        http.close()
+        assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
+        assert (receiver.requests_busy, receiver.requests_rejected) == (2, 0)
+        assert receiver.spans_received == 0 and taken == []
+
+        refusals[0] = 1
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.grpc_port}", insecure=True)
+        assert exporter.export(sdk_spans()) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert receiver.requests_busy == 3 and taken == [2] and receiver.spans_received == 2
+    finally:
+        receiver.stop()

@@ -3,12 +3,8 @@ once, not at each of its events, and again once one of them forgot it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from records import PID, data_record
 
-from otel_ebpf.config import load
 from otel_ebpf.model import ProcessExec, Role
 from otel_ebpf.pipeline import Collector
 from otel_ebpf.receivers.sockets import decode
@@ -28,16 +24,6 @@ class FakeProbes:
         self.asked.append(pid)
         if self.can_look:
             self.checked.add(pid)
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    env = {
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_EBPF_HEALTH_ENDPOINT": "127.0.0.1:0",  # any free port: tests may overlap
-    }
-    yield Collector(load(env=env))
 
 
 def _events(c: Collector, n: int, offset: int = 0) -> None:
