@@ -43,6 +43,8 @@ class HealthServer:
         host = host.strip("[]")
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds: a probe asks at once; a client that stalls frees its slot
+
             def do_GET(self) -> None:
                 code, body = state.response(self.path, self.client_address[0])
                 self.send_response(code)

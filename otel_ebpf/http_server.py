@@ -3,18 +3,85 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
 from http.server import ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
 
 class QuietHTTPServer(ThreadingHTTPServer):
     """A client that resets or stalls is its own business: one debug line, never
     a traceback on stderr (socketserver's default). Handler threads never hold
-    up shutdown."""
+    up shutdown.
+
+    Each connection holds a thread until it ends or its handler's timeout, so at
+    most `max_connections` are served at once; past them a connection is answered
+    503 at once and closed, from the accepting thread. Idle or stalled clients
+    (one local process is enough) then cost neither unbounded threads nor the
+    listen queue, which other clients, the kubelet's probes among them, need."""
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops handshakes under any burst
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int = 64) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        self.connections_active = 0
+        self.connections_refused = 0
+        self._refusal_logged = float("-inf")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = self.connections_active >= self.max_connections
+            if full:
+                self.connections_refused += 1
+            else:
+                self.connections_active += 1
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._ended()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        with self._lock:
+            self.connections_active -= 1
+
+    def _refuse(self, request: socket.socket) -> None:
+        request.setblocking(False)  # the accepting thread never waits on a client
+        try:
+            request.sendall(BUSY_ANSWER)
+            request.recv(65536)  # what the client sent already: closed unread, it would
+        except OSError:  # turn the close into a reset, which can beat the answer
+            pass
+        self.shutdown_request(request)
+        if time.monotonic() >= self._refusal_logged + 60:
+            self._refusal_logged = time.monotonic()
+            log.warning(
+                "port %d: %d connections open at once, the most served; further ones are "
+                "answered 503 (%d in all)",
+                self.server_address[1],
+                self.max_connections,
+                self.connections_refused,
+            )
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended in error", client_address, exc_info=True)

@@ -300,7 +300,8 @@ class OtlpReceiver:
                 pass
 
         host, _, port = endpoint.rpartition(":")
-        server = QuietHTTPServer((host.strip("[]"), int(port)), Handler)
+        # An SDK keeps its connection between exports: room for every app of a busy node.
+        server = QuietHTTPServer((host.strip("[]"), int(port)), Handler, max_connections=256)
         threading.Thread(target=server.serve_forever, name="otlp-http", daemon=True).start()
         self._http, self.http_port = server, int(server.server_address[1])
         log.info("OTLP/HTTP receiver listening on %s", endpoint)
