@@ -32,6 +32,8 @@ class QuietHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128  # socketserver's 5 drops handshakes under any burst
 
     def __init__(self, address: tuple[str, int], handler: Any, max_connections: int = 64) -> None:
+        if ":" in address[0]:  # an IPv6 address ("::1", "::"), given without its brackets
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self.max_connections = max_connections
         self._lock = threading.Lock()
@@ -85,3 +87,16 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended in error", client_address, exc_info=True)
+
+
+def serve_prometheus(host: str, port: int) -> QuietHTTPServer:
+    """The Prometheus scrape endpoint (prometheus_client's default registry, where
+    the OpenTelemetry Prometheus reader registers), bounded as the others are."""
+    from prometheus_client.exposition import MetricsHandler
+
+    class Scrape(MetricsHandler):
+        timeout = 10  # seconds: a scraper asks at once; a client that stalls frees its slot
+
+    server = QuietHTTPServer((host, port), Scrape)
+    threading.Thread(target=server.serve_forever, name="prometheus", daemon=True).start()
+    return server

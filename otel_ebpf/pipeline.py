@@ -23,6 +23,7 @@ from otel_ebpf.containers import PodScope
 from otel_ebpf.export_room import QueueRoom
 from otel_ebpf.exporters import CountingExporter, build_exporter
 from otel_ebpf.health import HealthServer, HealthState
+from otel_ebpf.http_server import serve_prometheus
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
 from otel_ebpf.live import LiveView
 from otel_ebpf.memory import settle_heap, trim_heap
@@ -147,10 +148,9 @@ def _metric_readers(config: Config) -> list[MetricReader]:
         cfg = config.exporters[name]
         if name.split("/", 1)[0] == "prometheus":
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import start_http_server
 
             host, _, port = cfg.endpoint.rpartition(":")
-            start_http_server(int(port), addr=host.strip("[]"))
+            serve_prometheus(host.strip("[]"), int(port))
             log.info("Prometheus metrics on http://%s/metrics", cfg.endpoint)
             readers.append(PrometheusMetricReader())
             continue

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import CollectorProcess, Nginx, PythonServer, ab, free_port, wait_until
 from otlp_sink import CLIENT, GrpcSink, Point
@@ -115,6 +116,34 @@ def test_red_counts_every_request_while_the_ring_buffer_overflows(
     finally:
         collector.stop()
         sink.stop()
+
+
+def test_the_prometheus_endpoint_serves_red_counts(tmp_path: Path, nginx: Nginx) -> None:
+    """A metrics pipeline to Prometheus: a scraper reads nginx's requests, each
+    counted once, from the collector's own endpoint in the text format."""
+    port = free_port()
+    collector = CollectorProcess(
+        tmp_path / "collector",
+        {"prometheus": {"endpoint": f"127.0.0.1:{port}"}},
+        metrics=["prometheus"],
+    )
+
+    def scraped() -> int:
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return sum(
+            int(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "http_server_request_duration_seconds_count"
+            and sample.labels.get("service_name") == "nginx"
+        )
+
+    try:
+        ab(nginx.url("/index.html"), 200, 4)
+        settle(scraped, 200, "nginx's requests on the scrape")
+    finally:
+        collector.stop()
 
 
 def test_red_counts_pipelined_and_split_requests_once_each(

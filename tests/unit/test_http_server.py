@@ -70,3 +70,19 @@ def test_connections_past_the_bound_are_answered_503_until_others_end(
         s.close()
     _until(lambda: server.connections_active == 0)
     assert _get(port) == 200
+
+
+def test_an_ipv6_endpoint_is_served() -> None:
+    try:
+        server = QuietHTTPServer(("::1", 0), Hello)
+    except OSError:  # the machine, not the collector
+        pytest.skip("no IPv6 loopback here")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        http = HTTPConnection("::1", server.server_address[1], timeout=10)
+        http.request("GET", "/")
+        assert http.getresponse().status == 200
+        http.close()
+    finally:
+        server.shutdown()
+        server.server_close()
