@@ -82,3 +82,40 @@ def test_sigterm_with_the_backends_down_exits_within_the_grace_period(
     accounted = final["spans_exported"] + final["spans_export_failed"] + final["spans_dropped"]
     assert accounted == 2 * final["spans_built"], final
     assert final["spans_dropped"] > 0
+
+
+def test_a_second_sigterm_leaves_at_once_and_says_where(tmp_path: Path, nginx: Nginx) -> None:
+    """A backend that hangs holds the final export for its 3 s; a second SIGTERM
+    meanwhile ends the process at once, naming the step and every thread's stack."""
+    hole = Blackhole()
+    collector = CollectorProcess(
+        tmp_path / "hung",
+        {"otlphttp": {"endpoint": f"http://127.0.0.1:{hole.port}/v1/traces"}},
+        extra_env={"OTEL_EBPF_AUTO_TARGET_EXE": "nginx"},
+    )
+    try:
+        for i in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", nginx.port)
+            conn.request("GET", f"/hung/{i}")
+            conn.getresponse().read()
+            conn.close()
+        wait_until(lambda: collector.telemetry().get("spans_built", 0) >= 20, 30, "spans built")
+        collector.proc.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: "flushing and detaching" in collector.log_path.read_text(errors="replace"),
+            10,
+            "the first signal taken",
+        )
+        collector.proc.send_signal(signal.SIGTERM)
+        try:
+            code = collector.proc.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {GRACE_S} s after a second SIGTERM") from None
+    finally:
+        collector.stop()
+        hole.close()
+    log = collector.log_path.read_text(errors="replace")
+    assert code == 128 + signal.SIGTERM, log[-3000:]
+    assert "second SIGTERM: leaving now, during " in log, log[-3000:]
+    assert "most recent call first" in log  # faulthandler's stacks, every thread
+    assert "stopped: " not in log  # it did leave before the end
