@@ -646,6 +646,8 @@ def _default_metrics(
         elif name == "prometheus":
             host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
             port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+            if ":" in host and not host.startswith("["):  # IPv6: bracketed, as in a URL
+                host = f"[{host}]"
             exporters["prometheus"] = {"endpoint": f"{host}:{port}"}
             names.append("prometheus")
         elif name == "console":

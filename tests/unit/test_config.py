@@ -92,6 +92,15 @@ def test_default_pipelines_per_signal(
     assert (pipelines["metrics"].exporters if "metrics" in pipelines else []) == metrics
 
 
+@pytest.mark.parametrize(
+    ("host", "endpoint"),
+    [("127.0.0.1", "127.0.0.1:9464"), ("::1", "[::1]:9464"), ("[::]", "[::]:9464")],
+)
+def test_the_prometheus_endpoint_from_its_variables(host: str, endpoint: str) -> None:
+    env = {"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_HOST": host}
+    assert load(env=env).exporters["prometheus"].endpoint == endpoint
+
+
 def test_unsupported_metrics_protocol_names_its_variable() -> None:
     env = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/json'"):
