@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 log = logging.getLogger("otel_ebpf")
 
@@ -65,7 +65,7 @@ class ShutdownGuard:
             STUCK_EXIT_CODE,
         )
 
-    def _leave(self, message: str, code: int) -> None:
+    def _leave(self, message: str, code: int) -> NoReturn:
         log.error("%s; every thread's stack follows", message)
         faulthandler.dump_traceback(file=self._stream, all_threads=True)
         self._stream.flush()
