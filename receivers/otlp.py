@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sender's socket
 DEFAULT_MAX_GRPC_MESSAGE = 4 << 20  # the Collector's configgrpc max_recv_msg_size_mib default
+# gRPC calls under way or waiting for one of the 4 workers, each holding its
+# message: past it a call is refused at once (RESOURCE_EXHAUSTED, which the SDKs
+# retry), so a burst of large requests cannot queue without bound.
+DEFAULT_MAX_CONCURRENT_CALLS = 32
 _SPAN_KINDS = range(6)  # OTLP SpanKind: UNSPECIFIED .. CONSUMER
 _STATUS_CODES = range(3)  # OTLP StatusCode: UNSET, OK, ERROR
 
@@ -158,8 +162,10 @@ class OtlpReceiver:
         http_endpoint: str | None,
         max_http_body: int = DEFAULT_MAX_BODY,
         max_grpc_message: int = DEFAULT_MAX_GRPC_MESSAGE,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     ) -> None:
         self._sink = sink
+        self._max_concurrent_calls = max_concurrent_calls
         self._max_http_body = max_http_body
         self._max_grpc_message = max_grpc_message
         self._grpc_endpoint = grpc_endpoint
@@ -232,6 +238,7 @@ class OtlpReceiver:
                 )
             ],
             options=[("grpc.max_receive_message_length", self._max_grpc_message)],
+            maximum_concurrent_rpcs=self._max_concurrent_calls,
         )
         port = server.add_insecure_port(endpoint)
         if port == 0:

@@ -3,6 +3,7 @@ without room is a retryable refusal (real gRPC and HTTP on loopback)."""
 
 from __future__ import annotations
 
+import threading
 from http.client import HTTPConnection
 
 import grpc
@@ -115,4 +116,35 @@ def test_a_pipeline_without_room_answers_retry_later_and_the_sdk_sends_again() -
         exporter.shutdown()
         assert receiver.requests_busy == 3 and taken == [2] and receiver.spans_received == 2
     finally:
+        receiver.stop()
+
+
+def test_grpc_calls_past_the_concurrency_bound_are_refused_at_once() -> None:
+    """Calls held in a slow pipeline fill the bound; the next is refused at once
+    (RESOURCE_EXHAUSTED, retried by the SDKs) instead of queueing its message."""
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+
+    def sink(_spans: list[ReadableSpan], _peer: object) -> None:
+        inside.release()
+        release.wait(30)
+
+    receiver = OtlpReceiver(sink, "127.0.0.1:0", None, max_concurrent_calls=2)
+    receiver.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}")
+    export = channel.unary_unary(EXPORT)
+    body = encode_spans(sdk_spans()).SerializeToString()
+    try:
+        held = [export.future(body, timeout=30) for _ in range(2)]
+        for _ in held:
+            assert inside.acquire(timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            export(body, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        assert [call.result() for call in held] == [b"", b""]  # both answered OK
+        assert export(body, timeout=10) == b""  # room again
+    finally:
+        release.set()
+        channel.close()
         receiver.stop()
