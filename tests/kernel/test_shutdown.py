@@ -44,6 +44,16 @@ class Blackhole:
             conn.close()
 
 
+def spans_in_flight(collector: CollectorProcess, nginx: Nginx, path: str, n: int) -> None:
+    """`n` requests to nginx, one connection each, until the collector built their spans."""
+    for i in range(n):
+        conn = http.client.HTTPConnection("127.0.0.1", nginx.port)
+        conn.request("GET", f"/{path}/{i}")
+        conn.getresponse().read()
+        conn.close()
+    wait_until(lambda: collector.telemetry().get("spans_built", 0) >= n, 30, "spans built")
+
+
 def test_sigterm_with_the_backends_down_exits_within_the_grace_period(
     tmp_path: Path, nginx: Nginx
 ) -> None:
@@ -59,12 +69,7 @@ def test_sigterm_with_the_backends_down_exits_within_the_grace_period(
         extra_env={"OTEL_EBPF_AUTO_TARGET_EXE": "nginx"},
     )
     try:
-        for i in range(40):
-            conn = http.client.HTTPConnection("127.0.0.1", nginx.port)
-            conn.request("GET", f"/down/{i}")
-            conn.getresponse().read()
-            conn.close()
-        wait_until(lambda: collector.telemetry().get("spans_built", 0) >= 40, 30, "spans built")
+        spans_in_flight(collector, nginx, "down", 40)
         collector.proc.send_signal(signal.SIGTERM)
         try:
             code = collector.proc.wait(GRACE_S)
@@ -94,12 +99,7 @@ def test_a_second_sigterm_leaves_at_once_and_says_where(tmp_path: Path, nginx: N
         extra_env={"OTEL_EBPF_AUTO_TARGET_EXE": "nginx"},
     )
     try:
-        for i in range(20):
-            conn = http.client.HTTPConnection("127.0.0.1", nginx.port)
-            conn.request("GET", f"/hung/{i}")
-            conn.getresponse().read()
-            conn.close()
-        wait_until(lambda: collector.telemetry().get("spans_built", 0) >= 20, 30, "spans built")
+        spans_in_flight(collector, nginx, "hung", 20)
         collector.proc.send_signal(signal.SIGTERM)
         wait_until(
             lambda: "flushing and detaching" in collector.log_path.read_text(errors="replace"),
