@@ -16,8 +16,8 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Sequence
-from typing import IO, Any, cast
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Final, cast
 
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -42,6 +42,31 @@ from otel_ebpf.telemetry import SelfTelemetry
 
 log = logging.getLogger(__name__)
 _TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# A batch goes to the backend in requests of at most this many bytes: what a
+# gRPC server takes by default (the Collector's and Jaeger's OTLP receivers).
+# A batch of apps' large spans was one request the backend refused whole, and
+# was held encoded whole beside the spans.
+MAX_REQUEST_BYTES: Final = 4 << 20
+
+
+def send_in_requests(
+    encoder: TraceEncoder,
+    spans: Sequence[FinishedSpan],
+    max_bytes: int,
+    send: Callable[[bytes, Sequence[FinishedSpan]], bool],
+) -> int:
+    """Sends the spans as requests of at most `max_bytes`, in order; returns how
+    many were delivered. Past a refused request the rest are not tried (the
+    backend is down, or says so) unless it was one span larger than the bound
+    alone: a backend refuses that span, not the others."""
+    delivered = at = 0
+    for body, count in encoder.requests(spans, max_bytes):
+        if send(body, spans[at : at + count]):
+            delivered += count
+        elif count > 1 or len(body) <= max_bytes:
+            break
+        at += count
+    return delivered
 
 
 def sdk_view(spans: Sequence[FinishedSpan]) -> Sequence[ReadableSpan]:
@@ -153,6 +178,8 @@ class GrpcSpanExporter(SdkGrpcExporter):
     def __init__(self, **kwargs: Any) -> None:
         self._encoder = TraceEncoder()
         self.fast_path = hasattr(SdkGrpcExporter, "_initialize_channel_and_stub")
+        self.delivered = 0  # spans of the last export call delivered (all, at SUCCESS)
+        self._request: bytes | None = None  # the encoded request being sent
         super().__init__(**kwargs)
         if not self.fast_path:
             log.info("this opentelemetry-exporter-otlp encodes spans itself (slower)")
@@ -162,7 +189,25 @@ class GrpcSpanExporter(SdkGrpcExporter):
         if self.fast_path:
             self._client = _PreEncodedTraceStub(self._channel)  # type: ignore[assignment]
 
+    def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
+        if not self.fast_path:
+            return super().export(sdk_view(spans))
+
+        def send(request: bytes, part: Sequence[FinishedSpan]) -> bool:
+            self._request = request  # each retry sends it again, not encoded again
+            sent = super(GrpcSpanExporter, self).export(cast(Sequence[ReadableSpan], part))
+            return sent == SpanExportResult.SUCCESS
+
+        try:
+            self.delivered = send_in_requests(self._encoder, spans, MAX_REQUEST_BYTES, send)
+        finally:
+            self._request = None
+        ok = self.delivered == len(spans)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
     def _translate_data(self, data: Sequence[FinishedSpan]) -> Any:
+        if self._request is not None:
+            return self._request
         if self.fast_path:
             return self._encoder.encode(data)
         return super()._translate_data(sdk_view(data))
@@ -174,6 +219,7 @@ class HttpSpanExporter(SdkHttpExporter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._encoder = TraceEncoder()
+        self.delivered = 0  # spans of the last export call delivered (all, at SUCCESS)
         client = getattr(self, "_client", None)
         self.fast_path = callable(getattr(client, "export", None))
         if not self.fast_path:
@@ -182,17 +228,22 @@ class HttpSpanExporter(SdkHttpExporter):
     def export(self, spans: Sequence[FinishedSpan]) -> SpanExportResult:
         if not self.fast_path or self._shutdown:
             return super().export(sdk_view(spans))
-        body = self._encoder.encode(spans)
         limit = getattr(self, "_max_request_size", 0)
-        if limit > 0 and len(body) > limit:
-            log.warning(
-                "dropping a batch of %d spans: %d bytes encoded, over max_request_size %d",
-                len(spans),
-                len(body),
-                limit,
-            )
-            return SpanExportResult.FAILURE
-        ok = self._client.export(body).success
+
+        def send(request: bytes, part: Sequence[FinishedSpan]) -> bool:
+            if limit > 0 and len(request) > limit:
+                log.warning(
+                    "dropping %d spans: %d bytes encoded, over max_request_size %d",
+                    len(part),
+                    len(request),
+                    limit,
+                )
+                return False
+            return bool(self._client.export(request).success)
+
+        bound = min(limit, MAX_REQUEST_BYTES) if limit > 0 else MAX_REQUEST_BYTES
+        self.delivered = send_in_requests(self._encoder, spans, bound, send)
+        ok = self.delivered == len(spans)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
 
@@ -221,10 +272,14 @@ class CountingExporter(SpanExporter):
             self._in_flight = 0
             if self._abandoned:
                 return result
-            if result == SpanExportResult.SUCCESS:
-                self._telemetry.spans_exported += len(spans)
-            else:
-                self._telemetry.spans_export_failed += len(spans)
+            # an exporter that splits a batch in requests says how many went out
+            delivered = (
+                len(spans)
+                if result == SpanExportResult.SUCCESS
+                else getattr(self.inner, "delivered", 0)
+            )
+            self._telemetry.spans_exported += delivered
+            self._telemetry.spans_export_failed += len(spans) - delivered
         return result
 
     def abandon(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from opentelemetry.sdk.resources import Resource
@@ -203,33 +203,46 @@ class TraceEncoder:
         self._shared: dict[int, tuple[Any, bytes]] = {}
 
     def encode(self, spans: Sequence[FinishedSpan]) -> bytes:
+        """One request with every span."""
+        for body, _ in self.requests(spans, 0):
+            return body
+        return b""  # not reached: there is always one request
+
+    def requests(
+        self, spans: Sequence[FinishedSpan], max_bytes: int
+    ) -> Iterator[tuple[bytes, int]]:
+        """The spans, in order, as requests of at most `max_bytes` (0: one
+        request), each with how many spans it holds; a span larger than that
+        alone is a request of its own. Each is encoded when asked for, so only
+        one is held at a time."""
         # Grouped by the encoded resource and scope: equal resources held by
         # different objects (an SDK batch's, ours) share one group, as in the SDK.
         groups: dict[bytes, dict[bytes, list[bytes]]] = {}
+        size = count = 0  # size: at most what the request's encoding will be
         for span in spans:
             resource = _by_identity(self._resources, span.resource, _resource_fields)
             scope = _by_identity(self._scopes, span.instrumentation_scope, _scope_fields)
-            groups.setdefault(resource, {}).setdefault(scope, []).append(self._span(span))
-        # Each message's length is summed, not measured on a joined copy: the
-        # request is joined once (a batch is hundreds of KiB; each copy of it was
-        # a fresh allocation and its page faults).
-        out: list[bytes] = []
-        for resource, scopes in groups.items():
-            resource_at = len(out)
-            out += (b"\x0a", b"", resource)  # ResourceSpans: tag, length, resource
-            resource_size = len(resource)
-            for scope, encoded in scopes.items():
-                scope_at = len(out)
-                out += (b"\x12", b"", scope)  # ScopeSpans: tag, length, scope, spans
-                scope_size = len(scope)
-                for body in encoded:  # each span's tag and length apart: no copy of it
-                    span_length = _varint(len(body))
-                    out += (b"\x12", span_length, body)
-                    scope_size += 1 + len(span_length) + len(body)
-                length = out[scope_at + 1] = _varint(scope_size)
-                resource_size += 1 + len(length) + scope_size
-            out[resource_at + 1] = _varint(resource_size)
-        return b"".join(out)
+            body = self._span(span)
+            scopes = groups.get(resource)
+            encoded = scopes.get(scope) if scopes is not None else None
+            # the span's field, and its groups' when new: a tag and a length of at
+            # most 5 bytes each (a request over 4 GiB is not one)
+            added = len(body) + 6
+            if encoded is None:
+                added += len(scope) + 6 if scopes is not None else len(resource) + len(scope) + 12
+            if max_bytes and count and size + added > max_bytes:
+                yield _request(groups), count
+                groups, size, count = {}, 0, 0
+                scopes = encoded = None
+                added = len(body) + len(resource) + len(scope) + 18
+            if encoded is None:
+                if scopes is None:
+                    scopes = groups[resource] = {}
+                encoded = scopes[scope] = []
+            encoded.append(body)
+            size += added
+            count += 1
+        yield _request(groups), count
 
     def _new_key(self, key: str) -> _KeyCache:
         if len(self._keys) >= _MAX_CACHED_KEYS:
@@ -329,6 +342,30 @@ class TraceEncoder:
         parts.append(_by_identity(self._statuses, span.status, _status_field))
         parts.append(_REMOTE_PARENT if remote else _LOCAL_PARENT)
         return b"".join(parts)
+
+
+def _request(groups: dict[bytes, dict[bytes, list[bytes]]]) -> bytes:
+    """An ExportTraceServiceRequest of encoded spans grouped by resource and scope.
+    Each message's length is summed, not measured on a joined copy: the request
+    is joined once (a batch is hundreds of KiB; each copy of it was a fresh
+    allocation and its page faults)."""
+    out: list[bytes] = []
+    for resource, scopes in groups.items():
+        resource_at = len(out)
+        out += (b"\x0a", b"", resource)  # ResourceSpans: tag, length, resource
+        resource_size = len(resource)
+        for scope, encoded in scopes.items():
+            scope_at = len(out)
+            out += (b"\x12", b"", scope)  # ScopeSpans: tag, length, scope, spans
+            scope_size = len(scope)
+            for body in encoded:  # each span's tag and length apart: no copy of it
+                span_length = _varint(len(body))
+                out += (b"\x12", span_length, body)
+                scope_size += 1 + len(span_length) + len(body)
+            length = out[scope_at + 1] = _varint(scope_size)
+            resource_size += 1 + len(length) + scope_size
+        out[resource_at + 1] = _varint(resource_size)
+    return b"".join(out)
 
 
 def _span_head(

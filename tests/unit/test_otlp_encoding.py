@@ -103,6 +103,23 @@ def test_same_request_as_the_sdk_encoder(batch: list[ReadableSpan]) -> None:
         assert _sorted(ours) == _sorted(encode_spans(batch))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spans(), max_size=8), st.integers(min_value=1, max_value=3000))
+def test_requests_of_at_most_a_size_hold_every_span_in_order(
+    batch: list[ReadableSpan], max_bytes: int
+) -> None:
+    """Each request is the SDK's for its run of spans, and fits the bound unless
+    it holds one span larger than that alone."""
+    at = 0
+    for body, count in TraceEncoder().requests(batch, max_bytes):
+        assert count >= 1 or not batch
+        assert len(body) <= max_bytes or count == 1
+        ours = ExportTraceServiceRequest.FromString(body)
+        assert _sorted(ours) == _sorted(encode_spans(batch[at : at + count]))
+        at += count
+    assert at == len(batch)
+
+
 @st.composite
 def built_spans(draw: Any) -> BuiltSpan:
     """The collector's own span record, with what an exchange's span can hold."""

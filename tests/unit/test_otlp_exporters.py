@@ -21,7 +21,14 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind
 
 from otel_ebpf.config import OtlpExporterConfig
-from otel_ebpf.exporters import GrpcSpanExporter, HttpSpanExporter, build_exporter
+from otel_ebpf.exporters import (
+    MAX_REQUEST_BYTES,
+    CountingExporter,
+    GrpcSpanExporter,
+    HttpSpanExporter,
+    build_exporter,
+)
+from otel_ebpf.telemetry import SelfTelemetry
 
 SPANS = [
     ReadableSpan(
@@ -41,6 +48,7 @@ class Received:
     def __init__(self, failures: int) -> None:
         self.failures_left = failures
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.refused: list[trace_service_pb2.ExportTraceServiceRequest] = []  # gRPC's
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
 
@@ -61,6 +69,7 @@ def grpc_backend(request: Any) -> Iterator[tuple[int, Received]]:
         def Export(self, req: Any, context: Any) -> Any:
             received.headers.append(dict(context.invocation_metadata()))
             if not received.take():
+                received.refused.append(req)
                 context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
             received.requests.append(req)
             return trace_service_pb2.ExportTraceServiceResponse()
@@ -170,3 +179,74 @@ def test_http_refuses_a_batch_over_the_size_limit(http_backend: tuple[int, Recei
     assert exporter.export(SPANS) == SpanExportResult.FAILURE
     assert exporter.export(SPANS[:0]) == SpanExportResult.SUCCESS  # an empty request fits
     assert len(received.requests) == 1
+
+
+def _large(name: str, size: int) -> ReadableSpan:
+    return ReadableSpan(
+        name=name,
+        context=SpanContext(0xABC, 0x200 + len(name), False),
+        resource=Resource({"service.name": "shop"}),
+        attributes={"payload": "x" * size},
+        kind=SpanKind.SERVER,
+        start_time=1_000,
+        end_time=2_000,
+    )
+
+
+def _names(received: Received, refused: bool = False) -> list[str]:
+    return [
+        span.name
+        for request in (received.refused if refused else received.requests)
+        for group in request.resource_spans
+        for scope in group.scope_spans
+        for span in scope.spans
+    ]
+
+
+@pytest.mark.parametrize("kind", ["otlp", "otlphttp"])
+def test_a_batch_of_large_spans_goes_in_requests_a_backend_takes(
+    grpc_backend: tuple[int, Received], http_backend: tuple[int, Received], kind: str
+) -> None:
+    """7.5 MiB of spans in one batch: one request would be over the 4 MiB a gRPC
+    server takes by default; it goes as three, every span in order."""
+    port, received = grpc_backend if kind == "otlp" else http_backend
+    endpoint = f"127.0.0.1:{port}" if kind == "otlp" else f"http://127.0.0.1:{port}/v1/traces"
+    exporter = _otlp(kind, endpoint, insecure=True, timeout=5)
+    spans = [_large(str(i), 1536 << 10) for i in range(5)]
+    assert exporter.export(spans) == SpanExportResult.SUCCESS
+    assert _names(received) == ["0", "1", "2", "3", "4"]
+    assert len(received.requests) == 3
+    assert max(r.ByteSize() for r in received.requests) <= MAX_REQUEST_BYTES
+
+
+def test_a_span_too_large_alone_is_refused_and_the_rest_of_its_batch_delivered(
+    grpc_backend: tuple[int, Received],
+) -> None:
+    port, received = grpc_backend
+    telemetry = SelfTelemetry()
+    exporter = CountingExporter(
+        _otlp("otlp", f"127.0.0.1:{port}", insecure=True, timeout=1), telemetry
+    )
+    spans = [_large("small", 100), _large("huge", 5 << 20), _large("after", 100)]
+    assert exporter.export(spans) == SpanExportResult.FAILURE
+    assert _names(received) == ["small", "after"]
+    assert (telemetry.spans_exported, telemetry.spans_export_failed) == (2, 1)
+
+
+@pytest.mark.parametrize("grpc_backend", [100], indirect=True)
+def test_past_a_refused_request_the_rest_of_the_batch_waits_for_the_next_export(
+    grpc_backend: tuple[int, Received],
+) -> None:
+    """A backend that refuses every request: the first of three fails and the
+    others are not tried (each would wait out the timeout); all count failed."""
+    port, received = grpc_backend
+    telemetry = SelfTelemetry()
+    exporter = CountingExporter(
+        _otlp("otlp", f"127.0.0.1:{port}", insecure=True, timeout=1), telemetry
+    )
+    assert exporter.export([_large(str(i), 1536 << 10) for i in range(5)]) == (
+        SpanExportResult.FAILURE
+    )
+    tried = _names(received, refused=True)  # the first request, retried
+    assert received.requests == [] and tried and set(tried) == {"0", "1"}
+    assert (telemetry.spans_exported, telemetry.spans_export_failed) == (0, 5)
