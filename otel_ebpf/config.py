@@ -1,7 +1,7 @@
 """Collector-style YAML configuration, validated, with OTEL_* / OTEL_EBPF_* overrides.
 
     receivers:  {ebpf: {...}}
-    processors: {batch: {...}}
+    processors: {memory_limiter: {...}, batch: {...}, correlate: {...}}
     exporters:  {debug: {}, otlp: {...}, otlphttp: {...}, file: {path: ...}}
     extensions: {health_check: {endpoint: 127.0.0.1:13133}}
     service:    {extensions: [...], pipelines: {traces: {receivers, processors, exporters}}}
@@ -315,6 +315,44 @@ def span_batching(config: Config, env: dict[str, str]) -> BatchSettings:
     return BatchSettings(queue, delay_s, size)
 
 
+DEFAULT_LIMIT_PERCENTAGE = 80  # the memory limiter's, of the memory the collector may use
+DEFAULT_SPIKE_PERCENTAGE = 20
+
+
+class MemoryLimiterConfig(_Strict):
+    """As the Collector's memory_limiter: a limit on the collector's resident
+    memory, in MiB or as a percentage of what it may use (its cgroup's limit,
+    else the machine's). Above the limit less its spike allowance, apps' OTLP
+    requests are answered "retry later" before they are decoded
+    (otel_ebpf/memory_limit.py). Neither limit given: 80 % and 20 %."""
+
+    # How often a request's admission reads the resident memory again. The
+    # Collector has no default (1 s is its advice); a read costs microseconds
+    # here, and a burst of large requests fills a second.
+    check_interval: Duration = 0.1
+    limit_mib: int | None = Field(default=None, gt=0)
+    spike_limit_mib: int | None = Field(default=None, gt=0)  # default: a fifth of limit_mib
+    limit_percentage: int | None = Field(default=None, gt=0, le=100)
+    spike_limit_percentage: int | None = Field(default=None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MemoryLimiterConfig:
+        if self.limit_mib is not None and self.limit_percentage is not None:
+            raise ValueError("set limit_mib or limit_percentage, not both")
+        if self.limit_mib is not None:
+            if self.spike_limit_percentage is not None:
+                raise ValueError("with limit_mib, give the spike as spike_limit_mib")
+            if self.spike_limit_mib is not None and self.spike_limit_mib >= self.limit_mib:
+                raise ValueError("spike_limit_mib must be smaller than limit_mib")
+        else:
+            if self.spike_limit_mib is not None:
+                raise ValueError("spike_limit_mib goes with limit_mib")
+            limit = self.limit_percentage or DEFAULT_LIMIT_PERCENTAGE
+            if (self.spike_limit_percentage or 0) >= limit:
+                raise ValueError("spike_limit_percentage must be smaller than limit_percentage")
+        return self
+
+
 class CorrelateConfig(_Strict):
     """Merging of SDK spans (OTLP in) with eBPF spans of the same requests."""
 
@@ -400,6 +438,7 @@ RECEIVER_TYPES: dict[str, type[_Strict]] = {
 PROCESSOR_TYPES: dict[str, type[_Strict]] = {
     "batch": BatchConfig,
     "correlate": CorrelateConfig,
+    "memory_limiter": MemoryLimiterConfig,
 }
 
 EXPORTER_TYPES: dict[str, type[_Strict]] = {
@@ -450,7 +489,7 @@ Body = Annotated[Any, AfterValidator(_settings)]
 
 class Config(_Strict):
     receivers: dict[Literal["ebpf", "otlp", "profiling"], Body] = {"ebpf": {}}
-    processors: dict[Literal["batch", "correlate"], Body] = {}
+    processors: dict[Literal["batch", "correlate", "memory_limiter"], Body] = {}
     exporters: dict[str, Body]
     extensions: dict[Literal["health_check"], HealthCheckConfig] = {}
     service: ServiceConfig
@@ -504,6 +543,13 @@ class Config(_Strict):
             return None  # nothing to merge when no spans leave
         c = self.processors.get("correlate")
         return c if isinstance(c, CorrelateConfig) else CorrelateConfig()
+
+    @property
+    def memory_limiter(self) -> MemoryLimiterConfig | None:
+        if "memory_limiter" not in self.traces.processors:
+            return None
+        m = self.processors.get("memory_limiter")
+        return m if isinstance(m, MemoryLimiterConfig) else MemoryLimiterConfig()
 
     @property
     def otlp(self) -> OtlpReceiverConfig | None:
@@ -666,14 +712,14 @@ def document(
     metrics: list[str] | None = None,
     traces: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A traces pipeline: ebpf (and otlp, when given) -> batch -> the exporters named
-    in `traces` (by default all that export spans); a metrics pipeline to the
-    exporters named in `metrics`, if any."""
+    """A traces pipeline: ebpf (and otlp, when given) -> memory_limiter -> correlate
+    -> batch -> the exporters named in `traces` (by default all that export
+    spans); a metrics pipeline to the exporters named in `metrics`, if any."""
     receivers: dict[str, Any] = {"ebpf": {}} if otlp is None else {"ebpf": {}, "otlp": otlp}
     pipelines: dict[str, Any] = {
         "traces": {
             "receivers": list(receivers),
-            "processors": ["correlate", "batch"],
+            "processors": ["memory_limiter", "correlate", "batch"],
             "exporters": (
                 traces
                 if traces is not None
@@ -687,7 +733,7 @@ def document(
         pipelines["metrics"] = {"receivers": ["ebpf"], "exporters": metrics}
     return {
         "receivers": receivers,
-        "processors": {"correlate": {}, "batch": batch or {}},
+        "processors": {"memory_limiter": {}, "correlate": {}, "batch": batch or {}},
         "exporters": exporters,
         "extensions": {"health_check": health or {}},
         "service": {"extensions": ["health_check"], "pipelines": pipelines},

@@ -27,6 +27,7 @@ from otel_ebpf.http_server import serve_prometheus
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
 from otel_ebpf.live import LiveView
 from otel_ebpf.memory import settle_heap, trim_heap
+from otel_ebpf.memory_limit import MIB, MemoryLimiter
 from otel_ebpf.metrics import (
     CollectorMetrics,
     PerServiceResources,
@@ -352,6 +353,18 @@ class Collector:
             )
         health = config.health
         self._health_server = HealthServer(health.endpoint, self.health) if health else None
+        limiter = config.memory_limiter
+        self.memory = MemoryLimiter.from_config(limiter) if limiter is not None else None
+        self._memory_said = float("-inf")  # when refusals over the soft limit were last said
+        if self.memory is not None:
+            log.info(
+                "memory limiter: apps' OTLP requests answered 'retry later' above %d MiB "
+                "resident (limit %d MiB: %s); %d MiB now",
+                self.memory.soft_limit // MIB,
+                self.memory.limit // MIB,
+                self.memory.basis,
+                self.memory.resident // MIB,
+            )
         otlp = config.otlp
         self.otlp: OtlpReceiver | None = None
         if otlp is not None:
@@ -364,6 +377,7 @@ class Collector:
                 max_grpc_message=(
                     p.grpc.max_recv_msg_size_mib << 20 if p.grpc else DEFAULT_MAX_GRPC_MESSAGE
                 ),
+                admission=self.memory.refusal if self.memory is not None else None,
             )
 
     def _on_kernel_event(self, event: Any) -> None:
@@ -520,20 +534,41 @@ class Collector:
             self._otlp_waiting += len(spans)
         self._otlp_batches.put((spans, peer))
 
+    def _watch_memory(self) -> None:
+        """Once a second: the resident size read even with no request to read it,
+        into self-telemetry."""
+        assert self.memory is not None
+        self.memory.refusal()
+        self.telemetry.memory_resident_mib = self.memory.resident // MIB
+
     def _count_otlp_refusals(self) -> None:
+        """The receiver's refusals into self-telemetry; each cause said once a
+        minute while it grows."""
         assert self.otlp is not None
-        busy = self.otlp.requests_busy
-        if busy > self.telemetry.otlp_requests_busy and (
-            time.monotonic() >= self._otlp_busy_logged + 60
+        t, now = self.telemetry, time.monotonic()
+        busy, over_memory = self.otlp.requests_busy, self.otlp.requests_over_memory
+        if busy - over_memory > t.otlp_requests_busy - t.otlp_requests_over_memory and (
+            now >= self._otlp_busy_logged + 60
         ):
-            self._otlp_busy_logged = time.monotonic()
+            self._otlp_busy_logged = now
             log.warning(
                 "OTLP receiver: apps send spans faster than the pipeline takes them; %d "
                 "requests in all answered 'retry later' (their SDKs send them again)",
-                busy,
+                busy - over_memory,
             )
-        self.telemetry.otlp_requests_busy = busy
-        self.telemetry.otlp_requests_refused = self.otlp.requests_rejected
+        if over_memory > t.otlp_requests_over_memory and now >= self._memory_said + 60:
+            self._memory_said = now
+            assert self.memory is not None
+            log.warning(
+                "memory limiter: %d OTLP requests in all answered 'retry later' while the "
+                "collector's memory was above its soft limit of %d MiB (limit %d MiB; %d MiB now)",
+                over_memory,
+                self.memory.soft_limit // MIB,
+                self.memory.limit // MIB,
+                self.memory.resident // MIB,
+            )
+        t.otlp_requests_busy, t.otlp_requests_over_memory = busy, over_memory
+        t.otlp_requests_refused = self.otlp.requests_rejected
 
     def _drain_otlp(self) -> None:
         while True:
@@ -658,6 +693,8 @@ class Collector:
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(b.queue) for b in self._batchers)
+                if self.memory is not None:
+                    self._watch_memory()
                 if self.otlp is not None:
                     self._count_otlp_refusals()
                 self.telemetry.export_waited_ms = int(sum(r.waited_s for r in self._rooms) * 1000)

@@ -40,7 +40,9 @@ class SelfTelemetry:
     spans_outliers: int = 0  # of those, requests the budget shed kept for failing or being slow
     spans_received_otlp: int = 0  # from apps' SDKs, forwarded
     otlp_requests_refused: int = 0  # not OTLP, malformed or too large: a 4xx / INVALID_ARGUMENT
-    otlp_requests_busy: int = 0  # answered "retry later": too many apps' spans were waiting
+    otlp_requests_busy: int = 0  # answered "retry later": too many spans waiting, or memory
+    otlp_requests_over_memory: int = 0  # of those, over the memory limiter's soft limit
+    memory_resident_mib: int = 0  # the collector's resident memory (a gauge; memory_limiter)
     spans_merged_away: int = 0  # eBPF duplicates of SDK spans, dropped into them
     spans_exported: int = 0
     spans_export_failed: int = 0

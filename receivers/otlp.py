@@ -34,11 +34,17 @@ from otel_ebpf.telemetry import fault_summary
 log = logging.getLogger(__name__)
 
 SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sender's socket
+Admission = Callable[[], str | None]  # before a request is decoded: None, or why not now
 DEFAULT_MAX_GRPC_MESSAGE = 4 << 20  # the Collector's configgrpc max_recv_msg_size_mib default
 # gRPC calls under way or waiting for one of the 4 workers, each holding its
 # message: past it a call is refused at once (RESOURCE_EXHAUSTED, which the SDKs
 # retry), so a burst of large requests cannot queue without bound.
 DEFAULT_MAX_CONCURRENT_CALLS = 32
+# HTTP/2 streams one connection may have open. An SDK sends one request at a
+# time; past it the client holds a stream back, or it is refused (UNAVAILABLE,
+# retried) before its message is read: one client's burst of large requests is
+# not buffered whole.
+MAX_STREAMS_PER_CONNECTION = 4
 _SPAN_KINDS = range(6)  # OTLP SpanKind: UNSPECIFIED .. CONSUMER
 _STATUS_CODES = range(3)  # OTLP StatusCode: UNSET, OK, ERROR
 
@@ -55,6 +61,10 @@ class Busy(Exception):
     (UNAVAILABLE over gRPC, 503 with Retry-After over HTTP): the app's SDK keeps
     the spans and sends them again, and the collector does not grow without bound
     while its processing thread is behind."""
+
+
+class OverMemory(Busy):
+    """Busy because the collector's memory is above its soft limit (memory_limit)."""
 
 
 def _value(v: AnyValue) -> Any:
@@ -163,8 +173,10 @@ class OtlpReceiver:
         max_http_body: int = DEFAULT_MAX_BODY,
         max_grpc_message: int = DEFAULT_MAX_GRPC_MESSAGE,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        admission: Admission | None = None,
     ) -> None:
         self._sink = sink
+        self._admission = admission
         self._max_concurrent_calls = max_concurrent_calls
         self._max_http_body = max_http_body
         self._max_grpc_message = max_grpc_message
@@ -177,7 +189,14 @@ class OtlpReceiver:
         self.spans_received = 0
         self.requests_rejected = 0
         self.requests_busy = 0  # refused for want of room: the sender retries
+        self.requests_over_memory = 0  # of those, refused by the memory limiter
         self._lock = threading.Lock()
+
+    def _admit(self) -> None:
+        """Raises OverMemory while requests are not to be decoded."""
+        refusal = self._admission() if self._admission is not None else None
+        if refusal is not None:
+            raise OverMemory(refusal)
 
     def _accept(
         self, request: trace_service_pb2.ExportTraceServiceRequest, peer: Endpoint | None
@@ -194,9 +213,10 @@ class OtlpReceiver:
             self.requests_rejected += 1
         log.debug("OTLP request rejected: %s", reason)
 
-    def _busy(self) -> None:
+    def _busy(self, exc: Busy) -> None:
         with self._lock:
             self.requests_busy += 1
+            self.requests_over_memory += isinstance(exc, OverMemory)
 
     def start(self) -> None:
         """Bind both endpoints; raises OSError (port taken) with the address in it."""
@@ -208,9 +228,11 @@ class OtlpReceiver:
     def _start_grpc(self, endpoint: str) -> None:
         def export(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
+                self._admit()
                 message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
                 self._accept(message, grpc_peer(context.peer()))
             except Busy as exc:
+                self._busy(exc)
                 code, reason = grpc.StatusCode.UNAVAILABLE, str(exc)
             except (DecodeError, InvalidRequest) as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
@@ -219,9 +241,7 @@ class OtlpReceiver:
                 code, reason = grpc.StatusCode.INTERNAL, f"internal error: {fault_summary(exc)}"
             else:
                 return EXPORT_RESPONSE
-            if code == grpc.StatusCode.UNAVAILABLE:
-                self._busy()
-            else:
+            if code != grpc.StatusCode.UNAVAILABLE:
                 self._rejected(reason)
             context.abort(code, reason)  # raises: it ends the call
             return b""  # not reached
@@ -237,7 +257,10 @@ class OtlpReceiver:
                     {"Export": grpc.unary_unary_rpc_method_handler(export)},
                 )
             ],
-            options=[("grpc.max_receive_message_length", self._max_grpc_message)],
+            options=[
+                ("grpc.max_receive_message_length", self._max_grpc_message),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ],
             maximum_concurrent_rpcs=self._max_concurrent_calls,
         )
         port = server.add_insecure_port(endpoint)
@@ -259,9 +282,7 @@ class OtlpReceiver:
                     code, message = self._handle()
                 except Exception as exc:  # a bug of ours: still an answer, never a traceback
                     code, message = 500, f"internal error: {fault_summary(exc)}"
-                if code == 503:
-                    receiver._busy()
-                elif code != 200:
+                if code not in (200, 503):  # 503: counted as busy where raised
                     receiver._rejected(message)
                 body = EXPORT_RESPONSE if code == 200 else message.encode()
                 self.send_response(code)
@@ -288,6 +309,7 @@ class OtlpReceiver:
                 if self.headers.get("Content-Type", "").split(";")[0] != "application/x-protobuf":
                     return 415, "send application/x-protobuf"
                 try:
+                    receiver._admit()
                     raw = decompress(raw, self.headers.get("Content-Encoding") or "", limit)
                     request = trace_service_pb2.ExportTraceServiceRequest()
                     request.ParseFromString(raw)
@@ -296,6 +318,7 @@ class OtlpReceiver:
                 except Rejected as exc:
                     return exc.status, exc.reason
                 except Busy as exc:
+                    receiver._busy(exc)
                     return 503, str(exc)
                 except DecodeError as exc:
                     return 400, f"cannot decode request: {exc}"

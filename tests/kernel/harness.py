@@ -112,10 +112,12 @@ class CollectorProcess:
         profiling: dict[str, Any] | None = None,
         netns: str = "",
         host: str = "127.0.0.1",
+        cgroup: Path | None = None,
     ) -> None:
         """`profiles`: exporters of a profiles pipeline (`profiling`: its receiver's
         settings). `netns`: run inside that network namespace (of `ip netns`),
-        its health check and OTLP receivers listening on `host`, an address there."""
+        its health check and OTLP receivers listening on `host`, an address there.
+        `cgroup`: a cgroup directory the collector runs in from its start."""
         self.host = host
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
@@ -152,8 +154,14 @@ class CollectorProcess:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         # nsenter, not `ip netns exec`: that one remounts /sys, hiding tracefs
         in_netns = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
+        # the shell joins the cgroup, then becomes the collector (same pid)
+        in_cgroup = (
+            ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs")]
+            if cgroup is not None
+            else []
+        )
         self.proc = subprocess.Popen(
-            [*in_netns, OTEL_EBPF, "run", "--config", str(self.config_path)],
+            [*in_netns, *in_cgroup, OTEL_EBPF, "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -16,7 +16,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_ebpf.receivers.otlp import Busy, InvalidRequest, OtlpReceiver, spans_from_request
+from otel_ebpf.receivers.otlp import (
+    MAX_STREAMS_PER_CONNECTION,
+    Busy,
+    InvalidRequest,
+    OtlpReceiver,
+    spans_from_request,
+)
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -144,6 +150,78 @@ def test_grpc_calls_past_the_concurrency_bound_are_refused_at_once() -> None:
         release.set()
         assert [call.result() for call in held] == [b"", b""]  # both answered OK
         assert export(body, timeout=10) == b""  # room again
+    finally:
+        release.set()
+        channel.close()
+        receiver.stop()
+
+
+def test_over_the_memory_limit_a_request_is_refused_before_it_is_decoded() -> None:
+    """The admission check runs first: not even a malformed body is looked at,
+    and the refusal is the retryable one, counted apart from a full queue."""
+    over = ["the collector's memory (500 MiB) is above its soft limit (400 MiB): retry later"]
+    taken: list[int] = []
+    receiver = OtlpReceiver(
+        lambda spans, _peer: taken.append(len(spans)),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        admission=lambda: over[0] if over else None,
+    )
+    receiver.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}")
+    http = HTTPConnection("127.0.0.1", receiver.http_port, timeout=10)
+    try:
+        for body in (b"\xff not protobuf", encode_spans(sdk_spans()).SerializeToString()):
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(EXPORT)(body, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details() == over[0]
+            http.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+            answer = http.getresponse()
+            assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
+            assert answer.read() == over[0].encode()
+        assert (receiver.requests_busy, receiver.requests_over_memory) == (4, 4)
+        assert receiver.requests_rejected == 0 and taken == []
+        over.clear()  # back below the soft limit, on the same connections
+        assert channel.unary_unary(EXPORT)(body, timeout=10) == b""
+        http.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        assert http.getresponse().status == 200
+        assert taken == [2, 2] and receiver.requests_over_memory == 4
+    finally:
+        http.close()
+        channel.close()
+        receiver.stop()
+
+
+def test_one_connection_opens_a_bounded_number_of_streams() -> None:
+    """Past MAX_STREAMS_PER_CONNECTION calls at once on one connection, a new
+    stream is held back by the client or refused by the server before its
+    message is read (REFUSED_STREAM: UNAVAILABLE, which the SDKs retry); it is
+    never queued in the server. With room there for one call more than the
+    bound, the sixth would be RESOURCE_EXHAUSTED had the fifth been queued."""
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+
+    def sink(_spans: list[ReadableSpan], _peer: object) -> None:
+        inside.release()
+        release.wait(30)
+
+    receiver = OtlpReceiver(
+        sink, "127.0.0.1:0", None, max_concurrent_calls=MAX_STREAMS_PER_CONNECTION + 1
+    )
+    receiver.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}")
+    export = channel.unary_unary(EXPORT)
+    body = encode_spans(sdk_spans()).SerializeToString()
+    try:
+        held = [export.future(body, timeout=30) for _ in range(MAX_STREAMS_PER_CONNECTION)]
+        for _ in held:
+            assert inside.acquire(timeout=10)
+        extra = [export.future(body, timeout=30) for _ in range(2)]
+        release.set()
+        assert [call.result() for call in held] == [b""] * len(held)
+        for call in extra:
+            assert call.code() in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
     finally:
         release.set()
         channel.close()
