@@ -299,17 +299,24 @@ class OtlpReceiver:
 
             def _handle(self) -> tuple[int, str]:
                 limit = receiver._max_http_body
+                over: OverMemory | None = None
                 try:
-                    raw = read_body(self.headers, self.rfile, limit)
+                    receiver._admit()
+                except OverMemory as exc:
+                    over = exc  # the body is read but not kept
+                try:
+                    raw = read_body(self.headers, self.rfile, limit, keep=over is None)
                 except Rejected as exc:
                     self.close_connection = True
                     return exc.status, exc.reason
+                if over is not None:
+                    receiver._busy(over)
+                    return 503, str(over)
                 if self.path.split("?", 1)[0] != "/v1/traces":
                     return 404, "only /v1/traces is served"
                 if self.headers.get("Content-Type", "").split(";")[0] != "application/x-protobuf":
                     return 415, "send application/x-protobuf"
                 try:
-                    receiver._admit()
                     raw = decompress(raw, self.headers.get("Content-Encoding") or "", limit)
                     request = trace_service_pb2.ExportTraceServiceRequest()
                     request.ParseFromString(raw)

@@ -16,6 +16,7 @@ from otel_ebpf.processors.protocols.numbers import decimal, hexadecimal
 
 DEFAULT_MAX_BODY = 20 << 20  # the Collector's confighttp max_request_body_size default
 _CHUNK_LINE_MAX = 1024
+_DROPPED_PIECE = 64 << 10  # a body not kept is read this much at a time
 
 
 class Rejected(Exception):
@@ -27,13 +28,16 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def read_body(headers: Message, rfile: BufferedIOBase, limit: int) -> bytes:
-    """The request body per its framing (RFC 9112 section 6), at most `limit` bytes."""
+def read_body(headers: Message, rfile: BufferedIOBase, limit: int, keep: bool = True) -> bytes:
+    """The request body per its framing (RFC 9112 section 6), at most `limit`
+    bytes. Not kept (`keep` False: a request refused before its body), it is
+    read and dropped piece by piece, so the connection stays in step for the
+    next request without holding the body; b"" is returned."""
     encodings = headers.get_all("Transfer-Encoding") or []
     if encodings:
         if ",".join(encodings).strip().lower() != "chunked":
             raise Rejected(400, "only chunked transfer coding is supported")
-        return _read_chunked(rfile, limit)
+        return _read_chunked(rfile, limit, keep)
     lengths = headers.get_all("Content-Length") or []
     if not lengths:
         raise Rejected(411, "Content-Length required")
@@ -44,14 +48,28 @@ def read_body(headers: Message, rfile: BufferedIOBase, limit: int) -> bytes:
     assert length is not None
     if length > limit:
         raise Rejected(413, f"request body over {limit} bytes")
-    body = rfile.read(length)
-    if len(body) != length:
+    body = _read(rfile, length, keep)
+    if body is None:
         raise Rejected(400, "request body shorter than its Content-Length")
     return body
 
 
-def _read_chunked(rfile: BufferedIOBase, limit: int) -> bytes:
+def _read(rfile: BufferedIOBase, size: int, keep: bool) -> bytes | None:
+    """`size` bytes (b"" when not kept); None if the stream ends before."""
+    if keep:
+        data = rfile.read(size)
+        return data if len(data) == size else None
+    while size > 0:
+        piece = rfile.read(min(size, _DROPPED_PIECE))
+        if not piece:
+            return None
+        size -= len(piece)
+    return b""
+
+
+def _read_chunked(rfile: BufferedIOBase, limit: int, keep: bool) -> bytes:
     body = bytearray()
+    seen = 0
     while True:
         line = rfile.readline(_CHUNK_LINE_MAX + 1)
         if not line.endswith(b"\n"):
@@ -61,10 +79,11 @@ def _read_chunked(rfile: BufferedIOBase, limit: int) -> bytes:
             raise Rejected(400, "malformed chunk size")
         if size == 0:
             break
-        if len(body) + size > limit:
+        seen += size
+        if seen > limit:
             raise Rejected(413, f"request body over {limit} bytes")
-        chunk = rfile.read(size)
-        if len(chunk) != size or rfile.read(2) != b"\r\n":
+        chunk = _read(rfile, size, keep)
+        if chunk is None or rfile.read(2) != b"\r\n":
             raise Rejected(400, "truncated chunk")
         body += chunk
     while True:  # trailer fields, ignored, up to the empty line

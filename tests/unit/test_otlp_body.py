@@ -60,6 +60,27 @@ def test_a_missing_length_is_411_and_chunked_is_read_within_the_bound() -> None:
     assert status(headers(Transfer_Encoding="gzip, chunked"), b"") == 400
 
 
+@pytest.mark.parametrize(
+    ("fields", "body"),
+    [
+        ({"Content_Length": str(200_000)}, b"x" * 200_000),
+        ({"Transfer_Encoding": "chunked"}, b"30d40\r\n" + b"x" * 200_000 + b"\r\n0\r\n\r\n"),
+    ],
+)
+def test_a_body_not_kept_is_read_past_and_dropped(fields: dict[str, str], body: bytes) -> None:
+    """A refused request's body: consumed to its end (the next request's bytes
+    are next on the stream), nothing kept; its framing is checked all the same."""
+    stream = io.BytesIO(body + b"NEXT")
+    assert read_body(headers(**fields), stream, 1 << 20, keep=False) == b""
+    assert stream.read() == b"NEXT"
+    with pytest.raises(Rejected) as short:
+        read_body(headers(**fields), io.BytesIO(body[:-10]), 1 << 20, keep=False)
+    assert short.value.status == 400
+    with pytest.raises(Rejected) as large:
+        read_body(headers(**fields), io.BytesIO(body), 100_000, keep=False)
+    assert large.value.status == 413
+
+
 def test_decompression_stops_at_the_bound() -> None:
     payload = b"x" * 1000
     assert decompress(gzip.compress(payload), "gzip", LIMIT) == payload
