@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -17,13 +19,57 @@ BUSY_ANSWER = (
 )
 
 
+class RequestDeadline:
+    """A handler's socket whose `timeout` bounds the whole request, not each read:
+    from the end of the last answer (or the connection's start) the next request
+    must arrive whole within it. Per read, a client that sends a byte now and
+    then would hold its connection, and its slot, for ever."""
+
+    def __init__(
+        self, sock: socket.socket, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._sock = sock
+        self._timeout = timeout_s
+        self._clock = clock
+        self._deadline = clock() + timeout_s
+
+    def settimeout(self, timeout_s: float | None) -> None:  # the handler's setup
+        if timeout_s is not None:
+            self._timeout = timeout_s
+            self._deadline = self._clock() + timeout_s
+
+    def makefile(self, mode: str = "r", buffering: int = -1) -> io.BufferedReader:
+        """The handler's request stream, reading through the deadline."""
+        if mode != "rb":
+            raise ValueError("only the request stream is made here")
+        size = buffering if buffering > 0 else io.DEFAULT_BUFFER_SIZE
+        return io.BufferedReader(socket.SocketIO(self, "rb"), size)  # type: ignore[arg-type]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        remaining = self._deadline - self._clock()
+        if remaining <= 0:
+            raise TimeoutError(f"request not received within {self._timeout:g} s")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer, nbytes)
+
+    def sendall(self, data: Any) -> None:
+        """An answer: the next request's time starts once it is sent."""
+        self._sock.settimeout(self._timeout)
+        self._sock.sendall(data)
+        self._deadline = self._clock() + self._timeout
+
+    def __getattr__(self, name: str) -> Any:  # fileno, setsockopt, getpeername...
+        return getattr(self._sock, name)
+
+
 class QuietHTTPServer(ThreadingHTTPServer):
     """A client that resets or stalls is its own business: one debug line, never
     a traceback on stderr (socketserver's default). Handler threads never hold
     up shutdown.
 
-    Each connection holds a thread until it ends or its handler's timeout, so at
-    most `max_connections` are served at once; past them a connection is answered
+    Each connection holds a thread until it ends or its handler's timeout (a
+    deadline for each request, RequestDeadline), so at most `max_connections`
+    are served at once; past them a connection is answered
     503 at once and closed, from the accepting thread. Idle or stalled clients
     (one local process is enough) then cost neither unbounded threads nor the
     listen queue, which other clients, the kubelet's probes among them, need."""
@@ -56,6 +102,13 @@ class QuietHTTPServer(ThreadingHTTPServer):
         except BaseException:  # no thread started: its slot is free again
             self._ended()
             raise
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The handler reads through its `timeout` as a deadline per request."""
+        timeout = getattr(self.RequestHandlerClass, "timeout", None)
+        if timeout is not None:
+            request = RequestDeadline(request, timeout)
+        super().finish_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -174,9 +174,13 @@ class OtlpReceiver:
         max_grpc_message: int = DEFAULT_MAX_GRPC_MESSAGE,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         admission: Admission | None = None,
+        request_timeout_s: float = 30,
     ) -> None:
         self._sink = sink
         self._admission = admission
+        # seconds an HTTP request may take to arrive whole, from the last answer (an
+        # idle connection is closed then; an SDK opens a new one for its next export)
+        self._request_timeout_s = request_timeout_s
         self._max_concurrent_calls = max_concurrent_calls
         self._max_http_body = max_http_body
         self._max_grpc_message = max_grpc_message
@@ -275,7 +279,7 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            timeout = 30  # seconds a client may stall mid-request before it is dropped
+            timeout = receiver._request_timeout_s
 
             def do_POST(self) -> None:
                 try:
@@ -309,6 +313,9 @@ class OtlpReceiver:
                 except Rejected as exc:
                     self.close_connection = True
                     return exc.status, exc.reason
+                except TimeoutError:
+                    self.close_connection = True
+                    return 408, f"request body not received within {self.timeout} s"
                 if over is not None:
                     receiver._busy(over)
                     return 503, str(over)

@@ -3,7 +3,10 @@ without room is a retryable refusal (real gRPC and HTTP on loopback)."""
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
+import time
 from http.client import HTTPConnection
 
 import grpc
@@ -225,4 +228,28 @@ def test_one_connection_opens_a_bounded_number_of_streams() -> None:
     finally:
         release.set()
         channel.close()
+        receiver.stop()
+
+
+def test_a_body_trickled_in_past_the_deadline_is_answered_408_and_closed() -> None:
+    receiver = OtlpReceiver(lambda spans, _peer: None, None, "127.0.0.1:0", request_timeout_s=1)
+    receiver.start()
+    head = (
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", receiver.http_port), timeout=10) as client:
+            client.sendall(head)
+            for _ in range(200):  # a byte every 50 ms, never a read near 1 s: 10 s
+                readable, _, _ = select.select([client], [], [], 0)
+                if readable:
+                    break
+                client.sendall(b"\x0a")
+                time.sleep(0.05)
+            answer = client.makefile("rb").read()  # to the end: the server closes
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close\r\n" in answer
+        assert b"not received within 1 s" in answer
+        assert receiver.requests_rejected == 1 and receiver.spans_received == 0
+    finally:
         receiver.stop()
