@@ -20,7 +20,6 @@ cycle collector runs too, each at most once a second.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import threading
 import time
@@ -34,8 +33,6 @@ from otel_ebpf.config import (
     MemoryLimiterConfig,
 )
 from otel_ebpf.memory import trim_heap
-
-log = logging.getLogger(__name__)
 
 MIB: Final = 1 << 20
 RECLAIM_EVERY_S: Final = 1.0  # heap trims (and collections over the limit) at most this often
@@ -138,8 +135,8 @@ class MemoryLimiter:
             limit = total * percent // 100
             whose = "the cgroup's limit" if cgroup else "the machine's memory"
             basis = f"{percent} % of {whose}, {total // MIB} MiB"
-            percent = config.spike_limit_percentage or DEFAULT_SPIKE_PERCENTAGE
-            spike = total * percent // 100
+            spike_percent = config.spike_limit_percentage or DEFAULT_SPIKE_PERCENTAGE
+            spike = total * spike_percent // 100
             if spike >= limit:  # the default spike over a small percentage given
                 spike = limit // 5
         return cls(limit, spike, config.check_interval, resident, basis=basis)

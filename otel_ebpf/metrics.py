@@ -309,6 +309,23 @@ class CollectorMetrics:
                 "and what the budget allowed it (state=allowed; 0: no adaptive budget)",
             ),
             (
+                meter.create_observable_counter,
+                "otel_ebpf.collector.otlp.requests",
+                self._otlp_refusals,
+                "{request}",
+                "Apps' OTLP requests answered 'retry later' or refused, by state (busy: too "
+                "many spans waiting; over_memory: above the memory limiter's soft limit; "
+                "refused: malformed or too large)",
+            ),
+            (
+                meter.create_observable_gauge,
+                "otel_ebpf.collector.memory",
+                self._memory,
+                "By",
+                "The collector's resident memory (state=resident), and the memory limiter's "
+                "soft limit and limit (state=soft_limit, limit) when it has one",
+            ),
+            (
                 meter.create_observable_gauge,
                 "otel_ebpf.collector.connections",
                 self._connections,
@@ -367,6 +384,22 @@ class CollectorMetrics:
             Observation(t.collector_cpu_millicores / 1000, {"state": "used"}),
             Observation(t.span_budget_allowed_millicores / 1000, {"state": "allowed"}),
         ]
+
+    def _otlp_refusals(self, _options: CallbackOptions) -> list[Observation]:
+        t = self._telemetry
+        return [
+            Observation(t.otlp_requests_busy - t.otlp_requests_over_memory, {"state": "busy"}),
+            Observation(t.otlp_requests_over_memory, {"state": "over_memory"}),
+            Observation(t.otlp_requests_refused, {"state": "refused"}),
+        ]
+
+    def _memory(self, _options: CallbackOptions) -> list[Observation]:
+        t = self._telemetry
+        out = [Observation(t.memory_resident_mib << 20, {"state": "resident"})]
+        if t.memory_limit_mib:
+            out.append(Observation(t.memory_soft_limit_mib << 20, {"state": "soft_limit"}))
+            out.append(Observation(t.memory_limit_mib << 20, {"state": "limit"}))
+        return out
 
     def _connections(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(self.tracked_connections)]

@@ -204,9 +204,7 @@ class TraceEncoder:
 
     def encode(self, spans: Sequence[FinishedSpan]) -> bytes:
         """One request with every span."""
-        for body, _ in self.requests(spans, 0):
-            return body
-        return b""  # not reached: there is always one request
+        return next(self.requests(spans, 0))[0]
 
     def requests(
         self, spans: Sequence[FinishedSpan], max_bytes: int

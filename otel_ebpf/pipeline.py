@@ -27,7 +27,7 @@ from otel_ebpf.http_server import serve_prometheus
 from otel_ebpf.kubernetes import KubeMetadata, WorkloadIdentity
 from otel_ebpf.live import LiveView
 from otel_ebpf.memory import settle_heap, trim_heap
-from otel_ebpf.memory_limit import MIB, MemoryLimiter
+from otel_ebpf.memory_limit import MIB, MemoryLimiter, resident_bytes
 from otel_ebpf.metrics import (
     CollectorMetrics,
     PerServiceResources,
@@ -357,6 +357,8 @@ class Collector:
         self.memory = MemoryLimiter.from_config(limiter) if limiter is not None else None
         self._memory_said = float("-inf")  # when refusals over the soft limit were last said
         if self.memory is not None:
+            self.telemetry.memory_soft_limit_mib = self.memory.soft_limit // MIB
+            self.telemetry.memory_limit_mib = self.memory.limit // MIB
             log.info(
                 "memory limiter: apps' OTLP requests answered 'retry later' above %d MiB "
                 "resident (limit %d MiB: %s); %d MiB now",
@@ -535,11 +537,14 @@ class Collector:
         self._otlp_batches.put((spans, peer))
 
     def _watch_memory(self) -> None:
-        """Once a second: the resident size read even with no request to read it,
-        into self-telemetry."""
-        assert self.memory is not None
-        self.memory.refusal()
-        self.telemetry.memory_resident_mib = self.memory.resident // MIB
+        """Once a second: the resident size into self-telemetry (the limiter's
+        read, made even with no request to make it)."""
+        if self.memory is None:
+            resident = resident_bytes()
+        else:
+            self.memory.refusal()
+            resident = self.memory.resident
+        self.telemetry.memory_resident_mib = resident // MIB
 
     def _count_otlp_refusals(self) -> None:
         """The receiver's refusals into self-telemetry; each cause said once a
@@ -693,8 +698,7 @@ class Collector:
                 if self.metrics is not None:
                     self.metrics.tracked_connections = len(self.tracker)
                 self.telemetry.spans_queued = sum(len(b.queue) for b in self._batchers)
-                if self.memory is not None:
-                    self._watch_memory()
+                self._watch_memory()
                 if self.otlp is not None:
                     self._count_otlp_refusals()
                 self.telemetry.export_waited_ms = int(sum(r.waited_s for r in self._rooms) * 1000)

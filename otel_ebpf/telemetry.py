@@ -42,7 +42,9 @@ class SelfTelemetry:
     otlp_requests_refused: int = 0  # not OTLP, malformed or too large: a 4xx / INVALID_ARGUMENT
     otlp_requests_busy: int = 0  # answered "retry later": too many spans waiting, or memory
     otlp_requests_over_memory: int = 0  # of those, over the memory limiter's soft limit
-    memory_resident_mib: int = 0  # the collector's resident memory (a gauge; memory_limiter)
+    memory_resident_mib: int = 0  # the collector's resident memory (a gauge)
+    memory_soft_limit_mib: int = 0  # the memory limiter's (0: none); apps' spans refused above
+    memory_limit_mib: int = 0
     spans_merged_away: int = 0  # eBPF duplicates of SDK spans, dropped into them
     spans_exported: int = 0
     spans_export_failed: int = 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from otel_ebpf.config import ConfigError, MemoryLimiterConfig, load
+from otel_ebpf.doctor import INFO, OK, WARN, _memory
 from otel_ebpf.memory_limit import MIB, MemoryLimiter, cgroup_memory_limit, resident_bytes
 
 
@@ -173,3 +174,11 @@ def test_the_embedded_default_limits_memory_as_the_collector_advises() -> None:
     config = load(env={})
     assert config.traces.processors[0] == "memory_limiter"
     assert config.memory_limiter == MemoryLimiterConfig()
+
+
+def test_doctor_says_what_the_default_limiter_leaves_apps() -> None:
+    shipped = _memory(lambda: 512 * MIB)
+    assert shipped.status == OK and "above 307 MiB" in shipped.detail
+    tight = _memory(lambda: 128 * MIB)  # soft limit 76 MiB: under the collector at work
+    assert tight.status == WARN and "raise the limit" in tight.detail
+    assert _memory(lambda: None).status == INFO

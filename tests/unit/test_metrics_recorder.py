@@ -412,3 +412,25 @@ def test_kernel_postgresql_counts_join_the_series_their_spans_would_have_made() 
     failed, n = by_operation["SELECT"]
     assert n == 4 and failed["error.type"] == failed["db.response.status_code"] == "42P01"
     assert failed["db.namespace"] == "bench" and failed["db.collection.name"] == "missing"
+
+
+def test_the_collectors_memory_and_its_refused_otlp_requests_are_metrics() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = SelfTelemetry(
+        otlp_requests_busy=7,
+        otlp_requests_over_memory=5,
+        otlp_requests_refused=2,
+        memory_resident_mib=120,
+        memory_soft_limit_mib=307,
+        memory_limit_mib=409,
+    )
+    CollectorMetrics([reader], telemetry)
+    requests = {
+        p.attributes["state"]: p.value for p in points(reader, "otel_ebpf.collector.otlp.requests")
+    }
+    assert requests == {"busy": 2, "over_memory": 5, "refused": 2}
+    memory = {p.attributes["state"]: p.value for p in points(reader, "otel_ebpf.collector.memory")}
+    assert memory == {"resident": 120 << 20, "soft_limit": 307 << 20, "limit": 409 << 20}
+    telemetry.memory_limit_mib = telemetry.memory_soft_limit_mib = 0  # no limiter
+    memory = {p.attributes["state"]: p.value for p in points(reader, "otel_ebpf.collector.memory")}
+    assert memory == {"resident": 120 << 20}
