@@ -43,6 +43,15 @@ class Endpoint(NamedTuple):
     port: int
 
 
+class OtlpSender(NamedTuple):
+    """The socket an app sent spans from, and the port of ours it sent them to:
+    one local port can carry connections to several destinations at once (to
+    the OTLP port and the health port, say), so only the pair names the process."""
+
+    client: Endpoint
+    listener_port: int
+
+
 # --- kernel events (bpf/sockets.bpf.c -> receivers.sockets) -------------------
 
 

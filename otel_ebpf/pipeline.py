@@ -43,6 +43,7 @@ from otel_ebpf.model import (
     Endpoint,
     Exchange,
     FinishedSpan,
+    OtlpSender,
     OutlierExchange,
     ProcessExec,
     RedCount,
@@ -222,7 +223,7 @@ class Collector:
             Merger(self._export, correlate.hold, correlate.keep_duplicates) if correlate else None
         )
         # OTLP batches arrive on receiver threads; the processing thread merges them.
-        self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], Endpoint | None]] = (
+        self._otlp_batches: queue.SimpleQueue[tuple[list[ReadableSpan], OtlpSender | None]] = (
             queue.SimpleQueue()
         )
         self._otlp_waiting = 0  # spans in _otlp_batches
@@ -527,7 +528,7 @@ class Collector:
             return
         self.merger.ebpf(span, rc, conn.pid)
 
-    def _on_otlp_spans(self, spans: list[ReadableSpan], peer: Endpoint | None) -> None:
+    def _on_otlp_spans(self, spans: list[ReadableSpan], peer: OtlpSender | None) -> None:
         """Spans from apps' SDKs (receiver threads): queued for the processing thread,
         or refused with Busy (the sender retries) while too many wait already."""
         with self._otlp_waiting_lock:
@@ -591,7 +592,10 @@ class Collector:
                 pid = self.tracker.pid_of_peer(peer) if peer is not None else None
                 if pid is None and time.monotonic() >= self._unknown_sdk_logged + 60:
                     self._unknown_sdk_logged = time.monotonic()
-                    log.info("OTLP spans from %s, a process not known yet: not merged", peer)
+                    log.info(
+                        "OTLP spans from %s, a process not known yet: not merged",
+                        peer.client if peer is not None else "an unknown socket",
+                    )
                 self.merger.sdk(spans, pid)
 
     def _export(self, span: FinishedSpan) -> None:

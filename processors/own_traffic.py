@@ -41,42 +41,43 @@ class OwnTraffic:
         self._sockets: dict[int, Ends | None] = {}  # ours, with their ends when known
         self._peers: set[Ends] = set()  # (local, remote) of connections talking to us
         self._listeners: set[int] = set()  # ports we serve on (OTLP in, health)
-        self._listener_clients: OrderedDict[Endpoint, int] = OrderedDict()  # their pids
+        # (client socket, our port) -> the client's pid
+        self._listener_clients: OrderedDict[tuple[Endpoint, int], int] = OrderedDict()
         self._checked = 0.0
         self._scanned = 0.0  # the last /proc scan for an unknown client (at most 1/s)
 
     def add_listener(self, port: int) -> None:
         self._listeners.add(port)
 
-    def pid_of_peer(self, peer: Endpoint) -> int | None:
-        """The process behind a connection to one of our listeners (OTLP in): from
-        its open event, else from /proc (the first batch on a new connection can be
-        handled before that event is: its spans would be nobody's, and the SDK
-        process unknown until its next export)."""
-        pid = self._listener_clients.get(peer)
+    def pid_of_peer(self, peer: Endpoint, listener_port: int) -> int | None:
+        """The process behind `peer`'s connection to our `listener_port` (OTLP in):
+        from its open event, else from /proc (the first batch on a new connection
+        can be handled before that event is: its spans would be nobody's, and the
+        SDK process unknown until its next export)."""
+        pid = self._listener_clients.get((peer, listener_port))
         if pid is None and time.monotonic() - self._scanned >= 1.0:
             self._scanned = time.monotonic()
-            pid = self._scan_for_client(peer)
+            pid = self._scan_for_client(peer, listener_port)
         return pid
 
-    def _scan_for_client(self, peer: Endpoint) -> int | None:
+    def _scan_for_client(self, peer: Endpoint, listener_port: int) -> int | None:
         try:
             for c in psutil.net_connections(kind="tcp"):
                 if (
                     c.pid
                     and c.laddr
                     and c.raddr
-                    and c.raddr.port in self._listeners
+                    and c.raddr.port == listener_port
                     and (c.laddr.ip, c.laddr.port) == (peer.address, peer.port)
                 ):
-                    self._remember_client(peer, c.pid)
+                    self._remember_client(peer, listener_port, c.pid)
                     return c.pid
         except (psutil.Error, OSError):
             pass
         return None
 
-    def _remember_client(self, local: Endpoint, pid: int) -> None:
-        self._listener_clients[local] = pid
+    def _remember_client(self, local: Endpoint, listener_port: int, pid: int) -> None:
+        self._listener_clients[(local, listener_port)] = pid
         if len(self._listener_clients) > 4096:
             self._listener_clients.popitem(last=False)
 
@@ -88,7 +89,7 @@ class OwnTraffic:
         one of our listeners)."""
         self.forget(ev.sk)  # whatever we knew of this address is gone
         if ev.role == Role.CLIENT and ev.remote.port in self._listeners:
-            self._remember_client(ev.local, ev.pid)  # an app connecting to our OTLP in
+            self._remember_client(ev.local, ev.remote.port, ev.pid)  # an app to our OTLP in
         if (ev.role == Role.CLIENT and ev.pid == self._pid) or (
             ev.role == Role.SERVER and ev.local.port in self._listeners
         ):

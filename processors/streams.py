@@ -28,6 +28,7 @@ from otel_ebpf.model import (
     Endpoint,
     Exchange,
     KernelEvent,
+    OtlpSender,
     RequestStarted,
     Role,
     SelfConn,
@@ -185,9 +186,9 @@ class ConnectionTracker:
         """Connections accepted on this port are the collector's: never trace their clients."""
         self._own.add_listener(port)
 
-    def pid_of_peer(self, peer: Endpoint) -> int | None:
+    def pid_of_peer(self, sender: OtlpSender) -> int | None:
         """The process behind a connection to one of our listeners (OTLP in)."""
-        return self._own.pid_of_peer(peer)
+        return self._own.pid_of_peer(sender.client, sender.listener_port)
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""

@@ -27,13 +27,13 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from otel_ebpf.http_server import QuietHTTPServer
-from otel_ebpf.model import Endpoint
+from otel_ebpf.model import Endpoint, OtlpSender
 from otel_ebpf.receivers.otlp_body import DEFAULT_MAX_BODY, Rejected, decompress, read_body
 from otel_ebpf.telemetry import fault_summary
 
 log = logging.getLogger(__name__)
 
-SpanSink = Callable[[list[ReadableSpan], Endpoint | None], None]  # spans, sender's socket
+SpanSink = Callable[[list[ReadableSpan], OtlpSender | None], None]  # spans, their sender
 Admission = Callable[[], str | None]  # before a request is decoded: None, or why not now
 DEFAULT_MAX_GRPC_MESSAGE = 4 << 20  # the Collector's configgrpc max_recv_msg_size_mib default
 # gRPC calls under way or waiting for one of the 4 workers, each holding its
@@ -203,7 +203,7 @@ class OtlpReceiver:
             raise OverMemory(refusal)
 
     def _accept(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, peer: Endpoint | None
+        self, request: trace_service_pb2.ExportTraceServiceRequest, peer: OtlpSender | None
     ) -> None:
         """Raises InvalidRequest or Busy (nothing of the request is kept)."""
         spans = spans_from_request(request)
@@ -234,7 +234,8 @@ class OtlpReceiver:
             try:
                 self._admit()
                 message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
-                self._accept(message, grpc_peer(context.peer()))
+                client = grpc_peer(context.peer())
+                self._accept(message, client and OtlpSender(client, self.grpc_port))
             except Busy as exc:
                 self._busy(exc)
                 code, reason = grpc.StatusCode.UNAVAILABLE, str(exc)
@@ -328,7 +329,8 @@ class OtlpReceiver:
                     request = trace_service_pb2.ExportTraceServiceRequest()
                     request.ParseFromString(raw)
                     host, port = self.client_address[:2]
-                    receiver._accept(request, Endpoint(_plain(host), int(port)))
+                    client = Endpoint(_plain(host), int(port))
+                    receiver._accept(request, OtlpSender(client, receiver.http_port))
                 except Rejected as exc:
                     return exc.status, exc.reason
                 except Busy as exc:

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otel_ebpf.model import Endpoint, OtlpSender
 from otel_ebpf.receivers.otlp import (
     MAX_STREAMS_PER_CONNECTION,
     Busy,
@@ -251,5 +252,30 @@ def test_a_body_trickled_in_past_the_deadline_is_answered_408_and_closed() -> No
         assert answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close\r\n" in answer
         assert b"not received within 1 s" in answer
         assert receiver.requests_rejected == 1 and receiver.spans_received == 0
+    finally:
+        receiver.stop()
+
+
+def test_the_sender_is_named_by_its_socket_and_the_port_it_sent_to() -> None:
+    senders: list[OtlpSender | None] = []
+    receiver = OtlpReceiver(
+        lambda _spans, sender: senders.append(sender), "127.0.0.1:0", "127.0.0.1:0"
+    )
+    receiver.start()
+    body = encode_spans(sdk_spans()).SerializeToString()
+    try:
+        http = HTTPConnection("127.0.0.1", receiver.http_port, timeout=10)
+        http.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        assert http.getresponse().status == 200
+        assert http.sock is not None
+        client = Endpoint(*http.sock.getsockname()[:2])
+        http.close()
+        channel = grpc.insecure_channel(f"127.0.0.1:{receiver.grpc_port}")
+        assert channel.unary_unary(EXPORT)(body, timeout=10) == b""
+        channel.close()
+        assert senders[0] == OtlpSender(client, receiver.http_port)
+        sender = senders[1]
+        assert sender is not None and sender.listener_port == receiver.grpc_port
+        assert sender.client.address == "127.0.0.1" and sender.client.port > 0
     finally:
         receiver.stop()

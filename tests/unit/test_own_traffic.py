@@ -34,3 +34,21 @@ def test_a_socket_older_than_the_probes_is_looked_up(own: tuple[OwnTraffic, list
     ends = (Endpoint("127.0.0.1", 5000), Endpoint("127.0.0.1", 4317))
     traffic.seen_using(9, ends)  # its ends known: nothing to read
     assert scans == [1] and traffic.is_peer(ends[1], ends[0], fresh=True)
+
+
+def test_one_client_port_to_two_of_our_listeners_names_each_connections_process(
+    own: tuple[OwnTraffic, list[int]],
+) -> None:
+    """Linux gives one local port to connections bound for different places at
+    once: an app's SDK exporting to our OTLP port, and a monitor polling our
+    health port from the same port number. The later connection must not take
+    the SDK's spans for its own process (its traces would never merge)."""
+    traffic, _ = own
+    traffic.add_listener(4317)
+    traffic.add_listener(13133)
+    client = Endpoint("127.0.0.1", 51000)
+    otlp, health = Endpoint("127.0.0.1", 4317), Endpoint("127.0.0.1", 13133)
+    traffic.opened(ConnOpen(1, 1, Role.CLIENT, 8715, client, otlp, False))  # the app's SDK
+    traffic.opened(ConnOpen(2, 2, Role.CLIENT, 4677, client, health, False))  # the monitor
+    assert traffic.pid_of_peer(client, 4317) == 8715
+    assert traffic.pid_of_peer(client, 13133) == 4677

@@ -340,8 +340,10 @@ def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
         own = OwnTraffic()
         own.add_listener(listener.getsockname()[1])
         local = Endpoint(*client.getsockname())
-        assert own.pid_of_peer(local) == os.getpid()
-        assert own.pid_of_peer(Endpoint("127.0.0.1", 1)) is None  # nobody's
+        port = listener.getsockname()[1]
+        assert own.pid_of_peer(local, port) == os.getpid()
+        assert own.pid_of_peer(local, 1) is None  # not to that port
+        assert own.pid_of_peer(Endpoint("127.0.0.1", 1), port) is None  # nobody's
     finally:
         client.close()
         listener.close()
