@@ -44,6 +44,15 @@ class Blackhole:
             conn.close()
 
 
+def terminated(collector: CollectorProcess, what: str) -> int:
+    """SIGTERM, then the exit code within the grace period (a hang bound)."""
+    collector.proc.send_signal(signal.SIGTERM)
+    try:
+        return collector.proc.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {GRACE_S} s after {what}") from None
+
+
 def spans_in_flight(collector: CollectorProcess, nginx: Nginx, path: str, n: int) -> None:
     """`n` requests to nginx, one connection each, until the collector built their spans."""
     for i in range(n):
@@ -70,11 +79,7 @@ def test_sigterm_with_the_backends_down_exits_within_the_grace_period(
     )
     try:
         spans_in_flight(collector, nginx, "down", 40)
-        collector.proc.send_signal(signal.SIGTERM)
-        try:
-            code = collector.proc.wait(GRACE_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running {GRACE_S} s after SIGTERM") from None
+        code = terminated(collector, "SIGTERM")
     finally:
         collector.stop()
         hole.close()
@@ -106,11 +111,7 @@ def test_a_second_sigterm_leaves_at_once_and_says_where(tmp_path: Path, nginx: N
             10,
             "the first signal taken",
         )
-        collector.proc.send_signal(signal.SIGTERM)
-        try:
-            code = collector.proc.wait(GRACE_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running {GRACE_S} s after a second SIGTERM") from None
+        code = terminated(collector, "a second SIGTERM")
     finally:
         collector.stop()
         hole.close()
