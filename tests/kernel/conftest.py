@@ -81,6 +81,21 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
     server.stop()
 
 
+SESSION_COLLECTOR: list[CollectorProcess] = []  # the `collector` fixture's, once started
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _session_collector_caught_up() -> Iterator[None]:
+    """A module ends when the session collector has worked through its traffic. It
+    traces every test's, and keeps no budget: a saturating burst (the span budget's
+    pgbench) leaves it a ring buffer to read and spans to export for a minute, and
+    the next module's few spans would meet full export queues and be dropped there
+    (counted, never at the sinks the tests read)."""
+    yield
+    if SESSION_COLLECTOR:
+        SESSION_COLLECTOR[0].wait_caught_up()
+
+
 @pytest.fixture(scope="session")
 def collector(
     tmp_path_factory: pytest.TempPathFactory,
@@ -105,7 +120,9 @@ def collector(
         # collector's three exporters for a moment (capacity is bench/'s to measure).
         extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EBPF_RING_BUFFER_PAGES": "8192"},
     )
+    SESSION_COLLECTOR.append(proc)
     yield proc
+    SESSION_COLLECTOR.clear()
     code = proc.stop()
     assert code == 0, f"collector exited {code}:\n{proc.log_path.read_text()}"
 

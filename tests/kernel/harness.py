@@ -184,6 +184,22 @@ class CollectorProcess:
     def telemetry(self) -> dict[str, int]:
         return health(self.health_port, self.host)[1].get("telemetry", {})
 
+    def wait_caught_up(self, timeout: float = 180.0) -> None:
+        """Until it has built and handed on what the traffic so far gave it: no span
+        built for a second and none waiting to be exported. (Events alone never
+        settle: each of these health checks is a connection it reads.)"""
+        deadline = time.monotonic() + timeout
+        built = -1
+        telemetry: dict[str, int] = {}
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            telemetry = self.telemetry()
+            if telemetry.get("spans_built") == built and telemetry.get("spans_queued") == 0:
+                return
+            built = telemetry.get("spans_built", -1)
+            time.sleep(1.0)  # the span queue's gauge is refreshed every second
+        if self.proc.poll() is None:
+            raise AssertionError(f"collector still busy after {timeout:.0f} s: {telemetry}")
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
