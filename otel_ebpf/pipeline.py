@@ -487,8 +487,8 @@ class Collector:
             name = self._kube.name_of_address(remote.address)
         return name
 
-    def _unseen_tls(self, pid: int) -> None:
-        if self.tls.not_visible(pid, self._processes.get(pid).executable_name):
+    def _unseen_tls(self, pid: int, sent: bool) -> None:
+        if self.tls.not_visible(pid, self._processes.get(pid).executable_name, sent):
             self.telemetry.tls_not_visible += 1
 
     def _on_buffer_set(self, ev: SocketBufferSet) -> None:

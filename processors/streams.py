@@ -94,10 +94,10 @@ class ConnectionTracker:
         is_sdk_process: Callable[[int], bool] | None = None,
         protocol_ports: dict[int, str] | None = None,
         dns_timeout_s: float = 5.0,
-        on_unseen_tls: Callable[[int], None] | None = None,
+        on_unseen_tls: Callable[[int, bool], None] | None = None,
         read_retransmits: Callable[[int, int, int, int], int | None] | None = None,
     ) -> None:
-        self._on_unseen_tls = on_unseen_tls  # pid whose TLS handshake we saw in ciphertext
+        self._on_unseen_tls = on_unseen_tls  # (pid, sent it) of a TLS handshake seen in ciphertext
         # Also told of every exception the event path caught (tests, tools).
         self.on_fault: Callable[[Exception], None] | None = None
         self._processes = processes
@@ -537,7 +537,7 @@ class ConnectionTracker:
         conn.protos_tried += (conn.proto_name,)
         proto = self._parser_for(conn, ev, conn.protos_tried)
         if proto is None:
-            self._ignore(conn, ev.payload)
+            self._ignore(conn, ev.payload, ev.direction == Direction.EGRESS)
             return
         conn.proto = proto
         conn.stream_pos = [None, None]
@@ -693,12 +693,13 @@ class ConnectionTracker:
             max(conn.window_small - start.window_small, 0),
         )
 
-    def _ignore(self, conn: Connection, first: bytes = b"") -> None:
+    def _ignore(self, conn: Connection, first: bytes = b"", sent: bool = False) -> None:
         """No supported protocol from its first byte (TLS, HTTP/2, a database not
         parsed yet): the kernel counts its bytes from now on and sends no events.
-        TLS here means a TLS library the uprobes do not cover: say so."""
+        TLS here means a TLS library the uprobes do not cover, or a TLS client at
+        a plain-text port: say which (receivers/tls.py)."""
         if first[:2] == TLS_HANDSHAKE and self._on_unseen_tls is not None:
-            self._on_unseen_tls(conn.pid)
+            self._on_unseen_tls(conn.pid, sent)
         conn.selected = False
         self._drop_parser(conn)
         self._telemetry.connections_unrecognised += 1
@@ -756,7 +757,7 @@ class ConnectionTracker:
         if conn.selected:
             conn.proto = self._parser_for(conn, ev)
             if conn.proto is None:
-                self._ignore(conn, ev.payload)
+                self._ignore(conn, ev.payload, ev.direction == Direction.EGRESS)
                 return False
         else:
             self._telemetry.connections_excluded += 1

@@ -205,11 +205,26 @@ class OpenSslProbes:
         self._held[file] = fd
         return f"/proc/{os.getpid()}/fd/{fd}"
 
-    def not_visible(self, pid: int, executable: str) -> bool:
-        """A TLS handshake reached the socket probes as ciphertext: log it once per
-        executable, unless its libssl was probed only just now (the handshake came
-        first; its next calls are read). Returns whether this was news."""
+    def not_visible(self, pid: int, executable: str, sent: bool = True) -> bool:
+        """A TLS handshake reached the socket probes as ciphertext, `sent` by the
+        process or received: log it once per executable, unless its libssl was
+        probed only just now (the handshake came first; its next calls are read).
+        Returns whether this was news of TLS that cannot be read."""
         files = self.check(pid, force=True)
+        if files and not sent:
+            # Its OpenSSL is read, and this handshake never went through it: a TLS
+            # client at a plain-text port (a server answers it 400), or a second TLS
+            # stack (grpcio's BoringSSL). Said apart, not counted as unreadable TLS,
+            # and hiding no later word of the process's own TLS.
+            if f"{executable} received" not in self._explained:
+                self._explained.add(f"{executable} received")
+                log.warning(
+                    "pid %d (%s) received a TLS handshake outside the OpenSSL calls read: "
+                    "a TLS client at a plain-text port, or a second TLS library",
+                    pid,
+                    executable,
+                )
+            return False
         now = time.monotonic()
         if any(now - self._attached_at[file] < ATTACH_GRACE_S for file in files):
             return False

@@ -55,6 +55,16 @@ def test_garbage_makes_no_span_and_the_next_request_is_traced(
         (span,) = expect_exactly(grpc_sink.store, port, SERVER, service, 1, since)
         assert span.attributes["url.path"] == "/after-garbage"
     assert collector.proc.poll() is None  # still running
+    # The ClientHello look-alike reached plain-text ports whose servers' OpenSSL
+    # is read: noted as such, never said to be TLS the collector cannot read.
+    wait_until(
+        lambda: "(nginx) received a TLS handshake" in collector.log_path.read_text(),
+        10,
+        "the note on nginx's plain-text port",
+    )
+    log = collector.log_path.read_text()
+    assert "(nginx): OpenSSL calls" not in log
+    assert f"TLS not visible for pid {py_server.proc.pid} " not in log
 
 
 def test_connection_opened_before_the_collector_is_traced_from_its_next_request(

@@ -80,3 +80,26 @@ def test_a_file_without_openssl_functions_is_not_retried() -> None:
     p.check(os.getpid())
     p.check(os.getpid(), force=True)
     assert len(calls) == len(my_libssl_files()) and p.libraries == []
+
+
+def test_a_handshake_received_outside_a_read_openssl_is_said_apart(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This process maps a libssl that is read: a ClientHello it received on a
+    socket its OpenSSL never took (a TLS client at its plain-text port, most
+    often) is said once, apart, not counted, and hides no handshake it sent
+    outside OpenSSL."""
+    p, _, _ = probes()
+    p.check(os.getpid())
+    monkeypatch.setattr(tls, "ATTACH_GRACE_S", 0.0)  # probed long ago
+    caplog.set_level("INFO", logger=tls.__name__)
+    assert not p.not_visible(os.getpid(), "server", sent=False)
+    assert not p.not_visible(os.getpid(), "server", sent=False)
+    (received,) = [r.getMessage() for r in caplog.records]
+    assert "received a TLS handshake" in received and "plain-text port" in received
+    assert p.not_visible(os.getpid(), "server", sent=True)  # news: said once
+    assert not p.not_visible(os.getpid(), "server", sent=True)
+    (_, unreadable) = [r.getMessage() for r in caplog.records]
+    assert (
+        "TLS not visible" in unreadable and "OpenSSL calls the uprobes do not cover" in unreadable
+    )
