@@ -144,9 +144,16 @@ class ConnectionTracker:
         )
 
     def service_at(self, local: Endpoint, remote: Endpoint) -> str | None:
-        """The service of the process at the other end of (local, remote), if on this node."""
+        """The service of the process at the other end of (local, remote), if on this
+        node: named at its first traced call, else by its open (the span budget may
+        have shed every request it made so far: the kernel sent none of its calls)."""
         peer = self._by_ends.get((remote, local))
-        return peer.process.service_name if peer is not None and peer.process else None
+        if peer is None:
+            return None
+        if peer.process is not None:
+            return peer.process.service_name
+        process = self._processes.get(peer.pid) if peer.pid else None
+        return process.service_name if process is not None and process.executable_name else None
 
     def traced(self, pid: int, server_port: int) -> bool:
         """Whether a connection of `pid` to or on `server_port` would be traced."""

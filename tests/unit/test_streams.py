@@ -331,6 +331,24 @@ def test_a_process_first_seen_without_a_name_takes_the_kernels_later(tmp_path: P
     assert registry.get(99, bytes(16)).executable_name == ""  # no name to take
 
 
+def test_a_peer_whose_every_call_was_shed_is_named_by_its_open(tmp_path: Path) -> None:
+    """The service graph names a server span's client by the client's end on this
+    node. The budget may have shed every request that end made so far (the kernel
+    sent none of its calls): its open still says whose it is."""
+    registry = ProcessRegistry(proc=str(tmp_path))
+    registry.get(5, b"ab" + bytes(14))  # as the kernel's comm names it
+    t = ConnectionTracker(lambda x, conn: None, registry, Selector(), SelfTelemetry())
+    server_end = Endpoint("10.0.0.2", 8080)
+    t.handle(ConnOpen(7, 1, Role.CLIENT, 5, CLIENT, server_end, False))  # nothing sent after
+    served = Stream(t, 8080, sk=8, role=Role.SERVER, pid=6, tid=6)
+    served.send(Direction.INGRESS, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+    served.send(Direction.EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n", 2)
+    assert t.service_at(server_end, CLIENT) == "ab"
+    assert t.service_at(server_end, Endpoint("10.0.0.9", 1)) is None  # not on this node
+    t.handle(ConnOpen(9, 1, Role.CLIENT, 77, Endpoint("10.0.0.1", 40001), server_end, False))
+    assert t.service_at(server_end, Endpoint("10.0.0.1", 40001)) is None  # no name known
+
+
 def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
     """An SDK's first export can be handled before the kernel's report of its
     connection: /proc names the process (here, this one) all the same."""
