@@ -622,9 +622,14 @@ def _traversable(path: Path) -> None:
 
 def _as_user(user: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Database servers refuse to run as root: start them as their Debian system user,
-    as our own child (through runuser, a stop signal never reached the server)."""
+    as our own child. setpriv takes the user and becomes the server, so a stop signal
+    reaches it (through runuser it never did). Not Popen's user=: that makes Python
+    fork this process, gRPC's threads and fork handlers with it, not vfork; one CI
+    run's child crashed before its exec (SIGSEGV, then SIGBUS) and PostgreSQL never
+    started."""
     entry = pwd.getpwnam(user)
-    return subprocess.Popen(argv, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], **kwargs)
+    ids = [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    return subprocess.Popen(["setpriv", *ids, "--", *argv], **kwargs)
 
 
 class Postgres:
