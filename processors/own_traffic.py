@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
-from otel_ebpf.model import ConnOpen, Endpoint, Role
+from otel_ebpf.model import ConnOpen, Endpoint, OtlpSender, Role
 
 Ends = tuple[Endpoint, Endpoint]  # (local, remote)
 
@@ -42,42 +42,43 @@ class OwnTraffic:
         self._peers: set[Ends] = set()  # (local, remote) of connections talking to us
         self._listeners: set[int] = set()  # ports we serve on (OTLP in, health)
         # (client socket, our port) -> the client's pid
-        self._listener_clients: OrderedDict[tuple[Endpoint, int], int] = OrderedDict()
+        self._listener_clients: OrderedDict[OtlpSender, int] = OrderedDict()
         self._checked = 0.0
         self._scanned = 0.0  # the last /proc scan for an unknown client (at most 1/s)
 
     def add_listener(self, port: int) -> None:
         self._listeners.add(port)
 
-    def pid_of_peer(self, peer: Endpoint, listener_port: int) -> int | None:
-        """The process behind `peer`'s connection to our `listener_port` (OTLP in):
+    def pid_of_peer(self, sender: OtlpSender) -> int | None:
+        """The process behind `sender`'s connection to our listener (OTLP in):
         from its open event, else from /proc (the first batch on a new connection
         can be handled before that event is: its spans would be nobody's, and the
         SDK process unknown until its next export)."""
-        pid = self._listener_clients.get((peer, listener_port))
+        pid = self._listener_clients.get(sender)
         if pid is None and time.monotonic() - self._scanned >= 1.0:
             self._scanned = time.monotonic()
-            pid = self._scan_for_client(peer, listener_port)
+            pid = self._scan_for_client(sender)
         return pid
 
-    def _scan_for_client(self, peer: Endpoint, listener_port: int) -> int | None:
+    def _scan_for_client(self, sender: OtlpSender) -> int | None:
+        peer = sender.client
         try:
             for c in psutil.net_connections(kind="tcp"):
                 if (
                     c.pid
                     and c.laddr
                     and c.raddr
-                    and c.raddr.port == listener_port
+                    and c.raddr.port == sender.listener_port
                     and (c.laddr.ip, c.laddr.port) == (peer.address, peer.port)
                 ):
-                    self._remember_client(peer, listener_port, c.pid)
+                    self._remember_client(sender, c.pid)
                     return c.pid
         except (psutil.Error, OSError):
             pass
         return None
 
-    def _remember_client(self, local: Endpoint, listener_port: int, pid: int) -> None:
-        self._listener_clients[(local, listener_port)] = pid
+    def _remember_client(self, sender: OtlpSender, pid: int) -> None:
+        self._listener_clients[sender] = pid
         if len(self._listener_clients) > 4096:
             self._listener_clients.popitem(last=False)
 
@@ -89,7 +90,7 @@ class OwnTraffic:
         one of our listeners)."""
         self.forget(ev.sk)  # whatever we knew of this address is gone
         if ev.role == Role.CLIENT and ev.remote.port in self._listeners:
-            self._remember_client(ev.local, ev.remote.port, ev.pid)  # an app to our OTLP in
+            self._remember_client(OtlpSender(ev.local, ev.remote.port), ev.pid)  # OTLP in
         if (ev.role == Role.CLIENT and ev.pid == self._pid) or (
             ev.role == Role.SERVER and ev.local.port in self._listeners
         ):

@@ -34,7 +34,7 @@ from otel_ebpf.model import (
     SelfConn,
     base_socket,
 )
-from otel_ebpf.processes import ProcessRegistry
+from otel_ebpf.processes import ProcessInfo, ProcessRegistry
 from otel_ebpf.processors.connections import (
     Connection,
     ProcSockets,
@@ -125,6 +125,11 @@ class ConnectionTracker:
         self._closed: OrderedDict[int, tuple[int, Role, Endpoint | None, Endpoint | None]] = (
             OrderedDict()
         )
+        # Whose ends closed lately (local, remote) -> (process, pid): a peer's close
+        # can be read before this end's last exchange is built, which names it.
+        self._closed_ends: OrderedDict[
+            tuple[Endpoint, Endpoint], tuple[ProcessInfo | None, int]
+        ] = OrderedDict()
         self._lingering: dict[int, Connection] = {}  # closed, an answer may still be read
         # Who accepted connections where, by local end (the kernel's client counts
         # name their peer by address): the latest 4,096 ends.
@@ -146,14 +151,20 @@ class ConnectionTracker:
     def service_at(self, local: Endpoint, remote: Endpoint) -> str | None:
         """The service of the process at the other end of (local, remote), if on this
         node: named at its first traced call, else by its open (the span budget may
-        have shed every request it made so far: the kernel sent none of its calls)."""
+        have shed every request it made so far: the kernel sent none of its calls),
+        also when its close was read first."""
         peer = self._by_ends.get((remote, local))
-        if peer is None:
-            return None
-        if peer.process is not None:
-            return peer.process.service_name
-        process = self._processes.get(peer.pid) if peer.pid else None
-        return process.service_name if process is not None and process.executable_name else None
+        if peer is not None:
+            process, pid = peer.process, peer.pid
+        else:  # closed already (its close read first), or not on this node
+            closed = self._closed_ends.get((remote, local))
+            if closed is None:
+                return None
+            process, pid = closed
+        if process is not None:
+            return process.service_name
+        opener = self._processes.get(pid) if pid else None
+        return opener.service_name if opener is not None and opener.executable_name else None
 
     def traced(self, pid: int, server_port: int) -> bool:
         """Whether a connection of `pid` to or on `server_port` would be traced."""
@@ -187,7 +198,11 @@ class ConnectionTracker:
 
     def _forget_ends(self, conn: Connection) -> None:
         if conn.local and conn.remote and self._by_ends.get((conn.local, conn.remote)) is conn:
-            del self._by_ends[(conn.local, conn.remote)]
+            ends = (conn.local, conn.remote)
+            del self._by_ends[ends]
+            self._closed_ends[ends] = (conn.process, conn.pid)
+            if len(self._closed_ends) > 4096:
+                self._closed_ends.popitem(last=False)
 
     def add_own_listener(self, port: int) -> None:
         """Connections accepted on this port are the collector's: never trace their clients."""
@@ -195,7 +210,7 @@ class ConnectionTracker:
 
     def pid_of_peer(self, sender: OtlpSender) -> int | None:
         """The process behind a connection to one of our listeners (OTLP in)."""
-        return self._own.pid_of_peer(sender.client, sender.listener_port)
+        return self._own.pid_of_peer(sender)
 
     def mark_own_connections(self) -> None:
         """Exclude the peers of the collector's current connections (call once attached)."""
@@ -544,7 +559,7 @@ class ConnectionTracker:
         conn.protos_tried += (conn.proto_name,)
         proto = self._parser_for(conn, ev, conn.protos_tried)
         if proto is None:
-            self._ignore(conn, ev.payload, ev.direction == Direction.EGRESS)
+            self._ignore(conn, ev)
             return
         conn.proto = proto
         conn.stream_pos = [None, None]
@@ -700,13 +715,13 @@ class ConnectionTracker:
             max(conn.window_small - start.window_small, 0),
         )
 
-    def _ignore(self, conn: Connection, first: bytes = b"", sent: bool = False) -> None:
-        """No supported protocol from its first byte (TLS, HTTP/2, a database not
-        parsed yet): the kernel counts its bytes from now on and sends no events.
+    def _ignore(self, conn: Connection, ev: DataEvent) -> None:
+        """No supported protocol from its first bytes, `ev`'s (TLS, HTTP/2, a database
+        not parsed yet): the kernel counts its bytes from now on and sends no events.
         TLS here means a TLS library the uprobes do not cover, or a TLS client at
         a plain-text port: say which (receivers/tls.py)."""
-        if first[:2] == TLS_HANDSHAKE and self._on_unseen_tls is not None:
-            self._on_unseen_tls(conn.pid, sent)
+        if ev.payload[:2] == TLS_HANDSHAKE and self._on_unseen_tls is not None:
+            self._on_unseen_tls(conn.pid, ev.direction == Direction.EGRESS)
         conn.selected = False
         self._drop_parser(conn)
         self._telemetry.connections_unrecognised += 1
@@ -764,7 +779,7 @@ class ConnectionTracker:
         if conn.selected:
             conn.proto = self._parser_for(conn, ev)
             if conn.proto is None:
-                self._ignore(conn, ev.payload, ev.direction == Direction.EGRESS)
+                self._ignore(conn, ev)
                 return False
         else:
             self._telemetry.connections_excluded += 1

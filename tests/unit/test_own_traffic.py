@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_ebpf.model import ConnOpen, Endpoint, Role
+from otel_ebpf.model import ConnOpen, Endpoint, OtlpSender, Role
 from otel_ebpf.processors.own_traffic import OwnTraffic
 
 
@@ -50,5 +50,5 @@ def test_one_client_port_to_two_of_our_listeners_names_each_connections_process(
     otlp, health = Endpoint("127.0.0.1", 4317), Endpoint("127.0.0.1", 13133)
     traffic.opened(ConnOpen(1, 1, Role.CLIENT, 8715, client, otlp, False))  # the app's SDK
     traffic.opened(ConnOpen(2, 2, Role.CLIENT, 4677, client, health, False))  # the monitor
-    assert traffic.pid_of_peer(client, 4317) == 8715
-    assert traffic.pid_of_peer(client, 13133) == 4677
+    assert traffic.pid_of_peer(OtlpSender(client, 4317)) == 8715
+    assert traffic.pid_of_peer(OtlpSender(client, 13133)) == 4677

@@ -18,6 +18,7 @@ from otel_ebpf.model import (
     Endpoint,
     GoroutineLink,
     HttpExchange,
+    OtlpSender,
     Role,
     SqlExchange,
 )
@@ -349,6 +350,19 @@ def test_a_peer_whose_every_call_was_shed_is_named_by_its_open(tmp_path: Path) -
     assert t.service_at(server_end, Endpoint("10.0.0.1", 40001)) is None  # no name known
 
 
+def test_a_peer_whose_close_was_read_first_is_still_named(tmp_path: Path) -> None:
+    """A client that closes at once (ab without keep-alive): its close can be read
+    before the server's exchange is built, and the graph edge still names it."""
+    registry = ProcessRegistry(proc=str(tmp_path))
+    registry.get(5, b"ab" + bytes(14))
+    t = ConnectionTracker(lambda x, conn: None, registry, Selector(), SelfTelemetry())
+    server_end = Endpoint("10.0.0.2", 8080)
+    t.handle(ConnOpen(7, 1, Role.CLIENT, 5, CLIENT, server_end, False))
+    t.handle(ConnClose(7, 2, 0, 0, Role.CLIENT, 5, CLIENT, server_end, opened=1))
+    assert t.service_at(server_end, CLIENT) == "ab"
+    assert t.service_at(server_end, Endpoint("10.0.0.1", 40001)) is None  # never seen
+
+
 def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
     """An SDK's first export can be handled before the kernel's report of its
     connection: /proc names the process (here, this one) all the same."""
@@ -359,9 +373,9 @@ def test_an_otlp_clients_pid_is_found_in_proc_before_its_open_event() -> None:
         own.add_listener(listener.getsockname()[1])
         local = Endpoint(*client.getsockname())
         port = listener.getsockname()[1]
-        assert own.pid_of_peer(local, port) == os.getpid()
-        assert own.pid_of_peer(local, 1) is None  # not to that port
-        assert own.pid_of_peer(Endpoint("127.0.0.1", 1), port) is None  # nobody's
+        assert own.pid_of_peer(OtlpSender(local, port)) == os.getpid()
+        assert own.pid_of_peer(OtlpSender(local, 1)) is None  # not to that port
+        assert own.pid_of_peer(OtlpSender(Endpoint("127.0.0.1", 1), port)) is None  # nobody's
     finally:
         client.close()
         listener.close()
