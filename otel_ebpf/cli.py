@@ -43,7 +43,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             pin(parse_cpu_list(cfg.ebpf.cpus))
         except ValueError as exc:  # a CPU this machine or its cpuset does not give us
             return _fail(f"config error: receivers.ebpf.cpus (OTEL_EBPF_CPUS): {exc}", 2)
-    set_priority(cfg.ebpf.nice)
     try:
         collector = Collector(cfg)
     except config_mod.ConfigError as exc:  # a setting that only the machine contradicts
@@ -53,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ShutdownGuard(collector.stop, lambda: collector.stopping_at).install()
     try:
-        collector.run()
+        # lowered once started: at nice 19 on a node whose CPUs are all busy,
+        # loading and attaching took minutes instead of seconds
+        collector.run(on_ready=lambda: set_priority(cfg.ebpf.nice))
     except ReceiverError as exc:
         return _fail(f"cannot start: {exc}")
     return 0

@@ -608,7 +608,9 @@ class Collector:
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self, on_ready: Any = None) -> None:
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start every part, then read and export until stopped. `on_ready` is
+        called once all has started, just before the health check says ready."""
         if self._health_server is not None:
             self._health_server.start()
         try:
@@ -637,6 +639,8 @@ class Collector:
                         if port:
                             self._own_listener(port)
             self.tracker.mark_own_connections()
+            if on_ready is not None:
+                on_ready()
             self.health.ready, self.health.status = True, "ready"
             metrics = self.config.service.pipelines.get("metrics")
             profiles = self.config.service.pipelines.get("profiles")
@@ -659,8 +663,6 @@ class Collector:
                     since_start,
                     to_profiles or "nowhere",
                 )
-            if on_ready is not None:
-                on_ready()
             settle_heap()
             self._loop()
         finally:
