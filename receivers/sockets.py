@@ -51,7 +51,7 @@ from otel_ebpf.receivers.base_types import ReceiverError, RedKey
 from otel_ebpf.receivers.map_batches import MapBatches
 from otel_ebpf.receivers.openssl_probes import OpenSslProbe, openssl_probes, placement
 from otel_ebpf.receivers.pg_names import PgNames
-from otel_ebpf.receivers.program_cache import compile_or_load
+from otel_ebpf.receivers.program_cache import compile_or_load, load_together
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 from otel_ebpf.receivers.spare_ring import SpareRecords
 
@@ -459,6 +459,14 @@ def _load_counters(bpf: Any) -> tuple[list[str], dict[str, str]]:
     and says so."""
     from bcc import BPF
 
+    load_together(
+        bpf,
+        [
+            (program, kind)
+            for _, name, tls_name, _ in _COUNTERS
+            for program, kind in ((name, BPF.TRACEPOINT), (tls_name, BPF.KPROBE))
+        ],
+    )
     counted: list[str] = []
     refused: dict[str, str] = {}
     for what, name, tls_name, index in _COUNTERS:
