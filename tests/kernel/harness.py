@@ -160,8 +160,11 @@ class CollectorProcess:
             if cgroup is not None
             else []
         )
+        # ended by the kernel (SIGTERM) when the test run is, however it ends:
+        # a killed or interrupted run left collectors tracing for an hour
+        with_us = ["setpriv", "--pdeathsig", "TERM", "--"]
         self.proc = subprocess.Popen(
-            [*in_netns, *in_cgroup, OTEL_EBPF, "run", "--config", str(self.config_path)],
+            [*with_us, *in_netns, *in_cgroup, OTEL_EBPF, "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
