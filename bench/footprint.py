@@ -3,7 +3,10 @@
 Starts the collector six times as installed, alternating a start that compiles
 its programs (an empty program cache) with one that loads those the last start
 kept, and prints the median of each (launch to the health endpoint's 200,
-polled every 100 ms) with the resident set idle after each kind. Then reads the
+polled every 100 ms) with the resident set idle after each kind, and the
+median of three more from the cache while a nice-0 spinner keeps every CPU
+busy (a node at full load: the collector lowers its priority only once
+started, and loading at nice 19 took minutes there). Then reads the
 resident set after saturating nginx + wrk for a while (about a million requests
 here), and again once its periodic housekeeping has run: as installed (the span
 budget on) and with a span for every request (`OTEL_EBPF_SPAN_BUDGET=0`).
@@ -13,11 +16,14 @@ Run as root: `.venv/bin/python bench/footprint.py [--seconds 25]`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from common import null_sink, wrk  # also puts tests/kernel/ on the path
@@ -40,6 +46,33 @@ def _after_load(collector: CollectorProcess, url: str, seconds: int) -> tuple[in
     loaded = _rss_mib(collector.proc.pid)
     time.sleep(SWEEP_INTERVAL_S + 2.0)
     return requests, loaded, _rss_mib(collector.proc.pid)
+
+
+def _busy_starts(tmp: Path, exporters: dict[str, Any], programs: Path) -> list[float]:
+    """Three starts from the cache, each beside a nice-0 spinner on every CPU."""
+    times = []
+    for n in range(3):
+        spinners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(len(os.sched_getaffinity(0)))
+        ]
+        try:
+            began = time.monotonic()
+            collector = CollectorProcess(
+                tmp / f"collector-busy-{n}",
+                exporters,
+                extra_env={
+                    "OTEL_EBPF_PROGRAM_CACHE": str(programs),
+                    "OTEL_EBPF_SPAN_BUDGET": DEFAULT_BUDGET,
+                },
+            )
+            times.append(time.monotonic() - began)
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
+        collector.stop()
+    return times
 
 
 def main() -> int:
@@ -79,6 +112,7 @@ def main() -> int:
                     collector.stop()
             loads["default budget"] = _after_load(collector, url, args.seconds)
             collector.stop()
+            busy = _busy_starts(tmp, exporters, programs)
             collector = CollectorProcess(
                 tmp / "collector-every-span",
                 exporters,
@@ -93,6 +127,10 @@ def main() -> int:
             f"start to healthy, programs {kind}: median {statistics.median(times):.2f} s"
             f" of {len(times)} starts; resident idle {idle[kind]:.1f} MiB"
         )
+    print(
+        f"start to healthy, programs cached, every CPU busy: median {statistics.median(busy):.2f} s"
+        f" of {len(busy)} starts"
+    )
     for name, (requests, loaded, settled) in loads.items():
         print(
             f"resident memory, {name}: after {requests} saturating requests {loaded:.1f} MiB,"
