@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import statistics
 import subprocess
@@ -62,6 +63,19 @@ def neighbour(cores: float) -> Iterator[None]:
         yield
     finally:
         end_process(proc)
+
+
+@contextlib.contextmanager
+def every_cpu_busy() -> Iterator[None]:
+    """A nice-0 spinner on each CPU this process may use while the block runs:
+    a node at full load."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    procs = [subprocess.Popen(spin) for _ in os.sched_getaffinity(0)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            end_process(proc)
 
 
 def busy_seconds() -> float:

@@ -16,9 +16,7 @@ Run as root: `.venv/bin/python bench/footprint.py [--seconds 25]`.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import null_sink, wrk  # also puts tests/kernel/ on the path
+from common import every_cpu_busy, null_sink, wrk  # also puts tests/kernel/ on the path
 
 from harness import CollectorProcess, Nginx
 from otel_ebpf.pipeline import SWEEP_INTERVAL_S
@@ -48,29 +46,21 @@ def _after_load(collector: CollectorProcess, url: str, seconds: int) -> tuple[in
     return requests, loaded, _rss_mib(collector.proc.pid)
 
 
+def _as_installed(programs: Path) -> dict[str, str]:
+    """The collector's settings as installed, its programs cached in `programs`."""
+    return {"OTEL_EBPF_PROGRAM_CACHE": str(programs), "OTEL_EBPF_SPAN_BUDGET": DEFAULT_BUDGET}
+
+
 def _busy_starts(tmp: Path, exporters: dict[str, Any], programs: Path) -> list[float]:
-    """Three starts from the cache, each beside a nice-0 spinner on every CPU."""
+    """Three starts from the cache, each while every CPU is busy."""
     times = []
     for n in range(3):
-        spinners = [
-            subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(len(os.sched_getaffinity(0)))
-        ]
-        try:
+        with every_cpu_busy():
             began = time.monotonic()
             collector = CollectorProcess(
-                tmp / f"collector-busy-{n}",
-                exporters,
-                extra_env={
-                    "OTEL_EBPF_PROGRAM_CACHE": str(programs),
-                    "OTEL_EBPF_SPAN_BUDGET": DEFAULT_BUDGET,
-                },
+                tmp / f"collector-busy-{n}", exporters, extra_env=_as_installed(programs)
             )
             times.append(time.monotonic() - began)
-        finally:
-            for spinner in spinners:
-                spinner.kill()
-                spinner.wait()
         collector.stop()
     return times
 
@@ -94,12 +84,7 @@ def main() -> int:
                 cache = programs if n % 2 else tmp / f"empty-{n}"  # kept by the start before
                 began = time.monotonic()
                 collector = CollectorProcess(  # healthy
-                    tmp / f"collector-{n}",
-                    exporters,
-                    extra_env={
-                        "OTEL_EBPF_PROGRAM_CACHE": str(cache),
-                        "OTEL_EBPF_SPAN_BUDGET": DEFAULT_BUDGET,
-                    },
+                    tmp / f"collector-{n}", exporters, extra_env=_as_installed(cache)
                 )
                 starts[kind].append(time.monotonic() - began)
                 if n % 2 == 0:  # its programs are what the next start loads
