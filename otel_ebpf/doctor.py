@@ -28,6 +28,7 @@ from otel_ebpf.receivers.sockets import (
     REQUIRED_TRACEPOINTS,
     TRACEFS,
     SocketReceiver,
+    kernel_has_may_goto,
     task_registers_missing,
     tracepoint_exists,
 )
@@ -114,6 +115,14 @@ def _btf() -> Check:
     if Path("/sys/kernel/btf/vmlinux").exists():
         return Check(OK, "BTF", "/sys/kernel/btf/vmlinux present")
     return Check(WARN, "BTF", "no /sys/kernel/btf/vmlinux: Go programs get no goroutine context")
+
+
+def _may_goto_loops() -> Check:
+    if kernel_has_may_goto():
+        return Check(OK, "may_goto loops", "the programs' loops verify in a tenth of the time")
+    return Check(
+        INFO, "may_goto loops", "not before Linux 6.9: bounded loops, about a second more to start"
+    )
 
 
 def _goroutines() -> Check:
@@ -355,6 +364,7 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _bpf_syscall,
     _ring_buffer,
     _btf,
+    _may_goto_loops,
     _lockdown,
     _tracefs,
     _tracepoints,

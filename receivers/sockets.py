@@ -17,6 +17,7 @@ import platform
 import re
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -412,6 +413,19 @@ def task_registers_missing() -> str | None:
     return None
 
 
+def kernel_has_may_goto() -> bool:
+    """Whether the verifier takes may_goto loops (Linux 6.9): the programs' loops
+    are then checked until their state settles, not once per pass (bpf/sockets.bpf.c,
+    PASSES, whose instruction bytes are laid out little-endian); bounded loops
+    where not."""
+    found = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (
+        sys.byteorder == "little"
+        and found is not None
+        and (int(found.group(1)), int(found.group(2))) >= (6, 9)
+    )
+
+
 # Receives whose arguments the transfer probes read from the caller's registers
 # where they can (bpf/sockets.bpf.c, receive_io): their syscalls are not probed.
 RECEIVES_FROM_REGISTERS: Final = ("read", "readv", "recvfrom", "recvmsg")
@@ -527,12 +541,15 @@ class SocketReceiver:
         count_http: bool = True,
         serving_threads: bool = False,
         program_cache: str = "",
+        may_goto: bool | None = None,
     ) -> None:
         """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline,
         and for the span budget, which decides at the requests it counts).
         `serving_threads`: keep which thread reads which HTTP/1 request (for the
         CPU profiler's span tie-in; needs `count_http`). `program_cache`: the
-        directory compiled programs are kept in ("": compile at every start)."""
+        directory compiled programs are kept in ("": compile at every start).
+        `may_goto`: the parsers' loops as may_goto loops (None: where the kernel
+        has them; False: bounded loops, as older kernels need)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -543,6 +560,7 @@ class SocketReceiver:
         self._count_http = count_http
         self._serving_threads = serving_threads and count_http
         self._program_cache = program_cache
+        self._may_goto = kernel_has_may_goto() if may_goto is None else may_goto
         # What the kernel counts (RED, the span budget), and why not for the rest.
         self.counted_in_kernel: list[str] = []
         self.not_counted_in_kernel: dict[str, str] = {}
@@ -617,6 +635,8 @@ class SocketReceiver:
             cflags.append("-DPROFILE_TIE_IN")
         if task_registers_missing():
             cflags.append("-DNO_TASK_REGS")
+        if self._may_goto:
+            cflags.append("-DHAVE_MAY_GOTO")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         # The profiler's program shares a table with this one through bcc's

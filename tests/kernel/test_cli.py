@@ -20,6 +20,7 @@ def test_doctor_reports_every_capability() -> None:
         "OK    privileges",
         "OK    bpf() syscall",
         "OK    BPF ring buffer",
+        "OK    may_goto loops",
         "OK    tracefs",
         "OK    tracepoint sock/sock_send_length",
         "OK    tracepoint sock/inet_sock_set_state",
