@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/db_overhead.py
 	$(PY) bench/memory_plateau.py
 	$(PY) bench/footprint.py
+	$(PY) bench/bpf_cost.py
 	$(PY) bench/context_trees.py
 	$(PY) bench/go_overhead.py
 	$(PY) bench/event_loop_overhead.py
