@@ -1773,7 +1773,13 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
     if (!found)
         r = (((u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32()) & RAND_BITS;
     if (cs->role == ROLE_SERVER) {
-        thread_rand.update(&tid, &r);
+        // written in place where the thread has one: an LRU map's update takes a
+        // fresh element from its free list and gives back the old, per request
+        u64 *kept = thread_rand.lookup(&tid);
+        if (kept)
+            *kept = r;
+        else
+            thread_rand.update(&tid, &r);
     } else {
         struct hop_key hk = {.offset = ev->offset, .client_port = cs->port,
                              .server_port = cs->peer_port};
