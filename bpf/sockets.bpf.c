@@ -1598,7 +1598,9 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
         r->key.role = cs->role;
         r->key.tls = ev->tls;
         process_comm(r->key.comm, ev->pid);
-        if (red_requests.update(&skey, r))
+        if (open) // in place: an update takes a fresh element and frees the old, per request
+            __builtin_memcpy(open, r, sizeof(*r));
+        else if (red_requests.update(&skey, r))
             return RED_UNNOTED;
         if (!client && !db)
             serving_starts(r, skey);
