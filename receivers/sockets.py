@@ -407,8 +407,7 @@ def task_registers_missing() -> str | None:
         return f"{platform.machine()} (amd64 only)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    found = re.match(r"(\d+)\.(\d+)", platform.release())
-    if found is None or (int(found.group(1)), int(found.group(2))) < (5, 15):
+    if not _linux_at_least(5, 15):
         return f"Linux {platform.release()} (5.15 or later)"
     return None
 
@@ -418,12 +417,12 @@ def kernel_has_may_goto() -> bool:
     are then checked until their state settles, not once per pass (bpf/sockets.bpf.c,
     PASSES, whose instruction bytes are laid out little-endian); bounded loops
     where not."""
+    return sys.byteorder == "little" and _linux_at_least(6, 9)
+
+
+def _linux_at_least(major: int, minor: int) -> bool:
     found = re.match(r"(\d+)\.(\d+)", platform.release())
-    return (
-        sys.byteorder == "little"
-        and found is not None
-        and (int(found.group(1)), int(found.group(2))) >= (6, 9)
-    )
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (major, minor)
 
 
 # Receives whose arguments the transfer probes read from the caller's registers
@@ -548,7 +547,7 @@ class SocketReceiver:
         `serving_threads`: keep which thread reads which HTTP/1 request (for the
         CPU profiler's span tie-in; needs `count_http`). `program_cache`: the
         directory compiled programs are kept in ("": compile at every start).
-        `may_goto`: the parsers' loops as may_goto loops (None: where the kernel
+        `may_goto`: the programs' loops as may_goto loops (None: where the kernel
         has them; False: bounded loops, as older kernels need)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
