@@ -81,7 +81,7 @@ struct active_io {
     u32 fd;
     u32 kind;
     u32 index;  // the message of a sendmmsg/recvmmsg the next transfer is
-    u32 pad;
+    u32 live;   // 1 inside the syscall; 0 after it (the entry stays: active_io)
 };
 
 // A UDP peer as connect() or sendto() named it.
@@ -225,7 +225,18 @@ struct sockopt_event {
     char comm[16];
 };
 
-BPF_HASH(active_io, u32, struct active_io, 16384);
+// A thread's entry stays between its syscalls (`live` says whether it is in
+// one) and is written in place: an update takes a fresh element from the free
+// list and a delete gives it back, twice per send on the node (measured: the
+// syscall probes' largest cost). LRU: when full, an idle thread's is taken.
+BPF_TABLE("lru_hash", u32, struct active_io, active_io, 16384);
+
+// The syscall thread `tid` is in, 0 outside one.
+static __always_inline struct active_io *io_of(u32 tid) {
+    struct active_io *io = active_io.lookup(&tid);
+    return io && io->live ? io : 0;
+}
+
 // The collector's own pid, set by user space once loaded: its own sockets are
 // not traced. A map, not a compiled-in constant, so one compiled program serves
 // every run (receivers/program_cache.py). Unset, it matches no process.
@@ -366,8 +377,13 @@ static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind
                            .addr = addr,
                            .want = want,
                            .fd = fd,
-                           .kind = kind};
-    active_io.update(&tid, &io);
+                           .kind = kind,
+                           .live = 1};
+    struct active_io *kept = active_io.lookup(&tid);
+    if (kept)
+        __builtin_memcpy(kept, &io, sizeof(io));
+    else
+        active_io.update(&tid, &io);
 }
 
 static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
@@ -478,7 +494,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
 
 static __always_inline void forget_io(void) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    active_io.delete(&tid);
+    struct active_io *io = active_io.lookup(&tid);
+    if (io)
+        io->live = 0;
 }
 
 // A send that moved less than it was asked to found the send buffer full: the
@@ -486,14 +504,16 @@ static __always_inline void forget_io(void) {
 // and that wait, until its next send, is the network's time, not the owner's.
 static __always_inline void forget_send(long ret) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct active_io *io = active_io.lookup(&tid);
-    if (io && io->sk && ret >= 0 && (u64)ret < io->want) {
+    struct active_io *io = io_of(tid);
+    if (!io)
+        return;
+    if (io->sk && ret >= 0 && (u64)ret < io->want) {
         u64 skey = io->sk;
         struct conn_state *cs = conns.lookup(&skey);
         if (cs && !cs->full_at)
             cs->full_at = bpf_ktime_get_ns();
     }
-    active_io.delete(&tid);
+    io->live = 0;
 }
 
 // Sends with a known length: a short return means the send buffer was full.
@@ -629,7 +649,7 @@ static __always_inline struct active_io *receive_io(u32 tid) {
         return io;
     }
 #endif
-    return active_io.lookup(&tid); // recvmmsg
+    return io_of(tid); // recvmmsg
 }
 
 // Clamp a length to the capture size in a way the verifier can see: the empty
@@ -749,7 +769,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     u32 tgid = id >> 32, tid = (u32)id;
     if (tgid == 0 || tgid == SELF_TGID)
         return 0;
-    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : io_of(tid);
     if (!io)
         return 0; // no syscall context: neither payload nor peer
     u64 hdr = transfer_msghdr(io);
@@ -2002,7 +2022,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     cs->pid = tgid;
     if (dir == DIR_INGRESS)
         node_read(tgid, tid, skey);
-    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : active_io.lookup(&tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : io_of(tid);
     struct ssl_call *call = ssl_calls.lookup(&tid);
     int plaintext = 0;
     if (call) {
