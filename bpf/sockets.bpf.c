@@ -1711,17 +1711,23 @@ static __always_inline void send_data_event(struct data_event *ev) {
 // shared where the kernel can tell a request belongs to another's trace, so a
 // trace is kept or shed whole: a server's request passes its value to the
 // calls its thread sends, a client's to the server that reads it on this node
-// (keyed by ports and stream offset, which both ends count alike).
+// (by ports, and the stream offset both ends count alike).
 // [0] requests noted, [1] shed by the threshold, [2] shed uncounted, [3] shed by a backlog
 BPF_PERCPU_ARRAY(shed_counts, u64, 4);
 BPF_TABLE("lru_hash", u32, u64, thread_rand, 16384);
 struct hop_key {
-    u64 offset;      // the request's stream offset
     u16 client_port;
     u16 server_port;
-    u32 pad;
 };
-BPF_TABLE("lru_hash", struct hop_key, u64, hop_rand, 16384);
+// A client connection's last noted request (only one is open at a time: those
+// behind it are not noted), written in place: an entry per request was an
+// update by the client and a delete by the server, per request.
+struct hop {
+    u64 offset; // its stream offset; HOP_TAKEN once its server read it
+    u64 rand;
+};
+#define HOP_TAKEN (~0ULL)
+BPF_TABLE("lru_hash", struct hop_key, struct hop, hop_rand, 16384);
 
 #define RAND_BITS 0x00ffffffffffffffULL
 
@@ -1777,13 +1783,12 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
     u64 r = 0;
     u8 found = 0;
     if (cs->role == ROLE_SERVER) {
-        struct hop_key hk = {.offset = ev->offset, .client_port = cs->peer_port,
-                             .server_port = cs->port};
-        u64 *sent = hop_rand.lookup(&hk);
-        if (sent) {
-            r = *sent;
+        struct hop_key hk = {.client_port = cs->peer_port, .server_port = cs->port};
+        struct hop *sent = hop_rand.lookup(&hk);
+        if (sent && sent->offset == ev->offset) {
+            r = sent->rand;
             found = 1;
-            hop_rand.delete(&hk);
+            sent->offset = HOP_TAKEN; // a later connection on these ports starts afresh
         }
     } else {
         u64 *serving = thread_rand.lookup(&tid);
@@ -1803,9 +1808,18 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
         else
             thread_rand.update(&tid, &r);
     } else {
-        struct hop_key hk = {.offset = ev->offset, .client_port = cs->port,
-                             .server_port = cs->peer_port};
-        hop_rand.update(&hk, &r);
+        struct hop_key hk = {.client_port = cs->port, .server_port = cs->peer_port};
+        struct hop hop = {.offset = ev->offset, .rand = r};
+        struct hop *kept = hop_rand.lookup(&hk);
+        if (kept) { // its server may be reading it: the offset last, over the value
+            kept->offset = HOP_TAKEN;
+            asm volatile("" ::: "memory");
+            kept->rand = r;
+            asm volatile("" ::: "memory");
+            kept->offset = ev->offset;
+        } else {
+            hop_rand.update(&hk, &hop);
+        }
     }
     ev->rand = r;
     ev->threshold = limit;
