@@ -136,7 +136,8 @@ def wrk_arguments(
         parser.add_argument(
             "--programs-alone",
             action="store_true",
-            help="add a side: the collector's own programs attached, its process stopped",
+            help="add sides: the collector's own programs attached, its process stopped;"
+            " the same beside a nice-19 process burning the CPU its process used",
         )
     if span_budget:
         parser.add_argument(

@@ -13,7 +13,9 @@ metrics for Prometheus, scraped after each round: nginx's requests counted in
 `http.server.request.duration` against those wrk completed (spans may be shed
 or lost; RED may not). `--programs-alone` adds a side with the collector's
 own programs attached and its process stopped: how much of its p99 is the
-kernel side. Run as root: `make bench` (or
+kernel side; and the same beside a nice-19 process burning the CPU the
+collector's process used that round: how much of the rest is its CPU share
+as such. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -33,6 +35,7 @@ import psutil
 from common import (  # also puts tests/kernel on the path
     PACED_LUA,
     drained,
+    neighbour,
     null_sink,
     peak_rss_mib,
     wrk,
@@ -58,6 +61,9 @@ def scenario(
     floor_rps, floor_p99 = [], []
     alone_rps: list[float] = []
     alone_p99: list[float] = []
+    beside_rps: list[float] = []
+    beside_p99: list[float] = []
+    beside_cores: list[float] = []
     lost = rss = 0.0
     requests_traced = spans = kernel_lost = dropped = red_counted = shed = 0
     wrk(url, 2, args.connections, script)  # warm up
@@ -88,11 +94,11 @@ def scenario(
             extra_env={"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EBPF_SPAN_BUDGET": budget},
         )
         proc = psutil.Process(collector.proc.pid)
-        before = proc.cpu_times()
+        before, began = proc.cpu_times(), time.monotonic()
         t0 = collector.telemetry()
         rps, p99, total = wrk(url, args.seconds, args.connections, script)
         t1 = drained(collector)
-        after = proc.cpu_times()
+        after, ended = proc.cpu_times(), time.monotonic()
         time.sleep(1.5)  # the kernel's counts of the last moments read
         red_counted += red_requests(prometheus_port, "nginx")
         rss = max(rss, peak_rss_mib(proc.pid))
@@ -101,6 +107,17 @@ def scenario(
         on_p99.append(p99)
         cpu = (after.user + after.system) - (before.user + before.system)
         cpu_per_k.append(cpu / total * 1000)
+        if args.programs_alone:
+            # The programs again, beside a nice-19 process burning what the
+            # collector's process burned: its CPU share, apart from its work.
+            cores = cpu / (ended - began)
+            with neighbour(cores):
+                rps, p99 = programs_alone(
+                    tmp / f"beside-{name}-{r}", url, args, script, sink_port, budget
+                )
+            beside_rps.append(rps)
+            beside_p99.append(p99)
+            beside_cores.append(cores)
         built = t1["spans_built"] - t0["spans_built"]
         # Every request makes two spans (nginx's SERVER and wrk's CLIENT) or is shed.
         shed_now = sum(
@@ -144,6 +161,12 @@ def scenario(
             f"  the collector's programs, its process stopped: throughput ratio"
             f" {med(alone_rps) / med(base_rps):.3f}, p99 ratio"
             f" {med(alone_p99) * 1e3 / p99_off:.3f}"
+        )
+        print(
+            f"  the same beside a nice-19 process burning the collector's CPU"
+            f" ({med(beside_cores):.2f} cores): throughput ratio"
+            f" {med(beside_rps) / med(base_rps):.3f}, p99 ratio"
+            f" {med(beside_p99) * 1e3 / p99_off:.3f}"
         )
     print(f"  collector CPU per 1000 requests: {med(cpu_per_k):.3f} s")
     print(f"  collector peak RSS: {rss:.1f} MiB")
