@@ -196,13 +196,6 @@ WHEEL_OPENSSL_CLIENT = textwrap.dedent(
 )
 
 
-def maps(pid: int, library: str) -> bool:
-    try:
-        return library in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return False
-
-
 def probing(collector: CollectorProcess, name: str) -> bool:
     """Whether the collector's last word on the libssl file `name` is that it reads it."""
     said = [
@@ -236,7 +229,11 @@ def test_openssl_bundled_by_a_python_wheel(
         # Probed for this client: an earlier test's process may have had the file
         # probed, and the sweep detach it once that process was gone. Once this
         # client maps it, it stays probed until the client exits.
-        wait_until(lambda: maps(client.pid, library), 30, f"the client mapping {library}")
+        wait_until(
+            lambda: any(p.endswith(library) for p in mapped_paths(client.pid)),
+            30,
+            f"the client mapping {library}",
+        )
         wait_until(
             lambda: probing(collector, Path(library).name), 30, f"the collector probing {library}"
         )
