@@ -228,12 +228,35 @@ struct sockopt_event {
 // A thread's entry stays between its syscalls (`live` says whether it is in
 // one) and is written in place: an update takes a fresh element from the free
 // list and a delete gives it back, twice per send on the node (measured: the
-// syscall probes' largest cost). LRU: when full, an idle thread's is taken.
+// syscall probes' largest cost). Where the kernel has task storage (the
+// loader's TASK_STORAGE: BTF, Linux 5.11) it hangs off the thread itself: no
+// key hashed, three times a send, and gone with the thread. Else an LRU hash:
+// when full, an idle thread's is taken.
+#ifdef TASK_STORAGE
+BPF_TASK_STORAGE(active_io, struct active_io);
+
+// The current thread's entry; with `create`, made if it has none.
+static __always_inline struct active_io *thread_io(u8 create) {
+    return active_io.task_storage_get(bpf_get_current_task_btf(), 0,
+                                      create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+#else
 BPF_TABLE("lru_hash", u32, struct active_io, active_io, 16384);
 
-// The syscall thread `tid` is in, 0 outside one.
-static __always_inline struct active_io *io_of(u32 tid) {
+static __always_inline struct active_io *thread_io(u8 create) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
     struct active_io *io = active_io.lookup(&tid);
+    if (io || !create)
+        return io;
+    struct active_io fresh = {};
+    active_io.update(&tid, &fresh);
+    return active_io.lookup(&tid);
+}
+#endif
+
+// The syscall the current thread is in, 0 outside one.
+static __always_inline struct active_io *current_io(void) {
+    struct active_io *io = thread_io(0);
     return io && io->live ? io : 0;
 }
 
@@ -367,10 +390,8 @@ static __always_inline void process_comm(char *comm, u32 tgid) {
 
 static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr,
                                            u64 want) {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) == SELF_TGID)
+    if ((bpf_get_current_pid_tgid() >> 32) == SELF_TGID)
         return;
-    u32 tid = (u32)id;
     struct active_io io = {.buf = buf,
                            .iovcnt = iovcnt,
                            .ts = bpf_ktime_get_ns(),
@@ -379,11 +400,9 @@ static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind
                            .fd = fd,
                            .kind = kind,
                            .live = 1};
-    struct active_io *kept = active_io.lookup(&tid);
+    struct active_io *kept = thread_io(1);
     if (kept)
         __builtin_memcpy(kept, &io, sizeof(io));
-    else
-        active_io.update(&tid, &io);
 }
 
 static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
@@ -493,8 +512,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt) {
 }
 
 static __always_inline void forget_io(void) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct active_io *io = active_io.lookup(&tid);
+    struct active_io *io = thread_io(0);
     if (io)
         io->live = 0;
 }
@@ -503,8 +521,7 @@ static __always_inline void forget_io(void) {
 // owner now waits for room (in poll, for a non-blocking socket like nginx's),
 // and that wait, until its next send, is the network's time, not the owner's.
 static __always_inline void forget_send(long ret) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct active_io *io = io_of(tid);
+    struct active_io *io = current_io();
     if (!io)
         return;
     if (io->sk && ret >= 0 && (u64)ret < io->want) {
@@ -623,7 +640,7 @@ OPTIONAL_IO
 BPF_PERCPU_ARRAY(receive_args, struct active_io, 1);
 #endif
 
-static __always_inline struct active_io *receive_io(u32 tid) {
+static __always_inline struct active_io *receive_io(void) {
 #ifdef RECEIVES_FROM_REGS
     // struct pt_regs is the syscall ABI's layout, the same in every kernel (no
     // task_struct field is read: the headers compiled against may be older).
@@ -649,7 +666,7 @@ static __always_inline struct active_io *receive_io(u32 tid) {
         return io;
     }
 #endif
-    return io_of(tid); // recvmmsg
+    return current_io(); // recvmmsg
 }
 
 // Clamp a length to the capture size in a way the verifier can see: the empty
@@ -769,7 +786,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
     u32 tgid = id >> 32, tid = (u32)id;
     if (tgid == 0 || tgid == SELF_TGID)
         return 0;
-    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : io_of(tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io() : current_io();
     if (!io)
         return 0; // no syscall context: neither payload nor peer
     u64 hdr = transfer_msghdr(io);
@@ -2036,7 +2053,7 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
     cs->pid = tgid;
     if (dir == DIR_INGRESS)
         node_read(tgid, tid, skey);
-    struct active_io *io = dir == DIR_INGRESS ? receive_io(tid) : io_of(tid);
+    struct active_io *io = dir == DIR_INGRESS ? receive_io() : current_io();
     struct ssl_call *call = ssl_calls.lookup(&tid);
     int plaintext = 0;
     if (call) {
@@ -2119,7 +2136,9 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
+#ifndef TASK_STORAGE // task storage goes with its task
     active_io.delete(&tid);
+#endif
     ssl_calls.delete(&tid);
     py_forget_thread(tid);
     node_forget_thread(tid);

@@ -24,6 +24,7 @@ from otel_ebpf.receivers.base_types import ReceiverError
 from otel_ebpf.receivers.openssl_probes import openssl_probes, placement
 from otel_ebpf.receivers.program_cache import DEFAULT_PROGRAM_CACHE, directory_problem, kept
 from otel_ebpf.receivers.sockets import (
+    KERNEL_BTF,
     OPTIONAL_PLAIN_SYSCALLS,
     REQUIRED_TRACEPOINTS,
     TRACEFS,
@@ -112,9 +113,14 @@ def _ring_buffer() -> Check:
 
 
 def _btf() -> Check:
-    if Path("/sys/kernel/btf/vmlinux").exists():
-        return Check(OK, "BTF", "/sys/kernel/btf/vmlinux present")
-    return Check(WARN, "BTF", "no /sys/kernel/btf/vmlinux: Go programs get no goroutine context")
+    if KERNEL_BTF.exists():
+        return Check(OK, "BTF", f"{KERNEL_BTF} present")
+    return Check(
+        WARN,
+        "BTF",
+        f"no {KERNEL_BTF}: Go programs get no goroutine context, and a thread's"
+        " syscall state is kept in a hash map (task storage needs BTF)",
+    )
 
 
 def _may_goto_loops() -> Check:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,71 @@ class _MapInfo(ctypes.Structure):
         ("map_flags", ctypes.c_uint32),
         ("name", ctypes.c_char * 16),
     ]
+
+
+BPF_MAP_TYPE_TASK_STORAGE: Final = 29
+_BTF_INT_SIGNED: Final = 1
+
+
+class _MapCreateOpts(ctypes.Structure):
+    _fields_ = [  # libbpf's struct bpf_map_create_opts (1.0)
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+        ("numa_node", ctypes.c_uint32),
+        ("map_ifindex", ctypes.c_uint32),
+    ]
+
+
+@functools.cache
+def _libbpf() -> ctypes.CDLL:
+    """libbpf (libbcc's own dependency) for what bcc_create_map cannot make: a map
+    the kernel wants described in BTF (task storage)."""
+    own = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    vp, cp, i, u = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+    for name, res, args in (
+        ("btf__new_empty", vp, []),
+        ("btf__add_int", i, [vp, cp, ctypes.c_size_t, i]),
+        ("btf__add_array", i, [vp, i, i, u]),
+        ("btf__load_into_kernel", i, [vp]),
+        ("btf__fd", i, [vp]),
+        ("btf__free", None, [vp]),
+        ("bpf_map_create", i, [i, cp, u, u, u, ctypes.POINTER(_MapCreateOpts)]),
+    ):
+        fn = getattr(own, name)
+        fn.restype, fn.argtypes = res, args
+    return own
+
+
+def create_described_map(kind: int, name: bytes, value_size: int, flags: int) -> int:
+    """A map keyed by an int whose value the kernel must see described in BTF
+    (task storage): an int key and a byte array of the value's size. Returns its
+    fd, or -1 with errno set."""
+    lib = _libbpf()
+    btf = lib.btf__new_empty()
+    if not btf:
+        return -1
+    try:
+        key = lib.btf__add_int(btf, b"int", 4, _BTF_INT_SIGNED)
+        byte = lib.btf__add_int(btf, b"unsigned char", 1, 0)
+        value = lib.btf__add_array(btf, key, byte, value_size)
+        if min(key, byte, value) < 0 or lib.btf__load_into_kernel(btf):
+            return -1
+        opts = _MapCreateOpts(
+            sz=ctypes.sizeof(_MapCreateOpts),
+            btf_fd=lib.btf__fd(btf),
+            btf_key_type_id=key,
+            btf_value_type_id=value,
+            map_flags=flags,
+        )
+        return int(lib.bpf_map_create(kind, name, 4, value_size, 0, ctypes.byref(opts)))
+    finally:
+        lib.btf__free(btf)  # the map holds the kernel's copy
 
 
 @functools.cache
@@ -336,14 +401,19 @@ def _cached_bpf_class() -> type[Any]:
             self._maps = {m["name"]: i for i, m in enumerate(image["maps"])}
             try:
                 for index, m in enumerate(image["maps"]):
-                    fd = self._lib.bcc_create_map(
-                        m["type"],
-                        m["name"][:15].encode(),
-                        m["key_size"],
-                        m["value_size"],
-                        m["max_entries"],
-                        m["flags"],
-                    )
+                    if m["type"] == BPF_MAP_TYPE_TASK_STORAGE:
+                        fd = create_described_map(
+                            m["type"], m["name"][:15].encode(), m["value_size"], m["flags"]
+                        )
+                    else:
+                        fd = self._lib.bcc_create_map(
+                            m["type"],
+                            m["name"][:15].encode(),
+                            m["key_size"],
+                            m["value_size"],
+                            m["max_entries"],
+                            m["flags"],
+                        )
                     if fd < 0:
                         err = ctypes.get_errno()
                         raise CacheError(f"map {m['name']}: {os.strerror(err)}")

@@ -398,6 +398,9 @@ def tracepoint_has_field(name: str, field: str) -> bool:
     return f" {field};" in text
 
 
+KERNEL_BTF: Final = Path("/sys/kernel/btf/vmlinux")
+
+
 def task_registers_missing() -> str | None:
     """Why the programs cannot read a task's saved user registers on this machine
     (None: they can, through bpf_task_pt_regs: BTF, Linux 5.15, amd64). bpf/go.bpf.c
@@ -405,7 +408,7 @@ def task_registers_missing() -> str | None:
     read, readv, recvfrom and recvmsg, which then need no probes of their own."""
     if platform.machine() != "x86_64":
         return f"{platform.machine()} (amd64 only)"
-    if not Path("/sys/kernel/btf/vmlinux").exists():
+    if not KERNEL_BTF.exists():
         return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
     if not _linux_at_least(5, 15):
         return f"Linux {platform.release()} (5.15 or later)"
@@ -418,6 +421,13 @@ def kernel_has_may_goto() -> bool:
     PASSES, whose instruction bytes are laid out little-endian); bounded loops
     where not."""
     return sys.byteorder == "little" and _linux_at_least(6, 9)
+
+
+def kernel_has_task_storage(btf: Path = KERNEL_BTF) -> bool:
+    """Whether programs can keep a thread's state in task storage (the kernel's
+    `btf`, Linux 5.11): bpf/sockets.bpf.c's active_io then hangs off the thread,
+    with no key hashed per send; an LRU hash where not."""
+    return btf.exists() and _linux_at_least(5, 11)
 
 
 def _linux_at_least(major: int, minor: int) -> bool:
@@ -541,6 +551,7 @@ class SocketReceiver:
         serving_threads: bool = False,
         program_cache: str = "",
         may_goto: bool | None = None,
+        task_storage: bool | None = None,
     ) -> None:
         """`count_http`: count HTTP/1 requests in the kernel (for a metrics pipeline,
         and for the span budget, which decides at the requests it counts).
@@ -548,7 +559,9 @@ class SocketReceiver:
         CPU profiler's span tie-in; needs `count_http`). `program_cache`: the
         directory compiled programs are kept in ("": compile at every start).
         `may_goto`: the programs' loops as may_goto loops (None: where the kernel
-        has them; False: bounded loops, as older kernels need)."""
+        has them; False: bounded loops, as older kernels need). `task_storage`: a
+        thread's syscall state in task storage (None: where the kernel has it;
+        False: an LRU hash, as older kernels need)."""
         if capture_bytes & (capture_bytes - 1) or not 64 <= capture_bytes <= 4096:
             raise ValueError("capture_bytes must be a power of two from 64 to 4096")
         self._sink = sink
@@ -560,6 +573,7 @@ class SocketReceiver:
         self._serving_threads = serving_threads and count_http
         self._program_cache = program_cache
         self._may_goto = kernel_has_may_goto() if may_goto is None else may_goto
+        self._task_storage = kernel_has_task_storage() if task_storage is None else task_storage
         # What the kernel counts (RED, the span budget), and why not for the rest.
         self.counted_in_kernel: list[str] = []
         self.not_counted_in_kernel: dict[str, str] = {}
@@ -636,6 +650,8 @@ class SocketReceiver:
             cflags.append("-DNO_TASK_REGS")
         if self._may_goto:
             cflags.append("-DHAVE_MAY_GOTO")
+        if self._task_storage:
+            cflags.append("-DTASK_STORAGE")
         if tracepoint_has_field("tcp/tcp_probe", "skaddr"):
             cflags.append("-DHAVE_TCP_PROBE_SKADDR")  # RTT per connection (newer kernels)
         # The profiler's program shares a table with this one through bcc's

@@ -1,7 +1,10 @@
-"""The parsers' loops in bpf/sockets.bpf.c (PASSES) come in two kinds: may_goto
-loops where the kernel has them (Linux 6.9), bounded ones where not. This
-kernel takes both: each kind must load, every program that counts in the kernel
-among them, and count a request the same way (its path up to '?', its Host)."""
+"""bpf/sockets.bpf.c comes in kinds by what the kernel has, and this kernel has
+everything, so each kind is tried here: its loops (PASSES) as may_goto loops
+(Linux 6.9) or bounded ones, a thread's syscall state (active_io) in task
+storage (Linux 5.11 with BTF) or an LRU hash. Each kind must load, every program
+that counts in the kernel among them, and count a request the same way (its
+path up to '?', its Host, its status: read from the sends' buffers, which the
+syscall state holds)."""
 
 from __future__ import annotations
 
@@ -11,14 +14,26 @@ import pytest
 
 from harness import PythonServer, wait_until
 from otel_ebpf.model import KernelEvent, RedCount, Role
-from otel_ebpf.receivers.sockets import SocketReceiver, kernel_has_may_goto
+from otel_ebpf.receivers.sockets import (
+    SocketReceiver,
+    kernel_has_may_goto,
+    kernel_has_task_storage,
+)
 
 
-@pytest.mark.parametrize("may_goto", [True, False], ids=["may_goto", "bounded"])
-def test_both_kinds_of_loop_load_and_count_alike(may_goto: bool, py_server: PythonServer) -> None:
-    assert kernel_has_may_goto()  # this kernel: both kinds are tried here
+@pytest.mark.parametrize(
+    ("may_goto", "task_storage"),
+    [(True, True), (False, True), (True, False)],
+    ids=["may_goto", "bounded", "lru_thread_state"],
+)
+def test_every_kind_loads_and_counts_alike(
+    may_goto: bool, task_storage: bool, py_server: PythonServer
+) -> None:
+    assert kernel_has_may_goto() and kernel_has_task_storage()  # this kernel: all are tried
     events: list[KernelEvent] = []
-    receiver = SocketReceiver(events.append, ring_buffer_pages=64, may_goto=may_goto)
+    receiver = SocketReceiver(
+        events.append, ring_buffer_pages=64, may_goto=may_goto, task_storage=task_storage
+    )
     receiver.start()
     try:
         assert receiver.not_counted_in_kernel == {}
