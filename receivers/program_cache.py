@@ -161,10 +161,21 @@ def _libbpf() -> ctypes.CDLL:
         ("btf__fd", i, [vp]),
         ("btf__free", None, [vp]),
         ("bpf_map_create", i, [i, cp, u, u, u, ctypes.POINTER(_MapCreateOpts)]),
+        ("libbpf_probe_bpf_helper", i, [i, i, vp]),
     ):
         fn = getattr(own, name)
         fn.restype, fn.argtypes = res, args
     return own
+
+
+def kernel_has_helper(prog_type: int, helper: int) -> bool:
+    """Whether the kernel lets programs of `prog_type` call `helper` (kernel
+    numbering, include/uapi/linux/bpf.h), by loading a probe: a release number
+    says little where distributions backport. False where it cannot tell."""
+    try:
+        return bool(_libbpf().libbpf_probe_bpf_helper(prog_type, helper, None) == 1)
+    except (OSError, AttributeError):  # no libbpf 1.x beside libbcc
+        return False
 
 
 def create_described_map(kind: int, name: bytes, value_size: int, flags: int) -> int:

@@ -52,7 +52,7 @@ from otel_ebpf.receivers.base_types import ReceiverError, RedKey
 from otel_ebpf.receivers.map_batches import MapBatches
 from otel_ebpf.receivers.openssl_probes import OpenSslProbe, openssl_probes, placement
 from otel_ebpf.receivers.pg_names import PgNames
-from otel_ebpf.receivers.program_cache import compile_or_load, load_together
+from otel_ebpf.receivers.program_cache import compile_or_load, kernel_has_helper, load_together
 from otel_ebpf.receivers.ringbuf import ORDERED_LOADS, RingBufferReader
 from otel_ebpf.receivers.spare_ring import SpareRecords
 
@@ -423,11 +423,19 @@ def kernel_has_may_goto() -> bool:
     return sys.byteorder == "little" and _linux_at_least(6, 9)
 
 
+_PROG_TYPE_TRACEPOINT: Final = 5  # include/uapi/linux/bpf.h
+_TASK_STORAGE_HELPERS: Final = (156, 158)  # task_storage_get, get_current_task_btf
+
+
 def kernel_has_task_storage(btf: Path = KERNEL_BTF) -> bool:
-    """Whether programs can keep a thread's state in task storage (the kernel's
-    `btf`, Linux 5.11): bpf/sockets.bpf.c's active_io then hangs off the thread,
-    with no key hashed per send; an LRU hash where not."""
-    return btf.exists() and _linux_at_least(5, 11)
+    """Whether programs can keep a thread's state in task storage: the kernel's
+    `btf`, and tracepoint programs allowed its helpers (probed, not read from
+    the release: which program types may call them has changed since 5.11, and
+    distributions backport). bpf/sockets.bpf.c's active_io then hangs off the
+    thread, with no key hashed per send; an LRU hash where not."""
+    return btf.exists() and all(
+        kernel_has_helper(_PROG_TYPE_TRACEPOINT, helper) for helper in _TASK_STORAGE_HELPERS
+    )
 
 
 def _linux_at_least(major: int, minor: int) -> bool:

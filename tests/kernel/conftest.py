@@ -24,6 +24,7 @@ from harness import (
     PythonServer,
     free_port,
     listening,
+    self_signed_certificate,
     wait_until,
 )
 from otlp_sink import GrpcSink, HttpSink
@@ -137,6 +138,15 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
 @pytest.fixture(scope="module")
 def py_server() -> Iterator[PythonServer]:
     server = PythonServer("py-backend")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonServer]:
+    """The Python test server over HTTPS, on the system libssl."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    server = PythonServer("py-tls", args=("127.0.0.1", str(cert), str(key)))
     yield server
     server.stop()
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from harness import (
     Postgres,
     PythonServer,
     build_go,
-    self_signed_certificate,
     wait_until,
 )
 from otel_ebpf.receivers.tls import mapped_paths
@@ -48,14 +46,6 @@ CLIENT_SCRIPT = textwrap.dedent(
     conn.close()
     """
 )
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonServer]:
-    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
-    server = PythonServer("py-tls", args=("127.0.0.1", str(cert), str(key)))
-    yield server
-    server.stop()
 
 
 def python_client(

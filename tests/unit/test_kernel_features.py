@@ -1,5 +1,6 @@
-"""Which kind of loop the programs are compiled with, from the running kernel's
-release (tests/kernel/test_kernel_loops.py loads both kinds on a real one)."""
+"""Which kind of loop and of thread state the programs are compiled with, from
+the running kernel's release and helpers (tests/kernel/test_kernel_loops.py
+loads every kind on a real one)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_ebpf.receivers import sockets
 from otel_ebpf.receivers.sockets import kernel_has_may_goto, kernel_has_task_storage
 
 
@@ -38,19 +40,21 @@ def test_no_may_goto_where_its_bytes_would_be_laid_out_wrong(
 
 
 @pytest.mark.parametrize(
-    ("release", "btf", "has"),
+    ("btf", "allowed", "has"),
     [
-        ("6.18.44-fc-v1272", True, True),
-        ("5.11.0", True, True),
-        ("5.10.209", True, False),
-        ("6.1.0", False, False),
+        (True, {156, 158}, True),
+        (True, {158}, False),  # task storage, not yet to tracepoints
+        (True, {156}, False),
+        (False, {156, 158}, False),
     ],
 )
-def test_task_storage_from_linux_5_11_with_btf(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, release: str, btf: bool, has: bool
+def test_task_storage_where_btf_and_tracepoints_have_its_helpers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, btf: bool, allowed: set[int], has: bool
 ) -> None:
+    """Tracepoint programs (5) must call task_storage_get (156) and
+    get_current_task_btf (158)."""
     vmlinux = tmp_path / "vmlinux"
     if btf:
         vmlinux.touch()
-    monkeypatch.setattr(platform, "release", lambda: release)
+    monkeypatch.setattr(sockets, "kernel_has_helper", lambda t, h: t == 5 and h in allowed)
     assert kernel_has_task_storage(vmlinux) is has
