@@ -30,6 +30,7 @@ from otel_ebpf.receivers.sockets import (
     TRACEFS,
     SocketReceiver,
     kernel_has_may_goto,
+    kernel_has_task_storage,
     task_registers_missing,
     tracepoint_exists,
 )
@@ -128,6 +129,21 @@ def _may_goto_loops() -> Check:
         return Check(OK, "may_goto loops", "the programs' loops verify in a tenth of the time")
     return Check(
         INFO, "may_goto loops", "not before Linux 6.9: bounded loops, about a second more to start"
+    )
+
+
+def _task_storage() -> Check:
+    if kernel_has_task_storage():
+        return Check(OK, "task storage", "a thread's syscall state hangs off the thread")
+    why = (
+        "no BTF"
+        if not KERNEL_BTF.exists()
+        else "its helpers not usable by tracepoint programs (or not probed: no privilege)"
+    )
+    return Check(
+        INFO,
+        "task storage",
+        f"{why}: a thread's syscall state is kept in an LRU hash (a key hashed three times a send)",
     )
 
 
@@ -371,6 +387,7 @@ CHECKS: list[Callable[[], Check | Iterator[Check]]] = [
     _ring_buffer,
     _btf,
     _may_goto_loops,
+    _task_storage,
     _lockdown,
     _tracefs,
     _tracepoints,

@@ -168,14 +168,22 @@ def _libbpf() -> ctypes.CDLL:
     return own
 
 
+_NO_SUCH_HELPER: Final = 0x7FFF
+
+
 def kernel_has_helper(prog_type: int, helper: int) -> bool:
     """Whether the kernel lets programs of `prog_type` call `helper` (kernel
     numbering, include/uapi/linux/bpf.h), by loading a probe: a release number
-    says little where distributions backport. False where it cannot tell."""
+    says little where distributions backport. False where it cannot tell: the
+    probe says yes to a helper no kernel has where it was not let load at all
+    (no privilege), as libbpf reads only a verifier's refusal as a no."""
     try:
-        return bool(_libbpf().libbpf_probe_bpf_helper(prog_type, helper, None) == 1)
+        probe = _libbpf().libbpf_probe_bpf_helper
     except (OSError, AttributeError):  # no libbpf 1.x beside libbcc
         return False
+    return bool(
+        probe(prog_type, helper, None) == 1 and probe(prog_type, _NO_SUCH_HELPER, None) == 0
+    )
 
 
 def create_described_map(kind: int, name: bytes, value_size: int, flags: int) -> int:

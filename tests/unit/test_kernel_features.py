@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_ebpf.receivers import sockets
+from otel_ebpf.receivers import program_cache, sockets
 from otel_ebpf.receivers.sockets import kernel_has_may_goto, kernel_has_task_storage
 
 
@@ -58,3 +58,37 @@ def test_task_storage_where_btf_and_tracepoints_have_its_helpers(
         vmlinux.touch()
     monkeypatch.setattr(sockets, "kernel_has_helper", lambda t, h: t == 5 and h in allowed)
     assert kernel_has_task_storage(vmlinux) is has
+
+
+class _Libbpf:
+    """libbpf's helper probe answering from a table: 1 yes, 0 no."""
+
+    def __init__(self, answers: dict[int, int], default: int) -> None:
+        self.answers, self.default = answers, default
+
+    def libbpf_probe_bpf_helper(self, prog_type: int, helper: int, opts: object) -> int:
+        return self.answers.get(helper, self.default)
+
+
+@pytest.mark.parametrize(
+    ("answers", "default", "has"),
+    [
+        ({156: 1}, 0, True),
+        ({156: 0}, 0, False),
+        ({}, 1, False),  # yes to everything, a helper no kernel has among them: not let load
+        ({156: -1}, 0, False),  # an error
+    ],
+)
+def test_a_helper_counts_only_where_the_probe_tells_yes_from_no(
+    monkeypatch: pytest.MonkeyPatch, answers: dict[int, int], default: int, has: bool
+) -> None:
+    monkeypatch.setattr(program_cache, "_libbpf", lambda: _Libbpf(answers, default))
+    assert program_cache.kernel_has_helper(5, 156) is has
+
+
+def test_no_helper_without_libbpf(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise OSError("libbpf.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(program_cache, "_libbpf", missing)
+    assert program_cache.kernel_has_helper(5, 156) is False
