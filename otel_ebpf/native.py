@@ -55,6 +55,7 @@ HOT_PATH = (
     "otel_ebpf.processors.reorder",
     "otel_ebpf.processors.spans",
     "otel_ebpf.processors.streams",
+    "otel_ebpf.processors.wall_clock",
     "otel_ebpf.receivers.ringbuf",
     "otel_ebpf.receivers.sockets",
     "otel_ebpf.span_batches",

@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S: Final = 60.0
 FLUSH_TIMEOUT_S: Final = 3.0  # the final export at SIGTERM: exit stays well inside a 30 s grace
 SWEEP_INTERVAL_S: Final = 30.0
+CLOCK_WARNING_INTERVAL_S: Final = 60.0  # a clock stepping every second logs once a minute
 # Spans from apps' SDKs waiting for the processing thread, past which further
 # requests are answered "retry later" (OTLP's UNAVAILABLE / 503): 16 of the SDK's
 # default batches, some 16 MiB of spans, while the processing thread is behind.
@@ -685,8 +686,19 @@ class Collector:
         next_tcp_scan = time.monotonic() + self._tcp_scan_interval
         wait_s = DRAIN_INTERVAL_S if self._ebpf_enabled else 0.1
         last_poll = time.monotonic()
+        next_clock_warning = 0.0
+        self._spans.watch_clock_steps()
         while not self._stop.is_set():
             more = False
+            # before the drain: its spans' times take what the wall clock read since
+            step = self._spans.follow_wall_clock()
+            if step and time.monotonic() >= next_clock_warning:
+                log.warning(
+                    "the wall clock stepped %+.1f ms against the monotonic clock: span"
+                    " times follow it (further steps within a minute are not logged)",
+                    step / 1e6,
+                )
+                next_clock_warning = time.monotonic() + CLOCK_WARNING_INTERVAL_S
             if self._ebpf_enabled:
                 more = self.receiver.poll()
                 if not more:  # calls held for an earlier one go on once all is read
@@ -721,13 +733,6 @@ class Collector:
                 if self.merger is not None:
                     self.merger.expire(now)
                     self.telemetry.spans_merged_away = self.merger.duplicates_dropped
-                step = self._spans.follow_wall_clock()
-                if step:
-                    log.warning(
-                        "the wall clock moved %+.1f ms against the monotonic clock: span times "
-                        "follow it from now on",
-                        step / 1e6,
-                    )
                 next_lost_check = now + 1.0
             if now >= next_tcp_scan:
                 if self.tcp_health is not None:

@@ -9,7 +9,6 @@ byte and the last response byte as the traced process saw them.
 from __future__ import annotations
 
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -41,6 +40,7 @@ from otel_ebpf.processors.protocols.http1 import known_method
 from otel_ebpf.processors.protocols.http2 import GRPC_STATUS
 from otel_ebpf.processors.protocols.sql import MAX_QUERY_TEXT, collection_of, operation_of, sanitize
 from otel_ebpf.processors.redaction import UrlRedactor, host_of, host_port, scrub_message
+from otel_ebpf.processors.wall_clock import WallClock
 
 MAX_QUERY_ARGS: Final = 16
 MAX_HOSTS: Final = 1024  # Host headers whose parts are kept; all forgotten when full
@@ -51,12 +51,6 @@ _UNSET: Final = Status(StatusCode.UNSET)
 _ERROR: Final = Status(StatusCode.ERROR)
 _SERVER: Final = SpanKind.SERVER  # read once: an enum member is a class attribute lookup
 _CLIENT: Final = SpanKind.CLIENT
-CLOCK_STEP_NS: Final = 500_000  # the wall clock moved this far against the monotonic one: follow
-
-
-def monotonic_to_epoch_offset() -> int:
-    """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
-    return time.time_ns() - time.monotonic_ns()
 
 
 def db_attributes(counted: RedCount | OutlierExchange) -> dict[str, str | int]:
@@ -90,8 +84,7 @@ class SpanBuilder:
         misconfigured: Callable[[int, int], str | None] | None = None,
         nodelay: Callable[[int, int], bool | None] | None = None,
     ) -> None:
-        self._offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
-        self._follows_clock = epoch_offset is None
+        self._clock = WallClock(epoch_offset)
         self._rand = random.Random()
         self._raw_db_query_text = raw_db_query_text
         self._urls = urls or UrlRedactor()
@@ -334,6 +327,7 @@ class SpanBuilder:
         """The span itself: ids from the request's context, times on the wall clock;
         `shared`: the leading entries of `attrs`, shared with other spans."""
         context, parent = self._ids(token)
+        start = self._clock.epoch(times.start_ts)
         return BuiltSpan(
             name,
             context,
@@ -342,8 +336,8 @@ class SpanBuilder:
             attrs,
             kind,
             status,
-            times.start_ts + self._offset,
-            max(times.end_ts, times.start_ts) + self._offset,
+            start,
+            max(self._clock.epoch(times.end_ts), start),
             SCOPE,
             shared,
         )
@@ -368,19 +362,16 @@ class SpanBuilder:
             status = Status(StatusCode.ERROR, self._error_text(x.reply.text.decode("latin-1")))
         return self._client_span(operation, x, conn, attrs, status)
 
+    def watch_clock_steps(self) -> bool:
+        """Also sample the wall clock the moment it is set (WallClock.watch_steps)."""
+        return self._clock.watch_steps()
+
     def follow_wall_clock(self) -> int:
-        """The wall clock stepped against the monotonic one (a clock set, a VM
-        resumed, a leap second): later spans take the new offset, so they stay on
-        the time apps' SDKs stamp theirs with (the merge matches by time).
-        Returns the step in nanoseconds (0: none past CLOCK_STEP_NS)."""
-        if not self._follows_clock:
-            return 0
-        offset = monotonic_to_epoch_offset()
-        step = offset - self._offset
-        if abs(step) < CLOCK_STEP_NS:
-            return 0
-        self._offset = offset
-        return step
+        """Samples the wall clock against the monotonic one, at every drain: span
+        times stay on the time apps' SDKs stamp theirs with (the merge matches by
+        time) as it slews or steps (processors/wall_clock.py). Returns a step in
+        nanoseconds (0: none of CLOCK_STEP_NS or more)."""
+        return self._clock.sample()
 
     def _http(self, x: HttpExchange, conn: Connection) -> BuiltSpan:
         req, resp = x.request, x.response

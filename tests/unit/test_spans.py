@@ -51,25 +51,28 @@ def conn(role: Role) -> Connection:
     return c
 
 
-def exchange(status: int | None) -> HttpExchange:
+def exchange(status: int | None, at: int = 0) -> HttpExchange:
     resp = (
         head(is_request=False, method="", target="", status=status, headers={}) if status else None
     )
-    return HttpExchange(head(), 0, resp, 12, 1_000, 5_000)
+    return HttpExchange(head(), 0, resp, 12, at + 1_000, at + 5_000)
 
 
 def test_span_times_follow_a_wall_clock_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Kernel times are monotonic; the SDKs' are wall-clock: a step of the wall
-    clock (a clock set, a VM resumed) moves later spans with it, jitter does not."""
+    clock (a clock set, a VM resumed) moves the spans of later requests with it,
+    jitter does not."""
     builder = SpanBuilder()
-    before = builder.build(exchange(200), conn(Role.SERVER))
+    base = time.monotonic_ns()
+    before = builder.build(exchange(200, base), conn(Role.SERVER))
     assert builder.follow_wall_clock() == 0  # nothing moved
     real = time.time_ns
     monkeypatch.setattr(time, "time_ns", lambda: real() + 50_000_000)
     step = builder.follow_wall_clock()
     assert 49_000_000 < step < 51_000_000
-    after = builder.build(exchange(200), conn(Role.SERVER))
-    assert (after.start_time or 0) - (before.start_time or 0) == step
+    later = time.monotonic_ns()
+    after = builder.build(exchange(200, later), conn(Role.SERVER))
+    assert (after.start_time or 0) - (before.start_time or 0) - (later - base) == step
     assert SpanBuilder(epoch_offset=10).follow_wall_clock() == 0  # a fixed offset stays
 
 
