@@ -119,8 +119,7 @@ def _btf() -> Check:
     return Check(
         WARN,
         "BTF",
-        f"no {KERNEL_BTF}: Go programs get no goroutine context, and a thread's"
-        " syscall state is kept in a hash map (task storage needs BTF)",
+        f"no {KERNEL_BTF}: Go programs get no goroutine context, and no task storage (below)",
     )
 
 

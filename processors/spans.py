@@ -369,7 +369,7 @@ class SpanBuilder:
     def follow_wall_clock(self) -> int:
         """Samples the wall clock against the monotonic one, at every drain: span
         times stay on the time apps' SDKs stamp theirs with (the merge matches by
-        time) as it slews or steps (processors/wall_clock.py). Returns a step in
+        time) as it is set (processors/wall_clock.py). Returns a step in
         nanoseconds (0: none of CLOCK_STEP_NS or more)."""
         return self._clock.sample()
 

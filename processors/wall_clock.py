@@ -35,11 +35,6 @@ CLOCK_STEP_NS: Final = 500_000  # a move this large between two samples is repor
 SAMPLES: Final = 1024  # at 10-40 ms a sample while the clock moves: 10-40 s of history
 
 
-def monotonic_to_epoch_offset() -> int:
-    """Add to a bpf_ktime_get_ns() (CLOCK_MONOTONIC) value to get Unix nanoseconds."""
-    return time.time_ns() - time.monotonic_ns()
-
-
 def _read_offset() -> tuple[int, int] | None:
     """(monotonic now, the offset to Unix time), or None where this thread was
     preempted between the reads: no telling then what the wall clock read."""
@@ -58,8 +53,10 @@ class WallClock:
 
     def __init__(self, fixed: int | None = None) -> None:
         self._follows = fixed is None
-        self._at: list[int] = [time.monotonic_ns()]
-        self._offsets: list[int] = [monotonic_to_epoch_offset() if fixed is None else fixed]
+        now = time.monotonic_ns()
+        self._at: list[int] = [now]
+        # what to add to a bpf_ktime_get_ns() value for Unix ns, from `now` on
+        self._offsets: list[int] = [time.time_ns() - now if fixed is None else fixed]
         self._set_at: deque[tuple[int, int]] = deque(maxlen=64)  # from the watcher thread
 
     def sample(self) -> int:
