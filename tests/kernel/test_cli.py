@@ -171,7 +171,7 @@ def thread_files(pid: int, name: str) -> dict[str, str]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             texts[task.name] = (task / name).read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ended since the listing
             continue
     return texts
 
