@@ -684,8 +684,19 @@ class Postgres:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: listening(self.port), 30, "postgres listening")
+        # The postmaster listens before its startup process has run; until then it
+        # refuses sessions ("the database system is starting up"). pg_ctl -w waits,
+        # as this does, for the status line of postmaster.pid to read "ready".
+        wait_until(lambda: self._status(data) == "ready", 30, "postgres ready")
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    @staticmethod
+    def _status(data: Path) -> str:
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return ""
+        return lines[7].strip() if len(lines) > 7 else ""
 
     @staticmethod
     def _tls_options(root: Path, tls: bool) -> list[str]:

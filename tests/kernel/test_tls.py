@@ -145,7 +145,7 @@ def test_postgresql_over_tls_through_the_same_parser(
             capture_output=True,
             text=True,
         )
-        assert out.stdout.split()[:2] == ["t", "42"]  # TLS, really
+        assert out.stdout.split()[:2] == ["t", "42"], out.stderr  # TLS, really
         spans = settle(grpc_sink, "postgresql", pg.port, since, 3)
     finally:
         pg.stop()
