@@ -137,7 +137,8 @@ def wrk_arguments(
             "--programs-alone",
             action="store_true",
             help="add sides: the collector's own programs attached, its process stopped;"
-            " the same beside a nice-19 process burning the CPU its process used",
+            " the same beside a nice-19 process burning the CPU its process used;"
+            " the collector keeping 1 request in 5,000",
         )
     if span_budget:
         parser.add_argument(

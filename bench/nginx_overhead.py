@@ -13,9 +13,11 @@ metrics for Prometheus, scraped after each round: nginx's requests counted in
 `http.server.request.duration` against those wrk completed (spans may be shed
 or lost; RED may not). `--programs-alone` adds a side with the collector's
 own programs attached and its process stopped: how much of its p99 is the
-kernel side; and the same beside a nice-19 process burning the CPU the
-collector's process used that round: how much of the rest is its CPU share
-as such. Run as root: `make bench` (or
+kernel side; the collector running with 1 request in 5,000 kept: its
+programs at work as installed, the ring buffer read (stopped, it fills, and
+each write then fails early), its user space nearly idle; and that again
+beside a nice-19 process burning the CPU the collector's process used that
+round: how much of the rest is its CPU share as such. Run as root: `make bench` (or
 `.venv/bin/python bench/nginx_overhead.py --rounds 3 --seconds 10`).
 """
 
@@ -64,6 +66,8 @@ def scenario(
     beside_rps: list[float] = []
     beside_p99: list[float] = []
     beside_cores: list[float] = []
+    few_rps: list[float] = []
+    few_p99: list[float] = []
     lost = rss = 0.0
     requests_traced = spans = kernel_lost = dropped = red_counted = shed = 0
     wrk(url, 2, args.connections, script)  # warm up
@@ -83,6 +87,9 @@ def scenario(
             )
             alone_rps.append(rps)
             alone_p99.append(p99)
+            rps, p99 = few_kept(tmp / f"few-{name}-{r}", url, args, script, sink_port, budget)
+            few_rps.append(rps)
+            few_p99.append(p99)
 
         otlp = {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}
         prometheus_port = free_port()
@@ -108,11 +115,11 @@ def scenario(
         cpu = (after.user + after.system) - (before.user + before.system)
         cpu_per_k.append(cpu / total * 1000)
         if args.programs_alone:
-            # The programs again, beside a nice-19 process burning what the
-            # collector's process burned: its CPU share, apart from its work.
+            # The programs at work again, beside a nice-19 process burning what
+            # the collector's process burned: its CPU share, apart from its work.
             cores = cpu / (ended - began)
             with neighbour(cores):
-                rps, p99 = programs_alone(
+                rps, p99 = few_kept(
                     tmp / f"beside-{name}-{r}", url, args, script, sink_port, budget
                 )
             beside_rps.append(rps)
@@ -163,6 +170,11 @@ def scenario(
             f" {med(alone_p99) * 1e3 / p99_off:.3f}"
         )
         print(
+            f"  the collector keeping 1 request in {round(1 / FEW_KEPT)} (its programs at work,"
+            f" its user space nearly idle): throughput ratio {med(few_rps) / med(base_rps):.3f},"
+            f" p99 ratio {med(few_p99) * 1e3 / p99_off:.3f}"
+        )
+        print(
             f"  the same beside a nice-19 process burning the collector's CPU"
             f" ({med(beside_cores):.2f} cores): throughput ratio"
             f" {med(beside_rps) / med(base_rps):.3f}, p99 ratio"
@@ -205,6 +217,32 @@ def programs_alone(
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
     finally:
         os.kill(collector.proc.pid, signal.SIGCONT)
+        collector.stop()
+    return rps, p99
+
+
+FEW_KEPT = 0.0002
+
+
+def few_kept(
+    tmp: Path,
+    url: str,
+    args: argparse.Namespace,
+    script: Path | None,
+    sink_port: int,
+    budget: str,
+) -> tuple[float, float]:
+    """wrk's (requests/s, p99) with the collector running but keeping 1 request
+    in 5,000 (OTEL_EBPF_SPAN_PROBABILITY): what its programs cost with the ring
+    buffer read, as installed, and almost no user space beside them."""
+    collector = CollectorProcess(
+        tmp,
+        {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}},
+        extra_env={"OTEL_EBPF_SPAN_BUDGET": budget, "OTEL_EBPF_SPAN_PROBABILITY": str(FEW_KEPT)},
+    )
+    try:
+        rps, p99, _ = wrk(url, args.seconds, args.connections, script)
+    finally:
         collector.stop()
     return rps, p99
 
