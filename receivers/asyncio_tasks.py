@@ -33,18 +33,16 @@ from otel_ebpf.processors.profiling.elf import (
     named_symbols,
     read_info,
 )
-from otel_ebpf.receivers.goroutines import detach_unused, held_path, live_pids
+from otel_ebpf.receivers.file_probes import FileId, FileProbes, held_path
 from otel_ebpf.receivers.tls import mapped_paths
 
 log = logging.getLogger(__name__)
 
-FileId = tuple[int, int]  # (st_dev, st_ino)
 _ASYNCIO = re.compile(r"/_asyncio\.cpython-3(\d+)[a-z]*-[^/]*\.so$")
 _PYTHON = re.compile(r"/(lib)?python3(\.\d+)?[a-z]*(\.so[.\d]*)?$")
 MIN_MINOR = 8
 STATE_FIRST_MINOR = 12  # task_step_impl(asyncio_state *, TaskObj *, PyObject *)
 MAX_WATCHED = 4096  # Python processes without asyncio, looked at again at sweeps
-MAX_REFUSED = 4096
 
 
 class Uprobe(NamedTuple):
@@ -122,8 +120,10 @@ def function_addresses(path: str, names: tuple[str, ...]) -> dict[str, int]:
     return {}
 
 
-class AsyncioProbes:
+class AsyncioProbes(FileProbes[list[Uprobe]]):
     """Keeps uprobes on every `_asyncio` file a traced Python process maps."""
+
+    what = "_asyncio module"
 
     def __init__(
         self,
@@ -132,19 +132,8 @@ class AsyncioProbes:
         selected: Callable[[int], bool] = lambda _pid: True,
     ) -> None:
         """`selected`: whether a process is traced at all."""
-        self._attach = attach
-        self._detach = detach
-        self._selected = selected
-        # probed files: the descriptor that keeps each (its path names the file), probes
-        self._files: dict[FileId, tuple[int, list[Uprobe]]] = {}
-        self._refused: set[FileId] = set()
-        self._pids: dict[int, set[FileId]] = {}  # processes mapping probed files
+        super().__init__(attach, detach, selected)
         self._watched: set[int] = set()  # Python processes with no _asyncio yet
-        self.checked: set[int] = set()
-
-    @property
-    def processes(self) -> int:
-        return len(self._pids)
 
     def check(self, pid: int) -> None:
         """A process seen for the first time: probe the `_asyncio` it maps."""
@@ -191,9 +180,7 @@ class AsyncioProbes:
         if fd < 0 or why:
             if fd >= 0:
                 os.close(fd)
-            if len(self._refused) >= MAX_REFUSED:
-                self._refused.clear()
-            self._refused.add(file)
+            self._refuse(file)
             log.info("asyncio: pid %d (%s) gets no task context: %s", pid, path, why)
             return None
         self._files[file] = (fd, probes)
@@ -202,21 +189,16 @@ class AsyncioProbes:
 
     def exec(self, pid: int) -> None:
         """The process runs a new program: looked at anew when next seen."""
-        self.checked.discard(pid)
+        super().exec(pid)
         self._watched.discard(pid)
-        self._pids.pop(pid, None)
 
     def sweep(self) -> None:
         """Python processes that may have imported asyncio since are looked at
         again; exited ones forgotten; files no process maps any more detached."""
-        live = set(live_pids())
-        self.checked.intersection_update(live)
-        for pid in [p for p in self._pids if p not in live]:
-            del self._pids[pid]
+        live = self._forget_exited()
         for pid in list(self._watched):
             self._watched.discard(pid)
             self.checked.discard(pid)
             if pid in live:
                 self.check(pid)
-        mapped: set[FileId] = set().union(*self._pids.values()) if self._pids else set()
-        detach_unused(self._files, mapped, self._detach, "_asyncio module")
+        self._let_go_unused()

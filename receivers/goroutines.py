@@ -22,13 +22,14 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from otel_ebpf.processors.profiling.elf import code_at, load_segments
 from otel_ebpf.processors.profiling.gopclntab import go_functions
+from otel_ebpf.receivers.file_probes import FileId, FileProbes, held_path, live_pids
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,11 @@ GO_PROBES = (
     ("net/http.(*Request).write", "go_request_write", False),
 )
 REQUIRED = {program for _, program, required in GO_PROBES if required}
-FileId = tuple[int, int]  # (st_dev, st_ino)
 Probe = tuple[int, str]  # (address, program)
-_P = TypeVar("_P")
 _BUILDINFO = b"\xff Go buildinf:"
 _VERSION = re.compile(rb"go1\.(\d+)")
 MIN_MINOR = 18  # Go 1.18: register ABI (1.17) and the .gopclntab layout read here
 MAX_TABLE_BYTES = 256 << 20
-MAX_REFUSED = 4096  # files known not to be probed (bounded; read again when cleared)
 
 
 def go_version(buildinfo: bytes) -> str | None:
@@ -148,9 +146,11 @@ def probes_of(f: BinaryIO, at_branch: bool = True) -> tuple[str | None, list[Pro
     return version, [(found[s], p) for s, p, _ in GO_PROBES if s in found], ""
 
 
-class GoProbes:
+class GoProbes(FileProbes[list[Probe]]):
     """Keeps uprobes on every supported Go executable a traced process runs, and
     registers its processes with the kernel."""
+
+    what = "Go executable"
 
     def __init__(
         self,
@@ -161,21 +161,9 @@ class GoProbes:
         proc: str = "/proc",
     ) -> None:
         """`selected`: whether a process is traced at all."""
-        self._attach = attach
-        self._selected = selected
-        self._detach = detach
+        super().__init__(attach, detach, selected, proc)
         self._register = register
-        self._proc = proc
-        # probed files: the descriptor that keeps each (its path names the file), probes
-        self._files: dict[FileId, tuple[int, list[Probe]]] = {}
-        self._refused: set[FileId] = set()  # not Go, unsupported, or the attach failed
-        self._pids: dict[int, FileId] = {}  # registered processes
         self._cookies = itertools.count(1)
-        self.checked: set[int] = set()
-
-    @property
-    def processes(self) -> int:
-        return len(self._pids)
 
     def start(self) -> None:
         """Every process running now."""
@@ -184,7 +172,8 @@ class GoProbes:
 
     def check(self, pid: int) -> None:
         """A process seen for the first time: register it if it runs a Go program
-        the probes support (probing its file the first time)."""
+        the probes support (probing its file the first time; refused are those
+        not Go, unsupported, or whose attach failed)."""
         if pid in self.checked:
             return
         self.checked.add(pid)
@@ -200,17 +189,14 @@ class GoProbes:
         if not self._selected(pid):
             return
         if file not in self._files and not self._probe(pid, exe, file):
-            if len(self._refused) >= MAX_REFUSED:
-                self._refused.clear()
-            self._refused.add(file)
+            self._refuse(file)
             return
         self._register(pid, next(self._cookies))
-        self._pids[pid] = file
+        self._pids[pid] = {file}
 
     def exec(self, pid: int) -> None:
         """The process runs a new program (the kernel forgot its registration)."""
-        self.checked.discard(pid)
-        self._pids.pop(pid, None)
+        super().exec(pid)
         self.check(pid)
 
     def _probe(self, pid: int, exe: str, file: FileId) -> bool:
@@ -242,34 +228,5 @@ class GoProbes:
 
     def sweep(self) -> None:
         """Forget exited processes; detach from files no process runs any more."""
-        live = set(live_pids(self._proc))
-        self.checked.intersection_update(live)
-        for pid in [p for p in self._pids if p not in live]:
-            del self._pids[pid]
-        detach_unused(self._files, set(self._pids.values()), self._detach, "Go executable")
-
-
-def detach_unused(
-    files: dict[FileId, tuple[int, _P]],
-    used: set[FileId],
-    detach: Callable[[str, _P], None],
-    what: str,
-) -> None:
-    """Detach the probes of every held file not in `used`, and let it go."""
-    for file in [f for f in files if f not in used]:
-        fd, probes = files.pop(file)
-        detach(held_path(fd), probes)
-        os.close(fd)
-        log.info("detached from a %s no process uses any more", what)
-
-
-def held_path(fd: int) -> str:
-    """A path to the file we hold open as `fd`, whatever happens to its processes."""
-    return f"/proc/{os.getpid()}/fd/{fd}"
-
-
-def live_pids(proc: str = "/proc") -> list[int]:
-    try:
-        return [int(name) for name in os.listdir(proc) if name.isdigit()]
-    except OSError:
-        return []
+        self._forget_exited()
+        self._let_go_unused()

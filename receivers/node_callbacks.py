@@ -23,17 +23,15 @@ from elftools.elf.elffile import ELFFile
 
 from otel_ebpf.processors.profiling.elf import named_symbols
 from otel_ebpf.receivers.asyncio_tasks import Uprobe
-from otel_ebpf.receivers.goroutines import detach_unused, held_path, live_pids
+from otel_ebpf.receivers.file_probes import FileId, FileProbes, held_path
 from otel_ebpf.receivers.tls import mapped_paths
 
 log = logging.getLogger(__name__)
 
-FileId = tuple[int, int]  # (st_dev, st_ino)
 # node::InternalMakeCallback(Environment*, Local<Object>, Local<Object>, Local<Function>, ...)
 CALLBACK_SYMBOL = "_ZN4node20InternalMakeCallbackEPNS_11Environment"
 _CALLBACK_NAME = CALLBACK_SYMBOL.encode()
 _LIBNODE = re.compile(r"/libnode\.so(\.\d+)*$")
-MAX_REFUSED = 4096
 
 
 def callback_address(path: str) -> int | None:
@@ -59,9 +57,11 @@ def probes_at(address: int) -> list[Uprobe]:
     ]
 
 
-class NodeProbes:
+class NodeProbes(FileProbes[list[Uprobe]]):
     """Keeps uprobes on every Node runtime file a traced process runs, and
     registers its processes with the kernel."""
+
+    what = "Node runtime"
 
     def __init__(
         self,
@@ -70,18 +70,8 @@ class NodeProbes:
         register: Callable[[int], None],
         selected: Callable[[int], bool] = lambda _pid: True,
     ) -> None:
-        self._attach = attach
-        self._detach = detach
+        super().__init__(attach, detach, selected)
         self._register = register
-        self._selected = selected
-        self._files: dict[FileId, tuple[int, list[Uprobe]]] = {}
-        self._refused: set[FileId] = set()
-        self._pids: dict[int, FileId] = {}
-        self.checked: set[int] = set()
-
-    @property
-    def processes(self) -> int:
-        return len(self._pids)
 
     def check(self, pid: int) -> None:
         """A process seen for the first time: register it if it runs Node."""
@@ -110,13 +100,8 @@ class NodeProbes:
             if address is not None and not self._probe(pid, path, file, address):
                 return
             self._register(pid)
-            self._pids[pid] = file
+            self._pids[pid] = {file}
             return
-
-    def _refuse(self, file: FileId) -> None:
-        if len(self._refused) >= MAX_REFUSED:
-            self._refused.clear()
-        self._refused.add(file)
 
     def _probe(self, pid: int, path: str, file: FileId, address: int) -> bool:
         try:
@@ -137,14 +122,10 @@ class NodeProbes:
 
     def exec(self, pid: int) -> None:
         """The process runs a new program (the kernel forgot its registration)."""
-        self.checked.discard(pid)
-        self._pids.pop(pid, None)
+        super().exec(pid)
         self.check(pid)
 
     def sweep(self) -> None:
         """Forget exited processes; detach from files no process runs any more."""
-        live = set(live_pids())
-        self.checked.intersection_update(live)
-        for pid in [p for p in self._pids if p not in live]:
-            del self._pids[pid]
-        detach_unused(self._files, set(self._pids.values()), self._detach, "Node runtime")
+        self._forget_exited()
+        self._let_go_unused()
