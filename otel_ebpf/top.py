@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from otel_ebpf.live import WINDOW_S
+from otel_ebpf.live import SLOWEST_S, WINDOW_S
 
 SORTS = ("rate", "errors", "p99", "name")
 _SORT_KEY: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -183,13 +183,21 @@ def _table(title: str, columns: tuple[tuple[str, bool], ...], plain: bool) -> Ta
     return table
 
 
+def _seconds(watched: float, most: int) -> str:
+    """What a figure covers: its window, or less while the view is younger."""
+    covered = max(min(watched, most), 1.0)
+    return "minute" if covered >= 60 else f"{covered:.0f} s"
+
+
 def render(
     snapshot: dict[str, Any], sort: str, text: str, height: int, plain: bool, status: str
 ) -> Group:
     """Services, edges and the slowest requests, within `height` lines."""
     room = max(height - 10, 3)  # three titles and header rules, headers, the status line
     services_n, edges_n = max(room * 2 // 5, 1), max(room * 7 // 20, 1)
-    services = _table("services (last 10 s)", SERVICE_COLUMNS, plain)
+    watched = float(snapshot.get("watched_s", SLOWEST_S))
+    window = int(snapshot.get("window_s", WINDOW_S))
+    services = _table(f"services (last {_seconds(watched, window)})", SERVICE_COLUMNS, plain)
     for r in _rows(snapshot.get("services", []), sort, text, services_n):
         services.add_row(r["service"], *_numbers(r, "rate", "error_rate", "p50_ms", "p99_ms"))
     edges = _table("edges: client -> server", EDGE_COLUMNS, plain)
@@ -199,7 +207,7 @@ def render(
             *_numbers(r, "rate", "error_rate", "p99_ms"),
             *(str(r[k]) for k in ("retransmits", "resets", "failed_connects")),
         )
-    slowest = _table("slowest (last minute)", SLOWEST_COLUMNS, plain)
+    slowest = _table(f"slowest (last {_seconds(watched, SLOWEST_S)})", SLOWEST_COLUMNS, plain)
     shown = [
         r
         for r in snapshot.get("slowest", [])

@@ -154,6 +154,26 @@ def test_a_snapshot_renders_as_plain_text_within_80_columns() -> None:
     assert "\x1b" not in text  # no escape codes
 
 
+def test_the_titles_say_what_the_figures_cover() -> None:
+    """A view watched for 4 s has 4 s of rates and of slowest requests, not the
+    10 s and the minute it keeps once watched that long."""
+    clock = Clock()
+    live = LiveView(clock)
+    live.snapshot()  # starts watching
+
+    def titles_after(seconds: int) -> list[str]:
+        clock.now += seconds
+        live.span(span(3), "shop", None)
+        console = Console(width=100, record=True, force_terminal=False)
+        console.print(render(live.snapshot(), "rate", "", 24, plain=True, status=""))
+        return [line.strip() for line in console.export_text().splitlines() if "(last" in line]
+
+    assert titles_after(4) == ["services (last 4 s)", "slowest (last 4 s)"]
+    assert titles_after(20) == ["services (last 10 s)", "slowest (last 24 s)"]
+    assert titles_after(20) == ["services (last 10 s)", "slowest (last 44 s)"]
+    assert titles_after(20) == ["services (last 10 s)", "slowest (last minute)"]
+
+
 def test_a_busy_node_fits_an_80_by_24_terminal() -> None:
     live = watched(Clock())
     for i in range(40):
