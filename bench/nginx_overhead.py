@@ -87,7 +87,9 @@ def scenario(
             )
             alone_rps.append(rps)
             alone_p99.append(p99)
-            rps, p99 = few_kept(tmp / f"few-{name}-{r}", url, args, script, sink_port, budget)
+            rps, p99 = programs_alone(
+                tmp / f"few-{name}-{r}", url, args, script, sink_port, budget, stopped=False
+            )
             few_rps.append(rps)
             few_p99.append(p99)
 
@@ -119,8 +121,8 @@ def scenario(
             # the collector's process burned: its CPU share, apart from its work.
             cores = cpu / (ended - began)
             with neighbour(cores):
-                rps, p99 = few_kept(
-                    tmp / f"beside-{name}-{r}", url, args, script, sink_port, budget
+                rps, p99 = programs_alone(
+                    tmp / f"beside-{name}-{r}", url, args, script, sink_port, budget, stopped=False
                 )
             beside_rps.append(rps)
             beside_p99.append(p99)
@@ -194,6 +196,9 @@ def scenario(
     )
 
 
+FEW_KEPT = 0.0002
+
+
 def programs_alone(
     tmp: Path,
     url: str,
@@ -201,48 +206,27 @@ def programs_alone(
     script: Path | None,
     sink_port: int,
     budget: str,
+    stopped: bool = True,
 ) -> tuple[float, float]:
     """wrk's (requests/s, p99) with the collector's own programs attached and
-    counting, its process stopped (SIGSTOP) once ready: what its kernel side
-    costs the traced server without its user space running. Records it would
-    read pile up until the ring buffer is full, then each write fails early, so
-    with a span per request this side costs the kernel less than the collector's."""
+    counting. `stopped`: its process stopped (SIGSTOP) once ready, so records it
+    would read pile up until the ring buffer is full, then each write fails
+    early, and the programs cost the kernel less than the collector's. Else it
+    runs keeping 1 request in 5,000 (OTEL_EBPF_SPAN_PROBABILITY): its programs
+    at work, the ring buffer read, and almost no user space beside them."""
+    env = {"OTEL_EBPF_SPAN_BUDGET": budget}
+    if not stopped:
+        env["OTEL_EBPF_SPAN_PROBABILITY"] = str(FEW_KEPT)
     collector = CollectorProcess(
-        tmp,
-        {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}},
-        extra_env={"OTEL_EBPF_SPAN_BUDGET": budget},
+        tmp, {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}}, extra_env=env
     )
-    os.kill(collector.proc.pid, signal.SIGSTOP)
+    if stopped:
+        os.kill(collector.proc.pid, signal.SIGSTOP)
     try:
         rps, p99, _ = wrk(url, args.seconds, args.connections, script)
     finally:
-        os.kill(collector.proc.pid, signal.SIGCONT)
-        collector.stop()
-    return rps, p99
-
-
-FEW_KEPT = 0.0002
-
-
-def few_kept(
-    tmp: Path,
-    url: str,
-    args: argparse.Namespace,
-    script: Path | None,
-    sink_port: int,
-    budget: str,
-) -> tuple[float, float]:
-    """wrk's (requests/s, p99) with the collector running but keeping 1 request
-    in 5,000 (OTEL_EBPF_SPAN_PROBABILITY): what its programs cost with the ring
-    buffer read, as installed, and almost no user space beside them."""
-    collector = CollectorProcess(
-        tmp,
-        {"otlp": {"endpoint": f"127.0.0.1:{sink_port}", "insecure": True}},
-        extra_env={"OTEL_EBPF_SPAN_BUDGET": budget, "OTEL_EBPF_SPAN_PROBABILITY": str(FEW_KEPT)},
-    )
-    try:
-        rps, p99, _ = wrk(url, args.seconds, args.connections, script)
-    finally:
+        if stopped:
+            os.kill(collector.proc.pid, signal.SIGCONT)
         collector.stop()
     return rps, p99
 
