@@ -25,16 +25,23 @@ from otlp_sink import CLIENT, SERVER, GrpcSink
 # mark says one was dropped): a segment lost at random could be lost again at each
 # retransmission, and seven in a row (0.3 ** 7 a segment, about 1 % of a run)
 # outlast the client's 30 s of backed-off timeouts.
-LOSS_RULES = """
-table inet oe_test {
-  chain in {
+LOSS = "ip saddr 10.77.0.1 tcp dport %d ip length > 100"
+
+
+def _loss(segments: str) -> str:
+    """The ruleset that drops 30 % of the `segments` matched, never two in a row
+    on one connection."""
+    return f"""
+table inet oe_test {{
+  chain in {{
     type filter hook input priority 0;
-    %s ct mark 1 ct mark set 0 accept
-    %s numgen random mod 100 < 30 ct mark set 1 drop
-  }
-}
+    {segments} ct mark 1 ct mark set 0 accept
+    {segments} numgen random mod 100 < 30 ct mark set 1 drop
+  }}
+}}
 """
-LOSS = LOSS_RULES % (("ip saddr 10.77.0.1 tcp dport %d ip length > 100",) * 2)
+
+
 PATH = "/big/2000"
 
 
@@ -72,7 +79,7 @@ def test_packet_loss_shows_as_retransmits_for_that_peer_only(
             s.attributes["otel_ebpf.tcp.retransmits"] == 0 for s in clean
         )
 
-        hosts.nft(hosts.server_ns, LOSS % (port, port))
+        hosts.nft(hosts.server_ns, _loss(LOSS % port))
         since = time.time_ns()
         client(30)  # P(no request lost) = 0.7 ** 30, about 2e-5
         wait_until(lambda: retransmits() > 0, 30, "retransmits for the lossy peer")
@@ -153,7 +160,7 @@ def _spans(sink: GrpcSink, kind: int, port: int, since: int) -> list:  # type: i
 
 # Loss on the way back: 30 % of the server's data segments (its answers) never
 # reach the client's host, so the server retransmits after its last write.
-LOSS_BACK = LOSS_RULES % (("ip saddr 10.77.0.2 tcp sport %d ip length > 100",) * 2)
+LOSS_BACK = "ip saddr 10.77.0.2 tcp sport %d ip length > 100"
 
 
 def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(
@@ -177,7 +184,7 @@ def test_answers_lost_on_the_way_back_show_on_exactly_their_requests(
         )
         clean = _spans(grpc_sink, CLIENT, port, since)
 
-        hosts.nft(hosts.client_ns, LOSS_BACK % (port, port))
+        hosts.nft(hosts.client_ns, _loss(LOSS_BACK % port))
         try:
             since = time.time_ns()
             client(30)  # P(no answer lost) = 0.7 ** 30, about 2e-5
