@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import itertools
 import logging
 import mmap
 import os
@@ -587,6 +588,8 @@ class SocketReceiver:
         self.not_counted_in_kernel: dict[str, str] = {}
         self._bpf: object | None = None
         self._quiet: object | None = None
+        self._quiet_writes: object | None = None
+        self._quiet_write_numbers = itertools.count(1)  # next() is atomic: one number a write
         self._reader: RingBufferReader | None = None
         self._spare: RingBufferReader | None = None  # the spare ring (see ring_output)
         self._spare_records = SpareRecords()  # read from it, not yet handed on
@@ -706,7 +709,7 @@ class SocketReceiver:
             events.open_ring_buffer(self._on_record)
             spare.open_ring_buffer(self._on_record)
         self._bpf = bpf
-        self._quiet = bpf["quiet"]
+        self._quiet, self._quiet_writes = bpf["quiet"], bpf["quiet_writes"]
         self.pg_names = PgNames(
             partial(_pg_text, bpf["pg_statements"]), partial(_pg_database, bpf["pg_databases"])
         )
@@ -981,8 +984,9 @@ class SocketReceiver:
         """A process of a probed Node runtime: its reads cause its callbacks."""
         if self._bpf is None:
             return
-        table: Any = self._bpf["node_processes"]  # type: ignore[index]
-        table[ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+        bpf: Any = self._bpf
+        bpf["node_processes"][ctypes.c_uint(pid)] = ctypes.c_ubyte(1)
+        bpf["node_registered"][ctypes.c_int(0)] = ctypes.c_uint(1)  # reads look from now on
 
     def register_go(self, pid: int, cookie: int) -> None:
         """A process of a probed Go executable: its calls name their goroutine."""
@@ -993,11 +997,14 @@ class SocketReceiver:
 
     def set_quiet(self, sk: int, gen: int, direction: Direction, until_offset: int) -> None:
         """Tell the kernel not to send calls of this direction that end before the offset."""
-        if self._quiet is None:
+        table, writes = self._quiet, self._quiet_writes
+        if table is None or writes is None:
             return
-        table = self._quiet
         key = table.Key(sk, gen, int(direction), 0)  # type: ignore[attr-defined]
         table[key] = ctypes.c_ulonglong(until_offset)  # type: ignore[index]
+        # Then counted: the kernel looks a connection up again only once this moved.
+        number = next(self._quiet_write_numbers) & 0xFFFFFFFF
+        writes[ctypes.c_int(0)] = ctypes.c_uint(number)  # type: ignore[index]
 
     def close(self) -> None:
         """Detach every probe and free the maps. Each detach waits out a grace period
@@ -1006,7 +1013,7 @@ class SocketReceiver:
         if self._bpf is not None:
             bpf: Any = self._bpf
             self._bpf = None
-            self._quiet = None
+            self._quiet = self._quiet_writes = None
             probes = [(bpf.detach_uprobe_event, name) for name in list(bpf.uprobe_fds)]
             probes += [(bpf.detach_tracepoint, name) for name in list(bpf.tracepoint_fds)]
             with ThreadPoolExecutor(8, thread_name_prefix="detach") as pool:

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +113,13 @@ class CollectorProcess:
         netns: str = "",
         host: str = "127.0.0.1",
         cgroup: Path | None = None,
+        command: Sequence[str] = (OTEL_EBPF,),
     ) -> None:
         """`profiles`: exporters of a profiles pipeline (`profiling`: its receiver's
         settings). `netns`: run inside that network namespace (of `ip netns`),
         its health check and OTLP receivers listening on `host`, an address there.
-        `cgroup`: a cgroup directory the collector runs in from its start."""
+        `cgroup`: a cgroup directory the collector runs in from its start.
+        `command`: the collector to run (bench/bpf_paired.py's runs other programs)."""
         self.host = host
         self.health_port = free_port()
         self.otlp_grpc_port, self.otlp_http_port = free_port(), free_port()
@@ -164,7 +166,7 @@ class CollectorProcess:
         # a killed or interrupted run left collectors tracing for an hour
         with_us = ["setpriv", "--pdeathsig", "TERM", "--"]
         self.proc = subprocess.Popen(
-            [*with_us, *in_netns, *in_cgroup, OTEL_EBPF, "run", "--config", str(self.config_path)],
+            [*with_us, *in_netns, *in_cgroup, *command, "run", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
