@@ -113,7 +113,8 @@ static __always_inline int ssl_enter(u64 ssl, u64 buf, u64 num, u64 out_len, u8 
     }
     struct ssl_call fresh = {
         .ssl = ssl, .buf = buf, .num = num, .out_len = out_len, .ts = bpf_ktime_get_ns(), .dir = dir};
-    ssl_calls.update(&tid, &fresh);
+    if (ssl_calls.insert(&tid, &fresh) == 0)
+        ssl_call_counted(1);
     return 0;
 }
 
@@ -128,7 +129,8 @@ static __always_inline int ssl_exit(struct pt_regs *ctx, int is_ex) {
         return 0;
     }
     struct ssl_call c = *call;
-    ssl_calls.delete(&tid);
+    if (ssl_calls.delete(&tid) == 0)
+        ssl_call_counted(-1);
 
     struct tls_conn *tc = tls_conn_of(c.ssl, c.sk);
     if (!tc || c.dir == DIR_NONE)
