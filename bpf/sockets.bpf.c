@@ -310,6 +310,7 @@ BPF_HASH(ssl_calls, u32, struct ssl_call, 16384);
 // call, about 25 ns measured).
 BPF_ARRAY(ssl_calls_open, u64, 1);
 
+// ssl_calls gained (1) or lost (-1) an entry.
 static __always_inline void ssl_call_counted(s64 change) {
     int zero = 0;
     u64 *open = ssl_calls_open.lookup(&zero);
