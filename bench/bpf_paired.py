@@ -5,7 +5,7 @@ collectors, so every request runs both.
 Between rounds of bpf_cost.py the machine's speed drifts (here ±15 %), more
 than most changes to the programs move their cost. Loaded together, both
 versions see the same moments. The kernel runs the programs attached first
-first, and those pay for the cold caches (1–2 µs a request here), so the
+first, and those pay for the cold caches (1 to 2 µs a request here), so the
 order alternates and each pair of rounds is averaged: what is left is the
 difference. Both collectors run pure Python (programs_from.py swaps the
 source), with the default span budget, exporting to a discarding OTLP sink;
