@@ -900,6 +900,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 #define PARSE_HTTP 0    // the request parser a counting program has (count_and_send)
 #define PARSE_REDIS 1
 #define PARSE_PG 2
+#define PARSE_STATUS_LINE 3 // not a program: an HTTP answer counted by the transfer probe itself
 #define PG_TEXT 512     // bytes of a statement fingerprinted and kept (user space names it
                         // from as many: processors/protocols/sql.py collection_of)
 #define PG_MESSAGES 8   // messages of an answer's first call looked through for an error
@@ -1609,12 +1610,61 @@ enum red_request_kind {
     RED_UNNOTED = 3, // a request line not noted (no Host in reach, map full): its span counts it
 };
 
+// Its connection's calls are counted (red_exchange, red_answer).
+static __always_inline u8 red_counted(struct conn_state *cs, struct data_event *ev) {
+    return !(cs->tls && !ev->tls) && cs->port && !cs->uncounted && cs->role != ROLE_UNKNOWN;
+}
+
+// The call answers its connection's requests: a client's read, a server's write.
+static __always_inline u8 answers(struct conn_state *cs, u8 dir) {
+    return dir == (cs->role == ROLE_CLIENT ? DIR_INGRESS : DIR_EGRESS);
+}
+
+// The answer to the request the connection waits on, if `ev` starts one: counted.
+// PARSE_STATUS_LINE reads only an HTTP status line (no loop, so the transfer
+// probes have it inline): a connection with a Redis or PostgreSQL request has
+// its cs->parser set before the request is noted.
+static __always_inline void red_answer(struct conn_state *cs, u64 skey, struct data_event *ev,
+                                       const int parser) {
+    struct red_request *r = red_requests.lookup(&skey);
+    if (!r || r->gen != cs->gen || !r->start)
+        return; // nothing waits for an answer: the rest of one
+    if (parser == PARSE_STATUS_LINE && r->key.proto != RED_HTTP)
+        return;
+    if (parser == PARSE_PG) { // its connection's calls all come here (cs->parser)
+        if (r->key.proto != RED_PG || !red_pg_reply(ev, r))
+            return;
+    } else if (parser != PARSE_STATUS_LINE && r->key.proto == RED_REDIS) {
+        if (!red_redis_reply(ev, r))
+            return;
+    } else {
+        // "HTTP/1.x NNN": the status line of its answer
+        if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
+            return;
+        u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
+                   + (byte_at(ev, 11) - '0');
+        if (status < 100 || status > 999)
+            return;
+        if (status < 200 && status != 101)
+            return; // an interim answer (100 Continue): the final one follows
+        r->key.status = status;
+    }
+    if (red_counts(&r->key)) {
+        red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
+        if (cs->shed)
+            keep_outlier(cs, skey, r, ev->ts);
+    }
+    if (cs->role != ROLE_CLIENT)
+        serving_ends(r, skey);
+    r->start = 0;
+}
+
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
                                         struct data_event *ev, const int parser) {
-    if ((cs->tls && !ev->tls) || !cs->port || cs->uncounted || cs->role == ROLE_UNKNOWN)
+    if (!red_counted(cs, ev))
         return RED_NONE; // TLS: its plaintext only
     u8 client = cs->role == ROLE_CLIENT;
-    if (ev->dir == (client ? DIR_EGRESS : DIR_INGRESS)) {
+    if (!answers(cs, ev->dir)) {
         int zero = 0;
         struct red_request *r = red_scratch.lookup(&zero);
         if (!r)
@@ -1668,35 +1718,7 @@ static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
             serving_starts(r, skey);
         return RED_NOTED;
     }
-    struct red_request *r = red_requests.lookup(&skey);
-    if (!r || r->gen != cs->gen || !r->start)
-        return RED_NONE; // nothing waits for an answer: the rest of one
-    if (parser == PARSE_PG) { // its connection's calls all come here (cs->parser)
-        if (r->key.proto != RED_PG || !red_pg_reply(ev, r))
-            return RED_NONE;
-    } else if (r->key.proto == RED_REDIS) {
-        if (!red_redis_reply(ev, r))
-            return RED_NONE;
-    } else {
-        // "HTTP/1.x NNN": the status line of its answer
-        if (byte_at(ev, 0) != 'H' || byte_at(ev, 4) != '/' || byte_at(ev, 8) != ' ')
-            return RED_NONE;
-        u32 status = (byte_at(ev, 9) - '0') * 100 + (byte_at(ev, 10) - '0') * 10
-                   + (byte_at(ev, 11) - '0');
-        if (status < 100 || status > 999)
-            return RED_NONE;
-        if (status < 200 && status != 101)
-            return RED_NONE; // an interim answer (100 Continue): the final one follows
-        r->key.status = status;
-    }
-    if (red_counts(&r->key)) {
-        red_count(&r->key, ev->ts > r->start ? ev->ts - r->start : 0);
-        if (cs->shed)
-            keep_outlier(cs, skey, r, ev->ts);
-    }
-    if (!client)
-        serving_ends(r, skey);
-    r->start = 0;
+    red_answer(cs, skey, ev, parser);
     return RED_NONE;
 }
 
@@ -1876,6 +1898,20 @@ static __always_inline u8 shed_request(struct conn_state *cs, struct data_event 
 
 BPF_PROG_ARRAY(red_tls_progs, 3); // red_and_send_tls's: a uprobe's kind of program
 
+// Sent, unless its exchange is shed; the first call sent after shed ones says so.
+static __always_inline void send_unless_shed(struct conn_state *cs, struct data_event *ev) {
+    u8 bit = 1 << (ev->dir & 1);
+    if (cs->shed) {
+        cs->shed_gap |= bit;
+        return;
+    }
+    if (cs->shed_gap & bit) {
+        ev->after_shed = 1;
+        cs->shed_gap &= ~bit;
+    }
+    send_data_event(ev);
+}
+
 // The parser a call goes to by its first bytes, on a connection none has taken
 // yet: a RESP array (a Redis command, or a reply), a PostgreSQL Query or start-up
 // message (its length's first byte, 0, and protocol 3.0), else HTTP/1's.
@@ -1929,16 +1965,7 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
     } else if (kind == RED_BEHIND && cs->shed) {
         count_uncounted(ev->pid); // pipelined behind a shed one: neither count nor span has it
     }
-    u8 bit = 1 << (ev->dir & 1);
-    if (cs->shed) {
-        cs->shed_gap |= bit;
-        return 0;
-    }
-    if (cs->shed_gap & bit) {
-        ev->after_shed = 1;
-        cs->shed_gap &= ~bit;
-    }
-    send_data_event(ev);
+    send_unless_shed(cs, ev);
     return 0;
 }
 
@@ -2162,10 +2189,20 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
         }
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
-    if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls)
+    if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls) {
+        if (cs->parser == PARSE_HTTP && answers(cs, dir)) {
+            // An answer on a connection no database parser took: what the tail
+            // call would do, without it (and the lookups of the connection and
+            // the event it begins with).
+            if (red_counted(cs, ev))
+                red_answer(cs, skey, ev, PARSE_STATUS_LINE);
+            send_unless_shed(cs, ev);
+            return 0;
+        }
         // counts and sends; returns only if it is not loaded. A database's
         // connection goes straight to its parser's program (count_and_send).
         red_progs.call(ctx, cs->parser);
+    }
     send_data_event(ev);
     return 0;
 }
