@@ -28,9 +28,9 @@ from bpf_cost import bpf_stats, program_stats
 from common import null_sink, wrk  # also puts tests/kernel/ on the path
 
 from harness import CollectorProcess, Nginx
+from otel_ebpf.receivers.sockets import PROGRAM_FILES
 
 HERE = Path(__file__).resolve().parent
-PROGRAM_FILES = ("go.bpf.c", "asyncio.bpf.c", "node.bpf.c", "sockets.bpf.c", "tls.bpf.c")
 
 
 def programs_of(revision: str, into: Path) -> Path:
@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="an even number: pairs of rounds")
     parser.add_argument("--seconds", type=int, default=4)
     args = parser.parse_args()
+    if args.rounds < 2 or args.rounds % 2:
+        parser.error("--rounds: an even number (pairs of rounds), 2 or more")
     tmp = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-bpf-paired-"))
     sides = {
         args.against: programs_of(args.against, tmp / "before"),

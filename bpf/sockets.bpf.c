@@ -324,6 +324,7 @@ static __always_inline struct ssl_call *ssl_call_of(u32 tid) {
     u64 *open = ssl_calls_open.lookup(&zero);
     return open && *(volatile u64 *)open ? ssl_calls.lookup(&tid) : 0;
 }
+
 // A process's name as exec set it, by tgid. A thread's own name ("isc-net-0000"
 // in dig) would name a short-lived client that exits before user space reads /proc.
 struct task_name { char comm[16]; };
