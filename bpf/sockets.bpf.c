@@ -902,6 +902,7 @@ static __always_inline int on_datagram(void *sk, int ret, int flags, u8 dir) {
 #define PARSE_REDIS 1
 #define PARSE_PG 2
 #define PARSE_STATUS_LINE 3 // not a program: an HTTP answer counted by the transfer probe itself
+#define STATUS_LINE_BYTES 12 // "HTTP/1.1 200"
 #define PG_TEXT 512     // bytes of a statement fingerprinted and kept (user space names it
                         // from as many: processors/protocols/sql.py collection_of)
 #define PG_MESSAGES 8   // messages of an answer's first call looked through for an error
@@ -2188,6 +2189,10 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
             want -= (u32)skip;
             ev->cap_offset = offset + skip;
         }
+        // A shed exchange's HTTP answer: only its status line is read (red_answer)
+        if (cs->shed && cs->parser == PARSE_HTTP && cs->role != ROLE_UNKNOWN
+            && answers(cs, dir) && want > STATUS_LINE_BYTES)
+            want = STATUS_LINE_BYTES;
         ev->captured = capture(ev, io, transfer_msghdr(io), buf, want);
     }
     if (cs->role != ROLE_UNKNOWN && ev->has_payload && !cs->tls) {
