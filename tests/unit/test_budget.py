@@ -385,16 +385,23 @@ def test_a_shed_redis_error_becomes_a_partial_span_without_its_text() -> None:
     assert span.status.status_code == StatusCode.ERROR and attrs["otel_ebpf.span.partial"]
 
 
+OUTLIER_SIZE = sockets._OUTLIER.size + ctypes.sizeof(RedKey)
+
+
 def test_a_truncated_outlier_record_is_ignored() -> None:
     assert decode(outlier_record(Role.SERVER, 500)[:100]) is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(min_size=200, max_size=200))
-def test_any_outlier_record_decodes_and_builds_or_is_ignored(raw: bytes) -> None:
+@given(st.binary(min_size=OUTLIER_SIZE, max_size=OUTLIER_SIZE), st.integers(0, 255))
+def test_any_outlier_record_decodes_and_builds_or_is_ignored(raw: bytes, role: int) -> None:
     """Whatever a record holds (the kernel copies a path and Host as they came),
-    it becomes a span or nothing, never an exception."""
-    x = decode(bytes([sockets._EV_OUTLIER]) + raw[1:], pg_names())
+    it becomes a span or nothing, never an exception; one with a role, a span."""
+    record = bytearray(raw)
+    record[0] = sockets._EV_OUTLIER
+    record[sockets._OUTLIER.size + RedKey.role.offset] = role
+    x = decode(bytes(record), pg_names())
+    assert (x is not None) == (role in (Role.CLIENT, Role.SERVER))
     if x is not None:
         assert isinstance(x, OutlierExchange)
         SpanBuilder(epoch_offset=0).outlier(x, Resource.create({}))
