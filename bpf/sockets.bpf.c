@@ -1661,65 +1661,71 @@ static __always_inline void red_answer(struct conn_state *cs, u64 skey, struct d
     r->start = 0;
 }
 
+// A call that may start a request (a client's write, a server's read): noted
+// if it does, to be counted when answered (red_answer).
+static __always_inline int red_note(struct conn_state *cs, u64 skey, struct data_event *ev,
+                                    const int parser) {
+    u8 client = cs->role == ROLE_CLIENT;
+    int zero = 0;
+    struct red_request *r = red_scratch.lookup(&zero);
+    if (!r)
+        return RED_NONE;
+    __builtin_memset(r, 0, sizeof(*r));
+    int db = 0; // a database's command: 1 noted here, -1 counted from its span
+    if (parser == PARSE_REDIS) {
+        db = red_redis_command(ev, r);
+        if (!db) // an inline command, the rest of a long one: captured
+            return cs->parser == PARSE_REDIS ? RED_UNNOTED : RED_NONE;
+        cs->parser = PARSE_REDIS;
+    } else if (parser == PARSE_PG) {
+        if (red_pg_startup(cs, ev))
+            return RED_UNNOTED; // captured: its spans name the database too
+        db = red_pg_query(cs, ev, r, client);
+        if (!db) // another message (extended protocol, COPY data): captured
+            return cs->parser == PARSE_PG ? RED_UNNOTED : RED_NONE;
+    } else if (!red_request_line(ev, r)) {
+        return RED_NONE;
+    }
+    struct red_request *open = red_requests.lookup(&skey);
+    if (open && open->gen == cs->gen && open->start)
+        return RED_BEHIND; // counted from its span
+    if (db < 0)
+        return RED_UNNOTED;
+    r->key.proto = parser == PARSE_REDIS ? RED_REDIS : parser == PARSE_PG ? RED_PG : RED_HTTP;
+    if (client) {
+        if (!db) {
+            __builtin_memset(r->key.path, 0, RED_PATH);
+            if (!red_host(ev, r))
+                return RED_UNNOTED;
+        }
+        r->key.port = cs->peer_port;
+        r->key.family = cs->family;
+        __builtin_memcpy(r->key.peer, cs->peer, 16);
+    } else {
+        r->key.port = cs->port;
+    }
+    r->gen = cs->gen;
+    r->start = ev->ts;
+    r->reader = client ? 0 : ev->tid;
+    r->key.tgid = ev->pid;
+    r->key.role = cs->role;
+    r->key.tls = ev->tls;
+    process_comm(r->key.comm, ev->pid);
+    if (open) // in place: an update takes a fresh element and frees the old, per request
+        __builtin_memcpy(open, r, sizeof(*r));
+    else if (red_requests.update(&skey, r))
+        return RED_UNNOTED;
+    if (!client && !db)
+        serving_starts(r, skey);
+    return RED_NOTED;
+}
+
 static __always_inline int red_exchange(struct conn_state *cs, u64 skey,
                                         struct data_event *ev, const int parser) {
     if (!red_counted(cs, ev))
         return RED_NONE; // TLS: its plaintext only
-    u8 client = cs->role == ROLE_CLIENT;
-    if (!answers(cs, ev->dir)) {
-        int zero = 0;
-        struct red_request *r = red_scratch.lookup(&zero);
-        if (!r)
-            return RED_NONE;
-        __builtin_memset(r, 0, sizeof(*r));
-        int db = 0; // a database's command: 1 noted here, -1 counted from its span
-        if (parser == PARSE_REDIS) {
-            db = red_redis_command(ev, r);
-            if (!db) // an inline command, the rest of a long one: captured
-                return cs->parser == PARSE_REDIS ? RED_UNNOTED : RED_NONE;
-            cs->parser = PARSE_REDIS;
-        } else if (parser == PARSE_PG) {
-            if (red_pg_startup(cs, ev))
-                return RED_UNNOTED; // captured: its spans name the database too
-            db = red_pg_query(cs, ev, r, client);
-            if (!db) // another message (extended protocol, COPY data): captured
-                return cs->parser == PARSE_PG ? RED_UNNOTED : RED_NONE;
-        } else if (!red_request_line(ev, r)) {
-            return RED_NONE;
-        }
-        struct red_request *open = red_requests.lookup(&skey);
-        if (open && open->gen == cs->gen && open->start)
-            return RED_BEHIND; // counted from its span
-        if (db < 0)
-            return RED_UNNOTED;
-        r->key.proto = parser == PARSE_REDIS ? RED_REDIS : parser == PARSE_PG ? RED_PG : RED_HTTP;
-        if (client) {
-            if (!db) {
-                __builtin_memset(r->key.path, 0, RED_PATH);
-                if (!red_host(ev, r))
-                    return RED_UNNOTED;
-            }
-            r->key.port = cs->peer_port;
-            r->key.family = cs->family;
-            __builtin_memcpy(r->key.peer, cs->peer, 16);
-        } else {
-            r->key.port = cs->port;
-        }
-        r->gen = cs->gen;
-        r->start = ev->ts;
-        r->reader = client ? 0 : ev->tid;
-        r->key.tgid = ev->pid;
-        r->key.role = cs->role;
-        r->key.tls = ev->tls;
-        process_comm(r->key.comm, ev->pid);
-        if (open) // in place: an update takes a fresh element and frees the old, per request
-            __builtin_memcpy(open, r, sizeof(*r));
-        else if (red_requests.update(&skey, r))
-            return RED_UNNOTED;
-        if (!client && !db)
-            serving_starts(r, skey);
-        return RED_NOTED;
-    }
+    if (!answers(cs, ev->dir))
+        return red_note(cs, skey, ev, parser);
     red_answer(cs, skey, ev, parser);
     return RED_NONE;
 }
@@ -1745,6 +1751,10 @@ static __always_inline void red_closed(u64 skey, struct conn_state *cs) {
 }
 
 BPF_PROG_ARRAY(red_progs, 3); // PARSE_HTTP, PARSE_REDIS, PARSE_PG (count_and_send)
+// Set once user space has loaded the HTTP/1 counter (red_and_send): requests are
+// counted in the kernel, by the transfer probes too (none when it was refused,
+// or no metrics pipeline wants them).
+BPF_ARRAY(http_counted, u32, 1);
 
 // The process's name, and which goroutine, Node callback or asyncio task made
 // the call: looked up only for an event that goes out (a shed call's would be
@@ -1914,6 +1924,20 @@ static __always_inline void send_unless_shed(struct conn_state *cs, struct data_
     send_data_event(ev);
 }
 
+// A call red_exchange has read (RED_*): sent unless its exchange is shed; a
+// request it noted is shed or kept here.
+static __always_inline void send_as_noted(struct conn_state *cs, struct data_event *ev, int kind) {
+    if (kind == RED_NOTED) {
+        ev->red_counted = 1;
+        cs->shed = shed_request(cs, ev);
+    } else if (kind == RED_UNNOTED) {
+        cs->shed = 0; // its span counts it: captured
+    } else if (kind == RED_BEHIND && cs->shed) {
+        count_uncounted(ev->pid); // pipelined behind a shed one: neither count nor span has it
+    }
+    send_unless_shed(cs, ev);
+}
+
 // The parser a call goes to by its first bytes, on a connection none has taken
 // yet: a RESP array (a Redis command, or a reply), a PostgreSQL Query or start-up
 // message (its length's first byte, 0, and protocol 3.0), else HTTP/1's.
@@ -1929,15 +1953,13 @@ static __always_inline int parser_by_first_bytes(struct data_event *ev) {
     return PARSE_HTTP;
 }
 
-// Tail-called by the transfer probes (red_and_send) and the OpenSSL uprobes
-// (red_and_send_tls: a tail call stays within its kind of program) with their
-// event in `scratch`: the request parsing is verified on its own (inlined, its
-// loops were more than the verifier follows in one program). A call that
-// starts like a Redis command goes on to the *_redis program (index 1), one
-// like a PostgreSQL Query or start-up to the *_pg program (index 2), and every
-// call of a connection where one of those recognised a command to it: each
-// parser's loops are more than the verifier follows with another's in one
-// program.
+// Tail-called by the OpenSSL uprobes (red_and_send_tls: a tail call stays within
+// its kind of program) and, for databases, by the transfer probes (they count
+// HTTP/1 themselves), with their event in `scratch`. A call that starts like a
+// Redis command goes on to the *_redis program (index 1), one like a PostgreSQL
+// Query or start-up to the *_pg program (index 2), and every call of a
+// connection where one of those recognised a command to it: each parser's
+// loops are more than the verifier follows with another's in one program.
 static __always_inline int count_and_send(void *ctx, const int parser, const int tls) {
     int zero = 0;
     struct data_event *ev = scratch.lookup(&zero);
@@ -1958,16 +1980,7 @@ static __always_inline int count_and_send(void *ctx, const int parser, const int
                 red_progs.call(ctx, to); // returns only if it is not loaded
         }
     }
-    int kind = red_exchange(cs, ev->sk, ev, parser);
-    if (kind == RED_NOTED) {
-        ev->red_counted = 1;
-        cs->shed = shed_request(cs, ev);
-    } else if (kind == RED_UNNOTED) {
-        cs->shed = 0; // its span counts it: captured
-    } else if (kind == RED_BEHIND && cs->shed) {
-        count_uncounted(ev->pid); // pipelined behind a shed one: neither count nor span has it
-    }
-    send_unless_shed(cs, ev);
+    send_as_noted(cs, ev, red_exchange(cs, ev->sk, ev, parser));
     return 0;
 }
 
@@ -2203,6 +2216,16 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
             if (red_counted(cs, ev))
                 red_answer(cs, skey, ev, PARSE_STATUS_LINE);
             send_unless_shed(cs, ev);
+            return 0;
+        }
+        // A request on such a connection too, once the HTTP/1 counter is loaded
+        // (it may be refused, or not wanted: then nothing is counted here).
+        int zero = 0;
+        u32 *counting = http_counted.lookup(&zero);
+        if (counting && *counting && cs->parser == PARSE_HTTP
+            && parser_by_first_bytes(ev) == PARSE_HTTP) {
+            send_as_noted(cs, ev, red_counted(cs, ev) ? red_note(cs, skey, ev, PARSE_HTTP)
+                                                      : RED_NONE);
             return 0;
         }
         // counts and sends; returns only if it is not loaded. A database's

@@ -516,6 +516,8 @@ def _load_counters(bpf: Any) -> tuple[list[str], dict[str, str]]:
         except Exception as exc:  # bcc raises bare Exception on load errors
             refused[what] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             log.warning("%s are not counted in the kernel (%s)", what, refused[what])
+    if _COUNTERS[0][0] in counted:  # the transfer probes count HTTP/1 requests too
+        bpf["http_counted"][ctypes.c_int(0)] = ctypes.c_uint(1)
     return counted, refused
 
 

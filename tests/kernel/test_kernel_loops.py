@@ -15,7 +15,7 @@ import pytest
 from test_tls import ssl_library
 
 from harness import PythonServer, wait_until
-from otel_ebpf.model import RedCount, Role
+from otel_ebpf.model import DataEvent, KernelEvent, RedCount, Role
 from otel_ebpf.receivers.sockets import (
     SocketReceiver,
     kernel_has_may_goto,
@@ -86,3 +86,31 @@ def counts_alike(may_goto: bool, task_storage: bool, scheme: str, port: int) -> 
         200,
         1,
     )
+
+
+def test_nothing_is_counted_in_the_kernel_unless_asked(py_server: PythonServer) -> None:
+    """Without a metrics pipeline no counter is loaded, and the transfer probes,
+    which note HTTP/1 requests themselves once one is, note none: a request
+    noted in the kernel is left out of its span's count."""
+    events: list[KernelEvent] = []
+    receiver = SocketReceiver(events.append, ring_buffer_pages=64, count_http=False)
+    receiver.start()
+    try:
+        assert receiver.counted_in_kernel == []
+        url = f"http://127.0.0.1:{py_server.port}/unasked"
+        for _ in range(3):  # keep-alive: the second and third on a known connection
+            subprocess.run(["curl", "-s", "-o", "/dev/null", url, url], check=True, timeout=10)
+
+        def requests() -> list[DataEvent]:
+            receiver.poll()
+            return [
+                e
+                for e in events
+                if isinstance(e, DataEvent) and e.payload.startswith(b"GET /unasked")
+            ]
+
+        wait_until(lambda: len(requests()) == 12, 10, "6 requests seen at both ends")
+        assert not any(e.red_counted for e in requests())
+        assert receiver.take_red_counts() == []
+    finally:
+        receiver.close()
