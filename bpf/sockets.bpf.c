@@ -69,6 +69,12 @@ enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 enum buf_kind { BUF_NONE = 0, BUF_PLAIN = 1, BUF_IOVEC = 2, BUF_MSGHDR = 3, BUF_MMSG = 4 };
 
+// The syscall's registers are readable (receive_io, current_io): the loader's
+// NO_TASK_REGS says where they are not (bpf_task_pt_regs, BTF).
+#if defined(__x86_64__) && !defined(NO_TASK_REGS)
+#define RECEIVES_FROM_REGS 1
+#endif
+
 // The syscall a thread is in, between sys_enter and sys_exit.
 struct active_io {
     u64 buf;    // buffer, iovec array, msghdr or mmsghdr array, as `kind` says
@@ -81,7 +87,7 @@ struct active_io {
     u32 fd;
     u32 kind;
     u32 index;  // the message of a sendmmsg/recvmmsg the next transfer is
-    u32 live;   // 1 inside the syscall; 0 after it (the entry stays: active_io)
+    u32 live;   // inside the syscall: its number + 1 (0 after it; the entry stays: active_io)
 };
 
 // A UDP peer as connect() or sendto() named it.
@@ -255,10 +261,34 @@ static __always_inline struct active_io *thread_io(u8 create) {
 }
 #endif
 
-// The syscall the current thread is in, 0 outside one.
+#ifdef RECEIVES_FROM_REGS
+// The registers the current thread's syscall saved. struct pt_regs is the
+// syscall ABI's layout, the same in every kernel, and the helper's pointer is
+// typed (BTF): its fields are read with plain loads, no bpf_probe_read_kernel.
+static __always_inline struct pt_regs *syscall_regs(void) {
+    return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+// The number of the syscall the current thread is in.
+static __always_inline u64 syscall_in_progress(void) {
+    return syscall_regs()->orig_ax;
+}
+#endif
+
+// The syscall the current thread is in, 0 outside one. Where its registers are
+// readable, no exit probe marks the end of a send (SYSCALL_EXIT): the entry is
+// this call's only if it was made for the syscall in progress. Every call of a
+// probed syscall passes its entry probe, so a number that matches is this call's;
+// one that does not is an earlier call's (a send from io_uring_enter, splice).
 static __always_inline struct active_io *current_io(void) {
     struct active_io *io = thread_io(0);
-    return io && io->live ? io : 0;
+    if (!io || !io->live)
+        return 0;
+#ifdef RECEIVES_FROM_REGS
+    if (io->live != syscall_in_progress() + 1)
+        return 0;
+#endif
+    return io;
 }
 
 // The collector's own pid, set by user space once loaded: its own sockets are
@@ -414,8 +444,8 @@ static __always_inline void process_comm(char *comm, u32 tgid) {
         bpf_get_current_comm(comm, sizeof(name->comm));
 }
 
-static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind, u64 addr,
-                                           u64 want) {
+static __always_inline void remember_io_to(int nr, u64 buf, u64 iovcnt, u32 fd, u32 kind,
+                                           u64 addr, u64 want) {
     if ((bpf_get_current_pid_tgid() >> 32) == SELF_TGID)
         return;
     struct active_io io = {.buf = buf,
@@ -425,14 +455,14 @@ static __always_inline void remember_io_to(u64 buf, u64 iovcnt, u32 fd, u32 kind
                            .want = want,
                            .fd = fd,
                            .kind = kind,
-                           .live = 1};
+                           .live = (u32)nr + 1};
     struct active_io *kept = thread_io(1);
     if (kept)
         __builtin_memcpy(kept, &io, sizeof(io));
 }
 
-static __always_inline void remember_io(u64 buf, u64 iovcnt, u32 fd, u32 kind) {
-    remember_io_to(buf, iovcnt, fd, kind, 0, 0);
+static __always_inline void remember_io(int nr, u64 buf, u64 iovcnt, u32 fd, u32 kind) {
+    remember_io_to(nr, buf, iovcnt, fd, kind, 0, 0);
 }
 
 // Read a user sockaddr_in / sockaddr_in6; 0 when it is neither.
@@ -546,6 +576,7 @@ static __always_inline void forget_io(void) {
 // A send that moved less than it was asked to found the send buffer full: the
 // owner now waits for room (in poll, for a non-blocking socket like nginx's),
 // and that wait, until its next send, is the network's time, not the owner's.
+// (A write's or sendto's is seen by its transfer where SYSCALL_EXIT hooks nothing.)
 static __always_inline void forget_send(long ret) {
     struct active_io *io = current_io();
     if (!io)
@@ -559,52 +590,58 @@ static __always_inline void forget_send(long ret) {
     io->live = 0;
 }
 
+// A syscall's exit probe, only where current_io cannot tell an ended call by
+// the registers: elsewhere a probe run fewer per send on the node. The loader
+// leaves them out of its list of tracepoints alike (receivers/sockets.py).
+#ifdef RECEIVES_FROM_REGS
+#define SYSCALL_EXIT(name, call)
+#else
+#define SYSCALL_EXIT(name, call)                                                  \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
+        call;                                                                     \
+        return 0;                                                                 \
+    }
+#endif
+
 // Sends with a known length: a short return means the send buffer was full.
 #define SEND_IO(name, field, length)                                              \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io_to((u64)args->field, 0, (u32)args->fd, BUF_PLAIN, 0,          \
-                       (u64)args->length);                                        \
+        remember_io_to(args->__syscall_nr, (u64)args->field, 0, (u32)args->fd,    \
+                       BUF_PLAIN, 0, (u64)args->length);                          \
         return 0;                                                                 \
     }                                                                             \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
-        forget_send(args->ret);                                                   \
-        return 0;                                                                 \
-    }
+    SYSCALL_EXIT(name, forget_send(args->ret))
 
 // The buffer argument's name differs per syscall (buf, ubuf, buff).
 #define PLAIN_IO(name, field)                                                     \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io((u64)args->field, 0, (u32)args->fd, BUF_PLAIN);               \
+        remember_io(args->__syscall_nr, (u64)args->field, 0, (u32)args->fd,       \
+                    BUF_PLAIN);                                                   \
         return 0;                                                                 \
     }                                                                             \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
-        forget_io();                                                              \
-        return 0;                                                                 \
-    }
+    SYSCALL_EXIT(name, forget_io())
 
 #define IOVEC_IO(name)                                                            \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io((u64)args->vec, (u64)args->vlen, (u32)args->fd, BUF_IOVEC);   \
+        remember_io(args->__syscall_nr, (u64)args->vec, (u64)args->vlen,          \
+                    (u32)args->fd, BUF_IOVEC);                                    \
         return 0;                                                                 \
     }                                                                             \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
-        forget_io();                                                              \
-        return 0;                                                                 \
-    }
+    SYSCALL_EXIT(name, forget_io())
 
 #define MSGHDR_IO(name)                                                           \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io((u64)args->msg, 0, (u32)args->fd, BUF_MSGHDR);                \
+        remember_io(args->__syscall_nr, (u64)args->msg, 0, (u32)args->fd,         \
+                    BUF_MSGHDR);                                                  \
         return 0;                                                                 \
     }                                                                             \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
-        forget_io();                                                              \
-        return 0;                                                                 \
-    }
+    SYSCALL_EXIT(name, forget_io())
 
-// sendfile: no user buffer to capture, but its entry time ends a response.
+// sendfile: no user buffer to capture, but its entry time ends a response. Its
+// exit stays probed: a file goes out in many transfers, none of them its return.
 TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64) {
-    remember_io_to(0, 0, (u32)args->out_fd, BUF_NONE, 0, (u64)args->count);
+    remember_io_to(args->__syscall_nr, 0, 0, (u32)args->out_fd, BUF_NONE, 0,
+                   (u64)args->count);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
@@ -613,9 +650,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) {
 }
 
 SEND_IO(write, buf, count)
-#if defined(__x86_64__) && !defined(NO_TASK_REGS) // the loader's: bpf_task_pt_regs, BTF
-#define RECEIVES_FROM_REGS 1
-#endif
 #ifndef RECEIVES_FROM_REGS // else read from the caller's registers (receive_io)
 PLAIN_IO(read, buf)
 PLAIN_IO(recvfrom, ubuf)
@@ -624,24 +658,19 @@ MSGHDR_IO(recvmsg)
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
-    remember_io_to((u64)args->buff, 0, (u32)args->fd, BUF_PLAIN, (u64)args->addr,
-                   (u64)args->len);
+    remember_io_to(args->__syscall_nr, (u64)args->buff, 0, (u32)args->fd, BUF_PLAIN,
+                   (u64)args->addr, (u64)args->len);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) {
-    forget_send(args->ret);
-    return 0;
-}
+SYSCALL_EXIT(sendto, forget_send(args->ret))
 
 #define MMSG_IO(name)                                                             \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                \
-        remember_io((u64)args->mmsg, (u64)args->vlen, (u32)args->fd, BUF_MMSG);   \
+        remember_io(args->__syscall_nr, (u64)args->mmsg, (u64)args->vlen,         \
+                    (u32)args->fd, BUF_MMSG);                                     \
         return 0;                                                                 \
     }                                                                             \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) {                                 \
-        forget_io();                                                              \
-        return 0;                                                                 \
-    }
+    SYSCALL_EXIT(name, forget_io())
 
 // Resolvers send a name's A and AAAA queries with one sendmmsg.
 MMSG_IO(sendmmsg)
@@ -668,26 +697,25 @@ BPF_PERCPU_ARRAY(receive_args, struct active_io, 1);
 
 static __always_inline struct active_io *receive_io(void) {
 #ifdef RECEIVES_FROM_REGS
-    // struct pt_regs is the syscall ABI's layout, the same in every kernel (no
-    // task_struct field is read: the headers compiled against may be older).
-    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-    struct { u64 dx, si, di, orig_ax; } a = {}; // adjacent in struct pt_regs
+    struct pt_regs *regs = syscall_regs();
+    u64 buf = regs->si;
     // Kernel threads and io_uring's workers have zeroed registers: no buffer.
-    if (bpf_probe_read_kernel(&a, sizeof(a), &regs->dx) || !a.si)
+    if (!buf)
         return 0;
-    u32 kind = a.orig_ax == NR_READ || a.orig_ax == NR_RECVFROM ? BUF_PLAIN
-             : a.orig_ax == NR_READV                          ? BUF_IOVEC
-             : a.orig_ax == NR_RECVMSG                        ? BUF_MSGHDR
-                                                              : BUF_NONE;
+    u64 nr = regs->orig_ax;
+    u32 kind = nr == NR_READ || nr == NR_RECVFROM ? BUF_PLAIN
+             : nr == NR_READV                     ? BUF_IOVEC
+             : nr == NR_RECVMSG                   ? BUF_MSGHDR
+                                                  : BUF_NONE;
     if (kind != BUF_NONE) {
         int zero = 0;
         struct active_io *io = receive_args.lookup(&zero);
         if (!io)
             return 0;
         __builtin_memset(io, 0, sizeof(*io));
-        io->buf = a.si;
-        io->iovcnt = kind == BUF_IOVEC ? a.dx : 0;
-        io->fd = (u32)a.di;
+        io->buf = buf;
+        io->iovcnt = kind == BUF_IOVEC ? regs->dx : 0;
+        io->fd = (u32)regs->di;
         io->kind = kind;
         return io;
     }
@@ -2150,8 +2178,14 @@ static __always_inline int on_transfer(void *ctx, void *sk, u16 protocol, int re
             plaintext = tls_write_seen(call, skey, tgid, tid);
     }
     u64 send_wait = cs->send_wait_ns;
-    if (dir == DIR_EGRESS && io)
+    if (dir == DIR_EGRESS && io) {
         send_wait = account_send(cs, io, skey);
+#ifdef RECEIVES_FROM_REGS
+        // A write's or sendto's one transfer is its return (forget_send, unprobed)
+        if (io->kind == BUF_PLAIN && (u64)ret < io->want && !cs->full_at)
+            cs->full_at = bpf_ktime_get_ns();
+#endif
+    }
     if (cs->tls) { // ciphertext: the plaintext comes from the uprobes, counted only here
         if (plaintext)
             send_scratch(ctx);

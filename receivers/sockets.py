@@ -447,6 +447,9 @@ def _linux_at_least(major: int, minor: int) -> bool:
 # Receives whose arguments the transfer probes read from the caller's registers
 # where they can (bpf/sockets.bpf.c, receive_io): their syscalls are not probed.
 RECEIVES_FROM_REGISTERS: Final = ("read", "readv", "recvfrom", "recvmsg")
+# Syscalls whose end the transfer probes tell from the same registers (current_io,
+# SYSCALL_EXIT): only their entries are probed. sendfile's exit stays.
+ENDED_BY_REGISTERS: Final = ("write", "sendto", "writev", "sendmsg", "sendmmsg", "recvmmsg")
 
 
 def attached_tracepoints() -> tuple[str, ...]:
@@ -457,7 +460,7 @@ def attached_tracepoints() -> tuple[str, ...]:
         f"syscalls/sys_{edge}_{name}"
         for name in RECEIVES_FROM_REGISTERS
         for edge in ("enter", "exit")
-    }
+    } | {f"syscalls/sys_exit_{name}" for name in ENDED_BY_REGISTERS}
     return tuple(tp for tp in REQUIRED_TRACEPOINTS if tp not in unhooked)
 
 
@@ -718,7 +721,7 @@ class SocketReceiver:
         release_compiler_memory()  # nothing is compiled after this
         log.info(
             "socket receiver attached to %d tracepoints in %.1f s (capture %d bytes, %s)",
-            len(REQUIRED_TRACEPOINTS),
+            len(attached_tracepoints()),
             time.monotonic() - started,
             self.capture_bytes,
             platform.release(),

@@ -147,36 +147,87 @@ def hosts() -> Iterator[NetnsHosts]:
     h.close()
 
 
+def shaped_download(hosts: NetnsHosts, url: str) -> int:
+    """Fetches `url` from the client's namespace once as it is (the server is up),
+    then again through an 8 Mbit/s link; when the second began."""
+    shape = ["ip", "netns", "exec", hosts.server_ns, "tc", "qdisc"]
+    curl = ["curl", "-sf", "-o", "/dev/null", "--retry", "5", "--retry-connrefused"]
+    assert hosts.run(hosts.client_ns, [*curl, url]).wait(30) == 0  # up, unshaped
+    subprocess.run([*shape, "replace", "dev", "os-vb", "root", "tbf", *TBF_8MBIT], check=True)
+    try:
+        since = time.time_ns()
+        assert hosts.run(hosts.client_ns, [*curl, url]).wait(60) == 0  # about 2 s
+    finally:
+        subprocess.run([*shape, "del", "dev", "os-vb", "root"], check=False)
+    return since
+
+
+def assert_waited_for_the_network(sink: GrpcSink, port: int, since: int) -> None:
+    """The server's span of the shaped download: most of it waiting for room to
+    send (the network's), its own work a small part."""
+
+    def server_span() -> Span | None:
+        found = spans_at(sink, port, SERVER, since, "/large.bin")
+        return found[0] if found else None
+
+    wait_until(server_span, 30, "the server's span")
+    a = server_span().attributes  # type: ignore[union-attr]
+    assert a["otel_ebpf.verdict"] == "network", a
+    assert a["otel_ebpf.tcp.send_wait"] * 2 > a["otel_ebpf.time.network"]
+    assert a["otel_ebpf.time.server"] * 4 < a["otel_ebpf.time.network"]
+
+
 def test_a_large_response_over_a_slow_link_is_the_network(
     tmp_path: Path, collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
 ) -> None:
     """nginx sends 2 MiB with sendfile through an 8 Mbit/s link: its non-blocking
     socket fills, and it waits in epoll for room. That wait is the network's."""
     with nginx_edge(tmp_path / "edge", hosts.server_ip, ns=hosts.server_ns) as port:
-        shape = ["ip", "netns", "exec", hosts.server_ns, "tc", "qdisc"]
-        url = f"http://{hosts.server_ip}:{port}/large.bin"
-        curl = ["curl", "-sf", "-o", "/dev/null", "--retry", "5", "--retry-connrefused"]
-        assert hosts.run(hosts.client_ns, [*curl, url]).wait(30) == 0  # up, unshaped
-        subprocess.run(
-            [*shape, "replace", "dev", "os-vb", "root", "tbf", *TBF_8MBIT],
-            check=True,
-        )
-        try:
-            since = time.time_ns()
-            assert hosts.run(hosts.client_ns, [*curl, url]).wait(60) == 0  # about 2 s
-        finally:
-            subprocess.run([*shape, "del", "dev", "os-vb", "root"], check=False)
+        since = shaped_download(hosts, f"http://{hosts.server_ip}:{port}/large.bin")
+        assert_waited_for_the_network(grpc_sink, port, since)
 
-        def server_span() -> Span | None:
-            found = spans_at(grpc_sink, port, SERVER, since, "/large.bin")
-            return found[0] if found else None
 
-        wait_until(server_span, 30, "nginx's span")
-        a = server_span().attributes  # type: ignore[union-attr]
-        assert a["otel_ebpf.verdict"] == "network", a
-        # most of it waiting for room to send; nginx's own work a small part
-        assert a["otel_ebpf.tcp.send_wait"] * 2 > a["otel_ebpf.time.network"]
-        assert a["otel_ebpf.time.server"] * 4 < a["otel_ebpf.time.network"]
+# Answers every request with 2 MiB, sent with send() on a non-blocking socket,
+# waiting in select() for room whenever a send returns short.
+NONBLOCKING_SENDER = """
+import select, socket, sys
+body = bytes(2 << 20)
+answer = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body
+listener = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True:
+    conn, _ = listener.accept()
+    with conn:
+        head = b""
+        while b"\\r\\n\\r\\n" not in head:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        conn.setblocking(False)
+        left = memoryview(answer)
+        while head and left:
+            select.select([], [conn], [])
+            try:
+                left = left[conn.send(left):]
+            except BlockingIOError:
+                pass
+"""
+
+
+def test_a_short_send_on_a_slow_link_is_the_network(
+    collector: CollectorProcess, grpc_sink: GrpcSink, hosts: NetnsHosts
+) -> None:
+    """The same with send() (sendto): each send the full buffer cuts short is where
+    the wait for room begins (the transfer probe sees it: no exit probe does)."""
+    port = free_port()
+    server = hosts.run(
+        hosts.server_ns, [sys.executable, "-c", NONBLOCKING_SENDER, hosts.server_ip, str(port)]
+    )
+    try:
+        since = shaped_download(hosts, f"http://{hosts.server_ip}:{port}/large.bin")
+        assert_waited_for_the_network(grpc_sink, port, since)
+    finally:
+        end_process(server)
 
 
 class ResettingBackend:
